@@ -1,0 +1,59 @@
+"""headreg: attach task heads to Hugging Face encoders, export verified ONNX bundles, serve them without torch.
+
+>>> from headreg import attach_head, list_heads
+>>> [spec.name for spec in list_heads()]
+['multi_label', 'regression', 'seq_cls', 'token_cls']
+
+Only the names below are public. Torch-backed names are imported on first use, so ``import headreg``
+stays light enough for a torch-free production image.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from .hookspecs import hookimpl  # noqa: E402
+from .registry import HeadSpec, get_head, is_head, list_heads  # noqa: E402
+
+__all__ = [
+    "HeadOutput",
+    "HeadSpec",
+    "HeadedModel",
+    "__version__",
+    "attach_head",
+    "from_transformers",
+    "get_head",
+    "hookimpl",
+    "is_head",
+    "list_heads",
+    "load_model",
+]
+
+_LAZY = {
+    "attach_head": "headreg.model",
+    "load_model": "headreg.model",
+    "HeadedModel": "headreg.model",
+    "HeadOutput": "headreg.model",
+    "from_transformers": "headreg.interop",
+}
+
+if TYPE_CHECKING:
+    from .interop import from_transformers
+    from .model import HeadedModel, HeadOutput, attach_head, load_model
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headreg' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

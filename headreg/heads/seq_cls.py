@@ -1,0 +1,32 @@
+"""seq_cls: single-label sequence classification (softmax over num_labels, cross-entropy)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import MLP, Head, HeadConfig, check_class_range, expect_labels
+
+
+class SeqClsHead(Head):
+    config_class = HeadConfig
+    level = "sequence"
+    problem_type = "single_label_classification"
+
+    def __init__(self, config: HeadConfig, hidden_size: int):
+        super().__init__(config, hidden_size)
+        self.classifier = MLP(hidden_size, config.num_labels, config)
+
+    def forward(self, pooled_output, sequence_output, attention_mask):
+        return self.classifier(pooled_output)
+
+    def loss(self, logits: torch.Tensor, labels, attention_mask) -> torch.Tensor:
+        labels = expect_labels(
+            "seq_cls",
+            labels,
+            shape=(logits.shape[0],),
+            integer=True,
+            hint=" For multi-hot targets use the 'multi_label' head; for real-valued targets use 'regression'.",
+        )
+        check_class_range("seq_cls", labels, self.config.num_labels)
+        return F.cross_entropy(logits, labels.long().to(logits.device))

@@ -1,0 +1,114 @@
+"""Import heads from transformers task models, keeping their weights and their outputs.
+
+>>> from transformers import AutoModelForSequenceClassification
+>>> hf = AutoModelForSequenceClassification.from_pretrained("path/to/checkpoint")  # doctest: +SKIP
+>>> model = from_transformers(hf)          # a HeadedModel with the same logits     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import BackboneError
+from .model import HeadedModel, attach_head
+from .pooling import is_decoder
+
+# model_type -> (pooler projection dense, pooler projection norm, classifier) as attribute paths on the task model.
+_SEQUENCE_LAYOUT: dict[str, tuple[str | None, str | None, str]] = {
+    "roberta": ("classifier.dense", None, "classifier.out_proj"),
+    "xlm-roberta": ("classifier.dense", None, "classifier.out_proj"),
+    "xlm-roberta-xl": ("classifier.dense", None, "classifier.out_proj"),
+    "camembert": ("classifier.dense", None, "classifier.out_proj"),
+    "data2vec-text": ("classifier.dense", None, "classifier.out_proj"),
+    "electra": ("classifier.dense", None, "classifier.out_proj"),
+    "distilbert": ("pre_classifier", None, "classifier"),
+    "deberta": ("pooler.dense", None, "classifier"),
+    "deberta-v2": ("pooler.dense", None, "classifier"),
+    "modernbert": ("head.dense", "head.norm", "classifier"),
+}
+_PROBLEM_TO_HEAD = {
+    "single_label_classification": "seq_cls",
+    "multi_label_classification": "multi_label",
+    "regression": "regression",
+}
+
+
+def _module(model: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        model = getattr(model, part)
+    return model
+
+
+def _copy_linear(source: nn.Linear, target: nn.Linear) -> None:
+    with torch.no_grad():
+        target.weight.copy_(source.weight)
+        if target.bias is not None:
+            if source.bias is not None:
+                target.bias.copy_(source.bias)
+            else:
+                target.bias.zero_()
+
+
+def from_transformers(model: Any, *, head: str | None = None, **options: Any) -> HeadedModel:
+    """Turn a transformers ``*ForSequenceClassification`` / ``*ForTokenClassification`` model into a HeadedModel.
+
+    The head is chosen from the model's ``problem_type`` (single-label -> ``seq_cls``, multi-label ->
+    ``multi_label``, regression -> ``regression``; token models -> ``token_cls``) unless ``head`` is given.
+    Backbone weights are shared with ``model``, head weights are copied.
+    """
+    kind = type(model).__name__
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "base_model"):
+        raise BackboneError(f"from_transformers needs a transformers task model, got {kind}")
+    model_type = config.model_type
+    if kind.endswith("ForTokenClassification"):
+        level, default_head = "token", "token_cls"
+        layout: tuple[str | None, str | None, str] = (None, None, "classifier")
+        if model_type == "modernbert":
+            raise BackboneError(
+                "ModernBertForTokenClassification applies a per-token projection that token_cls does not have; "
+                "attach a fresh token_cls head to its base model instead"
+            )
+    elif kind.endswith("ForSequenceClassification"):
+        level = "sequence"
+        problem = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
+        default_head = _PROBLEM_TO_HEAD[problem]
+        layout = (None, None, "score") if is_decoder(config) else _SEQUENCE_LAYOUT.get(model_type, (None, None, "classifier"))
+    else:
+        raise BackboneError(
+            f"from_transformers supports *ForSequenceClassification and *ForTokenClassification models, got {kind}"
+        )
+    dense_path, norm_path, classifier_path = layout
+    try:
+        classifier = _module(model, classifier_path)
+    except AttributeError as exc:
+        raise BackboneError(f"{kind} has no {classifier_path!r} layer where headreg expects its classifier") from exc
+    if not isinstance(classifier, nn.Linear):
+        raise BackboneError(f"{kind}.{classifier_path} is a {type(classifier).__name__}, not a Linear layer")
+
+    head_name = head or default_head
+    head_options: dict[str, Any] = {"num_labels": config.num_labels, **options}
+    if head_name != "regression" and getattr(config, "id2label", None) and len(config.id2label) == config.num_labels:
+        head_options.setdefault("id2label", dict(config.id2label))
+    headed = attach_head(model.base_model, head_name, **head_options)
+    pooler = headed.pooler
+    if level == "sequence":
+        if (dense_path is not None) != pooler.config.projection:
+            raise BackboneError(
+                f"{kind}: headreg's auto pooling for {model_type!r} does not match the model's classifier layout"
+            )
+        if dense_path is not None:
+            _copy_linear(_module(model, dense_path), pooler.dense)
+        if norm_path is not None:
+            pooler.norm.load_state_dict(_module(model, norm_path).state_dict())
+    out = getattr(getattr(headed.head, "classifier", None), "out", None) or getattr(
+        getattr(headed.head, "regressor", None), "out", None
+    )
+    if not isinstance(out, nn.Linear) or out.weight.shape != classifier.weight.shape:
+        raise BackboneError(f"head {head_name!r} has no classifier layer of shape {tuple(classifier.weight.shape)}")
+    _copy_linear(classifier, out)
+    headed.train(model.training)
+    return headed

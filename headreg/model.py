@@ -1,0 +1,310 @@
+"""HeadedModel: a transformers backbone + pooling + a registered head, with save/load that never pickles.
+
+>>> from transformers import AutoModel
+>>> backbone = AutoModel.from_pretrained("path/to/encoder")          # doctest: +SKIP
+>>> model = attach_head(backbone, "seq_cls", num_labels=3)           # doctest: +SKIP
+>>> out = model(input_ids=ids, attention_mask=mask, labels=labels)   # doctest: +SKIP
+>>> out.loss, out.logits, out.pooled_output                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import require
+
+require("torch", "torch", "attach_head / load_model")
+require("transformers", "torch", "attach_head / load_model")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import PreTrainedModel  # noqa: E402
+from transformers.utils import ModelOutput  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .errors import BackboneError, HeadConfigError, SaveLoadError  # noqa: E402
+from .heads.base import Head, build_config  # noqa: E402
+from .pooling import Pooler, PoolingConfig, is_decoder, resolve_pooling  # noqa: E402
+from .registry import HeadSpec, get_head  # noqa: E402
+
+MODEL_CONFIG = "headreg_model.json"
+HEAD_WEIGHTS = "head.safetensors"
+BACKBONE_DIR = "backbone"
+FORMAT = "headreg-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class HeadOutput(ModelOutput):
+    """What a HeadedModel returns; indexable like a dict or a tuple, as transformers' Trainer expects."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    pooled_output: torch.Tensor | None = None
+
+
+def hidden_size_of(config: Any) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for attr in ("hidden_size", "d_model", "dim", "n_embd"):
+        size = getattr(text, attr, None)
+        if isinstance(size, int):
+            return size
+    raise BackboneError(f"cannot tell the hidden size of a {type(config).__name__}; it has no hidden_size")
+
+
+class HeadedModel(nn.Module):
+    """A backbone, a pooler and a head. ``forward`` returns :class:`HeadOutput` (loss, logits, pooled_output)."""
+
+    def __init__(self, backbone: PreTrainedModel, head: Head, pooler: Pooler, spec: HeadSpec):
+        super().__init__()
+        self.backbone = backbone
+        self.pooler = pooler
+        self.head = head
+        self.spec = spec
+        params = inspect.signature(backbone.forward).parameters
+        self._backbone_args = set(params)
+        self._decoder = is_decoder(backbone.config)
+
+    @property
+    def config(self):
+        """The backbone's transformers config (Trainer and other tools look for ``model.config``)."""
+        return self.backbone.config
+
+    @property
+    def head_config(self):
+        return self.head.config
+
+    @property
+    def head_name(self) -> str:
+        return self.spec.name
+
+    @property
+    def accepts_token_type_ids(self) -> bool:
+        return "token_type_ids" in self._backbone_args and getattr(self.config, "type_vocab_size", 0) > 1
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> HeadOutput:
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is None:
+            raise ValueError("pass input_ids (or inputs_embeds)")
+        if attention_mask is None:
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        if position_ids is None and self._decoder and "position_ids" in self._backbone_args:
+            # Count positions from the first real token so left- and right-padded rows give the same result.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "position_ids": position_ids,
+            "inputs_embeds": inputs_embeds,
+            **kwargs,
+        }
+        inputs = {k: v for k, v in inputs.items() if v is not None and k in self._backbone_args}
+        if "use_cache" in self._backbone_args:
+            inputs["use_cache"] = False
+        outputs = self.backbone(**inputs, return_dict=True)
+        sequence_output = outputs.last_hidden_state
+        pooled_output = self.pooler(sequence_output, attention_mask, getattr(outputs, "pooler_output", None))
+        logits = self.head(pooled_output, sequence_output, attention_mask)
+        loss = self.head.loss(logits, labels, attention_mask) if labels is not None else None
+        return HeadOutput(loss=loss, logits=logits, pooled_output=pooled_output)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False, tokenizer: Any = None):
+        """Write the backbone (transformers' format), the head config (json) and head weights (safetensors).
+
+        The directory is written next to its final place and renamed, so a failed save leaves nothing
+        behind. An existing non-empty directory is refused unless ``overwrite=True``. Pass the
+        ``tokenizer`` to keep it with the model (``headreg export`` then finds it).
+        """
+        from safetensors.torch import save_file
+
+        target = Path(save_directory)
+        with atomic_directory(target, overwrite=overwrite) as tmp:
+            with quiet_transformers():
+                self.backbone.save_pretrained(tmp / BACKBONE_DIR)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(tmp)
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+            save_file(state, str(tmp / HEAD_WEIGHTS), metadata={"format": "pt"})
+            config = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "headreg_version": __version__,
+                "head": self.spec.name,
+                "plugin": self.spec.plugin,
+                "plugin_version": self.spec.version,
+                "head_config": self.head.config.to_dict(),
+                "pooling": self.pooler.config.as_dict(),
+                "backbone": BACKBONE_DIR,
+                "tokenizer_source": None if tokenizer is not None else _local_source(self.backbone),
+            }
+            (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return target
+
+
+def _local_source(backbone: PreTrainedModel) -> str | None:
+    source = getattr(backbone, "name_or_path", None) or getattr(backbone.config, "_name_or_path", None)
+    return str(Path(source).resolve()) if source and Path(source).is_dir() else None
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, *, overwrite: bool):
+    """Yield a temp directory beside ``target``; on success it replaces ``target``, on failure it vanishes."""
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise SaveLoadError(f"{target} exists and is not empty; pass overwrite=True to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old) if target.is_dir() else target.unlink()
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers 5 prints load reports and progress bars on every from_pretrained; keep output clean."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _check_backbone(backbone: Any) -> None:
+    if not isinstance(backbone, PreTrainedModel):
+        raise BackboneError(
+            f"attach_head needs a transformers backbone such as AutoModel.from_pretrained(...), got "
+            f"{type(backbone).__module__}.{type(backbone).__name__}"
+        )
+    if backbone.base_model is not backbone:
+        raise BackboneError(
+            f"{type(backbone).__name__} already has a task head; pass its base model "
+            f"(model.{backbone.base_model_prefix}) to attach a new head, or headreg.from_transformers(model) "
+            "to keep its head"
+        )
+
+
+def attach_head(backbone: PreTrainedModel, name: str, *, pooling: str | dict | PoolingConfig = "auto", **options: Any):
+    """Attach the registered head ``name`` to an ``AutoModel`` backbone and return a :class:`HeadedModel`.
+
+    ``options`` are the head's config fields (``num_labels``, ``id2label``/``label2id``, ``dropout``,
+    ``hidden_layers``, ``activation``, plus head-specific ones). ``pooling`` is one of
+    ``auto | cls | pooler | mean | max | last``; ``auto`` does what transformers' own
+    ``*ForSequenceClassification`` does for the architecture.
+    """
+    _check_backbone(backbone)
+    spec = get_head(name)
+    head_cls = spec.load_class()
+    if not (isinstance(head_cls, type) and issubclass(head_cls, Head)):
+        raise HeadConfigError(f"head {spec.name!r} from {spec.origin!r}: {spec.cls} is not a headreg Head subclass")
+    config = build_config(head_cls.config_class, spec.name, dict(options))
+    hidden = hidden_size_of(backbone.config)
+    pooler = Pooler(resolve_pooling(pooling, backbone, head_cls.level), hidden)
+    head = head_cls(config, hidden)
+    model = HeadedModel(backbone, head, pooler, spec)
+    model.to(next(backbone.parameters()).device)
+    model.train(backbone.training)
+    return model
+
+
+def load_model(directory: str | os.PathLike, *, trust_remote_code: bool = False, device: str | None = None):
+    """Load a model written by ``HeadedModel.save_pretrained``. Reads json + safetensors only, never pickle."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SaveLoadError(f"{directory} is not a directory saved by HeadedModel.save_pretrained")
+    missing = [
+        name for name in (MODEL_CONFIG, HEAD_WEIGHTS, f"{BACKBONE_DIR}/config.json") if not (directory / name).is_file()
+    ]
+    if missing:
+        raise SaveLoadError(
+            f"{directory} is missing {', '.join(missing)}; it was not written by HeadedModel.save_pretrained "
+            "or is incomplete. Save the model again."
+        )
+    try:
+        saved = json.loads((directory / MODEL_CONFIG).read_text())
+        if saved.get("format") != FORMAT:
+            raise ValueError(f"format is {saved.get('format')!r}, expected {FORMAT!r}")
+        if int(saved.get("format_version", 0)) > FORMAT_VERSION:
+            raise SaveLoadError(
+                f"{directory} was saved by headreg {saved.get('headreg_version')} in model format "
+                f"{saved['format_version']}; this headreg ({__version__}) reads up to {FORMAT_VERSION}. "
+                "Upgrade headreg."
+            )
+        head_name, head_options, pooling = saved["head"], dict(saved["head_config"]), saved["pooling"]
+    except SaveLoadError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SaveLoadError(f"{directory / MODEL_CONFIG} is corrupt: {exc}") from exc
+    try:
+        spec = get_head(head_name)
+    except LookupError as exc:
+        raise SaveLoadError(
+            f"{directory} uses head {head_name!r} from {saved.get('plugin')} {saved.get('plugin_version')}, "
+            f"which is not installed here. Install that plugin (pip install {saved.get('plugin')})."
+        ) from exc
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    with quiet_transformers():
+        try:
+            backbone_config = AutoConfig.from_pretrained(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
+            backbone = AutoModel.from_pretrained(
+                directory / BACKBONE_DIR,
+                config=backbone_config,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+            )
+        except (OSError, ValueError) as exc:
+            raise SaveLoadError(f"cannot load the backbone in {directory / BACKBONE_DIR}: {exc}") from exc
+    model = attach_head(backbone, spec.name, pooling=pooling, **head_options)
+    try:
+        state = load_file(str(directory / HEAD_WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise SaveLoadError(f"{directory / HEAD_WEIGHTS} is corrupt: {exc}") from exc
+    expected = {k for k in model.state_dict() if not k.startswith("backbone.")}
+    if set(state) != expected:
+        raise SaveLoadError(
+            f"{directory / HEAD_WEIGHTS} does not match head {spec.name!r}: missing {sorted(expected - set(state))}, "
+            f"unexpected {sorted(set(state) - expected)}"
+        )
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise SaveLoadError(f"{directory / HEAD_WEIGHTS} does not fit head {spec.name!r}: {exc}") from exc
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model

@@ -1,0 +1,204 @@
+"""The head registry: every head, built-in or from a plugin, is a :class:`HeadSpec` registered here.
+
+Specs name their classes as ``"module:attr"`` strings, so listing heads imports neither torch nor the
+plugin's model code; the class is imported when a head is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import HeadCollisionError, HeadImportError, UnknownHeadError
+
+LEVELS = ("sequence", "token")
+
+# A name is what users type on the command line and what manifests store, so keep it shell- and file-safe.
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What the registry knows of a head, without importing it."""
+
+    name: str
+    cls: str
+    task: str
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    postprocess: str | None = None
+    level: str = "sequence"
+    plugin: str = "headreg"
+    version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def builtin(self) -> bool:
+        return self.plugin == "headreg"
+
+    @property
+    def origin(self) -> str:
+        return f"{self.plugin} {self.version}".strip()
+
+    def load_class(self) -> type:
+        """Import the head class (this is where torch gets imported)."""
+        return _import_attr(self.cls, self, "cls")
+
+    def load_postprocess(self) -> Callable[..., Any] | None:
+        """Import the numpy postprocess function, or None when the head has none."""
+        return None if self.postprocess is None else _import_attr(self.postprocess, self, "postprocess")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "task": self.task,
+            "level": self.level,
+            "description": self.description,
+            "plugin": self.plugin,
+            "version": self.version,
+            "cls": self.cls,
+            "postprocess": self.postprocess,
+        }
+
+
+def _import_attr(path: str, spec: HeadSpec, what: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # the plugin's own code may raise anything on import
+        raise HeadImportError(
+            f"head {spec.name!r} from plugin {spec.origin!r} could not be loaded: its {what} {path!r} "
+            f"failed with {type(exc).__name__}: {exc}. Reinstall or upgrade {spec.plugin!r}, or disable it "
+            f"with HEADREG_DISABLE_PLUGINS={spec.plugin}."
+        ) from exc
+    return obj
+
+
+def validate_spec(spec: HeadSpec) -> None:
+    """Raise ValueError when a registration is malformed; called for every ``register`` call."""
+    for label in (spec.name, *spec.aliases):
+        if not isinstance(label, str) or not _NAME_RE.match(label):
+            raise ValueError(
+                f"invalid head name or alias {label!r}: use letters, digits, '_', '-', '.', starting with a letter"
+            )
+    for what, path in (("cls", spec.cls), ("postprocess", spec.postprocess)):
+        if path is None and what == "postprocess":
+            continue
+        if not isinstance(path, str) or ":" not in path:
+            raise ValueError(f"head {spec.name!r}: {what} must be a 'module:attr' string, got {path!r}")
+    if spec.level not in LEVELS:
+        raise ValueError(f"head {spec.name!r}: level must be one of {LEVELS}, got {spec.level!r}")
+
+
+class Registry:
+    """Heads by name, plus an alias index. Not thread-safe on its own: plugins.py serialises loading."""
+
+    def __init__(self) -> None:
+        self._heads: dict[str, HeadSpec] = {}  # canonical name -> spec
+        self._labels: dict[str, str] = {}  # name or alias -> canonical name
+
+    def __contains__(self, label: str) -> bool:
+        return label in self._labels
+
+    def check(self, spec: HeadSpec, override: bool = False) -> None:
+        """Raise HeadCollisionError if the spec takes a name or alias that another head owns."""
+        validate_spec(spec)
+        if override:
+            return
+        for label in (spec.name, *spec.aliases):
+            owner = self._labels.get(label)
+            if owner is not None:
+                other = self._heads[owner]
+                raise HeadCollisionError(
+                    f"head name {label!r} from {spec.origin!r} is already registered by {other.origin!r} "
+                    f"(head {other.name!r}). Uninstall one of the two distributions, disable one with "
+                    f"HEADREG_DISABLE_PLUGINS, or register with override=True to replace it on purpose."
+                )
+
+    def add(self, spec: HeadSpec, override: bool = False) -> None:
+        self.check(spec, override)
+        if override:
+            for label in (spec.name, *spec.aliases):
+                owner = self._labels.get(label)
+                if owner is not None:
+                    warnings.warn(
+                        f"head {label!r} from {spec.origin!r} overrides the one from {self._heads[owner].origin!r}",
+                        stacklevel=3,
+                    )
+                    self._remove(owner)
+        self._heads[spec.name] = spec
+        for label in (spec.name, *spec.aliases):
+            self._labels[label] = spec.name
+
+    def _remove(self, name: str) -> None:
+        spec = self._heads.pop(name)
+        for label in (spec.name, *spec.aliases):
+            self._labels.pop(label, None)
+
+    def get(self, label: str) -> HeadSpec:
+        name = self._labels.get(label)
+        if name is None:
+            raise UnknownHeadError(_unknown_message(label, self._labels, sorted(self._heads)))
+        return self._heads[name]
+
+    def specs(self) -> list[HeadSpec]:
+        return list(self._heads.values())
+
+
+def _unknown_message(label: object, labels: dict[str, str], names: list[str]) -> str:
+    close = difflib.get_close_matches(str(label), list(labels), n=1, cutoff=0.6)
+    hint = f" did you mean {labels[close[0]]!r}?" if close else ""
+    return f"unknown head {label!r};{hint} installed: {', '.join(names) or '(none)'}"
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def _registry() -> Registry:
+    from .plugins import get_registry
+
+    return get_registry()
+
+
+def list_heads(
+    filter: str = "*", task: str | None = None, plugin: str | None = None, exclude: str | None = None
+) -> list[HeadSpec]:
+    """Registered heads in natural name order.
+
+    ``filter`` and ``exclude`` are shell wildcards matched against names and aliases; ``task`` and
+    ``plugin`` match exactly (``plugin="headreg"`` gives the built-ins).
+
+    >>> [spec.name for spec in list_heads("*cls")]
+    ['seq_cls', 'token_cls']
+    """
+    specs = []
+    for spec in _registry().specs():
+        labels = (spec.name, *spec.aliases)
+        if not any(fnmatch.fnmatchcase(label, filter) for label in labels):
+            continue
+        if exclude and any(fnmatch.fnmatchcase(label, exclude) for label in labels):
+            continue
+        if task is not None and spec.task != task:
+            continue
+        if plugin is not None and spec.plugin != plugin:
+            continue
+        specs.append(spec)
+    return sorted(specs, key=lambda s: _natural_key(s.name))
+
+
+def get_head(name: str) -> HeadSpec:
+    """The spec for a head name or alias; UnknownHeadError (with a did-you-mean) otherwise."""
+    return _registry().get(name)
+
+
+def is_head(name: str) -> bool:
+    return name in _registry()
