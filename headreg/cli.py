@@ -22,9 +22,12 @@ def emit_json(data: Any) -> None:
 
 
 def console(stderr: bool = False):
+    import shutil
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    # Piped output gets a wide table rather than rich's 80-column default.
+    return Console(stderr=stderr, highlight=False, width=shutil.get_terminal_size((160, 24)).columns)
 
 
 def usage_error(message: str) -> None:
