@@ -1,0 +1,77 @@
+"""Shared fixtures. Plugin tests pip-install real distributions into a private target directory and run
+``headreg`` in a subprocess with that directory on PYTHONPATH, so the test environment itself is untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["headreg.testing"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_plugin(root: Path, dist: str, module: str, body: str, *, entry_name: str | None = None,
+                 requires: tuple[str, ...] = (), version: str = "0.1.0") -> Path:
+    """Write a minimal plugin project (pyproject + one module) and return its directory."""
+    project = root / dist
+    (project / module).mkdir(parents=True, exist_ok=True)
+    deps = ", ".join(json.dumps(r) for r in requires)
+    (project / "pyproject.toml").write_text(textwrap.dedent(f"""
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "{dist}"
+        version = "{version}"
+        dependencies = [{deps}]
+
+        [project.entry-points.headreg]
+        {entry_name or module} = "{module}"
+
+        [tool.setuptools]
+        packages = ["{module}"]
+    """))
+    (project / module / "__init__.py").write_text(textwrap.dedent(body))
+    return project
+
+
+def pip_install(target: Path, *projects: Path) -> None:
+    """A real pip install (no deps, no build isolation: offline-safe and quick) into ``target``."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--target", str(target), *map(str, projects)],
+        check=True, capture_output=True, text=True,
+    )
+
+
+def run_headreg(*args: str, site: Path | None = None, env: dict[str, str] | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real ``headreg`` command in a subprocess, optionally with an extra site directory."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HEADREG_")}
+    if site is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), full_env.get("PYTHONPATH")]))
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "headreg.cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
+
+
+@pytest.fixture
+def plugin_site(tmp_path: Path):
+    """``install(*projects)`` pip-installs plugin projects into a fresh site dir and returns that dir."""
+    site = tmp_path / "site"
+    site.mkdir()
+
+    def install(*projects: Path) -> Path:
+        pip_install(site, *projects)
+        return site
+
+    return install
