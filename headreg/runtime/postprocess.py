@@ -1,0 +1,340 @@
+"""Numpy-only postprocessing: turn a batch of ONNX outputs into one plain, JSON-serialisable dict per input.
+
+Each head names its postprocess as ``"module:attr"`` in the registry and in the bundle manifest; the
+runtime calls it once per batch as ``postprocess(outputs, context) -> list[dict]``. The built-in ones are
+here; a plugin head writes its own and may reuse :func:`aggregate_tokens` (a CRF head decodes Viterbi tags
+in numpy and hands them to it to get words, entities and character offsets).
+
+>>> import numpy as np
+>>> ctx = Context(manifest={}, config={"id2label": {"0": "neg", "1": "pos"}})
+>>> seq_cls({"logits": np.array([[0.0, 2.0]], dtype=np.float32)}, ctx)[0]["label"]
+'pos'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence, TypedDict
+
+import numpy as np
+
+AGGREGATIONS = ("none", "simple", "first", "average", "max")  # "simple" is transformers' name for "none" + grouping
+
+
+# --- result types: plain dicts (JSON as is), typed for readers and type checkers ---------------------------------
+
+
+class Classification(TypedDict):
+    label: str
+    score: float
+    scores: dict[str, float]  # every label's probability, in label-id order
+
+
+class MultiLabel(TypedDict):
+    labels: list[str]  # labels whose probability reaches their threshold, in label-id order
+    scores: dict[str, float]
+
+
+class Regression(TypedDict):
+    values: list[float]
+
+
+class TokenPrediction(TypedDict, total=False):
+    index: int  # position in the encoded sequence (special tokens included), like transformers' "index"
+    token: str
+    label: str
+    score: float
+    start: int  # character offsets into the original text (or into text_pair when sequence == 1)
+    end: int
+    sequence: int  # only for sentence pairs: 0 = text, 1 = text_pair
+
+
+class Entity(TypedDict, total=False):
+    label: str  # B-/I- prefix stripped, like transformers' "entity_group"
+    score: float
+    start: int
+    end: int
+    word: str  # text[start:end] of the original input
+    sequence: int  # only for sentence pairs
+
+
+class TokenClassification(TypedDict):
+    entities: list[Entity]
+    tokens: list[TokenPrediction]
+
+
+# --- the context a postprocess receives ----------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a postprocess knows about its batch besides the ONNX outputs.
+
+    ``config`` is the manifest's ``postprocess_config`` merged with the caller's overrides;
+    ``encodings`` are the rows' ``tokenizers.Encoding`` (truncated, unpadded); ``texts`` the original
+    inputs (a string or a ``(text, text_pair)`` tuple per row); ``attention_mask`` the padded batch mask.
+    """
+
+    manifest: Mapping[str, Any]
+    config: Mapping[str, Any]
+    attention_mask: np.ndarray | None = None
+    encodings: Sequence[Any] = ()
+    texts: Sequence[str | tuple[str, str]] = ()
+    padding_side: str = "right"
+    _labels: dict[int, str] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Label names by id (JSON turns the ids into strings; this turns them back)."""
+        if self._labels is None:
+            raw = self.config.get("id2label") or self.manifest.get("id2label") or {}
+            items = enumerate(raw) if isinstance(raw, (list, tuple)) else raw.items()
+            self._labels = {int(k): str(v) for k, v in items}
+        return self._labels
+
+    def label(self, index: int) -> str:
+        return self.id2label.get(int(index), f"LABEL_{int(index)}")
+
+    def token_rows(self, array: np.ndarray) -> list[np.ndarray]:
+        """Per-row views of a ``[batch, sequence, ...]`` output without padding, aligned with each encoding."""
+        width = array.shape[1]
+        rows = []
+        for row, encoding in enumerate(self.encodings):
+            n = len(encoding)
+            rows.append(array[row, width - n :] if self.padding_side == "left" else array[row, :n])
+        return rows
+
+
+# --- numeric helpers -------------------------------------------------------------------------------------------------
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+# --- built-in heads ----------------------------------------------------------------------------------------------
+
+
+def seq_cls(outputs: Mapping[str, np.ndarray], context: Context) -> list[Classification]:
+    """Softmax over the labels; the argmax is ``label``."""
+    probs = softmax(np.asarray(outputs["logits"], dtype=np.float32))
+    results: list[Classification] = []
+    for row in probs:
+        best = int(row.argmax())
+        results.append(
+            {
+                "label": context.label(best),
+                "score": float(row[best]),
+                "scores": {context.label(i): float(p) for i, p in enumerate(row)},
+            }
+        )
+    return results
+
+
+def thresholds_for(context: Context, num_labels: int) -> np.ndarray:
+    """Per-label thresholds from the config: a number, a list (one per label) or a {label: threshold} dict."""
+    value = context.config.get("thresholds", context.config.get("threshold", 0.5))
+    if isinstance(value, Mapping):
+        base = context.manifest.get("postprocess_config", {}).get("thresholds", 0.5)
+        thresholds = np.broadcast_to(np.asarray(base, dtype=np.float64), (num_labels,)).copy()
+        names = {name: idx for idx, name in context.id2label.items()}
+        for name, threshold in value.items():
+            if name not in names:
+                raise ValueError(f"threshold for unknown label {name!r}; labels are: {', '.join(names)}")
+            thresholds[names[name]] = float(threshold)
+        return thresholds
+    thresholds = np.asarray(value, dtype=np.float64)
+    if thresholds.ndim == 0:
+        return np.full(num_labels, float(thresholds))
+    if thresholds.shape != (num_labels,):
+        raise ValueError(f"thresholds has {thresholds.size} values but the model has {num_labels} labels")
+    return thresholds
+
+
+def multi_label(outputs: Mapping[str, np.ndarray], context: Context) -> list[MultiLabel]:
+    """A sigmoid per label; ``labels`` are those at or above their threshold (default 0.5)."""
+    probs = sigmoid(np.asarray(outputs["logits"], dtype=np.float32))
+    thresholds = thresholds_for(context, probs.shape[-1])
+    results: list[MultiLabel] = []
+    for row in probs:
+        results.append(
+            {
+                # ">" like the exporter's decision check: a probability exactly at the threshold is not "on".
+                "labels": [context.label(i) for i in np.flatnonzero(row > thresholds)],
+                "scores": {context.label(i): float(p) for i, p in enumerate(row)},
+            }
+        )
+    return results
+
+
+def regression(outputs: Mapping[str, np.ndarray], context: Context) -> list[Regression]:
+    """The raw outputs, one float per target."""
+    return [{"values": [float(v) for v in row]} for row in np.asarray(outputs["logits"], dtype=np.float32)]
+
+
+def token_cls(outputs: Mapping[str, np.ndarray], context: Context) -> list[TokenClassification]:
+    """Softmax per token, then words and entity spans (``aggregation``: none | first | average | max)."""
+    aggregation = context.config.get("aggregation", "first")
+    ignore = context.config.get("ignore_labels", ("O",))
+    results = []
+    for logits, encoding, text in zip(
+        context.token_rows(np.asarray(outputs["logits"], dtype=np.float32)), context.encodings, context.texts
+    ):
+        probs = softmax(logits)
+        results.append(
+            aggregate_tokens(
+                probs.argmax(-1), probs, encoding, text, context.id2label, aggregation=aggregation, ignore_labels=ignore
+            )
+        )
+    return results
+
+
+def raw(outputs: Mapping[str, np.ndarray], context: Context) -> list[dict[str, Any]]:
+    """For heads that register no postprocess: every output's row as lists of floats."""
+    n = len(next(iter(outputs.values()))) if outputs else 0
+    return [{name: np.asarray(value[i]).tolist() for name, value in outputs.items()} for i in range(n)]
+
+
+# --- token aggregation, reusable by plugin heads -----------------------------------------------------------------------
+
+
+def _split_tag(label: str) -> tuple[str, str]:
+    """("B", "PER") for "B-PER"; labels without a B-/I- prefix continue an entity of the same name."""
+    if label.startswith(("B-", "I-")):
+        return label[0], label[2:]
+    return "I", label
+
+
+def aggregate_tokens(
+    label_ids: Sequence[int] | np.ndarray,
+    scores: np.ndarray,
+    encoding: Any,
+    text: str | tuple[str, str],
+    id2label: Mapping[int, str],
+    *,
+    aggregation: str = "first",
+    ignore_labels: Sequence[str] = ("O",),
+) -> TokenClassification:
+    """Per-token labels -> per-token predictions and entity spans with character offsets into ``text``.
+
+    ``label_ids``: one label id per token of ``encoding`` (argmax, or a CRF's Viterbi path).
+    ``scores``: ``[tokens, labels]`` probabilities, or ``[tokens]`` confidences of the given labels.
+    ``encoding``: the row's ``tokenizers.Encoding`` (unpadded); its word ids group sub-words into words.
+    ``aggregation`` follows transformers' token-classification pipeline:
+    ``none`` (alias ``simple``) groups adjacent tokens; ``first`` / ``average`` / ``max`` first give each
+    word one label (its first token's / the mean probabilities' / its most confident token's) and then
+    group adjacent words. ``B-X`` starts an entity, ``I-X`` (or a bare ``X``) continues one; entities whose
+    label is in ``ignore_labels`` are dropped. With 1-D ``scores``, ``average`` takes the word's most
+    frequent label and the mean confidence of its tokens.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+    label_ids = np.asarray(label_ids)
+    scores = np.asarray(scores)
+    if len(label_ids) != len(encoding) or len(scores) != len(encoding):
+        raise ValueError(
+            f"aggregate_tokens got {len(label_ids)} labels and {len(scores)} scores for {len(encoding)} tokens"
+        )
+    texts = (text,) if isinstance(text, str) else tuple(text)
+    pair = len(texts) > 1
+
+    def name(idx: int) -> str:
+        return id2label.get(int(idx), f"LABEL_{int(idx)}")
+
+    def confidence(position: int, label_id: int) -> float:
+        return float(scores[position, label_id] if scores.ndim == 2 else scores[position])
+
+    tokens: list[TokenPrediction] = []
+    # (sequence, word id) -> positions; tokens without a word id are words of their own.
+    words: list[tuple[int, list[int]]] = []
+    last_key: Any = None
+    special = encoding.special_tokens_mask
+    for position, (token, (start, end), word_id, sequence) in enumerate(
+        zip(encoding.tokens, encoding.offsets, encoding.word_ids, encoding.sequence_ids)
+    ):
+        if special[position] or sequence is None:
+            continue
+        label_id = int(label_ids[position])
+        prediction: TokenPrediction = {
+            "index": position,
+            "token": token,
+            "label": name(label_id),
+            "score": confidence(position, label_id),
+            "start": int(start),
+            "end": int(end),
+        }
+        if pair:
+            prediction["sequence"] = int(sequence)
+        tokens.append(prediction)
+        key = (sequence, word_id) if word_id is not None else None
+        if key is not None and key == last_key:
+            words[-1][1].append(position)
+        else:
+            words.append((sequence, [position]))
+        last_key = key
+
+    # One (label, score, start, end, sequence) per unit: a token ("none") or a word.
+    units: list[tuple[str, float, int, int, int]] = []
+    if aggregation in ("none", "simple"):
+        units = [(t["label"], t["score"], t["start"], t["end"], t.get("sequence", 0)) for t in tokens]
+    else:
+        for sequence, positions in words:
+            label_id, score = _word_label(positions, label_ids, scores, aggregation)
+            start, end = encoding.offsets[positions[0]][0], encoding.offsets[positions[-1]][1]
+            units.append((name(label_id), score, int(start), int(end), int(sequence)))
+
+    entities: list[Entity] = []
+    group: list[tuple[str, float, int, int, int]] = []
+    for unit in units:
+        if group:
+            bi, tag = _split_tag(unit[0])
+            if tag == _split_tag(group[-1][0])[1] and bi != "B" and unit[4] == group[-1][4]:
+                group.append(unit)
+                continue
+            entities.append(_entity(group, texts, pair))
+        group = [unit]
+    if group:
+        entities.append(_entity(group, texts, pair))
+    entities = [entity for entity in entities if entity["label"] not in ignore_labels]
+    return {"entities": entities, "tokens": tokens}
+
+
+def _word_label(positions: list[int], label_ids: np.ndarray, scores: np.ndarray, aggregation: str) -> tuple[int, float]:
+    if scores.ndim == 1:
+        labels = [int(label_ids[p]) for p in positions]
+        if aggregation == "first":
+            return labels[0], float(scores[positions[0]])
+        if aggregation == "max":
+            best = max(positions, key=lambda p: scores[p])
+            return int(label_ids[best]), float(scores[best])
+        label = max(labels, key=labels.count)  # most frequent; ties go to the earliest
+        return label, float(np.mean([scores[p] for p, l in zip(positions, labels) if l == label]))
+    if aggregation == "first":
+        label = int(label_ids[positions[0]])
+        return label, float(scores[positions[0], label])
+    if aggregation == "max":
+        best = max(positions, key=lambda p: scores[p, label_ids[p]])
+        label = int(label_ids[best])
+        return label, float(scores[best, label])
+    mean = np.nanmean(scores[positions], axis=0)
+    label = int(mean.argmax())
+    return label, float(mean[label])
+
+
+def _entity(group: list[tuple[str, float, int, int, int]], texts: tuple[str, ...], pair: bool) -> Entity:
+    start, end, sequence = group[0][2], group[-1][3], group[0][4]
+    entity: Entity = {
+        "label": _split_tag(group[0][0])[1],
+        "score": float(np.nanmean([unit[1] for unit in group])),
+        "start": start,
+        "end": end,
+        "word": texts[sequence][start:end],
+    }
+    if pair:
+        entity["sequence"] = sequence
+    return entity

@@ -1,0 +1,255 @@
+"""Predictor: an exported bundle served with onnxruntime + tokenizers + numpy (no torch, no transformers).
+
+>>> from headreg.runtime import Predictor
+>>> p = Predictor("bundle/", threads=2)                                # doctest: +SKIP
+>>> p.predict(["I loved it", "meh"])                                   # doctest: +SKIP
+[{'label': 'pos', 'score': 0.98, 'scores': {...}}, {'label': 'neg', ...}]
+>>> p.predict([("A man plays.", "Someone plays music.")])             # sentence pairs  # doctest: +SKIP
+>>> p.embed(["I loved it"]).shape                                      # pooled_output   # doctest: +SKIP
+(1, 384)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import BundleError, HeadregError
+from ..manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, sha256_file
+from . import postprocess as _post
+from .batching import pad_batch, plan_batches
+from .session import create_session
+
+DEFAULT_BATCH_SIZE = 32
+# 32 rows x 128 tokens; larger batches of long rows gain nothing on CPU and cost memory.
+DEFAULT_MAX_BATCH_TOKENS = 4096
+
+Text = str | tuple[str, str]
+
+
+class InputError(HeadregError, ValueError):
+    """An input that cannot be predicted on (not a string, a pair with a side missing); names its index."""
+
+
+class Predictor:
+    """Load a bundle written by ``headreg export`` and predict with it.
+
+    ``threads``: onnxruntime intra-op threads (default: onnxruntime's choice). ``providers``: onnxruntime
+    execution providers (default CPU). ``quantized``: load the bundle's int8 variant instead of its default.
+    ``max_batch_tokens`` / ``batch_size``: caps per batch (rows are length-bucketed, see batching.py).
+    ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer).
+
+    Everything is checked at load (files, format version, tokenizer checksum, model inputs and outputs),
+    so a broken bundle fails here rather than on the first request. A Predictor may be shared by threads.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | os.PathLike,
+        threads: int | None = None,
+        providers: Sequence[Any] | None = None,
+        quantized: bool = False,
+        max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_length: int | None = None,
+    ):
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = manifest = read_manifest(self.bundle_dir)
+        self.batch_size = int(batch_size)
+        self.max_batch_tokens = max_batch_tokens
+        self.variant, model_file = _select_variant(manifest, quantized)
+        self.model_path = self.bundle_dir / model_file
+        if not self.model_path.is_file():
+            raise BundleError(
+                f"{self.bundle_dir} has no {model_file} (variant {self.variant!r} in its manifest); export it again"
+                + (" with --quantize int8" if self.variant == "int8" else "")
+            )
+        self.tokenizer = _load_tokenizer(self.bundle_dir, manifest)
+        bundle_max = int(manifest.get("max_length") or 512)
+        self.max_length = min(bundle_max, int(max_length)) if max_length else bundle_max
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        token_info = manifest.get("tokenizer") or {}
+        self.pad_id = int(token_info.get("pad_token_id") or 0)
+        self.supports_pairs = bool(token_info.get("pair", True))
+        self.padding_side = manifest.get("padding_side", "right")
+        self.session = create_session(self.model_path, threads=threads, providers=providers)
+        self.input_names, self.output_names, self._input_dtype = _check_model(self.session, manifest, self.model_path)
+        head = manifest.get("head") or {}
+        self.head = head.get("name", "?")
+        self.level = head.get("level", "sequence")
+        self._postprocess = _load_postprocess(head)
+        self.config: dict[str, Any] = dict(manifest.get("postprocess_config") or {})
+        self.labels: list[str] = [label for _, label in sorted(((int(k), v) for k, v in (manifest.get("id2label") or {}).items()))]
+
+    def __repr__(self) -> str:
+        return f"Predictor({str(self.bundle_dir)!r}, head={self.head!r}, variant={self.variant!r})"
+
+    # --- public API -------------------------------------------------------------------------------------------
+
+    def predict(self, inputs: Text | Iterable[Text], *, batch_size: int | None = None, **options: Any) -> Any:
+        """One result dict per input, in input order (a single string gives a single result).
+
+        ``options`` override the bundle's postprocess config for this call, e.g. ``thresholds=0.3`` or
+        ``{"toxic": 0.8}`` (multi_label), ``aggregation="max"`` (token_cls).
+        """
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else list(inputs)
+        config = {**self.config, **options}
+        results: list[Any] = [None] * len(texts)
+        for indices, outputs, context in self._run(texts, batch_size, config=config):
+            rows = self._postprocess(outputs, context)
+            if len(rows) != len(indices):
+                raise HeadregError(
+                    f"postprocess of head {self.head!r} returned {len(rows)} results for a batch of {len(indices)}"
+                )
+            for index, row in zip(indices, rows):
+                results[index] = row
+        return results[0] if single else results
+
+    def embed(self, inputs: Iterable[Text], *, batch_size: int | None = None) -> np.ndarray:
+        """``pooled_output`` per input, in input order: a float32 array ``[len(inputs), hidden]``."""
+        texts = list(inputs)
+        width = self._pooled_width()
+        embeddings = np.zeros((len(texts), width or 0), dtype=np.float32)
+        for indices, outputs, _ in self._run(texts, batch_size, names=["pooled_output"]):
+            if embeddings.shape[1] != outputs["pooled_output"].shape[1]:
+                embeddings = np.zeros((len(texts), outputs["pooled_output"].shape[1]), dtype=np.float32)
+            embeddings[indices] = outputs["pooled_output"]
+        return embeddings
+
+    def encode(self, texts: Sequence[Text]) -> list[Any]:
+        """Check the inputs and tokenize them (truncated to ``max_length``, unpadded)."""
+        _check_inputs(texts, self.supports_pairs)
+        return self.tokenizer.encode_batch([text if isinstance(text, str) else tuple(text) for text in texts])
+
+    def run_batches(
+        self, texts: Sequence[Text], *, batch_size: int | None = None, sort: bool = True
+    ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """Raw ONNX outputs per batch with the input indices of their rows (for benchmarks and tools)."""
+        for indices, outputs, _ in self._run(texts, batch_size, sort=sort):
+            yield indices, outputs
+
+    # --- internals --------------------------------------------------------------------------------------------
+
+    def _run(
+        self,
+        texts: Sequence[Text],
+        batch_size: int | None,
+        *,
+        config: dict[str, Any] | None = None,
+        names: list[str] | None = None,
+        sort: bool = True,
+    ) -> Iterator[tuple[list[int], dict[str, np.ndarray], _post.Context]]:
+        if not texts:
+            return
+        encodings = self.encode(texts)
+        batches = plan_batches(
+            [len(encoding) for encoding in encodings], int(batch_size or self.batch_size), self.max_batch_tokens, sort=sort
+        )
+        output_names = names or self.output_names
+        for indices in batches:
+            batch = [encodings[i] for i in indices]
+            feed = pad_batch(batch, self.input_names, self.pad_id, self.padding_side, self._input_dtype)
+            values = self.session.run(output_names, feed)
+            outputs = dict(zip(output_names, values))
+            context = _post.Context(
+                manifest=self.manifest,
+                config=config if config is not None else self.config,
+                attention_mask=feed["attention_mask"],
+                encodings=batch,
+                texts=[texts[i] for i in indices],
+                padding_side=self.padding_side,
+            )
+            yield indices, outputs, context
+
+    def _pooled_width(self) -> int | None:
+        shape = (self.manifest.get("outputs") or {}).get("pooled_output") or [None, None]
+        return shape[-1] if isinstance(shape[-1], int) else None
+
+
+def _select_variant(manifest: dict[str, Any], quantized: bool) -> tuple[str, str]:
+    variants = manifest.get("variants") or {"default": "fp32", "fp32": {"file": MODEL_FILE}}
+    name = "int8" if quantized else variants.get("default", "fp32")
+    variant = variants.get(name)
+    if not isinstance(variant, dict) or "file" not in variant:
+        available = sorted(k for k, v in variants.items() if isinstance(v, dict))
+        hint = " Export it with --quantize int8." if name == "int8" else ""
+        raise BundleError(f"bundle has no {name!r} variant (it has: {', '.join(available) or 'none'}).{hint}")
+    return name, str(variant["file"])
+
+
+def _load_tokenizer(bundle_dir: Path, manifest: dict[str, Any]):
+    from tokenizers import Tokenizer
+
+    info = manifest.get("tokenizer") or {}
+    path = bundle_dir / info.get("file", TOKENIZER_FILE)
+    expected = info.get("sha256")
+    if expected and sha256_file(path) != expected:
+        raise BundleError(
+            f"{path} does not match the manifest (sha256 differs): the tokenizer was replaced after export. "
+            "Predictions would use different token ids than the model was verified with; export the bundle again."
+        )
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+        raise BundleError(f"{path} is not a tokenizers tokenizer.json: {exc}") from exc
+
+
+def _check_model(session: Any, manifest: dict[str, Any], path: Path) -> tuple[list[str], list[str], Any]:
+    """The model's inputs and outputs must be the ones the manifest names (a swapped model.onnx fails here)."""
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    expected_in = list(manifest.get("inputs") or ["input_ids", "attention_mask"])
+    expected_out = list(manifest.get("outputs") or ["logits", "pooled_output"])
+    if sorted(inputs) != sorted(expected_in) or sorted(outputs) != sorted(expected_out):
+        raise BundleError(
+            f"{path} does not match its manifest: the model has inputs {inputs} and outputs {outputs}, the "
+            f"manifest says inputs {expected_in} and outputs {expected_out}. The bundle's files come from "
+            "different exports; export it again."
+        )
+    dtype = np.int32 if session.get_inputs()[0].type == "tensor(int32)" else np.int64
+    return expected_in, outputs, dtype
+
+
+def _load_postprocess(head: dict[str, Any]) -> Callable[..., list[dict]]:
+    path = head.get("postprocess")
+    if not path:
+        return _post.raw
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except Exception as exc:  # a plugin's module may raise anything on import
+        plugin = head.get("plugin", "?")
+        raise BundleError(
+            f"head {head.get('name')!r} needs its postprocess {path!r} from {plugin} {head.get('plugin_version', '')}"
+            f", which failed to import ({type(exc).__name__}: {exc}). Install that plugin: pip install {plugin}"
+        ) from exc
+
+
+def _check_inputs(texts: Sequence[Any], pairs: bool) -> None:
+    for index, item in enumerate(texts):
+        if isinstance(item, str):
+            continue
+        if isinstance(item, (tuple, list)):
+            if len(item) != 2 or any(side is None for side in item):
+                raise InputError(
+                    f"input {index} is a sentence pair with a side missing ({item!r}); pass (text, text_pair) "
+                    "with two strings"
+                )
+            for side, value in zip(("text", "text_pair"), item):
+                if not isinstance(value, str):
+                    raise InputError(f"input {index}: {side} is {type(value).__name__}, expected a string")
+            if not pairs:
+                raise InputError(f"input {index} is a sentence pair, but this bundle's tokenizer takes single texts")
+            continue
+        raise InputError(
+            f"input {index} is {type(item).__name__} ({item!r:.40}), expected a string or a (text, text_pair) tuple"
+        )
