@@ -1,0 +1,20 @@
+"""headreg-plugin-crf: the ``crf`` head. Importing this module imports neither torch nor numpy."""
+
+from __future__ import annotations
+
+from headreg import hookimpl
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_heads(register):
+    register(
+        name="crf",
+        aliases=("token-crf",),
+        task="token-classification",
+        level="token",
+        cls="headreg_plugin_crf.head:CRFHead",
+        postprocess="headreg_plugin_crf.postprocess:crf",
+        description="Linear-chain CRF token classification: emissions + transitions, NLL loss, Viterbi decoding.",
+    )
