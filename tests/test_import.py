@@ -1,0 +1,22 @@
+"""``import headreg`` and listing heads must not import torch or transformers (production images lack them)."""
+
+import subprocess
+import sys
+
+CHECK = (
+    "import sys, headreg; headreg.list_heads(); headreg.get_head('ner'); "
+    "import headreg.cli; "
+    "print(','.join(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules))"
+)
+
+
+def test_import_and_listing_do_not_import_torch_or_transformers():
+    out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_public_names_are_exactly_the_documented_ones():
+    import headreg
+
+    assert set(headreg.__all__) >= {"attach_head", "load_model", "list_heads", "get_head", "hookimpl"}
+    assert all(hasattr(headreg, name) for name in headreg.__all__)
