@@ -97,6 +97,177 @@ def plugins(as_json: bool) -> None:
     console().print(table)
 
 
+# --- predict / bench: the torch-free runtime (torch only for bench --compare-torch) -------------------------------
+
+
+def _load_predictor(bundle: str, **options: Any):
+    from .errors import BundleError
+    from .runtime import Predictor
+
+    try:
+        return Predictor(bundle, **options)
+    except BundleError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+
+
+def _short(text: Any, width: int = 70) -> str:
+    text = " || ".join(text) if isinstance(text, (tuple, list)) else str(text)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _prediction_cells(result: Any) -> tuple[str, str]:
+    """(prediction, score) for the table view of any head's result."""
+    if isinstance(result, dict):
+        if "label" in result and "score" in result:
+            return str(result["label"]), f"{result['score']:.4f}"
+        if "labels" in result and isinstance(result.get("scores"), dict):
+            chosen = result["labels"]
+            return ", ".join(chosen) or "(none)", ", ".join(f"{result['scores'][label]:.3f}" for label in chosen)
+        if "values" in result:
+            return ", ".join(f"{value:.4g}" for value in result["values"]), ""
+        if "entities" in result:
+            spans = [f"{e['word']} [{e['label']}]" for e in result["entities"]]
+            return "; ".join(spans) or "(no entities)", ", ".join(f"{e['score']:.3f}" for e in result["entities"])
+    return json.dumps(result, default=str), ""
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("texts", nargs=-1)
+@click.option("--file", "text_file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="One text per line, or JSONL with text/text_pair ('-' reads stdin).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
+@click.option("--quantized", is_flag=True, help="Use the bundle's int8 variant.")
+def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
+            threads: int | None, quantized: bool) -> None:
+    """Predict with an exported bundle (onnxruntime only; torch is not imported)."""
+    from .runtime.inputs import InputError, read_texts
+
+    items: list[Any] = list(texts)
+    if text_file is not None:
+        try:
+            items += read_texts(text_file)
+        except (OSError, UnicodeDecodeError, InputError) as exc:
+            usage_error(f"cannot read --file {text_file}: {exc}")
+    if not items:
+        usage_error("give texts as arguments or with --file")
+    predictor = _load_predictor(bundle, threads=threads, quantized=quantized, batch_size=batch_size)
+    try:
+        results = predictor.predict(items)
+    except InputError as exc:
+        usage_error(str(exc))
+    if as_json:
+        emit_json([
+            {"text": item, "result": result} if isinstance(item, str)
+            else {"text": item[0], "text_pair": item[1], "result": result}
+            for item, result in zip(items, results)
+        ])
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{predictor.head} · {len(items)} text(s) · {predictor.variant}", title_justify="left")
+    for column in ("#", "text", "prediction", "score"):
+        table.add_column(column, overflow="fold")
+    for index, (item, result) in enumerate(zip(items, results)):
+        table.add_row(str(index), _short(item), *_prediction_cells(result))
+    console().print(table)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--seq-len", default=None, type=click.IntRange(min=2),
+              help="Tokens per synthetic row [default: 128]; with --texts, a truncation cap.")
+@click.option("--texts", "texts_file", type=click.Path(exists=True, dir_okay=False),
+              help="Benchmark on this corpus (one text per line or JSONL) and compare length bucketing with arrival order.")
+@click.option("--rows", default=None, type=click.IntRange(min=1), help="Synthetic rows per pass [default: 4 batches].")
+@click.option("--passes", default=5, show_default=True, type=click.IntRange(min=1), help="Timed passes over the corpus.")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="Threads for onnxruntime and torch alike [default: all cores].")
+@click.option("--compare-torch", is_flag=True, help="Also time the PyTorch model (needs headreg[torch]).")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+              help="The PyTorch model for --compare-torch [default: the manifest's source path].")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | None, rows: int | None, passes: int,
+          threads: int | None, compare_torch: bool, model_dir: str | None, as_json: bool) -> None:
+    """Latency p50/p90/p99 and throughput of every variant, side by side (and against PyTorch)."""
+    from .runtime.bench import Engine, measure, source_model_dir, synthetic_texts, torch_runner
+    from .runtime.inputs import InputError, read_texts
+
+    if texts_file is not None:
+        try:
+            corpus = read_texts(texts_file)
+        except (OSError, UnicodeDecodeError, InputError) as exc:
+            usage_error(f"cannot read --texts {texts_file}: {exc}")
+        if not corpus:
+            usage_error(f"--texts {texts_file} has no texts")
+    else:
+        seq_len = seq_len or 128
+        corpus = synthetic_texts(rows or 4 * batch_size)
+    import os
+
+    # Both engines get the same thread count: their own defaults differ and would skew the ratio.
+    threads = threads or os.cpu_count() or 1
+    options = dict(threads=threads, batch_size=batch_size, max_length=seq_len)
+    default = _load_predictor(bundle, **options)
+    engines = [Engine(f"onnxruntime {default.variant}", default)]
+    for variant in sorted(k for k, v in (default.manifest.get("variants") or {}).items() if isinstance(v, dict)):
+        if variant != default.variant and variant == "int8":
+            engines.append(Engine("onnxruntime int8", _load_predictor(bundle, quantized=True, **options)))
+    if texts_file is not None:
+        engines.append(Engine(f"onnxruntime {default.variant}, arrival order", default, sort=False))
+    if compare_torch:
+        source = model_dir or source_model_dir(default)
+        if source is None:
+            usage_error("--compare-torch needs the PyTorch model: the manifest names none that exists here; pass --model DIR")
+        from .errors import MissingExtraError
+
+        try:
+            engines.append(Engine("torch eager", default, runner=torch_runner(source, threads=threads)))
+        except MissingExtraError as exc:
+            usage_error(str(exc))
+    if not as_json:
+        click.echo(f"benchmarking {len(engines)} engine(s) on {len(corpus)} rows x {passes} passes ...", err=True)
+    results = measure(engines, corpus, batch_size=batch_size, passes=passes)
+    torch_result = next((r for r in results if r.engine == "torch eager"), None)
+    arrival = next((r for r in results if r.engine.endswith("arrival order")), None)
+    report = {
+        "bundle": bundle, "head": default.head, "batch_size": batch_size, "max_length": default.max_length,
+        "threads": threads, "engines": [r.as_dict() for r in results],
+    }
+    if torch_result is not None:
+        for entry, result in zip(report["engines"], results):
+            entry["vs_torch"] = result.throughput / torch_result.throughput
+    if arrival is not None:
+        report["bucketing_speedup"] = results[0].throughput / arrival.throughput
+    if as_json:
+        emit_json(report)
+        return
+    from rich.table import Table
+
+    mean_tokens = results[0].tokens / max(results[0].rows, 1)
+    table = Table(
+        title=f"{default.head} · batch {batch_size} · {mean_tokens:.0f} tokens/row on average · {passes} passes",
+        title_justify="left",
+    )
+    for column in ("engine", "p50 ms", "p90 ms", "p99 ms", "rows/s", "padding", "vs torch"):
+        table.add_column(column, justify="left" if column == "engine" else "right")
+    for entry, result in zip(report["engines"], results):
+        table.add_row(
+            result.engine, f"{result.percentile(50):.1f}", f"{result.percentile(90):.1f}", f"{result.percentile(99):.1f}",
+            f"{result.throughput:.1f}", f"{result.padded_tokens / max(result.tokens, 1) - 1:.0%}",
+            f"{entry['vs_torch']:.2f}x" if "vs_torch" in entry else "",
+        )
+    out = console()
+    out.print(table)
+    if arrival is not None:
+        out.print(f"length bucketing vs arrival order: {report['bucketing_speedup']:.2f}x throughput")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; click's own usage errors already exit with 2."""
     from .errors import PluginError, UnknownHeadError

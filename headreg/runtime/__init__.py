@@ -10,6 +10,7 @@ even onnxruntime or tokenizers: those load when a Predictor is created.
 from __future__ import annotations
 
 from .postprocess import Context, aggregate_tokens
-from .predictor import InputError, Predictor
+from .inputs import InputError
+from .predictor import Predictor
 
 __all__ = ["Context", "InputError", "Predictor", "aggregate_tokens"]

@@ -22,6 +22,7 @@ from ..errors import BundleError, HeadregError
 from ..manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, sha256_file
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
+from .inputs import InputError, check_inputs
 from .session import create_session
 
 DEFAULT_BATCH_SIZE = 32
@@ -29,10 +30,6 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_BATCH_TOKENS = 4096
 
 Text = str | tuple[str, str]
-
-
-class InputError(HeadregError, ValueError):
-    """An input that cannot be predicted on (not a string, a pair with a side missing); names its index."""
 
 
 class Predictor:
@@ -101,13 +98,8 @@ class Predictor:
         texts = [inputs] if single else list(inputs)
         config = {**self.config, **options}
         results: list[Any] = [None] * len(texts)
-        for indices, outputs, context in self._run(texts, batch_size, config=config):
-            rows = self._postprocess(outputs, context)
-            if len(rows) != len(indices):
-                raise HeadregError(
-                    f"postprocess of head {self.head!r} returned {len(rows)} results for a batch of {len(indices)}"
-                )
-            for index, row in zip(indices, rows):
+        for indices, outputs, context in self.batches(texts, batch_size=batch_size, config=config):
+            for index, row in zip(indices, self.postprocess(outputs, context)):
                 results[index] = row
         return results[0] if single else results
 
@@ -116,7 +108,7 @@ class Predictor:
         texts = list(inputs)
         width = self._pooled_width()
         embeddings = np.zeros((len(texts), width or 0), dtype=np.float32)
-        for indices, outputs, _ in self._run(texts, batch_size, names=["pooled_output"]):
+        for indices, outputs, _ in self.batches(texts, batch_size=batch_size, names=["pooled_output"]):
             if embeddings.shape[1] != outputs["pooled_output"].shape[1]:
                 embeddings = np.zeros((len(texts), outputs["pooled_output"].shape[1]), dtype=np.float32)
             embeddings[indices] = outputs["pooled_output"]
@@ -124,30 +116,28 @@ class Predictor:
 
     def encode(self, texts: Sequence[Text]) -> list[Any]:
         """Check the inputs and tokenize them (truncated to ``max_length``, unpadded)."""
-        _check_inputs(texts, self.supports_pairs)
+        check_inputs(texts, self.supports_pairs)
         return self.tokenizer.encode_batch([text if isinstance(text, str) else tuple(text) for text in texts])
 
-    def run_batches(
-        self, texts: Sequence[Text], *, batch_size: int | None = None, sort: bool = True
-    ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
-        """Raw ONNX outputs per batch with the input indices of their rows (for benchmarks and tools)."""
-        for indices, outputs, _ in self._run(texts, batch_size, sort=sort):
-            yield indices, outputs
-
-    # --- internals --------------------------------------------------------------------------------------------
-
-    def _run(
+    def batches(
         self,
         texts: Sequence[Text],
-        batch_size: int | None,
         *,
+        batch_size: int | None = None,
+        sort: bool = True,
+        encodings: Sequence[Any] | None = None,
         config: dict[str, Any] | None = None,
         names: list[str] | None = None,
-        sort: bool = True,
     ) -> Iterator[tuple[list[int], dict[str, np.ndarray], _post.Context]]:
+        """Run the model batch by batch: ``(input indices, outputs by name, postprocess Context)`` per batch.
+
+        What ``predict`` and ``embed`` are built on; benchmarks time it per batch. ``sort=False`` keeps the
+        arrival order (each batch still pads to its own longest row). ``encodings`` skips tokenizing again.
+        """
         if not texts:
             return
-        encodings = self.encode(texts)
+        if encodings is None:
+            encodings = self.encode(texts)
         batches = plan_batches(
             [len(encoding) for encoding in encodings], int(batch_size or self.batch_size), self.max_batch_tokens, sort=sort
         )
@@ -156,7 +146,6 @@ class Predictor:
             batch = [encodings[i] for i in indices]
             feed = pad_batch(batch, self.input_names, self.pad_id, self.padding_side, self._input_dtype)
             values = self.session.run(output_names, feed)
-            outputs = dict(zip(output_names, values))
             context = _post.Context(
                 manifest=self.manifest,
                 config=config if config is not None else self.config,
@@ -165,7 +154,18 @@ class Predictor:
                 texts=[texts[i] for i in indices],
                 padding_side=self.padding_side,
             )
-            yield indices, outputs, context
+            yield indices, dict(zip(output_names, values)), context
+
+    def postprocess(self, outputs: dict[str, np.ndarray], context: _post.Context) -> list[Any]:
+        """The head's postprocess on one batch (checked to return one result per row)."""
+        rows = self._postprocess(outputs, context)
+        if len(rows) != len(context.encodings):
+            raise HeadregError(
+                f"postprocess of head {self.head!r} returned {len(rows)} results for a batch of {len(context.encodings)}"
+            )
+        return rows
+
+    # --- internals --------------------------------------------------------------------------------------------
 
     def _pooled_width(self) -> int | None:
         shape = (self.manifest.get("outputs") or {}).get("pooled_output") or [None, None]
@@ -232,24 +232,3 @@ def _load_postprocess(head: dict[str, Any]) -> Callable[..., list[dict]]:
             f"head {head.get('name')!r} needs its postprocess {path!r} from {plugin} {head.get('plugin_version', '')}"
             f", which failed to import ({type(exc).__name__}: {exc}). Install that plugin: pip install {plugin}"
         ) from exc
-
-
-def _check_inputs(texts: Sequence[Any], pairs: bool) -> None:
-    for index, item in enumerate(texts):
-        if isinstance(item, str):
-            continue
-        if isinstance(item, (tuple, list)):
-            if len(item) != 2 or any(side is None for side in item):
-                raise InputError(
-                    f"input {index} is a sentence pair with a side missing ({item!r}); pass (text, text_pair) "
-                    "with two strings"
-                )
-            for side, value in zip(("text", "text_pair"), item):
-                if not isinstance(value, str):
-                    raise InputError(f"input {index}: {side} is {type(value).__name__}, expected a string")
-            if not pairs:
-                raise InputError(f"input {index} is a sentence pair, but this bundle's tokenizer takes single texts")
-            continue
-        raise InputError(
-            f"input {index} is {type(item).__name__} ({item!r:.40}), expected a string or a (text, text_pair) tuple"
-        )

@@ -1,0 +1,170 @@
+"""Side-by-side throughput and latency: onnxruntime variants, length bucketing vs arrival order, PyTorch eager.
+
+Every engine gets the same texts, the same tokenization and the same batches, so the ratios compare the
+model runs and the batching, not the inputs. Torch is imported only by :func:`torch_runner`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .batching import pad_batch, plan_batches
+from .predictor import Predictor
+
+# A paragraph long enough to fill 512 tokens; synthetic rows are truncated to --seq-len.
+_FILLER = (
+    "The committee met on a grey Tuesday morning to review the quarterly figures, and although the "
+    "numbers were better than expected, several members worried that the improvement came from one-off "
+    "sales rather than lasting demand. After a long discussion about pricing, staffing and the new "
+    "warehouse in Rotterdam, they agreed to postpone the decision until the auditors had finished. "
+)
+
+
+@dataclass
+class BenchResult:
+    """One engine's timings over the same corpus."""
+
+    engine: str
+    rows: int
+    tokens: int  # real (unpadded) tokens per pass
+    padded_tokens: int  # tokens actually computed per pass, padding included
+    seconds: list[float] = field(default_factory=list)  # wall time per full pass (tokenize + batches)
+    latencies: list[float] = field(default_factory=list)  # seconds per batch (pad + run + postprocess)
+
+    @property
+    def throughput(self) -> float:
+        """Rows per second, median pass."""
+        return self.rows / float(np.median(self.seconds))
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "rows": self.rows,
+            "tokens": self.tokens,
+            "padded_tokens": self.padded_tokens,
+            "passes": len(self.seconds),
+            "latency_ms": {"p50": self.percentile(50), "p90": self.percentile(90), "p99": self.percentile(99)},
+            "rows_per_s": self.throughput,
+        }
+
+
+def synthetic_texts(rows: int) -> list[str]:
+    """``rows`` distinct long texts; a Predictor with ``max_length=seq_len`` cuts each to exactly seq_len tokens."""
+    return [f"Report {i}: " + _FILLER * 4 for i in range(rows)]
+
+
+Runner = Callable[[dict[str, np.ndarray]], Any]
+
+
+@dataclass
+class Engine:
+    """One contender: a Predictor's session (``runner=None``) or another model on the Predictor's feeds."""
+
+    name: str
+    predictor: Predictor
+    sort: bool = True  # length-bucketed batches; False = arrival order
+    runner: Runner | None = None
+
+
+def measure(
+    engines: Sequence[Engine], texts: Sequence[Any], *, batch_size: int, passes: int, warmup: int = 1
+) -> list[BenchResult]:
+    """Time full passes over ``texts`` (tokenize, batch, run, postprocess) for every engine.
+
+    Passes are interleaved engine by engine, so a noisy neighbour slows every engine alike.
+    """
+    results = []
+    for engine in engines:
+        lengths = [len(encoding) for encoding in engine.predictor.encode(texts)]
+        plan = plan_batches(lengths, batch_size, engine.predictor.max_batch_tokens, sort=engine.sort)
+        results.append(
+            BenchResult(
+                engine=engine.name,
+                rows=len(texts),
+                tokens=sum(lengths),
+                padded_tokens=sum(len(batch) * max(lengths[i] for i in batch) for batch in plan),
+            )
+        )
+    for attempt in range(warmup + passes):
+        for engine, result in zip(engines, results):
+            seconds, latencies = _one_pass(engine, texts, batch_size)
+            if attempt >= warmup:
+                result.seconds.append(seconds)
+                result.latencies.extend(latencies)
+    return results
+
+
+def _one_pass(engine: Engine, texts: Sequence[Any], batch_size: int) -> tuple[float, list[float]]:
+    predictor = engine.predictor
+    start = time.perf_counter()
+    encodings = predictor.encode(texts)
+    latencies = []
+    tick = time.perf_counter()
+    if engine.runner is None:
+        for _, outputs, context in predictor.batches(texts, batch_size=batch_size, sort=engine.sort, encodings=encodings):
+            predictor.postprocess(outputs, context)
+            now = time.perf_counter()
+            latencies.append(now - tick)
+            tick = now
+    else:
+        lengths = [len(encoding) for encoding in encodings]
+        for indices in plan_batches(lengths, batch_size, predictor.max_batch_tokens, sort=engine.sort):
+            feed = pad_batch([encodings[i] for i in indices], predictor.input_names, predictor.pad_id, predictor.padding_side)
+            engine.runner(feed)
+            now = time.perf_counter()
+            latencies.append(now - tick)
+            tick = now
+    return time.perf_counter() - start, latencies
+
+
+def torch_runner(model_dir: str | os.PathLike, threads: int | None = None) -> Runner:
+    """A runner for the PyTorch model the bundle was exported from (needs ``headreg[torch]``)."""
+    from ..errors import require
+
+    torch = require("torch", "torch", "bench --compare-torch")
+    model = load_torch_model(model_dir)
+    if threads:
+        torch.set_num_threads(int(threads))
+
+    def run(feed: dict[str, np.ndarray]) -> Any:
+        with torch.inference_mode():
+            output = model(**{name: torch.from_numpy(value) for name, value in feed.items()})
+            return output.logits.numpy()
+
+    return run
+
+
+def load_torch_model(model_dir: str | os.PathLike):
+    """A saved headreg model, or a transformers task checkpoint imported through interop."""
+    from ..model import MODEL_CONFIG, load_model, quiet_transformers
+
+    model_dir = Path(model_dir)
+    if (model_dir / MODEL_CONFIG).is_file():
+        return load_model(model_dir).eval()
+    import json
+
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from ..interop import from_transformers
+
+    config = json.loads((model_dir / "config.json").read_text())
+    token = any(name.endswith("ForTokenClassification") for name in config.get("architectures") or [])
+    auto = AutoModelForTokenClassification if token else AutoModelForSequenceClassification
+    with quiet_transformers():
+        return from_transformers(auto.from_pretrained(model_dir)).eval()
+
+
+def source_model_dir(predictor: Predictor) -> str | None:
+    """Where the manifest says the exported PyTorch model was saved, if it still exists."""
+    source = predictor.manifest.get("source") or {}
+    path = source.get("path") if isinstance(source, dict) else None
+    return path if path and Path(path).is_dir() else None
