@@ -230,7 +230,7 @@ def aggregate_tokens(
     word one label (its first token's / the mean probabilities' / its most confident token's) and then
     group adjacent words. ``B-X`` starts an entity, ``I-X`` (or a bare ``X``) continues one; entities whose
     label is in ``ignore_labels`` are dropped. With 1-D ``scores``, ``average`` takes the word's most
-    frequent label and the mean confidence of its tokens.
+    frequent label and the mean confidence of all its tokens.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
@@ -313,7 +313,7 @@ def _word_label(positions: list[int], label_ids: np.ndarray, scores: np.ndarray,
             best = max(positions, key=lambda p: scores[p])
             return int(label_ids[best]), float(scores[best])
         label = max(labels, key=labels.count)  # most frequent; ties go to the earliest
-        return label, float(np.mean([scores[p] for p, l in zip(positions, labels) if l == label]))
+        return label, float(np.mean(scores[positions]))
     if aggregation == "first":
         label = int(label_ids[positions[0]])
         return label, float(scores[positions[0], label])
