@@ -104,9 +104,7 @@ def from_transformers(model: Any, *, head: str | None = None, **options: Any) ->
             _copy_linear(_module(model, dense_path), pooler.dense)
         if norm_path is not None:
             pooler.norm.load_state_dict(_module(model, norm_path).state_dict())
-    out = getattr(getattr(headed.head, "classifier", None), "out", None) or getattr(
-        getattr(headed.head, "regressor", None), "out", None
-    )
+    out = getattr(getattr(headed.head, "classifier", None), "out", None)
     if not isinstance(out, nn.Linear) or out.weight.shape != classifier.weight.shape:
         raise BackboneError(f"head {head_name!r} has no classifier layer of shape {tuple(classifier.weight.shape)}")
     _copy_linear(classifier, out)

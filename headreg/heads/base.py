@@ -176,3 +176,17 @@ def check_class_range(head: str, labels: torch.Tensor, num_labels: int, ignore_i
             f"{head} labels must be class ids in [0, {num_labels}) (or {ignore_index} to ignore), "
             f"got values from {int(valid.min())} to {int(valid.max())}"
         )
+
+
+class PooledHead(Head):
+    """A sequence head: an :class:`MLP` from ``pooled_output`` to ``num_labels`` outputs."""
+
+    level: ClassVar[str] = "sequence"
+
+    def __init__(self, config: HeadConfig, hidden_size: int):
+        super().__init__(config, hidden_size)
+        self.classifier = MLP(hidden_size, config.num_labels, config)
+
+    def forward(self, pooled_output, sequence_output, attention_mask):
+        return self.classifier(pooled_output)
+

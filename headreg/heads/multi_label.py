@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import HeadConfigError
-from .base import MLP, Head, HeadConfig, expect_labels
+from .base import HeadConfig, PooledHead, expect_labels
 
 
 @dataclass
@@ -33,17 +33,9 @@ class MultiLabelConfig(HeadConfig):
             raise HeadConfigError(f"thresholds must lie strictly between 0 and 1, got {self.threshold}")
 
 
-class MultiLabelHead(Head):
+class MultiLabelHead(PooledHead):
     config_class = MultiLabelConfig
-    level = "sequence"
     problem_type = "multi_label_classification"
-
-    def __init__(self, config: MultiLabelConfig, hidden_size: int):
-        super().__init__(config, hidden_size)
-        self.classifier = MLP(hidden_size, config.num_labels, config)
-
-    def forward(self, pooled_output, sequence_output, attention_mask):
-        return self.classifier(pooled_output)
 
     def loss(self, logits: torch.Tensor, labels, attention_mask) -> torch.Tensor:
         labels = expect_labels(

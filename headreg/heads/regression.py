@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import MLP, Head, HeadConfig, expect_labels
+from .base import HeadConfig, PooledHead, expect_labels
 
 
 @dataclass
@@ -15,17 +15,9 @@ class RegressionConfig(HeadConfig):
     num_labels: int = 1
 
 
-class RegressionHead(Head):
+class RegressionHead(PooledHead):
     config_class = RegressionConfig
-    level = "sequence"
     problem_type = "regression"
-
-    def __init__(self, config: RegressionConfig, hidden_size: int):
-        super().__init__(config, hidden_size)
-        self.regressor = MLP(hidden_size, config.num_labels, config)
-
-    def forward(self, pooled_output, sequence_output, attention_mask):
-        return self.regressor(pooled_output)
 
     def loss(self, logits: torch.Tensor, labels, attention_mask) -> torch.Tensor:
         labels = torch.as_tensor(labels)

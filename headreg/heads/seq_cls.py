@@ -5,20 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import MLP, Head, HeadConfig, check_class_range, expect_labels
+from .base import HeadConfig, PooledHead, check_class_range, expect_labels
 
 
-class SeqClsHead(Head):
+class SeqClsHead(PooledHead):
     config_class = HeadConfig
-    level = "sequence"
     problem_type = "single_label_classification"
-
-    def __init__(self, config: HeadConfig, hidden_size: int):
-        super().__init__(config, hidden_size)
-        self.classifier = MLP(hidden_size, config.num_labels, config)
-
-    def forward(self, pooled_output, sequence_output, attention_mask):
-        return self.classifier(pooled_output)
 
     def loss(self, logits: torch.Tensor, labels, attention_mask) -> torch.Tensor:
         labels = expect_labels(
