@@ -1,7 +1,10 @@
 """Test helpers for headreg and for plugin authors: tiny random backbones, the real MiniLM, fixtures.
 
 Use it from a plugin's tests with ``pytest_plugins = ["headreg.testing"]``; that gives the fixtures
-``tiny_backbone`` (a factory), ``minilm_path`` and ``minilm_tokenizer``.
+``tiny_backbone`` (a factory), ``minilm_path``, ``minilm_tokenizer`` and ``check_head`` (``check_head`` below,
+writing under the test's ``tmp_path``). ``check_head(name, **options)`` attaches a head to tiny backbones of
+several architectures and runs forward/backward, a few training steps, save/load, ONNX export with
+verification and a torch-free prediction; ``registered_heads()`` parametrizes a test over every head.
 
 Every tiny backbone shares the BERT WordPiece vocabulary of the packaged MiniLM, so one real tokenizer
 serves them all.
@@ -9,9 +12,15 @@ serves them all.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytest
 
@@ -117,3 +126,276 @@ def _minilm_path_fixture() -> Path:
 @pytest.fixture(name="minilm_tokenizer", scope="session")
 def _minilm_tokenizer_fixture():
     return load_tokenizer()
+
+
+# --- check_head: the round trip every head, built-in or plugin, must survive --------------------------------------
+
+CHECK_ARCHITECTURES = ("bert", "roberta", "distilbert", "llama")  # encoders with and without token types, a decoder
+EXPORT_ARCHITECTURES = ("bert",)  # tracing is the slow step (seconds per model); one architecture by default
+# Rows of different lengths, an empty one and non-ASCII text, so every batch carries padding.
+CHECK_TEXTS = (SAMPLE_TEXTS[2], SAMPLE_TEXTS[3], SAMPLE_TEXTS[4], SAMPLE_TEXTS[7])
+HEAVY_MODULES = ("torch", "transformers")
+
+
+class HeadCheckError(AssertionError):
+    """A head failed ``check_head``; the message names the head, the architecture and the step."""
+
+
+@dataclass
+class HeadReport:
+    """What ``check_head`` did for one architecture; paths stay valid while its ``workdir`` exists."""
+
+    head: str
+    architecture: str
+    losses: list[float]
+    model_dir: Path
+    bundle_dir: Path | None = None
+    predictions: list[Any] | None = None
+
+
+def registered_heads() -> list[str]:
+    """Every registered head name, plugins included: ``@pytest.mark.parametrize("name", registered_heads())``."""
+    from .registry import list_heads
+
+    return [spec.name for spec in list_heads()]
+
+
+def check_head(
+    name: str,
+    *,
+    architectures: Sequence[str] = CHECK_ARCHITECTURES,
+    export: Sequence[str] = EXPORT_ARCHITECTURES,
+    texts: Sequence[str] = CHECK_TEXTS,
+    labels: Any = None,
+    train_steps: int = 3,
+    workdir: str | os.PathLike | None = None,
+    **options: Any,
+) -> list[HeadReport]:
+    """Put head ``name`` through everything a head must do, on tiny random backbones; raise HeadCheckError if not.
+
+    For each of ``architectures``: attach the head (``options`` are its config fields), run forward and
+    backward with labels (``labels``, else the head's ``example_labels(logits, attention_mask)``, else ones
+    derived from its problem type), take ``train_steps`` optimizer steps and require the loss to fall,
+    save and load and require identical outputs. For each of ``export``: export to an ONNX bundle (verified
+    against PyTorch) and predict ``texts`` in a subprocess where ``import torch`` fails. Before all of it
+    the head's postprocess module is imported in a clean interpreter and must not import torch.
+
+    >>> check_head("crf", num_labels=5, id2label=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])  # doctest: +SKIP
+    """
+    from .registry import get_head
+
+    spec = get_head(name)
+    check_postprocess_torch_free(spec.name)
+    tokenizer = load_tokenizer()
+    with _workdir(workdir) as root:
+        return [
+            _check_architecture(spec.name, arch, arch in export, texts, labels, train_steps, root / arch, tokenizer, options)
+            for arch in architectures
+        ]
+
+
+@contextlib.contextmanager
+def _workdir(workdir: str | os.PathLike | None):
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        yield Path(workdir)
+        return
+    with tempfile.TemporaryDirectory(prefix="headreg-check-") as tmp:
+        yield Path(tmp)
+
+
+def _check_architecture(
+    name: str, arch: str, export: bool, texts: Sequence[str], labels: Any, train_steps: int, root: Path,
+    tokenizer: Any, options: dict[str, Any],
+) -> HeadReport:
+    import torch
+
+    from .model import attach_head, load_model
+
+    def step(what: str):
+        return _Step(f"check_head({name!r}) on {arch}: {what}")
+
+    with step("attach"):
+        model = attach_head(tiny_backbone(arch), name, **dict(options))
+    batch = dict(tokenizer(list(texts), padding=True, return_tensors="pt"))
+    mask = batch["attention_mask"]
+    with step("forward and backward"):
+        model.train()
+        logits = model(**batch).logits
+        _expect(logits.shape[0] == len(texts), f"logits have batch size {logits.shape[0]}, expected {len(texts)}")
+        if model.head.level == "token":
+            _expect(tuple(logits.shape[:2]) == tuple(mask.shape), f"token logits {tuple(logits.shape)} vs mask {tuple(mask.shape)}")
+        targets = labels if labels is not None else example_labels(model.head, logits.detach(), mask)
+        loss = model(**batch, labels=targets).loss
+        _expect(loss is not None and loss.dim() == 0 and bool(torch.isfinite(loss)), f"loss is not a finite scalar: {loss}")
+        loss.backward()
+        head_grads = [p.grad for p in model.head.parameters() if p.requires_grad]
+        _expect(any(g is not None and bool(g.abs().sum() > 0) for g in head_grads), "no gradient reached the head's parameters")
+        _expect(all(g is None or bool(torch.isfinite(g).all()) for g in head_grads), "the head has NaN/Inf gradients")
+        backbone_grads = [p.grad for p in model.backbone.parameters() if p.grad is not None]
+        _expect(any(bool(g.abs().sum() > 0) for g in backbone_grads), "the loss does not reach the backbone")
+    losses = []
+    with step(f"{train_steps} training steps"):
+        # The head alone: the backward above showed the loss reaches the backbone, and backbone steps are slow.
+        model.backbone.requires_grad_(False)
+        optimizer = torch.optim.AdamW(model.head.parameters(), lr=1e-2)
+        model.eval()  # dropout off, so the losses before and after are comparable
+        for _ in range(train_steps + 1):
+            optimizer.zero_grad()
+            loss = model(**batch, labels=targets).loss
+            losses.append(float(loss.detach()))
+            loss.backward()
+            optimizer.step()
+        model.backbone.requires_grad_(True)
+        _expect(losses[-1] < losses[0], f"training did not lower the loss on a fixed batch: {losses}")
+    with step("save and load"):
+        with torch.no_grad():
+            before = model(**batch)
+        model_dir = model.save_pretrained(root / "model", tokenizer=tokenizer, overwrite=True)
+        loaded = load_model(model_dir)
+        with torch.no_grad():
+            after = loaded(**batch)
+        _expect(type(loaded.head) is type(model.head), f"loaded {type(loaded.head).__name__}, saved {type(model.head).__name__}")
+        _expect(loaded.head.config == model.head.config, f"config changed: {model.head.config} -> {loaded.head.config}")
+        for output in ("logits", "pooled_output"):
+            diff = float((before[output] - after[output]).abs().max())
+            _expect(diff <= 1e-5, f"{output} differ by {diff:.2e} after save/load")
+    report = HeadReport(name, arch, losses, Path(model_dir))
+    if export:
+        from .export import export_onnx, verify_bundle
+
+        with step("ONNX export with verification"):
+            report.bundle_dir = Path(export_onnx(loaded, root / "bundle", tokenizer=tokenizer))
+            verify_bundle(report.bundle_dir)
+        with step("prediction without torch"):
+            report.predictions = predict_without_torch(report.bundle_dir, texts)
+            _expect(len(report.predictions) == len(texts), f"{len(report.predictions)} predictions for {len(texts)} texts")
+            _expect(all(isinstance(p, dict) for p in report.predictions), "a prediction is not a dict")
+    return report
+
+
+class _Step:
+    """Re-raise anything a step raises as HeadCheckError prefixed with the step, keeping the cause."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        cause = str(exc) if isinstance(exc, HeadCheckError) else f"{type(exc).__name__}: {exc}"
+        raise HeadCheckError(f"{self.what}: {cause}") from exc
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise HeadCheckError(message)
+
+
+def example_labels(head: Any, logits: Any, attention_mask: Any):
+    """Labels of the right shape for ``head``: its own ``example_labels`` or ones for its problem type.
+
+    Sequence-level rows all get the same target: a random tiny backbone gives nearly the same pooled vector
+    for every text, so only a shared target lets a few training steps visibly lower the loss.
+    """
+    import torch
+
+    own = getattr(head, "example_labels", None)
+    if own is not None:
+        return own(logits, attention_mask)
+    rows, num_labels, kind = logits.shape[0], head.config.num_labels, head.problem_type
+    if kind == "single_label_classification":
+        return torch.full((rows,), num_labels - 1)
+    if kind == "multi_label_classification":
+        return (torch.arange(logits.shape[-1]) % 2).float().expand(tuple(logits.shape)).clone()
+    if kind == "regression":
+        return torch.full(tuple(logits.shape), 2.0)
+    if kind == "token_classification":
+        tags = torch.randint(0, num_labels, tuple(logits.shape[:2]), generator=torch.Generator().manual_seed(0))
+        return tags.masked_fill(attention_mask == 0, -100)
+    raise HeadCheckError(
+        f"check_head cannot guess labels for problem type {kind!r} of {type(head).__name__}: pass labels=..., "
+        "or give the head an example_labels(logits, attention_mask) method returning a labels tensor"
+    )
+
+
+def _subprocess_env() -> dict[str, str]:
+    """This interpreter's sys.path for a child Python, so it sees the same (test-installed) plugins."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return env
+
+
+_IMPORT_PROBE = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+print(json.dumps(sorted(m for m in sys.argv[2:] if m in sys.modules)))
+"""
+
+_PREDICT_PROBE = """
+import json, sys
+for name in ("torch", "transformers"):
+    sys.modules[name] = None  # any import of them now raises ImportError
+from headreg.runtime import Predictor
+print(json.dumps(Predictor(sys.argv[1]).predict(json.load(sys.stdin))))
+"""
+
+
+def check_postprocess_torch_free(name: str) -> None:
+    """Import head ``name``'s postprocess module in a fresh interpreter; HeadCheckError if torch comes with it.
+
+    The runtime must run where torch is not installed, so a postprocess may use numpy (and headreg's
+    torch-free ``headreg.runtime.postprocess`` helpers) but never torch or transformers, not even indirectly.
+    """
+    from .registry import get_head
+
+    spec = get_head(name)
+    if spec.postprocess is None:
+        return
+    module = spec.postprocess.partition(":")[0]
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, module, *HEAVY_MODULES],
+        capture_output=True, text=True, env=_subprocess_env(), timeout=120,
+    )
+    if done.returncode != 0:
+        raise HeadCheckError(
+            f"head {spec.name!r} from {spec.origin!r}: its postprocess module {module!r} does not import: "
+            f"{_last_line(done.stderr)}"
+        )
+    heavy = json.loads(done.stdout.strip().splitlines()[-1])
+    if heavy:
+        raise HeadCheckError(
+            f"head {spec.name!r} from {spec.origin!r}: importing its postprocess module {module!r} imports "
+            f"{', '.join(heavy)}. The runtime serves bundles without torch: compute the postprocess with numpy "
+            "and keep torch code in the head's module."
+        )
+
+
+def predict_without_torch(bundle_dir: str | os.PathLike, texts: Sequence[Any]) -> list[Any]:
+    """``Predictor(bundle_dir).predict(texts)`` in a subprocess where importing torch or transformers fails."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PREDICT_PROBE, str(bundle_dir)],
+        input=json.dumps(list(texts)), capture_output=True, text=True, env=_subprocess_env(), timeout=300,
+    )
+    if done.returncode != 0:
+        raise HeadCheckError(f"torch-free prediction on {bundle_dir} failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+@pytest.fixture(name="check_head")
+def _check_head_fixture(tmp_path: Path):
+    """``check_head("my_head", num_labels=3)`` with bundles and saved models under the test's tmp_path."""
+
+    def run(name: str, **kwargs: Any) -> list[HeadReport]:
+        kwargs.setdefault("workdir", tmp_path / "check_head")
+        return check_head(name, **kwargs)
+
+    return run

@@ -92,5 +92,5 @@ class OrdinalHead(Head):
         return {**super().manifest(), "num_ranks": self.config.num_labels}
 
     def example_labels(self, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Random ranks for ``headreg.testing.check_head``."""
-        return torch.randint(0, self.config.num_labels, (logits.shape[0],))
+        """Labels for ``headreg.testing.check_head``: the top rank for every row (learnable on any backbone)."""
+        return torch.full((logits.shape[0],), self.config.num_labels - 1)
