@@ -10,10 +10,11 @@ stays light enough for a torch-free production image.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+from ._lazy import lazy_getattr  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
 from .registry import HeadSpec, get_head, is_head, list_heads  # noqa: E402
 
@@ -44,15 +45,7 @@ if TYPE_CHECKING:
     from .model import HeadedModel, HeadOutput, attach_head, load_model
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'headreg' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

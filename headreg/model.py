@@ -13,8 +13,6 @@ import contextlib
 import inspect
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from transformers import PreTrainedModel  # noqa: E402
 from transformers.utils import ModelOutput  # noqa: E402
 
 from . import __version__  # noqa: E402
+from .atomic import atomic_directory  # noqa: E402
 from .errors import BackboneError, HeadConfigError, SaveLoadError  # noqa: E402
 from .heads.base import Head, build_config  # noqa: E402
 from .pooling import Pooler, PoolingConfig, is_decoder, resolve_pooling  # noqa: E402
@@ -162,27 +161,6 @@ class HeadedModel(nn.Module):
 def _local_source(backbone: PreTrainedModel) -> str | None:
     source = getattr(backbone, "name_or_path", None) or getattr(backbone.config, "_name_or_path", None)
     return str(Path(source).resolve()) if source and Path(source).is_dir() else None
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path, *, overwrite: bool):
-    """Yield a temp directory beside ``target``; on success it replaces ``target``, on failure it vanishes."""
-    target = Path(target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise SaveLoadError(f"{target} exists and is not empty; pass overwrite=True to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old) if target.is_dir() else target.unlink()
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,150 @@
+"""The bundle's manifest (``headreg.json``, see docs/bundle-format.md) and what goes into it.
+
+The manifest holds everything the torch-free runtime needs: head, labels, postprocess, pooling,
+input/output names, max_length, tokenizer settings, file hashes and the verification summary.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..manifest import FORMAT, FORMAT_VERSION, MODEL_FILE, TOKENIZER_FILE, sha256_file
+from ..pooling import is_decoder
+
+# Backbones whose position ids start after the padding index (fairseq heritage): the table holds
+# max_position_embeddings - pad_token_id - 1 real positions (RoBERTa: 514 -> 512).
+_PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer")
+VERSIONED = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "optimum", "tokenizers", "numpy")
+
+
+def normalized_config(config: Any) -> Any:
+    """optimum's normalized view (hidden_size, num_layers, num_attention_heads, vocab_size) of any config."""
+    from optimum.utils import NormalizedConfigManager, NormalizedTextConfig
+
+    try:
+        return NormalizedConfigManager.get_normalized_config_class(config.model_type)(config)
+    except (KeyError, NotImplementedError, AttributeError):
+        return NormalizedTextConfig(config)
+
+
+def _attr(normalized: Any, name: str) -> Any:
+    try:
+        return getattr(normalized, name)
+    except AttributeError:
+        return None
+
+
+def backbone_info(config: Any) -> dict[str, Any]:
+    normalized = normalized_config(config)
+    return {
+        "model_type": config.model_type,
+        "hidden_size": _attr(normalized, "hidden_size"),
+        "num_hidden_layers": _attr(normalized, "num_layers"),
+        "num_attention_heads": _attr(normalized, "num_attention_heads"),
+        "vocab_size": _attr(normalized, "vocab_size"),
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        "is_decoder": is_decoder(config),
+    }
+
+
+def position_limit(config: Any) -> int | None:
+    """The longest input the position table allows, or None when the backbone has no limit it declares."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    if config.model_type in _PADDING_OFFSET_POSITIONS:
+        limit -= (getattr(config, "pad_token_id", None) or 1) + 1
+    return limit
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"headreg": __version__}
+    for name in VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _jsonable_config(config: Any) -> dict[str, Any]:
+    data = config.to_dict()
+    if isinstance(data.get("id2label"), dict):
+        data["id2label"] = {str(k): v for k, v in data["id2label"].items()}
+    return data
+
+
+def build_manifest(
+    model: Any,
+    *,
+    graph_outputs: dict[str, list],
+    input_names: tuple[str, ...],
+    opset: int,
+    max_length: int,
+    tokenizer: Any,
+    staging: Path,
+    variants: dict[str, Any],
+    verification: dict[str, Any],
+    source: dict[str, Any],
+    exporter: str,
+) -> dict[str, Any]:
+    """The ``headreg.json`` dict for a bundle whose files are already in ``staging``."""
+    spec, head = model.spec, model.head
+    labels = {str(k): v for k, v in head.config.labels().items()}
+    postprocess_config = dict(head.manifest())
+    if isinstance(postprocess_config.get("id2label"), dict):
+        postprocess_config["id2label"] = {str(k): v for k, v in postprocess_config["id2label"].items()}
+    files = {
+        name: sha256_file(staging / name)
+        for name in {variant["file"] for variant in variants.values() if isinstance(variant, dict)}
+    }
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "headreg_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "head": {
+            "name": spec.name,
+            "plugin": spec.plugin,
+            "plugin_version": spec.version or (__version__ if spec.builtin else ""),
+            "level": head.level,
+            "problem_type": head.problem_type,
+            "postprocess": spec.postprocess,
+            "config": _jsonable_config(head.config),
+        },
+        "postprocess_config": postprocess_config,
+        "num_labels": head.config.num_labels,
+        "id2label": labels,
+        "pooling": model.pooler.config.as_dict(),
+        "backbone": backbone_info(model.config),
+        "inputs": list(input_names),
+        "outputs": graph_outputs,
+        "opset": opset,
+        "exporter": exporter,
+        "max_length": max_length,
+        "padding_side": "left" if is_decoder(model.config) else "right",
+        "tokenizer": {
+            "file": TOKENIZER_FILE,
+            "sha256": sha256_file(staging / TOKENIZER_FILE),
+            "pad_token_id": tokenizer.pad_token_id,
+            "pad_token": tokenizer.pad_token,
+            "pair": True,
+        },
+        "files": files,
+        "variants": variants,
+        "verification": verification,
+        "source": source,
+        "versions": versions(),
+    }
+
+
+def file_sizes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def default_variants(optimized: bool) -> dict[str, Any]:
+    return {"default": "fp32", "fp32": {"file": MODEL_FILE, "optimized": optimized}}

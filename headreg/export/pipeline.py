@@ -1,0 +1,277 @@
+"""``export_onnx``: trace -> verify -> (optimize) -> (quantize) -> write the bundle, all or nothing.
+
+The bundle is built in a staging directory under the system temp dir and moved into ``out_dir`` only
+after every check passed (see headreg/atomic.py), so a failed, interrupted or killed export leaves no
+partial bundle and no stray directory beside ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_directory, is_nonempty
+from ..errors import SaveLoadError
+from ..manifest import GOLDEN_FILE, INT8_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, VERIFICATION_FILE, sha256_file, write_json
+from ..runtime.session import create_session
+from . import bundle as bundle_mod
+from .cases import Case, make_cases
+from .tokenizer import TokenizerError, bundle_tokenizer
+from .trace import ExportError, ExportWrapper, graph_signature, input_names_for, trace
+from .verify import Report, VerificationFailed, save_golden, verify_session
+
+Progress = Callable[[str, str, dict], None]
+QUANTIZE_MODES = ("int8",)
+
+
+@dataclass
+class Step:
+    name: str
+    seconds: float
+    peak_rss_mb: float  # the process's peak resident memory when the step ended
+
+
+@dataclass
+class Bundle:
+    """What ``export_onnx`` wrote: the directory, its manifest and how each step went."""
+
+    path: Path
+    manifest: dict[str, Any]
+    report: Report
+    steps: list[Step] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    optimization: dict[str, Any] | None = None
+    int8: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "passed": self.report.passed,
+            "cases": len(self.report.cases),
+            "worst": self.report.worst(),
+            "sizes": self.sizes,
+            "steps": [vars(step) for step in self.steps],
+            "optimization": self.optimization,
+            "int8": self.int8,
+            "variants": self.manifest.get("variants"),
+        }
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class _Steps:
+    def __init__(self, progress: Progress | None):
+        self.progress = progress or (lambda name, state, info: None)
+        self.done: list[Step] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[dict]:
+        info: dict[str, Any] = {}
+        self.progress(name, "start", info)
+        start = time.perf_counter()
+        yield info
+        step = Step(name, round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1))
+        self.done.append(step)
+        self.progress(name, "done", {**info, "seconds": step.seconds})
+
+
+def _torch_outputs(wrapper: ExportWrapper, cases: list[Case]) -> list[dict[str, np.ndarray]]:
+    expected = []
+    with torch.inference_mode():
+        for case in cases:
+            inputs = {k: torch.from_numpy(v) for k, v in case.inputs.items()}
+            values = wrapper(**inputs)
+            expected.append({n: v.detach().float().cpu().numpy() for n, v in zip(wrapper.output_names, values)})
+    return expected
+
+
+def _decide(head: Any) -> Callable[[dict[str, np.ndarray], np.ndarray], Any]:
+    return lambda outputs, mask: head.decisions(outputs, mask)
+
+
+def _source_info(model: Any, source: dict[str, Any] | None) -> dict[str, Any]:
+    if source is not None:
+        return source
+    from ..model import _local_source
+
+    return {"path": _local_source(model.backbone), "kind": "python"}
+
+
+def _tokenizer_for(model: Any, tokenizer: Any) -> Any:
+    if tokenizer is not None:
+        return tokenizer
+    from ..model import _local_source
+
+    path = _local_source(model.backbone)
+    if path is None:
+        raise TokenizerError(
+            "export_onnx needs the model's tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...) "
+            "(or a tokenizer.json path)"
+        )
+    return path
+
+
+def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
+    """The bundle's tokenizer.json must give the ids the source tokenizer gives, or the runtime sees other input."""
+    source = tok.source
+    if source is None:
+        return
+    for case in cases:
+        if case.kind == "random":
+            continue
+        texts = [t for t in case.texts]
+        args = ([t[0] for t in texts], [t[1] for t in texts]) if case.kind == "pair" else (texts,)
+        want = source(*args, truncation=True, max_length=max_length)["input_ids"]
+        mask = case.inputs["attention_mask"].astype(bool)
+        got = [row[m].tolist() for row, m in zip(case.inputs["input_ids"], mask)]
+        if [list(w) for w in want] != got:
+            raise TokenizerError(
+                f"tokenizer.json tokenizes the verification texts differently from {type(source).__name__} "
+                f"(case {case.name!r}); the runtime would see different input ids. Save the tokenizer as a fast "
+                "tokenizer and export again."
+            )
+
+
+def resolve_max_length(model: Any, max_length: int | None) -> int:
+    limit = bundle_mod.position_limit(model.config)
+    if max_length is None:
+        if limit is None:
+            raise ExportError(
+                f"{model.config.model_type} declares no position limit; pass max_length (--max-length)"
+            )
+        return limit
+    if max_length < 1 or (limit is not None and max_length > limit):
+        raise ExportError(f"max_length={max_length} is outside 1..{limit}, what the position table of this backbone allows")
+    return max_length
+
+
+def export_onnx(
+    model: Any,
+    out_dir: str | Path,
+    tokenizer: Any = None,
+    *,
+    opset: int | None = None,
+    optimize: bool = False,
+    quantize: str | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    max_length: int | None = None,
+    overwrite: bool = False,
+    exporter: str = "dynamo",
+    int8_min_agreement: float = 0.95,
+    source: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> Bundle:
+    """Export a HeadedModel to a verified ONNX bundle in ``out_dir`` and return what was written.
+
+    Raises VerificationFailed (with ``.report``) when onnxruntime disagrees with PyTorch; nothing is
+    written then. ``tokenizer`` is a transformers tokenizer, a ``tokenizers.Tokenizer`` or a path; it
+    defaults to the backbone's own directory.
+
+    >>> bundle = export_onnx(model, "bundle/", tokenizer=tokenizer)   # doctest: +SKIP
+    >>> bundle.report.worst()["logits"]                                # doctest: +SKIP
+    {'abs': 2.4e-07, 'rel': 3.1e-06}
+    """
+    out_dir = Path(out_dir)
+    if is_nonempty(out_dir) and not overwrite:
+        raise SaveLoadError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    if quantize not in (None, *QUANTIZE_MODES):
+        raise ExportError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    max_length = resolve_max_length(model, max_length)
+    step = _Steps(progress)
+    input_names = input_names_for(model)
+    padding_side = "left" if model._decoder else "right"
+    decide = _decide(model.head)
+    token_outputs = {"logits"} if model.head.level == "token" else set()
+    checks = dict(decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol)
+
+    with atomic_directory(out_dir, overwrite=overwrite, stage_in_temp=True) as staging:
+        with step("tokenizer"):
+            tok = bundle_tokenizer(_tokenizer_for(model, tokenizer), pad_token_id=model.config.pad_token_id)
+            tok.save(staging / TOKENIZER_FILE)
+        with step("trace") as info:
+            traced = trace(model, staging / MODEL_FILE, opset=opset, exporter=exporter)
+            info["opset"] = traced.opset
+        with step("pytorch reference") as info:
+            cases = make_cases(
+                input_names=input_names,
+                vocab_size=model.config.vocab_size,
+                max_length=max_length,
+                pad_id=tok.pad_token_id,
+                padding_side=padding_side,
+                tokenizer=tok.tokenizer,
+                pairs="token_type_ids" in input_names,
+            )
+            _check_tokenizer(tok, cases, max_length)
+            wrapper = ExportWrapper(model, input_names).eval()
+            expected = _torch_outputs(wrapper, cases)
+            info["cases"] = len(cases)
+        with step("verify") as info:
+            report = verify_session(create_session(staging / MODEL_FILE), cases, expected, **checks)
+            info["passed"] = report.passed
+            report.raise_for_failure()
+
+        optimization = None
+        int8 = None
+        variants = bundle_mod.default_variants(optimized=False)
+        if quantize == "int8":
+            # quantize the unfused fp32 graph: quantize_dynamic fails on fused (com.microsoft) graphs
+            from .quantize import quantize_int8
+
+            with step("quantize") as info:
+                int8 = quantize_int8(
+                    staging / MODEL_FILE, staging / INT8_FILE, cases, expected, decide=decide,
+                    min_agreement=int8_min_agreement,
+                )
+                info.update(agreement=int8["decision_agreement"])
+            variants["int8"] = {"file": INT8_FILE, **{k: int8[k] for k in ("decision_agreement", "min_agreement")}}
+        if optimize:
+            from .optimize import optimize_graph
+
+            with step("optimize") as info:
+                optimization = optimize_graph(staging / MODEL_FILE, model.config, cases, expected, checks=checks)
+                info.update(accepted=optimization["accepted"], fused=optimization["fused"])
+            variants["fp32"]["optimized"] = optimization["accepted"]
+
+        with step("write bundle"):
+            save_golden(staging / GOLDEN_FILE, cases, expected)
+            _, graph_outputs, _ = graph_signature(staging / MODEL_FILE)
+            manifest = bundle_mod.build_manifest(
+                model,
+                graph_outputs=graph_outputs,
+                input_names=input_names,
+                opset=traced.opset,
+                max_length=max_length,
+                tokenizer=tok,
+                staging=staging,
+                variants=variants,
+                verification=report.summary(),
+                source=_source_info(model, source),
+                exporter=exporter,
+            )
+            write_json(staging / MANIFEST_FILE, manifest)
+            write_json(
+                staging / VERIFICATION_FILE,
+                {
+                    **report.to_dict(),
+                    "manifest_sha256": sha256_file(staging / MANIFEST_FILE),
+                    "optimization": optimization,
+                    "int8": int8,
+                },
+            )
+            sizes = bundle_mod.file_sizes(staging)
+    return Bundle(out_dir, manifest, report, step.done, sizes, optimization, int8)
+
+
+__all__ = ["Bundle", "ExportError", "VerificationFailed", "export_onnx"]

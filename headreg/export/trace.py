@@ -1,0 +1,208 @@
+"""Trace a HeadedModel to ONNX with ``torch.onnx.export``: dynamic batch and sequence axes, named outputs.
+
+The graph's outputs are ``logits``, ``pooled_output`` and then the head's ``export_extras()`` in order.
+The dynamo exporter is the default; ``exporter="torchscript"`` is the explicit fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import HeadregError
+
+EXPORTERS = ("dynamo", "torchscript")
+BATCH, SEQUENCE = "batch", "sequence"
+# Above this many bytes of weights the protobuf limit forces a .onnx.data side file.
+EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
+# Trace with a batch and length that are neither 0 nor 1, which torch.export would specialise.
+TRACE_BATCH, TRACE_LENGTH = 2, 16
+
+
+class ExportError(HeadregError, RuntimeError):
+    """The model could not be traced to an ONNX graph that fits the bundle contract."""
+
+
+class ExportWrapper(nn.Module):
+    """Presents a HeadedModel as the graph the bundle promises: fixed inputs in, a tuple of named outputs out."""
+
+    def __init__(self, model: nn.Module, input_names: tuple[str, ...]):
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+        self.extra_names = tuple(model.head.export_extras())
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("logits", "pooled_output", *self.extra_names)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        extras = self.model.head.export_extras()
+        return (out.logits, out.pooled_output, *(extras[name] for name in self.extra_names))
+
+
+def input_names_for(model: Any) -> tuple[str, ...]:
+    names = ("input_ids", "attention_mask")
+    return names + ("token_type_ids",) if model.accepts_token_type_ids else names
+
+
+@contextlib.contextmanager
+def export_mode(model: nn.Module):
+    """Eval mode and eager attention for the duration of an export, restored afterwards.
+
+    Eager attention because transformers-5 ``sdpa`` graphs defeat onnxruntime's attention fusion and
+    some backbones (DeBERTa-v2) have no sdpa path at all; eager exports on every architecture we test.
+    """
+    backbone = model.backbone
+    was_training = model.training
+    previous = getattr(backbone.config, "_attn_implementation", None)
+    switch = previous not in (None, "eager") and hasattr(backbone, "set_attn_implementation")
+    if switch:
+        backbone.set_attn_implementation("eager")
+    model.eval()
+    try:
+        yield
+    finally:
+        if switch:
+            backbone.set_attn_implementation(previous)
+        model.train(was_training)
+
+
+def dummy_inputs(model: Any, input_names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Trace inputs from optimum's text input generator (random ids of the model's vocabulary)."""
+    from optimum.utils import DummyTextInputGenerator, NormalizedTextConfig
+
+    config = NormalizedTextConfig(model.backbone.config)
+    generator = DummyTextInputGenerator("feature-extraction", config, batch_size=TRACE_BATCH, sequence_length=TRACE_LENGTH)
+    inputs = {name: generator.generate(name, framework="pt").long() for name in input_names}
+    # No padding in the trace sample: a fully masked row would be a different graph path (and NaN in ORT).
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if "token_type_ids" in inputs:
+        inputs["token_type_ids"] = inputs["token_type_ids"].clamp(0, 1)
+    return inputs
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporters warn about torchvision, pytree internals and axis renames; none of it is actionable."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+@dataclass
+class TraceResult:
+    path: Path
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    opset: int
+    exporter: str
+    external_data: bool
+
+
+def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: str = "dynamo") -> TraceResult:
+    """Export ``model`` (a HeadedModel) to ``path`` and check that batch and sequence axes stayed symbolic."""
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    path = Path(path)
+    input_names = input_names_for(model)
+    wrapper = ExportWrapper(model, input_names)
+    output_names = wrapper.output_names
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    external = weight_bytes > EXTERNAL_DATA_BYTES
+    token_level = model.head.level == "token"
+    with export_mode(model), torch.no_grad(), _quiet_exporter():
+        wrapper.eval()
+        inputs = dummy_inputs(model, input_names)
+        try:
+            if exporter == "dynamo":
+                batch, sequence = torch.export.Dim(BATCH), torch.export.Dim(SEQUENCE)
+                torch.onnx.export(
+                    wrapper,
+                    (),
+                    str(path),
+                    kwargs=inputs,
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    opset_version=opset,
+                    dynamo=True,
+                    external_data=external,
+                    dynamic_shapes={name: {0: batch, 1: sequence} for name in input_names},
+                    verbose=False,
+                )
+            else:
+                axes = {name: {0: BATCH, 1: SEQUENCE} for name in input_names}
+                axes["logits"] = {0: BATCH, 1: SEQUENCE} if token_level else {0: BATCH}
+                axes["pooled_output"] = {0: BATCH}
+                torch.onnx.export(
+                    wrapper,
+                    tuple(inputs[name] for name in input_names),
+                    str(path),
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    opset_version=opset or 17,
+                    dynamo=False,
+                    dynamic_axes=axes,
+                )
+        except ExportError:
+            raise
+        except Exception as exc:  # the exporters raise many types; say which step failed and how to go on
+            hint = " Try exporter='torchscript' (--exporter torchscript)." if exporter == "dynamo" else ""
+            raise ExportError(f"torch.onnx.export ({exporter}) failed: {type(exc).__name__}: {exc}.{hint}") from exc
+    data_file = path.with_name(path.name + ".data")
+    if data_file.exists() and not external:
+        raise ExportError(f"the exporter wrote {data_file.name} for a model below 2 GB; expected one self-contained file")
+    opset_used = check_graph(path, input_names, output_names, token_level=token_level)
+    return TraceResult(path, input_names, output_names, opset_used, exporter, external)
+
+
+def _dims(value: Any) -> list[str | int]:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def graph_signature(path: str | Path) -> tuple[dict[str, list], dict[str, list], int]:
+    """(input dims, output dims, default-domain opset) of an ONNX file, without loading external weights."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inputs = {v.name: _dims(v) for v in model.graph.input}
+    outputs = {v.name: _dims(v) for v in model.graph.output}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return inputs, outputs, opset
+
+
+def check_graph(path: Path, input_names: tuple[str, ...], output_names: tuple[str, ...], *, token_level: bool) -> int:
+    """Raise ExportError unless the graph has the promised names and symbolic batch/sequence axes."""
+    inputs, outputs, opset = graph_signature(path)
+    if tuple(inputs) != input_names or tuple(outputs) != output_names:
+        raise ExportError(
+            f"exported graph has inputs {list(inputs)} and outputs {list(outputs)}; expected {list(input_names)} "
+            f"and {list(output_names)}"
+        )
+    problems = [f"input {name} dims {dims}" for name, dims in inputs.items() if any(isinstance(d, int) for d in dims[:2])]
+    symbolic_outputs = {"logits": 2 if token_level else 1, "pooled_output": 1}
+    for name, count in symbolic_outputs.items():
+        if any(isinstance(d, int) for d in outputs[name][:count]):
+            problems.append(f"output {name} dims {outputs[name]}")
+    if problems:
+        raise ExportError(
+            "batch/sequence axes were fixed during export (the graph would only accept the trace shape): "
+            + "; ".join(problems)
+        )
+    return opset

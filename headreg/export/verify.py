@@ -1,0 +1,364 @@
+"""Verification: onnxruntime must reproduce PyTorch on every case, or the export fails.
+
+A case passes when every output is finite, within ``atol`` AND ``rtol`` of PyTorch
+(``|ort - torch| <= atol + rtol * |torch|``, elementwise) and the head's decisions are identical.
+Token-level outputs are compared on non-padding positions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import BundleError, VerificationError
+from .cases import Case
+
+Decide = Callable[[dict[str, np.ndarray], np.ndarray], Any]
+
+
+@dataclass
+class OutputDiff:
+    max_abs: float
+    max_rel: float
+    finite: bool
+    within: bool
+    shape: list[int]
+
+
+@dataclass
+class CaseResult:
+    name: str
+    kind: str
+    shape: list[int]
+    lengths: list[int]
+    padding_side: str
+    outputs: dict[str, OutputDiff]
+    decision_agreement: float | None  # fraction of decisions equal; None when the head makes none
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+class VerificationFailed(VerificationError):
+    """Verification failed; ``report`` holds every case."""
+
+    def __init__(self, message: str, report: "Report"):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class Report:
+    """Every case's diffs; ``passed`` only when all cases passed."""
+
+    cases: list[CaseResult]
+    atol: float
+    rtol: float
+    target: str = "model.onnx"
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # bundle-level: changed files, inconsistent manifest
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and not self.problems and all(case.passed for case in self.cases)
+
+    @property
+    def failures(self) -> list[str]:
+        return self.problems + [f"{case.name}: {problem}" for case in self.cases for problem in case.problems]
+
+    def worst(self) -> dict[str, dict[str, float]]:
+        worst: dict[str, dict[str, float]] = {}
+        for case in self.cases:
+            for name, diff in case.outputs.items():
+                entry = worst.setdefault(name, {"abs": 0.0, "rel": 0.0})
+                entry["abs"] = max(entry["abs"], diff.max_abs)
+                entry["rel"] = max(entry["rel"], diff.max_rel)
+        return worst
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest's ``verification`` entry."""
+        return {
+            "passed": self.passed,
+            "cases": len(self.cases),
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "worst": self.worst(),
+            "target": self.target,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.summary(),
+            "failures": self.failures,
+            "notes": self.notes,
+            "case_results": [{**asdict(case), "passed": case.passed} for case in self.cases],
+        }
+
+    def raise_for_failure(self) -> None:
+        if not self.passed:
+            raise VerificationFailed(self.message(), self)
+
+    def message(self) -> str:
+        if self.passed:
+            return f"{self.target}: {len(self.cases)} cases passed (atol={self.atol:g}, rtol={self.rtol:g})"
+        failures = self.failures or ["no cases were checked"]
+        shown = "\n  ".join(failures[:12]) + (f"\n  ... and {len(failures) - 12} more" if len(failures) > 12 else "")
+        failed = sum(not c.passed for c in self.cases)
+        what = (
+            f"onnxruntime disagrees with PyTorch in {failed} of {len(self.cases)} cases"
+            if failed
+            else "the bundle does not match what was exported"
+        )
+        return f"{self.target}: {what} (atol={self.atol:g}, rtol={self.rtol:g}):\n  {shown}"
+
+
+def _token_mask(value: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Select the non-padding positions of a (batch, sequence, ...) output."""
+    return value[mask.astype(bool)]
+
+
+def compare_outputs(
+    expected: dict[str, np.ndarray],
+    actual: dict[str, np.ndarray],
+    mask: np.ndarray,
+    *,
+    token_outputs: set[str],
+    atol: float,
+    rtol: float,
+) -> tuple[dict[str, OutputDiff], list[str]]:
+    diffs: dict[str, OutputDiff] = {}
+    problems: list[str] = []
+    for name, want in expected.items():
+        got = actual.get(name)
+        if got is None:
+            problems.append(f"output {name!r} is missing from onnxruntime's outputs")
+            continue
+        if got.shape != want.shape:
+            problems.append(f"{name}: shape {list(got.shape)} from onnxruntime, {list(want.shape)} from PyTorch")
+            continue
+        finite = bool(np.isfinite(got).all())
+        if not finite:
+            problems.append(f"{name}: onnxruntime produced NaN/Inf")
+        if not np.isfinite(want).all():
+            problems.append(f"{name}: PyTorch produced NaN/Inf")
+        if name in token_outputs:
+            got, want = _token_mask(got, mask), _token_mask(want, mask)
+        got64, want64 = got.astype(np.float64), want.astype(np.float64)
+        err = np.abs(got64 - want64)
+        err = np.where(np.isnan(err), np.inf, err)
+        max_abs = float(err.max()) if err.size else 0.0
+        max_rel = float((err / np.maximum(np.abs(want64), 1e-12)).max()) if err.size else 0.0
+        within = bool((err <= atol + rtol * np.abs(want64)).all())
+        if finite and not within:
+            problems.append(f"{name}: max abs diff {max_abs:.3g}, max rel diff {max_rel:.3g} outside atol/rtol")
+        diffs[name] = OutputDiff(max_abs, max_rel, finite, within, list(actual[name].shape))
+    return diffs, problems
+
+
+def decision_agreement(expected: Any, actual: Any, mask: np.ndarray) -> tuple[float, int]:
+    """Fraction (and count) of decisions that agree; token decisions only on non-padding positions."""
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    if expected.shape != actual.shape:
+        return 0.0, max(expected.size, 1)
+    if expected.ndim >= 2 and expected.shape[:2] == mask.shape:
+        expected, actual = _token_mask(expected, mask), _token_mask(actual, mask)
+    # a row of several decisions (multi-label) agrees only when all of them do
+    rows_equal = (expected == actual).reshape(expected.shape[0], -1).all(-1) if expected.size else np.array([])
+    return (float(rows_equal.mean()) if rows_equal.size else 1.0), int(rows_equal.size)
+
+
+def check_case(
+    case: Case,
+    expected: dict[str, np.ndarray],
+    actual: dict[str, np.ndarray],
+    *,
+    decide: Decide | None,
+    token_outputs: set[str],
+    atol: float,
+    rtol: float,
+) -> CaseResult:
+    diffs, problems = compare_outputs(expected, actual, case.mask, token_outputs=token_outputs, atol=atol, rtol=rtol)
+    agreement = None
+    if decide is not None and not problems:
+        want, got = decide(expected, case.mask), decide(actual, case.mask)
+        if want is not None:
+            agreement, _ = decision_agreement(want, got, case.mask)
+            if agreement < 1.0:
+                problems.append(f"decisions differ on {100 * (1 - agreement):.1f}% of rows")
+    info = case.describe()
+    return CaseResult(
+        info["name"], info["kind"], info["shape"], info["lengths"], info["padding_side"], diffs, agreement, problems
+    )
+
+
+def run_onnx(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+    return dict(zip(names, session.run(names, feed)))
+
+
+def verify_session(
+    session: Any,
+    cases: list[Case],
+    expected: list[dict[str, np.ndarray]],
+    *,
+    decide: Decide | None,
+    token_outputs: set[str],
+    atol: float,
+    rtol: float,
+    target: str = "model.onnx",
+) -> Report:
+    """Run every case through an onnxruntime session and compare with PyTorch's ``expected`` outputs."""
+    results = []
+    for case, want in zip(cases, expected):
+        try:
+            got = run_onnx(session, case.inputs)
+        except Exception as exc:  # onnxruntime raises its own exception types per failure
+            info = case.describe()
+            results.append(
+                CaseResult(info["name"], info["kind"], info["shape"], info["lengths"], info["padding_side"], {}, None,
+                           [f"onnxruntime failed: {type(exc).__name__}: {exc}"])
+            )
+            continue
+        results.append(check_case(case, want, got, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol))
+    return Report(results, atol, rtol, target)
+
+
+# --- golden cases: written at export, re-checked by `headreg verify` -------------------------------------------
+
+
+def save_golden(path: str | Path, cases: list[Case], expected: list[dict[str, np.ndarray]]) -> None:
+    arrays = {}
+    for index, (case, outputs) in enumerate(zip(cases, expected)):
+        arrays.update({f"{index}.input.{k}": v for k, v in case.inputs.items()})
+        arrays.update({f"{index}.output.{k}": v for k, v in outputs.items()})
+    np.savez_compressed(path, **arrays)
+
+
+def load_golden(path: str | Path, descriptions: list[dict[str, Any]]) -> tuple[list[Case], list[dict[str, np.ndarray]]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path} is not a readable golden file: {exc}") from exc
+    cases, expected = [], []
+    for index, info in enumerate(descriptions):
+        inputs = {k.split(".", 2)[2]: v for k, v in arrays.items() if k.startswith(f"{index}.input.")}
+        outputs = {k.split(".", 2)[2]: v for k, v in arrays.items() if k.startswith(f"{index}.output.")}
+        if "attention_mask" not in inputs or not outputs:
+            raise BundleError(f"{path} has no data for case {index} ({info.get('name')}); export the bundle again")
+        cases.append(Case(info["name"], info["kind"], inputs, info.get("padding_side", "right")))
+        expected.append(outputs)
+    return cases, expected
+
+
+# --- headreg verify DIR -----------------------------------------------------------------------------------------
+
+
+def _head_decide(manifest: dict[str, Any]) -> tuple[Decide | None, str | None]:
+    """The bundle head's decisions() (imports the head class, so torch), or a note saying why not."""
+    head_info = manifest.get("head", {})
+    try:
+        from ..heads.base import build_config
+        from ..registry import get_head
+
+        spec = get_head(head_info["name"])
+        head_cls = spec.load_class()
+        config = build_config(head_cls.config_class, spec.name, dict(head_info.get("config", {})))
+        head = head_cls(config, int(manifest["backbone"]["hidden_size"]))
+    except Exception as exc:  # torch missing, plugin missing, changed config fields: verify the numbers anyway
+        return None, f"decisions not compared: head {head_info.get('name')!r} could not be built here ({exc})"
+    return (lambda outputs, mask: head.decisions(outputs, mask)), None
+
+
+def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any]) -> list[str]:
+    """Files changed since export, or a manifest that no longer describes the graph."""
+    from ..manifest import MANIFEST_FILE, sha256_file
+    from .trace import graph_signature
+
+    problems = []
+    if recorded.get("manifest_sha256") and recorded["manifest_sha256"] != sha256_file(bundle_dir / MANIFEST_FILE):
+        problems.append(f"{MANIFEST_FILE} was modified after export (its sha256 differs from the one recorded in "
+                        "verification.json); export the bundle again")
+    for name, digest in manifest.get("files", {}).items():
+        path = bundle_dir / name
+        if not path.is_file():
+            problems.append(f"{name} is listed in the manifest but missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{name} was modified after export (sha256 differs from the manifest); export again")
+    tokenizer = manifest.get("tokenizer", {})
+    tok_path = bundle_dir / tokenizer.get("file", "tokenizer.json")
+    if tok_path.is_file() and tokenizer.get("sha256") and sha256_file(tok_path) != tokenizer["sha256"]:
+        problems.append(f"{tok_path.name} was modified after export (sha256 differs from the manifest)")
+    model_file = manifest.get("variants", {}).get("fp32", {}).get("file", "model.onnx")
+    try:
+        inputs, outputs, _ = graph_signature(bundle_dir / model_file)
+    except Exception as exc:  # onnx raises DecodeError and others on a corrupt file
+        return problems + [f"{model_file} is not a readable ONNX model: {exc}"]
+    if list(inputs) != list(manifest.get("inputs", [])):
+        problems.append(f"manifest inputs {manifest.get('inputs')} do not match the graph's {list(inputs)}")
+    if list(outputs) != list(manifest.get("outputs", {})):
+        problems.append(f"manifest outputs {list(manifest.get('outputs', {}))} do not match the graph's {list(outputs)}")
+    labels = outputs.get("logits", [None])[-1]
+    if isinstance(labels, int) and labels != manifest.get("num_labels"):
+        problems.append(f"manifest num_labels={manifest.get('num_labels')} but the graph's logits have {labels}")
+    if len(manifest.get("id2label") or {}) not in (0, manifest.get("num_labels")):
+        problems.append(f"manifest id2label has {len(manifest['id2label'])} labels, num_labels={manifest.get('num_labels')}")
+    return problems
+
+
+def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Report:
+    """Re-run a bundle's golden cases with the installed onnxruntime and re-check files and manifest.
+
+    >>> verify_bundle("bundle/").passed     # doctest: +SKIP
+    True
+    """
+    import json
+
+    from ..manifest import GOLDEN_FILE, VERIFICATION_FILE, read_manifest
+    from ..runtime.session import create_session
+
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    for name in (VERIFICATION_FILE, GOLDEN_FILE):
+        if not (bundle_dir / name).is_file():
+            raise BundleError(f"{bundle_dir} has no {name}; it was not written by 'headreg export' or is incomplete")
+    try:
+        recorded = json.loads((bundle_dir / VERIFICATION_FILE).read_text())
+        descriptions = recorded["case_results"]
+        settings = manifest["verification"]
+        atol, rtol = float(settings["atol"]), float(settings["rtol"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{bundle_dir} has an unreadable verification record: {exc}") from exc
+    problems = _bundle_problems(bundle_dir, manifest, recorded)
+    cases, expected = load_golden(bundle_dir / GOLDEN_FILE, descriptions)
+    decide, note = _head_decide(manifest)
+    token_outputs = {"logits"} if manifest.get("head", {}).get("level") == "token" else set()
+    model_file = manifest.get("variants", {}).get("fp32", {}).get("file", "model.onnx")
+    try:
+        session = create_session(bundle_dir / model_file, threads=threads)
+    except Exception as exc:  # onnxruntime's own exception types
+        report = Report([], atol, rtol, model_file, problems=problems + [f"onnxruntime cannot load {model_file}: {exc}"])
+        return report
+    report = verify_session(
+        session, cases, expected, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol, target=model_file
+    )
+    report.problems.extend(problems)
+    if note:
+        report.notes.append(note)
+    int8 = manifest.get("variants", {}).get("int8")
+    if int8 and decide is not None:
+        from .quantize import int8_agreement
+
+        agreement = int8_agreement(create_session(bundle_dir / int8["file"], threads=threads), cases, expected, decide)
+        report.notes.append(f"{int8['file']}: decision agreement {agreement:.1%} (accepted at export: "
+                            f"{int8.get('decision_agreement', 0):.1%})")
+        if agreement < float(int8.get("min_agreement", 0.95)):
+            report.problems.append(f"{int8['file']}: decision agreement {agreement:.1%} is below the "
+                                   f"{float(int8.get('min_agreement', 0.95)):.0%} it was accepted at")
+    return report
