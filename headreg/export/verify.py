@@ -302,7 +302,8 @@ def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[
         return problems + [f"{model_file} is not a readable ONNX model: {exc}"]
     if list(inputs) != list(manifest.get("inputs", [])):
         problems.append(f"manifest inputs {manifest.get('inputs')} do not match the graph's {list(inputs)}")
-    if list(outputs) != list(manifest.get("outputs", {})):
+    # The manifest is written with sorted keys, so compare names, not order (head extras follow the graph order).
+    if sorted(outputs) != sorted(manifest.get("outputs", {})):
         problems.append(f"manifest outputs {list(manifest.get('outputs', {}))} do not match the graph's {list(outputs)}")
     labels = outputs.get("logits", [None])[-1]
     if isinstance(labels, int) and labels != manifest.get("num_labels"):
