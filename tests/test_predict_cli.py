@@ -1,0 +1,115 @@
+"""``headreg predict`` and ``headreg bench``, run as the real command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from conftest import run_headreg
+from test_runtime_predictor import tiny_bundle, tiny_model
+
+from headreg.runtime import Predictor
+
+
+def test_predict_prints_a_table_of_labels_and_scores():
+    result = run_headreg("predict", str(tiny_bundle("seq_cls")), "I loved it", "Terrible service.")
+    assert result.returncode == 0, result.stderr
+    expected = Predictor(tiny_bundle("seq_cls")).predict(["I loved it", "Terrible service."])
+    assert "seq_cls" in result.stdout and "Terrible service." in result.stdout
+    for row in expected:
+        assert row["label"] in result.stdout and f"{row['score']:.4f}" in result.stdout
+
+
+def test_predict_reads_jsonl_pairs_and_prints_json_only(tmp_path):
+    records = [{"text": "A man plays guitar.", "text_pair": "Someone makes music."}, {"text": "just one"}]
+    path = tmp_path / "inputs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    result = run_headreg("predict", str(tiny_bundle("multi_label")), "--file", str(path), "--json", "--batch-size", "1")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [row["text"] for row in rows] == ["A man plays guitar.", "just one"]
+    assert rows[0]["text_pair"] == "Someone makes music." and "text_pair" not in rows[1]
+    expected = Predictor(tiny_bundle("multi_label")).predict([("A man plays guitar.", "Someone makes music."), "just one"])
+    assert [row["result"]["labels"] for row in rows] == [r["labels"] for r in expected]
+
+
+def test_predict_reads_one_text_per_line_and_shows_entities(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("Angela Merkel visited Paris.\n\nBerlin\n")
+    result = run_headreg("predict", str(tiny_bundle("token_cls")), "--file", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [row["text"] for row in rows] == ["Angela Merkel visited Paris.", "", "Berlin"]
+    assert rows[1]["result"] == {"entities": [], "tokens": []}
+    table = run_headreg("predict", str(tiny_bundle("token_cls")), "--file", str(path))
+    entities = rows[0]["result"]["entities"]
+    assert entities and f"{entities[0]['word']} [{entities[0]['label']}]" in table.stdout
+
+
+def test_predict_does_not_import_torch():
+    script = textwrap.dedent(f"""
+        import sys
+        from headreg.cli import cli
+        cli.main(args=["predict", {str(tiny_bundle("seq_cls"))!r}, "hello", "--json"], standalone_mode=False)
+        print(sorted(m for m in ("torch", "transformers") if m in sys.modules), file=sys.stderr)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "[]", out.stderr
+    assert json.loads(out.stdout)[0]["text"] == "hello"
+
+
+def test_predict_usage_errors_exit_2_and_broken_bundles_exit_1(tmp_path):
+    bundle = str(tiny_bundle("seq_cls"))
+    no_texts = run_headreg("predict", bundle)
+    assert no_texts.returncode == 2 and "give texts" in no_texts.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": null}\n')
+    none_text = run_headreg("predict", bundle, "--file", str(bad))
+    assert none_text.returncode == 2 and "input 1 is NoneType" in none_text.stderr
+    bad.write_text('{"txt": "typo"}\n')
+    typo = run_headreg("predict", bundle, "--file", str(bad))
+    assert typo.returncode == 2 and "'text' field" in typo.stderr
+    empty = tmp_path / "empty-bundle"
+    empty.mkdir()
+    broken = run_headreg("predict", str(empty), "hello")
+    assert broken.returncode == 1 and "not a complete headreg bundle" in broken.stderr
+
+
+def test_bench_reports_latency_and_throughput_per_engine_against_torch(tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_model("seq_cls").save_pretrained(model_dir)
+    result = run_headreg(
+        "bench", str(tiny_bundle("seq_cls")), "--batch-size", "2", "--seq-len", "16", "--rows", "4", "--passes", "2",
+        "--threads", "1", "--compare-torch", "--model", str(model_dir), "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    engines = {engine["engine"]: engine for engine in report["engines"]}
+    assert set(engines) == {"onnxruntime fp32", "torch eager"}
+    fp32 = engines["onnxruntime fp32"]
+    assert fp32["rows"] == 4 and fp32["tokens"] == 4 * 16 and fp32["passes"] == 2
+    assert 0 < fp32["latency_ms"]["p50"] <= fp32["latency_ms"]["p90"] <= fp32["latency_ms"]["p99"]
+    assert fp32["vs_torch"] > 0 and engines["torch eager"]["vs_torch"] == 1.0
+
+
+def test_bench_on_a_corpus_compares_bucketing_with_arrival_order(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    long = "a much longer line " * 10
+    corpus.write_text("\n".join(["short", long, "short", "short", long, "short", "short", "short"]) + "\n")
+    result = run_headreg("bench", str(tiny_bundle("seq_cls")), "--texts", str(corpus), "--batch-size", "4",
+                         "--passes", "1", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert "arrival order" in result.stdout and "length bucketing vs arrival order" in result.stdout
+    json_run = run_headreg("bench", str(tiny_bundle("seq_cls")), "--texts", str(corpus), "--batch-size", "4",
+                           "--passes", "1", "--threads", "1", "--json")
+    report = json.loads(json_run.stdout)
+    bucketed, arrival = report["engines"][0], report["engines"][1]
+    assert bucketed["padded_tokens"] < arrival["padded_tokens"]  # sorting removed padding
+    assert report["bucketing_speedup"] > 0
+
+
+def test_bench_compare_torch_without_a_model_is_a_usage_error():
+    result = run_headreg("bench", str(tiny_bundle("seq_cls")), "--compare-torch", "--rows", "1", "--passes", "1")
+    assert result.returncode == 2 and "--model DIR" in result.stderr
