@@ -305,9 +305,11 @@ def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[
     # The manifest is written with sorted keys, so compare names, not order (head extras follow the graph order).
     if sorted(outputs) != sorted(manifest.get("outputs", {})):
         problems.append(f"manifest outputs {list(manifest.get('outputs', {}))} do not match the graph's {list(outputs)}")
-    labels = outputs.get("logits", [None])[-1]
-    if isinstance(labels, int) and labels != manifest.get("num_labels"):
-        problems.append(f"manifest num_labels={manifest.get('num_labels')} but the graph's logits have {labels}")
+    # Compare with the dims recorded at export, not num_labels: an ordinal head has num_labels - 1 logits.
+    for name, dims in outputs.items():
+        recorded = (manifest.get("outputs") or {}).get(name)
+        if isinstance(recorded, list) and recorded != dims:
+            problems.append(f"manifest output {name} has dims {recorded} but the graph's has {dims}")
     if len(manifest.get("id2label") or {}) not in (0, manifest.get("num_labels")):
         problems.append(f"manifest id2label has {len(manifest['id2label'])} labels, num_labels={manifest.get('num_labels')}")
     return problems
