@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_quickstart_runs_and_predicts_after_verified_export(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "quickstart.py"), "--out", str(tmp_path), "--steps", "12"],
+        [sys.executable, str(REPO / "examples" / "quickstart.py"), "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
