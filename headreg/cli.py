@@ -268,6 +268,14 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
         out.print(f"length bucketing vs arrival order: {report['bucketing_speedup']:.2f}x throughput")
 
 
+# --- export / verify: headreg/export/commands.py (torch and onnx are imported only when they run) ----------------
+
+from .export.commands import export as _export_command, verify as _verify_command  # noqa: E402
+
+cli.add_command(_export_command)
+cli.add_command(_verify_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; click's own usage errors already exit with 2."""
     from .errors import PluginError, UnknownHeadError

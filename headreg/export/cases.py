@@ -22,6 +22,22 @@ TEXTS = (
     "Apple announced new MacBook Pro models in Cupertino on Tuesday, starting at $1,999.",
     "¿Dónde está la biblioteca? Ça va très bien, merci! 東京は晴れです。",
     "!!! ??? ...",
+    "The battery lasts two days, but the screen scratches far too easily.",
+    "Absolutely terrible customer support; I waited three hours on hold.",
+    "Der Zug nach München hatte wieder einmal vierzig Minuten Verspätung.",
+    "She scored 42 points in the final, a career high.",
+    "Refunds are processed within 5-7 business days.",
+    "What a wonderful surprise, thank you so much!",
+    "The package never arrived and nobody answered my emails.",
+    "Quantum computers use qubits, which can be in superpositions of states.",
+    "I love it.",
+    "I hate it.",
+    "It's neither good nor bad, just average.",
+    "The committee postponed the vote until next Thursday.",
+    "lol this is the best thing ever 😂😂",
+    "Please reset my password; the link in the email has expired.",
+    "Paris, London and Rome were the stops on our ten-day tour.",
+    "Not bad at all, would buy again.",
 )
 PAIRS = (
     ("A man is playing a guitar.", "Someone is making music."),
@@ -128,7 +144,7 @@ def make_cases(
     cases = [random_case(name, lengths, min(width, max_length), **common) for name, lengths, width in shapes]
     enc = dict(input_names=input_names, max_length=max_length, pad_id=pad_id, padding_side=padding_side)
     text_batches = [
-        ("text b8", "text", list(TEXTS)),
+        (f"text b{len(TEXTS)}", "text", list(TEXTS)),
         ("text b1", "text", [TEXTS[0]]),
         ("text b3 truncated", "text", [LONG_TEXT, TEXTS[2], TEXTS[1]]),
     ]

@@ -240,9 +240,14 @@ def export_onnx(
             from .optimize import optimize_graph
 
             with step("optimize") as info:
-                optimization = optimize_graph(staging / MODEL_FILE, model.config, cases, expected, checks=checks)
+                optimization = optimize_graph(staging / MODEL_FILE, cases, expected, checks=checks)
                 info.update(accepted=optimization["accepted"], fused=optimization["fused"])
             variants["fp32"]["optimized"] = optimization["accepted"]
+            fused_report = optimization.pop("report", None)
+            if optimization["accepted"]:
+                optimization["unfused_verification"] = report.summary()
+                report = fused_report
+                report.target = MODEL_FILE
 
         with step("write bundle"):
             save_golden(staging / GOLDEN_FILE, cases, expected)

@@ -7,6 +7,7 @@ verification texts. Heads without decisions (regression) are judged on pooled_ou
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,10 +63,14 @@ def quantize_int8(
     from ..runtime.session import create_session
 
     clean = int8_path.with_name(int8_path.stem + ".prep.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger every time
     try:
         _strip_value_info(fp32_path, clean)
         quantize_dynamic(str(clean), str(int8_path), weight_type=QuantType.QInt8)
     finally:
+        root.setLevel(level)
         clean.unlink(missing_ok=True)
     agreement = int8_agreement(create_session(int8_path), cases, expected, decide)
     record = {

@@ -307,9 +307,9 @@ def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[
         problems.append(f"manifest outputs {list(manifest.get('outputs', {}))} do not match the graph's {list(outputs)}")
     # Compare with the dims recorded at export, not num_labels: an ordinal head has num_labels - 1 logits.
     for name, dims in outputs.items():
-        recorded = (manifest.get("outputs") or {}).get(name)
-        if isinstance(recorded, list) and recorded != dims:
-            problems.append(f"manifest output {name} has dims {recorded} but the graph's has {dims}")
+        declared = (manifest.get("outputs") or {}).get(name)
+        if isinstance(declared, list) and declared != dims:
+            problems.append(f"manifest output {name} has dims {declared} but the graph's has {dims}")
     if len(manifest.get("id2label") or {}) not in (0, manifest.get("num_labels")):
         problems.append(f"manifest id2label has {len(manifest['id2label'])} labels, num_labels={manifest.get('num_labels')}")
     return problems

@@ -1,0 +1,216 @@
+"""``headreg export`` and ``headreg verify``: click commands registered by headreg/cli.py.
+
+Importing this module costs only click; torch and onnx are imported when a command runs.
+Exit codes: 0 ok, 1 verification failure (report printed, nothing written), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _cli():
+    from .. import cli  # the host module: shared console, JSON and error helpers
+
+    return cli
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+class _Progress:
+    """One line per step on stderr, with a spinner while the step runs."""
+
+    def __init__(self, enabled: bool):
+        self.console = _cli().console(stderr=True) if enabled else None
+        self.status = None
+
+    def __call__(self, name: str, state: str, info: dict) -> None:
+        if self.console is None:
+            return
+        if state == "start":
+            self.status = self.console.status(f"{name} ...")
+            self.status.start()
+            return
+        if self.status is not None:
+            self.status.stop()
+        details = ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds")
+        self.console.print(f"[green]✓[/] {name:<18} {info.get('seconds', 0):7.1f} s  {details}")
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
+def print_report(report: Any, *, stderr: bool = False) -> None:
+    """Every case: shape, padding, worst diffs, decision agreement, problems."""
+    from rich.table import Table
+
+    table = Table(title=report.message().splitlines()[0], title_justify="left")
+    outputs = sorted({name for case in report.cases for name in case.outputs})
+    for column in ("case", "shape", "lengths", *[f"{name} abs / rel" for name in outputs], "decisions", "status"):
+        table.add_column(column, overflow="fold")
+    for case in report.cases:
+        diffs = [
+            f"{case.outputs[name].max_abs:.1e} / {case.outputs[name].max_rel:.1e}" if name in case.outputs else "-"
+            for name in outputs
+        ]
+        agreement = "-" if case.decision_agreement is None else f"{case.decision_agreement:.0%}"
+        lengths = ",".join(map(str, case.lengths[:6])) + ("…" if len(case.lengths) > 6 else "")
+        status = "[green]ok[/]" if case.passed else "[red]" + "; ".join(case.problems) + "[/]"
+        table.add_row(case.name, "x".join(map(str, case.shape)), f"{lengths} ({case.padding_side})", *diffs, agreement, status)
+    out = _cli().console(stderr=stderr)
+    out.print(table)
+    for problem in report.problems:
+        out.print(f"[red]✗[/] {problem}")
+    for note in report.notes:
+        out.print(f"note: {note}")
+
+
+def print_summary(bundle: Any) -> None:
+    from rich.table import Table
+
+    out = _cli().console()
+    worst = bundle.report.worst()
+    checks = Table(title=f"verified {len(bundle.report.cases)} cases: {bundle.path}", title_justify="left")
+    for column in ("output", "worst abs diff", "worst rel diff", "atol", "rtol"):
+        checks.add_column(column)
+    for name, diff in worst.items():
+        checks.add_row(name, f"{diff['abs']:.2e}", f"{diff['rel']:.2e}", f"{bundle.report.atol:g}", f"{bundle.report.rtol:g}")
+    out.print(checks)
+    files = Table(title="files", title_justify="left")
+    files.add_column("file")
+    files.add_column("size", justify="right")
+    for name, size in bundle.sizes.items():
+        files.add_row(name, _mb(size))
+    steps = Table(title="steps", title_justify="left")
+    for column in ("step", "seconds", "peak RSS"):
+        steps.add_column(column, justify="left" if column == "step" else "right")
+    for step in bundle.steps:
+        steps.add_row(step.name, f"{step.seconds:.1f}", f"{step.peak_rss_mb:.0f} MB")
+    steps.add_row("total", f"{sum(s.seconds for s in bundle.steps):.1f}", "")
+    out.print(files)
+    out.print(steps)
+    if bundle.optimization is not None:
+        opt = bundle.optimization
+        fused = ", ".join(f"{k} {v}" for k, v in opt.get("fused", {}).items()) or "nothing"
+        verdict = "kept" if opt["accepted"] else f"not kept: {opt.get('reason', '')}"
+        speed = f", {opt['speedup']:.2f}x vs unfused" if opt.get("speedup") else ""
+        out.print(f"optimize: fused {fused}{speed}; {verdict}")
+    if bundle.int8 is not None:
+        out.print(
+            f"int8: decision agreement {bundle.int8['decision_agreement']:.1%} with PyTorch over the verification "
+            f"texts, size {bundle.int8['size_ratio']:.0%} of fp32"
+        )
+
+
+@click.command("export")
+@click.argument("source", type=click.Path())
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Bundle directory.")
+@click.option("--head", default=None, help="Attach this fresh head to a backbone SOURCE (see 'headreg heads').")
+@click.option("--num-labels", default=None, type=click.IntRange(min=1), help="Labels of the fresh head.")
+@click.option("--tokenizer", default=None, type=click.Path(exists=True), help="Tokenizer dir or tokenizer.json [default: SOURCE's].")
+@click.option("--opset", default=None, type=click.IntRange(min=14), help="ONNX opset [default: the exporter's].")
+@click.option("--atol", default=1e-4, show_default=True, type=float, help="Absolute tolerance of verification.")
+@click.option("--rtol", default=1e-3, show_default=True, type=float, help="Relative tolerance of verification.")
+@click.option("--max-length", default=None, type=click.IntRange(min=1), help="[default: what the position table allows]")
+@click.option("--optimize", is_flag=True, help="Fuse for onnxruntime; kept only if it verifies and is not slower.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write model.int8.onnx.")
+@click.option("--int8-min-agreement", default=0.95, show_default=True, type=click.FloatRange(0, 1),
+              help="Decision agreement with PyTorch the int8 model needs.")
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True,
+              help="torch.onnx exporter; torchscript is the fallback for models dynamo cannot trace.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+def export(source: str, out_dir: str, head: str | None, num_labels: int | None, tokenizer: str | None,
+           opset: int | None, atol: float, rtol: float, max_length: int | None, optimize: bool, quantize: str | None,
+           int8_min_agreement: float, exporter: str, overwrite: bool, as_json: bool) -> None:
+    """Export SOURCE to a verified ONNX bundle in DIR.
+
+    SOURCE is a directory saved by HeadedModel.save_pretrained, a transformers checkpoint with a task
+    head, or a backbone with --head NAME --num-labels N (a fresh, untrained head).
+    """
+    from pathlib import Path
+
+    from ..atomic import Terminated, is_nonempty
+
+    if is_nonempty(Path(out_dir)) and not overwrite:
+        _fail(f"{out_dir} exists and is not empty; pass --overwrite to replace it", EXIT_USAGE)
+    from ..errors import HeadConfigError, SaveLoadError, VerificationError
+    from .source import SourceError, load_source
+    from .tokenizer import TokenizerError
+    from .trace import ExportError
+    from .verify import VerificationFailed
+
+    progress = _Progress(enabled=not as_json)
+    try:
+        try:
+            loaded = load_source(source, head=head, num_labels=num_labels, tokenizer=tokenizer)
+        except (SourceError, SaveLoadError, HeadConfigError) as exc:
+            _fail(str(exc), EXIT_USAGE)
+        if loaded.untrained:
+            click.echo(f"warning: head {loaded.model.head_name!r} is freshly initialised (untrained): the bundle's "
+                       "predictions are random until you train it", err=True)
+        if loaded.tokenizer is None:
+            _fail(f"no tokenizer found in {source}; pass --tokenizer DIR_OR_TOKENIZER_JSON", EXIT_USAGE)
+        from .pipeline import export_onnx
+
+        bundle = export_onnx(
+            loaded.model, out_dir, loaded.tokenizer, opset=opset, optimize=optimize, quantize=quantize,
+            atol=atol, rtol=rtol, max_length=max_length, overwrite=overwrite, exporter=exporter,
+            int8_min_agreement=int8_min_agreement, source=loaded.info, progress=progress,
+        )
+    except VerificationFailed as exc:
+        progress.stop()
+        if as_json:
+            _cli().emit_json({"passed": False, "error": str(exc), "report": exc.report.to_dict()})
+        else:
+            print_report(exc.report, stderr=True)
+        _fail(f"verification failed; no bundle was written to {out_dir}", EXIT_FAILURE)
+    except (VerificationError, ExportError, TokenizerError) as exc:
+        progress.stop()
+        _fail(f"{exc}\nno bundle was written to {out_dir}", EXIT_FAILURE)
+    except SaveLoadError as exc:
+        progress.stop()
+        _fail(str(exc), EXIT_USAGE)
+    except (KeyboardInterrupt, Terminated):
+        progress.stop()
+        _fail(f"interrupted; no bundle was written to {out_dir}", 130)
+    if as_json:
+        _cli().emit_json(bundle.summary())
+    else:
+        print_summary(bundle)
+
+
+@click.command("verify")
+@click.argument("bundle_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+def verify(bundle_dir: str, threads: int | None, as_json: bool) -> None:
+    """Re-run a bundle's golden cases with the installed onnxruntime; check its files and manifest."""
+    from ..errors import BundleError
+    from .verify import verify_bundle
+
+    try:
+        report = verify_bundle(bundle_dir, threads=threads)
+    except BundleError as exc:
+        if as_json:
+            _cli().emit_json({"passed": False, "error": str(exc)})
+        _fail(str(exc), EXIT_FAILURE)
+    if as_json:
+        _cli().emit_json(report.to_dict())
+    else:
+        print_report(report)
+    if not report.passed:
+        _fail(report.message(), EXIT_FAILURE)
