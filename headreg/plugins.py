@@ -7,6 +7,7 @@ or collides with another head is recorded as failed and leaves the others workin
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import threading
@@ -151,11 +152,7 @@ def _register_plugin(
     try:
         pm.register(module, name=f"{info.distribution}:{info.name}")
     except pluggy.PluginValidationError as exc:
-        needs = f" It declares {requirement!r}." if requirement else ""
-        raise PluginError(
-            f"plugin {info.distribution} {info.version} was built for a newer headreg than {__version__}: {exc}."
-            f"{needs} Upgrade headreg (pip install -U headreg) or pin an older {info.distribution}."
-        ) from exc
+        raise PluginError(_newer_hook_message(info, module, requirement, exc)) from exc
     try:
         impls = [impl for impl in pm.hook.register_heads.get_hookimpls() if impl.plugin is module]
         staged: list[tuple[HeadSpec, bool]] = []
@@ -167,6 +164,24 @@ def _register_plugin(
         pm.unregister(module)
         raise
     info.heads = [spec.name for spec, _ in staged]
+
+
+def _newer_hook_message(info: PluginInfo, module: Any, requirement: str | None, exc: Exception) -> str:
+    """Say which hook arguments the plugin asks for that this headreg lacks, and which headreg it needs."""
+    unknown = []
+    for name, spec in inspect.getmembers(hookspecs, inspect.isfunction):
+        impl = getattr(module, name, None)
+        if callable(impl) and hasattr(impl, f"{hookspecs.PROJECT}_impl"):
+            offered = set(inspect.signature(spec).parameters)
+            unknown += [f"{name}({arg})" for arg in inspect.signature(impl).parameters if arg not in offered]
+    asked = f"its hooks ask for {', '.join(unknown)}" if unknown else f"pluggy rejected it ({exc})"
+    needs = f"it requires {requirement}" if requirement else "it declares no headreg version"
+    upgrade = f"pip install -U '{requirement}'" if requirement else "pip install -U headreg"
+    return (
+        f"plugin {info.distribution} {info.version} needs a newer headreg than this one ({__version__}): {asked}, "
+        f"which headreg {__version__} does not offer; {needs}. Upgrade headreg ({upgrade}) or install an older "
+        f"{info.distribution}."
+    )
 
 
 def _commit(registry: Registry, staged: list[tuple[HeadSpec, bool]]) -> None:

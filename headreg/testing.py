@@ -18,7 +18,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -151,6 +152,7 @@ class HeadReport:
     model_dir: Path
     bundle_dir: Path | None = None
     predictions: list[Any] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # per step
 
 
 def registered_heads() -> list[str]:
@@ -212,8 +214,10 @@ def _check_architecture(
 
     from .model import attach_head, load_model
 
+    seconds: dict[str, float] = {}
+
     def step(what: str):
-        return _Step(f"check_head({name!r}) on {arch}: {what}")
+        return _Step(f"check_head({name!r}) on {arch}", what, seconds)
 
     with step("attach"):
         model = attach_head(tiny_backbone(arch), name, **dict(options))
@@ -260,13 +264,14 @@ def _check_architecture(
         for output in ("logits", "pooled_output"):
             diff = float((before[output] - after[output]).abs().max())
             _expect(diff <= 1e-5, f"{output} differ by {diff:.2e} after save/load")
-    report = HeadReport(name, arch, losses, Path(model_dir))
+    report = HeadReport(name, arch, losses, Path(model_dir), seconds=seconds)
     if export:
         from .export import export_onnx, verify_bundle
 
         with step("ONNX export with verification"):
-            report.bundle_dir = Path(export_onnx(loaded, root / "bundle", tokenizer=tokenizer))
-            verify_bundle(report.bundle_dir)
+            report.bundle_dir = export_onnx(loaded, root / "bundle", tokenizer=tokenizer, overwrite=True).path
+            verified = verify_bundle(report.bundle_dir)
+            _expect(verified.passed, f"verify_bundle failed right after export: {verified.message()}")
         with step("prediction without torch"):
             report.predictions = predict_without_torch(report.bundle_dir, texts)
             _expect(len(report.predictions) == len(texts), f"{len(report.predictions)} predictions for {len(texts)} texts")
@@ -277,17 +282,19 @@ def _check_architecture(
 class _Step:
     """Re-raise anything a step raises as HeadCheckError prefixed with the step, keeping the cause."""
 
-    def __init__(self, what: str):
-        self.what = what
+    def __init__(self, where: str, what: str, seconds: dict[str, float]):
+        self.where, self.what, self.seconds = where, what, seconds
 
     def __enter__(self):
+        self.start = time.perf_counter()
         return self
 
     def __exit__(self, kind, exc, tb):
+        self.seconds[self.what] = round(time.perf_counter() - self.start, 3)
         if exc is None or not isinstance(exc, Exception):
             return False
         cause = str(exc) if isinstance(exc, HeadCheckError) else f"{type(exc).__name__}: {exc}"
-        raise HeadCheckError(f"{self.what}: {cause}") from exc
+        raise HeadCheckError(f"{self.where}: {self.what}: {cause}") from exc
 
 
 def _expect(condition: bool, message: str) -> None:
