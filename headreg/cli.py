@@ -186,6 +186,8 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
               help="Benchmark on this corpus (one text per line or JSONL) and compare length bucketing with arrival order.")
 @click.option("--rows", default=None, type=click.IntRange(min=1), help="Synthetic rows per pass [default: 4 batches].")
 @click.option("--passes", default=5, show_default=True, type=click.IntRange(min=1), help="Timed passes over the corpus.")
+@click.option("--max-batch-tokens", default=None, type=click.IntRange(min=1),
+              help="Token budget per batch [default: batch-size x seq-len; with --texts, the Predictor's default].")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="Threads for onnxruntime and torch alike [default: all cores].")
 @click.option("--compare-torch", is_flag=True, help="Also time the PyTorch model (needs headreg[torch]).")
@@ -193,10 +195,12 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
               help="The PyTorch model for --compare-torch [default: the manifest's source path].")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | None, rows: int | None, passes: int,
-          threads: int | None, compare_torch: bool, model_dir: str | None, as_json: bool) -> None:
+          max_batch_tokens: int | None, threads: int | None, compare_torch: bool, model_dir: str | None,
+          as_json: bool) -> None:
     """Latency p50/p90/p99 and throughput of every variant, side by side (and against PyTorch)."""
     from .runtime.bench import Engine, measure, source_model_dir, synthetic_texts, torch_runner
     from .runtime.inputs import InputError, read_texts
+    from .runtime.predictor import DEFAULT_MAX_BATCH_TOKENS
 
     if texts_file is not None:
         try:
@@ -212,7 +216,9 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
 
     # Both engines get the same thread count: their own defaults differ and would skew the ratio.
     threads = threads or os.cpu_count() or 1
-    options = dict(threads=threads, batch_size=batch_size, max_length=seq_len)
+    # A synthetic run measures exactly --batch-size rows per batch, so its token budget must hold them.
+    budget = max_batch_tokens or (batch_size * seq_len if texts_file is None else DEFAULT_MAX_BATCH_TOKENS)
+    options = dict(threads=threads, batch_size=batch_size, max_length=seq_len, max_batch_tokens=budget)
     default = _load_predictor(bundle, **options)
     engines = [Engine(f"onnxruntime {default.variant}", default)]
     for variant in sorted(k for k, v in (default.manifest.get("variants") or {}).items() if isinstance(v, dict)):
@@ -237,7 +243,7 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
     arrival = next((r for r in results if r.engine.endswith("arrival order")), None)
     report = {
         "bundle": bundle, "head": default.head, "batch_size": batch_size, "max_length": default.max_length,
-        "threads": threads, "engines": [r.as_dict() for r in results],
+        "max_batch_tokens": budget, "threads": threads, "engines": [r.as_dict() for r in results],
     }
     if torch_result is not None:
         for entry, result in zip(report["engines"], results):

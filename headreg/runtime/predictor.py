@@ -26,8 +26,9 @@ from .inputs import InputError, check_inputs
 from .session import create_session
 
 DEFAULT_BATCH_SIZE = 32
-# 32 rows x 128 tokens; larger batches of long rows gain nothing on CPU and cost memory.
-DEFAULT_MAX_BATCH_TOKENS = 4096
+# Measured on MiniLM (CPU): rows/s is flat from 4 to 32 rows of 128 tokens, so a smaller token budget
+# costs nothing and cuts the padding left inside sorted batches (16 rows of ~128, 32 of <= 64 tokens).
+DEFAULT_MAX_BATCH_TOKENS = 2048
 
 Text = str | tuple[str, str]
 
