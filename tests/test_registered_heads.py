@@ -1,0 +1,30 @@
+"""Every registered head, built-in or from an installed plugin, passes the same kit plugin authors use.
+
+The parametrization comes from the registry itself, so a newly installed plugin is tested without anyone
+listing it here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from headreg import list_heads
+from headreg.testing import CHECK_ARCHITECTURES, CHECK_TEXTS, EXPORT_ARCHITECTURES, registered_heads
+
+BUILTINS = {"seq_cls", "multi_label", "regression", "token_cls"}
+
+
+def test_the_parametrization_covers_built_ins_and_installed_plugins():
+    names = registered_heads()
+    assert BUILTINS <= set(names)
+    assert names == [spec.name for spec in list_heads()]
+
+
+@pytest.mark.parametrize("name", registered_heads())
+def test_registered_head_passes_the_kit(name, check_head):
+    reports = check_head(name)
+    assert [report.architecture for report in reports] == list(CHECK_ARCHITECTURES)
+    assert all(report.losses[-1] < report.losses[0] for report in reports)
+    exported = [report for report in reports if report.bundle_dir is not None]
+    assert [report.architecture for report in exported] == list(EXPORT_ARCHITECTURES)
+    assert all(len(report.predictions) == len(CHECK_TEXTS) for report in exported)
