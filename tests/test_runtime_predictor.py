@@ -133,6 +133,7 @@ def test_sentence_pairs_and_embeddings_equal_the_pytorch_model():
     embeddings = predictor.embed(TEXTS)
     assert embeddings.shape == (len(TEXTS), 32) and embeddings.dtype == np.float32
     np.testing.assert_allclose(embeddings, torch_outputs("seq_cls", TEXTS)[1], atol=1e-4)
+    np.testing.assert_allclose(predictor.embed(TEXTS[0]), embeddings[0], atol=1e-6)  # one string, one vector
 
 
 # --- batching ----------------------------------------------------------------------------------------------------------

@@ -82,7 +82,8 @@ class Predictor:
         self.level = head.get("level", "sequence")
         self._postprocess = _load_postprocess(head)
         self.config: dict[str, Any] = dict(manifest.get("postprocess_config") or {})
-        self.labels: list[str] = [label for _, label in sorted(((int(k), v) for k, v in (manifest.get("id2label") or {}).items()))]
+        id2label = manifest.get("id2label") or {}
+        self.labels: list[str] = [str(id2label[k]) for k in sorted(id2label, key=int)]
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.bundle_dir)!r}, head={self.head!r}, variant={self.variant!r})"
@@ -104,8 +105,10 @@ class Predictor:
                 results[index] = row
         return results[0] if single else results
 
-    def embed(self, inputs: Iterable[Text], *, batch_size: int | None = None) -> np.ndarray:
-        """``pooled_output`` per input, in input order: a float32 array ``[len(inputs), hidden]``."""
+    def embed(self, inputs: Text | Iterable[Text], *, batch_size: int | None = None) -> np.ndarray:
+        """``pooled_output`` per input, in input order: float32 ``[len(inputs), hidden]`` (``[hidden]`` for one string)."""
+        if isinstance(inputs, str):
+            return self.embed([inputs], batch_size=batch_size)[0]
         texts = list(inputs)
         width = self._pooled_width()
         embeddings = np.zeros((len(texts), width or 0), dtype=np.float32)
