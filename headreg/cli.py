@@ -225,7 +225,7 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
         if variant != default.variant and variant == "int8":
             engines.append(Engine("onnxruntime int8", _load_predictor(bundle, quantized=True, **options)))
     if texts_file is not None:
-        engines.append(Engine(f"onnxruntime {default.variant}, arrival order", default, sort=False))
+        engines.append(Engine(f"onnxruntime {default.variant}, arrival order", default, bucket=False))
     if compare_torch:
         source = model_dir or source_model_dir(default)
         if source is None:

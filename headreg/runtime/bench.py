@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .batching import pad_batch, plan_batches
+from .batching import pad_batch
 from .predictor import Predictor
 
 # A paragraph long enough to fill 512 tokens; synthetic rows are truncated to --seq-len.
@@ -71,7 +71,7 @@ class Engine:
 
     name: str
     predictor: Predictor
-    sort: bool = True  # length-bucketed batches; False = arrival order
+    bucket: bool = True  # length-bucketed batches; False = arrival-order chunks of batch_size (the baseline)
     runner: Runner | None = None
 
 
@@ -85,7 +85,7 @@ def measure(
     results = []
     for engine in engines:
         lengths = [len(encoding) for encoding in engine.predictor.encode(texts)]
-        plan = plan_batches(lengths, batch_size, engine.predictor.max_batch_tokens, sort=engine.sort)
+        plan = engine.predictor.plan(lengths, batch_size=batch_size, bucket=engine.bucket)
         results.append(
             BenchResult(
                 engine=engine.name,
@@ -110,14 +110,14 @@ def _one_pass(engine: Engine, texts: Sequence[Any], batch_size: int) -> tuple[fl
     latencies = []
     tick = time.perf_counter()
     if engine.runner is None:
-        for _, outputs, context in predictor.batches(texts, batch_size=batch_size, sort=engine.sort, encodings=encodings):
+        for _, outputs, context in predictor.batches(texts, batch_size=batch_size, bucket=engine.bucket, encodings=encodings):
             predictor.postprocess(outputs, context)
             now = time.perf_counter()
             latencies.append(now - tick)
             tick = now
     else:
         lengths = [len(encoding) for encoding in encodings]
-        for indices in plan_batches(lengths, batch_size, predictor.max_batch_tokens, sort=engine.sort):
+        for indices in predictor.plan(lengths, batch_size=batch_size, bucket=engine.bucket):
             feed = pad_batch([encodings[i] for i in indices], predictor.input_names, predictor.pad_id, predictor.padding_side)
             engine.runner(feed)
             now = time.perf_counter()

@@ -22,7 +22,7 @@ from ..errors import BundleError, HeadregError
 from ..manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, sha256_file
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
-from .inputs import InputError, check_inputs
+from .inputs import check_inputs
 from .session import create_session
 
 DEFAULT_BATCH_SIZE = 32
@@ -128,23 +128,22 @@ class Predictor:
         texts: Sequence[Text],
         *,
         batch_size: int | None = None,
-        sort: bool = True,
+        bucket: bool = True,
         encodings: Sequence[Any] | None = None,
         config: dict[str, Any] | None = None,
         names: list[str] | None = None,
     ) -> Iterator[tuple[list[int], dict[str, np.ndarray], _post.Context]]:
         """Run the model batch by batch: ``(input indices, outputs by name, postprocess Context)`` per batch.
 
-        What ``predict`` and ``embed`` are built on; benchmarks time it per batch. ``sort=False`` keeps the
-        arrival order (each batch still pads to its own longest row). ``encodings`` skips tokenizing again.
+        What ``predict`` and ``embed`` are built on; benchmarks time it per batch. ``bucket=False`` is the
+        baseline they compare with: chunks of ``batch_size`` rows in arrival order, each padded to its own
+        longest row, no token budget. ``encodings`` skips tokenizing again.
         """
         if not texts:
             return
         if encodings is None:
             encodings = self.encode(texts)
-        batches = plan_batches(
-            [len(encoding) for encoding in encodings], int(batch_size or self.batch_size), self.max_batch_tokens, sort=sort
-        )
+        batches = self.plan([len(encoding) for encoding in encodings], batch_size=batch_size, bucket=bucket)
         output_names = names or self.output_names
         for indices in batches:
             batch = [encodings[i] for i in indices]
@@ -159,6 +158,11 @@ class Predictor:
                 padding_side=self.padding_side,
             )
             yield indices, dict(zip(output_names, values)), context
+
+    def plan(self, lengths: Sequence[int], *, batch_size: int | None = None, bucket: bool = True) -> list[list[int]]:
+        """Row indices per batch for rows of these token ``lengths`` (see :meth:`batches` for ``bucket``)."""
+        size = int(batch_size or self.batch_size)
+        return plan_batches(lengths, size, self.max_batch_tokens) if bucket else plan_batches(lengths, size, sort=False)
 
     def postprocess(self, outputs: dict[str, np.ndarray], context: _post.Context) -> list[Any]:
         """The head's postprocess on one batch (checked to return one result per row)."""
