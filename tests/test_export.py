@@ -1,0 +1,367 @@
+"""headreg export / verify: the bundle, the real MiniLM through the CLI, sources, and every kind of bad input.
+
+Real exports and real onnxruntime sessions throughout; tiny random backbones except for the MiniLM test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import REPO, run_headreg, write_plugin
+from test_export_matrix import exported, tiny_model  # noqa: F401  (exported is a fixture)
+
+from headreg.cli import cli
+from headreg.errors import BundleError, VerificationError
+from headreg.export import export_onnx, verify_bundle
+from headreg.export.verify import VerificationFailed
+from headreg.manifest import read_manifest
+from headreg.testing import load_tokenizer
+
+# A plugin head that adds 1 to its logits only while being exported: its ONNX graph differs from PyTorch.
+MISBEHAVING_PLUGIN = """
+import torch
+from headreg import hookimpl
+from headreg.heads.seq_cls import SeqClsHead
+
+
+class ExportDifferentHead(SeqClsHead):
+    def forward(self, pooled_output, sequence_output, attention_mask):
+        logits = super().forward(pooled_output, sequence_output, attention_mask)
+        return logits + 1.0 if torch.compiler.is_exporting() else logits
+
+
+@hookimpl
+def register_heads(register):
+    register(name="export_different", cls="misbehaving_plugin:ExportDifferentHead", task="sequence-classification")
+"""
+
+
+def invoke(*args: str):
+    """Run a headreg command in-process (the real click command; no subprocess import cost)."""
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def entries(directory: Path) -> set[str]:
+    return {p.name for p in directory.iterdir()} if directory.exists() else set()
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory) -> Path:
+    """A tiny BERT backbone saved with transformers' save_pretrained, plus MiniLM's tokenizer."""
+    from headreg.testing import tiny_backbone
+
+    path = tmp_path_factory.mktemp("backbone") / "tiny-bert"
+    tiny_backbone("bert", num_hidden_layers=1).save_pretrained(path)
+    load_tokenizer().save_pretrained(path)
+    return path
+
+
+# --- the bundle -------------------------------------------------------------------------------------------------
+
+
+def test_bundle_has_the_documented_files_and_manifest(exported):
+    bundle = exported("bert", "token_cls")
+    assert entries(bundle.path) == {"model.onnx", "headreg.json", "tokenizer.json", "verification.json", "golden.npz"}
+    manifest = read_manifest(bundle.path)
+    for key in ("head", "postprocess_config", "num_labels", "id2label", "pooling", "backbone", "inputs", "outputs",
+                "opset", "max_length", "padding_side", "tokenizer", "files", "variants", "verification", "source",
+                "versions"):
+        assert key in manifest, key
+    assert manifest["head"] | {"config": None} == {
+        "name": "token_cls", "plugin": "headreg", "plugin_version": manifest["headreg_version"], "level": "token",
+        "problem_type": "token_classification", "postprocess": "headreg.runtime.postprocess:token_cls", "config": None,
+    }
+    assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert manifest["outputs"] == {"logits": ["batch", "sequence", 5], "pooled_output": ["batch", 32]}
+    assert manifest["source"] == {"path": None, "kind": "python"}
+    assert manifest["verification"]["passed"] and manifest["verification"]["cases"] >= 9
+    assert manifest["variants"] == {"default": "fp32", "fp32": {"file": "model.onnx", "optimized": False}}
+
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(bundle.path / "tokenizer.json"))
+    assert tokenizer.truncation is None and tokenizer.padding is None, "the runtime sets these from the manifest"
+    pair = tokenizer.encode("Is it raining?", "No.")
+    assert pair.type_ids[0] == 0 and pair.type_ids[-1] == 1, "pairs keep their token types"
+
+
+def test_extra_outputs_and_custom_decisions_of_a_plugin_style_head(tmp_path):
+    """A CRF-like head: a constant ``transitions`` output and decisions of its own."""
+    import torch
+
+    from headreg.heads.token_cls import TokenClsHead
+
+    class TransitionsHead(TokenClsHead):
+        def __init__(self, config, hidden_size):
+            super().__init__(config, hidden_size)
+            self.transitions = torch.nn.Parameter(torch.randn(config.num_labels, config.num_labels))
+
+        def export_extras(self):
+            return {"transitions": self.transitions}
+
+        def decisions(self, outputs, attention_mask):
+            return (outputs["logits"] + outputs["transitions"].diagonal()).argmax(-1)
+
+    model = tiny_model("bert", "token_cls")
+    custom = TransitionsHead(model.head.config, 32)
+    custom.classifier.load_state_dict(model.head.classifier.state_dict())
+    model.head = custom
+    bundle = export_onnx(model, tmp_path / "crf-like", load_tokenizer())
+    assert bundle.report.passed
+    manifest = read_manifest(bundle.path)
+    assert manifest["outputs"]["transitions"] == [5, 5]
+    golden = np.load(bundle.path / "golden.npz")
+    assert np.allclose(golden["0.output.transitions"], custom.transitions.detach().numpy())
+
+
+# --- verification that fails ------------------------------------------------------------------------------------
+
+
+def test_a_graph_that_differs_from_pytorch_fails_with_exit_1_and_no_bundle(tmp_path, plugin_site, backbone_dir):
+    site = plugin_site(write_plugin(tmp_path / "src", "misbehaving-plugin", "misbehaving_plugin", MISBEHAVING_PLUGIN))
+    out_parent = tmp_path / "out"
+    out_parent.mkdir()
+    result = run_headreg("export", str(backbone_dir), "-o", str(out_parent / "bundle"), "--head", "export_different",
+                         "--num-labels", "2", site=site, env={"TMPDIR": str(tmp_path)})
+    assert result.returncode == 1, result.stderr
+    assert "onnxruntime disagrees with PyTorch" in result.stderr
+    assert "logits" in result.stderr and "random b1 len1" in result.stderr, "the report lists the failing cases"
+    assert "no bundle was written" in result.stderr
+    assert entries(out_parent) == set(), "no bundle and no temp dir beside it"
+    assert entries(tmp_path / "headreg-staging") == set(), "the staging dir was removed"
+
+
+def test_int8_is_refused_when_its_decisions_disagree(tmp_path):
+    """A head whose decisions resolve logits to 1e-3 (fine in fp32, hopeless in int8)."""
+    from headreg.heads.seq_cls import SeqClsHead
+
+    class FineGrainedHead(SeqClsHead):
+        def decisions(self, outputs, attention_mask):
+            return np.floor(outputs["logits"] * 1e3)
+
+    model = tiny_model("bert", "seq_cls", seed=1)
+    fine = FineGrainedHead(model.head.config, 32)
+    fine.load_state_dict(model.head.state_dict())
+    model.head = fine
+    with pytest.raises(VerificationError, match=r"int8 model agrees with PyTorch on \d+\.\d% of decisions"):
+        export_onnx(model, tmp_path / "bundle", load_tokenizer(), quantize="int8", int8_min_agreement=0.9)
+    assert entries(tmp_path) == set()
+
+
+def test_verification_failure_in_the_api_carries_the_report(tmp_path):
+    from headreg.heads.regression import RegressionHead
+
+    class NaNWhenExported(RegressionHead):
+        def forward(self, pooled_output, sequence_output, attention_mask):
+            import torch
+
+            values = super().forward(pooled_output, sequence_output, attention_mask)
+            return values * float("nan") if torch.compiler.is_exporting() else values
+
+    model = tiny_model("distilbert", "regression")
+    bad = NaNWhenExported(model.head.config, 32)
+    bad.load_state_dict(model.head.state_dict())
+    model.head = bad
+    with pytest.raises(VerificationFailed) as failure:
+        export_onnx(model, tmp_path / "bundle", load_tokenizer())
+    report = failure.value.report
+    assert not report.passed and all(not case.outputs["logits"].finite for case in report.cases)
+    assert "onnxruntime produced NaN/Inf" in str(failure.value)
+    assert not (tmp_path / "bundle").exists()
+
+
+# --- headreg verify on changed bundles --------------------------------------------------------------------------
+
+
+def test_verify_passes_on_an_intact_bundle_and_fails_on_a_tampered_model(exported, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported("bert", "token_cls").path, copy)
+    result = invoke("verify", str(copy))
+    assert result.exit_code == 0, result.output
+    assert "cases passed" in result.output
+
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(copy / "model.onnx"))
+    weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.01, weight.name))
+    onnx.save(model, str(copy / "model.onnx"))
+    result = invoke("verify", str(copy))
+    assert result.exit_code == 1
+    assert "model.onnx was modified after export" in result.output
+    assert "max abs diff" in result.output, "and the numbers no longer match"
+
+
+def test_verify_fails_on_a_tampered_manifest(exported, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported("roberta", "multi_label").path, copy)
+    manifest = json.loads((copy / "headreg.json").read_text())
+    manifest["id2label"]["0"] = "renamed"
+    (copy / "headreg.json").write_text(json.dumps(manifest))
+    report = verify_bundle(copy)
+    assert not report.passed
+    assert any("headreg.json was modified after export" in problem for problem in report.problems)
+    (copy / "golden.npz").unlink()
+    with pytest.raises(BundleError, match="has no golden.npz"):
+        verify_bundle(copy)
+
+
+# --- sources and usage errors -----------------------------------------------------------------------------------
+
+
+def test_output_dir_that_is_not_empty_is_refused_untouched(tmp_path, backbone_dir):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = invoke("export", str(backbone_dir), "-o", str(out), "--head", "seq_cls", "--num-labels", "2")
+    assert result.exit_code == 2
+    assert "exists and is not empty" in result.output and "--overwrite" in result.output
+    assert entries(out) == {"keep.txt"} and (out / "keep.txt").read_text() == "mine"
+
+
+def test_missing_or_non_model_source_is_a_usage_error(tmp_path):
+    result = invoke("export", str(tmp_path / "nope"), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "does not exist" in result.output
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a model")
+    result = invoke("export", str(tmp_path / "notes"), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "not a model directory" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_backbone_without_head_and_unknown_head_are_usage_errors(tmp_path, backbone_dir, capsys):
+    result = invoke("export", str(backbone_dir), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "--head NAME --num-labels N" in result.output
+    from headreg.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(backbone_dir), "-o", str(tmp_path / "out"), "--head", "seq_clss", "--num-labels", "2"])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "unknown head 'seq_clss'" in stderr and "seq_cls" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_transformers_checkpoint_with_a_task_head_exports_its_own_logits(tmp_path):
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from headreg.testing import tiny_config
+
+    torch.manual_seed(0)
+    hf = BertForSequenceClassification(tiny_config("bert", num_hidden_layers=1, num_labels=2,
+                                                   id2label={0: "no", 1: "yes"})).eval()
+    hf.save_pretrained(tmp_path / "checkpoint")
+    load_tokenizer().save_pretrained(tmp_path / "checkpoint")
+    result = invoke("export", str(tmp_path / "checkpoint"), "-o", str(tmp_path / "bundle"), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["passed"] and summary["cases"] >= 9
+    manifest = read_manifest(tmp_path / "bundle")
+    assert manifest["source"] == {"path": str((tmp_path / "checkpoint").resolve()), "kind": "transformers"}
+    assert manifest["id2label"] == {"0": "no", "1": "yes"}
+    golden = np.load(tmp_path / "bundle" / "golden.npz")
+    inputs = {k: torch.from_numpy(golden[f"5.input.{k}"]) for k in manifest["inputs"]}
+    with torch.no_grad():
+        assert np.allclose(hf(**inputs).logits.numpy(), golden["5.output.logits"], atol=1e-5)
+
+
+def test_saved_headreg_model_with_optimize_and_int8(tmp_path):
+    model = tiny_model("bert", "seq_cls")
+    model.save_pretrained(tmp_path / "saved", tokenizer=load_tokenizer())
+    out = tmp_path / "bundle"
+    result = invoke("export", str(tmp_path / "saved"), "-o", str(out), "--optimize", "--quantize", "int8",
+                    "--int8-min-agreement", "0.5")
+    assert result.exit_code == 0, result.output
+    for title in ("worst abs diff", "model.int8.onnx", "peak RSS", "decision agreement", "optimize: fused Attention 1"):
+        assert title in result.stdout
+    manifest = read_manifest(out)
+    assert manifest["source"] == {"path": str((tmp_path / "saved").resolve()), "kind": "headreg"}
+    record = json.loads((out / "verification.json").read_text())
+    assert record["optimization"]["fused"] == {"Attention": 1, "BiasGelu": 1, "SkipLayerNormalization": 2}
+    assert manifest["variants"]["fp32"]["optimized"] == record["optimization"]["accepted"]
+    assert manifest["variants"]["int8"]["decision_agreement"] >= 0.5
+    assert record["int8"]["size_ratio"] < 0.5
+    assert manifest["files"].keys() == {"model.onnx", "model.int8.onnx"}
+    rerun = invoke("verify", str(out))
+    assert rerun.exit_code == 0, rerun.output
+    assert "model.int8.onnx: decision agreement" in rerun.output
+
+
+def test_real_minilm_backbone_with_a_fresh_head(tmp_path, minilm_path, capsys):
+    from headreg.cli import main
+
+    out = tmp_path / "minilm"
+    # --max-length 128 keeps the test quick; the default is 512, what the position table allows
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(minilm_path), "-o", str(out), "--head", "seq_cls", "--num-labels", "3", "--max-length", "128"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err
+    assert "freshly initialised (untrained)" in captured.err
+    for step in ("tokenizer", "trace", "pytorch reference", "verify", "write bundle"):
+        assert f"✓ {step}" in captured.err
+    assert "worst abs diff" in captured.out
+    manifest = read_manifest(out)
+    assert manifest["max_length"] == 128 and manifest["backbone"]["hidden_size"] == 384
+    assert manifest["source"] == {"path": str(minilm_path.resolve()), "kind": "backbone"}
+    assert manifest["pooling"]["strategy"] == "pooler", "BERT's own pooler, as BertForSequenceClassification"
+    assert all(diff["abs"] < 1e-4 for diff in manifest["verification"]["worst"].values())
+
+
+# --- interrupted exports ----------------------------------------------------------------------------------------
+
+
+def _start_export(backbone_dir: Path, out: Path, tmpdir: Path) -> tuple[subprocess.Popen, Path]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADREG_")} | {"TMPDIR": str(tmpdir)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "headreg.cli", "export", str(backbone_dir), "-o", str(out), "--head", "seq_cls",
+         "--num-labels", "2", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO,
+    )
+    staging_root = tmpdir / "headreg-staging"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if any((d / "tokenizer.json").exists() for d in entries_paths(staging_root)):
+            return process, staging_root  # mid-export: the bundle is being built
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"the export never started staging: {process.communicate()[1].decode()[-2000:]}")
+
+
+def entries_paths(directory: Path) -> list[Path]:
+    return list(directory.iterdir()) if directory.exists() else []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_an_interrupted_export_leaves_no_bundle_and_nothing_beside_it(tmp_path, backbone_dir, sig, monkeypatch):
+    out_parent, tmpdir = tmp_path / "out", tmp_path / "tmp"
+    out_parent.mkdir()
+    tmpdir.mkdir()
+    process, staging_root = _start_export(backbone_dir, out_parent / "bundle", tmpdir)
+    process.send_signal(sig)
+    process.communicate(timeout=60)
+    assert entries(out_parent) == set(), "no bundle, no temp dir in out_dir's parent"
+    if sig == signal.SIGTERM:
+        assert process.returncode != 0
+        assert entries(staging_root) == set(), "SIGTERM cleans its staging dir"
+    else:
+        assert len(entries(staging_root)) == 1, "a SIGKILLed process cannot clean up: its staging dir is left in TMPDIR"
+        import tempfile
+
+        from headreg.atomic import atomic_directory
+
+        monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+        with atomic_directory(tmp_path / "next", overwrite=False, stage_in_temp=True):
+            pass  # the next staged write removes dead processes' staging dirs
+        assert entries(staging_root) == set()
