@@ -7,10 +7,17 @@ import subprocess
 import sys
 import textwrap
 
+from click.testing import CliRunner
 from conftest import run_headreg
 from test_runtime_predictor import tiny_bundle, tiny_model
 
+from headreg.cli import cli
 from headreg.runtime import Predictor
+
+
+def bench(*args: str):
+    """``headreg bench`` in this process (torch is already imported here; a subprocess would import it again)."""
+    return CliRunner().invoke(cli, ["bench", str(tiny_bundle("seq_cls")), *args])
 
 
 def test_predict_prints_a_table_of_labels_and_scores():
@@ -80,11 +87,9 @@ def test_predict_usage_errors_exit_2_and_broken_bundles_exit_1(tmp_path):
 def test_bench_reports_latency_and_throughput_per_engine_against_torch(tmp_path):
     model_dir = tmp_path / "model"
     tiny_model("seq_cls").save_pretrained(model_dir)
-    result = run_headreg(
-        "bench", str(tiny_bundle("seq_cls")), "--batch-size", "2", "--seq-len", "16", "--rows", "4", "--passes", "2",
-        "--threads", "1", "--compare-torch", "--model", str(model_dir), "--json",
-    )
-    assert result.returncode == 0, result.stderr
+    result = bench("--batch-size", "2", "--seq-len", "16", "--rows", "4", "--passes", "2", "--threads", "1",
+                   "--compare-torch", "--model", str(model_dir), "--json")
+    assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     engines = {engine["engine"]: engine for engine in report["engines"]}
     assert set(engines) == {"onnxruntime fp32", "torch eager"}
@@ -98,18 +103,15 @@ def test_bench_on_a_corpus_compares_bucketing_with_arrival_order(tmp_path):
     corpus = tmp_path / "corpus.txt"
     long = "a much longer line " * 10
     corpus.write_text("\n".join(["short", long, "short", "short", long, "short", "short", "short"]) + "\n")
-    result = run_headreg("bench", str(tiny_bundle("seq_cls")), "--texts", str(corpus), "--batch-size", "4",
-                         "--passes", "1", "--threads", "1")
-    assert result.returncode == 0, result.stderr
+    result = bench("--texts", str(corpus), "--batch-size", "4", "--passes", "1", "--threads", "1")
+    assert result.exit_code == 0, result.output
     assert "arrival order" in result.stdout and "length bucketing vs arrival order" in result.stdout
-    json_run = run_headreg("bench", str(tiny_bundle("seq_cls")), "--texts", str(corpus), "--batch-size", "4",
-                           "--passes", "1", "--threads", "1", "--json")
-    report = json.loads(json_run.stdout)
+    report = json.loads(bench("--texts", str(corpus), "--batch-size", "4", "--passes", "1", "--threads", "1", "--json").stdout)
     bucketed, arrival = report["engines"][0], report["engines"][1]
     assert bucketed["padded_tokens"] < arrival["padded_tokens"]  # sorting removed padding
     assert report["bucketing_speedup"] > 0
 
 
 def test_bench_compare_torch_without_a_model_is_a_usage_error():
-    result = run_headreg("bench", str(tiny_bundle("seq_cls")), "--compare-torch", "--rows", "1", "--passes", "1")
-    assert result.returncode == 2 and "--model DIR" in result.stderr
+    result = bench("--compare-torch", "--rows", "1", "--passes", "1")
+    assert result.exit_code == 2 and "--model DIR" in result.output
