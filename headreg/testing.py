@@ -1,8 +1,8 @@
 """Test helpers for headreg and for plugin authors: tiny random backbones, the real MiniLM, fixtures.
 
 Use it from a plugin's tests with ``pytest_plugins = ["headreg.testing"]``; that gives the fixtures
-``tiny_backbone`` (a factory), ``minilm_path``, ``minilm_tokenizer`` and ``check_head`` (``check_head`` below,
-writing under the test's ``tmp_path``). ``check_head(name, **options)`` attaches a head to tiny backbones of
+``tiny_backbone`` (a factory), ``minilm_path``, ``minilm_tokenizer``, ``single_torch_thread`` and ``check_head``
+(``check_head`` below, writing under the test's ``tmp_path``). ``check_head(name, **options)`` attaches a head to tiny backbones of
 several architectures and runs forward/backward, a few training steps, save/load, ONNX export with
 verification and a torch-free prediction; ``registered_heads()`` parametrizes a test over every head.
 
@@ -13,6 +13,7 @@ serves them all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -182,18 +183,46 @@ def check_head(
     against PyTorch) and predict ``texts`` in a subprocess where ``import torch`` fails. Before all of it
     the head's postprocess module is imported in a clean interpreter and must not import torch.
 
+    Within one process a repeated call with the same arguments (and no ``labels``) returns the first call's
+    reports, whose paths stay in the first call's ``workdir``: heads are seeded, so a second run would prove
+    nothing new, and a plugin's own kit test and a test over every registered head often ask the same.
+
     >>> check_head("crf", num_labels=5, id2label=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])  # doctest: +SKIP
     """
     from .registry import get_head
 
     spec = get_head(name)
+    key = json.dumps([spec.name, spec.cls, options, architectures, export, texts, train_steps], sort_keys=True, default=repr)
+    cached = _CHECKED.get(key) if labels is None else None
+    if cached and all(r.model_dir.is_dir() and (r.bundle_dir is None or r.bundle_dir.is_dir()) for r in cached):
+        return [dataclasses.replace(report) for report in cached]
     check_postprocess_torch_free(spec.name)
     tokenizer = load_tokenizer()
-    with _workdir(workdir) as root:
-        return [
+    with _workdir(workdir) as root, single_torch_thread():
+        reports = [
             _check_architecture(spec.name, arch, arch in export, texts, labels, train_steps, root / arch, tokenizer, options)
             for arch in architectures
         ]
+        if workdir is not None and labels is None:
+            _CHECKED[key] = reports
+        return reports
+
+
+_CHECKED: dict[str, list[HeadReport]] = {}  # check_head arguments -> reports, for repeated calls in one process
+
+
+@contextlib.contextmanager
+def single_torch_thread():
+    """Run torch on one thread inside the block. Tiny models gain nothing from more, and on a busy machine
+    every small op waiting for a descheduled worker thread made checks 20x slower (measured here)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -395,6 +424,13 @@ def predict_without_torch(bundle_dir: str | os.PathLike, texts: Sequence[Any]) -
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "(no output)"
+
+
+@pytest.fixture(name="single_torch_thread")
+def _single_torch_thread_fixture():
+    """torch on one thread for the test (see ``single_torch_thread``)."""
+    with single_torch_thread():
+        yield
 
 
 @pytest.fixture(name="check_head")

@@ -115,7 +115,7 @@ def test_ignored_labels_are_marginalised_not_cut_from_the_chain(tiny_backbone):
     assert head.loss(emissions, torch.full((1, 4), -100), torch.ones(1, 4)).item() == 0.0
 
 
-def test_training_learns_transitions_that_emissions_cannot_tell(tiny_backbone):
+def test_training_learns_transitions_that_emissions_cannot_tell(tiny_backbone, single_torch_thread):
     """Tags follow 0 -> 1 -> 2 -> 0 ...; the emissions only show where the cycle starts, so only transitions help."""
     torch.manual_seed(0)
     model = attach_head(tiny_backbone("bert"), "crf", num_labels=3, dropout=0.0)

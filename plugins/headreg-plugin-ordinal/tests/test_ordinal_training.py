@@ -6,7 +6,6 @@ CPU; the held-out texts combine nouns and a template that training never saw.
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from headreg import attach_head
@@ -35,16 +34,7 @@ def dataset():
     return seen[::3], unseen[::3]
 
 
-@pytest.fixture
-def one_thread():
-    """Two shared cores: one thread is faster than two fighting over them, and the result is the same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_learns_star_ratings_on_minilm_well_above_chance(minilm_path, minilm_tokenizer, one_thread):
+def test_learns_star_ratings_on_minilm_well_above_chance(minilm_path, minilm_tokenizer, single_torch_thread):
     from transformers import AutoModel
 
     from headreg.model import quiet_transformers
