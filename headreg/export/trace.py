@@ -93,7 +93,7 @@ def dummy_inputs(model: Any, input_names: tuple[str, ...]) -> dict[str, torch.Te
 @contextlib.contextmanager
 def _quiet_exporter():
     """The exporters warn about torchvision, pytree internals and axis renames; none of it is actionable."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
