@@ -91,6 +91,25 @@ def use_site(monkeypatch):
             del sys.modules[name]
 
 
+def test_repo_plugins_install_from_their_folders_and_list_with_distribution_and_version(tmp_path):
+    """A real (non-editable) pip install of plugins/headreg-plugin-*: what users and CI get."""
+    site = tmp_path / "site"
+    pip_install(site, REPO / "plugins" / "headreg-plugin-crf", REPO / "plugins" / "headreg-plugin-ordinal")
+    heads = {h["name"]: h for h in json.loads(run_headreg("heads", "--json", site=site).stdout)}
+    assert (heads["crf"]["plugin"], heads["crf"]["version"], heads["crf"]["level"]) == ("headreg-plugin-crf", "0.1.0", "token")
+    assert (heads["ordinal"]["plugin"], heads["ordinal"]["version"]) == ("headreg-plugin-ordinal", "0.1.0")
+    # The installed copies are complete and are the ones imported (the site comes first on the path).
+    probe = (
+        "import json, headreg_plugin_crf.postprocess as c, headreg_plugin_ordinal.postprocess as o; "
+        "print(json.dumps([c.__file__, o.__file__]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for postprocess in map(Path, json.loads(done.stdout)):
+        assert postprocess.is_relative_to(site) and (postprocess.parent / "head.py").is_file()
+
+
 def test_template_copied_under_a_new_name_is_a_working_plugin(tmp_path):
     """What a plugin author does: copy the template, rename it, install it, see the head, run its tests."""
     project = tmp_path / "headreg-plugin-acme"
