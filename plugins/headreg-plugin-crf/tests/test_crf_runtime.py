@@ -17,6 +17,7 @@ from headreg_plugin_crf.postprocess import crf
 pytest_plugins = ["headreg.testing"]
 
 BIO = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+ARCHITECTURES = ("bert", "llama")
 TEXTS = [
     "Angela Merkel visited Paris yesterday.",
     "ok",
@@ -32,27 +33,38 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The kit's full round trip on a tiny BERT; its saved model and bundle serve the tests below."""
+    """The kit's full round trip on a tiny BERT (padded on the right) and a tiny Llama (padded on the left);
+    their saved models and bundles serve the tests below."""
     from headreg.testing import check_head
 
-    (report,) = check_head("crf", architectures=("bert",), workdir=tmp_path_factory.mktemp("crf"), id2label=BIO)
-    return report
+    reports = check_head("crf", architectures=ARCHITECTURES, export=ARCHITECTURES,
+                         workdir=tmp_path_factory.mktemp("crf"), id2label=BIO)
+    return dict(zip(ARCHITECTURES, reports))
 
 
 def test_crf_passes_the_headreg_kit(exported):
-    assert exported.bundle_dir is not None and len(exported.predictions) == 4
-    for prediction in exported.predictions:  # made in a subprocess where torch cannot be imported
-        assert set(prediction) == {"entities", "tokens", "path"}
-        assert all(0 <= tag < len(BIO) for tag in prediction["path"])
+    for report in exported.values():
+        assert report.bundle_dir is not None and len(report.predictions) == 4
+        for prediction in report.predictions:  # made in a subprocess where torch cannot be imported
+            assert set(prediction) == {"entities", "tokens", "path"}
+            assert all(0 <= tag < len(BIO) for tag in prediction["path"])
 
 
-def test_runtime_tags_equal_pytorch_viterbi_on_padded_batches(exported, minilm_tokenizer):
-    model = load_model(exported.model_dir)
-    batch = minilm_tokenizer(TEXTS, padding=True, return_tensors="pt")
+@pytest.mark.parametrize("arch, padding_side", [("bert", "right"), ("llama", "left")])
+def test_runtime_tags_equal_pytorch_viterbi_on_padded_batches(exported, arch, padding_side):
+    from headreg.testing import load_tokenizer
+
+    report = exported[arch]
+    model = load_model(report.model_dir)
+    tokenizer = load_tokenizer()
+    tokenizer.padding_side = padding_side  # as the runtime pads this backbone
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         tags = model.head.decode(model(**batch).logits, batch["attention_mask"])
+    predictor = Predictor(report.bundle_dir)
+    assert predictor.padding_side == padding_side
     # Batches of 4 rows of different lengths: the runtime pads them differently from the batch above.
-    runtime = Predictor(exported.bundle_dir).predict(TEXTS, batch_size=4)
+    runtime = predictor.predict(TEXTS, batch_size=4)
     expected = [row[mask.bool()].tolist() for row, mask in zip(tags, batch["attention_mask"])]
     got = [result["path"] for result in runtime]
     agreeing = sum(a == b for exp, run in zip(expected, got) for a, b in zip(exp, run))
