@@ -183,6 +183,7 @@ def check_head(
     against PyTorch) and predict ``texts`` in a subprocess where ``import torch`` fails. Before all of it
     the head's postprocess module is imported in a clean interpreter and must not import torch.
 
+    Files go to ``workdir`` (saved models, bundles), or to a temporary directory removed on return.
     Within one process a repeated call with the same arguments (and no ``labels``) returns the first call's
     reports, whose paths stay in the first call's ``workdir``: heads are seeded, so a second run would prove
     nothing new, and a plugin's own kit test and a test over every registered head often ask the same.
