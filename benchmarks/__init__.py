@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of headreg's runtime against PyTorch: ``python -m benchmarks.run`` (see run.py)."""

@@ -1,0 +1,602 @@
+"""headreg's runtime against PyTorch, side by side, on this machine: ``python -m benchmarks.run [--quick]``.
+
+One run measures, in one process and interleaved (A, B, C, A, B, C, ...) so a noisy neighbour slows every
+engine alike:
+
+- the machine's fp32 matmul GFLOP/s (2048 x 2048, PyTorch/MKL, the same thread count);
+- every model's matmul FLOPs from its config (``benchmarks/flops.py``) and so its compute floor;
+- engines: PyTorch (``sdpa`` and ``eager`` attention, ``inference_mode``; the faster one per shape is the
+  baseline), headreg's runtime session on the bundle's fp32 graph, on the onnxscript-fused fp32 graph, and
+  on the bundle's int8 graph;
+- batch sizes 1, 8, 32 x lengths 16, 128, 512 (BERT-base: fewer, said in the output);
+- the mixed-length real-text corpus (``benchmarks/corpus.py``): arrival-order batches against headreg's
+  length-bucketed batches, PyTorch included, plus int8 decision agreement and score drift against PyTorch.
+
+Writes a table to stdout, ``benchmark.json`` and ``benchmark.png`` (throughput vs batch size per engine, the
+compute floor drawn) to ``--out`` (default ``benchmarks/results/``, git-ignored). Bundles are exported once
+with ``headreg.export.export_onnx`` into ``--out``/bundles and reused (``--rebuild`` exports again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .corpus import mixed_corpus
+from .flops import batch_flops, flops_per_token, sequence_flops
+
+ROOT = Path(__file__).resolve().parent
+ENGINES = ("pytorch-sdpa", "pytorch-eager", "ort-fp32", "ort-fp32-fused", "ort-int8")
+ORT_ENGINES = ENGINES[2:]
+LABELS = {
+    "pytorch": "PyTorch (best attention)",
+    "ort-fp32": "headreg fp32",
+    "ort-fp32-fused": "headreg fp32 + onnxscript fusions",
+    "ort-int8": "headreg int8 (dynamic)",
+}
+GAP_S = 0.005  # idle between calls: lets the previous engine's spinning threads park before the next one starts
+# PyTorch's OpenMP threads busy-wait by default; on a machine shared with other processes one descheduled
+# thread then stalls every parallel region (measured here at load 4.8: MiniLM 1x16 978 ms with the default
+# policy, 11 ms with PASSIVE). PASSIVE is PyTorch's better setting on a shared machine; --omp-wait-policy
+# overrides it (it must be set before torch is imported, so main() sets it first).
+DEFAULT_OMP_WAIT_POLICY = "PASSIVE"
+
+
+# --- models --------------------------------------------------------------------------------------------------
+
+
+def _minilm():
+    from transformers import AutoModel
+
+    from headreg.model import quiet_transformers
+    from headreg.testing import minilm_path
+
+    with quiet_transformers():
+        return AutoModel.from_pretrained(str(minilm_path()), attn_implementation="sdpa")
+
+
+def _bert_base():
+    from transformers import AutoModel, BertConfig
+
+    from headreg.model import quiet_transformers
+
+    with quiet_transformers():
+        return AutoModel.from_config(BertConfig(), attn_implementation="sdpa")  # 110M, randomly initialised
+
+
+def _tiny():
+    from headreg.testing import tiny_backbone
+
+    return tiny_backbone("bert", attn_implementation="sdpa")
+
+
+# name: (description, backbone factory, shapes (batch, length), shapes in --quick, corpus too)
+MODELS: dict[str, tuple[str, Callable[[], Any], list[tuple[int, int]], list[tuple[int, int]], bool]] = {
+    "minilm": (
+        "all-MiniLM-L6-v2 (real weights, 22.7M parameters)",
+        _minilm,
+        [(b, n) for n in (16, 128, 512) for b in (1, 8, 32)],
+        [(1, 16), (1, 128), (8, 128), (32, 128)],
+        True,
+    ),
+    "bert-base": (
+        "BERT-base size, random init (110M parameters); to keep the run short: 32x128, 8x512, 32x512 and the "
+        "corpus skipped, at least 3 repetitions",
+        _bert_base,
+        [(1, 16), (8, 16), (32, 16), (1, 128), (8, 128), (1, 512)],
+        [(1, 16), (1, 128), (8, 128)],
+        False,
+    ),
+    "tiny": ("tiny random BERT (tests only)", _tiny, [(1, 16), (4, 32)], [(1, 16), (4, 32)], True),
+}
+
+
+def build_model(name: str):
+    import torch
+
+    from headreg import attach_head
+
+    torch.manual_seed(0)  # the same head (and random backbone) every run, so a cached bundle stays valid
+    backbone = MODELS[name][1]().eval()
+    return attach_head(backbone, "seq_cls", num_labels=2, id2label={0: "negative", 1: "positive"}).eval()
+
+
+def build_bundle(name: str, model: Any, out: Path, rebuild: bool) -> Path:
+    """Export (or reuse) ``model``'s bundle with its int8 variant; fuse a copy of its fp32 graph."""
+    from headreg.export import export_onnx
+    from headreg.export.optimize import fuse
+    from headreg.testing import minilm_path
+
+    bundle = out / "bundles" / name
+    if rebuild or not (bundle / "headreg.json").is_file() or not (bundle / "model.int8.onnx").is_file():
+        started = time.perf_counter()
+        # int8 acceptance is measured by this benchmark on real text (reported), so the export does not gate it
+        export_onnx(model, bundle, tokenizer=str(minilm_path()), quantize="int8", int8_min_agreement=0.0, overwrite=True)
+        print(f"  exported {bundle} in {time.perf_counter() - started:.0f}s", flush=True)
+    fused = bundle.parent / f"{name}.fused.onnx"
+    if rebuild or not fused.is_file():
+        fuse(bundle / "model.onnx", fused)
+    return bundle
+
+
+# --- measuring -----------------------------------------------------------------------------------------------
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _ort_matmul(threads: int, n: int) -> Callable[[], Any]:
+    """A one-node ONNX MatMul in onnxruntime (MLAS, the kernels headreg's runtime uses)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from headreg.runtime.session import session_options
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    session = ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+    feed = {"a": np.random.rand(n, n).astype(np.float32), "b": np.random.rand(n, n).astype(np.float32)}
+    return lambda: session.run(None, feed)
+
+
+def matmul_gflops(threads: int, n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
+    """fp32 ``n x n`` matmul GFLOP/s on ``threads`` threads, PyTorch (MKL) and onnxruntime (MLAS) alternating.
+
+    ``best`` is the faster library's best run: the machine's attainable fp32 matmul rate.
+    """
+    import torch
+
+    set_threads(threads)
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    calls = {"torch": lambda: a @ b, "onnxruntime": _ort_matmul(threads, n)}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times["torch"]) < 3:
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    flop = 2 * n**3
+    best = {name: flop / min(t) / 1e9 for name, t in times.items()}
+    return {"best": max(best.values()), "by_library": best, "median": flop / float(np.median(times["torch"])) / 1e9, "n": n}
+
+
+class MatmulPeak:
+    """The machine's fp32 matmul GFLOP/s, measured again after every shape; the best is the floor's rate."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.samples: list[float] = []
+        self.by_library: dict[str, float] = {}
+
+    def measure(self, seconds: float = 0.5) -> float:
+        result = matmul_gflops(self.threads, seconds=seconds)
+        for name, rate in result["by_library"].items():
+            self.by_library[name] = max(rate, self.by_library.get(name, 0.0))
+        self.samples.append(result["best"])
+        return self.samples[-1]
+
+    @property
+    def best(self) -> float:
+        return max(self.samples)
+
+    def summary(self) -> dict[str, Any]:
+        return {"best": self.best, "median": float(np.median(self.samples)), "samples": len(self.samples),
+                "best_by_library": self.by_library}
+
+
+def rescale(report: dict[str, Any], gflops: float) -> None:
+    """Recompute floors and % of floor with the run's best matmul rate."""
+    for model in report["models"].values():
+        rows = list(model["shapes"]) + ([model["corpus"]] if model.get("corpus") else [])
+        for row in rows:
+            row["floor_ms"] = 1e3 * row.get("gflop_useful", row.get("gflop", 0.0)) / gflops
+            for result in row["engines"].values():
+                result["pct_of_floor"] = 100.0 * row["floor_ms"] / result["p50_ms"]
+
+
+def torch_runner(model: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    import torch
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+
+    return run
+
+
+def ort_runner(session: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run(["logits"], {k: feed[k] for k in names})[0]
+
+    return run
+
+
+def make_engines(model: Any, bundle: Path, threads: int) -> dict[str, Callable]:
+    from headreg.runtime.session import create_session
+
+    eager = copy.deepcopy(model)
+    eager.backbone.set_attn_implementation("eager")
+    model.backbone.set_attn_implementation("sdpa")
+    fused = bundle.parent / f"{bundle.name}.fused.onnx"
+    return {
+        "pytorch-sdpa": torch_runner(model),
+        "pytorch-eager": torch_runner(eager),
+        "ort-fp32": ort_runner(create_session(bundle / "model.onnx", threads=threads)),
+        "ort-fp32-fused": ort_runner(create_session(fused, threads=threads)),
+        "ort-int8": ort_runner(create_session(bundle / "model.int8.onnx", threads=threads)),
+    }
+
+
+def random_feed(batch: int, length: int, input_names: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1996, 29000, (batch, length), dtype=np.int64)  # ordinary WordPiece tokens
+    ids[:, 0], ids[:, -1] = 101, 102
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {k: v for k, v in feed.items() if k in input_names}
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], budget_s: float, min_reps: int, max_reps: int) -> dict[str, list[float]]:
+    """Seconds per call for each engine, engines called round-robin; repetitions fit ``budget_s``."""
+    started = time.perf_counter()
+    for call in calls.values():  # warm-up: lazy kernel setup, allocator growth, oneDNN primitive caches
+        call()
+    round_s = max(time.perf_counter() - started, 1e-6)
+    reps = int(min(max_reps, max(min_reps, budget_s / round_s)))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(reps):
+        for name, call in calls.items():
+            time.sleep(GAP_S)
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(seconds: list[float], rows: int, floor_s: float) -> dict[str, Any]:
+    p50, p90 = (float(np.percentile(seconds, q)) for q in (50, 90))
+    return {
+        "p50_ms": p50 * 1e3,
+        "p90_ms": p90 * 1e3,
+        "min_ms": min(seconds) * 1e3,
+        "runs": len(seconds),
+        "throughput_rows_s": rows / p50,
+        "pct_of_floor": 100.0 * floor_s / p50,
+    }
+
+
+def with_ratios(results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Add ``ratio_vs_pytorch`` (PyTorch p50 / engine p50; > 1 is faster) against the faster PyTorch."""
+    torch_names = [n for n in results if n.startswith("pytorch")]
+    best = min(torch_names, key=lambda n: results[n]["p50_ms"])
+    for result in results.values():
+        result["ratio_vs_pytorch"] = results[best]["p50_ms"] / result["p50_ms"]
+    return best, results
+
+
+def bench_shapes(model: Any, engines: dict[str, Callable], shapes, peak: MatmulPeak, args) -> list[dict[str, Any]]:
+    input_names = ["input_ids", "attention_mask", "token_type_ids"]
+    rows = []
+    for batch, length in shapes:
+        feed = random_feed(batch, length, input_names)
+        flop = batch * sequence_flops(model.backbone.config, length)
+        floor_s = flop / (peak.best * 1e9)
+        times = interleaved({n: (lambda f=f: f(feed)) for n, f in engines.items()}, args.budget, args.min_reps, args.max_reps)
+        best, results = with_ratios({n: summarize(t, batch, floor_s) for n, t in times.items()})
+        rows.append({"batch": batch, "length": length, "gflop": flop / 1e9, "floor_ms": floor_s * 1e3,
+                     "pytorch_best": best, "engines": results})
+        print_shape(rows[-1])
+        peak.measure()
+    return rows
+
+
+def bench_corpus(model: Any, bundle: Path, engines: dict[str, Callable], peak: MatmulPeak, args, pytorch: str) -> dict[str, Any]:
+    """Whole passes over the mixed-length corpus: arrival order vs length-bucketed, plus int8 agreement."""
+    from headreg.runtime import Predictor
+    from headreg.runtime.batching import pad_batch, plan_batches
+
+    texts = mixed_corpus(args.corpus_rows)
+    fp32 = Predictor(bundle, threads=args.threads)
+    int8 = Predictor(bundle, threads=args.threads, quantized=True)
+    encodings = fp32.encode(texts)
+    lengths = [len(e) for e in encodings]
+    plans = {
+        "arrival": plan_batches(lengths, args.batch_size, None, sort=False),
+        "bucketed": plan_batches(lengths, args.batch_size, fp32.max_batch_tokens, sort=True),
+    }
+    feeds = {
+        order: [(idx, pad_batch([encodings[i] for i in idx], fp32.input_names, fp32.pad_id, fp32.padding_side)) for idx in plan]
+        for order, plan in plans.items()
+    }
+    padded = {order: sum(len(idx) * max(lengths[i] for i in idx) for idx in plan) for order, plan in plans.items()}
+
+    def corpus_pass(run: Callable, order: str) -> Callable[[], np.ndarray]:
+        def go() -> np.ndarray:
+            logits = np.zeros((len(texts), 2), dtype=np.float32)
+            for idx, feed in feeds[order]:
+                logits[idx] = run(feed)
+            return logits
+
+        return go
+
+    calls = {
+        f"{pytorch} arrival": corpus_pass(engines[pytorch], "arrival"),
+        f"{pytorch} bucketed": corpus_pass(engines[pytorch], "bucketed"),
+        "ort-fp32 arrival": corpus_pass(ort_runner(fp32.session), "arrival"),
+        "ort-fp32 bucketed": corpus_pass(ort_runner(fp32.session), "bucketed"),
+        "ort-int8 bucketed": corpus_pass(ort_runner(int8.session), "bucketed"),
+        # end to end: tokenize + bucket + run + postprocess, the default variant
+        "Predictor.predict (end to end)": lambda: fp32.predict(texts),
+    }
+    useful = batch_flops(model.backbone.config, lengths)
+    floor_s = useful / (peak.best * 1e9)
+    times = interleaved(calls, args.budget * 2, max(3, args.min_reps // 2), args.max_reps)
+    results = {name: summarize(t, len(texts), floor_s) for name, t in times.items()}
+    base = results[f"{pytorch} arrival"]["p50_ms"]
+    for result in results.values():
+        result["ratio_vs_pytorch"] = base / result["p50_ms"]
+    reference = calls[f"{pytorch} bucketed"]()
+    agreement = {}
+    for name in ("ort-fp32 bucketed", "ort-int8 bucketed"):
+        logits = calls[name]()
+        agreement[name] = decision_agreement(reference, logits)
+    return {
+        "rows": len(texts),
+        "tokens": int(sum(lengths)),
+        "length_min_median_max": [int(min(lengths)), int(np.median(lengths)), int(max(lengths))],
+        "padded_tokens": padded,
+        "batch_size": args.batch_size,
+        "max_batch_tokens": fp32.max_batch_tokens,
+        "gflop_useful": useful / 1e9,
+        "floor_ms": floor_s * 1e3,
+        "engines": results,
+        "bucketing_speedup_ort_fp32": results["ort-fp32 arrival"]["p50_ms"] / results["ort-fp32 bucketed"]["p50_ms"],
+        "bucketing_speedup_pytorch": results[f"{pytorch} arrival"]["p50_ms"] / results[f"{pytorch} bucketed"]["p50_ms"],
+        "agreement_vs_pytorch": agreement,
+    }
+
+
+def decision_agreement(reference: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    def softmax(x: np.ndarray) -> np.ndarray:
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    drift = np.abs(softmax(reference) - softmax(logits))
+    return {
+        "identical_decisions_pct": 100.0 * float(np.mean(reference.argmax(-1) == logits.argmax(-1))),
+        "score_drift_max": float(drift.max()),
+        "score_drift_mean": float(drift.mean()),
+        "logit_max_abs_diff": float(np.abs(reference - logits).max()),
+    }
+
+
+# --- reporting -----------------------------------------------------------------------------------------------
+
+
+def print_shape(row: dict[str, Any]) -> None:
+    print(f"  {row['batch']:>3} x {row['length']:<4} floor {row['floor_ms']:8.2f} ms   (PyTorch baseline: {row['pytorch_best']})")
+    for name, r in row["engines"].items():
+        print(
+            f"      {name:<16} p50 {r['p50_ms']:9.2f}  p90 {r['p90_ms']:9.2f} ms  {r['throughput_rows_s']:8.1f} seq/s"
+            f"  x{r['ratio_vs_pytorch']:5.2f} vs PyTorch  {r['pct_of_floor']:5.1f}% of floor"
+        )
+    sys.stdout.flush()
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """One line per shape: ratio to the faster PyTorch and % of floor for each headreg engine."""
+    lines = []
+    for name, model in report["models"].items():
+        lines.append(f"\n{name}: {model['description']}; {model['mflop_per_token_128']:.1f} MFLOP/token at 128")
+        head = f"| {'batch x len':<11} | {'floor ms':>9} | {'PyTorch p50':>11} |"
+        for engine in ORT_ENGINES:
+            head += f" {engine + ' p50 (ratio, %floor)':>34} |"
+        lines += [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
+        for row in model["shapes"]:
+            best = row["engines"][row["pytorch_best"]]
+            line = f"| {row['batch']:>3} x {row['length']:<5} | {row['floor_ms']:9.2f} | {best['p50_ms']:8.2f} {row['pytorch_best'][8:9]} |"
+            for engine in ORT_ENGINES:
+                r = row["engines"][engine]
+                line += f" {r['p50_ms']:10.2f} ms (x{r['ratio_vs_pytorch']:4.2f}, {r['pct_of_floor']:5.1f}%) |"
+            lines.append(line)
+        corpus = model.get("corpus")
+        if corpus:
+            lines.append(
+                f"\nmixed-length corpus: {corpus['rows']} texts, {corpus['tokens']} tokens "
+                f"(min/median/max {corpus['length_min_median_max']}), batch {corpus['batch_size']}; "
+                f"padded tokens arrival {corpus['padded_tokens']['arrival']} vs bucketed {corpus['padded_tokens']['bucketed']}"
+            )
+            for engine, r in corpus["engines"].items():
+                lines.append(
+                    f"  {engine:<32} p50 {r['p50_ms']:9.1f} ms  {r['throughput_rows_s']:7.1f} texts/s"
+                    f"  x{r['ratio_vs_pytorch']:5.2f} vs PyTorch arrival  {r['pct_of_floor']:5.1f}% of floor"
+                )
+            lines.append(
+                f"  bucketing vs arrival order: x{corpus['bucketing_speedup_ort_fp32']:.2f} (headreg fp32), "
+                f"x{corpus['bucketing_speedup_pytorch']:.2f} (PyTorch)"
+            )
+            for engine, a in corpus["agreement_vs_pytorch"].items():
+                lines.append(
+                    f"  {engine} vs PyTorch: {a['identical_decisions_pct']:.2f}% identical decisions, "
+                    f"score drift max {a['score_drift_max']:.4f} mean {a['score_drift_mean']:.5f}"
+                )
+    return "\n".join(lines)
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(report["models"].items())
+    lengths = sorted({row["length"] for _, m in models for row in m["shapes"]})
+    fig, axes = plt.subplots(len(models), len(lengths), figsize=(4.2 * len(lengths), 3.4 * len(models)), squeeze=False)
+    styles = {"pytorch": ("tab:gray", "o"), "ort-fp32": ("tab:blue", "s"), "ort-fp32-fused": ("tab:cyan", "^"), "ort-int8": ("tab:red", "D")}
+    for (name, model), row_axes in zip(models, axes):
+        for length, ax in zip(lengths, row_axes):
+            rows = [r for r in model["shapes"] if r["length"] == length]
+            if not rows:
+                ax.set_visible(False)
+                continue
+            batches = [r["batch"] for r in rows]
+            for engine, (color, marker) in styles.items():
+                key = (lambda r: r["pytorch_best"]) if engine == "pytorch" else (lambda r, e=engine: e)
+                ax.plot(batches, [r["engines"][key(r)]["throughput_rows_s"] for r in rows], marker=marker, color=color, label=LABELS[engine])
+            ax.plot(batches, [r["batch"] / r["floor_ms"] * 1e3 for r in rows], "k--", label="fp32 compute floor")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.set_title(f"{name}, length {length}", fontsize=10)
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("sequences / s")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    machine = report["machine"]
+    fig.suptitle(
+        f"{machine['cpu']} - {report['threads']} threads - matmul {report['matmul_gflops']['best']:.0f} GFLOP/s", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def machine_info() -> dict[str, Any]:
+    flags: set[str] = set()
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {
+        "cpu": cpu,
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "isa": sorted(f for f in flags if f in {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8"}),
+        "python": platform.python_version(),
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="MiniLM only, 4 shapes, short budgets (about 2 minutes)")
+    parser.add_argument("--models", default=None, help="comma-separated: minilm, bert-base (default both; --quick: minilm)")
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch and onnxruntime intra-op threads (default 2)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--budget", type=float, default=None, help="seconds of measuring per shape (default 20, --quick 5)")
+    parser.add_argument("--min-reps", type=int, default=None)
+    parser.add_argument("--max-reps", type=int, default=200)
+    parser.add_argument("--corpus-rows", type=int, default=None, help="texts in the mixed-length corpus (default 256, --quick 128)")
+    parser.add_argument("--batch-size", type=int, default=32, help="corpus batch size (default 32)")
+    parser.add_argument("--rebuild", action="store_true", help="export the bundles again")
+    parser.add_argument(
+        "--omp-wait-policy", choices=("PASSIVE", "ACTIVE", "default"), default=None,
+        help=f"PyTorch's OMP_WAIT_POLICY (default: $OMP_WAIT_POLICY, else {DEFAULT_OMP_WAIT_POLICY}; see run.py)",
+    )
+    args = parser.parse_args(argv)
+    if "torch" in sys.modules:
+        print("note: torch was imported before benchmarks.run; OMP_WAIT_POLICY cannot change any more")
+    elif args.omp_wait_policy == "default":
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy or os.environ.get("OMP_WAIT_POLICY", DEFAULT_OMP_WAIT_POLICY)
+    args.budget = args.budget or (5.0 if args.quick else 20.0)
+    args.min_reps = args.min_reps or (3 if args.quick else 5)
+    args.corpus_rows = args.corpus_rows or (128 if args.quick else 256)
+    names = (args.models or ("minilm" if args.quick else "minilm,bert-base")).split(",")
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    set_threads(args.threads)
+    load_before = os.getloadavg()
+    report: dict[str, Any] = {
+        "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "machine": machine_info(),
+        "load_average_before": load_before,
+        "models": {},
+    }
+    if load_before[0] > args.threads * 0.5:
+        print(f"note: load average {load_before[0]:.1f} before starting: other processes compete, timings are noisy")
+    peak = MatmulPeak(args.threads)
+    peak.measure(seconds=2.0)
+    print(f"{report['machine']['cpu']} ({report['machine']['cores_available']} cores, {' '.join(report['machine']['isa'])}); "
+          f"{args.threads} threads; fp32 matmul {peak.best:.0f} GFLOP/s so far (re-measured after every shape)")
+
+    for name in names:
+        description, _, shapes, quick_shapes, with_corpus = MODELS[name]
+        print(f"\n== {name}: {description}", flush=True)
+        model = build_model(name)
+        bundle = build_bundle(name, model, args.out, args.rebuild)
+        engines = make_engines(model, bundle, args.threads)
+        config = model.backbone.config
+        max_len = int(getattr(config, "max_position_embeddings", 512))
+        chosen = [(b, n) for b, n in (quick_shapes if args.quick else shapes) if n <= max_len]
+        entry: dict[str, Any] = {
+            "description": description,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "mflop_per_token_128": flops_per_token(config, 128) / 1e6,
+            "bundle": str(bundle),
+        }
+        min_reps = args.min_reps
+        if name == "bert-base":
+            args.min_reps = 3
+        entry["shapes"] = bench_shapes(model, engines, chosen, peak, args)
+        wins = [row["pytorch_best"] for row in entry["shapes"]]
+        pytorch = max(set(wins), key=wins.count)  # the attention implementation that won most shapes
+        if with_corpus:
+            entry["corpus"] = bench_corpus(model, bundle, engines, peak, args, pytorch)
+        args.min_reps = min_reps
+        report["models"][name] = entry
+        del engines, model
+
+    # The floor uses the best matmul rate seen during the whole run: on a shared machine any single
+    # measurement may land in a busy moment. Ratios and % of floor are recomputed with it.
+    report["matmul_gflops"] = {**peak.summary(), "n": 2048}
+    rescale(report, peak.best)
+
+    report["load_average_after"] = os.getloadavg()
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    table = summary_table(report)
+    print("\n" + table)
+    print(f"\nload average before {load_before[0]:.1f}, after {report['load_average_after'][0]:.1f}")
+    (args.out / "benchmark.json").write_text(json.dumps(report, indent=1))
+    chart(report, args.out / "benchmark.png")
+    print(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
