@@ -84,7 +84,7 @@ def test_bundle_has_the_documented_files_and_manifest(exported):
     assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert manifest["outputs"] == {"logits": ["batch", "sequence", 5], "pooled_output": ["batch", 32]}
     assert manifest["source"] == {"path": None, "kind": "python"}
-    assert manifest["verification"]["passed"] and manifest["verification"]["cases"] >= 9
+    assert manifest["verification"]["passed"] and manifest["verification"]["cases"] >= 7
     assert manifest["variants"] == {"default": "fp32", "fp32": {"file": "model.onnx", "optimized": False}}
 
     from tokenizers import Tokenizer
@@ -254,7 +254,7 @@ def test_transformers_checkpoint_with_a_task_head_exports_its_own_logits(tmp_pat
                     "--exporter", "torchscript")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["passed"] and summary["cases"] >= 9
+    assert summary["passed"] and summary["cases"] >= 7
     manifest = read_manifest(tmp_path / "bundle")
     assert manifest["source"] == {"path": str((tmp_path / "checkpoint").resolve()), "kind": "transformers"}
     assert manifest["id2label"] == {"0": "no", "1": "yes"}

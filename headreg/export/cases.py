@@ -136,17 +136,17 @@ def make_cases(
     shapes = [
         ("random b1 len1", [1], 1),
         ("random b1 len7", [7], 7),
-        ("random b3 len13 mixed padding", [13, 6, 1], 13),
-        (f"random b4 len{max_length} mixed padding", [max_length, odd - 2, max_length // 2 + 1, 2], max_length),
-        (f"random b1 len{max_length}", [max_length], max_length),
+        ("random b4 len13 mixed padding", [13, 6, 1, 10], 13),
+        # max_length is the costly width: one batch of 3 and the batch-1 truncated text below
+        (f"random b3 len{max_length} mixed padding", [max_length, odd - 2, max_length // 2 + 1], max_length),
     ]
     common = dict(input_names=input_names, vocab_size=vocab_size, pad_id=pad_id, padding_side=padding_side, rng=rng)
     cases = [random_case(name, lengths, min(width, max_length), **common) for name, lengths, width in shapes]
     enc = dict(input_names=input_names, max_length=max_length, pad_id=pad_id, padding_side=padding_side)
     text_batches = [
         (f"text b{len(TEXTS)}", "text", list(TEXTS)),
-        ("text b1", "text", [TEXTS[0]]),
-        ("text b3 truncated", "text", [LONG_TEXT, TEXTS[2], TEXTS[1]]),
+        ("text b1 truncated", "text", [LONG_TEXT]),
+        ("text b3 short", "text", [TEXTS[2], TEXTS[0], TEXTS[3]]),
     ]
     if pairs:
         text_batches.append(("pairs b4", "pair", list(PAIRS)))

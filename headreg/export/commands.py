@@ -148,6 +148,7 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     if is_nonempty(Path(out_dir)) and not overwrite:
         _fail(f"{out_dir} exists and is not empty; pass --overwrite to replace it", EXIT_USAGE)
     from ..errors import HeadConfigError, SaveLoadError, VerificationError
+    from .pipeline import ExportOptionError, export_onnx
     from .source import SourceError, load_source
     from .tokenizer import TokenizerError
     from .trace import ExportError
@@ -164,7 +165,6 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
                        "predictions are random until you train it", err=True)
         if loaded.tokenizer is None:
             _fail(f"no tokenizer found in {source}; pass --tokenizer DIR_OR_TOKENIZER_JSON", EXIT_USAGE)
-        from .pipeline import export_onnx
 
         bundle = export_onnx(
             loaded.model, out_dir, loaded.tokenizer, opset=opset, optimize=optimize, quantize=quantize,
@@ -181,7 +181,7 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     except (VerificationError, ExportError, TokenizerError) as exc:
         progress.stop()
         _fail(f"{exc}\nno bundle was written to {out_dir}", EXIT_FAILURE)
-    except SaveLoadError as exc:
+    except (SaveLoadError, ExportOptionError) as exc:
         progress.stop()
         _fail(str(exc), EXIT_USAGE)
     except (KeyboardInterrupt, Terminated):

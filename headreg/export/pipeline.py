@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_directory, is_nonempty
-from ..errors import SaveLoadError
+from ..errors import HeadregError, SaveLoadError
 from ..manifest import GOLDEN_FILE, INT8_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, VERIFICATION_FILE, sha256_file, write_json
 from ..runtime.session import create_session
 from . import bundle as bundle_mod
@@ -100,12 +100,9 @@ def _decide(head: Any) -> Callable[[dict[str, np.ndarray], np.ndarray], Any]:
     return lambda outputs, mask: head.decisions(outputs, mask)
 
 
-def _source_info(model: Any, source: dict[str, Any] | None) -> dict[str, Any]:
-    if source is not None:
-        return source
-    from ..model import _local_source
-
-    return {"path": _local_source(model.backbone), "kind": "python"}
+def _source_info(source: dict[str, Any] | None) -> dict[str, Any]:
+    # An in-memory model has no directory that holds backbone *and* head; the CLI passes the one it loaded.
+    return source if source is not None else {"path": None, "kind": "python"}
 
 
 def _tokenizer_for(model: Any, tokenizer: Any) -> Any:
@@ -143,16 +140,20 @@ def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
             )
 
 
+class ExportOptionError(HeadregError, ValueError):
+    """An export option that cannot work for this model (a usage error: exit code 2)."""
+
+
 def resolve_max_length(model: Any, max_length: int | None) -> int:
     limit = bundle_mod.position_limit(model.config)
     if max_length is None:
         if limit is None:
-            raise ExportError(
+            raise ExportOptionError(
                 f"{model.config.model_type} declares no position limit; pass max_length (--max-length)"
             )
         return limit
     if max_length < 1 or (limit is not None and max_length > limit):
-        raise ExportError(f"max_length={max_length} is outside 1..{limit}, what the position table of this backbone allows")
+        raise ExportOptionError(f"max_length={max_length} is outside 1..{limit}, what the position table of this backbone allows")
     return max_length
 
 
@@ -187,7 +188,7 @@ def export_onnx(
     if is_nonempty(out_dir) and not overwrite:
         raise SaveLoadError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     if quantize not in (None, *QUANTIZE_MODES):
-        raise ExportError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+        raise ExportOptionError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
     max_length = resolve_max_length(model, max_length)
     step = _Steps(progress)
     input_names = input_names_for(model)
@@ -262,7 +263,7 @@ def export_onnx(
                 staging=staging,
                 variants=variants,
                 verification=report.summary(),
-                source=_source_info(model, source),
+                source=_source_info(source),
                 exporter=exporter,
             )
             write_json(staging / MANIFEST_FILE, manifest)
@@ -279,4 +280,4 @@ def export_onnx(
     return Bundle(out_dir, manifest, report, step.done, sizes, optimization, int8)
 
 
-__all__ = ["Bundle", "ExportError", "VerificationFailed", "export_onnx"]
+__all__ = ["Bundle", "ExportError", "ExportOptionError", "VerificationFailed", "export_onnx"]
