@@ -1,7 +1,7 @@
 """headreg: attach task heads to Hugging Face encoders, export verified ONNX bundles, serve them without torch.
 
 >>> from headreg import attach_head, list_heads
->>> [spec.name for spec in list_heads()]
+>>> [spec.name for spec in list_heads(plugin="headreg")]
 ['multi_label', 'regression', 'seq_cls', 'token_cls']
 
 Only the names below are public. Torch-backed names are imported on first use, so ``import headreg``
