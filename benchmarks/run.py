@@ -45,11 +45,12 @@ LABELS = {
     "ort-int8": "headreg int8 (dynamic)",
 }
 GAP_S = 0.005  # idle between calls: lets the previous engine's spinning threads park before the next one starts
-# PyTorch's OpenMP threads busy-wait by default; on a machine shared with other processes one descheduled
-# thread then stalls every parallel region (measured here at load 4.8: MiniLM 1x16 978 ms with the default
-# policy, 11 ms with PASSIVE). PASSIVE is PyTorch's better setting on a shared machine; --omp-wait-policy
-# overrides it (it must be set before torch is imported, so main() sets it first).
-DEFAULT_OMP_WAIT_POLICY = "PASSIVE"
+# PyTorch's OpenMP threads busy-wait by default. On a quiet machine that is PyTorch's faster setting (MiniLM
+# 1x16: 6.4-8.3 ms default vs 13-16.5 ms PASSIVE, 1x128: 26 vs 35-53 ms, load < 1.2), so the benchmark leaves
+# it alone. On a machine shared with other processes a descheduled thread then stalls every parallel region
+# (load 4.8: 1x16 978 ms default vs 11 ms PASSIVE): there, --omp-wait-policy PASSIVE gives PyTorch its better
+# setting. It must be set before torch is imported, so main() sets it first.
+DEFAULT_OMP_WAIT_POLICY = "default"
 
 
 # --- models --------------------------------------------------------------------------------------------------
@@ -444,6 +445,60 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The results as markdown tables (what docs/performance.md shows)."""
+    gflops = report["matmul_gflops"]
+    out = [
+        f"{report['machine']['cpu']}, {report['threads']} threads, ISA {' '.join(report['machine']['isa'])}; "
+        f"fp32 matmul {gflops['best']:.0f} GFLOP/s (best of the run; median {gflops['median']:.0f}); "
+        f"load average {report['load_average_before'][0]:.1f} before, {report['load_average_after'][0]:.1f} after; "
+        f"PyTorch OMP_WAIT_POLICY={report['omp_wait_policy']}. Cells: p50 ms / p90 ms, (ratio to the faster PyTorch, "
+        "% of the fp32 compute floor). int8 can pass 100% of the fp32 floor.",
+    ]
+    for name, model in report["models"].items():
+        out += ["", f"**{name}**: {model['description']}; {model['mflop_per_token_128']:.1f} MFLOP/token at 128", ""]
+        out.append("| batch x length | floor ms | PyTorch p50 / p90 | " + " | ".join(LABELS[e] for e in ORT_ENGINES) + " |")
+        out.append("|---" * (3 + len(ORT_ENGINES)) + "|")
+        for row in model["shapes"]:
+            best = row["engines"][row["pytorch_best"]]
+            cells = [
+                f"{row['batch']} x {row['length']}",
+                f"{row['floor_ms']:.1f}",
+                f"{best['p50_ms']:.1f} / {best['p90_ms']:.1f} ({row['pytorch_best'][8:]})",
+            ]
+            for engine in ORT_ENGINES:
+                r = row["engines"][engine]
+                cells.append(f"{r['p50_ms']:.1f} / {r['p90_ms']:.1f} (x{r['ratio_vs_pytorch']:.2f}, {r['pct_of_floor']:.0f}%)")
+            out.append("| " + " | ".join(cells) + " |")
+        corpus = model.get("corpus")
+        if corpus:
+            out += [
+                "",
+                f"Mixed-length corpus, {corpus['rows']} texts, {corpus['tokens']} tokens (min/median/max "
+                f"{'/'.join(map(str, corpus['length_min_median_max']))}), batch {corpus['batch_size']}; padded tokens "
+                f"computed: arrival order {corpus['padded_tokens']['arrival']}, bucketed {corpus['padded_tokens']['bucketed']}.",
+                "",
+                "| engine | pass p50 / p90 ms | texts/s | vs PyTorch arrival order | % of floor |",
+                "|---|---|---|---|---|",
+            ]
+            for engine, r in corpus["engines"].items():
+                out.append(
+                    f"| {engine} | {r['p50_ms']:.0f} / {r['p90_ms']:.0f} | {r['throughput_rows_s']:.1f} | "
+                    f"x{r['ratio_vs_pytorch']:.2f} | {r['pct_of_floor']:.0f}% |"
+                )
+            out.append("")
+            out.append(
+                f"Bucketing vs arrival order: x{corpus['bucketing_speedup_ort_fp32']:.2f} (headreg fp32), "
+                f"x{corpus['bucketing_speedup_pytorch']:.2f} (PyTorch)."
+            )
+            for engine, a in corpus["agreement_vs_pytorch"].items():
+                out.append(
+                    f"{engine} vs PyTorch: {a['identical_decisions_pct']:.2f}% identical decisions, softmax score drift "
+                    f"max {a['score_drift_max']:.4f}, mean {a['score_drift_mean']:.5f}."
+                )
+    return "\n".join(out) + "\n"
+
+
 def chart(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -464,7 +519,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
             for engine, (color, marker) in styles.items():
                 key = (lambda r: r["pytorch_best"]) if engine == "pytorch" else (lambda r, e=engine: e)
                 ax.plot(batches, [r["engines"][key(r)]["throughput_rows_s"] for r in rows], marker=marker, color=color, label=LABELS[engine])
-            ax.plot(batches, [r["batch"] / r["floor_ms"] * 1e3 for r in rows], "k--", label="fp32 compute floor")
+            ax.plot(batches, [r["batch"] / r["floor_ms"] * 1e3 for r in rows], "k_--", markersize=16, label="fp32 compute floor")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xticks(batches, [str(b) for b in batches])
@@ -524,10 +579,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if "torch" in sys.modules:
         print("note: torch was imported before benchmarks.run; OMP_WAIT_POLICY cannot change any more")
-    elif args.omp_wait_policy == "default":
-        os.environ.pop("OMP_WAIT_POLICY", None)
     else:
-        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy or os.environ.get("OMP_WAIT_POLICY", DEFAULT_OMP_WAIT_POLICY)
+        policy = args.omp_wait_policy or os.environ.get("OMP_WAIT_POLICY", DEFAULT_OMP_WAIT_POLICY)
+        if policy == "default":
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        else:
+            os.environ["OMP_WAIT_POLICY"] = policy
     args.budget = args.budget or (5.0 if args.quick else 20.0)
     args.min_reps = args.min_reps or (3 if args.quick else 5)
     args.corpus_rows = args.corpus_rows or (128 if args.quick else 256)
@@ -549,7 +606,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "models": {},
     }
     if load_before[0] > args.threads * 0.5:
-        print(f"note: load average {load_before[0]:.1f} before starting: other processes compete, timings are noisy")
+        print(f"note: load average {load_before[0]:.1f} before starting: other processes compete, timings are noisy"
+              + ("; consider --omp-wait-policy PASSIVE for PyTorch" if report["omp_wait_policy"] == "default" else ""))
     peak = MatmulPeak(args.threads)
     peak.measure(seconds=2.0)
     print(f"{report['machine']['cpu']} ({report['machine']['cores_available']} cores, {' '.join(report['machine']['isa'])}); "
@@ -593,8 +651,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("\n" + table)
     print(f"\nload average before {load_before[0]:.1f}, after {report['load_average_after'][0]:.1f}")
     (args.out / "benchmark.json").write_text(json.dumps(report, indent=1))
+    (args.out / "benchmark.md").write_text(markdown(report))
     chart(report, args.out / "benchmark.png")
-    print(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.png'}")
+    print(f"wrote {args.out / 'benchmark.json'}, benchmark.md and benchmark.png")
     return report
 
 

@@ -56,7 +56,11 @@ def _fake_report():
                                                        "score_drift_mean": 0.001, "logit_max_abs_diff": 0.02}},
     }
     model = {"description": "tiny", "mflop_per_token_128": 0.1, "shapes": [shape(1, 16), shape(8, 16)], "corpus": corpus}
-    return {"threads": 2, "machine": {"cpu": "test cpu"}, "matmul_gflops": {"best": 100.0}, "models": {"tiny": model}}
+    return {
+        "threads": 2, "machine": {"cpu": "test cpu", "isa": ["avx2"]}, "matmul_gflops": {"best": 100.0, "median": 90.0},
+        "load_average_before": [0.5, 0.5, 0.5], "load_average_after": [0.6, 0.5, 0.5], "omp_wait_policy": "default",
+        "models": {"tiny": model},
+    }
 
 
 def test_summary_table_and_chart(tmp_path):
@@ -64,6 +68,8 @@ def test_summary_table_and_chart(tmp_path):
     table = run.summary_table(report)
     assert "1 x 16" in table and "x1.00" in table and "bucketing vs arrival order: x2.00" in table
     assert "100.00% identical decisions" in table
+    markdown = run.markdown(report)
+    assert "| 1 x 16 | 1.0 | 2.0 / 2.2 (sdpa) |" in markdown and "Bucketing vs arrival order: x2.00" in markdown
     run.chart(report, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").stat().st_size > 1000
     json.dumps(report)
