@@ -68,7 +68,10 @@ def quantize_int8(
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger every time
     try:
         _strip_value_info(fp32_path, clean)
-        quantize_dynamic(str(clean), str(int8_path), weight_type=QuantType.QInt8)
+        # Per-channel weight scales: same speed within noise here, about half the score drift of per-tensor
+        # (MiniLM corpus: 100% vs 99.2% identical decisions); QUInt8 weights and reduce_range measured slower
+        # or less accurate (docs/performance.md).
+        quantize_dynamic(str(clean), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
     finally:
         root.setLevel(level)
         clean.unlink(missing_ok=True)
