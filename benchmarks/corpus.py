@@ -1,4 +1,4 @@
-"""The mixed-length real-text corpus: English sentences shipped in ``corpus_sentences.txt``, combined and cut.
+"""The mixed-length real-text corpus: English sentences shipped in ``headreg/data/sentences.txt``, combined and cut.
 
 Each row aims at a word count drawn log-uniformly from ``[4, 100]`` (about 5-128 tokens with a BERT
 WordPiece tokenizer), so short queries and long reviews arrive mixed, as in a real request stream. The
@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import math
 import random
-from pathlib import Path
 
-SENTENCES_FILE = Path(__file__).with_name("corpus_sentences.txt")
-
-
-def sentences() -> list[str]:
-    return [line.strip() for line in SENTENCES_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+from headreg.data import sentences
 
 
 def mixed_corpus(rows: int = 512, seed: int = 0, min_words: int = 4, max_words: int = 100) -> list[str]:
     """``rows`` texts of varied length made of real sentences, in a fixed pseudo-random arrival order."""
     rng = random.Random(seed)
-    pool = sentences()
+    pool = list(sentences())
     texts = []
     for _ in range(rows):
         target = round(math.exp(rng.uniform(math.log(min_words), math.log(max_words))))

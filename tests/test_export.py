@@ -113,7 +113,7 @@ def test_a_graph_that_differs_from_pytorch_fails_with_exit_1_and_no_bundle(tmp_p
 
 
 def test_extra_outputs_custom_decisions_and_an_int8_model_that_disagrees(tmp_path):
-    """A CRF-like head: a constant ``transitions`` output and decisions of its own that resolve logits to 1e-3,
+    """A CRF-like head: a constant ``transitions`` output and decisions of its own that resolve logits to 1e-2,
     which fp32 reproduces and int8 cannot: the export is refused and writes nothing."""
     import torch
 
@@ -128,7 +128,7 @@ def test_extra_outputs_custom_decisions_and_an_int8_model_that_disagrees(tmp_pat
             return {"transitions": self.transitions}
 
         def decisions(self, outputs, attention_mask):
-            return np.floor((outputs["logits"] + outputs["transitions"].diagonal()) * 1e3)
+            return np.floor((outputs["logits"] + outputs["transitions"].diagonal()) * 1e2)
 
     model = tiny_model("bert", "token_cls", seed=1)
     custom = TransitionsHead(model.head.config, 32)
@@ -282,6 +282,18 @@ def test_saved_headreg_model_with_optimize_and_int8(tmp_path):
     assert manifest["variants"]["int8"]["decision_agreement"] >= 0.5
     assert record["int8"]["size_ratio"] < 0.5
     assert manifest["files"].keys() == {"model.onnx", "model.int8.onnx"}
+    # int8 becomes the default variant only when it is >= 99% faithful and measured faster on both shapes.
+    int8 = manifest["variants"]["int8"]
+    if int8["decision_agreement"] >= 0.99:
+        faster = min(int8["speedup_vs_fp32"].values()) >= 1.0
+        assert manifest["variants"]["default"] == ("int8" if faster else "fp32")
+    else:
+        assert manifest["variants"]["default"] == "fp32" and "speedup_vs_fp32" not in int8
+    from headreg.runtime import Predictor
+
+    assert Predictor(out).variant == manifest["variants"]["default"]
+    assert Predictor(out, variant="fp32").variant == "fp32"
+    assert Predictor(out, quantized=True).variant == "int8"
     rerun = invoke("verify", str(out))
     assert rerun.exit_code == 0, rerun.output
     assert "model.int8.onnx: decision agreement" in rerun.output
