@@ -142,8 +142,10 @@ def _prediction_cells(result: Any) -> tuple[str, str]:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.option("--quantized", is_flag=True, help="Use the bundle's int8 variant.")
+@click.option("--variant", type=click.Choice(["fp32", "int8"]), default=None,
+              help="Model variant [default: the bundle's fastest verified one].")
 def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
-            threads: int | None, quantized: bool) -> None:
+            threads: int | None, quantized: bool, variant: str | None) -> None:
     """Predict with an exported bundle (onnxruntime only; torch is not imported)."""
     from .runtime.inputs import InputError, read_texts
 
@@ -155,7 +157,7 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
             usage_error(f"cannot read --file {text_file}: {exc}")
     if not items:
         usage_error("give texts as arguments or with --file")
-    predictor = _load_predictor(bundle, threads=threads, quantized=quantized, batch_size=batch_size)
+    predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant, batch_size=batch_size)
     try:
         results = predictor.predict(items)
     except InputError as exc:
@@ -222,8 +224,8 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
     default = _load_predictor(bundle, **options)
     engines = [Engine(f"onnxruntime {default.variant}", default)]
     for variant in sorted(k for k, v in (default.manifest.get("variants") or {}).items() if isinstance(v, dict)):
-        if variant != default.variant and variant == "int8":
-            engines.append(Engine("onnxruntime int8", _load_predictor(bundle, quantized=True, **options)))
+        if variant != default.variant:
+            engines.append(Engine(f"onnxruntime {variant}", _load_predictor(bundle, variant=variant, **options)))
     if texts_file is not None:
         engines.append(Engine(f"onnxruntime {default.variant}, arrival order", default, bucket=False))
     if compare_torch:

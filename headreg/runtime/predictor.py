@@ -37,7 +37,8 @@ class Predictor:
     """Load a bundle written by ``headreg export`` and predict with it.
 
     ``threads``: onnxruntime intra-op threads (default: onnxruntime's choice). ``providers``: onnxruntime
-    execution providers (default CPU). ``quantized``: load the bundle's int8 variant instead of its default.
+    execution providers (default CPU). ``variant``: "fp32" or "int8"; by default the manifest's default, the
+    fastest variant that verified at export (``quantized=True`` is short for ``variant="int8"``).
     ``max_batch_tokens`` / ``batch_size``: caps per batch (rows are length-bucketed, see batching.py).
     ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer).
 
@@ -54,12 +55,13 @@ class Predictor:
         max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_length: int | None = None,
+        variant: str | None = None,
     ):
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest = read_manifest(self.bundle_dir)
         self.batch_size = int(batch_size)
         self.max_batch_tokens = max_batch_tokens
-        self.variant, model_file = _select_variant(manifest, quantized)
+        self.variant, model_file = _select_variant(manifest, "int8" if quantized else variant)
         self.model_path = self.bundle_dir / model_file
         if not self.model_path.is_file():
             raise BundleError(
@@ -180,9 +182,9 @@ class Predictor:
         return shape[-1] if isinstance(shape[-1], int) else None
 
 
-def _select_variant(manifest: dict[str, Any], quantized: bool) -> tuple[str, str]:
+def _select_variant(manifest: dict[str, Any], requested: str | None) -> tuple[str, str]:
     variants = manifest.get("variants") or {"default": "fp32", "fp32": {"file": MODEL_FILE}}
-    name = "int8" if quantized else variants.get("default", "fp32")
+    name = requested or variants.get("default", "fp32")
     variant = variants.get(name)
     if not isinstance(variant, dict) or "file" not in variant:
         available = sorted(k for k, v in variants.items() if isinstance(v, dict))
