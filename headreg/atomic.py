@@ -82,13 +82,25 @@ def _move_into_place(tmp: Path, target: Path) -> None:
 
 
 def _swap(new: Path, target: Path) -> None:
-    if target.exists():
+    if target.exists() and target.is_dir():
         old = target.with_name(f".{target.name}.{os.getpid()}.old")
-        target.rename(old) if target.is_dir() else target.unlink()
-        new.rename(target)
+        target.rename(old)
+        try:
+            new.rename(target)
+        except BaseException:
+            old.rename(target)  # never leave the user with neither the old nor the new directory
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
+        if target.exists():
+            target.unlink()
         new.rename(target)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -109,6 +121,9 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool, stage_in_tem
     try:
         with _sigterm_raises():
             yield tmp
-            _move_into_place(tmp, target)
+        # mkdtemp creates 0700; a bundle built by one user (a Docker build as root) must be readable by the
+        # user that serves it, so give it the permissions a plain mkdir would have.
+        tmp.chmod(0o777 & ~_umask())
+        _move_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -47,11 +47,11 @@ class HeadSpec:
 
     def load_class(self) -> type:
         """Import the head class (this is where torch gets imported)."""
-        return _import_attr(self.cls, self, "cls")
+        return import_attr(self.cls, self, "cls")
 
     def load_postprocess(self) -> Callable[..., Any] | None:
         """Import the numpy postprocess function, or None when the head has none."""
-        return None if self.postprocess is None else _import_attr(self.postprocess, self, "postprocess")
+        return None if self.postprocess is None else import_attr(self.postprocess, self, "postprocess")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,7 +67,7 @@ class HeadSpec:
         }
 
 
-def _import_attr(path: str, spec: HeadSpec, what: str) -> Any:
+def import_attr(path: str, spec: HeadSpec, what: str) -> Any:
     module_name, _, attr = path.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)

@@ -202,6 +202,35 @@ def test_verify_fails_on_a_tampered_manifest(exported, tmp_path):
         verify_bundle(copy)
 
 
+def test_verify_runs_on_a_runtime_only_install_and_reports_a_broken_int8_model(exported, tmp_path):
+    """`headreg verify` needs neither torch, transformers nor onnx: production images re-check bundles too."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported("bert", "seq_cls").path, copy)
+    probe = (
+        "import sys\n"
+        "for name in ('torch', 'transformers', 'onnx'):\n"
+        "    sys.modules[name] = None\n"
+        "from headreg.cli import main\n"
+        "main(['verify', sys.argv[1], '--json'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(copy)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["passed"] is True
+
+    manifest = json.loads((copy / "headreg.json").read_text())
+    manifest["variants"]["int8"] = {"file": "model.int8.onnx", "decision_agreement": 1.0, "min_agreement": 0.95}
+    (copy / "headreg.json").write_text(json.dumps(manifest))
+    report = verify_bundle(copy)
+    assert not report.passed
+    assert any("cannot load model.int8.onnx" in problem for problem in report.problems)
+
+
+def test_export_leaves_a_model_in_training_mode_in_training_mode(tmp_path):
+    model = tiny_model("bert", "seq_cls").train()
+    export_onnx(model, tmp_path / "bundle", load_tokenizer(), exporter="torchscript")
+    assert model.training and model.backbone.training and model.head.training
+
+
 # --- sources and usage errors -----------------------------------------------------------------------------------
 
 

@@ -281,3 +281,15 @@ def test_transformers_trainer_fine_tunes_a_headed_model(tmp_path, minilm_path, m
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
     assert after < 0.5 * before
+
+
+def test_saved_directory_gets_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        target = attach_head(tiny_backbone(), "seq_cls").save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755

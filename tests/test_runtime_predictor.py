@@ -271,7 +271,8 @@ def test_asking_for_a_variant_the_bundle_lacks_is_a_clear_error(bundle_copy):
 
 def test_an_uninstalled_plugin_postprocess_names_the_plugin(bundle_copy):
     def point_at_plugin(manifest):
-        manifest["head"].update(postprocess="headreg_plugin_gone.post:decode", plugin="headreg-plugin-gone")
+        manifest["head"].update(name="gone_head", postprocess="headreg_plugin_gone.post:decode",
+                                plugin="headreg-plugin-gone")
 
     edit_manifest(bundle_copy, point_at_plugin)
     with pytest.raises(BundleError, match="pip install headreg-plugin-gone"):
@@ -290,9 +291,19 @@ def test_a_plugin_heads_own_postprocess_runs(bundle_copy, tmp_path, monkeypatch)
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     edit_manifest(bundle_copy, lambda m: m["head"].update(postprocess="my_post:top_two"))
-    results = Predictor(bundle_copy, batch_size=2).predict(["a", "b", "c"])
+    results = Predictor(bundle_copy, batch_size=2, trust_remote_code=True).predict(["a", "b", "c"])
     assert [r["rows"] for r in results] == [2, 2, 1]
     assert all(len(r["top"]) == 2 and set(r["top"]) <= {"neg", "neu", "pos"} for r in results)
+
+
+def test_code_named_by_a_bundle_is_not_imported_without_trust_remote_code(bundle_copy, tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_post.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef run(o, c):\n    return []\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    edit_manifest(bundle_copy, lambda m: m["head"].update(postprocess="evil_post:run"))
+    with pytest.raises(BundleError, match="trust_remote_code=True"):
+        Predictor(bundle_copy)
+    assert not marker.exists()
 
 
 # --- torch-free -------------------------------------------------------------------------------------------------------

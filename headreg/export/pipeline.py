@@ -157,6 +157,16 @@ def resolve_max_length(model: Any, max_length: int | None) -> int:
     return max_length
 
 
+@contextlib.contextmanager
+def _keep_training_mode(model: Any) -> Iterator[None]:
+    """The reference pass puts the model in eval mode; a model being trained must come back in training mode."""
+    training = model.training
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
 # The runtime loads int8 by default only when it is this faithful to PyTorch and measured faster than fp32
 # on both a short and a long batch here; otherwise int8 stays an opt-in (Predictor(quantized=True)).
 INT8_DEFAULT_MIN_AGREEMENT = 0.99
@@ -202,7 +212,10 @@ def export_onnx(
     token_outputs = {"logits"} if model.head.level == "token" else set()
     checks = dict(decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol)
 
-    with atomic_directory(out_dir, overwrite=overwrite, stage_in_temp=True) as staging:
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ExportOptionError("export traces and verifies on the CPU: move the model there first (model.cpu())")
+
+    with _keep_training_mode(model), atomic_directory(out_dir, overwrite=overwrite, stage_in_temp=True) as staging:
         with step("tokenizer"):
             tok = bundle_tokenizer(_tokenizer_for(model, tokenizer), pad_token_id=model.config.pad_token_id)
             tok.save(staging / TOKENIZER_FILE)
@@ -238,7 +251,7 @@ def export_onnx(
             with step("quantize") as info:
                 int8 = quantize_int8(
                     staging / MODEL_FILE, staging / INT8_FILE, cases, expected, decide=decide,
-                    min_agreement=int8_min_agreement,
+                    min_agreement=int8_min_agreement, token_level=model.head.level == "token",
                 )
                 info.update(agreement=int8["decision_agreement"])
             variants["int8"] = {"file": INT8_FILE, **{k: int8[k] for k in ("decision_agreement", "min_agreement")}}

@@ -30,7 +30,9 @@ def _strip_value_info(source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
-def int8_agreement(session: Any, cases: list[Case], expected: list[dict[str, np.ndarray]], decide: Callable) -> float:
+def int8_agreement(
+    session: Any, cases: list[Case], expected: list[dict[str, np.ndarray]], decide: Callable, *, token_level: bool
+) -> float:
     """Decision agreement with PyTorch over the text cases (rows; token heads: non-padding tokens)."""
     agree = total = 0.0
     for case, want in zip(cases, expected):
@@ -43,7 +45,7 @@ def int8_agreement(session: Any, cases: list[Case], expected: list[dict[str, np.
             cosine = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
             agree, total = agree + float((cosine >= 0.99).sum()), total + len(cosine)
             continue
-        fraction, count = decision_agreement(want_d, got_d, case.mask)
+        fraction, count = decision_agreement(want_d, got_d, case.mask, token_level=token_level)
         agree, total = agree + fraction * count, total + count
     return agree / total if total else 0.0
 
@@ -56,6 +58,7 @@ def quantize_int8(
     *,
     decide: Callable,
     min_agreement: float,
+    token_level: bool,
 ) -> dict[str, Any]:
     """Write ``int8_path`` and return its acceptance record; VerificationError when agreement is too low."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -75,7 +78,7 @@ def quantize_int8(
     finally:
         root.setLevel(level)
         clean.unlink(missing_ok=True)
-    agreement = int8_agreement(create_session(int8_path), cases, expected, decide)
+    agreement = int8_agreement(create_session(int8_path), cases, expected, decide, token_level=token_level)
     record = {
         "decision_agreement": round(agreement, 6),
         "min_agreement": min_agreement,

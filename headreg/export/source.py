@@ -82,7 +82,7 @@ def load_source(
         auto = AutoModelForTokenClassification if task.endswith("ForTokenClassification") else AutoModelForSequenceClassification
         with quiet_transformers():
             try:
-                hf = auto.from_pretrained(path)
+                hf = auto.from_pretrained(path, use_safetensors=True)
             except (OSError, ValueError) as exc:
                 raise SourceError(f"cannot load the {task} checkpoint in {path}: {exc}") from exc
         model = from_transformers(hf, head=head).eval()
@@ -99,7 +99,7 @@ def load_source(
 
     with quiet_transformers():
         try:
-            backbone = AutoModel.from_pretrained(path)
+            backbone = AutoModel.from_pretrained(path, use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise SourceError(f"cannot load a backbone from {path}: {exc}") from exc
     if backbone.base_model is not backbone:

@@ -160,12 +160,13 @@ def compare_outputs(
     return diffs, problems
 
 
-def decision_agreement(expected: Any, actual: Any, mask: np.ndarray) -> tuple[float, int]:
+def decision_agreement(expected: Any, actual: Any, mask: np.ndarray, *, token_level: bool) -> tuple[float, int]:
     """Fraction (and count) of decisions that agree; token decisions only on non-padding positions."""
     expected, actual = np.asarray(expected), np.asarray(actual)
     if expected.shape != actual.shape:
         return 0.0, max(expected.size, 1)
-    if expected.ndim >= 2 and expected.shape[:2] == mask.shape:
+    # Told, not guessed from the shape: multi-label decisions [batch, num_labels] can match the mask's shape.
+    if token_level:
         expected, actual = _token_mask(expected, mask), _token_mask(actual, mask)
     # a row of several decisions (multi-label) agrees only when all of them do
     rows_equal = (expected == actual).reshape(expected.shape[0], -1).all(-1) if expected.size else np.array([])
@@ -187,7 +188,7 @@ def check_case(
     if decide is not None and not problems:
         want, got = decide(expected, case.mask), decide(actual, case.mask)
         if want is not None:
-            agreement, _ = decision_agreement(want, got, case.mask)
+            agreement, _ = decision_agreement(want, got, case.mask, token_level=bool(token_outputs))
             if agreement < 1.0:
                 problems.append(f"decisions differ on {100 * (1 - agreement):.1f}% of rows")
     info = case.describe()
@@ -276,10 +277,17 @@ def _head_decide(manifest: dict[str, Any]) -> tuple[Decide | None, str | None]:
     return (lambda outputs, mask: head.decisions(outputs, mask)), None
 
 
-def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any]) -> list[str]:
+def _session_signature(session: Any) -> tuple[dict[str, list], dict[str, list]]:
+    """Input and output dims as onnxruntime sees them: torch- and onnx-free, so a runtime-only install verifies."""
+    def dims(arg: Any) -> list:
+        return [0 if d is None else d for d in arg.shape]
+
+    return {i.name: dims(i) for i in session.get_inputs()}, {o.name: dims(o) for o in session.get_outputs()}
+
+
+def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any], session: Any) -> list[str]:
     """Files changed since export, or a manifest that no longer describes the graph."""
     from ..manifest import MANIFEST_FILE, sha256_file
-    from .trace import graph_signature
 
     problems = []
     if recorded.get("manifest_sha256") and recorded["manifest_sha256"] != sha256_file(bundle_dir / MANIFEST_FILE):
@@ -295,11 +303,9 @@ def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[
     tok_path = bundle_dir / tokenizer.get("file", "tokenizer.json")
     if tok_path.is_file() and tokenizer.get("sha256") and sha256_file(tok_path) != tokenizer["sha256"]:
         problems.append(f"{tok_path.name} was modified after export (sha256 differs from the manifest)")
-    model_file = manifest.get("variants", {}).get("fp32", {}).get("file", "model.onnx")
-    try:
-        inputs, outputs, _ = graph_signature(bundle_dir / model_file)
-    except Exception as exc:  # onnx raises DecodeError and others on a corrupt file
-        return problems + [f"{model_file} is not a readable ONNX model: {exc}"]
+    if session is None:
+        return problems
+    inputs, outputs = _session_signature(session)
     if list(inputs) != list(manifest.get("inputs", [])):
         problems.append(f"manifest inputs {manifest.get('inputs')} do not match the graph's {list(inputs)}")
     # The manifest is written with sorted keys, so compare names, not order (head extras follow the graph order).
@@ -338,16 +344,16 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
         atol, rtol = float(settings["atol"]), float(settings["rtol"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{bundle_dir} has an unreadable verification record: {exc}") from exc
-    problems = _bundle_problems(bundle_dir, manifest, recorded)
-    cases, expected = load_golden(bundle_dir / GOLDEN_FILE, descriptions)
-    decide, note = _head_decide(manifest)
-    token_outputs = {"logits"} if manifest.get("head", {}).get("level") == "token" else set()
     model_file = manifest.get("variants", {}).get("fp32", {}).get("file", "model.onnx")
     try:
         session = create_session(bundle_dir / model_file, threads=threads)
     except Exception as exc:  # onnxruntime's own exception types
-        report = Report([], atol, rtol, model_file, problems=problems + [f"onnxruntime cannot load {model_file}: {exc}"])
-        return report
+        problems = _bundle_problems(bundle_dir, manifest, recorded, None)
+        return Report([], atol, rtol, model_file, problems=problems + [f"onnxruntime cannot load {model_file}: {exc}"])
+    problems = _bundle_problems(bundle_dir, manifest, recorded, session)
+    cases, expected = load_golden(bundle_dir / GOLDEN_FILE, descriptions)
+    decide, note = _head_decide(manifest)
+    token_outputs = {"logits"} if manifest.get("head", {}).get("level") == "token" else set()
     report = verify_session(
         session, cases, expected, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol, target=model_file
     )
@@ -358,7 +364,12 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
     if int8 and decide is not None:
         from .quantize import int8_agreement
 
-        agreement = int8_agreement(create_session(bundle_dir / int8["file"], threads=threads), cases, expected, decide)
+        try:
+            int8_session = create_session(bundle_dir / int8["file"], threads=threads)
+        except Exception as exc:  # missing or corrupt file: onnxruntime's own exception types
+            report.problems.append(f"onnxruntime cannot load {int8['file']}: {exc}; export again with --quantize int8")
+            return report
+        agreement = int8_agreement(int8_session, cases, expected, decide, token_level=bool(token_outputs))
         report.notes.append(f"{int8['file']}: decision agreement {agreement:.1%} (accepted at export: "
                             f"{int8.get('decision_agreement', 0):.1%})")
         if agreement < float(int8.get("min_agreement", 0.95)):

@@ -160,7 +160,7 @@ def load_torch_model(model_dir: str | os.PathLike):
     token = any(name.endswith("ForTokenClassification") for name in config.get("architectures") or [])
     auto = AutoModelForTokenClassification if token else AutoModelForSequenceClassification
     with quiet_transformers():
-        return from_transformers(auto.from_pretrained(model_dir)).eval()
+        return from_transformers(auto.from_pretrained(model_dir, use_safetensors=True)).eval()
 
 
 def source_model_dir(predictor: Predictor) -> str | None:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -41,6 +40,7 @@ class Predictor:
     fastest variant that verified at export (``quantized=True`` is short for ``variant="int8"``).
     ``max_batch_tokens`` / ``batch_size``: caps per batch (rows are length-bucketed, see batching.py).
     ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer).
+    ``trust_remote_code``: import a postprocess the manifest names even when it is not the installed head's.
 
     Everything is checked at load (files, format version, tokenizer checksum, model inputs and outputs),
     so a broken bundle fails here rather than on the first request. A Predictor may be shared by threads.
@@ -56,6 +56,7 @@ class Predictor:
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_length: int | None = None,
         variant: str | None = None,
+        trust_remote_code: bool = False,
     ):
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest = read_manifest(self.bundle_dir)
@@ -82,7 +83,7 @@ class Predictor:
         head = manifest.get("head") or {}
         self.head = head.get("name", "?")
         self.level = head.get("level", "sequence")
-        self._postprocess = _load_postprocess(head)
+        self._postprocess = _load_postprocess(head, trust_remote_code)
         self.config: dict[str, Any] = dict(manifest.get("postprocess_config") or {})
         id2label = manifest.get("id2label") or {}
         self.labels: list[str] = [str(id2label[k]) for k in sorted(id2label, key=int)]
@@ -226,19 +227,45 @@ def _check_model(session: Any, manifest: dict[str, Any], path: Path) -> tuple[li
     return expected_in, outputs, dtype
 
 
-def _load_postprocess(head: dict[str, Any]) -> Callable[..., list[dict]]:
-    path = head.get("postprocess")
-    if not path:
-        return _post.raw
-    module_name, _, attr = path.partition(":")
+def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> Callable[..., list[dict]]:
+    """The postprocess of the installed head the bundle names; the manifest's path is only a cross-check.
+
+    A bundle is data: importing whatever module its manifest names would let a crafted file run code, so the
+    function comes from the registry (built-ins and installed plugins) unless ``trust_remote_code=True``.
+    """
+    from ..errors import HeadImportError
+    from ..registry import get_head
+
+    path, name, plugin = head.get("postprocess"), head.get("name"), head.get("plugin", "?")
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
-    except Exception as exc:  # a plugin's module may raise anything on import
-        plugin = head.get("plugin", "?")
+        spec = get_head(str(name))
+    except LookupError as exc:
+        if trust_remote_code and path:
+            return _import_postprocess(path, head)
         raise BundleError(
-            f"head {head.get('name')!r} needs its postprocess {path!r} from {plugin} {head.get('plugin_version', '')}"
-            f", which failed to import ({type(exc).__name__}: {exc}). Install that plugin: pip install {plugin}"
+            f"the bundle's head {name!r} comes from {plugin} {head.get('plugin_version', '')}, which is not installed "
+            f"here. Install that plugin: pip install {plugin}"
         ) from exc
+    if path and path != spec.postprocess:
+        if not trust_remote_code:
+            raise BundleError(
+                f"the bundle names postprocess {path!r} for head {name!r}, but the installed head ({spec.origin}) "
+                f"registers {spec.postprocess!r}. headreg does not import code a bundle names; pass "
+                "trust_remote_code=True if you trust this bundle, or export it again with the installed head."
+            )
+        return _import_postprocess(path, head)
+    try:
+        return spec.load_postprocess() or _post.raw
+    except HeadImportError as exc:
+        raise BundleError(f"{exc}") from exc
+
+
+def _import_postprocess(path: str, head: dict[str, Any]) -> Callable[..., list[dict]]:
+    from ..registry import HeadSpec, import_attr
+
+    spec = HeadSpec(name=str(head.get("name")), cls="-:-", task="custom", postprocess=path,
+                    plugin=str(head.get("plugin", "?")), version=str(head.get("plugin_version", "")))
+    try:
+        return import_attr(path, spec, "postprocess")
+    except ImportError as exc:
+        raise BundleError(f"{exc}") from exc
