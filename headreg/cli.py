@@ -157,6 +157,8 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
             usage_error(f"cannot read --file {text_file}: {exc}")
     if not items:
         usage_error("give texts as arguments or with --file")
+    if quantized and variant not in (None, "int8"):
+        usage_error(f"--quantized asks for int8 but --variant asks for {variant}; give one of them")
     predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant, batch_size=batch_size)
     try:
         results = predictor.predict(items)
@@ -232,12 +234,12 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
         source = model_dir or source_model_dir(default)
         if source is None:
             usage_error("--compare-torch needs the PyTorch model: the manifest names none that exists here; pass --model DIR")
-        from .errors import MissingExtraError
+        from .errors import MissingExtraError, SaveLoadError
 
         try:
             engines.append(Engine("torch eager", default, runner=torch_runner(source, threads=threads)))
-        except MissingExtraError as exc:
-            usage_error(str(exc))
+        except (MissingExtraError, SaveLoadError, OSError, ValueError) as exc:
+            usage_error(f"--compare-torch cannot load the PyTorch model in {source}: {exc}")
     if not as_json:
         click.echo(f"benchmarking {len(engines)} engine(s) on {len(corpus)} rows x {passes} passes ...", err=True)
     results = measure(engines, corpus, batch_size=batch_size, passes=passes)

@@ -75,6 +75,11 @@ def from_transformers(model: Any, *, head: str | None = None, **options: Any) ->
     elif kind.endswith("ForSequenceClassification"):
         level = "sequence"
         problem = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
+        if problem not in _PROBLEM_TO_HEAD:
+            raise BackboneError(
+                f"{kind} has problem_type {problem!r}; headreg knows {', '.join(_PROBLEM_TO_HEAD)}. "
+                "Pass head=... to choose the head yourself."
+            )
         default_head = _PROBLEM_TO_HEAD[problem]
         layout = (None, None, "score") if is_decoder(config) else _SEQUENCE_LAYOUT.get(model_type, (None, None, "classifier"))
     else:

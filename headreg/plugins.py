@@ -208,7 +208,6 @@ def _make_register(info: PluginInfo, staged: list[tuple[HeadSpec, bool]]):
         description: str = "",
         level: str = "sequence",
         override: bool = False,
-        **extra: Any,
     ) -> HeadSpec:
         """Register one head. ``cls`` and ``postprocess`` are ``"module:attr"`` strings, imported on use."""
         spec = HeadSpec(
@@ -221,7 +220,6 @@ def _make_register(info: PluginInfo, staged: list[tuple[HeadSpec, bool]]):
             level=level,
             plugin=info.distribution,
             version=info.version,
-            extra=dict(extra),
         )
         validate_spec(spec)
         staged.append((spec, override))

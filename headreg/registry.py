@@ -11,7 +11,7 @@ import fnmatch
 import importlib
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import HeadCollisionError, HeadImportError, UnknownHeadError
@@ -35,7 +35,6 @@ class HeadSpec:
     level: str = "sequence"
     plugin: str = "headreg"
     version: str = ""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def builtin(self) -> bool:

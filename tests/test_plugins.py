@@ -50,6 +50,13 @@ from headreg import hookimpl
 def register_heads(register, register_postprocessor):
     register(name="future_head", cls="x.y:Z", task="custom")
 """
+MISSPELT = """
+from headreg import hookimpl
+
+@hookimpl
+def register_heads(register):
+    register(name="typo_head", cls="x.y:Z", task="custom", postprocesss="x.y:post")
+"""
 UNIMPORTABLE_CLASS = """
 from headreg import hookimpl
 
@@ -72,6 +79,7 @@ def site(tmp_path_factory):
         write_plugin(root, "headreg-plugin-marker", "marker_plugin", SIDE_EFFECT),
         write_plugin(root, "headreg-plugin-future", "future_plugin", NEWER_HOOK, requires=("headreg>=9.1",)),
         write_plugin(root, "headreg-plugin-ghost", "ghost_plugin", UNIMPORTABLE_CLASS),
+        write_plugin(root, "headreg-plugin-typo", "typo_plugin", MISSPELT),
     ]
     target = root / "site"
     pip_install(target, *projects)
@@ -114,6 +122,12 @@ def test_broken_plugins_are_recorded_and_leave_everything_else_working(site, tmp
     # A plugin that fails halfway registers nothing at all.
     heads = _heads(site, HEADREG_TEST_MARKER=str(tmp_path / "m"))
     assert "half_registered" not in heads
+
+
+def test_a_misspelt_registration_field_fails_the_plugin_instead_of_being_dropped(site, tmp_path):
+    plugins = _plugins(site, HEADREG_TEST_MARKER=str(tmp_path / "m"))
+    assert plugins["headreg-plugin-typo"]["status"] == "failed"
+    assert "postprocesss" in plugins["headreg-plugin-typo"]["error"]
 
 
 def test_name_collision_names_both_distributions_and_keeps_the_first(site, tmp_path):

@@ -78,6 +78,8 @@ def test_predict_usage_errors_exit_2_and_broken_bundles_exit_1(tmp_path):
     bad.write_text('{"txt": "typo"}\n')
     typo = run_headreg("predict", bundle, "--file", str(bad))
     assert typo.returncode == 2 and "'text' field" in typo.stderr
+    both = run_headreg("predict", bundle, "hi", "--quantized", "--variant", "fp32")
+    assert both.returncode == 2 and "give one of them" in both.stderr
     empty = tmp_path / "empty-bundle"
     empty.mkdir()
     broken = run_headreg("predict", str(empty), "hello")

@@ -279,6 +279,21 @@ def test_an_uninstalled_plugin_postprocess_names_the_plugin(bundle_copy):
         Predictor(bundle_copy)
 
 
+def test_a_corrupt_model_file_is_a_bundle_error_at_load(bundle_copy):
+    (bundle_copy / "model.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(BundleError, match="not a loadable ONNX model.*export the bundle again"):
+        Predictor(bundle_copy)
+
+
+def test_threshold_option_is_accepted_under_the_heads_config_name():
+    predictor = Predictor(tiny_bundle("multi_label"))
+    text = ["some text to score"]
+    everything = predictor.predict(text, threshold=1e-6)[0]
+    nothing = predictor.predict(text, threshold=1 - 1e-6)[0]
+    assert predictor.predict(text, thresholds=1e-6)[0] == everything
+    assert len(everything["labels"]) == 3 and nothing["labels"] == []
+
+
 # --- plugin heads ----------------------------------------------------------------------------------------------------
 
 

@@ -87,6 +87,7 @@ def quantize_int8(
     if agreement < min_agreement:
         raise VerificationError(
             f"int8 model agrees with PyTorch on {agreement:.1%} of decisions over the verification texts, below "
-            f"the required {min_agreement:.0%}; export without --quantize or lower the threshold"
+            f"the required {min_agreement:.0%}; export without --quantize, train the head further (near-tied scores flip "
+            "first), or lower --int8-min-agreement (int8_min_agreement=)"
         )
     return record

@@ -87,6 +87,11 @@ def load_source(
                 raise SourceError(f"cannot load the {task} checkpoint in {path}: {exc}") from exc
         model = from_transformers(hf, head=head).eval()
         return Source(model, tokenizer, {"path": str(path), "kind": "transformers"})
+    if task is not None and head is None:
+        raise SourceError(
+            f"{path} is a {task} checkpoint with its own head: drop --num-labels to export that head, or pass "
+            "--head NAME as well to replace it with a fresh one"
+        )
     if head is None or num_labels is None:
         what = f"a {architectures[0]}" if architectures else "a backbone"
         raise SourceError(

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import HeadConfigError
+from ..runtime.postprocess import AGGREGATIONS
 from .base import MLP, Head, HeadConfig, check_class_range, expect_labels
-
-AGGREGATIONS = ("none", "first", "average", "max")
 
 
 @dataclass

@@ -78,7 +78,12 @@ class Predictor:
         self.pad_id = int(token_info.get("pad_token_id") or 0)
         self.supports_pairs = bool(token_info.get("pair", True))
         self.padding_side = manifest.get("padding_side", "right")
-        self.session = create_session(self.model_path, threads=threads, providers=providers)
+        try:
+            self.session = create_session(self.model_path, threads=threads, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, NoSuchFile, Fail)
+            raise BundleError(
+                f"{self.model_path} is not a loadable ONNX model ({type(exc).__name__}: {exc}); export the bundle again"
+            ) from exc
         self.input_names, self.output_names, self._input_dtype = _check_model(self.session, manifest, self.model_path)
         head = manifest.get("head") or {}
         self.head = head.get("name", "?")
@@ -101,6 +106,8 @@ class Predictor:
         """
         single = isinstance(inputs, str)
         texts = [inputs] if single else list(inputs)
+        if "threshold" in options:  # the multi_label head's config option is "threshold"; accept it here too
+            options["thresholds"] = options.pop("threshold")
         config = {**self.config, **options}
         results: list[Any] = [None] * len(texts)
         for indices, outputs, context in self.batches(texts, batch_size=batch_size, config=config):
