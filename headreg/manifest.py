@@ -25,8 +25,6 @@ VERIFICATION_FILE = "verification.json"
 GOLDEN_FILE = "golden.npz"
 
 REQUIRED_FILES = (MODEL_FILE, MANIFEST_FILE, TOKENIZER_FILE)
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-OUTPUT_NAMES = ("logits", "pooled_output")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
