@@ -85,6 +85,7 @@ def build_manifest(
     input_names: tuple[str, ...],
     opset: int,
     max_length: int,
+    padding_side: str,
     tokenizer: Any,
     staging: Path,
     variants: dict[str, Any],
@@ -126,7 +127,7 @@ def build_manifest(
         "opset": opset,
         "exporter": exporter,
         "max_length": max_length,
-        "padding_side": "left" if is_decoder(model.config) else "right",
+        "padding_side": padding_side,
         "tokenizer": {
             "file": TOKENIZER_FILE,
             "sha256": sha256_file(staging / TOKENIZER_FILE),

@@ -287,6 +287,7 @@ def export_onnx(
                 input_names=input_names,
                 opset=traced.opset,
                 max_length=max_length,
+                padding_side=padding_side,
                 tokenizer=tok,
                 staging=staging,
                 variants=variants,
