@@ -17,26 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from headreg.errors import HeadConfigError
-from headreg.heads.base import MLP, Head, HeadConfig, check_class_range, expect_labels
-from headreg.heads.token_cls import AGGREGATIONS
+from headreg.heads.base import MLP, Head, check_class_range, expect_labels
+from headreg.heads.token_cls import TokenClsConfig
+
 # Scores of tags a label rules out. Finite, because logsumexp over all -inf rows gives NaN gradients.
 _FORBIDDEN = -1e4
 
 
 @dataclass
-class CRFConfig(HeadConfig):
+class CRFConfig(TokenClsConfig):
     """``aggregation`` picks a word's tag from the Viterbi path: its first sub-token's ("first"), the most
     frequent ("average"), the most confident token's ("max"); "none" keeps sub-tokens apart."""
-
-    aggregation: str = "first"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.aggregation not in AGGREGATIONS:
-            raise HeadConfigError(
-                f"crf aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"
-            )
 
 
 class CRFHead(Head):
