@@ -20,7 +20,6 @@ Ray is imported only when these are used. See docs/scale-out.md.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import re
@@ -30,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import HeadregError, require
+from ..errors import require
 from ..runtime import InputError, Predictor
 from . import load_predictor, result_fields
 
@@ -167,59 +166,13 @@ LIST_ROUTE = re.compile(r"/v1/models/?$")
 DEFAULT_MAX_INPUT_TEXTS = 1024
 
 
-class RequestError(HeadregError, ValueError):
-    """A request the service cannot answer; ``status`` is its HTTP status."""
-
-    def __init__(self, message: str, status: int = 422):
-        super().__init__(message)
-        self.status = status
-
-
-def parse_request(body: bytes, route: str, max_input_texts: int = DEFAULT_MAX_INPUT_TEXTS) -> tuple[list[Any], dict]:
-    """``{"inputs": [TEXT or [TEXT, TEXT], ...], "parameters": {...}}`` -> (inputs, parameters); RequestError if not.
-
-    The same request body as ``headreg serve``'s predict and embed routes. Inputs are checked here (types,
-    count); parameters are checked by the Predictor, which knows the head's options.
-    """
-    try:
-        payload = json.loads(body or b"null")
-    except ValueError as exc:
-        raise RequestError(f"the request body is not JSON ({exc})") from exc
-    if not isinstance(payload, dict):
-        raise RequestError('the request body must be a JSON object: {"inputs": ["a text", ...], "parameters": {}}')
-    unknown = sorted(set(payload) - {"inputs", "parameters"})
-    if unknown:
-        raise RequestError(f"unknown field(s) {', '.join(map(repr, unknown))}; the request takes 'inputs' and 'parameters'")
-    inputs = payload.get("inputs")
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    if not isinstance(inputs, list) or not inputs:
-        raise RequestError("'inputs' must be a non-empty list of texts (or [text, text_pair] pairs)")
-    if len(inputs) > max_input_texts:
-        raise RequestError(f"{len(inputs)} inputs in one request; the limit is {max_input_texts}: split the request")
-    texts: list[Any] = []
-    for index, item in enumerate(inputs):
-        if isinstance(item, str):
-            texts.append(item)
-        elif isinstance(item, list) and len(item) == 2 and all(isinstance(side, str) for side in item):
-            texts.append((item[0], item[1]))
-        else:
-            raise RequestError(f"inputs[{index}] is {json.dumps(item)[:60]}: expected a string or [text, text_pair]")
-    parameters = payload.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise RequestError("'parameters' must be a JSON object of per-call options, e.g. {\"thresholds\": 0.3}")
-    if route == "embed" and parameters:
-        raise RequestError(f"the embed route takes no parameters (got {', '.join(map(repr, sorted(parameters)))})")
-    return texts, parameters
-
-
 class BundleServer:
     """One Ray Serve replica: a Predictor (threads = the replica's ``num_cpus``) behind ``@serve.batch``.
 
-    Concurrent requests are queued and run together: one ``Predictor.predict`` call per group of requests with
-    the same route and parameters, whose result is split back per request. A result depends only on its own
-    input (the Predictor's batches are length-planned per call and postprocessed per row), so no request sees
-    another's rows. Use :func:`deployment` to build the application.
+    Requests are parsed and answered exactly as by ``headreg serve`` (``headreg.serve.schema``). Requests
+    that arrive together are run as one stream of rows through the Predictor's row pipeline: each request is
+    checked and tokenized on its own (a bad one fails alone), the rows of all of them are planned into
+    length-bucketed batches, and each request is finished from its own rows only. Use :func:`deployment`.
     """
 
     def __init__(self, bundle: str, name: str, threads: int | None, variant: str | None,
@@ -234,67 +187,74 @@ class BundleServer:
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
-        path = request.url.path
+        from ..serve.schema import RequestError, model_info, parse_embed_request, parse_json, parse_predict_request
+
+        path, method = request.url.path, request.method
         match = ROUTE.search(path)
         try:
             if match is None:
-                if LIST_ROUTE.search(path) and request.method == "GET":
-                    return JSONResponse({"models": [self.describe()]})
-                raise RequestError(f"no route {request.method} {path}; the routes are POST "
-                                   f"/v1/models/{self.name}/predict and /v1/models/{self.name}/embed", 404)
+                if LIST_ROUTE.search(path) and method == "GET":
+                    return JSONResponse({"models": [model_info(self.name, self.predictor)]})
+                raise RequestError(404, f"no route {method} {path}; this service answers POST "
+                                        f"/v1/models/{self.name}/predict and /v1/models/{self.name}/embed")
             if match["name"] != self.name:
-                raise RequestError(f"no model {match['name']!r}; this service serves: {self.name}", 404)
-            if request.method != "POST":
-                raise RequestError(f"{path} takes POST, not {request.method}", 405)
-            texts, parameters = parse_request(await request.body(), match["route"], self.max_input_texts)
-            result = await self._batched((match["route"], texts, parameters))
+                raise RequestError(404, f"no model named {match['name']!r}; this service serves: {self.name}")
+            if method != "POST":
+                raise RequestError(405, f"{path} takes POST, not {method}")
+            payload = parse_json(await request.body())
+            kind = match["route"]
+            if kind == "predict":
+                inputs, parameters = parse_predict_request(payload, max_inputs=self.max_input_texts)
+            else:
+                inputs, parameters = parse_embed_request(payload, max_inputs=self.max_input_texts), {}
+            result = await self._batched((kind, inputs, parameters))
+            if isinstance(result, InputError):
+                raise RequestError(422, str(result))
             if isinstance(result, Exception):
-                raise result
+                raise RequestError(500, f"inference failed for this request: {type(result).__name__}: {result}")
         except RequestError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        except (InputError, ValueError) as exc:  # per-call options the Predictor rejects
-            return JSONResponse({"error": str(exc)}, status_code=422)
-        key = "embeddings" if match["route"] == "embed" else "outputs"
-        return JSONResponse({"model": self.name, key: result})
-
-    def describe(self) -> dict[str, Any]:
-        predictor = self.predictor
-        return {"name": self.name, "head": predictor.head, "labels": predictor.labels, "variant": predictor.variant,
-                "max_length": predictor.max_length}
+            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        if kind == "embed":
+            return JSONResponse({"model": self.name, "embeddings": result})
+        return JSONResponse({"model": self.name, "outputs": result})
 
     async def _run(self, requests: list[tuple[str, list[Any], dict]]) -> list[Any]:
-        """One result (or the exception for that request alone) per request, in order."""
-        groups: dict[str, list[int]] = {}
-        for index, (route, _, parameters) in enumerate(requests):
-            groups.setdefault(json.dumps([route, parameters], sort_keys=True), []).append(index)
-        results: list[Any] = [None] * len(requests)
-        for indices in groups.values():
-            route, _, parameters = requests[indices[0]]
-            texts = [text for i in indices for text in requests[i][1]]
-            try:
-                outputs = await asyncio.to_thread(self._infer, route, texts, parameters)
-            except Exception as exc:  # noqa: BLE001 - answered per request below
-                if len(indices) == 1:
-                    results[indices[0]] = exc
-                    continue
-                # Which request caused it: run them one by one, so the others still get their answers.
-                for i in indices:
-                    try:
-                        results[i] = await asyncio.to_thread(self._infer, route, requests[i][1], parameters)
-                    except Exception as single:  # noqa: BLE001
-                        results[i] = single
-                continue
-            start = 0
-            for i in indices:
-                count = len(requests[i][1])
-                results[i] = outputs[start : start + count]
-                start += count
-        return results
+        """One answer per request, in order: its result, or the exception that request alone raised."""
+        return await asyncio.to_thread(run_requests, self.predictor, requests)
 
-    def _infer(self, route: str, texts: list[Any], parameters: dict) -> list[Any]:
-        if route == "embed":
-            return self.predictor.embed(texts).tolist()
-        return self.predictor.predict(texts, **parameters)
+
+def run_requests(predictor: Predictor, requests: Sequence[tuple[str, list[Any], dict]]) -> list[Any]:
+    """Run several ``(kind, inputs, parameters)`` requests as one stream of length-planned batches.
+
+    Results equal ``predictor.predict(inputs, **parameters)`` (embed: ``predictor.embed(inputs).tolist()``)
+    per request: the Predictor's results depend only on a request's own rows. An error in one request's
+    inputs or parameters is returned in that request's place; the others are answered.
+    """
+    answers: list[Any] = [None] * len(requests)
+    jobs: list[tuple[int, Any]] = []
+    for index, (kind, inputs, parameters) in enumerate(requests):
+        try:
+            jobs.append((index, predictor.prepare(inputs, kind=kind, **parameters)))
+        except Exception as exc:  # noqa: BLE001 - answered to that request alone
+            answers[index] = exc
+    rows = [(j, r) for j, (_, job) in enumerate(jobs) for r in range(len(job.rows))]
+    outputs: list[list[Any]] = [[None] * len(job.rows) for _, job in jobs]
+    try:
+        for batch in predictor.plan([len(jobs[j][1].rows[r].encoding) for j, r in rows]):
+            for k, out in zip(batch, predictor.run_rows([jobs[rows[k][0]][1].rows[rows[k][1]] for k in batch])):
+                j, r = rows[k]
+                outputs[j][r] = out
+    except Exception as exc:  # noqa: BLE001 - the model failed on this batch: every request in it gets the error
+        for index, _ in jobs:
+            answers[index] = exc
+        return answers
+    for (index, job), out in zip(jobs, outputs):
+        try:
+            result = predictor.finish(job, out)
+            answers[index] = np.stack(result).tolist() if job.kind == "embed" else result
+        except Exception as exc:  # noqa: BLE001
+            answers[index] = exc
+    return answers
 
 
 def deployment(
