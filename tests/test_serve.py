@@ -343,7 +343,7 @@ def test_access_log_is_one_json_line_per_request(server):
     assert lines, server.log.read_text()[-2000:]
     line = lines[-1]
     assert line["method"] == "POST" and line["path"] == "/v1/models/multi_label/predict" and line["status"] == 200
-    assert line["latency_ms"] > 0
+    assert line["inputs"] == 2 and line["latency_ms"] > 0
 
 
 # --- limits, failures and shutdown, each on a small server of its own ---------------------------------------------

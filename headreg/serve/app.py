@@ -30,7 +30,8 @@ from ..runtime.inputs import InputError
 from .batcher import Batcher, InferenceError
 from .metrics import ServeMetrics
 from .schema import (
-    RequestError, check_api_key, model_info, parse_embed_request, parse_json, parse_predict_request, unknown_model,
+    RequestError, check_api_key, check_parameters, known_parameters, model_info, parse_embed_request, parse_json,
+    parse_predict_request, unknown_model,
 )
 
 access_log = logging.getLogger("headreg.serve.access")
@@ -61,7 +62,8 @@ class _State:
                           max_batch_size=config.max_batch_size, metrics=metrics)
             for name, predictor in self.predictors.items()
         }
-        self.models = [model_info(name, p, task=_task(p.head), parameters=_parameters(p))
+        self.parameters = {name: known_parameters(p) for name, p in self.predictors.items()}
+        self.models = [model_info(name, p, task=_task(p.head), parameters=self.parameters[name])
                        for name, p in self.predictors.items()]
         self.ready = False
         self.in_flight = 0
@@ -155,11 +157,12 @@ async def _infer(request: Request, state: _State, kind: str) -> Response:
         limit = state.config.max_input_texts
         if kind == "predict":
             inputs, parameters = parse_predict_request(payload, max_inputs=limit)
+            check_parameters(parameters, state.parameters[name])
         else:
             inputs, parameters = parse_embed_request(payload, max_inputs=limit), {}
-        _log(request, rows=len(inputs))
+        _log(request, inputs=len(inputs))
         try:
-            result = await batcher.submit(inputs, kind=kind, parameters=parameters)
+            result = await batcher.submit(inputs, kind=kind, parameters=parameters, stats=request.scope.setdefault("headreg.log", {}))
         except InputError as exc:
             raise RequestError(422, str(exc)) from exc
         except InferenceError as exc:
@@ -172,7 +175,7 @@ async def _infer(request: Request, state: _State, kind: str) -> Response:
         state.in_flight -= 1
         state.metrics.in_flight.set(state.in_flight)
     if kind == "embed":
-        return JSONResponse({"model": name, "embeddings": result.tolist()})
+        return JSONResponse({"model": name, "embeddings": [vector.tolist() for vector in result]})
     return JSONResponse({"model": name, "outputs": result})
 
 
@@ -223,12 +226,6 @@ def _task(head: str) -> str | None:
         return None
 
 
-def _parameters(predictor: Any) -> list[str]:
-    from ._rows import _known_options
-
-    return _known_options(predictor)
-
-
 def _log(request: Request, **fields: Any) -> None:
     """Fields for this request's access-log line and metrics labels (see AccessLog)."""
     request.scope.setdefault("headreg.log", {}).update(fields)
@@ -274,7 +271,7 @@ class AccessLog:
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(json.dumps({
                     "time": round(time.time(), 3), "method": scope.get("method"), "path": scope.get("path"),
-                    "status": status, "model": model or None, "rows": fields.get("rows"),
+                    "status": status, "model": model or None, "inputs": fields.get("inputs"), "rows": fields.get("rows"),
                     "latency_ms": round(seconds * 1000, 2),
                     "client": (scope.get("client") or [None])[0],
                 }))

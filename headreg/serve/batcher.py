@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..runtime.inputs import InputError
-from ._rows import row_pipeline
 from .metrics import ServeMetrics
 
 
@@ -76,7 +75,7 @@ class Batcher:
     def __init__(self, name: str, predictor: Any, *, max_batch_tokens: int, max_batch_size: int,
                  metrics: ServeMetrics | None = None):
         self.name = name
-        self.predictor = row_pipeline(predictor)
+        self.predictor = predictor
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_batch_size = int(max_batch_size)
         self.metrics = metrics or ServeMetrics()
@@ -102,15 +101,18 @@ class Batcher:
     def mean_batch_size(self) -> float:
         return self.rows / self.batches if self.batches else 0.0
 
-    async def submit(self, inputs: Sequence[Any], *, kind: str = "predict", parameters: dict[str, Any] | None = None) -> Any:
+    async def submit(self, inputs: Sequence[Any], *, kind: str = "predict", parameters: dict[str, Any] | None = None,
+                     stats: dict[str, Any] | None = None) -> Any:
         """Tokenize, queue, wait for the rows, postprocess: ``Predictor.predict``/``embed``'s result for ``inputs``.
 
         Raises ``InputError`` for inputs or parameters the Predictor refuses, ``InferenceError`` when the
-        model or the postprocess fails for this request.
+        model or the postprocess fails for this request. ``stats["rows"]`` gets the number of model rows.
         """
         loop = asyncio.get_running_loop()
         parameters = dict(parameters or {})
         job = await loop.run_in_executor(None, lambda: self.predictor.prepare(list(inputs), kind=kind, **parameters))
+        if stats is not None:
+            stats["rows"] = len(job.rows)
         request = _Request(job, loop.create_future(), loop, [None] * len(job.rows), len(job.rows))
         if job.rows:
             with self._cond:

@@ -101,10 +101,23 @@ def unknown_model(name: str, served: Sequence[str]) -> RequestError:
     return RequestError(404, f"no model named {name!r}; this server serves: {', '.join(served)}")
 
 
-def unknown_parameters(unknown: Sequence[str], known: Sequence[str]) -> RequestError:
-    return RequestError(
-        422, f"unknown parameter(s) {', '.join(map(repr, unknown))}; this model takes: {', '.join(known) or 'none'}"
-    )
+def known_parameters(predictor: Any) -> list[str]:
+    """The per-call options a model takes: its head's postprocess options (until the Predictor lists them)."""
+    known = set(predictor.config) - {"id2label", "problem_type"}
+    if "thresholds" in known:
+        known.add("threshold")
+    if predictor.level == "token":
+        known |= {"aggregation", "ignore_labels"}
+    return sorted(known)
+
+
+def check_parameters(parameters: Mapping[str, Any], known: Sequence[str]) -> None:
+    """422 naming the parameters this model does not take, and listing the ones it does."""
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise RequestError(
+            422, f"unknown parameter(s) {', '.join(map(repr, unknown))}; this model takes: {', '.join(known) or 'none'}"
+        )
 
 
 def model_info(name: str, predictor: Any, *, task: str | None = None, parameters: Sequence[str] = ()) -> dict[str, Any]:
