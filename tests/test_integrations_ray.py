@@ -105,9 +105,9 @@ def test_bundle_predictor_columns_and_errors():
 
     bundle = tiny_bundle("multi_label")
     batch = pd.DataFrame({"text": TEXTS[:20], "label": ["gold"] * 20})
-    embed = BundlePredictor(bundle, output="embed", threads=1)
-    out = embed(batch)
-    assert np.array_equal(np.stack(out["embedding"]), Predictor(bundle).embed(TEXTS[:20]))
+    long = [text * 12 for text in TEXTS[:20]]  # past max_length: several windows each
+    out = BundlePredictor(bundle, output="embed", threads=1, long_text="window")(batch.assign(text=long))
+    assert np.array_equal(np.stack(out["embedding"]), Predictor(bundle).embed(long, long_text="window"))
     assert list(out["label"]) == ["gold"] * 20  # the input column is untouched
 
     predict = BundlePredictor(bundle, threads=1, thresholds=0.3)
@@ -121,8 +121,8 @@ def test_bundle_predictor_columns_and_errors():
         predict(pd.DataFrame({"text": ["fine", None]}))
     with pytest.raises(ValueError, match="output="):
         BundlePredictor(bundle, output="labels")
-    with pytest.raises(InputError, match="no predict options"):
-        BundlePredictor(bundle, output="embed", thresholds=0.3)
+    with pytest.raises(InputError, match="long_text"):  # options are the Predictor's, checked at load
+        BundlePredictor(bundle, output="embed", long_text="paragraphs")
 
 
 def test_run_requests_isolates_a_bad_request():

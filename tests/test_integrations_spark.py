@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from headreg.errors import HeadregError
-from headreg.runtime import Predictor
+from headreg.runtime import InputError, Predictor
 from headreg.testing import SAMPLE_TEXTS
 from test_runtime_predictor import tiny_bundle  # the session's tiny-BERT bundles, exported once
 
@@ -121,7 +121,7 @@ def test_errors_on_the_driver(spark):
     bundle = tiny_bundle("seq_cls")
     with pytest.raises(ValueError, match="output="):
         predict_udf(bundle, output="labels")
-    with pytest.raises(HeadregError, match="no predict options"):
-        predict_udf(bundle, output="embedding", aggregation="max")
+    with pytest.raises(InputError, match="long_text"):  # the Predictor checks the options once, on the driver
+        predict_udf(bundle, output="embedding", long_text="paragraphs")
     with pytest.raises(HeadregError):
         predict_udf(bundle.parent / "no-such-bundle")

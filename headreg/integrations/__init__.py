@@ -59,16 +59,12 @@ def load_predictor(
 ):
     """A Predictor on ``threads`` onnxruntime threads, warmed up with the call options it will serve.
 
-    The warm-up runs the model once (``embed`` and ``predict`` with ``options``; only ``embed`` when
-    ``embed=True``), so a misspelt option or an unusable bundle fails when the worker starts, with the
-    Predictor's own error, instead of on its first batch, and the first batch is not slower than the rest.
+    The warm-up runs the model once (``embed`` or ``predict`` with ``options``), so a misspelt option or an
+    unusable bundle fails when the worker starts, with the Predictor's own error, instead of on its first
+    batch, and the first batch is not slower than the rest.
     """
-    from ..runtime import InputError, Predictor
+    from ..runtime import Predictor
 
-    if embed and options:
-        raise InputError(f"embeddings take no predict options (got {', '.join(sorted(options))})")
     predictor = Predictor(bundle, threads=int(threads), variant=variant, **dict(predictor_options or {}))
-    predictor.embed([WARM_UP_TEXT])
-    if not embed:
-        predictor.predict([WARM_UP_TEXT], **dict(options or {}))
+    (predictor.embed if embed else predictor.predict)([WARM_UP_TEXT], **dict(options or {}))
     return predictor

@@ -97,15 +97,16 @@ class BundlePredictor:
     def __call__(self, batch: Any) -> Any:
         columns = list(batch.keys()) if isinstance(batch, Mapping) else list(batch.columns)
         texts = self._texts(batch, columns)
-        if self.output == "embed":
-            embeddings = self.predictor.embed(texts)
-            return self._put(batch, columns, {"embedding": embeddings if isinstance(batch, Mapping) else list(embeddings)})
+        numpy = isinstance(batch, Mapping)
         try:
+            if self.output == "embed":
+                embeddings = self.predictor.embed(texts, **self.options)
+                return self._put(batch, columns, {"embedding": embeddings if numpy else list(embeddings)})
             results = self.predictor.predict(texts, **self.options)
         except InputError as exc:
             raise InputError(f"column {self.text_column!r}: {exc}") from exc
         fields = self.fields or _keys(results)
-        if isinstance(batch, Mapping):
+        if numpy:
             return self._put(batch, columns, {field: _array([r[field] for r in results]) for field in fields})
         return self._put(batch, columns, {field: [r[field] for r in results] for field in fields})
 

@@ -167,8 +167,6 @@ def predict_udf(
                            f"shape; use output='json' (or 'embedding')")
     else:
         return_type = SCHEMAS[(kind, output)]
-    if output == "embedding" and options:
-        raise HeadregError(f"output='embedding' takes no predict options (got {', '.join(sorted(options))})")
     # Load once here: a bad bundle or a misspelt option fails now, not inside every executor.
     load_predictor(path, 1, variant, predictor_options, embed=output == "embedding", options=options)
     if ship is None:
@@ -227,7 +225,7 @@ def _predict_batch(predictor: Any, spec: _Spec, texts: list):
     inputs = [texts[i] for i in rows]
     if spec.output == "embedding":
         values: list[Any] = [None] * len(texts)
-        for i, vector in zip(rows, predictor.embed(inputs) if inputs else []):
+        for i, vector in zip(rows, predictor.embed(inputs, **json.loads(spec.options)) if inputs else []):
             values[i] = vector
         return pd.Series(values, dtype=object)
     results: list[Any] = [None] * len(texts)
