@@ -44,6 +44,7 @@ def spark():
         session = (
             SparkSession.builder.master("local[2]").appName("headreg-tests")
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.python.worker.reuse", "true")
             .config("spark.sql.shuffle.partitions", "2")
             .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH_ROWS))
