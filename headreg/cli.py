@@ -142,8 +142,8 @@ def _prediction_cells(result: Any) -> tuple[str, str]:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.option("--quantized", is_flag=True, help="Use the bundle's int8 variant.")
-@click.option("--variant", type=click.Choice(["fp32", "int8"]), default=None,
-              help="Model variant [default: the bundle's fastest verified one].")
+@click.option("--variant", type=click.Choice(["auto", "fp32", "int8", "bf16"]), default=None,
+              help="Model variant [default: auto, the rule of docs/runtime.md for this bundle on this machine].")
 def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
             threads: int | None, quantized: bool, variant: str | None) -> None:
     """Predict with an exported bundle (onnxruntime only; torch is not imported)."""

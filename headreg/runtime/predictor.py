@@ -18,11 +18,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import BundleError, HeadregError
-from ..manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, sha256_file
+from ..manifest import TOKENIZER_FILE, read_manifest, sha256_file
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
 from .inputs import check_inputs
 from .session import create_session
+from .variants import select_variant, variant_records
 
 DEFAULT_BATCH_SIZE = 32
 # Measured on MiniLM (CPU): rows/s is flat from 4 to 32 rows of 128 tokens, so a smaller token budget
@@ -36,8 +37,9 @@ class Predictor:
     """Load a bundle written by ``headreg export`` and predict with it.
 
     ``threads``: onnxruntime intra-op threads (default: onnxruntime's choice). ``providers``: onnxruntime
-    execution providers (default CPU). ``variant``: "fp32" or "int8"; by default the manifest's default, the
-    fastest variant that verified at export (``quantized=True`` is short for ``variant="int8"``).
+    execution providers (default CPU). ``variant``: a variant of the bundle ("fp32", "int8", ...); by default
+    the one :func:`headreg.runtime.variants.select_variant` picks for this bundle on this machine
+    (``self.variant`` says which, ``self.variant_reason`` why; ``quantized=True`` is short for ``variant="int8"``).
     ``max_batch_tokens`` / ``batch_size``: caps per batch (rows are length-bucketed, see batching.py).
     ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer).
     ``trust_remote_code``: import a postprocess the manifest names even when it is not the installed head's.
@@ -62,7 +64,9 @@ class Predictor:
         self.manifest = manifest = read_manifest(self.bundle_dir)
         self.batch_size = int(batch_size)
         self.max_batch_tokens = max_batch_tokens
-        self.variant, model_file = _select_variant(manifest, "int8" if quantized else variant)
+        self.variant, self.variant_reason = select_variant(manifest, "int8" if quantized else variant)
+        self.variant_record = variant_records(manifest)[self.variant]
+        model_file = str(self.variant_record["file"])
         self.model_path = self.bundle_dir / model_file
         if not self.model_path.is_file():
             raise BundleError(
@@ -188,17 +192,6 @@ class Predictor:
     def _pooled_width(self) -> int | None:
         shape = (self.manifest.get("outputs") or {}).get("pooled_output") or [None, None]
         return shape[-1] if isinstance(shape[-1], int) else None
-
-
-def _select_variant(manifest: dict[str, Any], requested: str | None) -> tuple[str, str]:
-    variants = manifest.get("variants") or {"default": "fp32", "fp32": {"file": MODEL_FILE}}
-    name = requested or variants.get("default", "fp32")
-    variant = variants.get(name)
-    if not isinstance(variant, dict) or "file" not in variant:
-        available = sorted(k for k, v in variants.items() if isinstance(v, dict))
-        hint = " Export it with --quantize int8." if name == "int8" else ""
-        raise BundleError(f"bundle has no {name!r} variant (it has: {', '.join(available) or 'none'}).{hint}")
-    return name, str(variant["file"])
 
 
 def _load_tokenizer(bundle_dir: Path, manifest: dict[str, Any]):
