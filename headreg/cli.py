@@ -142,10 +142,20 @@ def _prediction_cells(result: Any) -> tuple[str, str]:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.option("--quantized", is_flag=True, help="Use the bundle's int8 variant.")
-@click.option("--variant", type=click.Choice(["fp32", "int8"]), default=None,
-              help="Model variant [default: the bundle's fastest verified one].")
+@click.option("--variant", type=click.Choice(["auto", "fp32", "int8", "bf16"]), default=None,
+              help="Model variant [default: auto, the rule of docs/runtime.md for this bundle on this machine].")
+@click.option("--long-text", type=click.Choice(["truncate", "window"]), default=None,
+              help="Texts longer than the bundle's max_length: cut them, or predict over overlapping windows "
+                   "[default: truncate].")
+@click.option("--window-stride", "--window-overlap", "window_stride", type=click.IntRange(min=0), default=None,
+              help="With --long-text window: tokens neighbouring windows share (the overlap, not the step) "
+                   "[default: a quarter of a window].")
+@click.option("--window-reduce", type=click.Choice(["mean", "max", "first"]), default=None,
+              help="With --long-text window, sequence heads: combine the windows' logits by mean, max or the "
+                   "first window's [default: mean].")
 def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
-            threads: int | None, quantized: bool, variant: str | None) -> None:
+            threads: int | None, quantized: bool, variant: str | None, long_text: str | None,
+            window_stride: int | None, window_reduce: str | None) -> None:
     """Predict with an exported bundle (onnxruntime only; torch is not imported)."""
     from .runtime.inputs import InputError, read_texts
 
@@ -161,7 +171,8 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
         usage_error(f"--quantized asks for int8 but --variant asks for {variant}; give one of them")
     predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant, batch_size=batch_size)
     try:
-        results = predictor.predict(items)
+        options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce)
+        results = predictor.predict(items, **{name: value for name, value in options.items() if value is not None})
     except InputError as exc:
         usage_error(str(exc))
     if as_json:
