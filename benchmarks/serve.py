@@ -42,7 +42,6 @@ from .corpus import mixed_corpus
 
 ROOT = Path(__file__).resolve().parent
 MODEL = "minilm"
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 RETRY_BACKOFF_S = 0.05  # overload clients retry a 429 after this pause (Retry-After says 1 s: too gentle a load)
 
 
@@ -103,18 +102,11 @@ class Process:
 
 
 def machine() -> dict[str, Any]:
-    flags: set[str] = set()
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
     from headreg.runtime.cpus import available_cpus
+    from headreg.runtime.variants import machine as variant_machine
 
-    return {"cpu": cpu, "cpus_available": available_cpus(), "isa": [f for f in ISA_FLAGS if f in flags],
+    info = variant_machine()
+    return {"arch": info["arch"], "isa": info["cpu_flags"], "cpus_available": available_cpus(),
             "python": platform.python_version()}
 
 
@@ -287,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "requests_per_measurement": requests, "rounds": rounds, "max_batch_tokens": args.max_batch_tokens,
         "max_batch_size": args.max_batch_size, "server_cpus": sorted(cpus) if cpus else None, "levels": [],
     }
-    print(f"CPU: {report['machine']['cpu']}; ISA: {' '.join(report['machine']['isa']) or 'none of ' + ', '.join(ISA_FLAGS)}; "
+    print(f"CPU: {report['machine']['arch']}; ISA: {' '.join(report['machine']['isa']) or 'no AVX2/AVX-512/AMX'}; "
           f"{report['machine']['cpus_available']} CPUs available; load average {_load(report['load_average_before'])}",
           flush=True)
     serve_command = [sys.executable, "-m", "headreg.cli", "serve", f"{MODEL}={bundle}", "--threads", str(args.threads),
