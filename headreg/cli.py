@@ -310,10 +310,12 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
 @click.option("--variant", default=None, help="Model variant for every bundle [default: each bundle's default].")
 @click.option("--api-key", envvar="HEADREG_API_KEY", default=None,
               help="Require 'Authorization: Bearer KEY' on /info and /v1 [env: HEADREG_API_KEY].")
+@click.option("--keep-alive", default=75.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds an idle connection stays open (keep it above your load balancer's idle timeout).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
 def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int, max_batch_size: int,
           max_concurrent_requests: int, max_input_texts: int, payload_limit: int, threads: int | None,
-          variant: str | None, api_key: str | None, access_log: bool) -> None:
+          variant: str | None, api_key: str | None, keep_alive: float, access_log: bool) -> None:
     """Serve bundles over HTTP with batching across requests (see docs/serving.md).
 
     A bundle is served under its directory name, or under NAME when given as NAME=PATH.
@@ -348,7 +350,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
         f"with {threads} thread(s) per model",
         err=True,
     )
-    sys.exit(run_server(create_app(predictors, config), host=host, port=port))
+    sys.exit(run_server(create_app(predictors, config), host=host, port=port, keep_alive=keep_alive))
 
 
 # --- export / verify: headreg/export/commands.py (torch and onnx are imported only when they run) ----------------
