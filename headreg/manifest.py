@@ -155,6 +155,9 @@ HEAD_SCHEMA = S.obj(
 VARIANT_SCHEMA = S.obj(
     {
         "file": S.relative_path,
+        "precision": S.string(max_len=32),
+        "backend": S.string(max_len=64),
+        "requires_cpu": S.sequence(S.string(max_len=64), max_items=64),
         "optimized": S.boolean,
         "decision_agreement": S.number(0, 1),
         "min_agreement": S.number(0, 1),

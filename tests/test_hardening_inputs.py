@@ -52,12 +52,15 @@ def test_inputs_that_are_not_text_are_input_errors(seq, inputs, message):
 
 def test_unknown_options_are_named_with_the_valid_ones(seq, multi, ner):
     with pytest.raises(InputError, match=r"unknown option 'treshold' for head 'multi_label'; valid options: "
-                                         r"threshold, thresholds"):
+                                         r"long_text, threshold, thresholds, window_"):
         multi.predict(["x"], treshold=0.3)
-    with pytest.raises(InputError, match=r"unknown option 'aggregation' for head 'seq_cls'; valid options: \(none\)"):
+    with pytest.raises(InputError, match=r"unknown option 'aggregation' for head 'seq_cls'; valid options: long_text, "):
         seq.predict(["x"], aggregation="max")
-    with pytest.raises(InputError, match=r"valid options: aggregation, ignore_labels"):
-        ner.predict(["x"], thresholds=0.5)
+    with pytest.raises(InputError, match=r"unknown options 'thresholds', 'x' .* valid options: aggregation, ignore_labels"):
+        ner.predict(["x"], thresholds=0.5, x=1)
+    with pytest.raises(InputError, match="unknown option 'aggregation'"):
+        seq.prepare(["x"], aggregation="max")  # the step headreg serve and the integrations call
+    assert seq.valid_options() == ["long_text", "window_overlap", "window_reduce", "window_stride"]
 
 
 @pytest.mark.parametrize(
