@@ -140,6 +140,12 @@ class Predictor:
 
         ``options`` override the bundle's postprocess config for this call, e.g. ``thresholds=0.3`` or
         ``{"toxic": 0.8}`` (multi_label), ``aggregation="max"`` (token_cls).
+
+        Long inputs: ``long_text="truncate"`` (default) cuts at ``max_length``; ``long_text="window"`` predicts
+        over overlapping windows, ``window_stride`` tokens shared by neighbours (the overlap; default a quarter
+        of a window), token heads take each token from its most central window and aggregate over the whole
+        text, sequence heads combine the windows' logits by ``window_reduce`` ("mean" | "max" | "first").
+        See runtime/windows.py and docs/runtime.md.
         """
         single = isinstance(inputs, str)
         results = self._run_jobs([inputs] if single else inputs, "predict", batch_size, options)
