@@ -10,8 +10,9 @@ For 1, 8, 32 and 128 concurrent clients, interleaved round by round (headreg ser
 - **offline**: ``Predictor.predict`` over the same texts in this process (no HTTP), the ceiling.
 
 Reported per level: throughput (requests/s; one text each), latency p50/p90/p99, headreg's mean batch size
-(from its /metrics); then the overload run: 4x ``--max-concurrent-requests`` clients that retry on 429, which
-must see no status but 200 and 429 and lose nothing. Every server and the offline Predictor get the same
+(from its /metrics) and CPU time per request of each engine; then the overload run: 4x
+``--max-concurrent-requests`` clients that retry a 429 after its Retry-After (jittered), which must see no
+status but 200 and 429 and lose nothing. Every server and the offline Predictor get the same
 ``--threads``. Bounded: at most ``--requests`` requests and ``--seconds`` per measurement.
 
 Servers run as subprocesses on free ports; the bundle (real all-MiniLM-L6-v2 with a fresh seq_cls head) is
@@ -26,6 +27,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -42,7 +44,8 @@ from .corpus import mixed_corpus
 
 ROOT = Path(__file__).resolve().parent
 MODEL = "minilm"
-RETRY_BACKOFF_S = 0.05  # overload clients retry a 429 after this pause (Retry-After says 1 s: too gentle a load)
+# Overload clients retry a 429 after the server's Retry-After, jittered (x0.5-1.5) so they do not return in step.
+RETRY_JITTER = (0.5, 1.5)
 
 
 # --- setup ---------------------------------------------------------------------------------------------------------
@@ -144,7 +147,7 @@ async def closed_loop(url: str, clients: int, texts: list[str], requests: int, s
                     return response.status_code, sent
                 statuses[429] += 1
                 retries += 1
-                await asyncio.sleep(RETRY_BACKOFF_S)
+                await asyncio.sleep(float(response.headers.get("retry-after", 1)) * random.uniform(*RETRY_JITTER))
 
         async def one_client() -> None:
             nonlocal next_index
