@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -129,7 +130,7 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
             Route("/v1/models/{name}/predict", predict, methods=["POST"]),
             Route("/v1/models/{name}/embed", embed, methods=["POST"]),
         ],
-        exception_handlers={RequestError: _request_error},
+        exception_handlers={RequestError: _request_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.state.headreg = state
@@ -203,6 +204,18 @@ def _too_large(size: int, limit: int) -> RequestError:
 async def _request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (no such route, wrong method) as the same JSON as every other error."""
+    assert isinstance(exc, HTTPException)
+    message = {
+        404: f"no route {request.method} {request.url.path}; the routes are GET /health, /info, /metrics, "
+             "/v1/models and POST /v1/models/{name}/predict, /v1/models/{name}/embed",
+        405: f"{request.url.path} does not take {request.method}",
+    }.get(exc.status_code, str(exc.detail))
+    return JSONResponse({"error": message, "status": exc.status_code}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
 
 
 async def _warm_up(state: _State) -> None:

@@ -134,6 +134,7 @@ def model_info(name: str, predictor: Any, *, task: str | None = None, parameters
         "labels": list(predictor.labels),
         "variants": variants,
         "variant": predictor.variant,
+        "variant_reason": getattr(predictor, "variant_reason", None),
         "max_length": predictor.max_length,
         "truncation": (
             f"inputs longer than {predictor.max_length} tokens (special tokens included) are truncated to "
