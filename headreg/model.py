@@ -34,9 +34,7 @@ from .heads.base import Head, build_config  # noqa: E402
 from .pooling import Pooler, PoolingConfig, is_decoder, resolve_pooling  # noqa: E402
 from .registry import HeadSpec, get_head  # noqa: E402
 
-MODEL_CONFIG = "headreg_model.json"
-HEAD_WEIGHTS = "head.safetensors"
-BACKBONE_DIR = "backbone"
+from .files import BACKBONE_DIR, HEAD_WEIGHTS, MODEL_CONFIG  # noqa: E402
 FORMAT = "headreg-model"
 FORMAT_VERSION = 1
 

@@ -25,7 +25,7 @@ from ..runtime.session import create_session
 from . import bundle as bundle_mod
 from .cases import Case, make_cases
 from .tokenizer import TokenizerError, bundle_tokenizer
-from .trace import ExportError, ExportWrapper, graph_signature, input_names_for, trace
+from .trace import AUTO_ORDER, EXPORTERS, ExportError, ExportWrapper, graph_signature, input_names_for, trace
 from .verify import Report, VerificationFailed, save_golden, verify_session
 
 Progress = Callable[[str, str, dict], None]
@@ -80,7 +80,11 @@ class _Steps:
         info: dict[str, Any] = {}
         self.progress(name, "start", info)
         start = time.perf_counter()
-        yield info
+        try:
+            yield info
+        except BaseException:
+            self.progress(name, "failed", {**info, "seconds": round(time.perf_counter() - start, 3)})
+            raise
         step = Step(name, round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1))
         self.done.append(step)
         self.progress(name, "done", {**info, "seconds": step.seconds})
@@ -140,6 +144,38 @@ def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
             )
 
 
+def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, opset: int | None,
+                      cases: list[Case], expected: list[dict[str, np.ndarray]], checks: dict) -> tuple[Any, Report]:
+    """Trace with each exporter of ``exporter`` ("auto": AUTO_ORDER) until one graph verifies.
+
+    The PyTorch reference is computed once, before, and serves every attempt. Raises the last attempt's
+    ExportError / VerificationFailed, with what the earlier attempts hit in its message or notes.
+    """
+    candidates = AUTO_ORDER if exporter == "auto" else (exporter,)
+    earlier: list[str] = []
+    for attempt, name in enumerate(candidates, 1):
+        last = attempt == len(candidates)
+        try:
+            with step("trace") as info:
+                info["exporter"] = name
+                traced = trace(model, path, opset=opset, exporter=name)
+                info["opset"] = traced.opset
+        except ExportError as exc:
+            if last:
+                raise ExportError("; ".join([*earlier, str(exc)])) from exc
+            earlier.append(f"{name} exporter: {exc}")
+            continue
+        with step("verify") as info:
+            report = verify_session(create_session(path), cases, expected, **checks)
+            info["passed"] = report.passed
+        if report.passed or last:
+            report.notes.extend(f"tried first: {failure}" for failure in earlier)
+            report.raise_for_failure()
+            return traced, report
+        earlier.append(f"{name} exporter: its graph failed verification ({report.failures[0]})")
+    raise AssertionError("unreachable: the last candidate returns or raises")
+
+
 class ExportOptionError(HeadregError, ValueError):
     """An export option that cannot work for this model (a usage error: exit code 2)."""
 
@@ -184,16 +220,19 @@ def export_onnx(
     rtol: float = 1e-3,
     max_length: int | None = None,
     overwrite: bool = False,
-    exporter: str = "dynamo",
+    exporter: str = "auto",
     int8_min_agreement: float = 0.95,
     source: dict[str, Any] | None = None,
-    progress: Progress | None = None,
+    progress: Progress | bool | None = None,
 ) -> Bundle:
     """Export a HeadedModel to a verified ONNX bundle in ``out_dir`` and return what was written.
 
     Raises VerificationFailed (with ``.report``) when onnxruntime disagrees with PyTorch; nothing is
     written then. ``tokenizer`` is a transformers tokenizer, a ``tokenizers.Tokenizer`` or a path; it
-    defaults to the backbone's own directory.
+    defaults to the backbone's own directory. ``exporter``: "auto" (TorchScript, then dynamo when TorchScript
+    cannot trace the model or its graph does not verify), "torchscript" or "dynamo". ``progress``: None shows
+    each step on stderr when stderr is a terminal, True/False force it on/off, a callable
+    ``progress(step, state, info)`` receives the steps ("start", "done" or "failed").
 
     >>> bundle = export_onnx(model, "bundle/", tokenizer=tokenizer)   # doctest: +SKIP
     >>> bundle.report.worst()["logits"]                                # doctest: +SKIP
@@ -204,7 +243,13 @@ def export_onnx(
         raise SaveLoadError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     if quantize not in (None, *QUANTIZE_MODES):
         raise ExportOptionError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    if exporter not in ("auto", *EXPORTERS):
+        raise ExportOptionError(f"unknown exporter {exporter!r}; choose one of auto, {', '.join(EXPORTERS)}")
     max_length = resolve_max_length(model, max_length)
+    if not callable(progress):
+        from ..progress import StepProgress
+
+        progress = StepProgress(progress)
     step = _Steps(progress)
     input_names = input_names_for(model)
     padding_side = "left" if model._decoder else "right"
@@ -219,9 +264,6 @@ def export_onnx(
         with step("tokenizer"):
             tok = bundle_tokenizer(_tokenizer_for(model, tokenizer), pad_token_id=model.config.pad_token_id)
             tok.save(staging / TOKENIZER_FILE)
-        with step("trace") as info:
-            traced = trace(model, staging / MODEL_FILE, opset=opset, exporter=exporter)
-            info["opset"] = traced.opset
         with step("pytorch reference") as info:
             cases = make_cases(
                 input_names=input_names,
@@ -236,10 +278,9 @@ def export_onnx(
             wrapper = ExportWrapper(model, input_names).eval()
             expected = _torch_outputs(wrapper, cases)
             info["cases"] = len(cases)
-        with step("verify") as info:
-            report = verify_session(create_session(staging / MODEL_FILE), cases, expected, **checks)
-            info["passed"] = report.passed
-            report.raise_for_failure()
+        traced, report = _trace_and_verify(model, staging / MODEL_FILE, step, exporter=exporter, opset=opset,
+                                           cases=cases, expected=expected, checks=checks)
+        exporter = traced.exporter
 
         optimization = None
         int8 = None
