@@ -152,7 +152,7 @@ class HeadedModel(nn.Module):
                 "backbone": BACKBONE_DIR,
                 "tokenizer_source": None if tokenizer is not None else _local_source(self.backbone),
             }
-            (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         return target
 
 
