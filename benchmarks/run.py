@@ -411,13 +411,13 @@ def summary_table(report: dict[str, Any]) -> str:
     lines = []
     for name, model in report["models"].items():
         lines.append(f"\n{name}: {model['description']}; {model['mflop_per_token_128']:.1f} MFLOP/token at 128")
-        head = f"| {'batch x len':<11} | {'floor ms':>9} | {'PyTorch p50':>11} |"
+        head = f"| {'batch x len':<11} | {'floor ms':>9} | {'PyTorch p50 (attention)':>23} |"
         for engine in ORT_ENGINES:
             head += f" {engine + ' p50 (ratio, %floor)':>34} |"
         lines += [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
         for row in model["shapes"]:
             best = row["engines"][row["pytorch_best"]]
-            line = f"| {row['batch']:>3} x {row['length']:<5} | {row['floor_ms']:9.2f} | {best['p50_ms']:8.2f} {row['pytorch_best'][8:9]} |"
+            line = f"| {row['batch']:>3} x {row['length']:<5} | {row['floor_ms']:9.2f} | {best['p50_ms']:8.2f} ms {'(' + row['pytorch_best'][8:] + ')':<9} |"
             for engine in ORT_ENGINES:
                 r = row["engines"][engine]
                 line += f" {r['p50_ms']:10.2f} ms (x{r['ratio_vs_pytorch']:4.2f}, {r['pct_of_floor']:5.1f}%) |"

@@ -243,7 +243,7 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
     console().print(table)
 
 
-@cli.command(short_help="Latency and throughput of every variant, side by side (and vs PyTorch).", epilog="""\b
+@cli.command(short_help="Latency and throughput of every variant (and vs PyTorch).", epilog="""\b
 Examples:
   headreg bench ./bundle --batch-size 8 --seq-len 128
   headreg bench ./bundle --texts texts.txt --passes 3

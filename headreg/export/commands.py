@@ -113,7 +113,7 @@ Examples:
   headreg export ./old-checkpoint -o ./bundle --allow-bin   # weights only in pytorch_model.bin"""
 
 
-@click.command("export", short_help="Export SOURCE to a verified ONNX bundle (fails if onnxruntime disagrees).",
+@click.command("export", short_help="Export SOURCE to a verified ONNX bundle.",
                epilog=EXPORT_EPILOG)
 @click.argument("source", type=click.Path())
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
@@ -247,7 +247,7 @@ def verify(bundle_dir: str, threads: int | None, as_json: bool) -> None:
         _fail(report.message().replace("\n", " ", 1) + "; export the bundle again", EXIT_FAILURE)
 
 
-@click.command("convert", short_help="Copy a pytorch_model.bin checkpoint with safetensors weights instead.",
+@click.command("convert", short_help="Rewrite a pytorch_model.bin checkpoint as safetensors.",
                epilog="""\b
 Example:
   headreg convert ./old-checkpoint ./checkpoint && headreg export ./checkpoint -o ./bundle""")
