@@ -333,8 +333,10 @@ def test_saved_headreg_model_with_optimize_and_int8(tmp_path):
     assert "model.int8.onnx: decision agreement" in rerun.output
 
 
-def test_real_minilm_backbone_with_a_fresh_head(tmp_path, minilm_path, capsys):
+def test_real_minilm_backbone_with_a_fresh_head(tmp_path, minilm_path, capsys, monkeypatch):
     from headreg.cli import main
+
+    monkeypatch.setenv("HEADREG_PROGRESS", "1")  # the step lines, although stderr is captured (not a terminal)
 
     out = tmp_path / "minilm"
     # --max-length 128 keeps the test quick; the default is 512, what the position table allows
@@ -343,7 +345,7 @@ def test_real_minilm_backbone_with_a_fresh_head(tmp_path, minilm_path, capsys):
     captured = capsys.readouterr()
     assert exit_info.value.code == 0, captured.err
     assert "freshly initialised (untrained)" in captured.err
-    for step in ("tokenizer", "trace", "pytorch reference", "verify", "write bundle"):
+    for step in ("load", "tokenizer", "cases", "trace", "verify", "write bundle"):
         assert f"✓ {step}" in captured.err
     assert "worst abs diff" in captured.out
     manifest = read_manifest(out)

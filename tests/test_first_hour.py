@@ -127,7 +127,7 @@ def test_verify_of_a_folder_that_is_not_a_bundle_exits_2(tmp_path, saved_model):
 def test_export_shows_its_steps_on_a_terminal_and_not_under_json(tmp_path, saved_model):
     code, stdout, terminal = run_on_terminal("export", str(saved_model), "-o", str(tmp_path / "a"))
     assert code == 0, terminal
-    for step in ("load", "tokenizer", "pytorch reference", "trace", "verify", "write bundle"):
+    for step in ("load", "tokenizer", "cases", "trace", "verify", "write bundle"):
         assert f"✓ {step}" in terminal
     code, stdout, terminal = run_on_terminal("export", str(saved_model), "-o", str(tmp_path / "b"), "--json")
     assert code == 0 and json.loads(stdout)["passed"] is True

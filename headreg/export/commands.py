@@ -131,7 +131,7 @@ Examples:
 @click.option("--int8-min-agreement", default=0.95, show_default=True, type=click.FloatRange(0, 1),
               help="Decision agreement with PyTorch the int8 model needs.")
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
-              help="torch.onnx exporter; auto: TorchScript (fast), dynamo when TorchScript fails or does not verify.")
+              help="torch.onnx exporter; auto: TorchScript (fast), dynamo when TorchScript fails or does not verify (dynamo first with --optimize).")
 @click.option("--allow-bin", is_flag=True,
               help="Load weights stored only as pytorch_model.bin, with torch.load(weights_only=True).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")

@@ -25,8 +25,8 @@ from ..runtime.session import create_session
 from . import bundle as bundle_mod
 from .cases import Case, make_cases
 from .tokenizer import TokenizerError, bundle_tokenizer
-from .trace import AUTO_ORDER, EXPORTERS, ExportError, ExportWrapper, graph_signature, input_names_for, trace
-from .verify import Report, VerificationFailed, save_golden, verify_session
+from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, ExportWrapper, graph_signature, input_names_for, trace
+from .verify import Report, VerificationFailed, compare_cases, run_cases, save_golden
 
 Progress = Callable[[str, str, dict], None]
 QUANTIZE_MODES = ("int8",)
@@ -144,15 +144,43 @@ def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
             )
 
 
-def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, opset: int | None,
-                      cases: list[Case], expected: list[dict[str, np.ndarray]], checks: dict) -> tuple[Any, Report]:
-    """Trace with each exporter of ``exporter`` ("auto": AUTO_ORDER) until one graph verifies.
+def _reference_beside(session_path: Path, wrapper: ExportWrapper, cases: list[Case]):
+    """(PyTorch's outputs, onnxruntime's outputs) for every case, computed side by side.
 
-    The PyTorch reference is computed once, before, and serves every attempt. Raises the last attempt's
-    ExportError / VerificationFailed, with what the earlier attempts hit in its message or notes.
+    PyTorch runs in a worker thread with one intra-op thread while onnxruntime runs the same cases here
+    (it releases the GIL): the two engines share the cores instead of taking turns, and PyTorch's OpenMP
+    threads cannot stall each other on a busy machine. Both see every case; nothing is skipped.
     """
-    candidates = AUTO_ORDER if exporter == "auto" else (exporter,)
+    import concurrent.futures
+
+    def reference() -> list[dict[str, np.ndarray]]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _torch_outputs(wrapper, cases)
+        finally:
+            torch.set_num_threads(threads)
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="headreg-reference") as pool:
+        expected = pool.submit(reference)
+        try:
+            actual = run_cases(create_session(session_path), cases)
+        finally:
+            reference_outputs = expected.result()
+    return reference_outputs, actual
+
+
+def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, opset: int | None,
+                      cases: list[Case], wrapper: ExportWrapper, checks: dict, optimize: bool = False):
+    """Trace with each exporter of ``exporter`` ("auto": AUTO_ORDER, or AUTO_ORDER_OPTIMIZE) until one verifies.
+
+    Returns (trace result, report, PyTorch's outputs). The PyTorch reference is computed once, beside the
+    first verification, and serves every attempt. Raises the last attempt's ExportError / VerificationFailed,
+    with what the earlier attempts hit in its message or notes.
+    """
+    candidates = (AUTO_ORDER_OPTIMIZE if optimize else AUTO_ORDER) if exporter == "auto" else (exporter,)
     earlier: list[str] = []
+    expected: list[dict[str, np.ndarray]] | None = None
     for attempt, name in enumerate(candidates, 1):
         last = attempt == len(candidates)
         try:
@@ -166,12 +194,16 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
             earlier.append(f"{name} exporter: {exc}")
             continue
         with step("verify") as info:
-            report = verify_session(create_session(path), cases, expected, **checks)
-            info["passed"] = report.passed
+            if expected is None:
+                expected, actual = _reference_beside(path, wrapper, cases)
+            else:
+                actual = run_cases(create_session(path), cases)
+            report = compare_cases(cases, expected, actual, **checks)
+            info.update(cases=len(cases), passed=report.passed)
         if report.passed or last:
             report.notes.extend(f"tried first: {failure}" for failure in earlier)
             report.raise_for_failure()
-            return traced, report
+            return traced, report, expected
         earlier.append(f"{name} exporter: its graph failed verification ({report.failures[0]})")
     raise AssertionError("unreachable: the last candidate returns or raises")
 
@@ -230,7 +262,8 @@ def export_onnx(
     Raises VerificationFailed (with ``.report``) when onnxruntime disagrees with PyTorch; nothing is
     written then. ``tokenizer`` is a transformers tokenizer, a ``tokenizers.Tokenizer`` or a path; it
     defaults to the backbone's own directory. ``exporter``: "auto" (TorchScript, then dynamo when TorchScript
-    cannot trace the model or its graph does not verify), "torchscript" or "dynamo". ``progress``: None shows
+    cannot trace the model or its graph does not verify; dynamo first with ``optimize=True``), "torchscript"
+    or "dynamo". ``progress``: None shows
     each step on stderr when stderr is a terminal, True/False force it on/off, a callable
     ``progress(step, state, info)`` receives the steps ("start", "done" or "failed").
 
@@ -264,7 +297,7 @@ def export_onnx(
         with step("tokenizer"):
             tok = bundle_tokenizer(_tokenizer_for(model, tokenizer), pad_token_id=model.config.pad_token_id)
             tok.save(staging / TOKENIZER_FILE)
-        with step("pytorch reference") as info:
+        with step("cases") as info:
             cases = make_cases(
                 input_names=input_names,
                 vocab_size=model.config.vocab_size,
@@ -275,11 +308,10 @@ def export_onnx(
                 pairs="token_type_ids" in input_names,
             )
             _check_tokenizer(tok, cases, max_length)
-            wrapper = ExportWrapper(model, input_names).eval()
-            expected = _torch_outputs(wrapper, cases)
             info["cases"] = len(cases)
-        traced, report = _trace_and_verify(model, staging / MODEL_FILE, step, exporter=exporter, opset=opset,
-                                           cases=cases, expected=expected, checks=checks)
+        wrapper = ExportWrapper(model, input_names).eval()
+        traced, report, expected = _trace_and_verify(model, staging / MODEL_FILE, step, exporter=exporter, opset=opset,
+                                                     cases=cases, wrapper=wrapper, checks=checks, optimize=optimize)
         exporter = traced.exporter
 
         optimization = None

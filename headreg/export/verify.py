@@ -210,10 +210,21 @@ def run_onnx(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return dict(zip(names, session.run(names, feed)))
 
 
-def verify_session(
-    session: Any,
+def run_cases(session: Any, cases: list[Case]) -> list[dict[str, np.ndarray] | Exception]:
+    """onnxruntime's outputs for every case, or the exception it raised on that case."""
+    outputs: list[dict[str, np.ndarray] | Exception] = []
+    for case in cases:
+        try:
+            outputs.append(run_onnx(session, case.inputs))
+        except Exception as exc:  # onnxruntime raises its own exception types per failure
+            outputs.append(exc)
+    return outputs
+
+
+def compare_cases(
     cases: list[Case],
     expected: list[dict[str, np.ndarray]],
+    actual: list[dict[str, np.ndarray] | Exception],
     *,
     decide: Decide | None,
     token_outputs: set[str],
@@ -221,20 +232,26 @@ def verify_session(
     rtol: float,
     target: str = "model.onnx",
 ) -> Report:
-    """Run every case through an onnxruntime session and compare with PyTorch's ``expected`` outputs."""
+    """Compare onnxruntime's outputs (from :func:`run_cases`) with PyTorch's ``expected`` outputs, case by case."""
     results = []
-    for case, want in zip(cases, expected):
-        try:
-            got = run_onnx(session, case.inputs)
-        except Exception as exc:  # onnxruntime raises its own exception types per failure
+    for case, want, got in zip(cases, expected, actual):
+        if isinstance(got, Exception):
             info = case.describe()
             results.append(
                 CaseResult(info["name"], info["kind"], info["shape"], info["lengths"], info["padding_side"], {}, None,
-                           [f"onnxruntime failed: {type(exc).__name__}: {exc}"])
+                           [f"onnxruntime failed: {type(got).__name__}: {got}"])
             )
             continue
         results.append(check_case(case, want, got, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol))
     return Report(results, atol, rtol, target)
+
+
+def verify_session(session: Any, cases: list[Case], expected: list[dict[str, np.ndarray]], **checks: Any) -> Report:
+    """Run every case through an onnxruntime session and compare with PyTorch's ``expected`` outputs.
+
+    ``checks``: ``decide``, ``token_outputs``, ``atol``, ``rtol`` and optionally ``target``, as in compare_cases.
+    """
+    return compare_cases(cases, expected, run_cases(session, cases), **checks)
 
 
 # --- golden cases: written at export, re-checked by `headreg verify` -------------------------------------------
