@@ -97,12 +97,16 @@ def print_summary(bundle: Any) -> None:
         speed = f", {opt['speedup']:.2f}x vs unfused" if opt.get("speedup") else ""
         out.print(f"optimize: fused {fused}{speed}; {verdict}")
     if bundle.int8 is not None:
-        required = bundle.int8.get("min_agreement")
-        held = f", required >= {required:.1%}" if isinstance(required, (int, float)) else ""
+        int8 = bundle.int8
+        quant = int8["quantization"]
         out.print(
-            f"int8: decision agreement {bundle.int8['decision_agreement']:.1%} with PyTorch over the verification "
-            f"texts{held}, size {bundle.int8['size_ratio']:.0%} of fp32"
+            f"int8 ({quant['kind']} {quant['format']}, {quant['method']} calibration on {quant['calibration_rows']} "
+            f"texts, size {quant['size_ratio']:.0%} of fp32): {int8['acceptance']['summary']}; batch-invariant: "
+            f"max abs diff {int8['batch_invariance']['max_abs_diff']:.1e} over {int8['batch_invariance']['checks']} "
+            f"checks (tolerance {int8['batch_invariance']['tolerance']:g})"
         )
+    variant, reason = bundle.serves_here()
+    out.print(f"serves here: {variant} ({reason})")
 
 
 EXPORT_EPILOG = """\b
@@ -128,17 +132,29 @@ Examples:
                    "[default: what the backbone's position table allows, e.g. 512].")
 @click.option("--optimize", is_flag=True, help="Fuse for onnxruntime; kept only if it verifies and is not slower.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write model.int8.onnx.")
-@click.option("--int8-min-agreement", default=0.95, show_default=True, type=click.FloatRange(0, 1),
-              help="Decision agreement with PyTorch the int8 model needs.")
+@click.option("--calibration-texts", "calibration_file", default=None, type=click.Path(dir_okay=False),
+              help="Texts like your traffic (one per line, or JSONL with text/text_pair): int8 calibrates on part, "
+                   "is accepted on the held-out rest [default: headreg's built-in texts].")
+@click.option("--calibration-method", default="percentile", show_default=True,
+              type=click.Choice(["percentile", "minmax", "entropy"]), help="How int8 activation ranges are set.")
+@click.option("--min-agreement", "--int8-min-agreement", "min_agreement", default=0.99, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="Fraction of held-out texts whose result (label, label set, entity set) must equal PyTorch's.")
+@click.option("--near-tie", default=0.05, show_default=True, type=click.FloatRange(0, 1),
+              help="Disagreements whose PyTorch margin is below this are reported as near-ties.")
+@click.option("--max-error", default=0.05, show_default=True, type=click.FloatRange(min=0),
+              help="Regression heads: max abs error allowed, times max(std of the values, 1).")
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
-              help="torch.onnx exporter; auto: TorchScript (fast), dynamo when TorchScript fails or does not verify (dynamo first with --optimize).")
+              help="torch.onnx exporter; auto: TorchScript (fast), dynamo when TorchScript fails or does not verify "
+                   "(dynamo first with --optimize).")
 @click.option("--allow-bin", is_flag=True,
               help="Load weights stored only as pytorch_model.bin, with torch.load(weights_only=True).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only (no progress).")
 def export(source: str, out_dir: str, head: str | None, num_labels: int | None, tokenizer: str | None,
            opset: int | None, atol: float, rtol: float, max_length: int | None, optimize: bool, quantize: str | None,
-           int8_min_agreement: float, exporter: str, allow_bin: bool, overwrite: bool, as_json: bool) -> None:
+           calibration_file: str | None, calibration_method: str, min_agreement: float, near_tie: float,
+           max_error: float, exporter: str, allow_bin: bool, overwrite: bool, as_json: bool) -> None:
     """Export SOURCE to a verified ONNX bundle in DIR (-o).
 
     SOURCE is a directory saved by HeadedModel.save_pretrained, a transformers checkpoint with a task
@@ -147,25 +163,38 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     """
     from pathlib import Path
 
-    from ..atomic import is_nonempty
-    from ..errors import UnknownHeadError
+    from ..atomic import check_target
+    from ..errors import SaveLoadError, UnknownHeadError
+    from ..manifest import BUNDLE_KIND, is_bundle
     from .source import SourceError, inspect_source
 
-    # Everything that can be checked from the files is checked before torch is imported (seconds).
-    if is_nonempty(Path(out_dir)) and not overwrite:
-        _fail(f"{out_dir} exists and is not empty; pass --overwrite to replace it", EXIT_USAGE)
+    # Everything that can be checked from the files is checked before torch is imported (about a second).
+    try:
+        check_target(Path(out_dir), overwrite=overwrite, replaceable=is_bundle, what=BUNDLE_KIND, protect=[source])
+    except SaveLoadError as exc:
+        _fail(str(exc), EXIT_USAGE)
     try:
         plan = inspect_source(source, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin)
     except (SourceError, UnknownHeadError) as exc:
         _fail(str(exc), EXIT_USAGE)
     if plan.tokenizer is None:
         _fail(f"no tokenizer found in {source}; pass --tokenizer DIR_OR_TOKENIZER_JSON", EXIT_USAGE)
+    calibration_texts = None
+    if calibration_file is not None:
+        from ..runtime.inputs import InputError, read_texts
+
+        if quantize is None:
+            _fail("--calibration-texts calibrates and accepts a quantized variant: add --quantize int8", EXIT_USAGE)
+        try:
+            calibration_texts = read_texts(calibration_file)
+        except (OSError, UnicodeDecodeError, InputError) as exc:
+            _fail(f"cannot read --calibration-texts {calibration_file}: {exc}", EXIT_USAGE)
     if plan.pickled:
         click.echo(f"note: loading {plan.path}/pytorch_model.bin with torch.load(weights_only=True) (--allow-bin): "
                    "tensors only, no arbitrary objects", err=True)
 
     from ..atomic import Terminated
-    from ..errors import HeadConfigError, SaveLoadError, VerificationError
+    from ..errors import HeadConfigError, VerificationError
     from ..progress import StepProgress
     from .pipeline import ExportOptionError, Step, export_onnx, peak_rss_mb
     from .source import load_source
@@ -190,7 +219,8 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
         bundle = export_onnx(
             loaded.model, out_dir, loaded.tokenizer, opset=opset, optimize=optimize, quantize=quantize,
             atol=atol, rtol=rtol, max_length=max_length, overwrite=overwrite, exporter=exporter,
-            int8_min_agreement=int8_min_agreement, source=loaded.info, progress=progress,
+            calibration_texts=calibration_texts, calibration_method=calibration_method, min_agreement=min_agreement,
+            near_tie=near_tie, max_error=max_error, source=loaded.info, progress=progress,
         )
         bundle.steps.insert(0, load_step)
     except VerificationFailed as exc:

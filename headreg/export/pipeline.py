@@ -1,32 +1,34 @@
 """``export_onnx``: trace -> verify -> (optimize) -> (quantize) -> write the bundle, all or nothing.
 
-The bundle is built in a staging directory under the system temp dir and moved into ``out_dir`` only
-after every check passed (see headreg/atomic.py), so a failed, interrupted or killed export leaves no
-partial bundle and no stray directory beside ``out_dir``.
+The bundle is built in a private staging directory beside ``out_dir`` and renamed into place only after
+every check passed (see headreg/atomic.py), so a failed or interrupted export leaves no partial bundle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_directory, is_nonempty
-from ..errors import HeadregError, SaveLoadError
-from ..manifest import GOLDEN_FILE, INT8_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, VERIFICATION_FILE, sha256_file, write_json
+from ..atomic import atomic_directory, check_target
+from ..errors import HeadregError
+from ..manifest import BUNDLE_KIND, GOLDEN_FILE, is_bundle, INT8_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, VERIFICATION_FILE, sha256_file, write_json
 from ..runtime.session import create_session
 from . import bundle as bundle_mod
 from .cases import Case, make_cases
 from .tokenizer import TokenizerError, bundle_tokenizer
 from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, ExportWrapper, graph_signature, input_names_for, trace
-from .verify import Report, VerificationFailed, compare_cases, run_cases, save_golden
+from . import acceptance as acc
+from .quantize import DEFAULT_METHOD, INT8_REQUIRES_CPU, METHODS
+from .verify import Report, VerificationFailed, compare_cases, run_cases, run_onnx, save_golden
 
 Progress = Callable[[str, str, dict], None]
 QUANTIZE_MODES = ("int8",)
@@ -62,7 +64,14 @@ class Bundle:
             "optimization": self.optimization,
             "int8": self.int8,
             "variants": self.manifest.get("variants"),
+            "serves_here": dict(zip(("variant", "reason"), self.serves_here())),
         }
+
+    def serves_here(self) -> tuple[str, str]:
+        """The variant a Predictor of this bundle uses on this machine, and why (headreg.runtime.variants)."""
+        from ..runtime.variants import select_variant
+
+        return select_variant(self.manifest)
 
 
 def peak_rss_mb() -> float:
@@ -107,6 +116,16 @@ def _decide(head: Any) -> Callable[[dict[str, np.ndarray], np.ndarray], Any]:
 def _source_info(source: dict[str, Any] | None) -> dict[str, Any]:
     # An in-memory model has no directory that holds backbone *and* head; the CLI passes the one it loaded.
     return source if source is not None else {"path": None, "kind": "python"}
+
+
+def _protected(model: Any, tokenizer: Any, source: dict[str, Any] | None) -> list[Any]:
+    """What the export reads from: ``out_dir`` must be none of these, nor a directory holding one."""
+    from ..model import _local_source
+
+    paths = [(source or {}).get("path"), _local_source(model.backbone)]
+    if isinstance(tokenizer, (str, os.PathLike)):
+        paths.append(tokenizer)
+    return [path for path in paths if path]
 
 
 def _tokenizer_for(model: Any, tokenizer: Any) -> Any:
@@ -206,6 +225,77 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
             return traced, report, expected
         earlier.append(f"{name} exporter: its graph failed verification ({report.failures[0]})")
     raise AssertionError("unreachable: the last candidate returns or raises")
+def _torch_run(wrapper: ExportWrapper) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            values = wrapper(**{k: torch.from_numpy(v) for k, v in feed.items()})
+        return {n: v.detach().float().cpu().numpy() for n, v in zip(wrapper.output_names, values)}
+
+    return run
+
+
+def _session_run(session: Any) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    return lambda feed: run_onnx(session, feed)
+
+
+def _acceptance_set(model: Any, tok: Any, wrapper: ExportWrapper, texts: Sequence[Any] | None, *, input_names,
+                    max_length: int, padding_side: str, options: "acc.AcceptanceOptions") -> "acc.AcceptanceSet":
+    """Held-out texts and PyTorch's outputs on them: computed once, every reduced-precision variant is judged on them."""
+    from ..data import builtin_texts
+
+    pairs = "token_type_ids" in input_names
+    if texts is None:
+        texts, source = builtin_texts(with_pairs=pairs), "builtin"
+    else:
+        source = "user"
+    try:
+        texts = acc.normalize_texts(list(texts), pairs=True)
+        return acc.build_acceptance_set(
+            model, tok.tokenizer, texts, source=source, input_names=input_names, max_length=max_length,
+            pad_id=tok.pad_token_id, padding_side=padding_side, reference_run=_torch_run(wrapper), options=options,
+        )
+    except acc.AcceptanceError as exc:
+        raise ExportOptionError(str(exc)) from exc
+
+
+def _fp32_invariance(path: Path, tok: Any, cases: list[Case], input_names, max_length: int, padding_side: str,
+                     model: Any, atol: float) -> dict[str, Any]:
+    """fp32's batch invariance on the verification texts, recorded like every variant's (tolerance: atol)."""
+    texts = [t for case in cases if case.kind == "text" for t in case.texts][:24]
+    batches = acc.make_batches(tok.tokenizer, texts, input_names=input_names, max_length=max_length,
+                               pad_id=tok.pad_token_id, padding_side=padding_side)
+    token_outputs = {"logits"} if model.head.level == "token" else set()
+    return acc.batch_invariance(
+        _session_run(create_session(path)), batches.encodings, input_names=list(input_names), pad_id=tok.pad_token_id,
+        padding_side=padding_side, max_length=max_length, token_outputs=token_outputs,
+        decide=_decide(model.head), tolerance=atol,
+    )
+
+
+def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, cases: list[Case],
+                  expected: list[dict[str, np.ndarray]], decide: Callable, model: Any, method: str,
+                  step: "_Steps") -> dict[str, Any]:
+    """Quantize the unfused fp32 graph (static QDQ int8), then accept it on held-out texts and batch invariance."""
+    from .quantize import golden_agreement, quantize_static_int8
+
+    with step("quantize") as info:
+        quantization = quantize_static_int8(staging / MODEL_FILE, staging / INT8_FILE,
+                                            acceptance.calibration_feeds(tok.tokenizer), method=method)
+        quantization["calibration_source"] = acceptance.split.record["source"]
+        info.update(method=method, calibration_rows=quantization["calibration_rows"])
+    with step("accept int8") as info:
+        session = create_session(staging / INT8_FILE)
+        judged = acceptance.judge_variant("int8", _session_run(session))
+        golden = golden_agreement(session, cases, expected, decide, token_level=model.head.level == "token")
+        figures = judged["acceptance"]
+        info.update(agreement=figures.get("agreement", figures.get("max_abs_error")),
+                    invariant=judged["batch_invariance"]["passed"])
+    return {
+        "quantization": quantization,
+        "requires_cpu": list(INT8_REQUIRES_CPU),
+        "golden_agreement": round(golden, 6),
+        **judged,
+    }
 
 
 class ExportOptionError(HeadregError, ValueError):
@@ -235,11 +325,6 @@ def _keep_training_mode(model: Any) -> Iterator[None]:
         model.train(training)
 
 
-# The runtime loads int8 by default only when it is this faithful to PyTorch and measured faster than fp32
-# on both a short and a long batch here; otherwise int8 stays an opt-in (Predictor(quantized=True)).
-INT8_DEFAULT_MIN_AGREEMENT = 0.99
-
-
 def export_onnx(
     model: Any,
     out_dir: str | Path,
@@ -253,7 +338,13 @@ def export_onnx(
     max_length: int | None = None,
     overwrite: bool = False,
     exporter: str = "auto",
-    int8_min_agreement: float = 0.95,
+    int8_min_agreement: float | None = None,
+    calibration_texts: Sequence[Any] | None = None,
+    calibration_method: str = DEFAULT_METHOD,
+    min_agreement: float = acc.MIN_AGREEMENT,
+    near_tie: float = acc.NEAR_TIE,
+    max_error: float = acc.MAX_ERROR,
+    invariance_tolerance: float = acc.INVARIANCE_TOLERANCE,
     source: dict[str, Any] | None = None,
     progress: Progress | bool | None = None,
 ) -> Bundle:
@@ -267,17 +358,30 @@ def export_onnx(
     each step on stderr when stderr is a terminal, True/False force it on/off, a callable
     ``progress(step, state, info)`` receives the steps ("start", "done" or "failed").
 
+    ``quantize="int8"`` adds a static int8 variant, calibrated on part of ``calibration_texts`` (strings or
+    ``(text, text_pair)``; default: headreg's built-in texts) and accepted on the disjoint rest when at least
+    ``min_agreement`` of those texts get the same user-visible result as PyTorch (regression: max abs error
+    within ``max_error`` x max(std of the values, 1)) and its outputs move by at most ``invariance_tolerance``
+    between a text alone and in any batch. ``near_tie`` only sets what the report counts as a near-tie.
+    ``int8_min_agreement`` is the former name of ``min_agreement``.
+
     >>> bundle = export_onnx(model, "bundle/", tokenizer=tokenizer)   # doctest: +SKIP
     >>> bundle.report.worst()["logits"]                                # doctest: +SKIP
     {'abs': 2.4e-07, 'rel': 3.1e-06}
     """
     out_dir = Path(out_dir)
-    if is_nonempty(out_dir) and not overwrite:
-        raise SaveLoadError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    target = dict(overwrite=overwrite, replaceable=is_bundle, what=BUNDLE_KIND, protect=_protected(model, tokenizer, source))
+    check_target(out_dir, **target)
     if quantize not in (None, *QUANTIZE_MODES):
         raise ExportOptionError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
     if exporter not in ("auto", *EXPORTERS):
         raise ExportOptionError(f"unknown exporter {exporter!r}; choose one of auto, {', '.join(EXPORTERS)}")
+    if calibration_method not in METHODS:
+        raise ExportOptionError(f"unknown calibration method {calibration_method!r}; choose one of {', '.join(METHODS)}")
+    if int8_min_agreement is not None:
+        min_agreement = int8_min_agreement
+    options = acc.AcceptanceOptions(min_agreement=min_agreement, near_tie=near_tie, max_error=max_error,
+                                    invariance_tolerance=invariance_tolerance)
     max_length = resolve_max_length(model, max_length)
     if not callable(progress):
         from ..progress import StepProgress
@@ -293,7 +397,7 @@ def export_onnx(
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ExportOptionError("export traces and verifies on the CPU: move the model there first (model.cpu())")
 
-    with _keep_training_mode(model), atomic_directory(out_dir, overwrite=overwrite, stage_in_temp=True) as staging:
+    with _keep_training_mode(model), atomic_directory(out_dir, **target) as staging:
         with step("tokenizer"):
             tok = bundle_tokenizer(_tokenizer_for(model, tokenizer), pad_token_id=model.config.pad_token_id)
             tok.save(staging / TOKENIZER_FILE)
@@ -316,18 +420,19 @@ def export_onnx(
 
         optimization = None
         int8 = None
-        variants = bundle_mod.default_variants(optimized=False)
+        variants = {"fp32": bundle_mod.fp32_record()}
+        with step("fp32 batch invariance") as info:
+            variants["fp32"]["batch_invariance"] = _fp32_invariance(staging / MODEL_FILE, tok, cases, input_names,
+                                                                    max_length, padding_side, model, atol)
+            info["max_abs_diff"] = f"{variants['fp32']['batch_invariance']['max_abs_diff']:.1e}"
         if quantize == "int8":
-            # quantize the unfused fp32 graph: quantize_dynamic fails on fused (com.microsoft) graphs
-            from .quantize import quantize_int8
-
-            with step("quantize") as info:
-                int8 = quantize_int8(
-                    staging / MODEL_FILE, staging / INT8_FILE, cases, expected, decide=decide,
-                    min_agreement=int8_min_agreement, token_level=model.head.level == "token",
-                )
-                info.update(agreement=int8["decision_agreement"])
-            variants["int8"] = {"file": INT8_FILE, **{k: int8[k] for k in ("decision_agreement", "min_agreement")}}
+            with step("acceptance texts") as info:
+                acceptance = _acceptance_set(model, tok, wrapper, calibration_texts, input_names=input_names,
+                                             max_length=max_length, padding_side=padding_side, options=options)
+                info.update(calibration=acceptance.split.record["calibration_rows"],
+                            held_out=acceptance.split.record["acceptance_rows"])
+            int8 = _variant_int8(staging, acceptance, tok, cases, expected, decide, model, calibration_method, step)
+            variants["int8"] = bundle_mod.int8_record(int8)
         if optimize:
             from .optimize import optimize_graph
 
@@ -340,16 +445,6 @@ def export_onnx(
                 optimization["unfused_verification"] = report.summary()
                 report = fused_report
                 report.target = MODEL_FILE
-
-        if int8 is not None and int8["decision_agreement"] >= INT8_DEFAULT_MIN_AGREEMENT:
-            from .optimize import speedups
-
-            with step("pick default") as info:
-                ratios = speedups(create_session(staging / MODEL_FILE), create_session(staging / INT8_FILE), cases)
-                variants["int8"]["speedup_vs_fp32"] = ratios
-                if min(ratios.values()) >= 1.0:
-                    variants["default"] = "int8"
-                info.update(default=variants["default"], int8_speedup=min(ratios.values()))
 
         with step("write bundle"):
             save_golden(staging / GOLDEN_FILE, cases, expected)
@@ -376,6 +471,7 @@ def export_onnx(
                     "manifest_sha256": sha256_file(staging / MANIFEST_FILE),
                     "optimization": optimization,
                     "int8": int8,
+                    "variants": variants,
                 },
             )
             sizes = bundle_mod.file_sizes(staging)

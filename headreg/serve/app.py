@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -129,7 +130,7 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
             Route("/v1/models/{name}/predict", predict, methods=["POST"]),
             Route("/v1/models/{name}/embed", embed, methods=["POST"]),
         ],
-        exception_handlers={RequestError: _request_error},
+        exception_handlers={RequestError: _request_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.state.headreg = state
@@ -203,6 +204,18 @@ def _too_large(size: int, limit: int) -> RequestError:
 async def _request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (no such route, wrong method) as the same JSON as every other error."""
+    assert isinstance(exc, HTTPException)
+    message = {
+        404: f"no route {request.method} {request.url.path}; the routes are GET /health, /info, /metrics, "
+             "/v1/models and POST /v1/models/{name}/predict, /v1/models/{name}/embed",
+        405: f"{request.url.path} does not take {request.method}",
+    }.get(exc.status_code, str(exc.detail))
+    return JSONResponse({"error": message, "status": exc.status_code}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
 
 
 async def _warm_up(state: _State) -> None:
@@ -291,8 +304,13 @@ def configure_logging(access: bool = True, level: int = logging.INFO) -> None:
     log.setLevel(level)
 
 
-def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeout: float = 30.0) -> int:
+def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeout: float = 30.0,
+          keep_alive: float = 75.0) -> int:
     """Run ``app`` on uvicorn until SIGTERM/SIGINT; in-flight requests are answered; returns 0.
+
+    ``keep_alive``: seconds an idle connection stays open. Longer than the idle timeout of common load
+    balancers (60 s), so a balancer never sends a request down a connection this server is just closing
+    (uvicorn's 5 s default turns that race into sporadic 502s and client read errors).
 
     uvicorn re-raises the signal it caught after its graceful shutdown, which would kill the process with
     status 143 after everything went right. The handlers installed here are what it restores before
@@ -302,7 +320,7 @@ def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeo
 
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
-        timeout_graceful_shutdown=graceful_timeout, server_header=False,
+        timeout_graceful_shutdown=graceful_timeout, timeout_keep_alive=keep_alive, server_header=False,
     )
     server = uvicorn.Server(config)
     stopped: list[int] = []
