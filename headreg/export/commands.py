@@ -111,10 +111,10 @@ def print_summary(bundle: Any) -> None:
 
 EXPORT_EPILOG = """\b
 Examples:
-  headreg export ./my-model -o ./bundle                     # saved by HeadedModel.save_pretrained
-  headreg export ./checkpoint -o ./bundle --quantize int8   # a transformers *ForSequenceClassification
-  headreg export ./encoder --head seq_cls --num-labels 3 -o ./bundle   # a fresh, untrained head
-  headreg export ./old-checkpoint -o ./bundle --allow-bin   # weights only in pytorch_model.bin"""
+  headreg export ./my-model -o ./bundle           # from HeadedModel.save_pretrained
+  headreg export ./checkpoint -o ./bundle --quantize int8   # *ForSequenceClassification
+  headreg export ./encoder --head seq_cls --num-labels 3 -o ./bundle   # a fresh head
+  headreg export ./old-checkpoint -o ./bundle --allow-bin   # pytorch_model.bin only"""
 
 
 @click.command("export", short_help="Export SOURCE to a verified ONNX bundle.",
