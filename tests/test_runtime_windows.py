@@ -142,8 +142,8 @@ def oracle_tagger() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def headed(head: str, seed: int = 0):
-    """(HeadedModel, bundle): a tiny random BERT (context-dependent) with ``head``, its weights scaled up."""
+def headed(head: str, arch: str = "bert"):
+    """(HeadedModel, bundle): a tiny random ``arch`` (context-dependent) with ``head``, its weights scaled up."""
     import torch
 
     from headreg import attach_head
@@ -152,11 +152,11 @@ def headed(head: str, seed: int = 0):
     options = {"seq_cls": dict(num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"})}.get(
         head, dict(num_labels=len(NER), id2label=NER)
     )
-    model = attach_head(tiny_backbone("bert", seed=seed), head, **options).eval()
+    model = attach_head(tiny_backbone(arch), head, **options).eval()
     with torch.no_grad():
         for parameter in model.head.parameters():
             parameter.mul_(20.0)
-    return model, _export(model, head)
+    return model, _export(model, f"{head}-{arch}")
 
 
 # --- the reference: windows from transformers' tokenizer, each run alone in PyTorch --------------------------------
@@ -407,9 +407,9 @@ def test_an_entity_planted_around_window_boundaries_is_found_once_whole():
 # --- sequence heads --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reduce", ["mean", "max", "first"])
-def test_window_reduce_equals_numpy_over_windows_run_one_at_a_time(reduce):
-    model, bundle = headed("seq_cls")
+@pytest.mark.parametrize("reduce, arch", [("mean", "bert"), ("max", "bert"), ("first", "bert"), ("mean", "llama")])
+def test_window_reduce_equals_numpy_over_windows_run_one_at_a_time(reduce, arch):
+    model, bundle = headed("seq_cls", arch)  # llama: a left-padded decoder pooling its last token
     items = [*long_texts((2, 5), seed=4), "short text", ("Is it good?", long_texts((3,), seed=5)[0])]
     overlap = 20
     predictor = Predictor(bundle)
@@ -479,3 +479,18 @@ def test_predict_command_takes_the_long_text_options(tmp_path):
     assert max(t["end"] for t in got["tokens"]) > len(text) - 5  # the end of the text was read
     usage = run_headreg("predict", str(bundle), "some text", "--window-reduce", "max")
     assert usage.returncode == 2 and "only apply with long_text='window'" in usage.stderr
+
+
+def test_threads_share_a_predictor_with_different_window_options():
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, bundle = headed("token_cls")
+    predictor = Predictor(bundle)
+    items = [*long_texts((2, 3), seed=11), ("A question?", long_texts((2,), seed=12)[0])]
+    calls = [dict(long_text="window", window_stride=stride) for stride in (0, 5, 17, 30)] * 2
+    expected = [predictor.predict(items, **call) for call in calls[:4]] * 2
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda call: predictor.predict(items, **call), calls))
+    for a, b in zip(got, expected):
+        assert [entity_rows(r["entities"]) for r in a] == [entity_rows(r["entities"]) for r in b]
+        assert [[t["index"] for t in r["tokens"]] for r in a] == [[t["index"] for t in r["tokens"]] for r in b]

@@ -287,7 +287,7 @@ def merge_windows(
         [np.zeros(head_end, np.int64), chosen, np.full(len(windows[-1]) - tail_start, len(windows) - 1, np.int64)]
     )
     source_position = np.concatenate(
-        [np.arange(head_end), inner + np.asarray([spans[w][0] for w in chosen], dtype=np.int64).reshape(-1),
+        [np.arange(head_end), inner + np.asarray([start for start, _ in spans], dtype=np.int64)[chosen],
          np.arange(tail_start, len(windows[-1]))]
     )
     first_row = np.concatenate([[0], np.cumsum([len(encoding) for encoding in windows[:-1]])]).astype(np.int64)
