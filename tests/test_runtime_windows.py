@@ -143,8 +143,12 @@ def oracle_tagger() -> Path:
     return bundle
 
 
-@functools.lru_cache(maxsize=None)
 def headed(head: str, arch: str = "bert"):
+    return _headed(head, arch)  # one cache entry per (head, arch), however it is called
+
+
+@functools.lru_cache(maxsize=None)
+def _headed(head: str, arch: str):
     """(HeadedModel, bundle): a tiny random ``arch`` (context-dependent) with ``head``, its weights scaled up."""
     import torch
 
