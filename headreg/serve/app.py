@@ -31,8 +31,7 @@ from ..runtime.inputs import InputError
 from .batcher import Batcher, InferenceError
 from .metrics import ServeMetrics
 from .schema import (
-    RequestError, check_api_key, check_parameters, known_parameters, model_info, parse_embed_request, parse_json,
-    parse_predict_request, unknown_model,
+    RequestError, check_api_key, model_info, parse_embed_request, parse_json, parse_predict_request, unknown_model,
 )
 
 access_log = logging.getLogger("headreg.serve.access")
@@ -63,9 +62,7 @@ class _State:
                           max_batch_size=config.max_batch_size, metrics=metrics)
             for name, predictor in self.predictors.items()
         }
-        self.parameters = {name: known_parameters(p) for name, p in self.predictors.items()}
-        self.models = [model_info(name, p, task=_task(p.head), parameters=self.parameters[name])
-                       for name, p in self.predictors.items()]
+        self.models = [model_info(name, p, task=_task(p.head)) for name, p in self.predictors.items()]
         self.ready = False
         self.in_flight = 0
 
@@ -158,7 +155,6 @@ async def _infer(request: Request, state: _State, kind: str) -> Response:
         limit = state.config.max_input_texts
         if kind == "predict":
             inputs, parameters = parse_predict_request(payload, max_inputs=limit)
-            check_parameters(parameters, state.parameters[name])
         else:
             inputs, parameters = parse_embed_request(payload, max_inputs=limit), {}
         _log(request, inputs=len(inputs))

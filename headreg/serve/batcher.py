@@ -182,10 +182,6 @@ class Batcher:
             return await loop.run_in_executor(None, self.predictor.finish, job, outputs)
         except InputError:
             raise
-        except (ValueError, TypeError) as exc:
-            if parameters:  # an option value the head's postprocess cannot use (e.g. a threshold for no label)
-                raise InputError(f"parameters: {exc}") from exc
-            raise InferenceError(f"postprocess failed: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             raise InferenceError(f"postprocess failed: {type(exc).__name__}: {exc}") from exc
 
