@@ -50,6 +50,7 @@ class Bundle:
     sizes: dict[str, int] = field(default_factory=dict)
     optimization: dict[str, Any] | None = None
     int8: dict[str, Any] | None = None
+    bf16: dict[str, Any] | None = None  # the bf16 record, or {"skipped": why} where this machine cannot check it
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -61,6 +62,7 @@ class Bundle:
             "steps": [vars(step) for step in self.steps],
             "optimization": self.optimization,
             "int8": self.int8,
+            "bf16": self.bf16,
             "variants": self.manifest.get("variants"),
         }
 
@@ -186,6 +188,7 @@ def export_onnx(
     overwrite: bool = False,
     exporter: str = "dynamo",
     int8_min_agreement: float = 0.95,
+    bf16: bool | None = None,
     source: dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> Bundle:
@@ -193,7 +196,8 @@ def export_onnx(
 
     Raises VerificationFailed (with ``.report``) when onnxruntime disagrees with PyTorch; nothing is
     written then. ``tokenizer`` is a transformers tokenizer, a ``tokenizers.Tokenizer`` or a path; it
-    defaults to the backbone's own directory.
+    defaults to the backbone's own directory. ``bf16``: verify an OpenVINO bf16 variant (None: where this
+    machine has native bf16 and OpenVINO; True: fail when it cannot; False: never).
 
     >>> bundle = export_onnx(model, "bundle/", tokenizer=tokenizer)   # doctest: +SKIP
     >>> bundle.report.worst()["logits"]                                # doctest: +SKIP
@@ -268,6 +272,16 @@ def export_onnx(
                 report = fused_report
                 report.target = MODEL_FILE
 
+        bf16_record = None
+        if bf16 is not False:
+            with step("bf16") as info:
+                bf16_record = _bf16_variant(staging, cases, expected, model, decide, tok.pad_token_id, padding_side,
+                                            required=bool(bf16), fused=bool(optimization and optimization["accepted"]))
+                if "skipped" not in bf16_record:
+                    variants["bf16"] = bf16_record
+                info.update(bf16=bf16_record.get("skipped") or {
+                    k: bf16_record[k]["passed"] for k in ("acceptance", "batch_invariance")})
+
         if int8 is not None and int8["decision_agreement"] >= INT8_DEFAULT_MIN_AGREEMENT:
             from .optimize import speedups
 
@@ -303,10 +317,29 @@ def export_onnx(
                     "manifest_sha256": sha256_file(staging / MANIFEST_FILE),
                     "optimization": optimization,
                     "int8": int8,
+                    "bf16": bf16_record,
                 },
             )
             sizes = bundle_mod.file_sizes(staging)
-    return Bundle(out_dir, manifest, report, step.done, sizes, optimization, int8)
+    return Bundle(out_dir, manifest, report, step.done, sizes, optimization, int8, bf16_record)
+
+
+def _bf16_variant(staging: Path, cases: list[Case], expected: list[dict[str, np.ndarray]], model: Any, decide: Callable,
+                  pad_id: int, padding_side: str, *, required: bool, fused: bool) -> dict[str, Any]:
+    """The verified bf16 record, or ``{"skipped": why}`` (an error instead when ``required``)."""
+    from .bf16 import bf16_unavailable, verify_bf16
+
+    reason = bf16_unavailable()
+    if reason is None and fused:
+        reason = "--optimize fused onnxruntime-only operators into model.onnx, which OpenVINO cannot read"
+    if reason is not None:
+        if required:
+            raise ExportOptionError(f"cannot verify a bf16 variant here: {reason}")
+        return {"skipped": reason}
+    return verify_bf16(
+        staging / MODEL_FILE, cases, expected, decide=decide, problem_type=getattr(model.head, "problem_type", None),
+        token_level=model.head.level == "token", pad_id=pad_id, padding_side=padding_side,
+    )
 
 
 __all__ = ["Bundle", "ExportError", "ExportOptionError", "VerificationFailed", "export_onnx"]

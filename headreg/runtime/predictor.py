@@ -22,7 +22,7 @@ from ..manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, sha256_file
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
 from .inputs import check_inputs
-from .session import create_session
+from .backends import open_backend
 
 DEFAULT_BATCH_SIZE = 32
 # Measured on MiniLM (CPU): rows/s is flat from 4 to 32 rows of 128 tokens, so a smaller token budget
@@ -35,7 +35,7 @@ Text = str | tuple[str, str]
 class Predictor:
     """Load a bundle written by ``headreg export`` and predict with it.
 
-    ``threads``: onnxruntime intra-op threads (default: onnxruntime's choice). ``providers``: onnxruntime
+    ``threads``: the backend's threads (onnxruntime intra-op; OpenVINO INFERENCE_NUM_THREADS). ``providers``: onnxruntime
     execution providers (default CPU). ``variant``: "fp32" or "int8"; by default the manifest's default, the
     fastest variant that verified at export (``quantized=True`` is short for ``variant="int8"``).
     ``max_batch_tokens`` / ``batch_size``: caps per batch (rows are length-bucketed, see batching.py).
@@ -78,13 +78,22 @@ class Predictor:
         self.pad_id = int(token_info.get("pad_token_id") or 0)
         self.supports_pairs = bool(token_info.get("pair", True))
         self.padding_side = manifest.get("padding_side", "right")
+        record = (manifest.get("variants") or {}).get(self.variant)
+        record = record if isinstance(record, dict) else {}
         try:
-            self.session = create_session(self.model_path, threads=threads, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, NoSuchFile, Fail)
+            self.backend = open_backend(record, self.model_path, threads=threads, providers=providers)
+        except HeadregError:
+            raise
+        except Exception as exc:  # onnxruntime / OpenVINO raise their own types (InvalidProtobuf, NoSuchFile, Fail)
             raise BundleError(
                 f"{self.model_path} is not a loadable ONNX model ({type(exc).__name__}: {exc}); export the bundle again"
             ) from exc
-        self.input_names, self.output_names, self._input_dtype = _check_model(self.session, manifest, self.model_path)
+        # onnxruntime variants: the session itself (benchmarks time it directly)
+        self.session = getattr(self.backend, "session", None)
+        # a variant whose kernels change with the padded length (OpenVINO bf16 across 16-token blocks) is padded
+        # to a multiple at which a row's result no longer depends on the batch's longest row
+        self.pad_to_multiple_of = int(record.get("pad_to_multiple_of") or 1)
+        self.input_names, self.output_names, self._input_dtype = _check_model(self.backend, manifest, self.model_path)
         head = manifest.get("head") or {}
         self.head = head.get("name", "?")
         self.level = head.get("level", "sequence")
@@ -157,8 +166,8 @@ class Predictor:
         output_names = names or self.output_names
         for indices in batches:
             batch = [encodings[i] for i in indices]
-            feed = pad_batch(batch, self.input_names, self.pad_id, self.padding_side, self._input_dtype)
-            values = self.session.run(output_names, feed)
+            feed = self.pad(batch)
+            outputs = self.backend.run(feed, output_names)
             context = _post.Context(
                 manifest=self.manifest,
                 config=config if config is not None else self.config,
@@ -167,7 +176,12 @@ class Predictor:
                 texts=[texts[i] for i in indices],
                 padding_side=self.padding_side,
             )
-            yield indices, dict(zip(output_names, values)), context
+            yield indices, outputs, context
+
+    def pad(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Model inputs for one batch of encodings, padded the way this variant needs."""
+        return pad_batch(encodings, self.input_names, self.pad_id, self.padding_side, self._input_dtype,
+                         multiple=self.pad_to_multiple_of)
 
     def plan(self, lengths: Sequence[int], *, batch_size: int | None = None, bucket: bool = True) -> list[list[int]]:
         """Row indices per batch for rows of these token ``lengths`` (see :meth:`batches` for ``bucket``)."""
@@ -218,10 +232,9 @@ def _load_tokenizer(bundle_dir: Path, manifest: dict[str, Any]):
         raise BundleError(f"{path} is not a tokenizers tokenizer.json: {exc}") from exc
 
 
-def _check_model(session: Any, manifest: dict[str, Any], path: Path) -> tuple[list[str], list[str], Any]:
+def _check_model(backend: Any, manifest: dict[str, Any], path: Path) -> tuple[list[str], list[str], Any]:
     """The model's inputs and outputs must be the ones the manifest names (a swapped model.onnx fails here)."""
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
+    inputs, outputs = list(backend.input_names), list(backend.output_names)
     expected_in = list(manifest.get("inputs") or ["input_ids", "attention_mask"])
     expected_out = list(manifest.get("outputs") or ["logits", "pooled_output"])
     if sorted(inputs) != sorted(expected_in) or sorted(outputs) != sorted(expected_out):
@@ -230,8 +243,7 @@ def _check_model(session: Any, manifest: dict[str, Any], path: Path) -> tuple[li
             f"manifest says inputs {expected_in} and outputs {expected_out}. The bundle's files come from "
             "different exports; export it again."
         )
-    dtype = np.int32 if session.get_inputs()[0].type == "tensor(int32)" else np.int64
-    return expected_in, outputs, dtype
+    return expected_in, outputs, backend.input_dtype
 
 
 def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> Callable[..., list[dict]]:
