@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -28,8 +29,35 @@ DEFAULT_BATCH_SIZE = 32
 # Measured on MiniLM (CPU): rows/s is flat from 4 to 32 rows of 128 tokens, so a smaller token budget
 # costs nothing and cuts the padding left inside sorted batches (16 rows of ~128, 32 of <= 64 tokens).
 DEFAULT_MAX_BATCH_TOKENS = 2048
+# predict()/embed() work through their inputs this many at a time (tokenize, batch, run, postprocess), so
+# memory is bounded by the chunk, not the call; sorting within 2048 inputs already leaves almost no padding.
+PREDICT_CHUNK = 2048
 
 Text = str | tuple[str, str]
+
+
+@dataclass
+class Row:
+    """One model row: an input, or one window of a long input."""
+
+    item: int  # index of the input within its job
+    encoding: Any  # tokenizers.Encoding, unpadded
+    window: int = 0  # window number within its input
+
+
+@dataclass
+class Job:
+    """One call's worth of work: the inputs, their rows, and how to turn the rows' outputs into results.
+
+    Rows of many jobs may share a batch (``headreg serve`` batches across requests); a job's results are
+    computed in :meth:`Predictor.finish` from its own rows' outputs only, so they never depend on batchmates.
+    """
+
+    inputs: list[Text]
+    rows: list[Row]
+    config: dict[str, Any]  # the bundle's postprocess config merged with the call's options
+    kind: str = "predict"  # "predict" | "embed"
+    options: dict[str, Any] = field(default_factory=dict)  # the call's runtime options (not postprocess config)
 
 
 class Predictor:
@@ -94,6 +122,7 @@ class Predictor:
         # to a multiple at which a row's result no longer depends on the batch's longest row
         self.pad_to_multiple_of = int(record.get("pad_to_multiple_of") or 1)
         self.input_names, self.output_names, self._input_dtype = _check_model(self.backend, manifest, self.model_path)
+        self._output_axes = _output_axes(manifest, self.session, self.output_names)
         head = manifest.get("head") or {}
         self.head = head.get("name", "?")
         self.level = head.get("level", "sequence")
@@ -114,28 +143,141 @@ class Predictor:
         ``{"toxic": 0.8}`` (multi_label), ``aggregation="max"`` (token_cls).
         """
         single = isinstance(inputs, str)
-        texts = [inputs] if single else list(inputs)
-        if "threshold" in options:  # the multi_label head's config option is "threshold"; accept it here too
-            options["thresholds"] = options.pop("threshold")
-        config = {**self.config, **options}
-        results: list[Any] = [None] * len(texts)
-        for indices, outputs, context in self.batches(texts, batch_size=batch_size, config=config):
-            for index, row in zip(indices, self.postprocess(outputs, context)):
-                results[index] = row
+        results = self._run_jobs([inputs] if single else inputs, "predict", batch_size, options)
         return results[0] if single else results
 
     def embed(self, inputs: Text | Iterable[Text], *, batch_size: int | None = None) -> np.ndarray:
         """``pooled_output`` per input, in input order: float32 ``[len(inputs), hidden]`` (``[hidden]`` for one string)."""
         if isinstance(inputs, str):
             return self.embed([inputs], batch_size=batch_size)[0]
-        texts = list(inputs)
-        width = self._pooled_width()
-        embeddings = np.zeros((len(texts), width or 0), dtype=np.float32)
-        for indices, outputs, _ in self.batches(texts, batch_size=batch_size, names=["pooled_output"]):
-            if embeddings.shape[1] != outputs["pooled_output"].shape[1]:
-                embeddings = np.zeros((len(texts), outputs["pooled_output"].shape[1]), dtype=np.float32)
-            embeddings[indices] = outputs["pooled_output"]
-        return embeddings
+        vectors = self._run_jobs(inputs, "embed", batch_size, {})
+        if not vectors:
+            return np.zeros((0, self._pooled_width() or 0), dtype=np.float32)
+        return np.stack(vectors).astype(np.float32, copy=False)
+
+    # --- the row pipeline: prepare -> plan -> run_rows -> finish (headreg serve drives the same steps) -----------
+
+    def prepare(self, inputs: Iterable[Text], *, kind: str = "predict", **options: Any) -> Job:
+        """Check and tokenize a call's inputs into a :class:`Job` of rows (raises InputError on bad input)."""
+        if kind not in ("predict", "embed"):
+            raise ValueError(f"kind must be 'predict' or 'embed', got {kind!r}")
+        items = list(inputs)
+        runtime, overrides = self._split_options(options)
+        encodings = self.encode(items)
+        rows = [Row(index, encoding) for index, encoding in enumerate(encodings)]
+        return Job(items, rows, {**self.config, **overrides}, kind, runtime)
+
+    def run_rows(self, rows: Sequence[Row]) -> list[dict[str, np.ndarray]]:
+        """Run one batch of rows (any jobs) and return each row's own outputs, padding cut away.
+
+        Token-level outputs keep the row's attended positions only; outputs without a batch axis (a CRF's
+        transition matrix) are shared by every row.
+        """
+        if not rows:
+            return []
+        feed, values = self._run([row.encoding for row in rows], self.output_names)
+        attended = feed["attention_mask"].sum(axis=1)
+        left = self.padding_side == "left"
+        width = feed["attention_mask"].shape[1]
+        per_row: list[dict[str, np.ndarray]] = [{} for _ in rows]
+        for name, value in zip(self.output_names, values):
+            axes = self._output_axes.get(name, "row")
+            for index, out in enumerate(per_row):
+                if axes == "shared":
+                    out[name] = value
+                elif axes == "token":
+                    n = int(attended[index])
+                    out[name] = value[index, width - n :] if left else value[index, :n]
+                else:
+                    out[name] = value[index]
+        return per_row
+
+    def finish(self, job: Job, outputs: Sequence[dict[str, np.ndarray]]) -> list[Any]:
+        """Turn the outputs of a job's rows (aligned with ``job.rows``) into one result per input, in order."""
+        if len(outputs) != len(job.rows):
+            raise HeadregError(f"finish got {len(outputs)} row outputs for a job of {len(job.rows)} rows")
+        if not job.rows:
+            return []
+        if any(row.window for row in job.rows) or len(job.rows) != len(job.inputs):
+            raise HeadregError("this Predictor has no window merging; every input must be exactly one row")
+        if job.kind == "embed":
+            return [np.asarray(out["pooled_output"], dtype=np.float32) for out in outputs]
+        # Postprocess in length-sorted groups: a token head's re-padded arrays stay as small as the batches were.
+        results: list[Any] = [None] * len(job.inputs)
+        for group in self.plan([len(row.encoding) for row in job.rows]):
+            rows = [job.rows[i] for i in group]
+            batch, mask = self._rebatch([outputs[i] for i in group], [len(row.encoding) for row in rows])
+            context = _post.Context(
+                manifest=self.manifest,
+                config=job.config,
+                attention_mask=mask,
+                encodings=[row.encoding for row in rows],
+                texts=[job.inputs[row.item] for row in rows],
+                padding_side=self.padding_side,
+            )
+            for row, result in zip(rows, self.postprocess(batch, context)):
+                results[row.item] = result
+        return results
+
+    def _run_jobs(self, inputs: Iterable[Text], kind: str, batch_size: int | None, options: dict[str, Any]) -> list[Any]:
+        """prepare -> plan -> run_rows -> finish over ``inputs``, :data:`PREDICT_CHUNK` inputs at a time."""
+        results: list[Any] = []
+        chunk: list[Text] = []
+        iterator = iter(inputs)
+        while True:
+            chunk = [item for _, item in zip(range(PREDICT_CHUNK), iterator)]
+            if not chunk:
+                return results
+            job = self.prepare(chunk, kind=kind, **options)
+            outputs: list[dict[str, np.ndarray]] = [{}] * len(job.rows)
+            for indices in self.plan([len(row.encoding) for row in job.rows], batch_size=batch_size):
+                for index, out in zip(indices, self.run_rows([job.rows[i] for i in indices])):
+                    outputs[index] = out
+            results.extend(self.finish(job, outputs))
+
+    def _split_options(self, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(runtime options, postprocess config overrides) of one call."""
+        overrides = dict(options)
+        if "threshold" in overrides:  # the multi_label head's config option is "threshold"; accept it here too
+            overrides["thresholds"] = overrides.pop("threshold")
+        runtime = {name: overrides.pop(name) for name in RUNTIME_OPTIONS if name in overrides}
+        return runtime, overrides
+
+    def _rebatch(
+        self, outputs: Sequence[dict[str, np.ndarray]], lengths: Sequence[int]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Rows' own outputs back into padded batch arrays (and the matching attention mask) for postprocess.
+
+        The mask is the one the rows would have had in a batch of their own (an empty row keeps its single
+        attended pad token, as in :func:`pad_batch`).
+        """
+        attended = [max(int(n), 1) for n in lengths]
+        width = max(attended)
+        left = self.padding_side == "left"
+        mask = np.zeros((len(outputs), width), dtype=np.int64)
+        for index, n in enumerate(attended):
+            if left:
+                mask[index, width - n :] = 1
+            else:
+                mask[index, :n] = 1
+        batch: dict[str, np.ndarray] = {}
+        for name in outputs[0]:
+            axes = self._output_axes.get(name, "row")
+            if axes == "shared":
+                batch[name] = outputs[0][name]
+            elif axes == "token":
+                first = outputs[0][name]
+                array = np.zeros((len(outputs), width, *first.shape[1:]), dtype=first.dtype)
+                for index, out in enumerate(outputs):
+                    n = len(out[name])
+                    if left:
+                        array[index, width - n :] = out[name]
+                    else:
+                        array[index, :n] = out[name]
+                batch[name] = array
+            else:
+                batch[name] = np.stack([out[name] for out in outputs])
+        return batch, mask
 
     def encode(self, texts: Sequence[Text]) -> list[Any]:
         """Check the inputs and tokenize them (truncated to ``max_length``, unpadded)."""
@@ -166,8 +308,7 @@ class Predictor:
         output_names = names or self.output_names
         for indices in batches:
             batch = [encodings[i] for i in indices]
-            feed = self.pad(batch)
-            outputs = self.backend.run(feed, output_names)
+            feed, values = self._run(batch, output_names)
             context = _post.Context(
                 manifest=self.manifest,
                 config=config if config is not None else self.config,
@@ -176,7 +317,7 @@ class Predictor:
                 texts=[texts[i] for i in indices],
                 padding_side=self.padding_side,
             )
-            yield indices, outputs, context
+            yield indices, dict(zip(output_names, values)), context
 
     def pad(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
         """Model inputs for one batch of encodings, padded the way this variant needs."""
@@ -199,9 +340,45 @@ class Predictor:
 
     # --- internals --------------------------------------------------------------------------------------------
 
+    def _run(self, encodings: Sequence[Any], names: Sequence[str]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Pad one batch and run the model: the one place every front door reaches the backend."""
+        feed = self.pad(encodings)
+        outputs = self.backend.run(feed, list(names))
+        return feed, [outputs[name] for name in names]
+
     def _pooled_width(self) -> int | None:
         shape = (self.manifest.get("outputs") or {}).get("pooled_output") or [None, None]
         return shape[-1] if isinstance(shape[-1], int) else None
+
+
+# Per-call options that steer the runtime itself rather than a head's postprocess config.
+RUNTIME_OPTIONS: tuple[str, ...] = ()
+
+
+def _output_axes(manifest: dict[str, Any], session: Any, names: Sequence[str]) -> dict[str, str]:
+    """Per output: "token" ([batch, sequence, ...]), "row" ([batch, ...]) or "shared" (no batch axis).
+
+    Read from the graph dims the manifest recorded at export (else the model's own): symbolic (named or
+    unknown) dims are the dynamic batch and sequence axes.
+    """
+    recorded = manifest.get("outputs")
+    if isinstance(recorded, dict):
+        dims_by_name = recorded
+    elif session is not None:
+        dims_by_name = {o.name: list(o.shape or []) for o in session.get_outputs()}
+    else:
+        dims_by_name = {}
+    axes = {}
+    for name in names:
+        dims = dims_by_name.get(name) or ["batch"]
+        dynamic = [not (isinstance(d, int) and d > 0) for d in dims]
+        if not dynamic or not dynamic[0]:
+            axes[name] = "shared"
+        elif len(dims) >= 2 and dynamic[1]:
+            axes[name] = "token"
+        else:
+            axes[name] = "row"
+    return axes
 
 
 def _select_variant(manifest: dict[str, Any], requested: str | None) -> tuple[str, str]:
