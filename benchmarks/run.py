@@ -271,7 +271,8 @@ def ort_runner(session: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
 
 def make_engines(model: Any, bundle: Path, threads: int) -> dict[str, Callable]:
     """Every contender on this machine: PyTorch's configurations and every variant the bundle can run here."""
-    from headreg.export.bf16 import bf16_unavailable, cpu_flags
+    from headreg.export.bf16 import bf16_unavailable
+    from headreg.runtime.variants import cpu_flags
     from headreg.runtime import Predictor
     from headreg.runtime.backends import OpenVINOBackend, bf16_cpu, openvino_version
     from headreg.runtime.session import create_session

@@ -142,10 +142,20 @@ def _prediction_cells(result: Any) -> tuple[str, str]:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.option("--quantized", is_flag=True, help="Use the bundle's int8 variant.")
-@click.option("--variant", type=click.Choice(["fp32", "int8"]), default=None,
-              help="Model variant [default: the bundle's fastest verified one].")
+@click.option("--variant", type=click.Choice(["auto", "fp32", "int8", "bf16"]), default=None,
+              help="Model variant [default: auto, the rule of docs/runtime.md for this bundle on this machine].")
+@click.option("--long-text", type=click.Choice(["truncate", "window"]), default=None,
+              help="Texts longer than the bundle's max_length: cut them, or predict over overlapping windows "
+                   "[default: truncate].")
+@click.option("--window-stride", "--window-overlap", "window_stride", type=click.IntRange(min=0), default=None,
+              help="With --long-text window: tokens neighbouring windows share (the overlap, not the step) "
+                   "[default: a quarter of a window].")
+@click.option("--window-reduce", type=click.Choice(["mean", "max", "first"]), default=None,
+              help="With --long-text window, sequence heads: combine the windows' logits by mean, max or the "
+                   "first window's [default: mean].")
 def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
-            threads: int | None, quantized: bool, variant: str | None) -> None:
+            threads: int | None, quantized: bool, variant: str | None, long_text: str | None,
+            window_stride: int | None, window_reduce: str | None) -> None:
     """Predict with an exported bundle (onnxruntime only; torch is not imported)."""
     from .runtime.inputs import InputError, read_texts
 
@@ -161,7 +171,8 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
         usage_error(f"--quantized asks for int8 but --variant asks for {variant}; give one of them")
     predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant, batch_size=batch_size)
     try:
-        results = predictor.predict(items)
+        options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce)
+        results = predictor.predict(items, **{name: value for name, value in options.items() if value is not None})
     except InputError as exc:
         usage_error(str(exc))
     if as_json:
@@ -203,10 +214,10 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
           as_json: bool) -> None:
     """Latency p50/p90/p99 and throughput of every variant, side by side (and against PyTorch)."""
     from .errors import HeadregError
-    from .export.bf16 import cpu_flags
     from .runtime.bench import Engine, measure, source_model_dir, synthetic_texts
     from .runtime.inputs import InputError, read_texts
     from .runtime.predictor import DEFAULT_MAX_BATCH_TOKENS, Predictor
+    from .runtime.variants import cpu_flags
 
     if texts_file is not None:
         try:
@@ -319,10 +330,12 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
 @click.option("--variant", default=None, help="Model variant for every bundle [default: each bundle's default].")
 @click.option("--api-key", envvar="HEADREG_API_KEY", default=None,
               help="Require 'Authorization: Bearer KEY' on /info and /v1 [env: HEADREG_API_KEY].")
+@click.option("--keep-alive", default=75.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds an idle connection stays open (keep it above your load balancer's idle timeout).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
 def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int, max_batch_size: int,
           max_concurrent_requests: int, max_input_texts: int, payload_limit: int, threads: int | None,
-          variant: str | None, api_key: str | None, access_log: bool) -> None:
+          variant: str | None, api_key: str | None, keep_alive: float, access_log: bool) -> None:
     """Serve bundles over HTTP with batching across requests (see docs/serving.md).
 
     A bundle is served under its directory name, or under NAME when given as NAME=PATH.
@@ -357,7 +370,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
         f"with {threads} thread(s) per model",
         err=True,
     )
-    sys.exit(run_server(create_app(predictors, config), host=host, port=port))
+    sys.exit(run_server(create_app(predictors, config), host=host, port=port, keep_alive=keep_alive))
 
 
 # --- export / verify: headreg/export/commands.py (torch and onnx are imported only when they run) ----------------

@@ -94,7 +94,7 @@ def test_bench_reports_latency_and_throughput_per_engine_against_torch(tmp_path)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     engines = {engine["engine"]: engine for engine in report["engines"]}
-    from headreg.export.bf16 import cpu_flags
+    from headreg.runtime.variants import cpu_flags
     from headreg.runtime.backends import bf16_cpu
 
     manifest = json.loads((tiny_bundle("seq_cls") / "headreg.json").read_text())

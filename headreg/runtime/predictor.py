@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -19,11 +20,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import BundleError, HeadregError
-from ..manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, sha256_file
+from ..manifest import TOKENIZER_FILE, read_manifest, sha256_file
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
 from .inputs import check_inputs
+from . import windows as _windows
 from .backends import open_backend
+from .variants import select_variant, variant_records
 
 DEFAULT_BATCH_SIZE = 32
 # Measured on MiniLM (CPU): rows/s is flat from 4 to 32 rows of 128 tokens, so a smaller token budget
@@ -43,6 +46,7 @@ class Row:
     item: int  # index of the input within its job
     encoding: Any  # tokenizers.Encoding, unpadded
     window: int = 0  # window number within its input
+    overlap: int = 0  # tokens this input's neighbouring windows share (long_text="window")
 
 
 @dataclass
@@ -63,9 +67,12 @@ class Job:
 class Predictor:
     """Load a bundle written by ``headreg export`` and predict with it.
 
-    ``threads``: the backend's threads (onnxruntime intra-op; OpenVINO INFERENCE_NUM_THREADS). ``providers``: onnxruntime
-    execution providers (default CPU). ``variant``: "fp32" or "int8"; by default the manifest's default, the
-    fastest variant that verified at export (``quantized=True`` is short for ``variant="int8"``).
+    ``threads``: the backend's threads (onnxruntime intra-op, OpenVINO INFERENCE_NUM_THREADS; default: the
+    backend's choice). ``providers``: onnxruntime execution providers (default CPU). ``variant``: a variant of
+    the bundle ("fp32", "int8", "bf16"); by default the one :func:`headreg.runtime.variants.select_variant`
+    picks for this bundle on this machine (``self.variant`` says which, ``self.variant_reason`` why;
+    ``quantized=True`` is short for ``variant="int8"``). The variant record names its backend
+    (:mod:`headreg.runtime.backends`: onnxruntime, or OpenVINO for bf16); ``self.backend`` runs it.
     ``max_batch_tokens`` / ``batch_size``: caps per batch (rows are length-bucketed, see batching.py).
     ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer).
     ``trust_remote_code``: import a postprocess the manifest names even when it is not the installed head's.
@@ -90,7 +97,9 @@ class Predictor:
         self.manifest = manifest = read_manifest(self.bundle_dir)
         self.batch_size = int(batch_size)
         self.max_batch_tokens = max_batch_tokens
-        self.variant, model_file = _select_variant(manifest, "int8" if quantized else variant)
+        self.variant, self.variant_reason = select_variant(manifest, "int8" if quantized else variant)
+        self.variant_record = variant_records(manifest)[self.variant]
+        model_file = str(self.variant_record["file"])
         self.model_path = self.bundle_dir / model_file
         if not self.model_path.is_file():
             raise BundleError(
@@ -106,8 +115,7 @@ class Predictor:
         self.pad_id = int(token_info.get("pad_token_id") or 0)
         self.supports_pairs = bool(token_info.get("pair", True))
         self.padding_side = manifest.get("padding_side", "right")
-        record = (manifest.get("variants") or {}).get(self.variant)
-        record = record if isinstance(record, dict) else {}
+        record = self.variant_record
         try:
             self.backend = open_backend(record, self.model_path, threads=threads, providers=providers)
         except HeadregError:
@@ -123,6 +131,7 @@ class Predictor:
         self.pad_to_multiple_of = int(record.get("pad_to_multiple_of") or 1)
         self.input_names, self.output_names, self._input_dtype = _check_model(self.backend, manifest, self.model_path)
         self._output_axes = _output_axes(manifest, self.session, self.output_names)
+        self._local = threading.local()
         head = manifest.get("head") or {}
         self.head = head.get("name", "?")
         self.level = head.get("level", "sequence")
@@ -141,16 +150,26 @@ class Predictor:
 
         ``options`` override the bundle's postprocess config for this call, e.g. ``thresholds=0.3`` or
         ``{"toxic": 0.8}`` (multi_label), ``aggregation="max"`` (token_cls).
+
+        Long inputs: ``long_text="truncate"`` (default) cuts at ``max_length``; ``long_text="window"`` predicts
+        over overlapping windows, ``window_stride`` tokens shared by neighbours (the overlap; default a quarter
+        of a window), token heads take each token from its most central window and aggregate over the whole
+        text, sequence heads combine the windows' logits by ``window_reduce`` ("mean" | "max" | "first").
+        See runtime/windows.py and docs/runtime.md.
         """
         single = isinstance(inputs, str)
         results = self._run_jobs([inputs] if single else inputs, "predict", batch_size, options)
         return results[0] if single else results
 
-    def embed(self, inputs: Text | Iterable[Text], *, batch_size: int | None = None) -> np.ndarray:
-        """``pooled_output`` per input, in input order: float32 ``[len(inputs), hidden]`` (``[hidden]`` for one string)."""
+    def embed(self, inputs: Text | Iterable[Text], *, batch_size: int | None = None, **options: Any) -> np.ndarray:
+        """``pooled_output`` per input, in input order: float32 ``[len(inputs), hidden]`` (``[hidden]`` for one string).
+
+        With ``long_text="window"`` a long input's vector is the ``window_reduce`` (default ``mean``) of its
+        windows' vectors.
+        """
         if isinstance(inputs, str):
-            return self.embed([inputs], batch_size=batch_size)[0]
-        vectors = self._run_jobs(inputs, "embed", batch_size, {})
+            return self.embed([inputs], batch_size=batch_size, **options)[0]
+        vectors = self._run_jobs(inputs, "embed", batch_size, options)
         if not vectors:
             return np.zeros((0, self._pooled_width() or 0), dtype=np.float32)
         return np.stack(vectors).astype(np.float32, copy=False)
@@ -163,8 +182,10 @@ class Predictor:
             raise ValueError(f"kind must be 'predict' or 'embed', got {kind!r}")
         items = list(inputs)
         runtime, overrides = self._split_options(options)
-        encodings = self.encode(items)
-        rows = [Row(index, encoding) for index, encoding in enumerate(encodings)]
+        if _windows.window_options(runtime).windowed:
+            rows = self._window_rows(items, runtime)
+        else:
+            rows = [Row(index, encoding) for index, encoding in enumerate(self.encode(items))]
         return Job(items, rows, {**self.config, **overrides}, kind, runtime)
 
     def run_rows(self, rows: Sequence[Row]) -> list[dict[str, np.ndarray]]:
@@ -198,8 +219,8 @@ class Predictor:
             raise HeadregError(f"finish got {len(outputs)} row outputs for a job of {len(job.rows)} rows")
         if not job.rows:
             return []
-        if any(row.window for row in job.rows) or len(job.rows) != len(job.inputs):
-            raise HeadregError("this Predictor has no window merging; every input must be exactly one row")
+        if len(job.rows) != len(job.inputs):
+            job, outputs = self._merge_windows(job, outputs)
         if job.kind == "embed":
             return [np.asarray(out["pooled_output"], dtype=np.float32) for out in outputs]
         # Postprocess in length-sorted groups: a token head's re-padded arrays stay as small as the batches were.
@@ -234,6 +255,44 @@ class Predictor:
                 for index, out in zip(indices, self.run_rows([job.rows[i] for i in indices])):
                     outputs[index] = out
             results.extend(self.finish(job, outputs))
+
+    def _window_rows(self, items: list[Text], runtime: dict[str, Any]) -> list[Row]:
+        """Rows for ``long_text="window"``: each input's windows, in order (an input that fits: one row)."""
+        check_inputs(items, self.supports_pairs)
+        overlap = _windows.window_options(runtime).overlap
+        local = self._local
+        if getattr(local, "window_tokenizer", None) is None:
+            # encode_windows reconfigures truncation per call: each thread gets a private copy to do it on.
+            from tokenizers import Tokenizer
+
+            local.window_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+        rows: list[Row] = []
+        for index, windows in enumerate(
+            _windows.encode_windows(local.window_tokenizer, items, self.max_length, overlap)
+        ):
+            rows.extend(Row(index, encoding, w, windows.overlap) for w, encoding in enumerate(windows.encodings))
+        return rows
+
+    def _merge_windows(self, job: Job, outputs: Sequence[dict[str, np.ndarray]]) -> tuple[Job, list[dict[str, np.ndarray]]]:
+        """The job with one row per input: windows merged over the whole text (see runtime/windows.py)."""
+        reduce = _windows.window_options(job.options).reduce
+        by_item: dict[int, list[int]] = {}
+        for index, row in enumerate(job.rows):
+            by_item.setdefault(row.item, []).append(index)
+        rows: list[Row] = []
+        merged: list[dict[str, np.ndarray]] = []
+        for item in range(len(job.inputs)):
+            members = sorted(by_item.get(item, []), key=lambda i: job.rows[i].window)
+            if not members:
+                raise HeadregError(f"finish got no rows for input {item}")
+            sequence = 0 if isinstance(job.inputs[item], str) else 1
+            whole, out = _windows.merge_windows(
+                [job.rows[i].encoding for i in members], [outputs[i] for i in members], self._output_axes,
+                job.rows[members[0]].overlap, sequence, reduce,
+            )
+            rows.append(Row(item, whole))
+            merged.append(out)
+        return Job(job.inputs, rows, job.config, job.kind, job.options), merged
 
     def _split_options(self, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(runtime options, postprocess config overrides) of one call."""
@@ -352,7 +411,7 @@ class Predictor:
 
 
 # Per-call options that steer the runtime itself rather than a head's postprocess config.
-RUNTIME_OPTIONS: tuple[str, ...] = ()
+RUNTIME_OPTIONS: tuple[str, ...] = (*_windows.OPTIONS,)
 
 
 def _output_axes(manifest: dict[str, Any], session: Any, names: Sequence[str]) -> dict[str, str]:
@@ -379,17 +438,6 @@ def _output_axes(manifest: dict[str, Any], session: Any, names: Sequence[str]) -
         else:
             axes[name] = "row"
     return axes
-
-
-def _select_variant(manifest: dict[str, Any], requested: str | None) -> tuple[str, str]:
-    variants = manifest.get("variants") or {"default": "fp32", "fp32": {"file": MODEL_FILE}}
-    name = requested or variants.get("default", "fp32")
-    variant = variants.get(name)
-    if not isinstance(variant, dict) or "file" not in variant:
-        available = sorted(k for k, v in variants.items() if isinstance(v, dict))
-        hint = " Export it with --quantize int8." if name == "int8" else ""
-        raise BundleError(f"bundle has no {name!r} variant (it has: {', '.join(available) or 'none'}).{hint}")
-    return name, str(variant["file"])
 
 
 def _load_tokenizer(bundle_dir: Path, manifest: dict[str, Any]):

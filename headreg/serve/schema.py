@@ -102,8 +102,10 @@ def unknown_model(name: str, served: Sequence[str]) -> RequestError:
 
 
 def known_parameters(predictor: Any) -> list[str]:
-    """The per-call options a model takes: its head's postprocess options (until the Predictor lists them)."""
-    known = set(predictor.config) - {"id2label", "problem_type"}
+    """The per-call options a model takes: the runtime's (long_text, ...) and its head's postprocess options."""
+    from ..runtime.predictor import RUNTIME_OPTIONS
+
+    known = (set(predictor.config) - {"id2label", "problem_type"}) | set(RUNTIME_OPTIONS)
     if "thresholds" in known:
         known.add("threshold")
     if predictor.level == "token":
@@ -134,6 +136,10 @@ def model_info(name: str, predictor: Any, *, task: str | None = None, parameters
         "variant": predictor.variant,
         "max_length": predictor.max_length,
         "truncation": (
+            f"inputs longer than {predictor.max_length} tokens (special tokens included) are truncated to "
+            f"{predictor.max_length}; the rest of the text is not seen by the model, unless the request's "
+            "parameters ask for long_text='window' (overlapping windows over the whole text)"
+            if "long_text" in parameters else
             f"inputs longer than {predictor.max_length} tokens (special tokens included) are truncated to "
             f"{predictor.max_length}; the rest of the text is not seen by the model"
         ),
