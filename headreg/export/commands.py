@@ -117,6 +117,16 @@ def print_summary(bundle: Any) -> None:
             f"max abs diff {int8['batch_invariance']['max_abs_diff']:.1e} over {int8['batch_invariance']['checks']} "
             f"checks (tolerance {int8['batch_invariance']['tolerance']:g})"
         )
+    if bundle.bf16 is not None:
+        bf16 = bundle.bf16
+        if "skipped" in bf16:
+            out.print(f"bf16: none ({bf16['skipped']})")
+        else:
+            out.print(
+                f"bf16 (OpenVINO, padded to {bf16['pad_to_multiple_of']}-token multiples): {bf16['acceptance']['summary']}; "
+                f"batch-invariant: max abs diff {bf16['batch_invariance']['max_abs_diff']:.1e} over "
+                f"{bf16['batch_invariance']['checks']} checks (tolerance {bf16['batch_invariance']['tolerance']:g})"
+            )
     variant, reason = bundle.serves_here()
     out.print(f"serves here: {variant} ({reason})")
 
@@ -145,6 +155,9 @@ def print_summary(bundle: Any) -> None:
               help="Disagreements whose PyTorch margin is below this are reported as near-ties.")
 @click.option("--max-error", default=0.05, show_default=True, type=click.FloatRange(min=0),
               help="Regression heads: max abs error allowed, times max(std of the values, 1).")
+@click.option("--bf16/--no-bf16", "bf16", default=None,
+              help="Verify an OpenVINO bf16 variant [default: where this CPU has AVX-512 BF16 / AMX and openvino is "
+                   "installed; --bf16 fails when it cannot].")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True,
               help="torch.onnx exporter; torchscript is the fallback for models dynamo cannot trace.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
@@ -152,7 +165,7 @@ def print_summary(bundle: Any) -> None:
 def export(source: str, out_dir: str, head: str | None, num_labels: int | None, tokenizer: str | None,
            opset: int | None, atol: float, rtol: float, max_length: int | None, optimize: bool, quantize: str | None,
            calibration_file: str | None, calibration_method: str, min_agreement: float, near_tie: float,
-           max_error: float, exporter: str, overwrite: bool, as_json: bool) -> None:
+           max_error: float, bf16: bool | None, exporter: str, overwrite: bool, as_json: bool) -> None:
     """Export SOURCE to a verified ONNX bundle in DIR.
 
     SOURCE is a directory saved by HeadedModel.save_pretrained, a transformers checkpoint with a task
@@ -197,7 +210,7 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
             loaded.model, out_dir, loaded.tokenizer, opset=opset, optimize=optimize, quantize=quantize,
             atol=atol, rtol=rtol, max_length=max_length, overwrite=overwrite, exporter=exporter,
             calibration_texts=calibration_texts, calibration_method=calibration_method, min_agreement=min_agreement,
-            near_tie=near_tie, max_error=max_error, source=loaded.info, progress=progress,
+            near_tie=near_tie, max_error=max_error, bf16=bf16, source=loaded.info, progress=progress,
         )
     except VerificationFailed as exc:
         progress.stop()
