@@ -180,3 +180,20 @@ def test_bf16_without_its_padding_multiple_is_caught_by_the_invariance_check(min
     loose = batch_invariance(unpadded, encodings, **args)
     if "amx_bf16" not in cpu_flags():  # measured on AVX-512 BF16 (and AMX, benchmarks/backend_probe.py)
         assert not loose["passed"] and loose["max_abs_diff"] > 1e-5
+
+
+def test_export_bf16_where_the_cpu_cannot_is_a_usage_error(monkeypatch, tmp_path):
+    from headreg.export import export_onnx
+    from headreg.export.pipeline import ExportOptionError
+    from headreg.testing import load_tokenizer
+    from test_runtime_predictor import tiny_model
+
+    monkeypatch.setenv("HEADREG_CPU_FLAGS", "avx2 avx512f avx512_vnni")  # what a CPU without bf16 reports
+    cpu_flags.cache_clear()
+    try:
+        with pytest.raises(ExportOptionError, match="no native bf16"):
+            export_onnx(tiny_model("seq_cls"), tmp_path / "b", tokenizer=load_tokenizer(), exporter="torchscript",
+                        bf16=True)
+    finally:
+        cpu_flags.cache_clear()
+    assert not (tmp_path / "b").exists()  # nothing written

@@ -119,14 +119,11 @@ def print_summary(bundle: Any) -> None:
         )
     if bundle.bf16 is not None:
         bf16 = bundle.bf16
-        if "skipped" in bf16:
-            out.print(f"bf16: none ({bf16['skipped']})")
-        else:
-            out.print(
-                f"bf16 (OpenVINO, padded to {bf16['pad_to_multiple_of']}-token multiples): {bf16['acceptance']['summary']}; "
-                f"batch-invariant: max abs diff {bf16['batch_invariance']['max_abs_diff']:.1e} over "
-                f"{bf16['batch_invariance']['checks']} checks (tolerance {bf16['batch_invariance']['tolerance']:g})"
-            )
+        out.print(
+            f"bf16 (OpenVINO, padded to {bf16['pad_to_multiple_of']}-token multiples): {bf16['acceptance']['summary']}; "
+            f"batch-invariant: max abs diff {bf16['batch_invariance']['max_abs_diff']:.1e} over "
+            f"{bf16['batch_invariance']['checks']} checks (tolerance {bf16['batch_invariance']['tolerance']:g})"
+        )
     variant, reason = bundle.serves_here()
     out.print(f"serves here: {variant} ({reason})")
 
@@ -155,9 +152,9 @@ def print_summary(bundle: Any) -> None:
               help="Disagreements whose PyTorch margin is below this are reported as near-ties.")
 @click.option("--max-error", default=0.05, show_default=True, type=click.FloatRange(min=0),
               help="Regression heads: max abs error allowed, times max(std of the values, 1).")
-@click.option("--bf16/--no-bf16", "bf16", default=None,
-              help="Verify an OpenVINO bf16 variant [default: where this CPU has AVX-512 BF16 / AMX and openvino is "
-                   "installed; --bf16 fails when it cannot].")
+@click.option("--bf16", is_flag=True,
+              help="Also add a bf16 variant (OpenVINO runs model.onnx in bf16), judged like int8; needs a CPU with "
+                   "AVX-512 BF16 or AMX and headreg[openvino].")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True,
               help="torch.onnx exporter; torchscript is the fallback for models dynamo cannot trace.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
@@ -165,7 +162,7 @@ def print_summary(bundle: Any) -> None:
 def export(source: str, out_dir: str, head: str | None, num_labels: int | None, tokenizer: str | None,
            opset: int | None, atol: float, rtol: float, max_length: int | None, optimize: bool, quantize: str | None,
            calibration_file: str | None, calibration_method: str, min_agreement: float, near_tie: float,
-           max_error: float, bf16: bool | None, exporter: str, overwrite: bool, as_json: bool) -> None:
+           max_error: float, bf16: bool, exporter: str, overwrite: bool, as_json: bool) -> None:
     """Export SOURCE to a verified ONNX bundle in DIR.
 
     SOURCE is a directory saved by HeadedModel.save_pretrained, a transformers checkpoint with a task
@@ -188,8 +185,9 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     if calibration_file is not None:
         from ..runtime.inputs import InputError, read_texts
 
-        if quantize is None:
-            _fail("--calibration-texts calibrates and accepts a quantized variant: add --quantize int8", EXIT_USAGE)
+        if quantize is None and not bf16:
+            _fail("--calibration-texts calibrates and accepts a reduced-precision variant: add --quantize int8 "
+                  "and/or --bf16", EXIT_USAGE)
         try:
             calibration_texts = read_texts(calibration_file)
         except (OSError, UnicodeDecodeError, InputError) as exc:
