@@ -197,3 +197,32 @@ def test_export_bf16_where_the_cpu_cannot_is_a_usage_error(monkeypatch, tmp_path
     finally:
         cpu_flags.cache_clear()
     assert not (tmp_path / "b").exists()  # nothing written
+
+
+def test_no_runtime_module_names_torch_side_code():
+    """runtime/ (and what serves from it) imports neither torch nor the torch side of headreg, even lazily."""
+    import ast
+    from pathlib import Path
+
+    import headreg
+
+    root = Path(headreg.__file__).parent
+    torch_side = ("torch", "transformers", "headreg.model", "headreg.interop", "headreg.export", "headreg.testing")
+    offenders = []
+    for package in ("runtime", "serve", "integrations"):
+        for path in sorted((root / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:  # relative: resolve against headreg.<package>
+                        parts = ["headreg", package][: 3 - node.level] if node.level <= 2 else []
+                        base = ".".join(parts + ([base] if base else []))
+                    names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+                else:
+                    continue
+                bad = [n for n in names if any(n == t or n.startswith(t + ".") for t in torch_side)]
+                if bad:
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno} imports {bad[0]}")
+    assert not offenders, offenders
