@@ -120,7 +120,7 @@ def minilm_bf16(tmp_path_factory):
         backbone = AutoModel.from_pretrained(str(minilm_path()))
     model = attach_head(backbone, "seq_cls", num_labels=3, id2label={0: "a", 1: "b", 2: "c"}).eval()
     out = tmp_path_factory.mktemp("bf16") / "minilm"
-    bundle = export_onnx(model, out, tokenizer=str(minilm_path()), max_length=128, bf16=True)
+    bundle = export_onnx(model, out, tokenizer=str(minilm_path()), max_length=128, bf16=True, exporter="torchscript")
     return out, bundle, model
 
 
