@@ -28,17 +28,65 @@ from transformers import PreTrainedModel  # noqa: E402
 from transformers.utils import ModelOutput  # noqa: E402
 
 from . import __version__  # noqa: E402
+from . import schema as S  # noqa: E402
 from .atomic import atomic_directory  # noqa: E402
-from .errors import BackboneError, HeadConfigError, SaveLoadError  # noqa: E402
+from .errors import BackboneError, HeadConfigError, HeadregError, SaveLoadError  # noqa: E402
+from .manifest import MAX_LABELS, read_json_file  # noqa: E402
 from .heads.base import Head, build_config  # noqa: E402
-from .pooling import Pooler, PoolingConfig, is_decoder, resolve_pooling  # noqa: E402
+from .pooling import STRATEGIES, Pooler, PoolingConfig, is_decoder, resolve_pooling  # noqa: E402
+from transformers.activations import ACT2FN  # noqa: E402
+from .plugins import builtin_registry  # noqa: E402
 from .registry import HeadSpec, get_head  # noqa: E402
 
-MODEL_CONFIG = "headreg_model.json"
-HEAD_WEIGHTS = "head.safetensors"
-BACKBONE_DIR = "backbone"
+from .files import BACKBONE_DIR, HEAD_WEIGHTS, MODEL_CONFIG  # noqa: E402
 FORMAT = "headreg-model"
 FORMAT_VERSION = 1
+MODEL_KIND = "headreg saved model"
+CONFIG_MAX_BYTES = 64 << 20
+
+# headreg_model.json, checked field by field before anything is built from it (see headreg/schema.py).
+SAVED_MODEL_SCHEMA = S.obj(
+    {
+        "format": S.one_of(FORMAT),
+        "format_version": S.integer(1, None),
+        "headreg_version": S.string(max_len=64),
+        "head": S.matches(r"^[A-Za-z][A-Za-z0-9_.\-]*$", "a head name (letters, digits, _ - .)"),
+        "plugin": S.optional(S.string(max_len=256)),
+        "plugin_version": S.optional(S.string(max_len=256)),
+        "head_config": S.obj(
+            {
+                "num_labels": S.integer(1, MAX_LABELS),
+                "id2label": S.optional(S.mapping(S.index_key(MAX_LABELS), S.string(), max_items=MAX_LABELS)),
+            },
+            extra=True,
+        ),
+        "pooling": S.obj(
+            {
+                "strategy": S.one_of(*(name for name in STRATEGIES if name != "auto")),
+                "projection": S.boolean,
+                "activation": S.optional(S.one_of(*ACT2FN.keys())),
+                "norm": S.boolean,
+                "bias": S.boolean,
+                "norm_bias": S.boolean,
+                "norm_eps": S.number(0, 1),
+            },
+            required=("strategy",),
+        ),
+        "backbone": S.one_of(BACKBONE_DIR),
+        "tokenizer_source": S.optional(S.string(max_len=4096)),
+    },
+    required=("format", "head", "head_config", "pooling"),
+    extra=True,
+)
+
+
+def is_saved_model(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` is recognisably a saved headreg model: what ``overwrite=True`` may replace."""
+    try:
+        saved = read_json_file(Path(directory) / MODEL_CONFIG, CONFIG_MAX_BYTES)
+    except HeadregError:
+        return False
+    return isinstance(saved, dict) and saved.get("format") == FORMAT
 
 
 @dataclass
@@ -129,13 +177,14 @@ class HeadedModel(nn.Module):
         """Write the backbone (transformers' format), the head config (json) and head weights (safetensors).
 
         The directory is written next to its final place and renamed, so a failed save leaves nothing
-        behind. An existing non-empty directory is refused unless ``overwrite=True``. Pass the
-        ``tokenizer`` to keep it with the model (``headreg export`` then finds it).
+        behind. An existing non-empty directory is refused unless ``overwrite=True``, and even then only a
+        saved headreg model is replaced (never another directory). Pass the ``tokenizer`` to keep it with the
+        model (``headreg export`` then finds it).
         """
         from safetensors.torch import save_file
 
         target = Path(save_directory)
-        with atomic_directory(target, overwrite=overwrite) as tmp:
+        with atomic_directory(target, overwrite=overwrite, replaceable=is_saved_model, what=MODEL_KIND) as tmp:
             with quiet_transformers():
                 self.backbone.save_pretrained(tmp / BACKBONE_DIR)
                 if tokenizer is not None:
@@ -154,7 +203,7 @@ class HeadedModel(nn.Module):
                 "backbone": BACKBONE_DIR,
                 "tokenizer_source": None if tokenizer is not None else _local_source(self.backbone),
             }
-            (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         return target
 
 
@@ -203,22 +252,83 @@ def attach_head(backbone: PreTrainedModel, name: str, *, pooling: str | dict | P
     ``*ForSequenceClassification`` does for the architecture.
     """
     _check_backbone(backbone)
-    spec = get_head(name)
+    return _attach(backbone, get_head(name), pooling, options)
+
+
+def _attach(backbone: PreTrainedModel, spec: HeadSpec, pooling: Any, options: dict[str, Any]) -> "HeadedModel":
     head_cls = spec.load_class()
     if not (isinstance(head_cls, type) and issubclass(head_cls, Head)):
         raise HeadConfigError(f"head {spec.name!r} from {spec.origin!r}: {spec.cls} is not a headreg Head subclass")
-    config = build_config(head_cls.config_class, spec.name, dict(options))
     hidden = hidden_size_of(backbone.config)
+    with _head_errors(spec, "config"):
+        config = build_config(head_cls.config_class, spec.name, dict(options))
     pooler = Pooler(resolve_pooling(pooling, backbone, head_cls.level), hidden)
-    head = head_cls(config, hidden)
+    with _head_errors(spec, "constructor"):
+        head = head_cls(config, hidden)
     model = HeadedModel(backbone, head, pooler, spec)
     model.to(next(backbone.parameters()).device)
     model.train(backbone.training)
     return model
 
 
-def load_model(directory: str | os.PathLike, *, trust_remote_code: bool = False, device: str | None = None):
-    """Load a model written by ``HeadedModel.save_pretrained``. Reads json + safetensors only, never pickle."""
+@contextlib.contextmanager
+def _head_errors(spec: HeadSpec, what: str):
+    """A plugin head's own code raising anything becomes an error naming the head and its plugin."""
+    try:
+        yield
+    except HeadregError:
+        raise
+    except Exception as exc:
+        raise HeadConfigError(
+            f"head {spec.name!r} from {spec.origin!r}: its {what} raised {type(exc).__name__}: {exc}"
+            + ("" if spec.builtin else f". Check the head's options, or report it to the {spec.plugin} authors.")
+        ) from exc
+
+
+def _check_backbone_weights(info: dict[str, Any], where: Path) -> None:
+    """Refuse a backbone whose weights do not match its config: the unmatched ones would be random."""
+    found = {key: sorted(info.get(key) or ()) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = [
+        f"{label}: {', '.join(map(str, keys[:8]))}{f' ... ({len(keys)} in all)' if len(keys) > 8 else ''}"
+        for label, keys in (("missing (would be randomly initialised)", found["missing_keys"]),
+                            ("unexpected (would be ignored)", found["unexpected_keys"]),
+                            ("of the wrong shape", found["mismatched_keys"]))
+        if keys
+    ]
+    if problems:
+        raise SaveLoadError(
+            f"the backbone weights in {where} do not match its config.json; weights "
+            + "; ".join(problems)
+            + ". The directory is corrupt or mixes two models: save the model again, or pass strict=False to "
+            "load it anyway (the missing weights are then random)."
+        )
+
+
+def read_saved_config(directory: Path) -> dict[str, Any]:
+    """``headreg_model.json``, checked field by field; SaveLoadError names the first bad field."""
+    path = directory / MODEL_CONFIG
+    saved = read_json_file(path, CONFIG_MAX_BYTES, error=SaveLoadError)
+    if isinstance(saved, dict) and isinstance(saved.get("format_version"), int) and saved["format_version"] > FORMAT_VERSION:
+        raise SaveLoadError(
+            f"{directory} was saved by headreg {saved.get('headreg_version')} in model format "
+            f"{saved['format_version']}; this headreg ({__version__}) reads up to {FORMAT_VERSION}. Upgrade headreg."
+        )
+    try:
+        SAVED_MODEL_SCHEMA(saved, "")
+    except S.Invalid as exc:
+        raise SaveLoadError(f"{path} is corrupt: {exc.message}. Save the model again.") from None
+    return saved
+
+
+def load_model(
+    directory: str | os.PathLike, *, trust_remote_code: bool = False, device: str | None = None, strict: bool = True
+):
+    """Load a model written by ``HeadedModel.save_pretrained``. Reads json + safetensors only, never pickle.
+
+    ``strict`` (default): backbone weights missing from, unexpected in or mis-shaped for the backbone's
+    config are a SaveLoadError naming them, never silently random. ``strict=False`` loads anyway (for a
+    backbone you deliberately saved without some weights).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise SaveLoadError(f"{directory} is not a directory saved by HeadedModel.save_pretrained")
@@ -230,23 +340,11 @@ def load_model(directory: str | os.PathLike, *, trust_remote_code: bool = False,
             f"{directory} is missing {', '.join(missing)}; it was not written by HeadedModel.save_pretrained "
             "or is incomplete. Save the model again."
         )
+    saved = read_saved_config(directory)
+    head_name, head_options, pooling = saved["head"], dict(saved["head_config"]), saved["pooling"]
     try:
-        saved = json.loads((directory / MODEL_CONFIG).read_text())
-        if saved.get("format") != FORMAT:
-            raise ValueError(f"format is {saved.get('format')!r}, expected {FORMAT!r}")
-        if int(saved.get("format_version", 0)) > FORMAT_VERSION:
-            raise SaveLoadError(
-                f"{directory} was saved by headreg {saved.get('headreg_version')} in model format "
-                f"{saved['format_version']}; this headreg ({__version__}) reads up to {FORMAT_VERSION}. "
-                "Upgrade headreg."
-            )
-        head_name, head_options, pooling = saved["head"], dict(saved["head_config"]), saved["pooling"]
-    except SaveLoadError:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SaveLoadError(f"{directory / MODEL_CONFIG} is corrupt: {exc}") from exc
-    try:
-        spec = get_head(head_name)
+        # A model saved with a built-in head loads with the built-in, whatever plugins are installed.
+        spec = builtin_registry().get(head_name) if saved.get("plugin") == "headreg" else get_head(head_name)
     except LookupError as exc:
         raise SaveLoadError(
             f"{directory} uses head {head_name!r} from {saved.get('plugin')} {saved.get('plugin_version')}, "
@@ -259,15 +357,22 @@ def load_model(directory: str | os.PathLike, *, trust_remote_code: bool = False,
     with quiet_transformers():
         try:
             backbone_config = AutoConfig.from_pretrained(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
-            backbone = AutoModel.from_pretrained(
+            backbone, info = AutoModel.from_pretrained(
                 directory / BACKBONE_DIR,
                 config=backbone_config,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=True,
+                output_loading_info=True,
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:
             raise SaveLoadError(f"cannot load the backbone in {directory / BACKBONE_DIR}: {exc}") from exc
-    model = attach_head(backbone, spec.name, pooling=pooling, **head_options)
+    if strict:
+        _check_backbone_weights(info, directory / BACKBONE_DIR)
+    try:
+        _check_backbone(backbone)
+        model = _attach(backbone, spec, pooling, head_options)
+    except (HeadConfigError, BackboneError) as exc:
+        raise SaveLoadError(f"{directory / MODEL_CONFIG} has options that do not work: {exc}") from exc
     try:
         state = load_file(str(directory / HEAD_WEIGHTS))
     except (SafetensorError, OSError) as exc:

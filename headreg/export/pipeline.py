@@ -1,13 +1,13 @@
 """``export_onnx``: trace -> verify -> (optimize) -> (quantize) -> write the bundle, all or nothing.
 
-The bundle is built in a staging directory under the system temp dir and moved into ``out_dir`` only
-after every check passed (see headreg/atomic.py), so a failed, interrupted or killed export leaves no
-partial bundle and no stray directory beside ``out_dir``.
+The bundle is built in a private staging directory beside ``out_dir`` and renamed into place only after
+every check passed (see headreg/atomic.py), so a failed or interrupted export leaves no partial bundle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import sys
 import time
@@ -18,17 +18,17 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..atomic import atomic_directory, is_nonempty
-from ..errors import HeadregError, SaveLoadError
-from ..manifest import GOLDEN_FILE, INT8_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, VERIFICATION_FILE, sha256_file, write_json
+from ..atomic import atomic_directory, check_target
+from ..errors import HeadregError
+from ..manifest import BUNDLE_KIND, GOLDEN_FILE, is_bundle, INT8_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, VERIFICATION_FILE, sha256_file, write_json
 from ..runtime.session import create_session
 from . import bundle as bundle_mod
 from .cases import Case, make_cases
 from .tokenizer import TokenizerError, bundle_tokenizer
-from .trace import ExportError, ExportWrapper, graph_signature, input_names_for, trace
+from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, ExportWrapper, graph_signature, input_names_for, trace
 from . import acceptance as acc
 from .quantize import DEFAULT_METHOD, INT8_REQUIRES_CPU, METHODS
-from .verify import Report, VerificationFailed, run_onnx, save_golden, verify_session
+from .verify import Report, VerificationFailed, compare_cases, run_cases, run_onnx, save_golden
 
 Progress = Callable[[str, str, dict], None]
 QUANTIZE_MODES = ("int8",)
@@ -91,7 +91,11 @@ class _Steps:
         info: dict[str, Any] = {}
         self.progress(name, "start", info)
         start = time.perf_counter()
-        yield info
+        try:
+            yield info
+        except BaseException:
+            self.progress(name, "failed", {**info, "seconds": round(time.perf_counter() - start, 3)})
+            raise
         step = Step(name, round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1))
         self.done.append(step)
         self.progress(name, "done", {**info, "seconds": step.seconds})
@@ -114,6 +118,16 @@ def _decide(head: Any) -> Callable[[dict[str, np.ndarray], np.ndarray], Any]:
 def _source_info(source: dict[str, Any] | None) -> dict[str, Any]:
     # An in-memory model has no directory that holds backbone *and* head; the CLI passes the one it loaded.
     return source if source is not None else {"path": None, "kind": "python"}
+
+
+def _protected(model: Any, tokenizer: Any, source: dict[str, Any] | None) -> list[Any]:
+    """What the export reads from: ``out_dir`` must be none of these, nor a directory holding one."""
+    from ..model import _local_source
+
+    paths = [(source or {}).get("path"), _local_source(model.backbone)]
+    if isinstance(tokenizer, (str, os.PathLike)):
+        paths.append(tokenizer)
+    return [path for path in paths if path]
 
 
 def _tokenizer_for(model: Any, tokenizer: Any) -> Any:
@@ -151,6 +165,68 @@ def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
             )
 
 
+def _reference_beside(session_path: Path, wrapper: ExportWrapper, cases: list[Case]):
+    """(PyTorch's outputs, onnxruntime's outputs) for every case, computed side by side.
+
+    PyTorch runs in a worker thread with one intra-op thread while onnxruntime runs the same cases here
+    (it releases the GIL): the two engines share the cores instead of taking turns, and PyTorch's OpenMP
+    threads cannot stall each other on a busy machine. Both see every case; nothing is skipped.
+    """
+    import concurrent.futures
+
+    def reference() -> list[dict[str, np.ndarray]]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _torch_outputs(wrapper, cases)
+        finally:
+            torch.set_num_threads(threads)
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="headreg-reference") as pool:
+        expected = pool.submit(reference)
+        try:
+            actual = run_cases(create_session(session_path), cases)
+        finally:
+            reference_outputs = expected.result()
+    return reference_outputs, actual
+
+
+def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, opset: int | None,
+                      cases: list[Case], wrapper: ExportWrapper, checks: dict, optimize: bool = False):
+    """Trace with each exporter of ``exporter`` ("auto": AUTO_ORDER, or AUTO_ORDER_OPTIMIZE) until one verifies.
+
+    Returns (trace result, report, PyTorch's outputs). The PyTorch reference is computed once, beside the
+    first verification, and serves every attempt. Raises the last attempt's ExportError / VerificationFailed,
+    with what the earlier attempts hit in its message or notes.
+    """
+    candidates = (AUTO_ORDER_OPTIMIZE if optimize else AUTO_ORDER) if exporter == "auto" else (exporter,)
+    earlier: list[str] = []
+    expected: list[dict[str, np.ndarray]] | None = None
+    for attempt, name in enumerate(candidates, 1):
+        last = attempt == len(candidates)
+        try:
+            with step("trace") as info:
+                info["exporter"] = name
+                traced = trace(model, path, opset=opset, exporter=name)
+                info["opset"] = traced.opset
+        except ExportError as exc:
+            if last:
+                raise ExportError("; ".join([*earlier, str(exc)])) from exc
+            earlier.append(f"{name} exporter: {exc}")
+            continue
+        with step("verify") as info:
+            if expected is None:
+                expected, actual = _reference_beside(path, wrapper, cases)
+            else:
+                actual = run_cases(create_session(path), cases)
+            report = compare_cases(cases, expected, actual, **checks)
+            info.update(cases=len(cases), passed=report.passed)
+        if report.passed or last:
+            report.notes.extend(f"tried first: {failure}" for failure in earlier)
+            report.raise_for_failure()
+            return traced, report, expected
+        earlier.append(f"{name} exporter: its graph failed verification ({report.failures[0]})")
+    raise AssertionError("unreachable: the last candidate returns or raises")
 def _torch_run(wrapper: ExportWrapper) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.inference_mode():
@@ -263,7 +339,7 @@ def export_onnx(
     rtol: float = 1e-3,
     max_length: int | None = None,
     overwrite: bool = False,
-    exporter: str = "dynamo",
+    exporter: str = "auto",
     int8_min_agreement: float | None = None,
     calibration_texts: Sequence[Any] | None = None,
     calibration_method: str = DEFAULT_METHOD,
@@ -273,14 +349,22 @@ def export_onnx(
     invariance_tolerance: float = acc.INVARIANCE_TOLERANCE,
     bf16: bool = False,
     source: dict[str, Any] | None = None,
-    progress: Progress | None = None,
+    progress: Progress | bool | None = None,
 ) -> Bundle:
     """Export a HeadedModel to a verified ONNX bundle in ``out_dir`` and return what was written.
 
     Raises VerificationFailed (with ``.report``) when onnxruntime disagrees with PyTorch; nothing is
     written then. ``tokenizer`` is a transformers tokenizer, a ``tokenizers.Tokenizer`` or a path; it
+<<<<<<< HEAD
     defaults to the backbone's own directory. ``bf16=True`` adds an OpenVINO bf16 variant (the same
     ``model.onnx``), judged like int8; it needs a CPU with AVX-512 BF16 or AMX and ``headreg[openvino]``.
+=======
+    defaults to the backbone's own directory. ``exporter``: "auto" (TorchScript, then dynamo when TorchScript
+    cannot trace the model or its graph does not verify; dynamo first with ``optimize=True``), "torchscript"
+    or "dynamo". ``progress``: None shows
+    each step on stderr when stderr is a terminal, True/False force it on/off, a callable
+    ``progress(step, state, info)`` receives the steps ("start", "done" or "failed").
+>>>>>>> main
 
     ``quantize="int8"`` adds a static int8 variant, calibrated on part of ``calibration_texts`` (strings or
     ``(text, text_pair)``; default: headreg's built-in texts) and accepted on the disjoint rest when at least
@@ -294,10 +378,12 @@ def export_onnx(
     {'abs': 2.4e-07, 'rel': 3.1e-06}
     """
     out_dir = Path(out_dir)
-    if is_nonempty(out_dir) and not overwrite:
-        raise SaveLoadError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    target = dict(overwrite=overwrite, replaceable=is_bundle, what=BUNDLE_KIND, protect=_protected(model, tokenizer, source))
+    check_target(out_dir, **target)
     if quantize not in (None, *QUANTIZE_MODES):
         raise ExportOptionError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    if exporter not in ("auto", *EXPORTERS):
+        raise ExportOptionError(f"unknown exporter {exporter!r}; choose one of auto, {', '.join(EXPORTERS)}")
     if calibration_method not in METHODS:
         raise ExportOptionError(f"unknown calibration method {calibration_method!r}; choose one of {', '.join(METHODS)}")
     if int8_min_agreement is not None:
@@ -305,6 +391,10 @@ def export_onnx(
     options = acc.AcceptanceOptions(min_agreement=min_agreement, near_tie=near_tie, max_error=max_error,
                                     invariance_tolerance=invariance_tolerance)
     max_length = resolve_max_length(model, max_length)
+    if not callable(progress):
+        from ..progress import StepProgress
+
+        progress = StepProgress(progress)
     step = _Steps(progress)
     input_names = input_names_for(model)
     padding_side = "left" if model._decoder else "right"
@@ -315,14 +405,11 @@ def export_onnx(
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ExportOptionError("export traces and verifies on the CPU: move the model there first (model.cpu())")
 
-    with _keep_training_mode(model), atomic_directory(out_dir, overwrite=overwrite, stage_in_temp=True) as staging:
+    with _keep_training_mode(model), atomic_directory(out_dir, **target) as staging:
         with step("tokenizer"):
             tok = bundle_tokenizer(_tokenizer_for(model, tokenizer), pad_token_id=model.config.pad_token_id)
             tok.save(staging / TOKENIZER_FILE)
-        with step("trace") as info:
-            traced = trace(model, staging / MODEL_FILE, opset=opset, exporter=exporter)
-            info["opset"] = traced.opset
-        with step("pytorch reference") as info:
+        with step("cases") as info:
             cases = make_cases(
                 input_names=input_names,
                 vocab_size=model.config.vocab_size,
@@ -333,13 +420,11 @@ def export_onnx(
                 pairs="token_type_ids" in input_names,
             )
             _check_tokenizer(tok, cases, max_length)
-            wrapper = ExportWrapper(model, input_names).eval()
-            expected = _torch_outputs(wrapper, cases)
             info["cases"] = len(cases)
-        with step("verify") as info:
-            report = verify_session(create_session(staging / MODEL_FILE), cases, expected, **checks)
-            info["passed"] = report.passed
-            report.raise_for_failure()
+        wrapper = ExportWrapper(model, input_names).eval()
+        traced, report, expected = _trace_and_verify(model, staging / MODEL_FILE, step, exporter=exporter, opset=opset,
+                                                     cases=cases, wrapper=wrapper, checks=checks, optimize=optimize)
+        exporter = traced.exporter
 
         optimization = None
         int8 = None

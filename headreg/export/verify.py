@@ -26,6 +26,9 @@ class OutputDiff:
     finite: bool
     within: bool
     shape: list[int]
+    # max of |ort - torch| / (atol + rtol * |torch|) over the elements: the case passes when it is <= 1.
+    # max_rel alone can exceed rtol on a passing case (near-zero references are covered by atol).
+    bound_ratio: float = 0.0
 
 
 @dataclass
@@ -75,9 +78,10 @@ class Report:
         worst: dict[str, dict[str, float]] = {}
         for case in self.cases:
             for name, diff in case.outputs.items():
-                entry = worst.setdefault(name, {"abs": 0.0, "rel": 0.0})
+                entry = worst.setdefault(name, {"abs": 0.0, "rel": 0.0, "bound_ratio": 0.0})
                 entry["abs"] = max(entry["abs"], diff.max_abs)
                 entry["rel"] = max(entry["rel"], diff.max_rel)
+                entry["bound_ratio"] = max(entry["bound_ratio"], diff.bound_ratio)
         return worst
 
     def summary(self) -> dict[str, Any]:
@@ -153,10 +157,13 @@ def compare_outputs(
         err = np.where(np.isnan(err), np.inf, err)
         max_abs = float(err.max()) if err.size else 0.0
         max_rel = float((err / np.maximum(np.abs(want64), 1e-12)).max()) if err.size else 0.0
-        within = bool((err <= atol + rtol * np.abs(want64)).all())
+        allowed = atol + rtol * np.abs(want64)
+        within = bool((err <= allowed).all())
+        ratio = float((err / np.maximum(allowed, 1e-300)).max()) if err.size else 0.0
         if finite and not within:
-            problems.append(f"{name}: max abs diff {max_abs:.3g}, max rel diff {max_rel:.3g} outside atol/rtol")
-        diffs[name] = OutputDiff(max_abs, max_rel, finite, within, list(actual[name].shape))
+            problems.append(f"{name}: |diff| reaches {ratio:.3g}x the allowed atol + rtol*|torch| "
+                            f"(max abs diff {max_abs:.3g})")
+        diffs[name] = OutputDiff(max_abs, max_rel, finite, within, list(actual[name].shape), ratio)
     return diffs, problems
 
 
@@ -203,10 +210,21 @@ def run_onnx(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return dict(zip(names, session.run(names, feed)))
 
 
-def verify_session(
-    session: Any,
+def run_cases(session: Any, cases: list[Case]) -> list[dict[str, np.ndarray] | Exception]:
+    """onnxruntime's outputs for every case, or the exception it raised on that case."""
+    outputs: list[dict[str, np.ndarray] | Exception] = []
+    for case in cases:
+        try:
+            outputs.append(run_onnx(session, case.inputs))
+        except Exception as exc:  # onnxruntime raises its own exception types per failure
+            outputs.append(exc)
+    return outputs
+
+
+def compare_cases(
     cases: list[Case],
     expected: list[dict[str, np.ndarray]],
+    actual: list[dict[str, np.ndarray] | Exception],
     *,
     decide: Decide | None,
     token_outputs: set[str],
@@ -214,20 +232,26 @@ def verify_session(
     rtol: float,
     target: str = "model.onnx",
 ) -> Report:
-    """Run every case through an onnxruntime session and compare with PyTorch's ``expected`` outputs."""
+    """Compare onnxruntime's outputs (from :func:`run_cases`) with PyTorch's ``expected`` outputs, case by case."""
     results = []
-    for case, want in zip(cases, expected):
-        try:
-            got = run_onnx(session, case.inputs)
-        except Exception as exc:  # onnxruntime raises its own exception types per failure
+    for case, want, got in zip(cases, expected, actual):
+        if isinstance(got, Exception):
             info = case.describe()
             results.append(
                 CaseResult(info["name"], info["kind"], info["shape"], info["lengths"], info["padding_side"], {}, None,
-                           [f"onnxruntime failed: {type(exc).__name__}: {exc}"])
+                           [f"onnxruntime failed: {type(got).__name__}: {got}"])
             )
             continue
         results.append(check_case(case, want, got, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol))
     return Report(results, atol, rtol, target)
+
+
+def verify_session(session: Any, cases: list[Case], expected: list[dict[str, np.ndarray]], **checks: Any) -> Report:
+    """Run every case through an onnxruntime session and compare with PyTorch's ``expected`` outputs.
+
+    ``checks``: ``decide``, ``token_outputs``, ``atol``, ``rtol`` and optionally ``target``, as in compare_cases.
+    """
+    return compare_cases(cases, expected, run_cases(session, cases), **checks)
 
 
 # --- golden cases: written at export, re-checked by `headreg verify` -------------------------------------------
@@ -241,12 +265,47 @@ def save_golden(path: str | Path, cases: list[Case], expected: list[dict[str, np
     np.savez_compressed(path, **arrays)
 
 
+def _check_golden_size(path: str | Path, max_bytes: int) -> None:
+    """Refuse a golden file whose arrays would take more than ``max_bytes`` before any is read (a zip bomb,
+    or a .npy header declaring a huge shape over a few bytes of data)."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                total += info.file_size
+                if total > max_bytes:
+                    raise BundleError(f"{path} unpacks to more than {max_bytes >> 20} MB; it is not what 'headreg export' wrote")
+                with archive.open(info) as member:
+                    version = npy.read_magic(member)
+                    reader = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+                    if reader is None:
+                        raise BundleError(f"{path}: {info.filename} uses .npy format {version}, which golden files never do")
+                    shape, _, dtype = reader(member)
+                    if dtype.hasobject:
+                        raise BundleError(f"{path}: {info.filename} holds Python objects; golden files hold numbers only")
+                    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                    if declared > info.file_size:
+                        raise BundleError(f"{path}: {info.filename} declares {declared} bytes of data but holds {info.file_size}")
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise BundleError(f"{path} is not a readable golden file: {exc}") from exc
+
+
 def load_golden(path: str | Path, descriptions: list[dict[str, Any]]) -> tuple[list[Case], list[dict[str, np.ndarray]]]:
+    from ..manifest import GOLDEN_MAX_BYTES
+
+    _check_golden_size(path, GOLDEN_MAX_BYTES)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path} is not a readable golden file: {exc}") from exc
+    if not isinstance(descriptions, list) or not all(isinstance(info, dict) and isinstance(info.get("name"), str)
+                                                     and isinstance(info.get("kind"), str) for info in descriptions):
+        raise BundleError(f"{path}: the verification record's case list is malformed; export the bundle again")
     cases, expected = [], []
     for index, info in enumerate(descriptions):
         inputs = {k.split(".", 2)[2]: v for k, v in arrays.items() if k.startswith(f"{index}.input.")}
@@ -261,9 +320,18 @@ def load_golden(path: str | Path, descriptions: list[dict[str, Any]]) -> tuple[l
 # --- headreg verify DIR -----------------------------------------------------------------------------------------
 
 
-def _head_decide(manifest: dict[str, Any]) -> tuple[Decide | None, str | None]:
-    """The bundle head's decisions() (imports the head class, so torch), or a note saying why not."""
+def _head_decide(manifest: dict[str, Any], graph_outputs: dict[str, list]) -> tuple[Decide | None, str | None]:
+    """The bundle head's decisions() (imports the head class, so torch), or a note saying why not.
+
+    The head is built only when its size fits the graph's logits: a crafted ``num_labels`` must not make
+    verify allocate a head far larger than the model it checks.
+    """
     head_info = manifest.get("head", {})
+    width = (graph_outputs.get("logits") or [None])[-1]
+    num_labels = (head_info.get("config") or {}).get("num_labels")
+    if not isinstance(width, int) or not isinstance(num_labels, int) or num_labels > width + 1:
+        return None, (f"decisions not compared: the head's num_labels ({num_labels}) does not fit the graph's logits "
+                      f"(width {width})")
     try:
         from ..heads.base import build_config
         from ..registry import get_head
@@ -272,7 +340,13 @@ def _head_decide(manifest: dict[str, Any]) -> tuple[Decide | None, str | None]:
         head_cls = spec.load_class()
         config = build_config(head_cls.config_class, spec.name, dict(head_info.get("config", {})))
         head = head_cls(config, int(manifest["backbone"]["hidden_size"]))
-    except Exception as exc:  # torch missing, plugin missing, changed config fields: verify the numbers anyway
+    except ImportError as exc:
+        if "torch" in str(exc):  # a runtime-only install: expected, not a failure
+            return None, ("checked with onnxruntime only (torch is not installed): files, manifest and every output "
+                          "against the golden outputs; decisions and the int8 variant are compared with "
+                          "headreg[torch] installed")
+        return None, f"decisions not compared: head {head_info.get('name')!r} cannot be imported here ({exc})"
+    except Exception as exc:  # plugin missing, changed config fields: verify the numbers anyway
         return None, f"decisions not compared: head {head_info.get('name')!r} could not be built here ({exc})"
     return (lambda outputs, mask: head.decisions(outputs, mask)), None
 
@@ -287,20 +361,24 @@ def _session_signature(session: Any) -> tuple[dict[str, list], dict[str, list]]:
 
 def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any], session: Any) -> list[str]:
     """Files changed since export, or a manifest that no longer describes the graph."""
-    from ..manifest import MANIFEST_FILE, sha256_file
+    from ..manifest import MANIFEST_FILE, bundle_path, sha256_file
 
     problems = []
     if recorded.get("manifest_sha256") and recorded["manifest_sha256"] != sha256_file(bundle_dir / MANIFEST_FILE):
         problems.append(f"{MANIFEST_FILE} was modified after export (its sha256 differs from the one recorded in "
                         "verification.json); export the bundle again")
     for name, digest in manifest.get("files", {}).items():
-        path = bundle_dir / name
+        try:
+            path = bundle_path(bundle_dir, name)
+        except BundleError as exc:
+            problems.append(str(exc))
+            continue
         if not path.is_file():
             problems.append(f"{name} is listed in the manifest but missing")
         elif sha256_file(path) != digest:
             problems.append(f"{name} was modified after export (sha256 differs from the manifest); export again")
     tokenizer = manifest.get("tokenizer", {})
-    tok_path = bundle_dir / tokenizer.get("file", "tokenizer.json")
+    tok_path = bundle_path(bundle_dir, tokenizer.get("file", "tokenizer.json"), what="tokenizer file")
     if tok_path.is_file() and tokenizer.get("sha256") and sha256_file(tok_path) != tokenizer["sha256"]:
         problems.append(f"{tok_path.name} was modified after export (sha256 differs from the manifest)")
     if session is None:
@@ -329,7 +407,9 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
     """
     import json
 
-    from ..manifest import GOLDEN_FILE, VERIFICATION_FILE, read_manifest
+    from ..manifest import (
+        GOLDEN_FILE, VERIFICATION_FILE, VERIFICATION_MAX_BYTES, bundle_path, read_json_file, read_manifest,
+    )
     from ..runtime.session import create_session
 
     bundle_dir = Path(bundle_dir)
@@ -338,21 +418,22 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
         if not (bundle_dir / name).is_file():
             raise BundleError(f"{bundle_dir} has no {name}; it was not written by 'headreg export' or is incomplete")
     try:
-        recorded = json.loads((bundle_dir / VERIFICATION_FILE).read_text())
+        recorded = read_json_file(bundle_dir / VERIFICATION_FILE, VERIFICATION_MAX_BYTES)
         descriptions = recorded["case_results"]
         settings = manifest["verification"]
         atol, rtol = float(settings["atol"]), float(settings["rtol"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (BundleError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{bundle_dir} has an unreadable verification record: {exc}") from exc
     model_file = manifest.get("variants", {}).get("fp32", {}).get("file", "model.onnx")
+    model_path = bundle_path(bundle_dir, model_file, what="fp32 model file")
     try:
-        session = create_session(bundle_dir / model_file, threads=threads)
+        session = create_session(model_path, threads=threads)
     except Exception as exc:  # onnxruntime's own exception types
         problems = _bundle_problems(bundle_dir, manifest, recorded, None)
         return Report([], atol, rtol, model_file, problems=problems + [f"onnxruntime cannot load {model_file}: {exc}"])
     problems = _bundle_problems(bundle_dir, manifest, recorded, session)
     cases, expected = load_golden(bundle_dir / GOLDEN_FILE, descriptions)
-    decide, note = _head_decide(manifest)
+    decide, note = _head_decide(manifest, _session_signature(session)[1])
     token_outputs = {"logits"} if manifest.get("head", {}).get("level") == "token" else set()
     report = verify_session(
         session, cases, expected, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol, target=model_file
@@ -365,7 +446,7 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
         from .quantize import golden_agreement
 
         try:
-            int8_session = create_session(bundle_dir / int8["file"], threads=threads)
+            int8_session = create_session(bundle_path(bundle_dir, int8["file"], what="int8 model file"), threads=threads)
         except Exception as exc:  # missing or corrupt file: onnxruntime's own exception types
             report.problems.append(f"onnxruntime cannot load {int8['file']}: {exc}; export again with --quantize int8")
             return report
@@ -373,8 +454,9 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
         # format-1 bundles recorded decision_agreement/min_agreement; later ones the golden figure itself
         recorded = float(int8.get("golden_agreement", int8.get("decision_agreement", 0.0)))
         floor = recorded - 0.01 if "golden_agreement" in int8 else float(int8.get("min_agreement", 0.95))
-        report.notes.append(f"{int8['file']}: decision agreement {agreement:.1%} on the golden texts (at export: "
-                            f"{recorded:.1%})")
+        verdict = "passes" if agreement >= floor else "FAILS"
+        report.notes.append(f"{int8['file']}: decision agreement {agreement:.1%} on the golden texts, required >= "
+                            f"{floor:.1%} (at export: {recorded:.1%}): {verdict}")
         if agreement < floor:
             report.problems.append(f"{int8['file']}: decision agreement {agreement:.1%} on the golden texts is below "
                                    f"the {floor:.1%} it was exported at (less one point); export again")

@@ -288,6 +288,8 @@ def deployment(
     path = Path(bundle).resolve()
     name = name or path.name
     options = dict(deployment_options)
+    # Ray Serve's default (5 requests in flight per replica) would cap every batch at 5 requests.
+    options.setdefault("max_ongoing_requests", 2 * max_batch_size)
     actor_options = {"num_cpus": num_cpus, **options.pop("ray_actor_options", {})}
     app = serve.deployment(BundleServer, name=f"headreg-{name}", num_replicas=num_replicas,
                            ray_actor_options=actor_options, **options)

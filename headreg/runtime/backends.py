@@ -33,6 +33,7 @@ class Backend(Protocol):
     input_names: list[str]
     output_names: list[str]
     input_dtype: Any  # numpy integer type of the id inputs
+    output_dims: dict[str, list]  # per output its dims: an int where fixed, a name or None where dynamic
 
     def run(self, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Outputs by name (``names``: a subset, default all), float32 numpy arrays owned by the caller."""
@@ -51,6 +52,7 @@ class OnnxruntimeBackend:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_dtype = np.int32 if self.session.get_inputs()[0].type == "tensor(int32)" else np.int64
+        self.output_dims = {o.name: list(o.shape or []) for o in self.session.get_outputs()}
 
     def run(self, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(names or self.output_names)
@@ -90,6 +92,8 @@ class OpenVINOBackend:
         # outputs with a dynamic second axis are per token ([batch, sequence, ...])
         self.token_outputs = {port.get_any_name() for port in self.compiled.outputs
                               if port.get_partial_shape().rank.get_length() >= 2 and port.get_partial_shape()[1].is_dynamic}
+        self.output_dims = {port.get_any_name(): [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+                            for port in self.compiled.outputs}
         kind = self.compiled.inputs[0].get_element_type().get_type_name()
         self.input_dtype = np.int32 if kind == "i32" else np.int64
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
