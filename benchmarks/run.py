@@ -487,27 +487,17 @@ def summary_table(report: dict[str, Any]) -> str:
     lines = []
     for name, model in report["models"].items():
         lines.append(f"\n{name}: {model['description']}; {model['mflop_per_token_128']:.1f} MFLOP/token at 128")
-<<<<<<< HEAD
         if model.get("default_variant"):
             lines.append(f"default variant here: {model['default_variant']} ({model.get('default_reason', '')})")
         engines = headreg_engines(model["shapes"][0]["engines"])
         head = f"| {'batch x len':<11} | {'floor ms':>9} | {'fastest PyTorch p50':>26} |"
         for engine in engines:
-=======
-        head = f"| {'batch x len':<11} | {'floor ms':>9} | {'PyTorch p50 (attention)':>23} |"
-        for engine in ORT_ENGINES:
->>>>>>> main
             head += f" {engine + ' p50 (ratio, %floor)':>34} |"
         lines += [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
         for row in model["shapes"]:
             best = row["engines"][row["pytorch_best"]]
-<<<<<<< HEAD
-            line = f"| {row['batch']:>3} x {row['length']:<5} | {row['floor_ms']:9.2f} | {best['p50_ms']:8.2f} {row['pytorch_best'][8:]:>14} |"
+            line = f"| {row['batch']:>3} x {row['length']:<5} | {row['floor_ms']:9.2f} | {best['p50_ms']:8.2f} ms {'(' + row['pytorch_best'][8:] + ')':<12} |"
             for engine in engines:
-=======
-            line = f"| {row['batch']:>3} x {row['length']:<5} | {row['floor_ms']:9.2f} | {best['p50_ms']:8.2f} ms {'(' + row['pytorch_best'][8:] + ')':<9} |"
-            for engine in ORT_ENGINES:
->>>>>>> main
                 r = row["engines"][engine]
                 line += f" {r['p50_ms']:10.2f} ms (x{r['ratio_vs_pytorch']:4.2f}, {r['pct_of_floor']:5.1f}%) |"
             lines.append(line)

@@ -305,18 +305,13 @@ Examples:
 def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | None, rows: int | None, passes: int,
           max_batch_tokens: int | None, threads: int | None, compare_torch: bool, model_dir: str | None,
           as_json: bool) -> None:
-<<<<<<< HEAD
-    """Latency p50/p90/p99 and throughput of every variant, side by side (and against PyTorch)."""
-    from .errors import HeadregError
-    from .runtime.bench import Engine, measure, source_model_dir, synthetic_texts
-=======
     """Latency p50/p90/p99 and throughput of every variant of BUNDLE, side by side (and against PyTorch).
 
     Synthetic rows by default; --texts measures your corpus, with length bucketing against arrival order.
     Progress is shown on stderr when it is a terminal (not with --json).
     """
-    from .runtime.bench import Engine, measure, source_model_dir, synthetic_texts, torch_runner
->>>>>>> main
+    from .errors import HeadregError
+    from .runtime.bench import Engine, measure, source_model_dir, synthetic_texts
     from .runtime.inputs import InputError, read_texts
     from .runtime.predictor import DEFAULT_MAX_BATCH_TOKENS, Predictor
     from .runtime.variants import cpu_flags
@@ -358,25 +353,14 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
         from .export.torch_bench import torch_runner
         from .runtime.backends import bf16_cpu
 
-<<<<<<< HEAD
+        from .progress import status
+
         # PyTorch's fastest CPU configuration: bf16 autocast where the CPU has native bf16, else fp32
         torch_modes = [("torch fp32", False)] + ([("torch bf16 autocast", True)] if bf16_cpu(cpu_flags()) else [])
         try:
-            for name, bf16 in torch_modes:
-                engines.append(Engine(name, default, runner=torch_runner(source, threads=threads, bf16=bf16)))
-        except (MissingExtraError, SaveLoadError, OSError, ValueError) as exc:
-            usage_error(f"--compare-torch cannot load the PyTorch model in {source}: {exc}")
-    if not as_json:
-        click.echo(f"benchmarking {len(engines)} engine(s) on {len(corpus)} rows x {passes} passes ...", err=True)
-    results = measure(engines, corpus, batch_size=batch_size, passes=passes)
-    torch_results = [r for r in results if r.engine.startswith("torch ")]
-    torch_result = max(torch_results, key=lambda r: r.throughput) if torch_results else None
-=======
-        from .progress import status
-
-        try:
             with status(f"loading the PyTorch model in {source} ...", enabled=False if as_json else None):
-                engines.append(Engine("torch eager", default, runner=torch_runner(source, threads=threads)))
+                for name, bf16 in torch_modes:
+                    engines.append(Engine(name, default, runner=torch_runner(source, threads=threads, bf16=bf16)))
         except (MissingExtraError, SaveLoadError, OSError, ValueError) as exc:
             usage_error(f"--compare-torch cannot load the PyTorch model in {source}: {exc}")
     from .progress import CountProgress
@@ -385,8 +369,8 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
     with CountProgress(f"benchmarking {len(engines)} engine(s) on {len(corpus)} rows", (warmup + passes) * len(engines),
                        enabled=False if as_json else None) as bar:
         results = measure(engines, corpus, batch_size=batch_size, passes=passes, warmup=warmup, on_pass=bar.advance)
-    torch_result = next((r for r in results if r.engine == "torch eager"), None)
->>>>>>> main
+    torch_results = [r for r in results if r.engine.startswith("torch ")]
+    torch_result = max(torch_results, key=lambda r: r.throughput) if torch_results else None
     arrival = next((r for r in results if r.engine.endswith("arrival order")), None)
     report = {
         "bundle": bundle, "head": default.head, "batch_size": batch_size, "max_length": default.max_length,

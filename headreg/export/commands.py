@@ -151,31 +151,21 @@ Examples:
               help="Disagreements whose PyTorch margin is below this are reported as near-ties.")
 @click.option("--max-error", default=0.05, show_default=True, type=click.FloatRange(min=0),
               help="Regression heads: max abs error allowed, times max(std of the values, 1).")
-<<<<<<< HEAD
 @click.option("--bf16", is_flag=True,
               help="Also add a bf16 variant (OpenVINO runs model.onnx in bf16), judged like int8; needs a CPU with "
                    "AVX-512 BF16 or AMX and headreg[openvino].")
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True,
-              help="torch.onnx exporter; torchscript is the fallback for models dynamo cannot trace.")
-=======
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
               help="torch.onnx exporter; auto: TorchScript (fast), dynamo when TorchScript fails or does not verify "
                    "(dynamo first with --optimize).")
 @click.option("--allow-bin", is_flag=True,
               help="Load weights stored only as pytorch_model.bin, with torch.load(weights_only=True).")
->>>>>>> main
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only (no progress).")
 def export(source: str, out_dir: str, head: str | None, num_labels: int | None, tokenizer: str | None,
            opset: int | None, atol: float, rtol: float, max_length: int | None, optimize: bool, quantize: str | None,
            calibration_file: str | None, calibration_method: str, min_agreement: float, near_tie: float,
-<<<<<<< HEAD
-           max_error: float, bf16: bool, exporter: str, overwrite: bool, as_json: bool) -> None:
-    """Export SOURCE to a verified ONNX bundle in DIR.
-=======
-           max_error: float, exporter: str, allow_bin: bool, overwrite: bool, as_json: bool) -> None:
+           max_error: float, bf16: bool, exporter: str, allow_bin: bool, overwrite: bool, as_json: bool) -> None:
     """Export SOURCE to a verified ONNX bundle in DIR (-o).
->>>>>>> main
 
     SOURCE is a directory saved by HeadedModel.save_pretrained, a transformers checkpoint with a task
     head, or a backbone with --head NAME --num-labels N (a fresh, untrained head). Nothing is written unless

@@ -355,16 +355,12 @@ def export_onnx(
 
     Raises VerificationFailed (with ``.report``) when onnxruntime disagrees with PyTorch; nothing is
     written then. ``tokenizer`` is a transformers tokenizer, a ``tokenizers.Tokenizer`` or a path; it
-<<<<<<< HEAD
-    defaults to the backbone's own directory. ``bf16=True`` adds an OpenVINO bf16 variant (the same
-    ``model.onnx``), judged like int8; it needs a CPU with AVX-512 BF16 or AMX and ``headreg[openvino]``.
-=======
     defaults to the backbone's own directory. ``exporter``: "auto" (TorchScript, then dynamo when TorchScript
     cannot trace the model or its graph does not verify; dynamo first with ``optimize=True``), "torchscript"
     or "dynamo". ``progress``: None shows
     each step on stderr when stderr is a terminal, True/False force it on/off, a callable
-    ``progress(step, state, info)`` receives the steps ("start", "done" or "failed").
->>>>>>> main
+    ``progress(step, state, info)`` receives the steps ("start", "done" or "failed"). ``bf16=True`` adds an OpenVINO bf16 variant (the same ``model.onnx``),
+    judged like int8; it needs a CPU with AVX-512 BF16 or AMX and ``headreg[openvino]``.
 
     ``quantize="int8"`` adds a static int8 variant, calibrated on part of ``calibration_texts`` (strings or
     ``(text, text_pair)``; default: headreg's built-in texts) and accepted on the disjoint rest when at least
