@@ -472,7 +472,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
                          max_concurrent_requests=max_concurrent_requests, max_input_texts=max_input_texts,
                          payload_limit=payload_limit, api_key=api_key or None)
     click.echo(
-        f"serving {', '.join(f'{n} ({p.head}, {p.variant})' for n, p in predictors.items())} on http://{host}:{port} "
+        f"serving {', '.join(f'{n} ({plain(p.head)}, {p.variant})' for n, p in predictors.items())} on http://{host}:{port} "
         f"with {threads} thread(s) per model",
         err=True,
     )

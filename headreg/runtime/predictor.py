@@ -81,7 +81,7 @@ class Predictor:
     ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer).
     ``trust_remote_code``: import a postprocess the manifest names even when it is not the installed head's.
     ``verify_files``: also check the model file's sha256 against the manifest (the tokenizer and files up to
-    16 MB always are; hashing MiniLM's 91 MB model.onnx adds ~0.25 s to a ~0.65 s load, see docs/security.md).
+    16 MB always are; hashing MiniLM's 91 MB model.onnx adds 23-40% to a cold load, see docs/security.md).
 
     Everything is checked at load (manifest fields, that every file it names is inside the bundle, format
     version, checksums, model inputs and outputs against the manifest and the labels, the tokenizer's ids
@@ -266,10 +266,12 @@ class Predictor:
         results: list[Any] = []
         chunk: list[Text] = []
         iterator = iter(inputs)
+        check_options(options, self._options)  # a bad option fails before any work, even for no inputs
         while True:
             chunk = [item for _, item in zip(range(PREDICT_CHUNK), iterator)]
             if not chunk:
                 return results
+            check_inputs(chunk, self.supports_pairs, start=len(results))  # errors name the index in the whole call
             job = self.prepare(chunk, kind=kind, **options)
             outputs: list[dict[str, np.ndarray]] = [{}] * len(job.rows)
             for indices in self.plan([len(row.encoding) for row in job.rows], batch_size=batch_size):
