@@ -239,9 +239,11 @@ Examples:
 @click.option("--window-reduce", type=click.Choice(["mean", "max", "first"]), default=None,
               help="With --long-text window, sequence heads: combine the windows' logits by mean, max or the "
                    "first window's [default: mean].")
+@click.option("--verify-files", is_flag=True,
+              help="Also check the model file's sha256 against the manifest (small files always are).")
 def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
             threads: int | None, quantized: bool, variant: str | None, long_text: str | None,
-            window_stride: int | None, window_reduce: str | None) -> None:
+            window_stride: int | None, window_reduce: str | None, verify_files: bool) -> None:
     """Predict with an exported BUNDLE: labels and scores per text (onnxruntime only; torch is not imported).
 
     Texts come as arguments, from --file, or both.
@@ -258,7 +260,8 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
         usage_error("give texts as arguments or with --file")
     if quantized and variant not in (None, "int8"):
         usage_error(f"--quantized asks for int8 but --variant asks for {variant}; give one of them")
-    predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant, batch_size=batch_size)
+    predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant, batch_size=batch_size,
+                                verify_files=verify_files)
     try:
         options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce)
         results = predictor.predict(items, **{name: value for name, value in options.items() if value is not None})
