@@ -63,6 +63,19 @@ def _paths(value, prefix=()):
 PATHS = [path for path in _paths(MANIFEST) if path]
 
 
+def _mutated(reference: dict, path: tuple, value, delete: bool) -> dict:
+    """A deep copy of ``reference`` with the field at ``path`` set to ``value`` (or deleted)."""
+    data = copy.deepcopy(reference)
+    holder = data
+    for key in path[:-1]:
+        holder = holder[key]
+    if delete:
+        del holder[path[-1]]
+    else:
+        holder[path[-1]] = value
+    return data
+
+
 def test_the_reference_manifest_is_valid():
     assert validate_manifest(copy.deepcopy(MANIFEST)) is not None
 
@@ -70,14 +83,7 @@ def test_the_reference_manifest_is_valid():
 @FUZZ
 @given(path=st.sampled_from(PATHS), value=json_value, delete=st.booleans())
 def test_any_single_field_change_is_accepted_or_a_bundle_error(path, value, delete):
-    manifest = copy.deepcopy(MANIFEST)
-    holder = manifest
-    for key in path[:-1]:
-        holder = holder[key]
-    if delete:
-        del holder[path[-1]]
-    else:
-        holder[path[-1]] = value
+    manifest = _mutated(MANIFEST, path, value, delete)
     try:
         validate_manifest(manifest)
     except BundleError as exc:
@@ -188,14 +194,7 @@ def test_any_saved_config_change_is_accepted_or_a_save_load_error(saved_dir, pat
     from headreg.errors import SaveLoadError
     from headreg.model import MODEL_CONFIG, read_saved_config
 
-    config = copy.deepcopy(SAVED)
-    holder = config
-    for key in path[:-1]:
-        holder = holder[key]
-    if delete:
-        del holder[path[-1]]
-    else:
-        holder[path[-1]] = value
+    config = _mutated(SAVED, path, value, delete)
     (saved_dir / MODEL_CONFIG).write_text(json.dumps(config, allow_nan=True))
     try:
         read_saved_config(saved_dir)
