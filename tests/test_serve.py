@@ -20,9 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import pip_install, write_plugin
+from conftest import pip_install, session_dir, write_plugin
 from prometheus_client.parser import text_string_to_metric_families
-from test_runtime_predictor import NER_LABELS, _BUNDLES, tiny_bundle
+from test_runtime_predictor import NER_LABELS, tiny_bundle
 
 from headreg.runtime import Predictor
 
@@ -133,7 +133,7 @@ def bundles() -> dict[str, Path]:
 
 def crf_bundle() -> Path:
     """The CRF plugin's head (pip-installed in this environment) on a tiny BERT, exported once per session."""
-    out = _BUNDLES / "crf"
+    out = session_dir("serve-bundles") / "crf"
     if not out.is_dir():
         import torch
 

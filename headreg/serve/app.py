@@ -130,7 +130,6 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
         exception_handlers={RequestError: _request_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
-    app.state.headreg = state
     return AccessLog(app, metrics)
 
 
@@ -250,10 +249,6 @@ class AccessLog:
     def __init__(self, app: Any, metrics: ServeMetrics):
         self.app = app
         self.metrics = metrics
-
-    @property
-    def state(self) -> Any:
-        return self.app.state
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
