@@ -94,3 +94,23 @@ def plugin_site(tmp_path: Path):
         return site
 
     return install
+
+
+MULTI_HEADS = {
+    "sentiment": ("seq_cls", {"num_labels": 3, "id2label": {0: "neg", 1: "neu", 2: "pos"}}),
+    "entities": ("token_cls", {"num_labels": 5, "id2label": {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}}),
+}
+
+
+@pytest.fixture(scope="session")
+def multi_head_bundle(tmp_path_factory) -> Path:
+    """A tiny two-head bundle (``sentiment``: seq_cls, ``entities``: token_cls), exported once per session."""
+    from headreg import attach_heads
+    from headreg.export import export_onnx
+    from headreg.testing import load_tokenizer, single_torch_thread, tiny_backbone
+
+    out = tmp_path_factory.mktemp("multi-head") / "bundle"
+    with single_torch_thread():
+        model = attach_heads(tiny_backbone("bert"), MULTI_HEADS).eval()
+        export_onnx(model, out, load_tokenizer(), exporter="torchscript")
+    return out

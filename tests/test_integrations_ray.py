@@ -188,3 +188,17 @@ def test_serve_deployment_over_http(ray_cluster):
         assert [(m["name"], m["labels"]) for m in listed] == [("sentiment", predictor.labels)]
     finally:
         serve.shutdown()
+
+
+
+def test_bundle_predictor_multi_head_column_per_head(multi_head_bundle):
+    import pandas as pd
+
+    bundle = multi_head_bundle
+    batch = pd.DataFrame({"text": TEXTS[:12]})
+    expected = Predictor(bundle).predict(TEXTS[:12])
+    out = BundlePredictor(bundle, threads=1)(batch)
+    assert list(out["sentiment"]) == [r["sentiment"] for r in expected]
+    assert list(out["entities"]) == [{"entities": r["entities"]["entities"]} for r in expected]
+    only = BundlePredictor(bundle, threads=1, heads=["sentiment"])(batch)
+    assert "entities" not in only.columns and list(only["sentiment"]) == list(out["sentiment"])

@@ -128,3 +128,21 @@ def test_errors_on_the_driver(spark):
         predict_udf(bundle, output="struct", bogus=1)
     with pytest.raises(HeadregError):
         predict_udf(bundle.parent / "no-such-bundle")
+
+
+def test_multi_head_struct_has_a_field_per_head(spark, multi_head_bundle):
+    from pyspark.sql import functions as F
+
+    texts = TEXTS[:40]
+    df = spark.createDataFrame([(i, t) for i, t in enumerate(texts)] + [(len(texts), None)], "id long, text string")
+    full, labels = predict_udf(multi_head_bundle, output="struct"), predict_udf(multi_head_bundle)
+    rows = _sorted(df.select("id", full(F.col("text")).alias("pred"), labels(F.col("text")).alias("label")).collect())
+
+    assert full.return_type.startswith("struct<`sentiment`:struct<label:string,score:double")
+    expected = Predictor(multi_head_bundle).predict(texts)
+    got = [row["pred"].asDict(recursive=True) for row in rows[:-1]]
+    assert [g["sentiment"] for g in got] == [e["sentiment"] for e in expected]
+    assert [[{k: v for k, v in ent.items() if v is not None} for ent in g["entities"]["entities"]] for g in got] == \
+        [e["entities"]["entities"] for e in expected]
+    assert [row["label"]["sentiment"] for row in rows[:-1]] == [e["sentiment"]["label"] for e in expected]
+    assert rows[-1]["pred"] is None or rows[-1]["pred"]["sentiment"] is None  # a null text: null results
