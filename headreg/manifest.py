@@ -14,7 +14,7 @@ from typing import Any
 from .errors import BundleError
 
 FORMAT = "headreg-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the "heads" list (several heads in one graph); format-1 bundles still load
 
 MODEL_FILE = "model.onnx"
 MODEL_DATA_FILE = "model.onnx.data"
@@ -70,3 +70,39 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def bundle_heads(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's heads as a list, whatever its format version.
+
+    Format 2 lists them in ``heads``. A format-1 bundle has one head described by the top-level ``head``,
+    ``postprocess_config``, ``num_labels``, ``id2label`` and ``pooling``, with graph outputs named after
+    the head's own outputs; it comes back as the one-element list format 2 would write for it.
+    """
+    heads = manifest.get("heads")
+    if isinstance(heads, list):
+        return heads
+    head = manifest.get("head") or {}
+    outputs = manifest.get("outputs") or ["logits", "pooled_output"]
+    return [
+        {
+            "name": head.get("name", "?"),
+            "head": head.get("name", "?"),
+            "plugin": head.get("plugin"),
+            "plugin_version": head.get("plugin_version"),
+            "level": head.get("level", "sequence"),
+            "problem_type": head.get("problem_type"),
+            "postprocess": head.get("postprocess"),
+            "config": head.get("config") or {},
+            "postprocess_config": manifest.get("postprocess_config") or {},
+            "num_labels": manifest.get("num_labels"),
+            "id2label": manifest.get("id2label") or {},
+            "pooling": manifest.get("pooling"),
+            "outputs": {name: name for name in outputs},
+        }
+    ]
+
+
+def is_multi_head(manifest: dict[str, Any]) -> bool:
+    """Whether results come back as a dict by head name (a bundle exported from a MultiHeadModel)."""
+    return bool(manifest.get("multi_head"))

@@ -26,7 +26,7 @@ from . import bundle as bundle_mod
 from .cases import Case, make_cases
 from .tokenizer import TokenizerError, bundle_tokenizer
 from .trace import ExportError, ExportWrapper, graph_signature, input_names_for, trace
-from .verify import Report, VerificationFailed, save_golden, verify_session
+from .verify import HeadCheck, Report, VerificationFailed, save_golden, verify_session
 
 Progress = Callable[[str, str, dict], None]
 QUANTIZE_MODES = ("int8",)
@@ -96,8 +96,24 @@ def _torch_outputs(wrapper: ExportWrapper, cases: list[Case]) -> list[dict[str, 
     return expected
 
 
-def _decide(head: Any) -> Callable[[dict[str, np.ndarray], np.ndarray], Any]:
-    return lambda outputs, mask: head.decisions(outputs, mask)
+def head_checks(model: Any) -> list[HeadCheck]:
+    """Each head's decisions, read from the graph outputs it owns (verification and int8 acceptance go per head)."""
+    checks = []
+    for member in model.members():
+        identity = all(local == graph for local, graph in member.outputs.items())
+        checks.append(
+            HeadCheck(
+                "" if not model.multi_head else member.name,
+                member.head.decisions,
+                member.head.level == "token",
+                None if identity else dict(member.outputs),
+            )
+        )
+    return checks
+
+
+def token_outputs_of(model: Any) -> set[str]:
+    return {name for member in model.members() for name in member.token_outputs}
 
 
 def _source_info(source: dict[str, Any] | None) -> dict[str, Any]:
@@ -208,8 +224,8 @@ def export_onnx(
     step = _Steps(progress)
     input_names = input_names_for(model)
     padding_side = "left" if model._decoder else "right"
-    decide = _decide(model.head)
-    token_outputs = {"logits"} if model.head.level == "token" else set()
+    decide = head_checks(model)
+    token_outputs = token_outputs_of(model)
     checks = dict(decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol)
 
     if any(p.device.type != "cpu" for p in model.parameters()):
@@ -251,10 +267,12 @@ def export_onnx(
             with step("quantize") as info:
                 int8 = quantize_int8(
                     staging / MODEL_FILE, staging / INT8_FILE, cases, expected, decide=decide,
-                    min_agreement=int8_min_agreement, token_level=model.head.level == "token",
+                    min_agreement=int8_min_agreement,
                 )
                 info.update(agreement=int8["decision_agreement"])
             variants["int8"] = {"file": INT8_FILE, **{k: int8[k] for k in ("decision_agreement", "min_agreement")}}
+            if int8.get("heads"):
+                variants["int8"]["heads"] = int8["heads"]
         if optimize:
             from .optimize import optimize_graph
 
@@ -294,6 +312,9 @@ def export_onnx(
                 verification=report.summary(),
                 source=_source_info(source),
                 exporter=exporter,
+                head_verification=lambda member: report.head_summary(
+                    member.name if model.multi_head else "", member.outputs
+                ),
             )
             write_json(staging / MANIFEST_FILE, manifest)
             write_json(

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import VerificationError
 from .cases import Case
-from .verify import decision_agreement, run_onnx
+from .verify import HeadCheck, as_checks, decision_agreement, run_onnx
 
 TEXT_KINDS = ("text", "pair")
 
@@ -31,23 +31,38 @@ def _strip_value_info(source: Path, target: Path) -> None:
 
 
 def int8_agreement(
-    session: Any, cases: list[Case], expected: list[dict[str, np.ndarray]], decide: Callable, *, token_level: bool
+    session: Any, cases: list[Case], expected: list[dict[str, np.ndarray]], decide: Callable | list[HeadCheck],
+    *, token_level: bool = False,
 ) -> float:
-    """Decision agreement with PyTorch over the text cases (rows; token heads: non-padding tokens)."""
-    agree = total = 0.0
+    """Decision agreement with PyTorch over the text cases: the lowest head's (see :func:`head_agreements`)."""
+    return min(head_agreements(session, cases, expected, decide, token_level=token_level).values(), default=0.0)
+
+
+def head_agreements(
+    session: Any, cases: list[Case], expected: list[dict[str, np.ndarray]], decide: Callable | list[HeadCheck],
+    *, token_level: bool = False,
+) -> dict[str, float]:
+    """Per head: fraction of its decisions over the text cases equal to PyTorch's (rows; token heads: non-padding
+    tokens; heads without decisions: rows whose pooled_output points the same way). Single-head key: ""."""
+    checks = as_checks(decide, {"logits"} if token_level else set())
+    counts = {check.name: [0.0, 0.0] for check in checks}
     for case, want in zip(cases, expected):
         if case.kind not in TEXT_KINDS:
             continue
         got = run_onnx(session, case.inputs)
-        want_d, got_d = decide(want, case.mask), decide(got, case.mask)
-        if want_d is None:  # no decisions: count rows whose pooled_output points the same way
-            a, b = want["pooled_output"], got["pooled_output"]
-            cosine = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
-            agree, total = agree + float((cosine >= 0.99).sum()), total + len(cosine)
-            continue
-        fraction, count = decision_agreement(want_d, got_d, case.mask, token_level=token_level)
-        agree, total = agree + fraction * count, total + count
-    return agree / total if total else 0.0
+        for check in checks:
+            tally = counts[check.name]
+            want_d, got_d = check.decisions(want, case.mask), check.decisions(got, case.mask)
+            if want_d is None:  # no decisions: count rows whose pooled_output points the same way
+                a, b = check.own(want)["pooled_output"], check.own(got)["pooled_output"]
+                cosine = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+                tally[0] += float((cosine >= 0.99).sum())
+                tally[1] += len(cosine)
+                continue
+            fraction, count = decision_agreement(want_d, got_d, case.mask, token_level=check.token_level)
+            tally[0] += fraction * count
+            tally[1] += count
+    return {name: (agree / total if total else 0.0) for name, (agree, total) in counts.items()}
 
 
 def quantize_int8(
@@ -56,9 +71,9 @@ def quantize_int8(
     cases: list[Case],
     expected: list[dict[str, np.ndarray]],
     *,
-    decide: Callable,
+    decide: Callable | list[HeadCheck],
     min_agreement: float,
-    token_level: bool,
+    token_level: bool = False,
 ) -> dict[str, Any]:
     """Write ``int8_path`` and return its acceptance record; VerificationError when agreement is too low."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -78,15 +93,18 @@ def quantize_int8(
     finally:
         root.setLevel(level)
         clean.unlink(missing_ok=True)
-    agreement = int8_agreement(create_session(int8_path), cases, expected, decide, token_level=token_level)
+    per_head = head_agreements(create_session(int8_path), cases, expected, decide, token_level=token_level)
+    agreement = min(per_head.values(), default=0.0)
     record = {
         "decision_agreement": round(agreement, 6),
+        "heads": {name: round(value, 6) for name, value in per_head.items() if name},
         "min_agreement": min_agreement,
         "size_ratio": round(int8_path.stat().st_size / fp32_path.stat().st_size, 4),
     }
     if agreement < min_agreement:
+        worst = min(per_head, key=per_head.get)
         raise VerificationError(
-            f"int8 model agrees with PyTorch on {agreement:.1%} of decisions over the verification texts, below "
+            (f"head {worst!r}: " if worst else "") + f"int8 model agrees with PyTorch on {agreement:.1%} of decisions over the verification texts, below "
             f"the required {min_agreement:.0%}; export without --quantize, train the head further (near-tied scores flip "
             "first), or lower --int8-min-agreement (int8_min_agreement=)"
         )

@@ -20,6 +20,38 @@ Decide = Callable[[dict[str, np.ndarray], np.ndarray], Any]
 
 
 @dataclass
+class HeadCheck:
+    """One head's decisions, read from a graph's outputs: a multi-head graph is checked head by head.
+
+    ``outputs`` maps the head's own output names (``logits``, ``pooled_output``, extras) to the graph's
+    (``sentiment.logits``, ...); None means the graph uses the head's names (a single-head bundle).
+    """
+
+    name: str
+    decide: Decide
+    token_level: bool
+    outputs: dict[str, str] | None = None
+
+    def own(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The head's outputs under its own names."""
+        if self.outputs is None:
+            return outputs
+        return {local: outputs[graph] for local, graph in self.outputs.items() if graph in outputs}
+
+    def decisions(self, outputs: dict[str, np.ndarray], mask: np.ndarray) -> Any:
+        return self.decide(self.own(outputs), mask)
+
+
+def as_checks(decide: "Decide | list[HeadCheck] | None", token_outputs: set[str]) -> list[HeadCheck]:
+    """A plain ``decide`` callable (one head, graph names = its names) or per-head checks, as a list."""
+    if decide is None:
+        return []
+    if callable(decide):
+        return [HeadCheck("", decide, bool(token_outputs))]
+    return list(decide)
+
+
+@dataclass
 class OutputDiff:
     max_abs: float
     max_rel: float
@@ -36,8 +68,9 @@ class CaseResult:
     lengths: list[int]
     padding_side: str
     outputs: dict[str, OutputDiff]
-    decision_agreement: float | None  # fraction of decisions equal; None when the head makes none
+    decision_agreement: float | None  # fraction of decisions equal (the lowest head's); None when no head decides
     problems: list[str] = field(default_factory=list)
+    head_agreement: dict[str, float | None] = field(default_factory=dict)  # per head, for multi-head graphs
 
     @property
     def passed(self) -> bool:
@@ -79,6 +112,19 @@ class Report:
                 entry["abs"] = max(entry["abs"], diff.max_abs)
                 entry["rel"] = max(entry["rel"], diff.max_rel)
         return worst
+
+    def head_summary(self, name: str, outputs: dict[str, str]) -> dict[str, Any]:
+        """One head's part of the verification: worst diffs of its outputs (by the head's own names) and its
+        lowest decision agreement over the cases (None when it makes no decisions)."""
+        worst = self.worst()
+        agreements = [
+            case.head_agreement.get(name) if name else case.decision_agreement for case in self.cases
+        ]
+        decided = [value for value in agreements if value is not None]
+        return {
+            "worst": {local: worst[graph] for local, graph in outputs.items() if graph in worst},
+            "decision_agreement": min(decided) if decided else None,
+        }
 
     def summary(self) -> dict[str, Any]:
         """The manifest's ``verification`` entry."""
@@ -178,22 +224,32 @@ def check_case(
     expected: dict[str, np.ndarray],
     actual: dict[str, np.ndarray],
     *,
-    decide: Decide | None,
+    decide: Decide | list[HeadCheck] | None,
     token_outputs: set[str],
     atol: float,
     rtol: float,
 ) -> CaseResult:
     diffs, problems = compare_outputs(expected, actual, case.mask, token_outputs=token_outputs, atol=atol, rtol=rtol)
-    agreement = None
-    if decide is not None and not problems:
-        want, got = decide(expected, case.mask), decide(actual, case.mask)
-        if want is not None:
-            agreement, _ = decision_agreement(want, got, case.mask, token_level=bool(token_outputs))
+    per_head: dict[str, float | None] = {}
+    if not problems:
+        for check in as_checks(decide, token_outputs):
+            want = check.decisions(expected, case.mask)
+            if want is None:
+                per_head[check.name] = None
+                continue
+            got = check.decisions(actual, case.mask)
+            agreement, _ = decision_agreement(want, got, case.mask, token_level=check.token_level)
+            per_head[check.name] = agreement
             if agreement < 1.0:
-                problems.append(f"decisions differ on {100 * (1 - agreement):.1f}% of rows")
+                where = f"head {check.name!r}: " if check.name else ""
+                problems.append(f"{where}decisions differ on {100 * (1 - agreement):.1f}% of rows")
+    decided = [value for value in per_head.values() if value is not None]
+    agreement = min(decided) if decided else None
     info = case.describe()
+    heads = {name: value for name, value in per_head.items() if name}
     return CaseResult(
-        info["name"], info["kind"], info["shape"], info["lengths"], info["padding_side"], diffs, agreement, problems
+        info["name"], info["kind"], info["shape"], info["lengths"], info["padding_side"], diffs, agreement, problems,
+        heads,
     )
 
 
@@ -208,7 +264,7 @@ def verify_session(
     cases: list[Case],
     expected: list[dict[str, np.ndarray]],
     *,
-    decide: Decide | None,
+    decide: Decide | list[HeadCheck] | None,
     token_outputs: set[str],
     atol: float,
     rtol: float,
@@ -261,20 +317,38 @@ def load_golden(path: str | Path, descriptions: list[dict[str, Any]]) -> tuple[l
 # --- headreg verify DIR -----------------------------------------------------------------------------------------
 
 
-def _head_decide(manifest: dict[str, Any]) -> tuple[Decide | None, str | None]:
-    """The bundle head's decisions() (imports the head class, so torch), or a note saying why not."""
-    head_info = manifest.get("head", {})
-    try:
-        from ..heads.base import build_config
-        from ..registry import get_head
+def _head_checks(manifest: dict[str, Any]) -> tuple[list[HeadCheck] | None, list[str]]:
+    """Each bundle head's decisions() (imports the head classes, so torch), or notes saying why not."""
+    from ..manifest import bundle_heads, is_multi_head
 
-        spec = get_head(head_info["name"])
-        head_cls = spec.load_class()
-        config = build_config(head_cls.config_class, spec.name, dict(head_info.get("config", {})))
-        head = head_cls(config, int(manifest["backbone"]["hidden_size"]))
-    except Exception as exc:  # torch missing, plugin missing, changed config fields: verify the numbers anyway
-        return None, f"decisions not compared: head {head_info.get('name')!r} could not be built here ({exc})"
-    return (lambda outputs, mask: head.decisions(outputs, mask)), None
+    checks, notes = [], []
+    for entry in bundle_heads(manifest):
+        try:
+            from ..heads.base import build_config
+            from ..registry import get_head
+
+            spec = get_head(entry["head"])
+            head_cls = spec.load_class()
+            config = build_config(head_cls.config_class, spec.name, dict(entry.get("config", {})))
+            head = head_cls(config, int(manifest["backbone"]["hidden_size"]))
+        except Exception as exc:  # torch missing, plugin missing, changed config fields: verify the numbers anyway
+            notes.append(f"decisions not compared: head {entry.get('name')!r} could not be built here ({exc})")
+            continue
+        outputs = dict(entry.get("outputs") or {})
+        identity = all(local == graph for local, graph in outputs.items())
+        name = str(entry.get("name")) if is_multi_head(manifest) else ""
+        checks.append(HeadCheck(name, head.decisions, entry.get("level") == "token", None if identity else outputs))
+    return (checks or None), notes
+
+
+def token_outputs_of(manifest: dict[str, Any]) -> set[str]:
+    from ..manifest import bundle_heads
+
+    return {
+        (entry.get("outputs") or {}).get("logits", "logits")
+        for entry in bundle_heads(manifest)
+        if entry.get("level") == "token"
+    }
 
 
 def _session_signature(session: Any) -> tuple[dict[str, list], dict[str, list]]:
@@ -316,8 +390,15 @@ def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[
         declared = (manifest.get("outputs") or {}).get(name)
         if isinstance(declared, list) and declared != dims:
             problems.append(f"manifest output {name} has dims {declared} but the graph's has {dims}")
-    if len(manifest.get("id2label") or {}) not in (0, manifest.get("num_labels")):
-        problems.append(f"manifest id2label has {len(manifest['id2label'])} labels, num_labels={manifest.get('num_labels')}")
+    from ..manifest import bundle_heads
+
+    for entry in bundle_heads(manifest):
+        id2label, num_labels = entry.get("id2label") or {}, entry.get("num_labels")
+        if len(id2label) not in (0, num_labels):
+            problems.append(f"head {entry.get('name')!r}: manifest id2label has {len(id2label)} labels, num_labels={num_labels}")
+        missing = sorted(set((entry.get("outputs") or {}).values()) - set(outputs))
+        if missing:
+            problems.append(f"head {entry.get('name')!r} names outputs {missing} that the graph does not have")
     return problems
 
 
@@ -352,14 +433,13 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
         return Report([], atol, rtol, model_file, problems=problems + [f"onnxruntime cannot load {model_file}: {exc}"])
     problems = _bundle_problems(bundle_dir, manifest, recorded, session)
     cases, expected = load_golden(bundle_dir / GOLDEN_FILE, descriptions)
-    decide, note = _head_decide(manifest)
-    token_outputs = {"logits"} if manifest.get("head", {}).get("level") == "token" else set()
+    decide, notes = _head_checks(manifest)
+    token_outputs = token_outputs_of(manifest)
     report = verify_session(
         session, cases, expected, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol, target=model_file
     )
     report.problems.extend(problems)
-    if note:
-        report.notes.append(note)
+    report.notes.extend(notes)
     int8 = manifest.get("variants", {}).get("int8")
     if int8 and decide is not None:
         from .quantize import int8_agreement
@@ -369,7 +449,7 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
         except Exception as exc:  # missing or corrupt file: onnxruntime's own exception types
             report.problems.append(f"onnxruntime cannot load {int8['file']}: {exc}; export again with --quantize int8")
             return report
-        agreement = int8_agreement(int8_session, cases, expected, decide, token_level=bool(token_outputs))
+        agreement = int8_agreement(int8_session, cases, expected, decide)
         report.notes.append(f"{int8['file']}: decision agreement {agreement:.1%} (accepted at export: "
                             f"{int8.get('decision_agreement', 0):.1%})")
         if agreement < float(int8.get("min_agreement", 0.95)):

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import BundleError, HeadregError
-from ..manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest, sha256_file
+from ..manifest import MODEL_FILE, TOKENIZER_FILE, bundle_heads, is_multi_head, read_manifest, sha256_file
+from . import heads as _heads
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
 from .inputs import check_inputs
@@ -85,13 +86,16 @@ class Predictor:
                 f"{self.model_path} is not a loadable ONNX model ({type(exc).__name__}: {exc}); export the bundle again"
             ) from exc
         self.input_names, self.output_names, self._input_dtype = _check_model(self.session, manifest, self.model_path)
-        head = manifest.get("head") or {}
-        self.head = head.get("name", "?")
-        self.level = head.get("level", "sequence")
-        self._postprocess = _load_postprocess(head, trust_remote_code)
-        self.config: dict[str, Any] = dict(manifest.get("postprocess_config") or {})
-        id2label = manifest.get("id2label") or {}
-        self.labels: list[str] = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        self.multi_head = is_multi_head(manifest)
+        self.heads = [_runtime_head(manifest, entry, trust_remote_code) for entry in bundle_heads(manifest)]
+        first = self.heads[0]
+        # A multi-head bundle answers with a dict by head name; these describe its first head only.
+        self.head = "+".join(head.name for head in self.heads) if self.multi_head else first.name
+        self.level = "multi" if self.multi_head else first.level
+        self._postprocess = first.postprocess
+        self.config: dict[str, Any] = {} if self.multi_head else dict(first.config)
+        id2label = first.manifest.get("id2label") or {}
+        self.labels: list[str] = [] if self.multi_head else [str(id2label[k]) for k in sorted(id2label, key=int)]
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.bundle_dir)!r}, head={self.head!r}, variant={self.variant!r})"
@@ -103,14 +107,16 @@ class Predictor:
 
         ``options`` override the bundle's postprocess config for this call, e.g. ``thresholds=0.3`` or
         ``{"toxic": 0.8}`` (multi_label), ``aggregation="max"`` (token_cls).
+
+        A multi-head bundle gives per input a dict by head name of what each head's single-head bundle gives.
+        ``heads=["sentiment"]`` answers for those heads only and fetches only their outputs from the graph;
+        ``sentiment={"threshold": 0.3}`` overrides one head's config, other options reach every head.
         """
         single = isinstance(inputs, str)
         texts = [inputs] if single else list(inputs)
-        if "threshold" in options:  # the multi_label head's config option is "threshold"; accept it here too
-            options["thresholds"] = options.pop("threshold")
-        config = {**self.config, **options}
+        config, names = self._call_config(options)
         results: list[Any] = [None] * len(texts)
-        for indices, outputs, context in self.batches(texts, batch_size=batch_size, config=config):
+        for indices, outputs, context in self.batches(texts, batch_size=batch_size, config=config, names=names):
             for index, row in zip(indices, self.postprocess(outputs, context)):
                 results[index] = row
         return results[0] if single else results
@@ -175,7 +181,12 @@ class Predictor:
         return plan_batches(lengths, size, self.max_batch_tokens) if bucket else plan_batches(lengths, size, sort=False)
 
     def postprocess(self, outputs: dict[str, np.ndarray], context: _post.Context) -> list[Any]:
-        """The head's postprocess on one batch (checked to return one result per row)."""
+        """The head's postprocess on one batch (checked to return one result per row); a multi-head bundle's
+        is each selected head's (``context.config`` holds their configs by head name), merged per row."""
+        if self.multi_head:
+            by_head = {head.name: head.run(outputs, context, context.config[head.name])
+                       for head in self.heads if head.name in context.config}
+            return [{name: rows[i] for name, rows in by_head.items()} for i in range(len(context.encodings))]
         rows = self._postprocess(outputs, context)
         if len(rows) != len(context.encodings):
             raise HeadregError(
@@ -184,6 +195,14 @@ class Predictor:
         return rows
 
     # --- internals --------------------------------------------------------------------------------------------
+
+    def _call_config(self, options: dict[str, Any]) -> tuple[dict[str, Any], list[str] | None]:
+        """(postprocess config, graph outputs to fetch) of one predict call."""
+        wanted = options.pop("heads", None)
+        selected = _heads.select(self.heads, wanted)
+        if self.multi_head:
+            return _heads.split_options(selected, options), _heads.graph_outputs(selected)
+        return _heads.split_options(selected, options)[self.heads[0].name], None
 
     def _pooled_width(self) -> int | None:
         shape = (self.manifest.get("outputs") or {}).get("pooled_output") or [None, None]
@@ -232,6 +251,21 @@ def _check_model(session: Any, manifest: dict[str, Any], path: Path) -> tuple[li
         )
     dtype = np.int32 if session.get_inputs()[0].type == "tensor(int32)" else np.int64
     return expected_in, outputs, dtype
+
+
+def _runtime_head(manifest: dict[str, Any], entry: dict[str, Any], trust_remote_code: bool) -> _heads.RuntimeHead:
+    identity = {"name": entry.get("head"), **{k: entry.get(k) for k in ("postprocess", "plugin", "plugin_version")}}
+    outputs = entry.get("outputs") or {}
+    if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()):
+        raise BundleError(f"head {entry.get('name')!r} of the manifest has no output map; export the bundle again")
+    return _heads.RuntimeHead(
+        name=str(entry.get("name")),
+        level=str(entry.get("level", "sequence")),
+        postprocess=_load_postprocess(identity, trust_remote_code),
+        config=dict(entry.get("postprocess_config") or {}),
+        outputs=dict(outputs),
+        manifest=_heads.head_manifest(manifest, entry) if is_multi_head(manifest) else manifest,
+    )
 
 
 def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> Callable[..., list[dict]]:
