@@ -22,6 +22,7 @@ __all__ = [
     "HeadOutput",
     "HeadSpec",
     "HeadedModel",
+    "MultiHeadCollator",
     "MultiHeadModel",
     "MultiHeadOutput",
     "__version__",
@@ -43,13 +44,14 @@ _LAZY = {
     "from_transformers": "headreg.interop",
     "attach_heads": "headreg.multihead",
     "MultiHeadModel": "headreg.multihead",
+    "MultiHeadCollator": "headreg.multihead",
     "MultiHeadOutput": "headreg.multihead",
 }
 
 if TYPE_CHECKING:
     from .interop import from_transformers
     from .model import HeadedModel, HeadOutput, attach_head, load_model
-    from .multihead import MultiHeadModel, MultiHeadOutput, attach_heads
+    from .multihead import MultiHeadCollator, MultiHeadModel, MultiHeadOutput, attach_heads
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -174,10 +174,17 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
     from rich.table import Table
 
     table = Table(title=f"{predictor.head} · {len(items)} text(s) · {predictor.variant}", title_justify="left")
-    for column in ("#", "text", "prediction", "score"):
-        table.add_column(column, overflow="fold")
-    for index, (item, result) in enumerate(zip(items, results)):
-        table.add_row(str(index), _short(item), *_prediction_cells(result))
+    if predictor.multi_head:  # a column per head: "prediction (score)"
+        for column in ("#", "text", *(head.name for head in predictor.heads)):
+            table.add_column(column, overflow="fold")
+        for index, (item, result) in enumerate(zip(items, results)):
+            cells = [_prediction_cells(result[head.name]) for head in predictor.heads]
+            table.add_row(str(index), _short(item), *(f"{p} ({s})" if s else p for p, s in cells))
+    else:
+        for column in ("#", "text", "prediction", "score"):
+            table.add_column(column, overflow="fold")
+        for index, (item, result) in enumerate(zip(items, results)):
+            table.add_row(str(index), _short(item), *_prediction_cells(result))
     console().print(table)
 
 

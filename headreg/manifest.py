@@ -75,13 +75,14 @@ def _jsonable(value: Any) -> Any:
 def bundle_heads(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The manifest's heads as a list, whatever its format version.
 
-    Format 2 lists them in ``heads``. A format-1 bundle has one head described by the top-level ``head``,
-    ``postprocess_config``, ``num_labels``, ``id2label`` and ``pooling``, with graph outputs named after
-    the head's own outputs; it comes back as the one-element list format 2 would write for it.
+    A multi-head bundle lists them in ``heads``. A single-head bundle (any format) describes its head with the
+    top-level ``head``, ``postprocess_config``, ``num_labels``, ``id2label`` and ``pooling``, its graph outputs
+    named after the head's own; those fields are what counts, and it comes back as the one-element list that
+    format 2 also writes into its ``heads`` (``headreg verify`` checks that the two agree).
     """
     heads = manifest.get("heads")
-    if isinstance(heads, list):
-        return heads
+    if is_multi_head(manifest):
+        return heads if isinstance(heads, list) else []
     head = manifest.get("head") or {}
     outputs = manifest.get("outputs") or ["logits", "pooled_output"]
     return [

@@ -352,3 +352,52 @@ def load_multi_head(directory: Path, saved: dict[str, Any], *, trust_remote_code
     model.to(next(backbone.parameters()).device)
     load_head_weights(model, directory, f"heads {[e['name'] for e in entries]}")
     return model
+
+
+class MultiHeadCollator:
+    """Pads tokenized examples whose ``labels`` is a dict by head name into a batch for a MultiHeadModel.
+
+    Per-token labels are padded with -100 on the tokenizer's padding side. An example without labels for a
+    head gets -100 there (ignored) for class-id heads; a batch where no example has them leaves the head out
+    of ``labels`` (it adds nothing to the loss). Float labels (regression, multi-label) cannot be ignored per
+    row, so a batch must have them on every example or on none.
+
+    >>> trainer = Trainer(model, args, train_dataset=ds, data_collator=MultiHeadCollator(tokenizer, model))  # doctest: +SKIP
+    """
+
+    def __init__(self, tokenizer: Any, model: MultiHeadModel):
+        self.tokenizer = tokenizer
+        self.levels = {name: head.level for name, head in model.heads.items()}
+
+    def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, Any]:
+        labels = [dict(feature.get("labels") or {}) for feature in features]
+        inputs = [{k: v for k, v in feature.items() if k != "labels"} for feature in features]
+        batch = dict(self.tokenizer.pad(inputs, return_tensors="pt"))
+        width = batch["input_ids"].shape[1]
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        stacked = {}
+        for name in dict.fromkeys(name for row in labels for name in row):
+            if name not in self.levels:
+                raise LabelError(f"labels for unknown head {name!r}; the model's heads are {list(self.levels)}")
+            values = [row.get(name) for row in labels]
+            if self.levels[name] == "token":
+                rows = torch.full((len(values), width), -100, dtype=torch.long)
+                for index, value in enumerate(values):
+                    if value is not None:
+                        value = torch.as_tensor(value, dtype=torch.long)[:width]
+                        span = slice(width - len(value), width) if left else slice(0, len(value))
+                        rows[index, span] = value
+                stacked[name] = rows
+                continue
+            present = [torch.as_tensor(v) for v in values if v is not None]
+            if len(present) < len(values):
+                if torch.is_floating_point(present[0]):
+                    raise LabelError(
+                        f"head {name!r} has float labels on some examples of this batch and none on others; "
+                        "give every example of a batch its labels, or group examples by head"
+                    )
+                values = [-100 if v is None else v for v in values]
+            stacked[name] = torch.stack([torch.as_tensor(v) for v in values])
+        if stacked:
+            batch["labels"] = stacked
+        return batch

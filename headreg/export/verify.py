@@ -390,8 +390,17 @@ def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[
         declared = (manifest.get("outputs") or {}).get(name)
         if isinstance(declared, list) and declared != dims:
             problems.append(f"manifest output {name} has dims {declared} but the graph's has {dims}")
-    from ..manifest import bundle_heads
+    from ..manifest import bundle_heads, is_multi_head
 
+    listed = manifest.get("heads")
+    if not is_multi_head(manifest) and isinstance(listed, list):
+        effective = bundle_heads(manifest)[0]
+        fields = ("head", "postprocess", "postprocess_config", "num_labels", "id2label", "outputs")
+        if len(listed) != 1 or any(listed[0].get(key) != effective.get(key) for key in fields):
+            problems.append("manifest heads list does not describe the bundle's single head (head, postprocess, "
+                            "labels or outputs differ from the top-level fields); export the bundle again")
+    elif is_multi_head(manifest) and not listed:
+        problems.append("manifest says multi_head but lists no heads; export the bundle again")
     for entry in bundle_heads(manifest):
         id2label, num_labels = entry.get("id2label") or {}, entry.get("num_labels")
         if len(id2label) not in (0, num_labels):
