@@ -142,10 +142,20 @@ def _prediction_cells(result: Any) -> tuple[str, str]:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.option("--quantized", is_flag=True, help="Use the bundle's int8 variant.")
-@click.option("--variant", type=click.Choice(["fp32", "int8"]), default=None,
-              help="Model variant [default: the bundle's fastest verified one].")
+@click.option("--variant", type=click.Choice(["auto", "fp32", "int8", "bf16"]), default=None,
+              help="Model variant [default: auto, the rule of docs/runtime.md for this bundle on this machine].")
+@click.option("--long-text", type=click.Choice(["truncate", "window"]), default=None,
+              help="Texts longer than the bundle's max_length: cut them, or predict over overlapping windows "
+                   "[default: truncate].")
+@click.option("--window-stride", "--window-overlap", "window_stride", type=click.IntRange(min=0), default=None,
+              help="With --long-text window: tokens neighbouring windows share (the overlap, not the step) "
+                   "[default: a quarter of a window].")
+@click.option("--window-reduce", type=click.Choice(["mean", "max", "first"]), default=None,
+              help="With --long-text window, sequence heads: combine the windows' logits by mean, max or the "
+                   "first window's [default: mean].")
 def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
-            threads: int | None, quantized: bool, variant: str | None) -> None:
+            threads: int | None, quantized: bool, variant: str | None, long_text: str | None,
+            window_stride: int | None, window_reduce: str | None) -> None:
     """Predict with an exported bundle (onnxruntime only; torch is not imported)."""
     from .runtime.inputs import InputError, read_texts
 
@@ -161,7 +171,8 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
         usage_error(f"--quantized asks for int8 but --variant asks for {variant}; give one of them")
     predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant, batch_size=batch_size)
     try:
-        results = predictor.predict(items)
+        options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce)
+        results = predictor.predict(items, **{name: value for name, value in options.items() if value is not None})
     except InputError as exc:
         usage_error(str(exc))
     if as_json:
@@ -283,6 +294,68 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
     out.print(table)
     if arrival is not None:
         out.print(f"length bucketing vs arrival order: {report['bucketing_speedup']:.2f}x throughput")
+
+
+# --- serve: the HTTP server (headreg[serve]; torch is not imported) ----------------------------------------------
+
+
+@cli.command()
+@click.argument("bundles", nargs=-1, required=True, metavar="BUNDLE [NAME=BUNDLE ...]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: every one).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-batch-tokens", default=2048, show_default=True, type=click.IntRange(min=1),
+              help="Tokens per batch, across requests (also caps rows x longest row).")
+@click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Rows per batch.")
+@click.option("--max-concurrent-requests", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Requests in flight at once; more are answered 429 with Retry-After.")
+@click.option("--max-input-texts", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Texts per request; more are answered 422.")
+@click.option("--payload-limit", default=2_000_000, show_default=True, type=click.IntRange(min=1),
+              help="Bytes per request body; more are answered 413.")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="onnxruntime threads per model [default: the CPUs this process may use, container quota included].")
+@click.option("--variant", default=None, help="Model variant for every bundle [default: each bundle's default].")
+@click.option("--api-key", envvar="HEADREG_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on /info and /v1 [env: HEADREG_API_KEY].")
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
+def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int, max_batch_size: int,
+          max_concurrent_requests: int, max_input_texts: int, payload_limit: int, threads: int | None,
+          variant: str | None, api_key: str | None, access_log: bool) -> None:
+    """Serve bundles over HTTP with batching across requests (see docs/serving.md).
+
+    A bundle is served under its directory name, or under NAME when given as NAME=PATH.
+    """
+    from .errors import require
+
+    for module in ("uvicorn", "starlette", "prometheus_client"):
+        try:
+            require(module, "serve", "headreg serve")
+        except ImportError as exc:
+            usage_error(str(exc))
+    from .runtime.cpus import available_cpus
+    from .serve.app import ServeConfig, configure_logging, create_app, serve as run_server
+    from .serve.names import parse_bundle_args
+
+    try:
+        named = parse_bundle_args(bundles)
+    except ValueError as exc:
+        usage_error(str(exc))
+    threads = threads or available_cpus()
+    configure_logging(access=access_log)
+    predictors = {
+        name: _load_predictor(path, threads=threads, variant=variant, max_batch_tokens=max_batch_tokens,
+                              batch_size=max_batch_size)
+        for name, path in named.items()
+    }
+    config = ServeConfig(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                         max_concurrent_requests=max_concurrent_requests, max_input_texts=max_input_texts,
+                         payload_limit=payload_limit, api_key=api_key or None)
+    click.echo(
+        f"serving {', '.join(f'{n} ({p.head}, {p.variant})' for n, p in predictors.items())} on http://{host}:{port} "
+        f"with {threads} thread(s) per model",
+        err=True,
+    )
+    sys.exit(run_server(create_app(predictors, config), host=host, port=port))
 
 
 # --- export / verify: headreg/export/commands.py (torch and onnx are imported only when they run) ----------------

@@ -85,7 +85,11 @@ def test_bundle_has_the_documented_files_and_manifest(exported):
     assert manifest["outputs"] == {"logits": ["batch", "sequence", 5], "pooled_output": ["batch", 32]}
     assert manifest["source"] == {"path": None, "kind": "python"}
     assert manifest["verification"]["passed"] and manifest["verification"]["cases"] >= 7
-    assert manifest["variants"] == {"default": "fp32", "fp32": {"file": "model.onnx", "optimized": False}}
+    assert list(manifest["variants"]) == ["fp32"], "no int8 unless asked for, and no timing-based 'default'"
+    fp32 = manifest["variants"]["fp32"]
+    assert fp32 | {"batch_invariance": None} == {"file": "model.onnx", "precision": "fp32", "backend": "onnxruntime",
+                                                 "quantization": None, "optimized": False, "batch_invariance": None}
+    assert fp32["batch_invariance"]["passed"] and fp32["batch_invariance"]["checks"] >= 3 * 24
 
     from tokenizers import Tokenizer
 
@@ -135,7 +139,7 @@ def test_extra_outputs_custom_decisions_and_an_int8_model_that_disagrees(tmp_pat
     custom.classifier.load_state_dict(model.head.classifier.state_dict())
     model.head = custom
     steps = []
-    with pytest.raises(VerificationError, match=r"int8 model agrees with PyTorch on \d+\.\d% of decisions"):
+    with pytest.raises(VerificationError, match=r"int8 model does not match PyTorch closely enough on held-out texts"):
         export_onnx(model, tmp_path / "bundle", load_tokenizer(), quantize="int8", int8_min_agreement=0.9,
                     progress=lambda name, state, info: steps.append((name, state, info)))
     verified = next(info for name, state, info in steps if name == "verify" and state == "done")
@@ -301,26 +305,28 @@ def test_saved_headreg_model_with_optimize_and_int8(tmp_path):
     result = invoke("export", str(tmp_path / "saved"), "-o", str(out), "--optimize", "--quantize", "int8",
                     "--int8-min-agreement", "0.5")
     assert result.exit_code == 0, result.output
-    for title in ("worst abs diff", "model.int8.onnx", "peak RSS", "decision agreement", "optimize: fused Attention 1"):
+    for title in ("worst abs diff", "model.int8.onnx", "peak RSS", "held-out texts", "batch-invariant", "optimize: fused Attention 1"):
         assert title in result.stdout
     manifest = read_manifest(out)
     assert manifest["source"] == {"path": str((tmp_path / "saved").resolve()), "kind": "headreg"}
     record = json.loads((out / "verification.json").read_text())
     assert record["optimization"]["fused"] == {"Attention": 1, "BiasGelu": 1, "SkipLayerNormalization": 2}
     assert manifest["variants"]["fp32"]["optimized"] == record["optimization"]["accepted"]
-    assert manifest["variants"]["int8"]["decision_agreement"] >= 0.5
-    assert record["int8"]["size_ratio"] < 0.5
-    assert manifest["files"].keys() == {"model.onnx", "model.int8.onnx"}
-    # int8 becomes the default variant only when it is >= 99% faithful and measured faster on both shapes.
     int8 = manifest["variants"]["int8"]
-    if int8["decision_agreement"] >= 0.99:
-        faster = min(int8["speedup_vs_fp32"].values()) >= 1.0
-        assert manifest["variants"]["default"] == ("int8" if faster else "fp32")
-    else:
-        assert manifest["variants"]["default"] == "fp32" and "speedup_vs_fp32" not in int8
+    assert int8["quantization"]["kind"] == "static" and int8["quantization"]["format"] == "qdq"
+    assert int8["acceptance"]["passed"] and int8["acceptance"]["agreement"] >= 0.5
+    assert int8["batch_invariance"]["passed"] and int8["batch_invariance"]["max_abs_diff"] <= 1e-5
+    split = int8["acceptance"]["texts_split"]
+    assert split["disjoint"] and split["calibration_rows"] + split["acceptance_rows"] <= split["texts"]
+    assert record["variants"]["int8"]["acceptance"] == int8["acceptance"], "verification.json records every figure"
+    assert manifest["files"].keys() == {"model.onnx", "model.int8.onnx"}
+    assert "default" not in manifest["variants"], "the variant is chosen where the bundle runs, not at export"
     from headreg.runtime import Predictor
+    from headreg.runtime.variants import select_variant
 
-    assert Predictor(out).variant == manifest["variants"]["default"]
+    serving = Predictor(out)
+    assert (serving.variant, serving.variant_reason) == select_variant(manifest)
+    assert "serves here: " + serving.variant in result.stdout
     assert Predictor(out, variant="fp32").variant == "fp32"
     assert Predictor(out, quantized=True).variant == "int8"
     rerun = invoke("verify", str(out))

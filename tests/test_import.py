@@ -20,3 +20,13 @@ def test_public_names_are_exactly_the_documented_ones():
 
     assert set(headreg.__all__) >= {"attach_head", "load_model", "list_heads", "get_head", "hookimpl"}
     assert all(hasattr(headreg, name) for name in headreg.__all__)
+
+
+def test_integrations_import_neither_their_engine_nor_torch():
+    """Ray / Spark / pandas load when an integration is used, torch and transformers never."""
+    check = (
+        "import sys, headreg.integrations.ray, headreg.integrations.spark; "
+        "print(','.join(m for m in ('torch', 'transformers', 'ray', 'pyspark', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -337,3 +337,35 @@ def test_serving_imports_neither_torch_nor_transformers():
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# --- the row pipeline: rows of several jobs share batches, each job's results are its own --------------------------
+
+
+@pytest.mark.parametrize("head", ["seq_cls", "token_cls"])
+def test_rows_of_different_jobs_share_a_batch_without_changing_results(head):
+    """What headreg serve does across requests: interleave two jobs' rows in batches, finish each job alone."""
+    predictor = Predictor(tiny_bundle(head), threads=1)
+    first, second = TEXTS[::2], TEXTS[1::2] + ["one more text that is quite a bit longer than the others"]
+    jobs = [predictor.prepare(first), predictor.prepare(second, aggregation="max")]
+    pending = [(job, index) for job in jobs for index in range(len(job.rows))]
+    outputs = {id(job): [None] * len(job.rows) for job in jobs}
+    mixed = 0
+    for indices in predictor.plan([len(job.rows[i].encoding) for job, i in pending], batch_size=3):
+        batch = [pending[i] for i in indices]
+        mixed += len({id(job) for job, _ in batch}) == 2
+        for (job, i), out in zip(batch, predictor.run_rows([job.rows[i] for job, i in batch])):
+            outputs[id(job)][i] = out
+    assert mixed, "the plan never put rows of both jobs in one batch; the test would prove nothing"
+    assert predictor.finish(jobs[0], outputs[id(jobs[0])]) == predictor.predict(first)
+    assert predictor.finish(jobs[1], outputs[id(jobs[1])]) == predictor.predict(second, aggregation="max")
+
+
+def test_predict_works_through_large_calls_in_chunks(monkeypatch):
+    import headreg.runtime.predictor as predictor_module
+
+    predictor = Predictor(tiny_bundle("seq_cls"), threads=1)
+    expected = predictor.predict(TEXTS)
+    monkeypatch.setattr(predictor_module, "PREDICT_CHUNK", 3)
+    assert predictor.predict(iter(TEXTS)) == expected
+    np.testing.assert_allclose(predictor.embed(TEXTS), Predictor(tiny_bundle("seq_cls")).embed(TEXTS), atol=1e-6)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..manifest import FORMAT, FORMAT_VERSION, MODEL_FILE, TOKENIZER_FILE, sha256_file
+from ..manifest import FORMAT, FORMAT_VERSION, INT8_FILE, MODEL_FILE, TOKENIZER_FILE, sha256_file
 from ..pooling import is_decoder
 
 # Backbones whose position ids start after the padding index (fairseq heritage): the table holds
@@ -173,5 +173,20 @@ def file_sizes(directory: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
 
 
-def default_variants(optimized: bool) -> dict[str, Any]:
-    return {"default": "fp32", "fp32": {"file": MODEL_FILE, "optimized": optimized}}
+def fp32_record() -> dict[str, Any]:
+    """The fp32 variant's record (docs/bundle-format.md, headreg/runtime/variants.py)."""
+    return {"file": MODEL_FILE, "precision": "fp32", "backend": "onnxruntime", "quantization": None, "optimized": False}
+
+
+def int8_record(int8: dict[str, Any]) -> dict[str, Any]:
+    """The int8 variant's record from quantize_int8's result."""
+    return {
+        "file": INT8_FILE,
+        "precision": "int8",
+        "backend": "onnxruntime",
+        "quantization": int8["quantization"],
+        "requires_cpu": list(int8.get("requires_cpu") or []),
+        "acceptance": int8["acceptance"],
+        "batch_invariance": int8["batch_invariance"],
+        "golden_agreement": int8["golden_agreement"],
+    } | ({"golden_agreement_by_head": int8["golden_agreement_by_head"]} if "golden_agreement_by_head" in int8 else {})

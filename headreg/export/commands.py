@@ -109,10 +109,16 @@ def print_summary(bundle: Any) -> None:
         speed = f", {opt['speedup']:.2f}x vs unfused" if opt.get("speedup") else ""
         out.print(f"optimize: fused {fused}{speed}; {verdict}")
     if bundle.int8 is not None:
+        int8 = bundle.int8
+        quant = int8["quantization"]
         out.print(
-            f"int8: decision agreement {bundle.int8['decision_agreement']:.1%} with PyTorch over the verification "
-            f"texts, size {bundle.int8['size_ratio']:.0%} of fp32"
+            f"int8 ({quant['kind']} {quant['format']}, {quant['method']} calibration on {quant['calibration_rows']} "
+            f"texts, size {quant['size_ratio']:.0%} of fp32): {int8['acceptance']['summary']}; batch-invariant: "
+            f"max abs diff {int8['batch_invariance']['max_abs_diff']:.1e} over {int8['batch_invariance']['checks']} "
+            f"checks (tolerance {int8['batch_invariance']['tolerance']:g})"
         )
+    variant, reason = bundle.serves_here()
+    out.print(f"serves here: {variant} ({reason})")
 
 
 @click.command("export")
@@ -127,15 +133,26 @@ def print_summary(bundle: Any) -> None:
 @click.option("--max-length", default=None, type=click.IntRange(min=1), help="[default: what the position table allows]")
 @click.option("--optimize", is_flag=True, help="Fuse for onnxruntime; kept only if it verifies and is not slower.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write model.int8.onnx.")
-@click.option("--int8-min-agreement", default=0.95, show_default=True, type=click.FloatRange(0, 1),
-              help="Decision agreement with PyTorch the int8 model needs.")
+@click.option("--calibration-texts", "calibration_file", default=None, type=click.Path(dir_okay=False),
+              help="Texts like your traffic (one per line, or JSONL with text/text_pair): int8 calibrates on part, "
+                   "is accepted on the held-out rest [default: headreg's built-in texts].")
+@click.option("--calibration-method", default="percentile", show_default=True,
+              type=click.Choice(["percentile", "minmax", "entropy"]), help="How int8 activation ranges are set.")
+@click.option("--min-agreement", "--int8-min-agreement", "min_agreement", default=0.99, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="Fraction of held-out texts whose result (label, label set, entity set) must equal PyTorch's.")
+@click.option("--near-tie", default=0.05, show_default=True, type=click.FloatRange(0, 1),
+              help="Disagreements whose PyTorch margin is below this are reported as near-ties.")
+@click.option("--max-error", default=0.05, show_default=True, type=click.FloatRange(min=0),
+              help="Regression heads: max abs error allowed, times max(std of the values, 1).")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True,
               help="torch.onnx exporter; torchscript is the fallback for models dynamo cannot trace.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def export(source: str, out_dir: str, head: str | None, num_labels: int | None, tokenizer: str | None,
            opset: int | None, atol: float, rtol: float, max_length: int | None, optimize: bool, quantize: str | None,
-           int8_min_agreement: float, exporter: str, overwrite: bool, as_json: bool) -> None:
+           calibration_file: str | None, calibration_method: str, min_agreement: float, near_tie: float,
+           max_error: float, exporter: str, overwrite: bool, as_json: bool) -> None:
     """Export SOURCE to a verified ONNX bundle in DIR.
 
     SOURCE is a directory saved by HeadedModel.save_pretrained, a transformers checkpoint with a task
@@ -154,6 +171,16 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     from .trace import ExportError
     from .verify import VerificationFailed
 
+    calibration_texts = None
+    if calibration_file is not None:
+        from ..runtime.inputs import InputError, read_texts
+
+        if quantize is None:
+            _fail("--calibration-texts calibrates and accepts a quantized variant: add --quantize int8", EXIT_USAGE)
+        try:
+            calibration_texts = read_texts(calibration_file)
+        except (OSError, UnicodeDecodeError, InputError) as exc:
+            _fail(f"cannot read --calibration-texts {calibration_file}: {exc}", EXIT_USAGE)
     progress = _Progress(enabled=not as_json)
     try:
         try:
@@ -169,7 +196,8 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
         bundle = export_onnx(
             loaded.model, out_dir, loaded.tokenizer, opset=opset, optimize=optimize, quantize=quantize,
             atol=atol, rtol=rtol, max_length=max_length, overwrite=overwrite, exporter=exporter,
-            int8_min_agreement=int8_min_agreement, source=loaded.info, progress=progress,
+            calibration_texts=calibration_texts, calibration_method=calibration_method, min_agreement=min_agreement,
+            near_tie=near_tie, max_error=max_error, source=loaded.info, progress=progress,
         )
     except VerificationFailed as exc:
         progress.stop()

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,9 @@ from . import bundle as bundle_mod
 from .cases import Case, make_cases
 from .tokenizer import TokenizerError, bundle_tokenizer
 from .trace import ExportError, ExportWrapper, graph_signature, input_names_for, trace
-from .verify import HeadCheck, Report, VerificationFailed, save_golden, verify_session
+from . import acceptance as acc
+from .quantize import DEFAULT_METHOD, INT8_REQUIRES_CPU, METHODS
+from .verify import HeadCheck, Report, VerificationFailed, run_onnx, save_golden, verify_session
 
 Progress = Callable[[str, str, dict], None]
 QUANTIZE_MODES = ("int8",)
@@ -62,7 +64,14 @@ class Bundle:
             "optimization": self.optimization,
             "int8": self.int8,
             "variants": self.manifest.get("variants"),
+            "serves_here": dict(zip(("variant", "reason"), self.serves_here())),
         }
+
+    def serves_here(self) -> tuple[str, str]:
+        """The variant a Predictor of this bundle uses on this machine, and why (headreg.runtime.variants)."""
+        from ..runtime.variants import select_variant
+
+        return select_variant(self.manifest)
 
 
 def peak_rss_mb() -> float:
@@ -156,6 +165,81 @@ def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
             )
 
 
+def _torch_run(wrapper: ExportWrapper) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            values = wrapper(**{k: torch.from_numpy(v) for k, v in feed.items()})
+        return {n: v.detach().float().cpu().numpy() for n, v in zip(wrapper.output_names, values)}
+
+    return run
+
+
+def _session_run(session: Any) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    return lambda feed: run_onnx(session, feed)
+
+
+def _acceptance_set(model: Any, tok: Any, wrapper: ExportWrapper, texts: Sequence[Any] | None, *, input_names,
+                    max_length: int, padding_side: str, options: "acc.AcceptanceOptions") -> "acc.AcceptanceSet":
+    """Held-out texts and PyTorch's outputs on them: computed once, every reduced-precision variant is judged on them."""
+    from ..data import builtin_texts
+
+    pairs = "token_type_ids" in input_names
+    if texts is None:
+        texts, source = builtin_texts(with_pairs=pairs), "builtin"
+    else:
+        source = "user"
+    try:
+        texts = acc.normalize_texts(list(texts), pairs=True)
+        return acc.build_acceptance_set(
+            model, tok.tokenizer, texts, source=source, input_names=input_names, max_length=max_length,
+            pad_id=tok.pad_token_id, padding_side=padding_side, reference_run=_torch_run(wrapper), options=options,
+        )
+    except acc.AcceptanceError as exc:
+        raise ExportOptionError(str(exc)) from exc
+
+
+def _fp32_invariance(path: Path, tok: Any, cases: list[Case], input_names, max_length: int, padding_side: str,
+                     model: Any, atol: float) -> dict[str, Any]:
+    """fp32's batch invariance on the verification texts, recorded like every variant's (tolerance: atol)."""
+    texts = [t for case in cases if case.kind == "text" for t in case.texts][:24]
+    batches = acc.make_batches(tok.tokenizer, texts, input_names=input_names, max_length=max_length,
+                               pad_id=tok.pad_token_id, padding_side=padding_side)
+    return acc.batch_invariance(
+        _session_run(create_session(path)), batches.encodings, input_names=list(input_names), pad_id=tok.pad_token_id,
+        padding_side=padding_side, max_length=max_length, token_outputs=token_outputs_of(model),
+        decide=head_checks(model), tolerance=atol,
+    )
+
+
+def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, cases: list[Case],
+                  expected: list[dict[str, np.ndarray]], decide: list[HeadCheck], model: Any, method: str,
+                  step: "_Steps") -> dict[str, Any]:
+    """Quantize the unfused fp32 graph (static QDQ int8), then accept it on held-out texts and batch invariance."""
+    from .quantize import golden_agreements, quantize_static_int8
+
+    with step("quantize") as info:
+        quantization = quantize_static_int8(staging / MODEL_FILE, staging / INT8_FILE,
+                                            acceptance.calibration_feeds(tok.tokenizer), method=method)
+        quantization["calibration_source"] = acceptance.split.record["source"]
+        info.update(method=method, calibration_rows=quantization["calibration_rows"])
+    with step("accept int8") as info:
+        session = create_session(staging / INT8_FILE)
+        judged = acceptance.judge_variant("int8", _session_run(session))
+        golden = golden_agreements(session, cases, expected, decide)
+        figures = judged["acceptance"]
+        info.update(agreement=figures.get("agreement", figures.get("max_abs_error")),
+                    invariant=judged["batch_invariance"]["passed"])
+    record = {
+        "quantization": quantization,
+        "requires_cpu": list(INT8_REQUIRES_CPU),
+        "golden_agreement": round(min(golden.values(), default=1.0), 6),
+        **judged,
+    }
+    if model.multi_head:
+        record["golden_agreement_by_head"] = {name: round(value, 6) for name, value in golden.items()}
+    return record
+
+
 class ExportOptionError(HeadregError, ValueError):
     """An export option that cannot work for this model (a usage error: exit code 2)."""
 
@@ -183,11 +267,6 @@ def _keep_training_mode(model: Any) -> Iterator[None]:
         model.train(training)
 
 
-# The runtime loads int8 by default only when it is this faithful to PyTorch and measured faster than fp32
-# on both a short and a long batch here; otherwise int8 stays an opt-in (Predictor(quantized=True)).
-INT8_DEFAULT_MIN_AGREEMENT = 0.99
-
-
 def export_onnx(
     model: Any,
     out_dir: str | Path,
@@ -201,7 +280,13 @@ def export_onnx(
     max_length: int | None = None,
     overwrite: bool = False,
     exporter: str = "dynamo",
-    int8_min_agreement: float = 0.95,
+    int8_min_agreement: float | None = None,
+    calibration_texts: Sequence[Any] | None = None,
+    calibration_method: str = DEFAULT_METHOD,
+    min_agreement: float = acc.MIN_AGREEMENT,
+    near_tie: float = acc.NEAR_TIE,
+    max_error: float = acc.MAX_ERROR,
+    invariance_tolerance: float = acc.INVARIANCE_TOLERANCE,
     source: dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> Bundle:
@@ -210,6 +295,13 @@ def export_onnx(
     Raises VerificationFailed (with ``.report``) when onnxruntime disagrees with PyTorch; nothing is
     written then. ``tokenizer`` is a transformers tokenizer, a ``tokenizers.Tokenizer`` or a path; it
     defaults to the backbone's own directory.
+
+    ``quantize="int8"`` adds a static int8 variant, calibrated on part of ``calibration_texts`` (strings or
+    ``(text, text_pair)``; default: headreg's built-in texts) and accepted on the disjoint rest when at least
+    ``min_agreement`` of those texts get the same user-visible result as PyTorch (regression: max abs error
+    within ``max_error`` x max(std of the values, 1)) and its outputs move by at most ``invariance_tolerance``
+    between a text alone and in any batch. ``near_tie`` only sets what the report counts as a near-tie.
+    ``int8_min_agreement`` is the former name of ``min_agreement``.
 
     >>> bundle = export_onnx(model, "bundle/", tokenizer=tokenizer)   # doctest: +SKIP
     >>> bundle.report.worst()["logits"]                                # doctest: +SKIP
@@ -220,6 +312,12 @@ def export_onnx(
         raise SaveLoadError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     if quantize not in (None, *QUANTIZE_MODES):
         raise ExportOptionError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    if calibration_method not in METHODS:
+        raise ExportOptionError(f"unknown calibration method {calibration_method!r}; choose one of {', '.join(METHODS)}")
+    if int8_min_agreement is not None:
+        min_agreement = int8_min_agreement
+    options = acc.AcceptanceOptions(min_agreement=min_agreement, near_tie=near_tie, max_error=max_error,
+                                    invariance_tolerance=invariance_tolerance)
     max_length = resolve_max_length(model, max_length)
     step = _Steps(progress)
     input_names = input_names_for(model)
@@ -259,20 +357,19 @@ def export_onnx(
 
         optimization = None
         int8 = None
-        variants = bundle_mod.default_variants(optimized=False)
+        variants = {"fp32": bundle_mod.fp32_record()}
+        with step("fp32 batch invariance") as info:
+            variants["fp32"]["batch_invariance"] = _fp32_invariance(staging / MODEL_FILE, tok, cases, input_names,
+                                                                    max_length, padding_side, model, atol)
+            info["max_abs_diff"] = f"{variants['fp32']['batch_invariance']['max_abs_diff']:.1e}"
         if quantize == "int8":
-            # quantize the unfused fp32 graph: quantize_dynamic fails on fused (com.microsoft) graphs
-            from .quantize import quantize_int8
-
-            with step("quantize") as info:
-                int8 = quantize_int8(
-                    staging / MODEL_FILE, staging / INT8_FILE, cases, expected, decide=decide,
-                    min_agreement=int8_min_agreement,
-                )
-                info.update(agreement=int8["decision_agreement"])
-            variants["int8"] = {"file": INT8_FILE, **{k: int8[k] for k in ("decision_agreement", "min_agreement")}}
-            if int8.get("heads"):
-                variants["int8"]["heads"] = int8["heads"]
+            with step("acceptance texts") as info:
+                acceptance = _acceptance_set(model, tok, wrapper, calibration_texts, input_names=input_names,
+                                             max_length=max_length, padding_side=padding_side, options=options)
+                info.update(calibration=acceptance.split.record["calibration_rows"],
+                            held_out=acceptance.split.record["acceptance_rows"])
+            int8 = _variant_int8(staging, acceptance, tok, cases, expected, decide, model, calibration_method, step)
+            variants["int8"] = bundle_mod.int8_record(int8)
         if optimize:
             from .optimize import optimize_graph
 
@@ -285,16 +382,6 @@ def export_onnx(
                 optimization["unfused_verification"] = report.summary()
                 report = fused_report
                 report.target = MODEL_FILE
-
-        if int8 is not None and int8["decision_agreement"] >= INT8_DEFAULT_MIN_AGREEMENT:
-            from .optimize import speedups
-
-            with step("pick default") as info:
-                ratios = speedups(create_session(staging / MODEL_FILE), create_session(staging / INT8_FILE), cases)
-                variants["int8"]["speedup_vs_fp32"] = ratios
-                if min(ratios.values()) >= 1.0:
-                    variants["default"] = "int8"
-                info.update(default=variants["default"], int8_speedup=min(ratios.values()))
 
         with step("write bundle"):
             save_golden(staging / GOLDEN_FILE, cases, expected)
@@ -324,6 +411,7 @@ def export_onnx(
                     "manifest_sha256": sha256_file(staging / MANIFEST_FILE),
                     "optimization": optimization,
                     "int8": int8,
+                    "variants": variants,
                 },
             )
             sizes = bundle_mod.file_sizes(staging)

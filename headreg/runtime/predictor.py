@@ -12,33 +12,66 @@
 from __future__ import annotations
 
 import os
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import BundleError, HeadregError
-from ..manifest import MODEL_FILE, TOKENIZER_FILE, bundle_heads, is_multi_head, read_manifest, sha256_file
+from ..manifest import TOKENIZER_FILE, bundle_heads, is_multi_head, read_manifest, sha256_file
 from . import heads as _heads
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
 from .inputs import check_inputs
+from . import windows as _windows
 from .session import create_session
+from .variants import select_variant, variant_records
 
 DEFAULT_BATCH_SIZE = 32
 # Measured on MiniLM (CPU): rows/s is flat from 4 to 32 rows of 128 tokens, so a smaller token budget
 # costs nothing and cuts the padding left inside sorted batches (16 rows of ~128, 32 of <= 64 tokens).
 DEFAULT_MAX_BATCH_TOKENS = 2048
+# predict()/embed() work through their inputs this many at a time (tokenize, batch, run, postprocess), so
+# memory is bounded by the chunk, not the call; sorting within 2048 inputs already leaves almost no padding.
+PREDICT_CHUNK = 2048
 
 Text = str | tuple[str, str]
+
+
+@dataclass
+class Row:
+    """One model row: an input, or one window of a long input."""
+
+    item: int  # index of the input within its job
+    encoding: Any  # tokenizers.Encoding, unpadded
+    window: int = 0  # window number within its input
+    overlap: int = 0  # tokens this input's neighbouring windows share (long_text="window")
+
+
+@dataclass
+class Job:
+    """One call's worth of work: the inputs, their rows, and how to turn the rows' outputs into results.
+
+    Rows of many jobs may share a batch (``headreg serve`` batches across requests); a job's results are
+    computed in :meth:`Predictor.finish` from its own rows' outputs only, so they never depend on batchmates.
+    """
+
+    inputs: list[Text]
+    rows: list[Row]
+    config: dict[str, Any]  # the bundle's postprocess config merged with the call's options
+    kind: str = "predict"  # "predict" | "embed"
+    options: dict[str, Any] = field(default_factory=dict)  # the call's runtime options (not postprocess config)
 
 
 class Predictor:
     """Load a bundle written by ``headreg export`` and predict with it.
 
     ``threads``: onnxruntime intra-op threads (default: onnxruntime's choice). ``providers``: onnxruntime
-    execution providers (default CPU). ``variant``: "fp32" or "int8"; by default the manifest's default, the
-    fastest variant that verified at export (``quantized=True`` is short for ``variant="int8"``).
+    execution providers (default CPU). ``variant``: a variant of the bundle ("fp32", "int8", ...); by default
+    the one :func:`headreg.runtime.variants.select_variant` picks for this bundle on this machine
+    (``self.variant`` says which, ``self.variant_reason`` why; ``quantized=True`` is short for ``variant="int8"``).
     ``max_batch_tokens`` / ``batch_size``: caps per batch (rows are length-bucketed, see batching.py).
     ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer).
     ``trust_remote_code``: import a postprocess the manifest names even when it is not the installed head's.
@@ -63,7 +96,9 @@ class Predictor:
         self.manifest = manifest = read_manifest(self.bundle_dir)
         self.batch_size = int(batch_size)
         self.max_batch_tokens = max_batch_tokens
-        self.variant, model_file = _select_variant(manifest, "int8" if quantized else variant)
+        self.variant, self.variant_reason = select_variant(manifest, "int8" if quantized else variant)
+        self.variant_record = variant_records(manifest)[self.variant]
+        model_file = str(self.variant_record["file"])
         self.model_path = self.bundle_dir / model_file
         if not self.model_path.is_file():
             raise BundleError(
@@ -86,16 +121,20 @@ class Predictor:
                 f"{self.model_path} is not a loadable ONNX model ({type(exc).__name__}: {exc}); export the bundle again"
             ) from exc
         self.input_names, self.output_names, self._input_dtype = _check_model(self.session, manifest, self.model_path)
+        self._output_axes = _output_axes(manifest, self.session, self.output_names)
+        self._local = threading.local()
         self.multi_head = is_multi_head(manifest)
         self.heads = [_runtime_head(manifest, entry, trust_remote_code) for entry in bundle_heads(manifest)]
+        if not self.heads:
+            raise BundleError(f"{self.bundle_dir / 'headreg.json'} lists no heads; export the bundle again")
         first = self.heads[0]
-        # A multi-head bundle answers with a dict by head name; these describe its first head only.
+        # A multi-head bundle answers with a dict by head name; these describe a single-head bundle's head.
         self.head = "+".join(head.name for head in self.heads) if self.multi_head else first.name
         self.level = "multi" if self.multi_head else first.level
         self._postprocess = first.postprocess
         self.config: dict[str, Any] = {} if self.multi_head else dict(first.config)
-        id2label = first.manifest.get("id2label") or {}
-        self.labels: list[str] = [] if self.multi_head else [str(id2label[k]) for k in sorted(id2label, key=int)]
+        id2label = {} if self.multi_head else first.manifest.get("id2label") or {}
+        self.labels: list[str] = [str(id2label[k]) for k in sorted(id2label, key=int)]
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.bundle_dir)!r}, head={self.head!r}, variant={self.variant!r})"
@@ -113,26 +152,202 @@ class Predictor:
         ``sentiment={"threshold": 0.3}`` overrides one head's config, other options reach every head.
         """
         single = isinstance(inputs, str)
-        texts = [inputs] if single else list(inputs)
-        config, names = self._call_config(options)
-        results: list[Any] = [None] * len(texts)
-        for indices, outputs, context in self.batches(texts, batch_size=batch_size, config=config, names=names):
-            for index, row in zip(indices, self.postprocess(outputs, context)):
-                results[index] = row
+        results = self._run_jobs([inputs] if single else inputs, "predict", batch_size, options)
         return results[0] if single else results
 
-    def embed(self, inputs: Text | Iterable[Text], *, batch_size: int | None = None) -> np.ndarray:
-        """``pooled_output`` per input, in input order: float32 ``[len(inputs), hidden]`` (``[hidden]`` for one string)."""
+    def embed(self, inputs: Text | Iterable[Text], *, batch_size: int | None = None, **options: Any) -> np.ndarray:
+        """``pooled_output`` per input, in input order: float32 ``[len(inputs), hidden]`` (``[hidden]`` for one string).
+
+        With ``long_text="window"`` a long input's vector is the ``window_reduce`` (default ``mean``) of its
+        windows' vectors.
+        """
         if isinstance(inputs, str):
-            return self.embed([inputs], batch_size=batch_size)[0]
-        texts = list(inputs)
-        width = self._pooled_width()
-        embeddings = np.zeros((len(texts), width or 0), dtype=np.float32)
-        for indices, outputs, _ in self.batches(texts, batch_size=batch_size, names=["pooled_output"]):
-            if embeddings.shape[1] != outputs["pooled_output"].shape[1]:
-                embeddings = np.zeros((len(texts), outputs["pooled_output"].shape[1]), dtype=np.float32)
-            embeddings[indices] = outputs["pooled_output"]
-        return embeddings
+            return self.embed([inputs], batch_size=batch_size, **options)[0]
+        vectors = self._run_jobs(inputs, "embed", batch_size, options)
+        if not vectors:
+            return np.zeros((0, self._pooled_width() or 0), dtype=np.float32)
+        return np.stack(vectors).astype(np.float32, copy=False)
+
+    # --- the row pipeline: prepare -> plan -> run_rows -> finish (headreg serve drives the same steps) -----------
+
+    def prepare(self, inputs: Iterable[Text], *, kind: str = "predict", **options: Any) -> Job:
+        """Check and tokenize a call's inputs into a :class:`Job` of rows (raises InputError on bad input)."""
+        if kind not in ("predict", "embed"):
+            raise ValueError(f"kind must be 'predict' or 'embed', got {kind!r}")
+        items = list(inputs)
+        runtime, overrides = self._split_options(options)
+        if _windows.window_options(runtime).windowed:
+            rows = self._window_rows(items, runtime)
+        else:
+            rows = [Row(index, encoding) for index, encoding in enumerate(self.encode(items))]
+        return Job(items, rows, self._job_config(runtime, overrides), kind, runtime)
+
+    def run_rows(self, rows: Sequence[Row], names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
+        """Run one batch of rows (any jobs) and return each row's own outputs, padding cut away.
+
+        Token-level outputs keep the row's attended positions only; outputs without a batch axis (a CRF's
+        transition matrix) are shared by every row. ``names``: fetch only these graph outputs (default: all;
+        :meth:`output_names_for` says what a job needs).
+        """
+        if not rows:
+            return []
+        names = list(names) if names is not None else self.output_names
+        feed, values = self._run([row.encoding for row in rows], names)
+        attended = feed["attention_mask"].sum(axis=1)
+        left = self.padding_side == "left"
+        width = feed["attention_mask"].shape[1]
+        per_row: list[dict[str, np.ndarray]] = [{} for _ in rows]
+        for name, value in zip(names, values):
+            axes = self._output_axes.get(name, "row")
+            for index, out in enumerate(per_row):
+                if axes == "shared":
+                    out[name] = value
+                elif axes == "token":
+                    n = int(attended[index])
+                    out[name] = value[index, width - n :] if left else value[index, :n]
+                else:
+                    out[name] = value[index]
+        return per_row
+
+    def finish(self, job: Job, outputs: Sequence[dict[str, np.ndarray]]) -> list[Any]:
+        """Turn the outputs of a job's rows (aligned with ``job.rows``) into one result per input, in order."""
+        if len(outputs) != len(job.rows):
+            raise HeadregError(f"finish got {len(outputs)} row outputs for a job of {len(job.rows)} rows")
+        if not job.rows:
+            return []
+        if len(job.rows) != len(job.inputs):
+            job, outputs = self._merge_windows(job, outputs)
+        if job.kind == "embed":
+            return [np.asarray(out["pooled_output"], dtype=np.float32) for out in outputs]
+        # Postprocess in length-sorted groups: a token head's re-padded arrays stay as small as the batches were.
+        results: list[Any] = [None] * len(job.inputs)
+        for group in self.plan([len(row.encoding) for row in job.rows]):
+            rows = [job.rows[i] for i in group]
+            batch, mask = self._rebatch([outputs[i] for i in group], [len(row.encoding) for row in rows])
+            context = _post.Context(
+                manifest=self.manifest,
+                config=job.config,
+                attention_mask=mask,
+                encodings=[row.encoding for row in rows],
+                texts=[job.inputs[row.item] for row in rows],
+                padding_side=self.padding_side,
+            )
+            for row, result in zip(rows, self.postprocess(batch, context)):
+                results[row.item] = result
+        return results
+
+    def _run_jobs(self, inputs: Iterable[Text], kind: str, batch_size: int | None, options: dict[str, Any]) -> list[Any]:
+        """prepare -> plan -> run_rows -> finish over ``inputs``, :data:`PREDICT_CHUNK` inputs at a time."""
+        results: list[Any] = []
+        chunk: list[Text] = []
+        iterator = iter(inputs)
+        while True:
+            chunk = [item for _, item in zip(range(PREDICT_CHUNK), iterator)]
+            if not chunk:
+                return results
+            job = self.prepare(chunk, kind=kind, **options)
+            names = self.output_names_for(job)
+            outputs: list[dict[str, np.ndarray]] = [{}] * len(job.rows)
+            for indices in self.plan([len(row.encoding) for row in job.rows], batch_size=batch_size):
+                for index, out in zip(indices, self.run_rows([job.rows[i] for i in indices], names)):
+                    outputs[index] = out
+            results.extend(self.finish(job, outputs))
+
+    def output_names_for(self, job: Job) -> list[str]:
+        """The graph outputs a job needs: a multi-head predict call fetches only its heads' outputs (onnxruntime
+        then skips the other heads' layers and poolings; the backbone runs either way)."""
+        if self.multi_head and job.kind == "predict":
+            return _heads.graph_outputs([head for head in self.heads if head.name in job.config])
+        return list(self.output_names)
+
+    def _job_config(self, runtime: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        """A job's postprocess config: the head's config + the call's overrides, or for a multi-head bundle
+        each selected head's (by head name: which heads answer is the config's keys)."""
+        selected = _heads.select(self.heads, runtime.get("heads"))
+        configs = _heads.split_options(selected, overrides)
+        return configs if self.multi_head else configs[self.heads[0].name]
+
+    def _window_rows(self, items: list[Text], runtime: dict[str, Any]) -> list[Row]:
+        """Rows for ``long_text="window"``: each input's windows, in order (an input that fits: one row)."""
+        check_inputs(items, self.supports_pairs)
+        overlap = _windows.window_options(runtime).overlap
+        local = self._local
+        if getattr(local, "window_tokenizer", None) is None:
+            # encode_windows reconfigures truncation per call: each thread gets a private copy to do it on.
+            from tokenizers import Tokenizer
+
+            local.window_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+        rows: list[Row] = []
+        for index, windows in enumerate(
+            _windows.encode_windows(local.window_tokenizer, items, self.max_length, overlap)
+        ):
+            rows.extend(Row(index, encoding, w, windows.overlap) for w, encoding in enumerate(windows.encodings))
+        return rows
+
+    def _merge_windows(self, job: Job, outputs: Sequence[dict[str, np.ndarray]]) -> tuple[Job, list[dict[str, np.ndarray]]]:
+        """The job with one row per input: windows merged over the whole text (see runtime/windows.py)."""
+        reduce = _windows.window_options(job.options).reduce
+        by_item: dict[int, list[int]] = {}
+        for index, row in enumerate(job.rows):
+            by_item.setdefault(row.item, []).append(index)
+        rows: list[Row] = []
+        merged: list[dict[str, np.ndarray]] = []
+        for item in range(len(job.inputs)):
+            members = sorted(by_item.get(item, []), key=lambda i: job.rows[i].window)
+            if not members:
+                raise HeadregError(f"finish got no rows for input {item}")
+            sequence = 0 if isinstance(job.inputs[item], str) else 1
+            whole, out = _windows.merge_windows(
+                [job.rows[i].encoding for i in members], [outputs[i] for i in members], self._output_axes,
+                job.rows[members[0]].overlap, sequence, reduce,
+            )
+            rows.append(Row(item, whole))
+            merged.append(out)
+        return Job(job.inputs, rows, job.config, job.kind, job.options), merged
+
+    def _split_options(self, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(runtime options, postprocess config overrides) of one call."""
+        overrides = dict(options)
+        if "threshold" in overrides:  # the multi_label head's config option is "threshold"; accept it here too
+            overrides["thresholds"] = overrides.pop("threshold")
+        runtime = {name: overrides.pop(name) for name in RUNTIME_OPTIONS if name in overrides}
+        return runtime, overrides
+
+    def _rebatch(
+        self, outputs: Sequence[dict[str, np.ndarray]], lengths: Sequence[int]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Rows' own outputs back into padded batch arrays (and the matching attention mask) for postprocess.
+
+        The mask is the one the rows would have had in a batch of their own (an empty row keeps its single
+        attended pad token, as in :func:`pad_batch`).
+        """
+        attended = [max(int(n), 1) for n in lengths]
+        width = max(attended)
+        left = self.padding_side == "left"
+        mask = np.zeros((len(outputs), width), dtype=np.int64)
+        for index, n in enumerate(attended):
+            if left:
+                mask[index, width - n :] = 1
+            else:
+                mask[index, :n] = 1
+        batch: dict[str, np.ndarray] = {}
+        for name in outputs[0]:
+            axes = self._output_axes.get(name, "row")
+            if axes == "shared":
+                batch[name] = outputs[0][name]
+            elif axes == "token":
+                first = outputs[0][name]
+                array = np.zeros((len(outputs), width, *first.shape[1:]), dtype=first.dtype)
+                for index, out in enumerate(outputs):
+                    n = len(out[name])
+                    if left:
+                        array[index, width - n :] = out[name]
+                    else:
+                        array[index, :n] = out[name]
+                batch[name] = array
+            else:
+                batch[name] = np.stack([out[name] for out in outputs])
+        return batch, mask
 
     def encode(self, texts: Sequence[Text]) -> list[Any]:
         """Check the inputs and tokenize them (truncated to ``max_length``, unpadded)."""
@@ -163,11 +378,10 @@ class Predictor:
         output_names = names or self.output_names
         for indices in batches:
             batch = [encodings[i] for i in indices]
-            feed = pad_batch(batch, self.input_names, self.pad_id, self.padding_side, self._input_dtype)
-            values = self.session.run(output_names, feed)
+            feed, values = self._run(batch, output_names)
             context = _post.Context(
                 manifest=self.manifest,
-                config=config if config is not None else self.config,
+                config=config if config is not None else (self._job_config({}, {}) if self.multi_head else self.config),
                 attention_mask=feed["attention_mask"],
                 encodings=batch,
                 texts=[texts[i] for i in indices],
@@ -196,28 +410,42 @@ class Predictor:
 
     # --- internals --------------------------------------------------------------------------------------------
 
-    def _call_config(self, options: dict[str, Any]) -> tuple[dict[str, Any], list[str] | None]:
-        """(postprocess config, graph outputs to fetch) of one predict call."""
-        wanted = options.pop("heads", None)
-        selected = _heads.select(self.heads, wanted)
-        if self.multi_head:
-            return _heads.split_options(selected, options), _heads.graph_outputs(selected)
-        return _heads.split_options(selected, options)[self.heads[0].name], None
+    def _run(self, encodings: Sequence[Any], names: Sequence[str]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Pad one batch and run the model: the one place every front door reaches the session."""
+        feed = pad_batch(encodings, self.input_names, self.pad_id, self.padding_side, self._input_dtype)
+        return feed, self.session.run(list(names), feed)
 
     def _pooled_width(self) -> int | None:
         shape = (self.manifest.get("outputs") or {}).get("pooled_output") or [None, None]
         return shape[-1] if isinstance(shape[-1], int) else None
 
 
-def _select_variant(manifest: dict[str, Any], requested: str | None) -> tuple[str, str]:
-    variants = manifest.get("variants") or {"default": "fp32", "fp32": {"file": MODEL_FILE}}
-    name = requested or variants.get("default", "fp32")
-    variant = variants.get(name)
-    if not isinstance(variant, dict) or "file" not in variant:
-        available = sorted(k for k, v in variants.items() if isinstance(v, dict))
-        hint = " Export it with --quantize int8." if name == "int8" else ""
-        raise BundleError(f"bundle has no {name!r} variant (it has: {', '.join(available) or 'none'}).{hint}")
-    return name, str(variant["file"])
+# Per-call options that steer the runtime itself rather than a head's postprocess config.
+RUNTIME_OPTIONS: tuple[str, ...] = (*_windows.OPTIONS, "heads")
+
+
+def _output_axes(manifest: dict[str, Any], session: Any, names: Sequence[str]) -> dict[str, str]:
+    """Per output: "token" ([batch, sequence, ...]), "row" ([batch, ...]) or "shared" (no batch axis).
+
+    Read from the graph dims the manifest recorded at export (else the model's own): symbolic (named or
+    unknown) dims are the dynamic batch and sequence axes.
+    """
+    recorded = manifest.get("outputs")
+    if isinstance(recorded, dict):
+        dims_by_name = recorded
+    else:
+        dims_by_name = {o.name: list(o.shape or []) for o in session.get_outputs()}
+    axes = {}
+    for name in names:
+        dims = dims_by_name.get(name) or ["batch"]
+        dynamic = [not (isinstance(d, int) and d > 0) for d in dims]
+        if not dynamic or not dynamic[0]:
+            axes[name] = "shared"
+        elif len(dims) >= 2 and dynamic[1]:
+            axes[name] = "token"
+        else:
+            axes[name] = "row"
+    return axes
 
 
 def _load_tokenizer(bundle_dir: Path, manifest: dict[str, Any]):

@@ -1,0 +1,489 @@
+"""Calibration and acceptance of reduced-precision variants (int8, bf16): judged the way users see results.
+
+Texts come from the user (``calibration_texts=`` / ``--calibration-texts FILE``) or from the built-in set
+(``headreg.data.builtin_texts``). They are de-duplicated and split once, with a fixed seed, into a calibration
+part (int8 activation ranges) and a disjoint, held-out acceptance part. On the acceptance texts:
+
+- PyTorch's outputs are computed once (:func:`reference`), in length-sorted batches padded like the runtime;
+- a variant's outputs go through the head's own runtime postprocess, and texts are compared on what a user
+  reads: the label (seq_cls), the set of labels over their thresholds (multi_label), the exact set of entity
+  spans (token_cls; the token rate is reported beside it), max/mean abs error of the values (regression);
+- every disagreement gets the reference's margin (top-2 probability gap, or distance to the threshold), and
+  the number below ``near_tie`` is reported: flips of near-ties are expected from any reduced precision.
+
+:func:`batch_invariance` checks that a variant's answer for a text does not depend on its batch: each text
+alone vs in batches of mixed lengths, in two orders, and padded to max_length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import HeadregError
+from ..runtime.batching import pad_batch, plan_batches
+from .verify import as_checks
+
+Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+Decide = Callable[[dict[str, np.ndarray], np.ndarray], Any]
+
+# Defaults of the acceptance options (export_onnx keywords, `headreg export` flags; docs/export.md).
+MIN_AGREEMENT = 0.99  # fraction of held-out texts whose user-visible result must equal PyTorch's
+NEAR_TIE = 0.05  # a disagreement whose reference margin is below this counts as a near-tie (reported)
+MAX_ERROR = 0.05  # regression: max abs error allowed, as a fraction of the reference values' std (min 1.0 units)
+INVARIANCE_TOLERANCE = 1e-5  # max abs difference of any output, a text alone vs in any batch
+MAX_CALIBRATION = 64  # calibration rows; the rest of the texts (up to MAX_ACCEPTANCE) are held out
+MAX_ACCEPTANCE = 1000
+MIN_TEXTS = 8  # of each part
+SPLIT_SEED = 0
+REFERENCE_BATCH = 16
+
+
+class AcceptanceError(HeadregError, ValueError):
+    """Calibration texts that cannot be used (too few, wrong shape): a usage error."""
+
+
+@dataclass
+class TextSplit:
+    calibration: list[Any]
+    acceptance: list[Any]
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _digest(texts: Sequence[Any]) -> str:
+    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()
+
+
+def normalize_texts(texts: Sequence[Any], *, pairs: bool) -> list[Any]:
+    """Strings and (text, text_pair) tuples; AcceptanceError names the first bad item."""
+    out: list[Any] = []
+    for index, item in enumerate(texts):
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            if not pairs:
+                raise AcceptanceError(f"calibration text {index} is a sentence pair, but this model takes single texts")
+            out.append((item[0], item[1]))
+        else:
+            raise AcceptanceError(f"calibration text {index} is {type(item).__name__}; give strings or (text, text_pair)")
+    return out
+
+
+def split_texts(texts: Sequence[Any], *, source: str, seed: int = SPLIT_SEED,
+                max_calibration: int = MAX_CALIBRATION, max_acceptance: int = MAX_ACCEPTANCE) -> TextSplit:
+    """De-duplicate, shuffle with ``seed``, and split into disjoint calibration and acceptance parts.
+
+    Calibration takes ``min(max_calibration, half)`` texts, acceptance the rest (capped at max_acceptance).
+    """
+    unique = list(dict.fromkeys(texts))
+    if len(unique) < 2 * MIN_TEXTS:
+        raise AcceptanceError(
+            f"{len(unique)} distinct calibration texts ({source}); give at least {2 * MIN_TEXTS}: half calibrate, the "
+            "other half are held out to accept the variant"
+        )
+    order = np.random.default_rng(seed).permutation(len(unique))
+    shuffled = [unique[i] for i in order]
+    n_cal = min(max_calibration, len(shuffled) // 2)
+    calibration, acceptance = shuffled[:n_cal], shuffled[n_cal : n_cal + max_acceptance]
+    record = {
+        "source": source,
+        "texts": len(texts),
+        "duplicates_dropped": len(texts) - len(unique),
+        "seed": seed,
+        "calibration_rows": len(calibration),
+        "acceptance_rows": len(acceptance),
+        "unused_rows": len(shuffled) - len(calibration) - len(acceptance),
+        "calibration_sha256": _digest(calibration),
+        "acceptance_sha256": _digest(acceptance),
+        "disjoint": not set(calibration) & set(acceptance),
+    }
+    return TextSplit(calibration, acceptance, record)
+
+
+# --- batches of texts as the runtime forms them ----------------------------------------------------------------------
+
+
+@dataclass
+class Batches:
+    """Texts tokenized with the bundle's tokenizer, in length-sorted batches padded like the runtime."""
+
+    texts: list[Any]
+    encodings: list[Any]
+    plan: list[list[int]]
+    feeds: list[dict[str, np.ndarray]]
+    padding_side: str
+
+
+def make_batches(tokenizer: Any, texts: Sequence[Any], *, input_names: Sequence[str], max_length: int, pad_id: int,
+                 padding_side: str, batch_size: int = REFERENCE_BATCH) -> Batches:
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    try:
+        encodings = tokenizer.encode_batch([t if isinstance(t, str) else tuple(t) for t in texts])
+    finally:
+        tokenizer.no_truncation()
+    plan = plan_batches([len(e) for e in encodings], batch_size)
+    feeds = [pad_batch([encodings[i] for i in rows], input_names, pad_id, padding_side) for rows in plan]
+    return Batches(list(texts), list(encodings), plan, feeds, padding_side)
+
+
+def reference(run: Run, batches: Batches) -> list[dict[str, np.ndarray]]:
+    """PyTorch's (or any engine's) outputs per batch: computed once, shared by every variant's acceptance."""
+    return [run(feed) for feed in batches.feeds]
+
+
+# --- what a user sees -------------------------------------------------------------------------------------------------
+
+
+def user_view(result: Any) -> Any:
+    """The part of a postprocessed result a user acts on (scores aside), or None when it is numeric only."""
+    if not isinstance(result, Mapping):
+        return None
+    if "entities" in result:
+        return frozenset((e.get("label"), e.get("start"), e.get("end"), e.get("sequence", 0)) for e in result["entities"])
+    if "labels" in result:
+        return frozenset(result["labels"])
+    if "label" in result:
+        return result["label"]
+    return None
+
+
+def _softmax_margin(logits: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 probability along the last axis."""
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    p = z / z.sum(-1, keepdims=True)
+    if p.shape[-1] < 2:
+        return np.abs(p[..., 0] - 0.5) * 2
+    top = np.sort(p, -1)
+    return top[..., -1] - top[..., -2]
+
+
+def _rows(value: np.ndarray, mask: np.ndarray, padding_side: str) -> list[np.ndarray]:
+    """Per-row real positions of a [batch, sequence, ...] array."""
+    lengths = mask.sum(1).astype(int)
+    width = value.shape[1]
+    return [value[r, width - n :] if padding_side == "left" else value[r, :n] for r, n in enumerate(lengths)]
+
+
+@dataclass
+class Judge:
+    """How to turn outputs into what a user sees, for one head."""
+
+    postprocess: Callable[..., list] | None  # the head's runtime postprocess (None: compare decisions only)
+    context: Callable[[Batches, list[int], np.ndarray], Any]  # (batches, row indices, mask) -> postprocess Context
+    decide: Decide | None
+    token_level: bool
+    multi_label: bool = False
+    thresholds: Callable[[int], np.ndarray] | None = None
+
+
+def agreement(judge: Judge, batches: Batches, expected: list[dict[str, np.ndarray]],
+              actual: list[dict[str, np.ndarray]], *, near_tie: float = NEAR_TIE) -> dict[str, Any]:
+    """Figures of one variant against the reference over the acceptance texts (see the module docstring)."""
+    texts = same = 0
+    tokens = tokens_same = 0
+    errors: list[np.ndarray] = []
+    ref_values: list[np.ndarray] = []
+    margins: list[float] = []
+    numeric = False
+    for rows, feed, want, got in zip(batches.plan, batches.feeds, expected, actual):
+        mask = feed["attention_mask"]
+        ctx = judge.context(batches, rows, mask)
+        views_want = views_got = None
+        if judge.postprocess is not None:
+            views_want = [user_view(r) for r in judge.postprocess(want, ctx)]
+            views_got = [user_view(r) for r in judge.postprocess(got, ctx)]
+            if all(v is None for v in views_want):
+                views_want = views_got = None
+        dec_want = judge.decide(want, mask) if judge.decide is not None else None
+        dec_got = judge.decide(got, mask) if judge.decide is not None else None
+        if views_want is None and dec_want is None:  # regression: numbers are what users see
+            numeric = True
+            errors.append(np.abs(got["logits"].astype(np.float64) - want["logits"].astype(np.float64)).reshape(len(rows), -1))
+            ref_values.append(want["logits"].astype(np.float64).reshape(len(rows), -1))
+            continue
+        if judge.token_level and dec_want is not None:
+            for a, b in zip(_rows(np.asarray(dec_want), mask, batches.padding_side),
+                            _rows(np.asarray(dec_got), mask, batches.padding_side)):
+                tokens += a.size
+                tokens_same += int((a == b).sum())
+        for r in range(len(rows)):
+            if views_want is not None:
+                equal = views_want[r] == views_got[r]
+            else:
+                a, b = np.asarray(dec_want)[r], np.asarray(dec_got)[r]
+                if judge.token_level:
+                    a, b = _rows(np.asarray(dec_want), mask, batches.padding_side)[r], _rows(np.asarray(dec_got), mask, batches.padding_side)[r]
+                equal = bool(np.array_equal(a, b))
+            texts += 1
+            same += int(equal)
+            if not equal:
+                margins.append(_margin(judge, want, got, mask, r, batches.padding_side))
+    if numeric:
+        err = np.concatenate(errors) if errors else np.zeros((0, 1))
+        ref = np.concatenate(ref_values) if ref_values else np.zeros((0, 1))
+        return {
+            "metric": "abs error of values",
+            "texts": int(err.shape[0]),
+            "max_abs_error": float(err.max()) if err.size else 0.0,
+            "mean_abs_error": float(err.mean()) if err.size else 0.0,
+            "reference_std": float(ref.std()) if ref.size else 0.0,
+        }
+    margins.sort()
+    figures = {
+        "metric": "identical entity sets per text" if judge.token_level and judge.postprocess is not None else
+                  "identical label sets per text" if judge.multi_label else "identical decisions per text",
+        "texts": texts,
+        "identical": same,
+        "agreement": round(same / texts, 6) if texts else 1.0,
+        "disagreements": texts - same,
+        "near_ties": sum(m < near_tie for m in margins),
+        "near_tie": near_tie,
+        "disagreement_margins": [round(m, 4) for m in margins[:20]],
+    }
+    if judge.token_level:
+        figures["token_agreement"] = round(tokens_same / tokens, 6) if tokens else 1.0
+        figures["tokens"] = tokens
+    return figures
+
+
+def _margin(judge: Judge, want: dict[str, np.ndarray], got: dict[str, np.ndarray], mask: np.ndarray, row: int,
+            padding_side: str) -> float:
+    """How far the reference was from changing its answer on this text (smallest over the changed decisions)."""
+    logits = np.asarray(want["logits"], dtype=np.float64)
+    if judge.multi_label and judge.thresholds is not None:
+        probs = 1 / (1 + np.exp(-logits[row]))
+        other = 1 / (1 + np.exp(-np.asarray(got["logits"], dtype=np.float64)[row]))
+        thresholds = judge.thresholds(probs.shape[-1])
+        flipped = (probs > thresholds) != (other > thresholds)
+        return float(np.abs(probs - thresholds)[flipped].min()) if flipped.any() else 0.0
+    if judge.token_level and logits.ndim == 3:
+        mine = _rows(logits, mask, padding_side)[row]
+        theirs = _rows(np.asarray(got["logits"], dtype=np.float64), mask, padding_side)[row]
+        changed = mine.argmax(-1) != theirs.argmax(-1)
+        gaps = _softmax_margin(mine)
+        return float(gaps[changed].min()) if changed.any() else float(gaps.min())
+    return float(_softmax_margin(logits[row]))
+
+
+def accepted(figures: Mapping[str, Any], *, min_agreement: float, max_error: float) -> tuple[bool, str]:
+    """Whether the figures pass the thresholds, and a sentence saying how they compare."""
+    if "max_abs_error" in figures:
+        limit = max_error * max(figures["reference_std"], 1.0)
+        ok = figures["max_abs_error"] <= limit
+        return ok, (f"max abs error {figures['max_abs_error']:.3g} (mean {figures['mean_abs_error']:.3g}) over "
+                    f"{figures['texts']} held-out texts; allowed {limit:.3g} (max_error={max_error:g} x max(std, 1))")
+    ok = figures["agreement"] >= min_agreement
+    detail = (f"{figures['agreement']:.1%} {figures['metric']} ({figures['identical']}/{figures['texts']} held-out "
+              f"texts; {figures['disagreements']} differ, {figures['near_ties']} of them near-ties < {figures['near_tie']:g})")
+    if "token_agreement" in figures:
+        detail += f", {figures['token_agreement']:.2%} of tokens"
+    return ok, detail + f"; required {min_agreement:.1%}"
+
+
+# --- batch invariance ---------------------------------------------------------------------------------------------------
+
+
+def batch_invariance(run: Run, encodings: Sequence[Any], *, input_names: Sequence[str], pad_id: int,
+                     padding_side: str, max_length: int, token_outputs: set[str], decide: Any = None,
+                     tolerance: float = INVARIANCE_TOLERANCE, batch_size: int = 8) -> dict[str, Any]:
+    """Each text alone vs the same text in batches: mixed lengths (two orders) and padded to max_length.
+
+    Passes when every output of every text is within ``tolerance`` (max abs) of its batch-1 value and every
+    decision is identical.
+    """
+    encodings = list(encodings)
+    alone = [run(pad_batch([e], input_names, pad_id, padding_side)) for e in encodings]
+    layouts = {
+        "mixed lengths": [list(range(i, min(i + batch_size, len(encodings)))) for i in range(0, len(encodings), batch_size)],
+        "mixed lengths, reversed": [list(range(len(encodings)))[::-1][i : i + batch_size] for i in range(0, len(encodings), batch_size)],
+    }
+    worst = 0.0
+    worst_output = None
+    decisions_differ = 0
+    checks = 0
+    for name, plan in [*layouts.items(), ("padded to max_length", layouts["mixed lengths"])]:
+        width = max_length if name == "padded to max_length" else None
+        for rows in plan:
+            feed = pad_batch([encodings[i] for i in rows], input_names, pad_id, padding_side, width=width)
+            outputs = run(feed)
+            mask = feed["attention_mask"]
+            for position, index in enumerate(rows):
+                single = alone[index]
+                checks += 1
+                for output, value in outputs.items():
+                    if single[output].shape[:1] != (1,) or value.shape[:1] != (len(rows),):
+                        mine, theirs = single[output], value  # not per row (a head's constant): must not move either
+                    else:
+                        mine = single[output][0]  # alone: no padding, every position is real
+                        theirs = _rows(value, mask, padding_side)[position] if output in token_outputs else value[position]
+                    if mine.shape != theirs.shape:
+                        raise ValueError(f"output {output} has shape {theirs.shape} in a batch, {mine.shape} alone")
+                    diff = float(np.abs(theirs.astype(np.float64) - mine.astype(np.float64)).max()) if mine.size else 0.0
+                    if diff > worst:
+                        worst, worst_output = diff, output
+                row_outputs = {k: v[position : position + 1] if v.shape[:1] == (len(rows),) and single[k].shape[:1] == (1,)
+                               else v for k, v in outputs.items()}
+                for check in as_checks(decide, token_outputs):  # head by head in a multi-head graph
+                    a = check.decisions(row_outputs, mask[position : position + 1])
+                    b = check.decisions(single, np.ones((1, len(encodings[index]) or 1), dtype=np.int64))
+                    if a is not None:
+                        a, b = np.asarray(a), np.asarray(b)
+                        if check.token_level:
+                            a = _rows(a, mask[position : position + 1], padding_side)[0]
+                            b = b[0]
+                        decisions_differ += int(not np.array_equal(np.asarray(a).ravel(), np.asarray(b).ravel()))
+    passed = worst <= tolerance and decisions_differ == 0
+    return {
+        "passed": passed,
+        "tolerance": tolerance,
+        "max_abs_diff": worst,
+        "worst_output": worst_output,
+        "texts": len(encodings),
+        "checks": checks,
+        "decisions_differ": decisions_differ,
+        "layouts": [*layouts, "padded to max_length"],
+        "padding_side": padding_side,
+    }
+
+
+# --- one acceptance set per export, shared by every reduced-precision variant ------------------------------------------
+
+
+def build_judge(model: Any, padding_side: str, member: Any = None) -> Judge:
+    """A head's runtime postprocess and decisions, as acceptance compares them (``member``: one head of a
+    multi-head model; the judge then reads that head's outputs under its own names)."""
+    from ..runtime import postprocess as post
+
+    member = member or model.members()[0]
+    head, spec = member.head, member.spec
+    config = dict(head.manifest())
+    labels = {str(k): v for k, v in head.config.labels().items()}
+    manifest = {"id2label": labels, "postprocess_config": config}
+    try:
+        postprocess = spec.load_postprocess()
+    except Exception:  # a plugin head whose postprocess cannot load here: compare decisions only
+        postprocess = None
+
+    def context(batches: Batches, rows: list[int], mask: np.ndarray) -> Any:
+        return post.Context(manifest=manifest, config=config, attention_mask=mask,
+                            encodings=[batches.encodings[i] for i in rows], texts=[batches.texts[i] for i in rows],
+                            padding_side=padding_side)
+
+    multi = head.problem_type == "multi_label_classification"
+    thresholds = (lambda n: post.thresholds_for(post.Context(manifest=manifest, config=config), n)) if multi else None
+    return Judge(postprocess, context, lambda outputs, mask: head.decisions(outputs, mask), head.level == "token",
+                 multi, thresholds)
+
+
+def build_judges(model: Any, padding_side: str) -> dict[str, tuple[dict[str, str] | None, Judge]]:
+    """One judge per head: name -> (the head's output names -> the graph's, or None for a single head; judge)."""
+    if not model.multi_head:
+        return {"": (None, build_judge(model, padding_side))}
+    return {m.name: (dict(m.outputs), build_judge(model, padding_side, m)) for m in model.members()}
+
+
+def _own(outputs: dict[str, np.ndarray], mapping: dict[str, str] | None) -> dict[str, np.ndarray]:
+    return outputs if mapping is None else {local: outputs[graph] for local, graph in mapping.items() if graph in outputs}
+
+
+@dataclass
+class AcceptanceOptions:
+    """The thresholds a reduced-precision variant must meet (export_onnx keywords; docs/export.md)."""
+
+    min_agreement: float = MIN_AGREEMENT
+    near_tie: float = NEAR_TIE
+    max_error: float = MAX_ERROR
+    invariance_tolerance: float = INVARIANCE_TOLERANCE
+    invariance_texts: int = 24
+
+
+@dataclass
+class AcceptanceSet:
+    """Held-out texts, PyTorch's outputs on them (computed once) and the judge: what every variant is held to."""
+
+    split: TextSplit
+    batches: Batches
+    expected: list[dict[str, np.ndarray]]
+    judges: dict[str, tuple[dict[str, str] | None, Judge]]  # per head (one "" entry for a single-head model)
+    options: AcceptanceOptions
+    invariance_args: dict[str, Any]
+    checks: list[Any] | None = None  # per-head decisions for batch invariance (verify.HeadCheck)
+
+    @property
+    def judge(self) -> Judge:
+        """The judge of a single-head model (its only head)."""
+        return next(iter(self.judges.values()))[1]
+
+    def calibration_feeds(self, tokenizer: Any) -> list[dict[str, np.ndarray]]:
+        args = self.invariance_args
+        cal = make_batches(tokenizer, self.split.calibration, input_names=args["input_names"],
+                           max_length=args["max_length"], pad_id=args["pad_id"], padding_side=args["padding_side"],
+                           batch_size=8)
+        return cal.feeds
+
+    def judge_variant(self, name: str, run: Run) -> dict[str, Any]:
+        """``{"acceptance": ..., "batch_invariance": ...}`` for a variant; VerificationError when it fails either."""
+        from ..errors import VerificationError
+
+        actual = reference(run, self.batches)
+        per_head = {}
+        for head, (mapping, judge) in self.judges.items():
+            figures = agreement(judge, self.batches, [_own(o, mapping) for o in self.expected],
+                                [_own(o, mapping) for o in actual], near_tie=self.options.near_tie)
+            ok, detail = accepted(figures, min_agreement=self.options.min_agreement, max_error=self.options.max_error)
+            per_head[head] = {**figures, "passed": ok, "summary": detail}
+        if "" in per_head:  # a single head: its figures are the record
+            figures = per_head[""]
+            ok, detail = figures["passed"], figures["summary"]
+            acceptance = dict(figures)
+        else:  # every head must pass; the record keeps each head's figures and the lowest agreement
+            ok = all(f["passed"] for f in per_head.values())
+            detail = "; ".join(f"{head}: {f['summary']}" for head, f in per_head.items())
+            agreements = [f["agreement"] for f in per_head.values() if "agreement" in f]
+            acceptance = {"passed": ok, "summary": detail, "heads": per_head,
+                          **({"agreement": min(agreements)} if agreements else {})}
+        acceptance.update(min_agreement=self.options.min_agreement, max_error=self.options.max_error,
+                          texts_split=self.split.record)
+        # the texts most likely to move: mixed lengths from the held-out part, shortest and longest included
+        encodings = self.batches.encodings
+        by_length = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
+        count = min(self.options.invariance_texts, len(by_length))
+        picks = sorted({by_length[round(k * (len(by_length) - 1) / max(count - 1, 1))] for k in range(count)})
+        decide = self.checks if self.checks is not None else self.judge.decide
+        invariance = batch_invariance(run, [encodings[i] for i in picks], decide=decide,
+                                      tolerance=self.options.invariance_tolerance, **self.invariance_args)
+        if not invariance["passed"]:
+            raise VerificationError(
+                f"{name} is not batch-invariant: a text's outputs move by up to {invariance['max_abs_diff']:.3g} "
+                f"({invariance['worst_output']}) between running alone and in a batch, above the "
+                f"{invariance['tolerance']:g} allowed, and {invariance['decisions_differ']} decisions change; "
+                "it is not shipped"
+            )
+        if not ok:
+            raise VerificationError(
+                f"{name} model does not match PyTorch closely enough on held-out texts: {detail}. Export without "
+                f"it, train the head further (near-tied scores flip first), give calibration texts like your "
+                "traffic (--calibration-texts), or lower --min-agreement / --max-error"
+            )
+        return {"acceptance": acceptance, "batch_invariance": invariance}
+
+
+def build_acceptance_set(model: Any, tokenizer: Any, texts: Sequence[Any], *, source: str, input_names: Sequence[str],
+                         max_length: int, pad_id: int, padding_side: str, reference_run: Run,
+                         options: AcceptanceOptions) -> AcceptanceSet:
+    """Split the texts, tokenize the held-out part like the runtime and compute PyTorch's outputs once."""
+    split = split_texts(texts, source=source)
+    batches = make_batches(tokenizer, split.acceptance, input_names=input_names, max_length=max_length, pad_id=pad_id,
+                           padding_side=padding_side)
+    expected = reference(reference_run, batches)
+    from .pipeline import head_checks, token_outputs_of
+
+    invariance_args = dict(input_names=list(input_names), pad_id=pad_id, padding_side=padding_side,
+                           max_length=max_length, token_outputs=token_outputs_of(model))
+    return AcceptanceSet(split, batches, expected, build_judges(model, padding_side), options, invariance_args,
+                         head_checks(model))

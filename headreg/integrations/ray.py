@@ -1,0 +1,295 @@
+"""Ray Data and Ray Serve on a headreg bundle (``pip install 'headreg[ray]'``).
+
+Ray Data, one Predictor per actor, threads from the actor's ``num_cpus``:
+
+>>> import ray
+>>> from headreg.integrations.ray import BundlePredictor
+>>> ds = ray.data.from_items([{"id": 1, "text": "great film"}, {"id": 2, "text": "dull"}])    # doctest: +SKIP
+>>> ds.map_batches(BundlePredictor, fn_constructor_kwargs={"bundle": "bundle/"},             # doctest: +SKIP
+...                concurrency=2, num_cpus=1, batch_size=256, batch_format="pandas").take_all()
+
+Ray Serve, the JSON API of ``headreg serve``'s predict and embed routes, batched across requests:
+
+>>> from ray import serve
+>>> from headreg.integrations.ray import deployment
+>>> serve.run(deployment("bundle/", name="sentiment", num_replicas=2), route_prefix="/")     # doctest: +SKIP
+
+Ray is imported only when these are used. See docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import require
+from ..runtime import InputError, Predictor
+from . import load_predictor, result_fields
+
+OUTPUTS = ("predict", "embed")
+
+
+def worker_cpus() -> int:
+    """The CPUs Ray reserved for the calling actor or task (rounded down, at least 1); 1 outside a Ray worker.
+
+    onnxruntime would otherwise size its thread pool to every core of the host, and N actors on one node
+    would run N x cores threads on cores they share (ORT#3099).
+    """
+    if "ray" not in sys.modules:  # not imported: this is no Ray worker
+        return 1
+    import ray
+
+    if not ray.is_initialized():
+        return 1
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    except AssertionError:  # the driver: Ray reserves nothing for it
+        return 1
+    return max(1, math.floor(cpus + 1e-9))
+
+
+# --- Ray Data --------------------------------------------------------------------------------------------------------
+
+
+class BundlePredictor:
+    """A callable class for ``Dataset.map_batches``: loads the bundle once per actor, adds result columns.
+
+    ``text_column`` (and ``pair_column`` for sentence pairs) name the input columns. ``output="predict"`` adds
+    the head's fields as columns: ``label``, ``score``, ``scores`` (seq_cls); ``labels``, ``scores``
+    (multi_label); ``values`` (regression); ``entities`` (token heads); a plugin head's own fields otherwise.
+    ``output="embed"`` adds ``embedding`` (float32 pooled_output). ``threads``: onnxruntime threads (default:
+    the actor's ``num_cpus``). ``variant``: the bundle variant. ``prefix`` is put before every new column
+    name (a result column may not replace an input column). ``predictor_options``: other ``Predictor``
+    arguments (``max_batch_tokens``, ``batch_size``, ``max_length``). Any other keyword is a per-call predict
+    option (``thresholds=0.3``, ``aggregation="max"``...), validated by the Predictor when the actor starts.
+
+    Batches may be pandas DataFrames or dicts of numpy arrays; rows keep their order and every input
+    column is kept.
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        text_column: str = "text",
+        pair_column: str | None = None,
+        output: str = "predict",
+        threads: int | None = None,
+        variant: str | None = None,
+        prefix: str = "",
+        predictor_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ):
+        self.text_column, self.pair_column, self.output, self.prefix = text_column, pair_column, output, prefix
+        self.options = options
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r}: expected one of {', '.join(OUTPUTS)}")
+        self.predictor = load_predictor(bundle, threads or worker_cpus(), variant, predictor_options,
+                                        embed=output == "embed", options=options)
+        self.fields = ("embedding",) if output == "embed" else result_fields(self.predictor.manifest)
+
+    def __call__(self, batch: Any) -> Any:
+        columns = list(batch.keys()) if isinstance(batch, Mapping) else list(batch.columns)
+        texts = self._texts(batch, columns)
+        numpy = isinstance(batch, Mapping)
+        try:
+            if self.output == "embed":
+                embeddings = self.predictor.embed(texts, **self.options)
+                return self._put(batch, columns, {"embedding": embeddings if numpy else list(embeddings)})
+            results = self.predictor.predict(texts, **self.options)
+        except InputError as exc:
+            raise InputError(f"column {self.text_column!r}: {exc}") from exc
+        fields = self.fields or _keys(results)
+        if numpy:
+            return self._put(batch, columns, {field: _array([r[field] for r in results]) for field in fields})
+        return self._put(batch, columns, {field: [r[field] for r in results] for field in fields})
+
+    def _texts(self, batch: Any, columns: list[str]) -> list[Any]:
+        for column in filter(None, (self.text_column, self.pair_column)):
+            if column not in columns:
+                option = "text_column" if column == self.text_column else "pair_column"
+                raise KeyError(f"the batch has no column {column!r} (columns: {', '.join(map(str, columns))}); "
+                               f"pass {option}=... to BundlePredictor")
+        texts = _values(batch[self.text_column])
+        if self.pair_column:
+            return list(zip(texts, _values(batch[self.pair_column])))
+        return texts
+
+    def _put(self, batch: Any, columns: list[str], new: dict[str, Any]) -> Any:
+        named = {self.prefix + name: value for name, value in new.items()}
+        taken = sorted(set(named) & set(columns))
+        if taken:
+            raise ValueError(
+                f"the batch already has column(s) {', '.join(taken)}; BundlePredictor does not overwrite input "
+                "columns: pass prefix='pred_' (or rename them)"
+            )
+        if isinstance(batch, Mapping):
+            return {**batch, **named}
+        batch = batch.copy(deep=False)
+        for name, value in named.items():
+            batch[name] = value
+        return batch
+
+
+def _values(column: Any) -> list[Any]:
+    """Plain Python values of a pandas Series or numpy array (numpy scalars become str / float)."""
+    return column.tolist()
+
+
+def _keys(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    keys: dict[str, None] = {}
+    for result in results:
+        keys.update(dict.fromkeys(result))
+    return list(keys)
+
+
+def _array(values: list[Any]) -> np.ndarray:
+    """A numpy column: numbers and strings as such, anything else (dicts, lists) as an object array per row."""
+    if values and all(isinstance(v, str) for v in values):
+        return np.array(values, dtype=object)
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return np.asarray(values)
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+# --- Ray Serve -------------------------------------------------------------------------------------------------------
+
+ROUTE = re.compile(r"/v1/models/(?P<name>[^/]+)/(?P<route>predict|embed)/?$")
+LIST_ROUTE = re.compile(r"/v1/models/?$")
+DEFAULT_MAX_INPUT_TEXTS = 1024
+
+
+class BundleServer:
+    """One Ray Serve replica: a Predictor (threads = the replica's ``num_cpus``) behind ``@serve.batch``.
+
+    Requests are parsed and answered exactly as by ``headreg serve`` (``headreg.serve.schema``). Requests
+    that arrive together are run as one stream of rows through the Predictor's row pipeline: each request is
+    checked and tokenized on its own (a bad one fails alone), the rows of all of them are planned into
+    length-bucketed batches, and each request is finished from its own rows only. Use :func:`deployment`.
+    """
+
+    def __init__(self, bundle: str, name: str, threads: int | None, variant: str | None,
+                 max_batch_size: int, batch_wait_timeout_s: float, max_input_texts: int,
+                 predictor_options: Mapping[str, Any] | None):
+        from ray import serve
+
+        self.name, self.max_input_texts = name, max_input_texts
+        self.predictor = load_predictor(bundle, threads or worker_cpus(), variant, predictor_options)
+        self._batched = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)(self._run)
+
+    async def __call__(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        from ..serve.schema import RequestError, model_info, parse_embed_request, parse_json, parse_predict_request
+
+        path, method = request.url.path, request.method
+        match = ROUTE.search(path)
+        try:
+            if match is None:
+                if LIST_ROUTE.search(path) and method == "GET":
+                    return JSONResponse({"models": [model_info(self.name, self.predictor)]})
+                raise RequestError(404, f"no route {method} {path}; this service answers POST "
+                                        f"/v1/models/{self.name}/predict and /v1/models/{self.name}/embed")
+            if match["name"] != self.name:
+                raise RequestError(404, f"no model named {match['name']!r}; this service serves: {self.name}")
+            if method != "POST":
+                raise RequestError(405, f"{path} takes POST, not {method}")
+            payload = parse_json(await request.body())
+            kind = match["route"]
+            if kind == "predict":
+                inputs, parameters = parse_predict_request(payload, max_inputs=self.max_input_texts)
+            else:
+                inputs, parameters = parse_embed_request(payload, max_inputs=self.max_input_texts), {}
+            result = await self._batched((kind, inputs, parameters))
+            if isinstance(result, InputError):
+                raise RequestError(422, str(result))
+            if isinstance(result, Exception):
+                raise RequestError(500, f"inference failed for this request: {type(result).__name__}: {result}")
+        except RequestError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        if kind == "embed":
+            return JSONResponse({"model": self.name, "embeddings": result})
+        return JSONResponse({"model": self.name, "outputs": result})
+
+    async def _run(self, requests: list[tuple[str, list[Any], dict]]) -> list[Any]:
+        """One answer per request, in order: its result, or the exception that request alone raised."""
+        return await asyncio.to_thread(run_requests, self.predictor, requests)
+
+
+def run_requests(predictor: Predictor, requests: Sequence[tuple[str, list[Any], dict]]) -> list[Any]:
+    """Run several ``(kind, inputs, parameters)`` requests as one stream of length-planned batches.
+
+    Results equal ``predictor.predict(inputs, **parameters)`` (embed: ``predictor.embed(inputs).tolist()``)
+    per request: the Predictor's results depend only on a request's own rows. An error in one request's
+    inputs or parameters is returned in that request's place; the others are answered.
+    """
+    answers: list[Any] = [None] * len(requests)
+    jobs: list[tuple[int, Any]] = []
+    for index, (kind, inputs, parameters) in enumerate(requests):
+        try:
+            jobs.append((index, predictor.prepare(inputs, kind=kind, **parameters)))
+        except Exception as exc:  # noqa: BLE001 - answered to that request alone
+            answers[index] = exc
+    rows = [(j, r) for j, (_, job) in enumerate(jobs) for r in range(len(job.rows))]
+    outputs: list[list[Any]] = [[None] * len(job.rows) for _, job in jobs]
+    try:
+        for batch in predictor.plan([len(jobs[j][1].rows[r].encoding) for j, r in rows]):
+            for k, out in zip(batch, predictor.run_rows([jobs[rows[k][0]][1].rows[rows[k][1]] for k in batch])):
+                j, r = rows[k]
+                outputs[j][r] = out
+    except Exception as exc:  # noqa: BLE001 - the model failed on this batch: every request in it gets the error
+        for index, _ in jobs:
+            answers[index] = exc
+        return answers
+    for (index, job), out in zip(jobs, outputs):
+        try:
+            result = predictor.finish(job, out)
+            answers[index] = np.stack(result).tolist() if job.kind == "embed" else result
+        except Exception as exc:  # noqa: BLE001
+            answers[index] = exc
+    return answers
+
+
+def deployment(
+    bundle: str | os.PathLike,
+    *,
+    name: str | None = None,
+    threads: int | None = None,
+    variant: str | None = None,
+    num_replicas: int | str = 1,
+    num_cpus: float = 1,
+    max_batch_size: int = 32,
+    batch_wait_timeout_s: float = 0.005,
+    max_input_texts: int = DEFAULT_MAX_INPUT_TEXTS,
+    predictor_options: Mapping[str, Any] | None = None,
+    **deployment_options: Any,
+):
+    """A Ray Serve application serving ``bundle`` with ``headreg serve``'s predict/embed JSON; ``serve.run`` it.
+
+    Routes (under the application's ``route_prefix``): ``POST /v1/models/{name}/predict`` with
+    ``{"inputs": [...], "parameters": {...}}`` -> ``{"model": name, "outputs": [...]}``;
+    ``POST /v1/models/{name}/embed`` -> ``{"model": name, "embeddings": [...]}``; ``GET /v1/models``.
+    ``name`` defaults to the bundle directory's name. Each of ``num_replicas`` replicas reserves ``num_cpus``
+    and runs onnxruntime on that many threads (``threads`` overrides). Up to ``max_batch_size`` requests
+    that arrive within ``batch_wait_timeout_s`` of each other are batched. ``deployment_options`` go to
+    ``serve.deployment`` (``max_ongoing_requests``, ``autoscaling_config``, ...).
+    """
+    require("ray.serve", "ray", "the Ray Serve deployment")
+    from ray import serve
+
+    path = Path(bundle).resolve()
+    name = name or path.name
+    options = dict(deployment_options)
+    actor_options = {"num_cpus": num_cpus, **options.pop("ray_actor_options", {})}
+    app = serve.deployment(BundleServer, name=f"headreg-{name}", num_replicas=num_replicas,
+                           ray_actor_options=actor_options, **options)
+    return app.bind(str(path), name, threads, variant, max_batch_size, batch_wait_timeout_s, max_input_texts,
+                    dict(predictor_options or {}))

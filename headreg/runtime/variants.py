@@ -1,0 +1,190 @@
+"""Which model variant a Predictor runs: a documented function of the bundle and of this machine.
+
+A bundle lists its variants in ``manifest["variants"]``: one record per variant (see docs/bundle-format.md)::
+
+    "int8": {"file": "model.int8.onnx", "precision": "int8", "backend": "onnxruntime",
+             "quantization": {"kind": "static", "format": "qdq", ...},
+             "requires_cpu": ["avx512_vnni", "avx_vnni", "amx_int8", "asimddp"],
+             "acceptance": {"passed": true, ...}, "batch_invariance": {"passed": true, ...}}
+
+The rule (no timing, nothing random; the same bundle on the same machine always serves the same variant):
+
+1. ``requested`` (``Predictor(variant=...)``, ``--variant``) is used when the bundle has it, its backend is
+   installed and the CPU has what it needs; otherwise it is an error, never a silent substitute.
+2. Otherwise the first of ``PREFERENCE`` (bf16, int8, fp32) that is *eligible*: accepted at export,
+   batch-invariant, its backend importable here, and (when its record names ``requires_cpu``) at least one
+   of those CPU flags present. fp32 is always eligible, so the rule always ends somewhere.
+
+Bundles written before variant records (format 1 with a ``"default"`` key) keep loading: their int8 file is
+onnxruntime *dynamic* int8, whose scores depend on the rest of the batch, so it is never chosen by the rule
+(it still runs when asked for by name), and such bundles serve fp32 by default.
+
+Torch-free and numpy-free: the production runtime imports this.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+from functools import lru_cache
+from typing import Any, Iterable, Mapping
+
+from ..errors import BundleError
+from ..manifest import MODEL_FILE
+
+# Most preferred first: bf16 and int8 are the fast ones on the CPUs that have the instructions for them.
+PREFERENCE = ("bf16", "int8", "fp32")
+# A backend is usable when this module imports.
+BACKEND_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+# What the runtime assumes a record lacking a field means (records from format-1 bundles).
+LEGACY_FP32 = {"file": MODEL_FILE, "precision": "fp32", "backend": "onnxruntime", "quantization": None}
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (x86 ``flags`` / arm ``Features`` of /proc/cpuinfo); empty where unreadable.
+
+    ``HEADREG_CPU_FLAGS`` (space separated) replaces them: to check what another machine would serve.
+    """
+    override = os.environ.get("HEADREG_CPU_FLAGS")
+    if override is not None:
+        return frozenset(override.split())
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def machine() -> dict[str, Any]:
+    """What selection looked at, for reports: architecture and the CPU flags that matter to variants."""
+    interesting = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
+                   "asimddp", "bf16", "i8mm")
+    flags = cpu_flags()
+    return {"arch": platform.machine(), "cpu_flags": [f for f in interesting if f in flags]}
+
+
+def backend_available(backend: str) -> bool:
+    module = BACKEND_MODULES.get(backend)
+    return module is not None and importlib.util.find_spec(module) is not None
+
+
+def variant_records(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every variant record of the bundle with defaults filled in (format-1 records have fewer fields)."""
+    raw = manifest.get("variants")
+    if not isinstance(raw, Mapping):
+        raw = {"fp32": {"file": MODEL_FILE}}
+    records: dict[str, dict[str, Any]] = {}
+    for name, record in raw.items():
+        if not isinstance(record, Mapping) or "file" not in record:
+            continue  # the format-1 "default" key, or junk #12's validation reports
+        filled = {**LEGACY_FP32, "precision": name, **record}
+        if name == "int8" and "quantization" not in record:
+            # format 1 wrote onnxruntime dynamic int8 without saying so
+            filled["quantization"] = {"kind": "dynamic"}
+            filled.setdefault("batch_invariance", {"passed": False, "reason": "dynamic int8 (activation scales per batch)"})
+        records[str(name)] = filled
+    return records
+
+
+def _flags_ok(record: Mapping[str, Any], flags: Iterable[str]) -> bool:
+    needed = record.get("requires_cpu") or []
+    return not needed or bool(set(needed) & set(flags))
+
+
+def _accepted(record: Mapping[str, Any]) -> bool:
+    if record.get("precision") == "fp32" and "acceptance" not in record:
+        return True  # fp32 passed export verification or there would be no bundle
+    acceptance = record.get("acceptance")
+    return isinstance(acceptance, Mapping) and bool(acceptance.get("passed"))
+
+
+def _invariant(record: Mapping[str, Any]) -> bool:
+    if record.get("precision") == "fp32" and "batch_invariance" not in record:
+        return True
+    invariance = record.get("batch_invariance")
+    return isinstance(invariance, Mapping) and bool(invariance.get("passed"))
+
+
+def why_not(record: Mapping[str, Any], flags: Iterable[str] | None = None) -> str | None:
+    """Why the rule would skip this variant here, or None when it is eligible."""
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    if not _accepted(record):
+        return "not accepted at export"
+    if not _invariant(record):
+        return "not batch-invariant"
+    if not backend_available(str(record.get("backend"))):
+        extra = f" (pip install 'headreg[{record.get('backend')}]')" if record.get("backend") != "onnxruntime" else ""
+        return f"backend {record.get('backend')} is not installed{extra}"
+    if not _flags_ok(record, flags):
+        return f"this CPU has none of {', '.join(record.get('requires_cpu') or [])}"
+    return None
+
+
+def _describe(name: str, record: Mapping[str, Any]) -> str:
+    kind = (record.get("quantization") or {}).get("kind") if isinstance(record.get("quantization"), Mapping) else None
+    what = f"{kind} {name}" if kind else name
+    return f"{what} on {record.get('backend')}"
+
+
+def select_variant(
+    manifest: Mapping[str, Any], requested: str | None = None, *, flags: Iterable[str] | None = None
+) -> tuple[str, str]:
+    """``(variant name, reason)`` by the rule in this module's docstring; BundleError when ``requested`` cannot run.
+
+    ``flags`` replaces this CPU's flags (to ask what another machine would serve).
+    """
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    records = variant_records(manifest)
+    if requested not in (None, "auto"):
+        record = records.get(requested)
+        if record is None:
+            hint = " Export it with --quantize int8." if requested == "int8" else ""
+            raise BundleError(f"bundle has no {requested!r} variant (it has: {', '.join(sorted(records)) or 'none'}).{hint}")
+        if not backend_available(str(record.get("backend"))):
+            raise BundleError(
+                f"variant {requested!r} runs on {record.get('backend')}, which is not installed: "
+                f"pip install 'headreg[{record.get('backend')}]'"
+            )
+        if not _flags_ok(record, flags):
+            raise BundleError(
+                f"variant {requested!r} needs a CPU with one of {', '.join(record['requires_cpu'])}; this one has none "
+                f"(it would not run as {record.get('precision')}). Choose another variant: {', '.join(sorted(records))}"
+            )
+        caveat = "" if _invariant(record) else "; its scores depend on the rest of the batch (not batch-invariant)"
+        return requested, f"requested: {_describe(requested, record)}{caveat}"
+    skipped = []
+    for name in PREFERENCE:
+        record = records.get(name)
+        if record is None:
+            continue
+        problem = why_not(record, flags)
+        if problem is None:
+            others = f" ({'; '.join(skipped)})" if skipped else ""
+            return name, f"{_describe(name, record)}: the most preferred eligible variant{others}"
+        skipped.append(f"{name}: {problem}")
+    if "fp32" in records:  # fp32's backend is missing: say so rather than pick nothing
+        raise BundleError(f"no variant of this bundle can run here ({'; '.join(skipped)})")
+    raise BundleError(f"bundle has no fp32 variant and none other can run here ({'; '.join(skipped) or 'no variants'})")
+
+
+def describe_all(manifest: Mapping[str, Any], flags: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """One row per variant: name, file, precision, backend, quantization kind, eligible here and why not."""
+    rows = []
+    for name, record in variant_records(manifest).items():
+        quant = record.get("quantization")
+        rows.append({
+            "variant": name,
+            "file": record.get("file"),
+            "precision": record.get("precision"),
+            "backend": record.get("backend"),
+            "quantization": quant.get("kind") if isinstance(quant, Mapping) else None,
+            "eligible": why_not(record, flags) is None,
+            "why_not": why_not(record, flags),
+        })
+    return rows

@@ -1,0 +1,332 @@
+"""Long inputs as overlapping windows (``long_text="window"``): numpy and tokenizers only, no session.
+
+Three steps, each a pure function the Predictor calls:
+
+1. :func:`encode_windows` cuts each input into windows of at most ``max_length`` tokens with the fast
+   tokenizer's own overflow (``enable_truncation(max_length, stride=overlap)``): every window carries its
+   special tokens, and offsets and word ids that index the whole original text. A sentence pair keeps its
+   first text whole in every window and slides over the second (``only_second``).
+2. The windows run as ordinary rows (length-bucketed with every other row).
+3. :func:`merge_windows` turns one input's window outputs back into one row: token-level outputs take each
+   token from the window where it sits farthest from a cut (the text's own ends are not cuts), over a
+   :class:`WholeEncoding` of the whole text, so postprocess (``aggregate_tokens``, a CRF's Viterbi) runs once
+   over the whole text; row-level outputs (sequence logits, ``pooled_output``) are reduced over the windows
+   with :func:`reduce_windows` (``mean`` | ``max`` | ``first``).
+
+"Overlap" is the number of tokens two neighbouring windows share; transformers and tokenizers call it
+``stride``. A window of ``room`` tokens for the text (``max_length`` minus special tokens, minus the first
+text of a pair) advances by ``room - overlap`` tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import HeadregError
+from .inputs import InputError
+
+LONG_TEXT = ("truncate", "window")
+WINDOW_REDUCE = ("mean", "max", "first")
+# The per-call options this module reads; "window_overlap" is the plain name of "window_stride".
+OPTIONS = ("long_text", "window_stride", "window_overlap", "window_reduce")
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    """A call's long-text options, checked. ``overlap=None``: a quarter of each window's room for the text."""
+
+    long_text: str = "truncate"
+    overlap: int | None = None
+    reduce: str = "mean"
+
+    @property
+    def windowed(self) -> bool:
+        return self.long_text == "window"
+
+
+def window_options(options: Mapping[str, Any]) -> WindowOptions:
+    """Check a call's ``long_text`` / ``window_stride`` (alias ``window_overlap``) / ``window_reduce``."""
+    long_text = options.get("long_text")
+    long_text = "truncate" if long_text is None else long_text
+    if long_text not in LONG_TEXT:
+        raise InputError(f"long_text must be one of {', '.join(map(repr, LONG_TEXT))}, got {long_text!r}")
+    stride, overlap = options.get("window_stride"), options.get("window_overlap")
+    if stride is not None and overlap is not None and stride != overlap:
+        raise InputError(
+            f"window_stride={stride!r} and window_overlap={overlap!r} name the same thing (tokens shared by "
+            "neighbouring windows); pass one of them"
+        )
+    overlap = overlap if overlap is not None else stride
+    if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0):
+        raise InputError(f"window_stride (the overlap in tokens) must be an integer >= 0, got {overlap!r}")
+    reduce = options.get("window_reduce")
+    reduce = "mean" if reduce is None else reduce
+    if reduce not in WINDOW_REDUCE:
+        raise InputError(f"window_reduce must be one of {', '.join(map(repr, WINDOW_REDUCE))}, got {reduce!r}")
+    if long_text != "window":
+        given = [name for name in ("window_stride", "window_overlap", "window_reduce") if options.get(name) is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} only apply with long_text='window' (this call truncates long inputs)")
+    return WindowOptions(long_text, None if overlap is None else int(overlap), reduce)
+
+
+def default_overlap(room: int) -> int:
+    """A quarter of the window's room for the text: each token keeps at least 1/8 window of context per side."""
+    return max(room, 0) // 4
+
+
+@dataclass
+class Windows:
+    """One input's windows in text order; neighbours share ``overlap`` tokens of sequence ``sequence``."""
+
+    encodings: list[Any]
+    overlap: int
+    sequence: int  # the sequence the windows slide over: 0 (a text) or 1 (the text_pair of a pair)
+
+
+def encode_windows(
+    tokenizer: Any, inputs: Sequence[str | tuple[str, str]], max_length: int, overlap: int | None = None
+) -> list[Windows]:
+    """Tokenize ``inputs`` into windows of at most ``max_length`` tokens each (an input that fits: one window).
+
+    ``tokenizer`` is a ``tokenizers.Tokenizer`` this function reconfigures (truncation), so a private copy,
+    not one other threads encode with. Sentence pairs keep the first text whole in every window; a pair whose
+    first text leaves no room for the second, or less than ``overlap + 1`` tokens of it, is an InputError
+    naming the input (unless the whole pair fits one window). Inputs are assumed checked (check_inputs).
+    """
+    tokenizer.no_padding()
+    results: list[Windows | None] = [None] * len(inputs)
+    singles = [i for i, item in enumerate(inputs) if isinstance(item, str)]
+    pairs = [i for i in range(len(inputs)) if not isinstance(inputs[i], str)]
+    if singles:
+        room = max_length - tokenizer.num_special_tokens_to_add(False)
+        if room < 1:
+            raise InputError(f"max_length={max_length} leaves no room for text beside the special tokens")
+        chosen = default_overlap(room) if overlap is None else overlap
+        if chosen >= room:
+            raise InputError(
+                f"window_stride={chosen} (the overlap) must be smaller than the {room} tokens a window of "
+                f"max_length={max_length} holds; pass at most {room - 1}"
+            )
+        _encode_group(tokenizer, inputs, singles, max_length, chosen, "longest_first", 0, results)
+    if pairs:
+        _encode_pairs(tokenizer, inputs, pairs, max_length, overlap, results)
+    return results  # type: ignore[return-value]
+
+
+def _encode_pairs(
+    tokenizer: Any, inputs: Sequence[Any], pairs: list[int], max_length: int, overlap: int | None, results: list
+) -> None:
+    tokenizer.no_truncation()
+    firsts = tokenizer.encode_batch([inputs[i][0] for i in pairs], add_special_tokens=False)
+    budget = max_length - tokenizer.num_special_tokens_to_add(True)
+    groups: dict[int, list[int]] = {}
+    cramped: list[tuple[int, int, int]] = []  # (input, first text's tokens, overlap asked) without room to slide
+    for index, first in zip(pairs, firsts):
+        room = budget - len(first)
+        chosen = default_overlap(room) if overlap is None else overlap
+        if room < 1 or chosen >= room:
+            cramped.append((index, len(first), chosen))
+        else:
+            groups.setdefault(chosen, []).append(index)
+    for chosen, members in groups.items():
+        _encode_group(tokenizer, inputs, members, max_length, chosen, "only_second", 1, results)
+    if cramped:
+        # Such a pair is fine when it fits one window whole; only a pair that needs windows is refused.
+        tokenizer.enable_truncation(max_length, stride=0, strategy="longest_first")
+        encodings = tokenizer.encode_batch([tuple(inputs[i]) for i, _, _ in cramped])
+        for (index, first_tokens, chosen), encoding in zip(cramped, encodings):
+            if not encoding.overflowing:
+                results[index] = Windows([encoding], 0, 1)
+                continue
+            room = budget - first_tokens
+            if room < 1:
+                raise InputError(
+                    f"input {index}: the first text of the pair has {first_tokens} tokens and fills the whole "
+                    f"window (max_length={max_length}); long_text='window' keeps the first text whole and slides "
+                    "over text_pair. Shorten the first text, swap the pair, or use long_text='truncate'."
+                )
+            raise InputError(
+                f"input {index}: the first text of the pair has {first_tokens} tokens, which leaves {room} tokens "
+                f"per window for text_pair: window_stride={chosen} (the overlap) must be below {room}"
+            )
+
+
+def _encode_group(
+    tokenizer: Any, inputs: Sequence[Any], members: list[int], max_length: int, overlap: int, strategy: str,
+    sequence: int, results: list,
+) -> None:
+    tokenizer.enable_truncation(max_length, stride=overlap, strategy=strategy)
+    encodings = tokenizer.encode_batch([inputs[i] if sequence == 0 else tuple(inputs[i]) for i in members])
+    for index, encoding in zip(members, encodings):
+        # The overflow's encodings are the following windows; the first window no longer needs to hold them.
+        windows = [encoding, *encoding.overflowing]
+        results[index] = Windows(windows, overlap if len(windows) > 1 else 0, sequence)
+
+
+# --- merging one input's windows ----------------------------------------------------------------------------
+
+
+@dataclass
+class WholeEncoding:
+    """The whole text's tokens, as one ``tokenizers.Encoding``-like row built from its windows.
+
+    Has what postprocess reads from an encoding (``len``, ``ids``, ``type_ids``, ``tokens``, ``offsets``,
+    ``word_ids``, ``sequence_ids``, ``special_tokens_mask``, ``attention_mask``); offsets index the original
+    text, word ids are the whole text's. ``windows`` is each window's content span ``(start, end)`` in these
+    positions.
+    """
+
+    ids: list[int]
+    type_ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+    sequence_ids: list[int | None]
+    special_tokens_mask: list[int]
+    windows: list[tuple[int, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def attention_mask(self) -> list[int]:
+        return [1] * len(self.ids)
+
+    @property
+    def words(self) -> list[int | None]:
+        return self.word_ids
+
+    @property
+    def n_sequences(self) -> int:
+        return len({s for s in self.sequence_ids if s is not None})
+
+    @property
+    def overflowing(self) -> list[Any]:
+        return []
+
+
+def content_span(encoding: Any, sequence: int) -> tuple[int, int]:
+    """``(start, end)`` positions of ``encoding``'s non-special tokens of ``sequence`` (contiguous)."""
+    positions = [
+        p for p, (s, special) in enumerate(zip(encoding.sequence_ids, encoding.special_tokens_mask))
+        if s == sequence and not special
+    ]
+    if not positions:
+        return (0, 0)
+    if positions[-1] - positions[0] + 1 != len(positions):
+        raise HeadregError(f"the tokenizer interleaves sequence {sequence} with other tokens; cannot merge windows")
+    return positions[0], positions[-1] + 1
+
+
+def central_windows(lengths: Sequence[int], overlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """For windows of ``lengths`` content tokens sharing ``overlap`` with each neighbour: per whole-text token,
+    (the window it is taken from, its position in that window's content).
+
+    A token is taken from the window where its distance to the nearest cut is largest; the text's own start
+    and end are not cuts (no window sees beyond them). Ties go to the earlier window.
+    """
+    starts = np.concatenate([[0], np.cumsum(np.asarray(lengths[:-1], dtype=np.int64) - overlap)]).astype(np.int64)
+    total = int(starts[-1] + lengths[-1])
+    best = np.zeros(total, dtype=np.int64)
+    score = np.full(total, -np.inf)
+    last = len(lengths) - 1
+    for window, (start, length) in enumerate(zip(starts, lengths)):
+        positions = np.arange(start, start + length)
+        left = positions - start if window > 0 else np.full(length, np.inf)
+        right = start + length - 1 - positions if window < last else np.full(length, np.inf)
+        distance = np.minimum(left, right)
+        better = distance > score[positions]
+        best[positions[better]] = window
+        score[positions[better]] = distance[better]
+    return best, np.arange(total) - starts[best]
+
+
+def reduce_windows(values: Sequence[np.ndarray] | np.ndarray, how: str) -> np.ndarray:
+    """One row from per-window rows: their ``mean``, elementwise ``max``, or the ``first`` window's."""
+    stacked = np.stack([np.asarray(v) for v in values])
+    if how == "mean":
+        return stacked.mean(axis=0).astype(stacked.dtype, copy=False)
+    if how == "max":
+        return stacked.max(axis=0)
+    if how == "first":
+        return stacked[0]
+    raise ValueError(f"window_reduce must be one of {', '.join(WINDOW_REDUCE)}, got {how!r}")
+
+
+def merge_windows(
+    windows: Sequence[Any],
+    outputs: Sequence[Mapping[str, np.ndarray]],
+    axes: Mapping[str, str],
+    overlap: int,
+    sequence: int = 0,
+    reduce: str = "mean",
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """One input's windows (encodings, in order) and their outputs -> (the whole text's encoding, its outputs).
+
+    ``axes`` says per output name whether it is per ``token`` (``[tokens, ...]``, cut to the row),
+    per ``row`` (``[...]``) or ``shared`` by every row. Token outputs are taken per token from its most
+    central window (:func:`central_windows`); tokens outside the windowed sequence (special tokens, the first
+    text of a pair) come from the first window, the trailing special tokens from the last. Row outputs are
+    reduced with :func:`reduce_windows`. A single window comes back as it is.
+    """
+    if len(windows) != len(outputs) or not windows:
+        raise HeadregError(f"merge_windows got {len(windows)} windows and {len(outputs)} outputs")
+    if len(windows) == 1:
+        return windows[0], dict(outputs[0])
+    spans = [content_span(encoding, sequence) for encoding in windows]
+    lengths = [end - start for start, end in spans]
+    _check_overlaps(windows, spans, overlap)
+    chosen, inner = central_windows(lengths, overlap)
+    # (window, position in that window) for every token of the whole text: prefix, text, suffix.
+    head_end, tail_start = spans[0][0], spans[-1][1]
+    source_window = np.concatenate(
+        [np.zeros(head_end, np.int64), chosen, np.full(len(windows[-1]) - tail_start, len(windows) - 1, np.int64)]
+    )
+    source_position = np.concatenate(
+        [np.arange(head_end), inner + np.asarray([spans[w][0] for w in chosen], dtype=np.int64).reshape(-1),
+         np.arange(tail_start, len(windows[-1]))]
+    )
+    pairs = list(zip(source_window.tolist(), source_position.tolist()))
+    first_row = np.concatenate([[0], np.cumsum([len(encoding) for encoding in windows[:-1]])]).astype(np.int64)
+
+    def gather(attribute: str) -> list[Any]:
+        values = [getattr(encoding, attribute) for encoding in windows]
+        return [values[w][p] for w, p in pairs]
+
+    starts = np.concatenate([[0], np.cumsum(np.asarray(lengths[:-1]) - overlap)]) + head_end
+    whole = WholeEncoding(
+        ids=gather("ids"),
+        type_ids=gather("type_ids"),
+        tokens=gather("tokens"),
+        offsets=[tuple(o) for o in gather("offsets")],
+        word_ids=gather("word_ids"),
+        sequence_ids=gather("sequence_ids"),
+        special_tokens_mask=gather("special_tokens_mask"),
+        windows=[(int(s), int(s) + n) for s, n in zip(starts, lengths)],
+    )
+    merged: dict[str, np.ndarray] = {}
+    for name in outputs[0]:
+        kind = axes.get(name, "row")
+        if kind == "shared":
+            merged[name] = outputs[0][name]
+        elif kind == "token":
+            flat = np.concatenate([np.asarray(out[name]) for out in outputs])
+            merged[name] = flat[first_row[source_window] + source_position]
+        else:
+            merged[name] = reduce_windows([out[name] for out in outputs], reduce)
+    return whole, merged
+
+
+def _check_overlaps(windows: Sequence[Any], spans: Sequence[tuple[int, int]], overlap: int) -> None:
+    """Neighbouring windows must share exactly ``overlap`` tokens (what the tokenizer's overflow promises)."""
+    for (a, b), (c, d), left, right in zip(spans, spans[1:], windows, windows[1:]):
+        shared_left = left.ids[b - overlap : b] if overlap else []
+        if b - a < overlap or list(shared_left) != list(right.ids[c : c + overlap]):
+            raise HeadregError(
+                "a window does not continue where the previous one ends (the tokenizer's overflow is not the "
+                f"sliding window it should be); windows {(a, b)} and {(c, d)}, overlap {overlap}"
+            )

@@ -1,0 +1,319 @@
+"""The HTTP server: Starlette routes on uvicorn, one :class:`~headreg.serve.batcher.Batcher` per bundle.
+
+>>> from headreg.runtime import Predictor
+>>> app = create_app({"sentiment": Predictor("bundle/")})      # doctest: +SKIP
+>>> serve(app, host="127.0.0.1", port=8080)                     # doctest: +SKIP
+
+Routes (JSON): ``GET /health``, ``GET /info``, ``GET /metrics`` (Prometheus text), ``GET /v1/models``,
+``POST /v1/models/{name}/predict``, ``POST /v1/models/{name}/embed``. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..runtime.inputs import InputError
+from .batcher import Batcher, InferenceError
+from .metrics import ServeMetrics
+from .schema import (
+    RequestError, check_api_key, check_parameters, known_parameters, model_info, parse_embed_request, parse_json,
+    parse_predict_request, unknown_model,
+)
+
+access_log = logging.getLogger("headreg.serve.access")
+log = logging.getLogger("headreg.serve")
+
+WARMUP_TEXT = "warm up"
+
+
+@dataclass
+class ServeConfig:
+    """The server's limits (the ``headreg serve`` options of the same names)."""
+
+    max_batch_tokens: int = 2048
+    max_batch_size: int = 32
+    max_concurrent_requests: int = 512
+    max_input_texts: int = 128
+    payload_limit: int = 2_000_000
+    api_key: str | None = None
+
+
+class _State:
+    def __init__(self, predictors: Mapping[str, Any], config: ServeConfig, metrics: ServeMetrics):
+        self.config = config
+        self.metrics = metrics
+        self.predictors = dict(predictors)
+        self.batchers = {
+            name: Batcher(name, predictor, max_batch_tokens=config.max_batch_tokens,
+                          max_batch_size=config.max_batch_size, metrics=metrics)
+            for name, predictor in self.predictors.items()
+        }
+        self.parameters = {name: known_parameters(p) for name, p in self.predictors.items()}
+        self.models = [model_info(name, p, task=_task(p.head), parameters=self.parameters[name])
+                       for name, p in self.predictors.items()]
+        self.ready = False
+        self.in_flight = 0
+
+
+def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None) -> Any:
+    """An ASGI app serving ``predictors`` (name -> loaded Predictor); /health turns 200 once each is warmed up."""
+    if not predictors:
+        raise ValueError("create_app needs at least one model")
+    metrics = ServeMetrics()
+    state = _State(predictors, config or ServeConfig(), metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        for batcher in state.batchers.values():
+            batcher.start()
+        warmup = asyncio.create_task(_warm_up(state))
+        try:
+            yield
+        finally:
+            warmup.cancel()
+            # uvicorn has answered every in-flight request by now; anything still queued runs before exit.
+            await asyncio.gather(*(batcher.close() for batcher in state.batchers.values()))
+
+    async def health(request: Request) -> Response:
+        _log(request, route="/health")
+        if state.ready:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+
+    async def info(request: Request) -> Response:
+        _log(request, route="/info")
+        check_api_key(request.headers.get("authorization"), state.config.api_key)
+        return JSONResponse({
+            "headreg_version": __version__,
+            "ready": state.ready,
+            "models": [{"name": m["name"], "head": m["head"], "variant": m["variant"],
+                        "bundle": str(state.predictors[m["name"]].bundle_dir)} for m in state.models],
+            "limits": {k: v for k, v in vars(state.config).items() if k != "api_key"},
+        })
+
+    async def metrics_route(request: Request) -> Response:
+        _log(request, route="/metrics")
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    async def models(request: Request) -> Response:
+        _log(request, route="/v1/models")
+        check_api_key(request.headers.get("authorization"), state.config.api_key)
+        return JSONResponse({"models": state.models})
+
+    async def predict(request: Request) -> Response:
+        return await _infer(request, state, "predict")
+
+    async def embed(request: Request) -> Response:
+        return await _infer(request, state, "embed")
+
+    app = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/info", info, methods=["GET"]),
+            Route("/metrics", metrics_route, methods=["GET"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models/{name}/predict", predict, methods=["POST"]),
+            Route("/v1/models/{name}/embed", embed, methods=["POST"]),
+        ],
+        exception_handlers={RequestError: _request_error},
+        lifespan=lifespan,
+    )
+    app.state.headreg = state
+    return AccessLog(app, metrics)
+
+
+async def _infer(request: Request, state: _State, kind: str) -> Response:
+    name = request.path_params["name"]
+    route = f"/v1/models/{{name}}/{kind}"
+    _log(request, route=route)
+    check_api_key(request.headers.get("authorization"), state.config.api_key)
+    batcher = state.batchers.get(name)
+    if batcher is None:
+        raise unknown_model(name, list(state.batchers))
+    _log(request, model=name)
+    if state.in_flight >= state.config.max_concurrent_requests:
+        raise RequestError(
+            429, f"the server is at its limit of {state.config.max_concurrent_requests} concurrent requests "
+            "(--max-concurrent-requests); retry shortly", {"Retry-After": "1"},
+        )
+    state.in_flight += 1
+    state.metrics.in_flight.set(state.in_flight)
+    try:
+        payload = parse_json(await _read_body(request, state.config.payload_limit))
+        limit = state.config.max_input_texts
+        if kind == "predict":
+            inputs, parameters = parse_predict_request(payload, max_inputs=limit)
+            check_parameters(parameters, state.parameters[name])
+        else:
+            inputs, parameters = parse_embed_request(payload, max_inputs=limit), {}
+        _log(request, inputs=len(inputs))
+        try:
+            result = await batcher.submit(inputs, kind=kind, parameters=parameters, stats=request.scope.setdefault("headreg.log", {}))
+        except InputError as exc:
+            raise RequestError(422, str(exc)) from exc
+        except InferenceError as exc:
+            log.error("model %s: %s", name, exc)
+            raise RequestError(500, f"inference failed for this request: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - one request's failure is that request's 500, nothing more
+            log.exception("model %s: unexpected failure", name)
+            raise RequestError(500, f"inference failed for this request: {type(exc).__name__}: {exc}") from exc
+    finally:
+        state.in_flight -= 1
+        state.metrics.in_flight.set(state.in_flight)
+    if kind == "embed":
+        return JSONResponse({"model": name, "embeddings": [vector.tolist() for vector in result]})
+    return JSONResponse({"model": name, "outputs": result})
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to pass ``limit`` bytes (header or bytes received)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> RequestError:
+    return RequestError(
+        413, f"the request body has {'at least ' if size else ''}{size} bytes; this server takes at most {limit} "
+        "(--payload-limit): send fewer or shorter texts per request"
+    )
+
+
+async def _request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _warm_up(state: _State) -> None:
+    """One request per model through its queue, so the first real request does not pay for onnxruntime's setup."""
+    for name, batcher in state.batchers.items():
+        try:
+            await batcher.submit([WARMUP_TEXT], kind="predict")
+        except Exception:  # noqa: BLE001 - a model that cannot predict one text never turns /health green
+            log.exception("model %s failed its warm-up request; /health stays 503", name)
+            return
+    state.ready = True
+    log.info("ready: %s", ", ".join(state.batchers))
+
+
+def _task(head: str) -> str | None:
+    from ..registry import get_head
+
+    try:
+        return get_head(head).task
+    except LookupError:
+        return None
+
+
+def _log(request: Request, **fields: Any) -> None:
+    """Fields for this request's access-log line and metrics labels (see AccessLog)."""
+    request.scope.setdefault("headreg.log", {}).update(fields)
+
+
+class AccessLog:
+    """ASGI middleware: one JSON line per request on the access logger, and the request metrics.
+
+    The route label is the route's template (``/v1/models/{name}/predict``), never the raw path, so a client
+    probing random paths cannot grow the metrics without bound.
+    """
+
+    def __init__(self, app: Any, metrics: ServeMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        fields: dict[str, Any] = {}
+        scope["headreg.log"] = fields
+        status = 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            seconds = time.perf_counter() - start
+            route, model = fields.get("route", "other"), fields.get("model", "")
+            self.metrics.requests.labels(route, model, str(status)).inc()
+            self.metrics.request_seconds.labels(route, model).observe(seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(json.dumps({
+                    "time": round(time.time(), 3), "method": scope.get("method"), "path": scope.get("path"),
+                    "status": status, "model": model or None, "inputs": fields.get("inputs"), "rows": fields.get("rows"),
+                    "latency_ms": round(seconds * 1000, 2),
+                    "client": (scope.get("client") or [None])[0],
+                }))
+
+
+def configure_logging(access: bool = True, level: int = logging.INFO) -> None:
+    """JSON access lines and server messages on stderr (uvicorn's own access log stays off)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.handlers[:] = [handler]
+    access_log.propagate = False
+    access_log.setLevel(logging.INFO if access else logging.WARNING)
+    server = logging.StreamHandler(sys.stderr)
+    server.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log.handlers[:] = [server]
+    log.propagate = False
+    log.setLevel(level)
+
+
+def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeout: float = 30.0) -> int:
+    """Run ``app`` on uvicorn until SIGTERM/SIGINT; in-flight requests are answered; returns 0.
+
+    uvicorn re-raises the signal it caught after its graceful shutdown, which would kill the process with
+    status 143 after everything went right. The handlers installed here are what it restores before
+    re-raising: they do nothing, so a graceful stop exits 0.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
+        timeout_graceful_shutdown=graceful_timeout, server_header=False,
+    )
+    server = uvicorn.Server(config)
+    stopped: list[int] = []
+    previous = {sig: signal.signal(sig, lambda number, frame: stopped.append(number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        return 1
+    log.info("stopped")
+    return 0

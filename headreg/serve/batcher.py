@@ -1,0 +1,212 @@
+"""Cross-request batching: one queue and one model thread per bundle, in front of the Predictor's row pipeline.
+
+A request is tokenized on its own (``Predictor.prepare``, in a thread pool, so requests tokenize in parallel
+and never on the event loop); its rows join the bundle's queue. The bundle's model thread takes queued rows
+in arrival order (FIFO across requests) up to the token budget and the row cap, orders them by length with
+``Predictor.plan`` (rows the plan puts into later batches go back to the head of the queue), runs one batch
+with ``Predictor.run_rows`` and hands each row's output to its request. A request whose rows are all back is
+finished (``Predictor.finish``: the head's postprocess on that request's rows alone) in the thread pool while
+the model thread already runs the next batch.
+
+Why a thread per bundle and not the event loop or a pool: onnxruntime already spreads one batch over the
+intra-op threads, two batches at once would only fight for the same cores, and a thread that takes the next
+batch the moment the previous one returns keeps the model busy without an event-loop round trip. There is
+no waiting for a batch to fill: an idle model runs whatever is queued at once, and while it runs, the rows of
+new requests gather into the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..runtime.inputs import InputError
+from .metrics import ServeMetrics
+
+
+class InferenceError(RuntimeError):
+    """Running the model (or the head's postprocess) failed for one request; the server keeps serving."""
+
+
+@dataclass(eq=False)
+class _Request:
+    job: Any
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    outputs: list[Any] = field(default_factory=list)
+    remaining: int = 0
+    done: bool = False  # answered or failed: its rows still queued are skipped (touched by the model thread only)
+
+    def deliver(self, index: int, output: Any) -> None:
+        if self.done:
+            return
+        self.outputs[index] = output
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done = True
+            self.loop.call_soon_threadsafe(_resolve, self.future, self.outputs, None)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done:
+            self.done = True
+            self.loop.call_soon_threadsafe(_resolve, self.future, None, exc)
+
+
+def _resolve(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.done():  # the client went away and its handler was cancelled
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+class Batcher:
+    """The queue and model thread of one bundle. ``await submit(inputs, ...)`` answers one request.
+
+    ``max_batch_tokens``: tokens (without padding) taken from the queue per batch; the plan then also keeps
+    ``rows x longest row`` within it (the Predictor's own rule). ``max_batch_size``: rows per batch.
+    """
+
+    def __init__(self, name: str, predictor: Any, *, max_batch_tokens: int, max_batch_size: int,
+                 metrics: ServeMetrics | None = None):
+        self.name = name
+        self.predictor = predictor
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.max_batch_size = int(max_batch_size)
+        self.metrics = metrics or ServeMetrics()
+        self._queue: deque[tuple[_Request, int]] = deque()
+        self._queued_rows = self.metrics.queue_rows.labels(name)
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name=f"headreg-model-{name}", daemon=True)
+        self.batches = 0
+        self.rows = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Run what is queued, then stop the model thread (requests still in flight get their answers)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.rows / self.batches if self.batches else 0.0
+
+    async def submit(self, inputs: Sequence[Any], *, kind: str = "predict", parameters: dict[str, Any] | None = None,
+                     stats: dict[str, Any] | None = None) -> Any:
+        """Tokenize, queue, wait for the rows, postprocess: ``Predictor.predict``/``embed``'s result for ``inputs``.
+
+        Raises ``InputError`` for inputs or parameters the Predictor refuses, ``InferenceError`` when the
+        model or the postprocess fails for this request. ``stats["rows"]`` gets the number of model rows.
+        """
+        loop = asyncio.get_running_loop()
+        parameters = dict(parameters or {})
+        job = await loop.run_in_executor(None, lambda: self.predictor.prepare(list(inputs), kind=kind, **parameters))
+        if stats is not None:
+            stats["rows"] = len(job.rows)
+        request = _Request(job, loop.create_future(), loop, [None] * len(job.rows), len(job.rows))
+        if job.rows:
+            with self._cond:
+                if self._closed:
+                    raise InferenceError(f"model {self.name!r} is shutting down")
+                self._queue.extend((request, index) for index in range(len(job.rows)))
+                self._queued_rows.set(len(self._queue))
+                self._cond.notify()
+            try:
+                outputs = await request.future
+            except asyncio.CancelledError:
+                request.done = True  # the client is gone: its rows still queued are skipped
+                raise
+        else:
+            outputs = []
+        try:
+            return await loop.run_in_executor(None, self.predictor.finish, job, outputs)
+        except InputError:
+            raise
+        except (ValueError, TypeError) as exc:
+            if parameters:  # an option value the head's postprocess cannot use (e.g. a threshold for no label)
+                raise InputError(f"parameters: {exc}") from exc
+            raise InferenceError(f"postprocess failed: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise InferenceError(f"postprocess failed: {type(exc).__name__}: {exc}") from exc
+
+    # --- the model thread -------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = self._take()
+                self._queued_rows.set(len(self._queue))
+            if batch:
+                self._run(batch)
+
+    def _take(self) -> list[tuple[_Request, int]]:
+        """The next batch: queued rows in arrival order up to the caps, then the first of their length plan."""
+        taken: list[tuple[_Request, int]] = []
+        tokens = 0
+        while self._queue and len(taken) < self.max_batch_size:
+            request, index = self._queue[0]
+            if request.done:  # failed or abandoned: nothing to compute for it
+                self._queue.popleft()
+                continue
+            length = max(len(request.job.rows[index].encoding), 1)
+            if taken and tokens + length > self.max_batch_tokens:
+                break
+            taken.append(self._queue.popleft())
+            tokens += length
+        if len(taken) <= 1:
+            return taken
+        lengths = [len(request.job.rows[index].encoding) for request, index in taken]
+        plan = self.predictor.plan(lengths, batch_size=self.max_batch_size)
+        # Later batches of the plan go back to the head of the queue, in arrival order: they run next.
+        rest = sorted(i for batch in plan[1:] for i in batch)
+        self._queue.extendleft(taken[i] for i in reversed(rest))
+        return [taken[i] for i in plan[0]]
+
+    def _run(self, batch: list[tuple[_Request, int]]) -> None:
+        rows = [request.job.rows[index] for request, index in batch]
+        start = time.perf_counter()
+        try:
+            outputs = self.predictor.run_rows(rows)
+        except Exception as exc:  # noqa: BLE001 - any failure of the model is answered, never kills the thread
+            self._isolate(batch, exc)
+            return
+        self._record(rows, time.perf_counter() - start)
+        for (request, index), output in zip(batch, outputs):
+            request.deliver(index, output)
+
+    def _isolate(self, batch: list[tuple[_Request, int]], exc: Exception) -> None:
+        """A failed batch of several requests runs again request by request, so only the culprit fails."""
+        groups: dict[_Request, list[int]] = {}
+        for request, index in batch:
+            groups.setdefault(request, []).append(index)
+        if len(groups) == 1:
+            request = next(iter(groups))
+            request.fail(InferenceError(f"the model failed on this request: {type(exc).__name__}: {exc}"))
+            return
+        for request, indices in groups.items():
+            self._run([(request, index) for index in indices])
+
+    def _record(self, rows: list[Any], seconds: float) -> None:
+        lengths = [len(row.encoding) for row in rows]
+        metrics, name = self.metrics, self.name
+        metrics.batch_rows.labels(name).observe(len(rows))
+        metrics.batch_tokens.labels(name).observe(len(rows) * max(lengths + [1]))
+        metrics.inference_seconds.labels(name).observe(seconds)
+        metrics.rows.labels(name).inc(len(rows))
+        metrics.tokens.labels(name).inc(sum(lengths))
+        self.batches += 1
+        self.rows += len(rows)

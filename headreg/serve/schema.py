@@ -1,0 +1,157 @@
+"""The serving API's request and response shapes, as plain functions (no web framework imported).
+
+Every front door that speaks this API (the Starlette server here, the Ray Serve deployment) parses requests
+with these functions, so the same body gets the same answer or the same error everywhere. A request that
+cannot be served raises :class:`RequestError` with the HTTP status and a message that says what to fix.
+
+>>> parse_predict_request({"inputs": ["great film", ["A man plays.", "Someone plays music."]]}, max_inputs=8)
+(['great film', ('A man plays.', 'Someone plays music.')], {})
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, Mapping, Sequence
+
+PREDICT_FIELDS = ("inputs", "parameters")
+EMBED_FIELDS = ("inputs",)
+
+
+class RequestError(Exception):
+    """A request the server answers with ``status`` and ``{"error": message}`` instead of a result."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "status": self.status}
+
+
+def parse_json(body: bytes) -> Any:
+    """The request body as JSON, or a 422 that says where it stopped parsing."""
+    if not body.strip():
+        raise RequestError(422, 'the request body is empty; send JSON like {"inputs": ["some text"]}')
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise RequestError(422, f"the request body is not UTF-8 text: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise RequestError(422, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+
+
+def parse_predict_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
+    """``{"inputs": [...], "parameters": {...}}`` -> (inputs, parameters); pairs come back as tuples."""
+    body = _object(payload, PREDICT_FIELDS)
+    parameters = body.get("parameters")
+    parameters = {} if parameters is None else parameters
+    if not isinstance(parameters, dict):
+        raise RequestError(422, f"'parameters' must be a JSON object of per-call options, got {_kind(parameters)}")
+    return parse_inputs(body.get("inputs"), max_inputs=max_inputs), dict(parameters)
+
+
+def parse_embed_request(payload: Any, *, max_inputs: int) -> list[Any]:
+    """``{"inputs": [...]}`` -> inputs."""
+    return parse_inputs(_object(payload, EMBED_FIELDS).get("inputs"), max_inputs=max_inputs)
+
+
+def parse_inputs(inputs: Any, *, max_inputs: int) -> list[Any]:
+    """A non-empty list of at most ``max_inputs`` texts or ``[text, text_pair]`` pairs of strings."""
+    if inputs is None:
+        raise RequestError(422, "'inputs' is missing: send a list of texts or [text, text_pair] pairs")
+    if not isinstance(inputs, list):
+        raise RequestError(422, f"'inputs' must be a list of texts or [text, text_pair] pairs, got {_kind(inputs)}")
+    if not inputs:
+        raise RequestError(422, "'inputs' is empty: send at least one text")
+    if len(inputs) > max_inputs:
+        raise RequestError(
+            422, f"'inputs' has {len(inputs)} texts; this server takes at most {max_inputs} per request "
+            "(--max-input-texts): split the request"
+        )
+    parsed: list[Any] = []
+    for index, item in enumerate(inputs):
+        if isinstance(item, str):
+            parsed.append(item)
+        elif isinstance(item, list) and len(item) == 2 and all(isinstance(side, str) for side in item):
+            parsed.append((item[0], item[1]))
+        else:
+            raise RequestError(
+                422, f"inputs[{index}] is {_kind(item)}; each input must be a string or a [text, text_pair] "
+                "pair of two strings"
+            )
+    return parsed
+
+
+def check_api_key(authorization: str | None, expected: str | None) -> None:
+    """401 unless ``Authorization: Bearer <expected>`` (compared in constant time); no key configured: open."""
+    if not expected:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise RequestError(401, "this server needs an API key: send the header 'Authorization: Bearer <key>'",
+                           {"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise RequestError(401, "the API key is wrong", {"WWW-Authenticate": "Bearer"})
+
+
+def unknown_model(name: str, served: Sequence[str]) -> RequestError:
+    return RequestError(404, f"no model named {name!r}; this server serves: {', '.join(served)}")
+
+
+def known_parameters(predictor: Any) -> list[str]:
+    """The per-call options a model takes: its head's postprocess options (until the Predictor lists them)."""
+    known = set(predictor.config) - {"id2label", "problem_type"}
+    if "thresholds" in known:
+        known.add("threshold")
+    if predictor.level == "token":
+        known |= {"aggregation", "ignore_labels"}
+    return sorted(known)
+
+
+def check_parameters(parameters: Mapping[str, Any], known: Sequence[str]) -> None:
+    """422 naming the parameters this model does not take, and listing the ones it does."""
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise RequestError(
+            422, f"unknown parameter(s) {', '.join(map(repr, unknown))}; this model takes: {', '.join(known) or 'none'}"
+        )
+
+
+def model_info(name: str, predictor: Any, *, task: str | None = None, parameters: Sequence[str] = ()) -> dict[str, Any]:
+    """One ``/v1/models`` entry: what a client needs to know to call this model."""
+    manifest = predictor.manifest
+    variants = sorted(k for k, v in (manifest.get("variants") or {"fp32": {}}).items() if isinstance(v, dict))
+    return {
+        "name": name,
+        "head": predictor.head,
+        "task": task,
+        "level": predictor.level,
+        "labels": list(predictor.labels),
+        "variants": variants,
+        "variant": predictor.variant,
+        "max_length": predictor.max_length,
+        "truncation": (
+            f"inputs longer than {predictor.max_length} tokens (special tokens included) are truncated to "
+            f"{predictor.max_length}; the rest of the text is not seen by the model"
+        ),
+        "pairs": bool(predictor.supports_pairs),
+        "parameters": list(parameters),
+    }
+
+
+def _object(payload: Any, fields: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise RequestError(422, f"the request body must be a JSON object like {{\"inputs\": [...]}}, got {_kind(payload)}")
+    extra = sorted(set(payload) - set(fields))
+    if extra:
+        raise RequestError(422, f"unknown field(s) {', '.join(map(repr, extra))}; the body takes: {', '.join(fields)}")
+    return payload
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,186 @@
+"""Ray Data (BundlePredictor) and Ray Serve (deployment) on a real local Ray cluster (ray.init(num_cpus=2)).
+
+Results must equal Predictor.predict / embed on the same texts; each actor's onnxruntime session must have the
+thread count asked for (default: the actor's num_cpus); Serve answers concurrent real HTTP requests on
+127.0.0.1 with the JSON of `headreg serve`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+import sys
+
+import numpy as np
+import pytest
+
+from headreg.runtime import InputError, Predictor
+from headreg.testing import SAMPLE_TEXTS
+from test_runtime_predictor import tiny_bundle  # the session's tiny-BERT bundles, exported once
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'headreg[ray]'")
+
+from headreg.integrations.ray import BundlePredictor, deployment, run_requests  # noqa: E402
+
+TEXTS = [f"{SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]} {'and more words ' * (i % 7)}row {i}" for i in range(240)]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False,
+                 configure_logging=False)
+    except Exception as exc:  # noqa: BLE001 - the reason is the skip message
+        pytest.skip(f"a local Ray cluster cannot start here: {type(exc).__name__}: {exc}")
+    # Classes defined in this test module are shipped by value: Ray workers cannot import a test module.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def _session_threads(predictor: Predictor) -> int:
+    return predictor.session.get_session_options().intra_op_num_threads
+
+
+def test_ray_data_two_actors_match_predictor(ray_cluster):
+    bundle = tiny_bundle("seq_cls")
+
+    class Probe(BundlePredictor):  # defined here, so Ray ships it by value; reports which actor ran each row
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            out["actor"] = os.getpid()
+            out["threads"] = _session_threads(self.predictor)
+            return out
+
+    rows = [{"id": i, "text": text, "source": f"doc-{i % 3}"} for i, text in enumerate(TEXTS)]
+    ds = ray.data.from_items(rows).map_batches(
+        Probe, fn_constructor_kwargs={"bundle": str(bundle)}, compute=ray.data.ActorPoolStrategy(size=2),
+        num_cpus=1, batch_size=32, batch_format="pandas",
+    )
+    out = ds.take_all()
+    expected = Predictor(bundle).predict(TEXTS)
+    assert [r["id"] for r in out] == list(range(len(TEXTS)))  # order kept
+    assert [(r["text"], r["source"]) for r in out] == [(r["text"], r["source"]) for r in rows]  # columns kept
+    assert [{"label": r["label"], "score": r["score"], "scores": r["scores"]} for r in out] == expected
+    assert len({r["actor"] for r in out}) == 2  # both actors worked
+    assert {r["threads"] for r in out} == {1}  # num_cpus=1 -> one onnxruntime thread, not the host's cores
+
+
+def test_ray_data_numpy_pairs_threads_from_num_cpus(ray_cluster):
+    bundle = tiny_bundle("token_cls")
+    pairs = [(text, TEXTS[-1 - i]) for i, text in enumerate(TEXTS[:96])]
+
+    class Probe(BundlePredictor):
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            out["threads"] = np.full(len(out["first"]), _session_threads(self.predictor))
+            return out
+
+    ds = ray.data.from_items([{"first": a, "second": b} for a, b in pairs]).map_batches(
+        Probe, fn_constructor_kwargs={"bundle": str(bundle), "text_column": "first", "pair_column": "second",
+                                      "aggregation": "max"},
+        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=2, batch_size=40, batch_format="numpy",
+    )
+    out = ds.take_all()
+    expected = Predictor(bundle).predict(pairs, aggregation="max")
+    assert [(r["first"], r["second"]) for r in out] == pairs
+    assert [list(r["entities"]) for r in out] == [_arrow_entities(e["entities"]) for e in expected]
+    assert any(r["entities"] for r in out)
+    assert {int(r["threads"]) for r in out} == {2}  # num_cpus=2 -> two threads
+
+
+def _arrow_entities(entities: list[dict]) -> list[dict]:
+    """Entities as they come back from an Arrow list<struct> column: every row has every key."""
+    keys = {key for entity in entities for key in entity}
+    return [{key: entity.get(key) for key in sorted(keys)} | entity for entity in entities]
+
+
+def test_bundle_predictor_columns_and_errors():
+    """The callable itself (what each actor runs), on pandas batches: embeddings, name clashes, bad input."""
+    import pandas as pd
+
+    bundle = tiny_bundle("multi_label")
+    batch = pd.DataFrame({"text": TEXTS[:20], "label": ["gold"] * 20})
+    long = [text * 12 for text in TEXTS[:20]]  # past max_length: several windows each
+    out = BundlePredictor(bundle, output="embed", threads=1, long_text="window")(batch.assign(text=long))
+    assert np.array_equal(np.stack(out["embedding"]), Predictor(bundle).embed(long, long_text="window"))
+    assert list(out["label"]) == ["gold"] * 20  # the input column is untouched
+
+    predict = BundlePredictor(bundle, threads=1, thresholds=0.3)
+    with pytest.raises(ValueError, match="already has column.*label.*prefix"):
+        predict(pd.DataFrame({"text": ["a"], "labels": ["gold"]}))
+    out = BundlePredictor(bundle, threads=1, prefix="pred_", thresholds=0.3)(batch)
+    assert list(out["pred_labels"]) == [r["labels"] for r in Predictor(bundle).predict(TEXTS[:20], thresholds=0.3)]
+    with pytest.raises(KeyError, match="no column 'body'.*text_column"):
+        BundlePredictor(bundle, threads=1, text_column="body")(batch)
+    with pytest.raises(InputError, match="column 'text'.*input 1"):
+        predict(pd.DataFrame({"text": ["fine", None]}))
+    with pytest.raises(ValueError, match="output="):
+        BundlePredictor(bundle, output="labels")
+    with pytest.raises(InputError, match="long_text"):  # options are the Predictor's, checked at load
+        BundlePredictor(bundle, output="embed", long_text="paragraphs")
+
+
+def test_run_requests_isolates_a_bad_request():
+    """Requests batched together get exactly their own results; one bad request fails alone."""
+    bundle = tiny_bundle("seq_cls")
+    predictor = Predictor(bundle, threads=1)
+    answers = run_requests(predictor, [
+        ("predict", TEXTS[:5], {}),
+        ("predict", ["ok", 7], {}),
+        ("embed", TEXTS[5:9], {}),
+        ("predict", [(TEXTS[9], TEXTS[10])], {}),
+    ])
+    assert answers[0] == predictor.predict(TEXTS[:5])
+    assert isinstance(answers[1], InputError) and "input 1" in str(answers[1])
+    assert answers[2] == predictor.embed(TEXTS[5:9]).tolist()
+    assert answers[3] == predictor.predict([(TEXTS[9], TEXTS[10])])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_deployment_over_http(ray_cluster):
+    httpx = pytest.importorskip("httpx")
+    from ray import serve
+
+    bundle = tiny_bundle("seq_cls")
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(deployment(bundle, name="sentiment", max_batch_size=8), name="headreg", route_prefix="/")
+        base = f"http://127.0.0.1:{port}/v1/models"
+        predictor = Predictor(bundle)
+
+        def call(start: int):
+            inputs = TEXTS[start : start + 5] + [[TEXTS[start], TEXTS[start + 1]]]
+            answer = httpx.post(f"{base}/sentiment/predict", json={"inputs": inputs}, timeout=60)
+            return inputs, answer
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(call, range(0, 160, 10)))
+        for inputs, answer in answers:
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["model"] == "sentiment"
+            assert body["outputs"] == predictor.predict([tuple(i) if isinstance(i, list) else i for i in inputs])
+
+        embedded = httpx.post(f"{base}/sentiment/embed", json={"inputs": TEXTS[:3]}, timeout=60).json()
+        assert embedded == {"model": "sentiment", "embeddings": predictor.embed(TEXTS[:3]).tolist()}
+
+        bad = httpx.post(f"{base}/sentiment/predict", content=b'{"inputs": ["a", 3]}', timeout=60)
+        assert bad.status_code == 422 and "inputs[1]" in bad.json()["error"]
+        assert httpx.post(f"{base}/sentiment/predict", content=b"{", timeout=60).status_code == 422
+        missing = httpx.post(f"{base}/other/predict", json={"inputs": ["a"]}, timeout=60)
+        assert missing.status_code == 404 and "sentiment" in missing.json()["error"]
+        listed = httpx.get(base, timeout=60).json()["models"]
+        assert [(m["name"], m["labels"]) for m in listed] == [("sentiment", predictor.labels)]
+    finally:
+        serve.shutdown()

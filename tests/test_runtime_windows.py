@@ -1,0 +1,456 @@
+"""Long inputs as overlapping windows (``long_text="window"``), on bundles exported with ``max_length=64`` and
+texts of 2-10x that length.
+
+- Token heads equal transformers' ``pipeline("token-classification", stride=...)`` on a tagger whose tokens do
+  not see each other (so every window agrees on every token and the pipeline's stitching is well defined),
+  except at words a window edge cuts (the pipeline aggregates such a word from the half it sees).
+- Token heads (token_cls, every aggregation, and the CRF plugin) equal a brute-force reference on a
+  context-dependent model: every window run alone in PyTorch, every token taken from its most central window,
+  aggregated over the untruncated encoding of the whole text.
+- An entity planted at every position around window boundaries is found exactly once, whole, with its span.
+- Sequence heads: each ``window_reduce`` equals numpy over per-window logits (and ``embed`` over per-window
+  ``pooled_output``) computed one window at a time in PyTorch; pairs slide over the second text.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headreg.runtime import InputError, Predictor
+from headreg.runtime.postprocess import aggregate_tokens
+from headreg.runtime.windows import central_windows, window_options
+
+MAX = 64  # the bundles' max_length: windows of 62 text tokens + [CLS] and [SEP]
+NER = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "B-ORG", 6: "I-ORG"}
+_BUNDLES = Path(tempfile.mkdtemp(prefix="headreg-window-tests-"))
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer():
+    """MiniLM's fast tokenizer with ``model_max_length`` = the bundles' (the pipeline's window size)."""
+    from headreg.testing import load_tokenizer
+
+    tok = load_tokenizer()
+    tok.model_max_length = MAX
+    return tok
+
+
+@functools.lru_cache(maxsize=None)
+def long_texts(multiples=(2, 3, 5, 7, 10), seed=0) -> list[str]:
+    """Real sentences joined into texts of at least ``multiple`` x MAX tokens each."""
+    import random
+
+    from headreg.data import sentences
+
+    rng = random.Random(seed)
+    pool = list(sentences())
+    sizes = dict(zip(pool, map(len, tokenizer()(pool, add_special_tokens=False)["input_ids"])))
+    texts = []
+    for multiple in multiples:
+        parts: list[str] = []
+        while sum(sizes[part] for part in parts) < multiple * MAX:
+            parts.append(rng.choice(pool))
+        texts.append(" ".join(parts))
+    return texts
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    from headreg.testing import single_torch_thread
+
+    with single_torch_thread():
+        yield
+
+
+def _export(model, name: str) -> Path:
+    from headreg.export.pipeline import export_onnx
+
+    out = _BUNDLES / name
+    export_onnx(model, out, tokenizer=tokenizer(), exporter="torchscript", max_length=MAX)
+    return out
+
+
+def _context_free_bert_tagger(seed: int, hidden: int = 32):
+    """A tiny BertForTokenClassification whose tokens do not see each other or their position: attention
+    outputs and position embeddings are zero, so a token's logits depend on its id alone."""
+    import torch
+    from transformers import BertForTokenClassification
+
+    from headreg.testing import tiny_config
+
+    torch.manual_seed(seed)
+    config = tiny_config("bert", hidden_size=hidden, id2label=NER, label2id={v: k for k, v in NER.items()})
+    hf = BertForTokenClassification(config).eval()
+    with torch.no_grad():
+        hf.bert.embeddings.position_embeddings.weight.zero_()
+        for layer in hf.bert.encoder.layer:
+            layer.attention.output.dense.weight.zero_()
+            layer.attention.output.dense.bias.zero_()
+    return hf
+
+
+@functools.lru_cache(maxsize=None)
+def bag_tagger():
+    """(transformers model, bundle) of a context-free tagger with random, fairly sparse entities."""
+    import torch
+
+    from headreg import from_transformers
+
+    hf = _context_free_bert_tagger(seed=3)
+    with torch.no_grad():
+        hf.classifier.weight.mul_(40.0)
+        hf.classifier.bias[0] += 6.0  # mostly "O": entities are separate, not one long run
+    return hf, _export(from_transformers(hf), "bag_tagger")
+
+
+PLANTED = "Angela Merkel"  # angela / mer / ##kel: B-PER I-PER I-PER, across a word of two tokens
+FILLER = "the of and to in is was for on that with as by at from it an were are which this be".split()
+
+
+@functools.lru_cache(maxsize=None)
+def oracle_tagger() -> Path:
+    """A context-free tagger that tags exactly ``PLANTED`` (B-PER I-PER I-PER) and nothing else."""
+    import torch
+
+    from headreg import from_transformers
+
+    hf = _context_free_bert_tagger(seed=4, hidden=64)
+    tok = tokenizer()
+    ids = tok(PLANTED, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["angela", "mer", "##kel"]
+    vocabulary = ids + tok(" ".join(FILLER), add_special_tokens=False)["input_ids"]
+    assert len(vocabulary) == 3 + len(FILLER)  # one token per filler word
+    with torch.no_grad():
+        hidden = hf.bert(input_ids=torch.tensor([vocabulary])).last_hidden_state[0].double()  # per token
+        # The classifier that gives each token of this small vocabulary its label by a wide margin (least squares
+        # through the context-free states): angela B-PER, mer and ##kel I-PER, every filler word O.
+        labels = torch.tensor([1, 2, 2] + [0] * len(FILLER))
+        targets = torch.nn.functional.one_hot(labels, len(NER)).double() * 12.0
+        features = torch.cat([hidden, torch.ones(len(vocabulary), 1, dtype=torch.float64)], dim=1)
+        solution = torch.linalg.lstsq(features, targets, driver="gelsd").solution
+        hf.classifier.weight.copy_(solution[:-1].T.float())
+        hf.classifier.bias.copy_(solution[-1].float())
+    bundle = _export(from_transformers(hf), "oracle_tagger")
+    probe = Predictor(bundle).predict([" ".join(FILLER), PLANTED])
+    assert probe[0]["entities"] == [] and [(e["label"], e["word"]) for e in probe[1]["entities"]] == [("PER", PLANTED)]
+    return bundle
+
+
+@functools.lru_cache(maxsize=None)
+def headed(head: str, seed: int = 0):
+    """(HeadedModel, bundle): a tiny random BERT (context-dependent) with ``head``, its weights scaled up."""
+    import torch
+
+    from headreg import attach_head
+    from headreg.testing import tiny_backbone
+
+    options = {"seq_cls": dict(num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"})}.get(
+        head, dict(num_labels=len(NER), id2label=NER)
+    )
+    model = attach_head(tiny_backbone("bert", seed=seed), head, **options).eval()
+    with torch.no_grad():
+        for parameter in model.head.parameters():
+            parameter.mul_(20.0)
+    return model, _export(model, head)
+
+
+# --- the reference: windows from transformers' tokenizer, each run alone in PyTorch --------------------------------
+
+
+def reference_windows(item, overlap: int):
+    """transformers' own overflow windows (what its pipeline runs) for a text or a (text, text_pair)."""
+    tok = tokenizer()
+    args = (item,) if isinstance(item, str) else tuple(item)
+    return tok(*args, truncation="only_second" if len(args) == 2 else True, max_length=MAX, stride=overlap,
+               return_overflowing_tokens=True, return_special_tokens_mask=True)
+
+
+def run_alone(model, windows) -> list[dict[str, np.ndarray]]:
+    """The model's outputs for every window, one window per forward pass (no batching, no padding)."""
+    import torch
+
+    outputs = []
+    for i in range(len(windows["input_ids"])):
+        feed = {k: torch.tensor([windows[k][i]]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        with torch.inference_mode():
+            out = model(**feed)
+        outputs.append({"logits": out.logits[0].numpy(), "pooled_output": out.pooled_output[0].numpy()})
+    return outputs
+
+
+def most_central(n_windows: int, lengths: list[int], step: int, position: int) -> tuple[int, int]:
+    """(window, index in its text tokens) where text token ``position`` is farthest from a cut; ties: earlier."""
+    best, best_distance = None, -1.0
+    for window in range(n_windows):
+        start = window * step
+        if not start <= position < start + lengths[window]:
+            continue
+        left = position - start if window > 0 else float("inf")
+        right = start + lengths[window] - 1 - position if window < n_windows - 1 else float("inf")
+        if min(left, right) > best_distance:
+            best, best_distance = window, min(left, right)
+    return best, position - best * step
+
+
+@functools.lru_cache(maxsize=None)
+def brute_force_logits(head: str, item, overlap: int):
+    """(whole-text Encoding, per-token logits with each text token from its most central window)."""
+    model, _ = headed(head)
+    tok = tokenizer()
+    windows = reference_windows(item, overlap)
+    outputs = run_alone(model, windows)
+    pair = not isinstance(item, str)
+    whole = tok(*((item,) if not pair else tuple(item))).encodings[0]  # untruncated
+    seq = 1 if pair else 0
+    text_positions = [p for p, s in enumerate(whole.sequence_ids) if s == seq]
+    inside_text = set(text_positions)
+    spans = []
+    for i in range(len(outputs)):
+        ids = windows.encodings[i].sequence_ids
+        inside = [p for p, s in enumerate(ids) if s == seq]
+        spans.append((inside[0], inside[-1] + 1))
+    lengths = [b - a for a, b in spans]
+    step = lengths[0] - overlap
+    logits = np.zeros((len(whole.ids), outputs[0]["logits"].shape[-1]), dtype=np.float32)
+    for p in range(len(whole.ids)):
+        if p in inside_text:
+            window, inner = most_central(len(outputs), lengths, step, p - text_positions[0])
+            logits[p] = outputs[window]["logits"][spans[window][0] + inner]
+        elif p < text_positions[0]:
+            logits[p] = outputs[0]["logits"][p]
+        else:
+            last = outputs[-1]["logits"]
+            logits[p] = last[len(last) - (len(whole.ids) - p)]
+    return whole, logits, windows
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def entity_rows(entities, *, group="label"):
+    return [(e[group], e["start"], e["end"]) for e in entities]
+
+
+# --- pure functions ------------------------------------------------------------------------------------------------
+
+
+def test_options_are_checked_with_clear_errors():
+    assert window_options({}).long_text == "truncate"
+    assert window_options({"long_text": "window", "window_stride": 8}).overlap == 8
+    assert window_options({"long_text": "window", "window_overlap": 8, "window_stride": 8}).overlap == 8
+    for bad, words in [
+        ({"long_text": "chunks"}, "long_text must be one of"),
+        ({"long_text": "window", "window_stride": -1}, "integer >= 0"),
+        ({"long_text": "window", "window_stride": 2.5}, "integer >= 0"),
+        ({"long_text": "window", "window_reduce": "median"}, "window_reduce must be one of"),
+        ({"window_stride": 8}, "only apply with long_text='window'"),
+        ({"long_text": "window", "window_stride": 4, "window_overlap": 8}, "name the same thing"),
+    ]:
+        with pytest.raises(InputError, match=words):
+            window_options(bad)
+
+
+def test_central_windows_take_each_token_from_its_most_central_window():
+    # 3 windows of 10 text tokens sharing 4: starts 0, 6, 12; the last is short (6 tokens, ends the text).
+    window, inner = central_windows([10, 10, 6], overlap=4)
+    assert len(window) == 18
+    for position in range(18):
+        expected = most_central(3, [10, 10, 6], 6, position)
+        assert (window[position], inner[position]) == expected, position
+    # No overlap: every token has exactly one window.
+    window, inner = central_windows([5, 5, 2], overlap=0)
+    assert window.tolist() == [0] * 5 + [1] * 5 + [2] * 2 and inner.tolist() == [0, 1, 2, 3, 4] * 2 + [0, 1]
+
+
+# --- token heads -----------------------------------------------------------------------------------------------------
+
+
+def _cut_words(text: str, overlap: int) -> list[tuple[int, int]]:
+    """Character spans of the words a window edge cuts or touches (first/last text token of a window)."""
+    windows = reference_windows(text, overlap)
+    spans = []
+    for encoding in windows.encodings:
+        inside = [p for p, s in enumerate(encoding.sequence_ids) if s == 0]
+        for p in (inside[0], inside[-1]):
+            word = encoding.word_ids[p]
+            chars = [encoding.offsets[q] for q in inside if encoding.word_ids[q] == word]
+            spans.append((chars[0][0], chars[-1][1]))
+    return spans
+
+
+@pytest.mark.parametrize("strategy", ["first", "average", "max"])
+def test_token_heads_equal_the_transformers_pipeline_with_stride(strategy):
+    from transformers import pipeline
+
+    hf, bundle = bag_tagger()
+    texts, overlap = long_texts(), 16
+    pipe = pipeline("token-classification", model=hf, tokenizer=tokenizer(), device="cpu")
+    results = Predictor(bundle).predict(texts, long_text="window", window_stride=overlap, aggregation=strategy)
+    compared = 0
+    for text, got in zip(texts, results):
+        want = pipe(text, stride=overlap, aggregation_strategy=strategy)
+        # The pipeline labels a word a window edge cuts from the part it sees; headreg sees the whole word.
+        cut = _cut_words(text, overlap)
+
+        def clear(entity):
+            return not any(entity["start"] < end and start < entity["end"] for start, end in cut)
+
+        kept = [e for e in got["entities"] if clear(e)]
+        expected = [e for e in want if clear(e)]
+        assert entity_rows(kept) == entity_rows(expected, group="entity_group"), text
+        np.testing.assert_allclose([e["score"] for e in kept], [e["score"] for e in expected], atol=1e-4)
+        assert all(e["word"] == text[e["start"] : e["end"]] for e in got["entities"])
+        compared += len(kept)
+    assert compared > 40  # most entities are compared, not excused
+
+
+@pytest.mark.parametrize("strategy", ["none", "first", "average", "max"])
+def test_token_heads_equal_a_brute_force_reference(strategy):
+    _, bundle = headed("token_cls")
+    items = [*long_texts((2, 4, 9), seed=1), ("Who met whom in which city?", long_texts((3,), seed=2)[0])]
+    overlap = 12
+    results = Predictor(bundle).predict(items, long_text="window", window_stride=overlap, aggregation=strategy)
+    id2label = {i: label for i, label in NER.items()}
+    entities = 0
+    for item, got in zip(items, results):
+        whole, logits, _ = brute_force_logits("token_cls", item, overlap)
+        probs = softmax(logits)
+        want = aggregate_tokens(probs.argmax(-1), probs, whole, item, id2label, aggregation=strategy)
+        assert [(t["index"], t["label"], t["start"], t["end"]) for t in got["tokens"]] == [
+            (t["index"], t["label"], t["start"], t["end"]) for t in want["tokens"]
+        ]
+        np.testing.assert_allclose([t["score"] for t in got["tokens"]], [t["score"] for t in want["tokens"]], atol=1e-4)
+        assert entity_rows(got["entities"]) == entity_rows(want["entities"])
+        np.testing.assert_allclose([e["score"] for e in got["entities"]], [e["score"] for e in want["entities"]], atol=1e-4)
+        entities += len(got["entities"])
+    assert entities > 20
+    # Offsets index the original text: a pair's entities carry the sequence they are in.
+    text_pair = items[-1][1]
+    assert all(e["word"] == (text_pair if e["sequence"] else items[-1][0])[e["start"] : e["end"]]
+               for e in results[-1]["entities"])
+    assert max(t["end"] for t in results[-1]["tokens"] if t["sequence"] == 1) == len(text_pair)  # all of it
+
+
+def test_crf_plugin_decodes_the_whole_text_once():
+    pytest.importorskip("headreg_plugin_crf", reason="the crf plugin is not installed")
+    from headreg_plugin_crf.decoding import viterbi
+
+    model, bundle = headed("crf")
+    items, overlap = long_texts((3, 6), seed=3), 10
+    results = Predictor(bundle).predict(items, long_text="window", window_stride=overlap)
+    head = model.head
+    for item, got in zip(items, results):
+        _, emissions, _ = brute_force_logits("crf", item, overlap)
+        path = viterbi(emissions[None], np.ones((1, len(emissions)), bool), head.start_transitions.detach().numpy(),
+                       head.transitions.detach().numpy(), head.end_transitions.detach().numpy())[0]
+        assert got["path"] == path.tolist()
+        assert len(got["path"]) > 3 * MAX
+
+
+def test_an_entity_planted_around_window_boundaries_is_found_once_whole():
+    predictor = Predictor(oracle_tagger())
+    words = [FILLER[(i * 7) % len(FILLER)] for i in range(170)]  # one token per word
+    for overlap in (0, 8):
+        step = MAX - 2 - overlap
+        # The entity's first token at every position from well before the first cut to past the second.
+        positions = [*range(step - 6, MAX - 2 + 3), *range(2 * step - 4, 2 * step + overlap + 3)]
+        texts, spans = [], []
+        for position in positions:
+            planted = words[:position] + [PLANTED] + words[position:]
+            text = " ".join(planted)
+            start = len(" ".join(words[:position])) + (1 if position else 0)
+            texts.append(text)
+            spans.append((start, start + len(PLANTED)))
+        for aggregation in ("first", "none"):
+            results = predictor.predict(texts, long_text="window", window_stride=overlap, aggregation=aggregation)
+            for position, span, result in zip(positions, spans, results):
+                assert entity_rows(result["entities"]) == [("PER", *span)], (overlap, aggregation, position)
+                assert result["entities"][0]["word"] == PLANTED
+    # Truncation (the default) loses an entity past max_length; windows find it.
+    late = " ".join(words[:150] + [PLANTED])
+    assert predictor.predict(late)["entities"] == []
+    assert [e["word"] for e in predictor.predict(late, long_text="window")["entities"]] == [PLANTED]
+
+
+# --- sequence heads --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max", "first"])
+def test_window_reduce_equals_numpy_over_windows_run_one_at_a_time(reduce):
+    model, bundle = headed("seq_cls")
+    items = [*long_texts((2, 5), seed=4), "short text", ("Is it good?", long_texts((3,), seed=5)[0])]
+    overlap = 20
+    predictor = Predictor(bundle)
+    results = predictor.predict(items, long_text="window", window_stride=overlap, window_reduce=reduce)
+    vectors = predictor.embed(items, long_text="window", window_stride=overlap, window_reduce=reduce)
+    numpy_reduce = {"mean": lambda x: x.mean(0), "max": lambda x: x.max(0), "first": lambda x: x[0]}[reduce]
+    for item, got, vector in zip(items, results, vectors):
+        outputs = run_alone(model, reference_windows(item, overlap))
+        logits = numpy_reduce(np.stack([out["logits"] for out in outputs]))
+        np.testing.assert_allclose(list(got["scores"].values()), softmax(logits), atol=1e-5)
+        np.testing.assert_allclose(vector, numpy_reduce(np.stack([out["pooled_output"] for out in outputs])), atol=1e-4)
+    # A text that fits is one window: the same result as truncation.
+    assert results[2] == predictor.predict(items[2])
+
+
+def test_windows_of_all_texts_share_batches_and_results_keep_input_order():
+    _, bundle = headed("token_cls")
+    predictor = Predictor(bundle, max_batch_tokens=4 * MAX)
+    items = [*long_texts((3, 2), seed=6), "Angela Merkel visited Paris.", long_texts((4,), seed=7)[0]]
+    job = predictor.prepare(items, long_text="window", window_stride=8)
+    assert [row.item for row in job.rows] == sorted(row.item for row in job.rows)
+    assert len(job.rows) > 10 and max(len(row.encoding) for row in job.rows) <= MAX
+    batches = predictor.plan([len(row.encoding) for row in job.rows])
+    assert any(len({job.rows[i].item for i in batch}) > 1 for batch in batches)  # windows of different texts mix
+    together = predictor.predict(items, long_text="window", window_stride=8)
+    alone = [predictor.predict([item], long_text="window", window_stride=8)[0] for item in items]
+    for a, b in zip(together, alone):
+        assert entity_rows(a["entities"]) == entity_rows(b["entities"])
+        np.testing.assert_allclose([t["score"] for t in a["tokens"]], [t["score"] for t in b["tokens"]], atol=1e-5)
+
+
+def test_pairs_whose_first_text_leaves_no_room_are_refused_clearly():
+    _, bundle = headed("seq_cls")
+    predictor = Predictor(bundle)
+    long_first = ("word " * 70, "short second text " * 20)
+    with pytest.raises(InputError, match=r"input 1: the first text of the pair has \d+ tokens and fills the whole"):
+        predictor.predict([("ok", "fine"), long_first], long_text="window")
+    # A pair whose first text leaves 5 tokens cannot overlap 8 of them...
+    cramped = ("word " * 56, "second " * 40)
+    with pytest.raises(InputError, match="window_stride=8 .* must be below 5"):
+        predictor.predict([cramped], long_text="window", window_stride=8)
+    # ... but slides with the default overlap (a quarter of the room), and a pair that fits needs no room.
+    assert predictor.predict([cramped, ("word " * 56, "tiny")], long_text="window")[1]["label"]
+    with pytest.raises(InputError, match="must be smaller than the 62 tokens"):
+        predictor.predict(["text"], long_text="window", window_stride=62)
+    with pytest.raises(InputError, match="only apply with long_text='window'"):
+        predictor.predict(["text"], window_reduce="max")
+
+
+# --- command line ----------------------------------------------------------------------------------------------------
+
+
+def test_predict_command_takes_the_long_text_options(tmp_path):
+    import json
+
+    from conftest import run_headreg
+
+    _, bundle = headed("token_cls")
+    text = long_texts((4,), seed=8)[0]
+    (tmp_path / "texts.txt").write_text(text + "\n")
+    result = run_headreg("predict", str(bundle), "--file", str(tmp_path / "texts.txt"), "--json",
+                         "--long-text", "window", "--window-stride", "8")
+    assert result.returncode == 0, result.stderr
+    expected = Predictor(bundle).predict([text], long_text="window", window_stride=8)
+    got = json.loads(result.stdout)[0]["result"]
+    assert entity_rows(got["entities"]) == entity_rows(expected[0]["entities"]) and got["entities"]
+    assert max(t["end"] for t in got["tokens"]) > len(text) - 5  # the end of the text was read
+    usage = run_headreg("predict", str(bundle), "some text", "--window-reduce", "max")
+    assert usage.returncode == 2 and "only apply with long_text='window'" in usage.stderr

@@ -1,0 +1,524 @@
+"""``headreg serve``: the real command in a subprocess on 127.0.0.1, called over real HTTP with httpx.
+
+One server serves five bundles (four built-in heads and the CRF plugin) for most tests; small servers
+of their own cover the concurrency limit, a failing postprocess and SIGTERM. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import pip_install, write_plugin
+from prometheus_client.parser import text_string_to_metric_families
+from test_runtime_predictor import NER_LABELS, _BUNDLES, tiny_bundle
+
+from headreg.runtime import Predictor
+
+API_KEY = "test-key-3f9a"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+HEADS = ("seq_cls", "multi_label", "regression", "token_cls", "crf")
+# Distinct texts, so a result that went to the wrong request shows up as a wrong answer.
+TEXTS = [
+    "The service was excellent and the food arrived quickly.",
+    "I would not recommend this hotel to anyone.",
+    "Angela Merkel met Emmanuel Macron in Paris.",
+    "ok",
+    "",
+    "Meh. It was fine, I guess, though the second half dragged on far too long for my taste.",
+    "Apple announced new MacBook Pro models in Cupertino on Tuesday.",
+    "¿Dónde está la biblioteca? Ça va très bien, merci!",
+    "Berlin is the capital of Germany and its largest city.",
+    "word " * 300,  # longer than max_length: truncated like the Predictor does
+    "Emoji 🎉 and CJK 東京 text",
+    "Tabs\tand\nnewlines   and\u00a0odd spaces",
+]
+# Runs the server with torch and transformers made unimportable: any import of them fails the server.
+TORCH_FREE_MAIN = (
+    "import sys\n"
+    "sys.modules['torch'] = None\n"
+    "sys.modules['transformers'] = None\n"
+    "from headreg.cli import main\n"
+    "main()\n"
+)
+FRAGILE_PLUGIN = """
+from headreg import hookimpl
+
+def post(outputs, context):
+    from headreg.runtime.postprocess import seq_cls
+    if any("explode" in str(text) for text in context.texts):
+        raise RuntimeError("this postprocess fails on purpose")
+    return seq_cls(outputs, context)
+
+@hookimpl
+def register_heads(register):
+    register(name="fragile", cls="fragile_plugin.head:Head", task="sequence-classification",
+             postprocess="fragile_plugin:post")
+"""
+
+
+# --- servers -------------------------------------------------------------------------------------------------------
+
+
+class Server:
+    """``headreg serve`` in a subprocess; stderr (the JSON access log) goes to a file."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / f"server-{self.port}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("HEADREG_")}
+        full_env.update(env or {})
+        self._stderr = self.log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", TORCH_FREE_MAIN, "serve", *args, "--port", str(self.port), "--threads", "1"],
+            stdout=subprocess.DEVNULL, stderr=self._stderr, env=full_env,
+        )
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"server not healthy after {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._stderr.close()
+
+    def access_lines(self) -> list[dict]:
+        lines = []
+        for line in self.log.read_text().splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def bundles() -> dict[str, Path]:
+    found = {head: tiny_bundle(head) for head in HEADS if head != "crf"}
+    found["crf"] = crf_bundle()
+    return found
+
+
+def crf_bundle() -> Path:
+    """The CRF plugin's head (pip-installed in this environment) on a tiny BERT, exported once per session."""
+    out = _BUNDLES / "crf"
+    if not out.is_dir():
+        import torch
+
+        from headreg import attach_head
+        from headreg.export.pipeline import export_onnx
+        from headreg.testing import load_tokenizer, tiny_backbone
+
+        model = attach_head(tiny_backbone("bert"), "crf", num_labels=5, id2label=NER_LABELS).eval()
+        with torch.no_grad():
+            for parameter in model.head.parameters():
+                parameter.mul_(20.0)
+        export_onnx(model, out, tokenizer=load_tokenizer(), exporter="torchscript")
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(bundles, tmp_path_factory):
+    """Five bundles at once (one named NAME=PATH), an API key from the environment, small limits."""
+    args = [str(bundles["seq_cls"]), *(f"{head}={bundles[head]}" for head in HEADS if head != "seq_cls")]
+    srv = Server(tmp_path_factory.mktemp("serve"), *args, "--max-input-texts", "16", "--payload-limit", "20000",
+                 "--max-batch-size", "8", "--max-batch-tokens", "512", env={"HEADREG_API_KEY": API_KEY})
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def predictors(bundles) -> dict[str, Predictor]:
+    return {head: Predictor(path, threads=1) for head, path in bundles.items()}
+
+
+def post(url: str, body, **kwargs) -> httpx.Response:
+    headers = {**AUTH, **kwargs.pop("headers", {})}
+    if isinstance(body, (bytes, str)):
+        return httpx.post(url, content=body, headers=headers, timeout=30, **kwargs)
+    return httpx.post(url, json=body, headers=headers, timeout=30, **kwargs)
+
+
+def assert_same(got, expected, path="output"):
+    """JSON-equal, floats within 1e-4 (onnxruntime may round differently for another batch shape)."""
+    if isinstance(expected, float):
+        assert isinstance(got, (int, float)) and math.isclose(got, expected, rel_tol=1e-4, abs_tol=1e-4), \
+            f"{path}: {got} != {expected}"
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(expected), f"{path}: keys {sorted(got)} != {sorted(expected)}"
+        for key in expected:
+            assert_same(got[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(got, list) and len(got) == len(expected), f"{path}: {got!r} != {expected!r}"
+        for index, (a, b) in enumerate(zip(got, expected)):
+            assert_same(a, b, f"{path}[{index}]")
+    else:
+        assert got == expected, f"{path}: {got!r} != {expected!r}"
+
+
+# --- the API -------------------------------------------------------------------------------------------------------
+
+
+def test_health_info_and_models_describe_every_bundle(server, predictors):
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    info = httpx.get(f"{server.url}/info", headers=AUTH).json()
+    import headreg
+
+    assert info["headreg_version"] == headreg.__version__ and info["ready"] is True
+    assert [m["name"] for m in info["models"]] == list(HEADS)
+    models = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models", headers=AUTH).json()["models"]}
+    assert list(models) == list(HEADS)
+    for name, predictor in predictors.items():
+        entry = models[name]
+        assert entry["head"] == predictor.head and entry["labels"] == predictor.labels
+        assert entry["variant"] == predictor.variant and predictor.variant in entry["variants"]
+        assert entry["max_length"] == predictor.max_length == 128 and "truncated" in entry["truncation"]
+    assert models["seq_cls"]["task"] == "sequence-classification"
+    assert models["crf"]["task"] == "token-classification" and models["crf"]["level"] == "token"
+    assert models["multi_label"]["labels"] == ["toxic", "spam", "off_topic"]
+
+
+def test_outputs_equal_predictor_predict_under_concurrent_clients(server, predictors):
+    """Many clients at once over every head; each response holds exactly its own inputs' results."""
+    pairs = [("A man plays guitar.", "Someone makes music."), ("Paris is in France.", "Berlin is in Germany.")]
+    parameters = {"multi_label": {"thresholds": 0.3}, "token_cls": {"aggregation": "max"}, "crf": {"aggregation": "first"}}
+    calls = []  # (model, inputs, parameters)
+    for round_ in range(4):
+        for offset, head in enumerate(HEADS):
+            for size in (1, 2, 3):
+                start = (round_ * 7 + offset * 3 + size) % len(TEXTS)
+                inputs = [TEXTS[(start + k) % len(TEXTS)] for k in range(size)]
+                if head in ("seq_cls", "multi_label") and size == 3:
+                    inputs[1] = pairs[round_ % 2]
+                calls.append((head, inputs, parameters.get(head, {}) if round_ % 2 else {}))
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=60) as client:
+            async def one(head, inputs, params):
+                body = {"inputs": [list(x) if isinstance(x, tuple) else x for x in inputs]}
+                if params:
+                    body["parameters"] = params
+                return await client.post(f"/v1/models/{head}/predict", json=body)
+
+            return await asyncio.gather(*(one(*call) for call in calls))
+
+    responses = asyncio.run(run())
+    for (head, inputs, params), response in zip(calls, responses):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model"] == head
+        expected = json.loads(json.dumps(predictors[head].predict(inputs, **params)))
+        assert_same(body["outputs"], expected, f"{head}{inputs!r:.60}")
+
+
+def test_embed_returns_pooled_output_per_input(server, predictors):
+    inputs = [TEXTS[0], TEXTS[3], ["A man plays guitar.", "Someone makes music."]]
+    response = post(f"{server.url}/v1/models/regression/embed", {"inputs": inputs})
+    assert response.status_code == 200, response.text
+    expected = predictors["regression"].embed([TEXTS[0], TEXTS[3], ("A man plays guitar.", "Someone makes music.")])
+    body = response.json()
+    assert body["model"] == "regression" and len(body["embeddings"]) == 3
+    assert_same(body["embeddings"], expected.tolist())
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b'{"inputs": ["unterminated', 422, "not valid JSON"),
+        (b"", 422, "body is empty"),
+        ({"inputs": []}, 422, "'inputs' is empty"),
+        ({"texts": ["hi"]}, 422, "unknown field(s) 'texts'"),
+        ({"inputs": "just a string"}, 422, "must be a list"),
+        ({"inputs": ["ok", 7]}, 422, "inputs[1] is a number"),
+        ({"inputs": [["only one side"]]}, 422, "inputs[0] is a list"),
+        ({"inputs": ["x"] * 17}, 422, "at most 16 per request"),
+        ({"inputs": ["x"], "parameters": []}, 422, "'parameters' must be a JSON object"),
+        ({"inputs": ["x"], "parameters": {"temperature": 2}}, 422, "temperature"),
+        ({"inputs": ["x"] * 15, "parameters": {"aggregation": "bogus"}}, 422, "aggregation"),
+    ],
+)
+def test_bad_requests_are_422_saying_what_was_wrong(server, body, status, message):
+    response = post(f"{server.url}/v1/models/token_cls/predict", body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_unknown_model_is_404_listing_the_served_names(server):
+    response = post(f"{server.url}/v1/models/sentiment/predict", {"inputs": ["hi"]})
+    assert response.status_code == 404
+    assert "'sentiment'" in response.json()["error"] and all(name in response.json()["error"] for name in HEADS)
+
+
+def test_api_key_is_required_and_checked(server):
+    url = f"{server.url}/v1/models/seq_cls/predict"
+    missing = httpx.post(url, json={"inputs": ["hi"]})
+    wrong = httpx.post(url, json={"inputs": ["hi"]}, headers={"Authorization": "Bearer nope"})
+    assert missing.status_code == wrong.status_code == 401
+    assert "Authorization: Bearer" in missing.json()["error"] and missing.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{server.url}/v1/models").status_code == 401
+    assert httpx.get(f"{server.url}/health").status_code == 200  # probes need no key
+
+
+def test_bodies_over_the_payload_limit_are_413(server):
+    url = f"{server.url}/v1/models/seq_cls/predict"
+    declared = post(url, {"inputs": ["x" * 30000]})
+    assert declared.status_code == 413 and "at most 20000" in declared.json()["error"]
+
+    def chunks():  # no Content-Length: the limit is enforced on the bytes as they arrive
+        yield b'{"inputs": ["'
+        for _ in range(30):
+            yield b"y" * 1000
+        yield b'"]}'
+
+    streamed = httpx.post(url, content=chunks(), headers=AUTH, timeout=30)
+    assert streamed.status_code == 413
+    assert post(url, {"inputs": ["still serving"]}).status_code == 200
+
+
+def test_metrics_parse_and_count_what_happened(server):
+    before = _samples(server)
+    post(f"{server.url}/v1/models/seq_cls/predict", {"inputs": ["one", "two", "three"]})
+    post(f"{server.url}/v1/models/nope/predict", {"inputs": ["x"]})
+    after = _samples(server)
+    ok = ("headreg_requests_total", (("model", "seq_cls"), ("route", "/v1/models/{name}/predict"), ("status", "200")))
+    assert after[ok] == before.get(ok, 0) + 1
+    missing = ("headreg_requests_total", (("model", ""), ("route", "/v1/models/{name}/predict"), ("status", "404")))
+    assert after[missing] == before.get(missing, 0) + 1
+    rows = ("headreg_rows_total", (("model", "seq_cls"),))
+    assert after[rows] == before.get(rows, 0) + 3
+    assert after[("headreg_queue_rows", (("model", "seq_cls"),))] == 0
+    for name in ("headreg_batch_size_count", "headreg_batch_tokens_count", "headreg_inference_duration_seconds_count"):
+        assert after[(name, (("model", "seq_cls"),))] >= 1
+    assert after[("headreg_request_duration_seconds_count", (("model", "seq_cls"), ("route", "/v1/models/{name}/predict")))] >= 1
+
+
+def _samples(server) -> dict:
+    text = httpx.get(f"{server.url}/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+
+
+def test_access_log_is_one_json_line_per_request(server):
+    post(f"{server.url}/v1/models/multi_label/predict", {"inputs": ["logged", "twice"]})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [line for line in server.access_lines() if line.get("model") == "multi_label" and line["rows"] == 2]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert lines, server.log.read_text()[-2000:]
+    line = lines[-1]
+    assert line["method"] == "POST" and line["path"] == "/v1/models/multi_label/predict" and line["status"] == 200
+    assert line["inputs"] == 2 and line["latency_ms"] > 0
+
+
+# --- limits, failures and shutdown, each on a small server of its own ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fragile_server(bundles, tmp_path_factory):
+    """seq_cls plus a plugin head whose postprocess raises on texts containing 'explode'; 2 requests at a time."""
+    tmp = tmp_path_factory.mktemp("fragile")
+    site = tmp / "site"
+    pip_install(site, write_plugin(tmp / "src", "headreg-plugin-fragile", "fragile_plugin", FRAGILE_PLUGIN))
+    fragile = tmp / "fragile"
+    shutil.copytree(bundles["seq_cls"], fragile)
+    manifest = json.loads((fragile / "headreg.json").read_text())
+    manifest["head"].update(name="fragile", postprocess="fragile_plugin:post", plugin="headreg-plugin-fragile")
+    (fragile / "headreg.json").write_text(json.dumps(manifest))
+    pythonpath = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    srv = Server(tmp, str(bundles["seq_cls"]), str(fragile), "--max-concurrent-requests", "2",
+                 env={"PYTHONPATH": pythonpath})
+    yield srv
+    assert srv.stop() == 0
+
+
+def test_a_failing_request_is_500_and_the_server_keeps_serving(fragile_server, predictors):
+    async def run():
+        async with httpx.AsyncClient(base_url=fragile_server.url, timeout=60) as client:
+            bodies = [{"inputs": ["fine", "also fine"]}, {"inputs": ["this will explode"]}, {"inputs": ["fine again"]}]
+            return await asyncio.gather(*(client.post("/v1/models/fragile/predict", json=b) for b in bodies))
+
+    responses = asyncio.run(run())
+    statuses = [r.status_code for r in responses]
+    assert statuses[1] == 500 and "fails on purpose" in responses[1].json()["error"]
+    # The limit of 2 may turn one of the three away; whatever was admitted is answered correctly.
+    assert set(statuses[::2]) <= {200, 429}
+    after = httpx.post(f"{fragile_server.url}/v1/models/fragile/predict", json={"inputs": ["fine"]}, timeout=30)
+    assert after.status_code == 200
+    assert_same(after.json()["outputs"], json.loads(json.dumps(predictors["seq_cls"].predict(["fine"]))))
+
+
+def test_over_the_concurrency_limit_is_429_with_retry_after(fragile_server):
+    held = [_SlowRequest(fragile_server, "seq_cls", ["held open"]) for _ in range(2)]
+    try:
+        _wait_in_flight(fragile_server, 2)
+        refused = httpx.post(f"{fragile_server.url}/v1/models/seq_cls/predict", json={"inputs": ["x"]}, timeout=30)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert "--max-concurrent-requests" in refused.json()["error"]
+    finally:
+        answers = [request.finish() for request in held]
+    assert [status for status, _ in answers] == [200, 200]
+    assert httpx.post(f"{fragile_server.url}/v1/models/seq_cls/predict", json={"inputs": ["x"]}, timeout=30).status_code == 200
+
+
+def test_sigterm_answers_requests_in_flight_then_exits_0(bundles, predictors, tmp_path):
+    srv = Server(tmp_path, str(bundles["token_cls"]))
+    texts = [[TEXTS[i]] for i in range(6)]
+    held = [_SlowRequest(srv, "token_cls", inputs) for inputs in texts]
+    try:
+        _wait_in_flight(srv, len(held))
+        srv.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # new connections are refused once shutdown begins
+            try:
+                httpx.get(f"{srv.url}/health", timeout=2)
+            except httpx.TransportError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the server still accepts connections after SIGTERM")
+        answers = [request.finish() for request in held]
+        code = srv.process.wait(timeout=30)
+    finally:
+        srv.stop()
+    for inputs, (status, body) in zip(texts, answers):
+        assert status == 200, body
+        assert_same(json.loads(body)["outputs"], json.loads(json.dumps(predictors["token_cls"].predict(inputs))))
+    assert code == 0, srv.log.read_text()[-2000:]
+
+
+class _SlowRequest:
+    """A POST whose body is sent in two parts: the request is admitted and held open until ``finish``."""
+
+    def __init__(self, server: Server, model: str, inputs: list):
+        body = json.dumps({"inputs": inputs}).encode()
+        self.rest = body[len(body) // 2:]
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        self.sock.sendall(
+            f"POST /v1/models/{model}/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2]
+        )
+
+    def finish(self) -> tuple[int, str]:
+        self.sock.sendall(self.rest)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _content_length(data):
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            self.sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body.decode()
+
+
+def _content_length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 1 << 30
+
+
+def _wait_in_flight(server: Server, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if _samples(server).get(("headreg_requests_in_flight", ())) == count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server never had {count} requests in flight")
+
+
+# --- the command line ------------------------------------------------------------------------------------------------
+
+
+def test_bundle_arguments_are_checked_before_serving(bundles):
+    from conftest import run_headreg
+
+    same = run_headreg("serve", f"a={bundles['seq_cls']}", f"a={bundles['regression']}", "--port", "1")
+    assert same.returncode == 2 and "two bundles are named 'a'" in same.stderr
+    missing = run_headreg("serve", "x=/nonexistent/bundle", "--port", "1")
+    assert missing.returncode == 2 and "no bundle directory" in missing.stderr
+
+
+# --- the batcher in this process: cross-request batches, made deterministic by queueing before the model starts ----
+
+
+def test_rows_of_concurrent_requests_share_batches_and_each_gets_its_own(predictors):
+    from headreg.serve.batcher import Batcher
+
+    predictor = predictors["regression"]
+    requests = [[TEXTS[i % len(TEXTS)], f"request {i}"] if i % 3 else [f"only request {i}"] for i in range(24)]
+
+    async def run():
+        batcher = Batcher("regression", predictor, max_batch_tokens=4096, max_batch_size=16)
+        tasks = [asyncio.create_task(batcher.submit(inputs)) for inputs in requests]
+        rows = sum(len(inputs) for inputs in requests)
+        for _ in range(2000):  # every request tokenized and queued before the model thread starts
+            if len(batcher._queue) == rows:
+                break
+            await asyncio.sleep(0.005)
+        assert len(batcher._queue) == rows
+        batcher.start()
+        results = await asyncio.gather(*tasks)
+        await batcher.close()
+        return batcher, results
+
+    batcher, results = asyncio.run(run())
+    assert batcher.rows == sum(len(inputs) for inputs in requests)
+    assert batcher.batches < len(requests) and batcher.mean_batch_size > 2  # rows of many requests per batch
+    for inputs, result in zip(requests, results):
+        assert_same(json.loads(json.dumps(result)), json.loads(json.dumps(predictor.predict(inputs))))
+
+
+def test_schema_imports_without_a_web_framework():
+    script = (
+        "import sys\n"
+        "for name in ('starlette', 'uvicorn', 'prometheus_client', 'torch', 'transformers'):\n"
+        "    sys.modules[name] = None\n"
+        "from headreg.serve.schema import RequestError, parse_predict_request\n"
+        "try:\n"
+        "    parse_predict_request({'inputs': []}, max_inputs=4)\n"
+        "except RequestError as exc:\n"
+        "    print(exc.status, exc.message)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("422 'inputs' is empty")
