@@ -59,7 +59,7 @@ def bundles(tmp_path_factory):
     model = load_model(root / "saved")
     tokenizer = load_tokenizer()
     multi = export_onnx(
-        model, root / "multi", tokenizer, max_length=MAX_LENGTH, quantize="int8", int8_min_agreement=0.0,
+        model, root / "multi", tokenizer, max_length=MAX_LENGTH, quantize="int8", min_agreement=0.0, max_error=1e9,
         exporter="torchscript",
     )
     singles = {}
@@ -267,7 +267,9 @@ def test_one_graph_with_every_heads_outputs_verified_per_head(bundles):
         check = head["verification"]
         assert check["worst"]["logits"]["abs"] <= 1e-4
         assert check["decision_agreement"] == (None if name == "quality" else 1.0)
-    assert set(manifest["variants"]["int8"]["heads"]) == set(HEADS)
+    int8 = manifest["variants"]["int8"]
+    assert set(int8["acceptance"]["heads"]) == set(HEADS) == set(int8["golden_agreement_by_head"])
+    assert int8["acceptance"]["passed"] == all(h["passed"] for h in int8["acceptance"]["heads"].values())
     assert "head" not in manifest  # no top-level single head in a multi-head manifest
     report = verify_bundle(multi.path)
     assert report.passed, report.message()

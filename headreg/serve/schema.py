@@ -102,13 +102,26 @@ def unknown_model(name: str, served: Sequence[str]) -> RequestError:
 
 
 def known_parameters(predictor: Any) -> list[str]:
-    """The per-call options a model takes: its head's postprocess options (until the Predictor lists them)."""
-    known = set(predictor.config) - {"id2label", "problem_type"}
+    """The per-call options a model takes: its head's postprocess options (until the Predictor lists them).
+
+    A multi-head bundle takes ``heads`` (a subset), each head's name (a dict of that head's options) and every
+    head's options (they reach each head that has them).
+    """
+    if getattr(predictor, "multi_head", False):
+        known = {"heads"}
+        for head in predictor.heads:
+            known |= {head.name, *_head_parameters(head.config, head.level)}
+        return sorted(known)
+    return sorted(_head_parameters(predictor.config, predictor.level))
+
+
+def _head_parameters(config: Mapping[str, Any], level: str) -> set[str]:
+    known = set(config) - {"id2label", "problem_type"}
     if "thresholds" in known:
         known.add("threshold")
-    if predictor.level == "token":
+    if level == "token":
         known |= {"aggregation", "ignore_labels"}
-    return sorted(known)
+    return known
 
 
 def check_parameters(parameters: Mapping[str, Any], known: Sequence[str]) -> None:
