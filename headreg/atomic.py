@@ -1,26 +1,48 @@
-"""Write a directory all at once: build it elsewhere, then rename it into place. Torch-free.
+"""Write a directory all at once: build it beside its final place, then swap it in with one rename. Torch-free.
 
-``atomic_directory(target)`` stages beside the target (cheap same-filesystem rename; used by
-``save_pretrained``). ``atomic_directory(target, stage_in_temp=True)`` stages in the system temp
-directory instead, so even a SIGKILLed process leaves nothing in the target's parent (used by
-``headreg export``, which runs long enough to be killed). SIGTERM is turned into an exception while
-the block runs, so ``finally`` cleanup happens for it as for Ctrl-C.
+``atomic_directory(target)`` yields a private staging directory (``mkdtemp``: mode 0700, a random name no
+other user can pre-create) in the target's own parent, so the final move is a same-filesystem rename and
+a read-only or missing parent fails before any work starts. An existing target is swapped with
+``renameat2(RENAME_EXCHANGE)`` where the kernel offers it (the target never disappears, not even for an
+instant); elsewhere two renames with SIGTERM/SIGINT held back between them. SIGTERM is turned into an
+exception while the block runs, so ``finally`` cleanup happens for it as for Ctrl-C.
+
+A SIGKILLed process cannot clean up: it leaves a hidden ``.NAME.PID.*.incoming`` (or, killed between the
+fallback's two renames, ``.NAME.PID.old``) beside the target. The next write to the same target removes
+those left by dead processes of the same user (and puts an ``.old`` back if the target is missing).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from .errors import SaveLoadError
 
-STAGING_ROOT = "headreg-staging"
+INCOMING, OLD = "incoming", "old"
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+# Errors of the filesystem rather than of the code: they get a message saying what to free or change.
+_FS_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this filesystem or process limit",
+    errno.EROFS: "read-only filesystem",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+# Inside the block a permission error may be about reading the source; only these are about the output.
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 class Terminated(BaseException):
@@ -31,25 +53,80 @@ def is_nonempty(target: Path) -> bool:
     return target.exists() and (not target.is_dir() or any(target.iterdir()))
 
 
-def _staging_root() -> Path:
-    root = Path(tempfile.gettempdir()) / STAGING_ROOT
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(root)
-    return root
+def _leftover_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^\.{re.escape(name)}\.(\d+)\.(?:[A-Za-z0-9_]+\.)?({INCOMING}|{OLD})$")
 
 
-def _remove_orphans(root: Path) -> None:
-    """Remove staging dirs of processes that died without cleanup (SIGKILL, power loss)."""
-    for entry in root.iterdir():
-        pid = entry.name.split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Remove what dead writers of ``target`` left beside it; return what was removed or restored.
+
+    Only hidden entries named like ours (``.NAME.PID[.random].incoming|old``), owned by this user, whose PID
+    is not a live process: another user's files, a live export's staging and anything else are left alone.
+    A missing target with an ``.old`` leftover (killed between the two fallback renames) gets it back.
+    """
+    pattern = _leftover_pattern(target.name)
+    handled: list[Path] = []
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return handled
+    for entry in sorted(entries):
+        match = pattern.match(entry.name)
+        if not match or int(match.group(1)) == os.getpid():
             continue
         try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(entry, ignore_errors=True)
-        except PermissionError:
-            pass  # another user's live process
+            info = entry.lstat()
+        except OSError:
+            continue
+        if info.st_uid != os.getuid() or _pid_alive(int(match.group(1))):
+            continue
+        if match.group(2) == OLD and not os.path.lexists(target) and stat.S_ISDIR(info.st_mode):
+            with contextlib.suppress(OSError):
+                entry.rename(target)
+                handled.append(entry)
+                continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()  # a symlink is removed, never followed
+            handled.append(entry)
+    return handled
+
+
+def filesystem_error(exc: BaseException) -> OSError | None:
+    """The write error (disk full, read-only, ...) behind ``exc``, following its cause/context chain.
+
+    Exporters wrap what they catch (torch.onnx reports a full disk as a failed export), so the chain is searched.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _WRITE_ERRORS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _fs_message(error: OSError, where: Path) -> str:
+    reason = _FS_ERRORS.get(error.errno or 0, error.strerror or str(error))
+    advice = {
+        errno.ENOSPC: "free some space there or write somewhere else",
+        errno.EDQUOT: "free some space there or write somewhere else",
+        errno.EFBIG: "raise the file-size limit (ulimit -f) or write somewhere else",
+    }.get(error.errno or 0, "choose a directory you can write to")
+    return f"cannot write {where}: {reason} ({error.filename or where}); nothing was written. {advice.capitalize()}."
 
 
 @contextlib.contextmanager
@@ -68,33 +145,51 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _move_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; across filesystems, copy to a hidden sibling first, then rename."""
-    if os.stat(tmp).st_dev == os.stat(target.parent).st_dev:
-        _swap(tmp, target)
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold back SIGTERM/SIGINT/SIGHUP (delivered right after) so a swap is never cut between its renames."""
+    held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
         return
-    sibling = target.with_name(f".{target.name}.{os.getpid()}.incoming")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
-        shutil.copytree(tmp, sibling)
-        _swap(sibling, target)
+        yield
     finally:
-        shutil.rmtree(sibling, ignore_errors=True)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2); False where the kernel or filesystem cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def _swap(new: Path, target: Path) -> None:
-    if target.exists() and target.is_dir():
-        old = target.with_name(f".{target.name}.{os.getpid()}.old")
-        target.rename(old)
-        try:
-            new.rename(target)
-        except BaseException:
-            old.rename(target)  # never leave the user with neither the old nor the new directory
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if target.exists():
-            target.unlink()
+    if not os.path.lexists(target):
         new.rename(target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old directory
+        return
+    old = target.with_name(f".{target.name}.{os.getpid()}.{OLD}")
+    target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        old.rename(target)  # never leave the user with neither the old nor the new directory
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -103,27 +198,95 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, *, overwrite: bool, stage_in_temp: bool = False) -> Iterator[Path]:
-    """Yield an empty staging directory; on success it replaces ``target``, on any failure it vanishes.
+def _apply_umask(root: Path) -> None:
+    """Give every file and directory the mode a plain open()/mkdir() would (mkdtemp and some writers use 0600).
 
-    An existing non-empty ``target`` is refused (SaveLoadError) unless ``overwrite=True``, and is left
-    untouched until the new directory is complete.
+    A bundle or model written by one user (a Docker build as root) must be readable by the user that serves it.
+    """
+    mask = _umask()
+    root.chmod(0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(folder, name), 0o777 & ~mask, follow_symlinks=False)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return outer == inner or outer in inner.parents
+
+
+def check_target(
+    target: str | os.PathLike,
+    *,
+    overwrite: bool,
+    replaceable: Callable[[Path], bool] | None = None,
+    what: str = "directory",
+    protect: Iterable[str | os.PathLike | None] = (),
+) -> Path:
+    """Refuse a target that must not be written or replaced; return it as an absolute path.
+
+    Refused: a target that is, or contains, one of ``protect`` (the source being exported); a file or a
+    symlink; a non-empty directory without ``overwrite``; with ``overwrite``, a non-empty directory that
+    ``replaceable`` does not recognise (a directory of documents is never deleted for a misspelt ``-o``).
     """
     target = Path(target).absolute()
-    if is_nonempty(target) and not overwrite:
-        raise SaveLoadError(f"{target} exists and is not empty; pass overwrite=True to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if stage_in_temp:
-        tmp = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_staging_root()))
-    else:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    real = Path(os.path.realpath(target))
+    for source in protect:
+        if source is not None and _contains(real, Path(os.path.realpath(source))):
+            raise SaveLoadError(
+                f"{target} is {'' if real == Path(os.path.realpath(source)) else 'a directory containing '}the "
+                f"source being written from ({source}); writing there would destroy it. Choose another output directory."
+            )
+    if target.is_symlink() or (os.path.lexists(target) and not target.is_dir()):
+        raise SaveLoadError(f"{target} exists and is not a directory; remove it or choose another output directory")
+    if is_nonempty(target):
+        if not overwrite:
+            raise SaveLoadError(f"{target} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        if replaceable is not None and not replaceable(target):
+            raise SaveLoadError(
+                f"{target} is not empty and is not a {what}, so overwrite does not replace it (it only replaces "
+                f"a {what}). Remove the directory yourself if you mean to, or choose another output directory."
+            )
+    return target
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    target: str | os.PathLike,
+    *,
+    overwrite: bool,
+    replaceable: Callable[[Path], bool] | None = None,
+    what: str = "directory",
+    protect: Iterable[str | os.PathLike | None] = (),
+) -> Iterator[Path]:
+    """Yield an empty private staging directory; on success it replaces ``target``, on any failure it vanishes.
+
+    The target is checked first (:func:`check_target`) and left untouched until the new directory is
+    complete. Filesystem failures (disk full, read-only, no permission) become a SaveLoadError naming the
+    place and what to do.
+    """
+    target = check_target(target, overwrite=overwrite, replaceable=replaceable, what=what, protect=protect)
     try:
-        with _sigterm_raises():
-            yield tmp
-        # mkdtemp creates 0700; a bundle built by one user (a Docker build as root) must be readable by the
-        # user that serves it, so give it the permissions a plain mkdir would have.
-        tmp.chmod(0o777 & ~_umask())
-        _move_into_place(tmp, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=f".{INCOMING}", dir=target.parent))
+    except OSError as exc:
+        raise SaveLoadError(_fs_message(exc, target)) from exc
+    try:
+        try:
+            with _sigterm_raises():
+                yield tmp
+            _apply_umask(tmp)
+            with _signals_held():
+                _swap(tmp, target)
+        except BaseException as exc:
+            cause = filesystem_error(exc)
+            if cause is not None and not isinstance(exc, SaveLoadError):
+                raise SaveLoadError(_fs_message(cause, target)) from exc
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

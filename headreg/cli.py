@@ -7,6 +7,8 @@ Heavy libraries (torch, transformers, onnx) are imported inside the commands tha
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from typing import Any
 
@@ -17,8 +19,38 @@ from . import __version__
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: JSON has no such numbers, and ``--json`` output must always parse."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    click.echo(json.dumps(_finite(data), indent=2, sort_keys=True, default=str, allow_nan=False))
+
+
+# Terminal escapes (CSI, OSC, other ESC sequences), C0/C1 controls and bidi overrides: text from inputs, bundles
+# and plugins is shown, never interpreted by the terminal.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def plain(value: Any) -> str:
+    """``value`` as a string safe to print: escapes and control characters shown as ``\\x..`` codes."""
+    return _ESCAPES.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
+def cell(value: Any):
+    """A table cell that rich shows as it is: never parsed as markup (``[bold]``, ``[/]``), escapes neutralised."""
+    from rich.text import Text
+
+    return Text(plain(value))
 
 
 def console(stderr: bool = False):
@@ -61,7 +93,8 @@ def heads(as_json: bool, pattern: str, task: str | None, plugin: str | None) -> 
     for column in ("name", "aliases", "task", "plugin", "version", "description"):
         table.add_column(column, overflow="fold")
     for spec in specs:
-        table.add_row(spec.name, ", ".join(spec.aliases), spec.task, spec.plugin, spec.version, spec.description)
+        table.add_row(*map(cell, (spec.name, ", ".join(spec.aliases), spec.task, spec.plugin, spec.version,
+                                  spec.description)))
     console().print(table)
     _warn_failed_plugins()
 
@@ -92,8 +125,10 @@ def plugins(as_json: bool) -> None:
         table.add_column(column, overflow="fold")
     styles = {"loaded": "green", "failed": "red", "disabled": "yellow"}
     for info in infos:
-        status = f"[{styles.get(info.status, '')}]{info.status}[/]"
-        table.add_row(info.name, info.distribution, info.version, status, ", ".join(info.heads), info.error or "")
+        status = cell(info.status)
+        status.stylize(styles.get(info.status, ""))
+        table.add_row(cell(info.name), cell(info.distribution), cell(info.version), status, cell(", ".join(info.heads)),
+                      cell(info.error or ""))
     console().print(table)
 
 
@@ -113,7 +148,7 @@ def _load_predictor(bundle: str, **options: Any):
 
 def _short(text: Any, width: int = 70) -> str:
     text = " || ".join(text) if isinstance(text, (tuple, list)) else str(text)
-    text = " ".join(text.split())
+    text = plain(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -190,12 +225,12 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
             table.add_column(column, overflow="fold")
         for index, (item, result) in enumerate(zip(items, results)):
             cells = [_prediction_cells(result[head.name]) for head in predictor.heads]
-            table.add_row(str(index), _short(item), *(f"{p} ({s})" if s else p for p, s in cells))
+            table.add_row(str(index), cell(_short(item)), *(cell(f"{p} ({s})" if s else p) for p, s in cells))
     else:
         for column in ("#", "text", "prediction", "score"):
             table.add_column(column, overflow="fold")
         for index, (item, result) in enumerate(zip(items, results)):
-            table.add_row(str(index), _short(item), *_prediction_cells(result))
+            table.add_row(str(index), cell(_short(item)), *map(cell, _prediction_cells(result)))
     console().print(table)
 
 
@@ -317,10 +352,12 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
 @click.option("--variant", default=None, help="Model variant for every bundle [default: each bundle's default].")
 @click.option("--api-key", envvar="HEADREG_API_KEY", default=None,
               help="Require 'Authorization: Bearer KEY' on /info and /v1 [env: HEADREG_API_KEY].")
+@click.option("--keep-alive", default=75.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds an idle connection stays open (keep it above your load balancer's idle timeout).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
 def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int, max_batch_size: int,
           max_concurrent_requests: int, max_input_texts: int, payload_limit: int, threads: int | None,
-          variant: str | None, api_key: str | None, access_log: bool) -> None:
+          variant: str | None, api_key: str | None, keep_alive: float, access_log: bool) -> None:
     """Serve bundles over HTTP with batching across requests (see docs/serving.md).
 
     A bundle is served under its directory name, or under NAME when given as NAME=PATH.
@@ -355,7 +392,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
         f"with {threads} thread(s) per model",
         err=True,
     )
-    sys.exit(run_server(create_app(predictors, config), host=host, port=port))
+    sys.exit(run_server(create_app(predictors, config), host=host, port=port, keep_alive=keep_alive))
 
 
 # --- export / verify: headreg/export/commands.py (torch and onnx are imported only when they run) ----------------

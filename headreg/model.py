@@ -28,17 +28,70 @@ from transformers import PreTrainedModel  # noqa: E402
 from transformers.utils import ModelOutput  # noqa: E402
 
 from . import __version__  # noqa: E402
+from . import schema as S  # noqa: E402
 from .atomic import atomic_directory  # noqa: E402
-from .errors import BackboneError, HeadConfigError, SaveLoadError  # noqa: E402
+from .errors import BackboneError, HeadConfigError, HeadregError, SaveLoadError  # noqa: E402
+from .manifest import MAX_LABELS, read_json_file  # noqa: E402
 from .heads.base import Head, build_config  # noqa: E402
-from .pooling import Pooler, PoolingConfig, is_decoder, resolve_pooling  # noqa: E402
+from .pooling import STRATEGIES, Pooler, PoolingConfig, is_decoder, resolve_pooling  # noqa: E402
+from transformers.activations import ACT2FN  # noqa: E402
+from .plugins import builtin_registry  # noqa: E402
 from .registry import HeadSpec, get_head  # noqa: E402
 
 MODEL_CONFIG = "headreg_model.json"
 HEAD_WEIGHTS = "head.safetensors"
 BACKBONE_DIR = "backbone"
 FORMAT = "headreg-model"
-FORMAT_VERSION = 2  # 2: several heads ("heads"); single-head models are still written as 1
+FORMAT_VERSION = 2  # 2: several heads ("heads", see multihead.py); single-head models are still written as 1
+MODEL_KIND = "headreg saved model"
+CONFIG_MAX_BYTES = 64 << 20
+
+# headreg_model.json, checked field by field before anything is built from it (see headreg/schema.py).
+HEAD_NAME = S.matches(r"^[A-Za-z][A-Za-z0-9_.\-]*$", "a head name (letters, digits, _ - .)")
+HEAD_CONFIG_SCHEMA = S.obj(
+    {
+        "num_labels": S.integer(1, MAX_LABELS),
+        "id2label": S.optional(S.mapping(S.index_key(MAX_LABELS), S.string(), max_items=MAX_LABELS)),
+    },
+    extra=True,
+)
+POOLING_SCHEMA = S.obj(
+    {
+        "strategy": S.one_of(*(name for name in STRATEGIES if name != "auto")),
+        "projection": S.boolean,
+        "activation": S.optional(S.one_of(*ACT2FN.keys())),
+        "norm": S.boolean,
+        "bias": S.boolean,
+        "norm_bias": S.boolean,
+        "norm_eps": S.number(0, 1),
+    },
+    required=("strategy",),
+)
+SAVED_MODEL_SCHEMA = S.obj(
+    {
+        "format": S.one_of(FORMAT),
+        "format_version": S.integer(1, None),
+        "headreg_version": S.string(max_len=64),
+        "head": HEAD_NAME,
+        "plugin": S.optional(S.string(max_len=256)),
+        "plugin_version": S.optional(S.string(max_len=256)),
+        "head_config": HEAD_CONFIG_SCHEMA,
+        "pooling": POOLING_SCHEMA,
+        "backbone": S.one_of(BACKBONE_DIR),
+        "tokenizer_source": S.optional(S.string(max_len=4096)),
+    },
+    required=("format", "head", "head_config", "pooling"),
+    extra=True,
+)
+
+
+def is_saved_model(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` is recognisably a saved headreg model: what ``overwrite=True`` may replace."""
+    try:
+        saved = read_json_file(Path(directory) / MODEL_CONFIG, CONFIG_MAX_BYTES)
+    except HeadregError:
+        return False
+    return isinstance(saved, dict) and saved.get("format") == FORMAT
 
 
 @dataclass
@@ -165,13 +218,13 @@ class HeadedModel(BackboneModel):
         loss = self.head.loss(logits, labels, attention_mask) if labels is not None else None
         return HeadOutput(loss=loss, logits=logits, pooled_output=pooled_output)
 
+    def graph_output_names(self) -> list[str]:
+        return ["logits", "pooled_output", *self.head.export_extras()]
+
     def members(self) -> list[Member]:
         """The one head; its graph outputs keep the single-head names (``logits``, ``pooled_output``, extras)."""
         names = self.graph_output_names()
         return [Member(self.spec.name, self.head, self.spec, self.pooler.config, {n: n for n in names})]
-
-    def graph_output_names(self) -> list[str]:
-        return ["logits", "pooled_output", *self.head.export_extras()]
 
     def graph_outputs(self, input_ids, attention_mask, token_type_ids=None) -> dict[str, torch.Tensor]:
         """The exported graph's outputs by name, in graph order."""
@@ -182,8 +235,9 @@ class HeadedModel(BackboneModel):
         """Write the backbone (transformers' format), the head config (json) and head weights (safetensors).
 
         The directory is written next to its final place and renamed, so a failed save leaves nothing
-        behind. An existing non-empty directory is refused unless ``overwrite=True``. Pass the
-        ``tokenizer`` to keep it with the model (``headreg export`` then finds it).
+        behind. An existing non-empty directory is refused unless ``overwrite=True``, and even then only a
+        saved headreg model is replaced (never another directory). Pass the ``tokenizer`` to keep it with the
+        model (``headreg export`` then finds it).
         """
         config = {
             "format_version": 1,  # the single-head layout is unchanged since version 1: older headreg reads it
@@ -201,7 +255,7 @@ def save_model(model: BackboneModel, save_directory, config: dict[str, Any], *, 
     from safetensors.torch import save_file
 
     target = Path(save_directory)
-    with atomic_directory(target, overwrite=overwrite) as tmp:
+    with atomic_directory(target, overwrite=overwrite, replaceable=is_saved_model, what=MODEL_KIND) as tmp:
         with quiet_transformers():
             model.backbone.save_pretrained(tmp / BACKBONE_DIR)
             if tokenizer is not None:
@@ -264,50 +318,100 @@ def attach_head(backbone: PreTrainedModel, name: str, *, pooling: str | dict | P
     ``*ForSequenceClassification`` does for the architecture.
     """
     _check_backbone(backbone)
-    spec, head, pooling_config = build_head(backbone, name, pooling, options)
+    return _attach(backbone, get_head(name), pooling, options)
+
+
+def _attach(backbone: PreTrainedModel, spec: HeadSpec, pooling: Any, options: dict[str, Any]) -> "HeadedModel":
+    spec, head, pooling_config = build_head(backbone, spec, pooling, options)
     model = HeadedModel(backbone, head, Pooler(pooling_config, head.hidden_size), spec)
     model.to(next(backbone.parameters()).device)
     model.train(backbone.training)
     return model
 
 
-def build_head(backbone: PreTrainedModel, name: str, pooling: Any, options: dict[str, Any]) -> tuple[HeadSpec, Head, PoolingConfig]:
-    """The registered head ``name`` built from ``options`` for this backbone, and its resolved pooling."""
-    spec = get_head(name)
+def build_head(backbone: PreTrainedModel, spec: HeadSpec | str, pooling: Any, options: dict[str, Any]) -> tuple[HeadSpec, Head, PoolingConfig]:
+    """The registered head (``spec`` or its name) built from ``options`` for this backbone, and its resolved pooling."""
+    if isinstance(spec, str):
+        spec = get_head(spec)
     head_cls = spec.load_class()
     if not (isinstance(head_cls, type) and issubclass(head_cls, Head)):
         raise HeadConfigError(f"head {spec.name!r} from {spec.origin!r}: {spec.cls} is not a headreg Head subclass")
-    config = build_config(head_cls.config_class, spec.name, dict(options))
     hidden = hidden_size_of(backbone.config)
-    return spec, head_cls(config, hidden), resolve_pooling(pooling, backbone, head_cls.level)
+    with _head_errors(spec, "config"):
+        config = build_config(head_cls.config_class, spec.name, dict(options))
+    pooling_config = resolve_pooling(pooling, backbone, head_cls.level)
+    with _head_errors(spec, "constructor"):
+        head = head_cls(config, hidden)
+    return spec, head, pooling_config
 
 
-def load_model(directory: str | os.PathLike, *, trust_remote_code: bool = False, device: str | None = None):
-    """Load a model written by ``save_pretrained`` (a HeadedModel, or a MultiHeadModel when it was saved with
-    several heads). Reads json + safetensors only, never pickle."""
+@contextlib.contextmanager
+def _head_errors(spec: HeadSpec, what: str):
+    """A plugin head's own code raising anything becomes an error naming the head and its plugin."""
+    try:
+        yield
+    except HeadregError:
+        raise
+    except Exception as exc:
+        raise HeadConfigError(
+            f"head {spec.name!r} from {spec.origin!r}: its {what} raised {type(exc).__name__}: {exc}"
+            + ("" if spec.builtin else f". Check the head's options, or report it to the {spec.plugin} authors.")
+        ) from exc
+
+
+def _check_backbone_weights(info: dict[str, Any], where: Path) -> None:
+    """Refuse a backbone whose weights do not match its config: the unmatched ones would be random."""
+    found = {key: sorted(info.get(key) or ()) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = [
+        f"{label}: {', '.join(map(str, keys[:8]))}{f' ... ({len(keys)} in all)' if len(keys) > 8 else ''}"
+        for label, keys in (("missing (would be randomly initialised)", found["missing_keys"]),
+                            ("unexpected (would be ignored)", found["unexpected_keys"]),
+                            ("of the wrong shape", found["mismatched_keys"]))
+        if keys
+    ]
+    if problems:
+        raise SaveLoadError(
+            f"the backbone weights in {where} do not match its config.json; weights "
+            + "; ".join(problems)
+            + ". The directory is corrupt or mixes two models: save the model again, or pass strict=False to "
+            "load it anyway (the missing weights are then random)."
+        )
+
+
+def read_saved_config(directory: Path) -> dict[str, Any]:
+    """``headreg_model.json``, checked field by field; SaveLoadError names the first bad field.
+
+    A model saved with several heads (``heads``) is checked against multihead.SAVED_MULTI_HEAD_SCHEMA.
+    """
+    path = directory / MODEL_CONFIG
+    saved = read_json_file(path, CONFIG_MAX_BYTES, error=SaveLoadError)
+    if isinstance(saved, dict) and isinstance(saved.get("format_version"), int) and saved["format_version"] > FORMAT_VERSION:
+        raise SaveLoadError(
+            f"{directory} was saved by headreg {saved.get('headreg_version')} in model format "
+            f"{saved['format_version']}; this headreg ({__version__}) reads up to {FORMAT_VERSION}. Upgrade headreg."
+        )
+    try:
+        if isinstance(saved, dict) and "heads" in saved:
+            from .multihead import SAVED_MULTI_HEAD_SCHEMA
+
+            SAVED_MULTI_HEAD_SCHEMA(saved, "")
+        else:
+            SAVED_MODEL_SCHEMA(saved, "")
+    except S.Invalid as exc:
+        raise SaveLoadError(f"{path} is corrupt: {exc.message}. Save the model again.") from None
+    return saved
+
+
+def load_model(
+    directory: str | os.PathLike, *, trust_remote_code: bool = False, device: str | None = None, strict: bool = True
+):
+    """Load a model written by ``HeadedModel.save_pretrained``. Reads json + safetensors only, never pickle.
+
+    ``strict`` (default): backbone weights missing from, unexpected in or mis-shaped for the backbone's
+    config are a SaveLoadError naming them, never silently random. ``strict=False`` loads anyway (for a
+    backbone you deliberately saved without some weights).
+    """
     directory = Path(directory)
-    saved = read_saved(directory)
-    if "heads" in saved:
-        from .multihead import load_multi_head
-
-        model = load_multi_head(directory, saved, trust_remote_code=trust_remote_code)
-    else:
-        try:
-            head_name, head_options, pooling = saved["head"], dict(saved["head_config"]), saved["pooling"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SaveLoadError(f"{directory / MODEL_CONFIG} is corrupt: {exc}") from exc
-        spec = installed_head(directory, head_name, saved.get("plugin"), saved.get("plugin_version"))
-        backbone = load_backbone(directory, trust_remote_code=trust_remote_code)
-        model = attach_head(backbone, spec.name, pooling=pooling, **head_options)
-        load_head_weights(model, directory, f"head {spec.name!r}")
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model
-
-
-def read_saved(directory: Path) -> dict[str, Any]:
-    """The checked ``headreg_model.json`` of a saved model directory."""
     if not directory.is_dir():
         raise SaveLoadError(f"{directory} is not a directory saved by HeadedModel.save_pretrained")
     missing = [
@@ -318,25 +422,30 @@ def read_saved(directory: Path) -> dict[str, Any]:
             f"{directory} is missing {', '.join(missing)}; it was not written by HeadedModel.save_pretrained "
             "or is incomplete. Save the model again."
         )
-    try:
-        saved = json.loads((directory / MODEL_CONFIG).read_text())
-        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-            raise ValueError(f"format is {saved.get('format') if isinstance(saved, dict) else saved!r}, expected {FORMAT!r}")
-        version = int(saved.get("format_version", 0))
-    except (ValueError, TypeError) as exc:
-        raise SaveLoadError(f"{directory / MODEL_CONFIG} is corrupt: {exc}") from exc
-    if version > FORMAT_VERSION:
-        raise SaveLoadError(
-            f"{directory} was saved by headreg {saved.get('headreg_version')} in model format "
-            f"{saved['format_version']}; this headreg ({__version__}) reads up to {FORMAT_VERSION}. "
-            "Upgrade headreg."
-        )
-    return saved
+    saved = read_saved_config(directory)
+    if "heads" in saved:
+        from .multihead import load_multi_head
+
+        model = load_multi_head(directory, saved, trust_remote_code=trust_remote_code, strict=strict)
+    else:
+        head_name, head_options, pooling = saved["head"], dict(saved["head_config"]), saved["pooling"]
+        spec = installed_head(directory, head_name, saved.get("plugin"), saved.get("plugin_version"))
+        backbone = load_backbone(directory, trust_remote_code=trust_remote_code, strict=strict)
+        try:
+            model = _attach(backbone, spec, pooling, head_options)
+        except (HeadConfigError, BackboneError) as exc:
+            raise SaveLoadError(f"{directory / MODEL_CONFIG} has options that do not work: {exc}") from exc
+        load_head_weights(model, directory, f"head {spec.name!r}")
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
 
 
 def installed_head(directory: Path, head_name: Any, plugin: Any, plugin_version: Any) -> HeadSpec:
     try:
-        return get_head(str(head_name))
+        # A model saved with a built-in head loads with the built-in, whatever plugins are installed.
+        return builtin_registry().get(head_name) if plugin == "headreg" else get_head(head_name)
     except LookupError as exc:
         raise SaveLoadError(
             f"{directory} uses head {head_name!r} from {plugin} {plugin_version}, "
@@ -344,20 +453,28 @@ def installed_head(directory: Path, head_name: Any, plugin: Any, plugin_version:
         ) from exc
 
 
-def load_backbone(directory: Path, *, trust_remote_code: bool) -> PreTrainedModel:
+def load_backbone(directory: Path, *, trust_remote_code: bool, strict: bool) -> PreTrainedModel:
     from transformers import AutoConfig, AutoModel
 
     with quiet_transformers():
         try:
             backbone_config = AutoConfig.from_pretrained(directory / BACKBONE_DIR, trust_remote_code=trust_remote_code)
-            return AutoModel.from_pretrained(
+            backbone, info = AutoModel.from_pretrained(
                 directory / BACKBONE_DIR,
                 config=backbone_config,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=True,
+                output_loading_info=True,
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:
             raise SaveLoadError(f"cannot load the backbone in {directory / BACKBONE_DIR}: {exc}") from exc
+    if strict:
+        _check_backbone_weights(info, directory / BACKBONE_DIR)
+    try:
+        _check_backbone(backbone)
+    except BackboneError as exc:
+        raise SaveLoadError(f"{directory / MODEL_CONFIG} has options that do not work: {exc}") from exc
+    return backbone
 
 
 def load_head_weights(model: BackboneModel, directory: Path, what: str) -> None:

@@ -24,9 +24,16 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .errors import HeadConfigError, LabelError, SaveLoadError
+from . import schema as S
+from .errors import BackboneError, HeadConfigError, LabelError, SaveLoadError
 from .heads.base import Head
 from .model import (
+    BACKBONE_DIR,
+    FORMAT,
+    HEAD_CONFIG_SCHEMA,
+    HEAD_NAME,
+    MODEL_CONFIG,
+    POOLING_SCHEMA,
     BackboneModel,
     HeadedModel,
     Member,
@@ -44,6 +51,38 @@ from .registry import HeadSpec
 # A head's name becomes part of ONNX output names ("{name}.logits") and of module paths: no dots.
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 POOLED = "pooled_output"
+MAX_HEADS = 256
+
+# headreg_model.json of a model saved with several heads, checked field by field before anything is built.
+SAVED_MULTI_HEAD_SCHEMA = S.obj(
+    {
+        "format": S.one_of(FORMAT),
+        "format_version": S.integer(2, None),
+        "headreg_version": S.string(max_len=64),
+        "heads": S.sequence(
+            S.obj(
+                {
+                    "name": S.matches(_NAME.pattern, "a head name (a letter, then letters, digits, _ -)"),
+                    "head": HEAD_NAME,
+                    "plugin": S.optional(S.string(max_len=256)),
+                    "plugin_version": S.optional(S.string(max_len=256)),
+                    "head_config": HEAD_CONFIG_SCHEMA,
+                    "pooling": S.matches(r"^[A-Za-z][A-Za-z0-9_]{0,63}$", "a pooling key"),
+                    "loss_weight": S.number(0, None),
+                },
+                required=("name", "head", "head_config", "pooling"),
+            ),
+            min_items=1,
+            max_items=MAX_HEADS,
+        ),
+        "poolings": S.mapping(S.matches(r"^[A-Za-z][A-Za-z0-9_]{0,63}$", "a pooling key"), POOLING_SCHEMA,
+                              min_items=1, max_items=MAX_HEADS),
+        "backbone": S.one_of(BACKBONE_DIR),
+        "tokenizer_source": S.optional(S.string(max_len=4096)),
+    },
+    required=("format", "format_version", "heads", "poolings"),
+    extra=True,
+)
 
 
 @dataclass
@@ -325,32 +364,33 @@ def attach_heads(
     return multi
 
 
-def load_multi_head(directory: Path, saved: dict[str, Any], *, trust_remote_code: bool) -> MultiHeadModel:
-    """Rebuild a MultiHeadModel from ``headreg_model.json``'s ``heads`` and ``poolings`` and its weights."""
-    try:
-        entries = [dict(entry) for entry in saved["heads"]]
-        poolings = {str(key): PoolingConfig(**value) for key, value in dict(saved["poolings"]).items()}
-        for entry in entries:
-            entry["name"], entry["head"], entry["pooling"] = str(entry["name"]), str(entry["head"]), str(entry["pooling"])
-            entry["head_config"] = dict(entry["head_config"])
-            if entry["pooling"] not in poolings:
-                raise KeyError(f"head {entry['name']!r} names pooling {entry['pooling']!r}, not one of {sorted(poolings)}")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SaveLoadError(f"{directory} has a corrupt heads record: {exc}") from exc
+def load_multi_head(directory: Path, saved: dict[str, Any], *, trust_remote_code: bool, strict: bool = True) -> MultiHeadModel:
+    """Rebuild a MultiHeadModel from ``headreg_model.json``'s ``heads`` and ``poolings`` (already checked against
+    SAVED_MULTI_HEAD_SCHEMA) and its weights."""
+    entries, poolings = saved["heads"], {key: PoolingConfig(**value) for key, value in saved["poolings"].items()}
+    names = [entry["name"] for entry in entries]
+    problems = [f"head name {n!r} appears twice" for n in dict.fromkeys(n for n in names if names.count(n) > 1)]
+    problems += [f"head {e['name']!r} names pooling {e['pooling']!r}, not one of {sorted(poolings)}"
+                 for e in entries if e["pooling"] not in poolings]
+    if problems:
+        raise SaveLoadError(f"{directory / MODEL_CONFIG} is corrupt: {'; '.join(problems)}. Save the model again.")
     specs = [installed_head(directory, e["head"], e.get("plugin"), e.get("plugin_version")) for e in entries]
-    backbone = load_backbone(directory, trust_remote_code=trust_remote_code)
+    backbone = load_backbone(directory, trust_remote_code=trust_remote_code, strict=strict)
     model = MultiHeadModel(backbone)
     hidden = hidden_size_of(backbone.config)
     for key in dict.fromkeys(entry["pooling"] for entry in entries):
         model.poolers[key] = Pooler(poolings[key], hidden)
     for entry, spec in zip(entries, specs):
-        _, head, _ = build_head(backbone, spec.name, poolings[entry["pooling"]], entry["head_config"])
+        try:
+            _, head, _ = build_head(backbone, spec, poolings[entry["pooling"]], dict(entry["head_config"]))
+        except (HeadConfigError, BackboneError) as exc:
+            raise SaveLoadError(f"{directory / MODEL_CONFIG} has options that do not work: {exc}") from exc
         model.heads[entry["name"]] = head
         model.specs[entry["name"]] = spec
         model.head_pooling[entry["name"]] = entry["pooling"]
         model.loss_weights[entry["name"]] = float(entry.get("loss_weight", 1.0))
     model.to(next(backbone.parameters()).device)
-    load_head_weights(model, directory, f"heads {[e['name'] for e in entries]}")
+    load_head_weights(model, directory, f"heads {names}")
     return model
 
 

@@ -1,20 +1,32 @@
 """Plugin loading: built-in heads and entry-point plugins register through the same hook.
 
 Each plugin is loaded in isolation: one that fails to import, fails hook validation, raises in its hook
-or collides with another head is recorded as failed and leaves the others working
-(``HEADREG_STRICT_PLUGINS=1`` raises instead). Allow and deny lists are applied before a plugin is imported.
+(anything, ``SystemExit`` and ``KeyboardInterrupt`` included), registers garbage or collides with another
+head is recorded as failed and leaves the others working (``HEADREG_STRICT_PLUGINS=1`` raises instead).
+A real Ctrl-C while plugins load is still honoured: it is told apart from a plugin raising
+``KeyboardInterrupt`` by a SIGINT handler installed for the duration. Whatever a plugin prints while it is
+imported or registers goes to stderr, so ``--json`` output on stdout stays JSON. Allow and deny lists are
+applied before a plugin is imported.
+
+Plugins are imported only when needed: :func:`get_registry` (listing heads, looking one up by name) loads
+them; :func:`builtin_registry` does not, and the Predictor uses it for bundles whose manifest records a
+built-in head, so serving a built-in head never pays for (or is broken by) an installed plugin.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import inspect
 import os
 import re
+import signal
+import sys
 import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Iterator
 
 import pluggy
 
@@ -45,10 +57,35 @@ class PluginInfo:
 
 _lock = threading.RLock()
 _state: tuple[Registry, list[PluginInfo]] | None = None
+_builtins: Registry | None = None
 
 
 def get_registry() -> Registry:
     return _load()[0]
+
+
+def builtin_registry() -> Registry:
+    """The built-in heads only; no plugin is imported (cheap, and immune to a broken plugin)."""
+    global _builtins
+    with _lock:
+        if _builtins is None:
+            registry = Registry()
+            _register_plugin(_manager(), registry, PluginInfo("headreg", "headreg", __version__, "loaded"),
+                             _builtin_module(), requirement=None)
+            _builtins = registry
+        return _builtins
+
+
+def _builtin_module() -> Any:
+    from . import heads as builtin_heads
+
+    return builtin_heads
+
+
+def _manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
 
 
 def plugin_infos() -> list[PluginInfo]:
@@ -57,9 +94,9 @@ def plugin_infos() -> list[PluginInfo]:
 
 def reset() -> None:
     """Forget loaded plugins so the next registry query reloads them (after changing the environment)."""
-    global _state
+    global _state, _builtins
     with _lock:
-        _state = None
+        _state = _builtins = None
 
 
 def _load() -> tuple[Registry, list[PluginInfo]]:
@@ -81,27 +118,70 @@ def _env_set(var: str) -> set[str] | None:
     return {_normalize(part) for part in raw.split(",") if part.strip()}
 
 
+class _UserInterrupt(BaseException):
+    """Ctrl-C pressed while a plugin was loading (as opposed to a plugin raising KeyboardInterrupt)."""
+
+
+@contextlib.contextmanager
+def plugin_code() -> Iterator[None]:
+    """Run a plugin's import or hook: its prints go to stderr, and a real Ctrl-C is marked as the user's.
+
+    Both the Python-level ``sys.stdout`` and file descriptor 1 are pointed at stderr for the duration, so
+    neither ``print`` nor output from C extensions lands in ``--json`` output.
+    """
+    sys.stdout.flush()
+    saved_fd = None
+    with contextlib.suppress(OSError, ValueError):
+        if sys.__stdout__ is not None and sys.__stdout__.fileno() == 1 and sys.stderr is not None:
+            saved_fd = os.dup(1)
+            os.dup2(sys.stderr.fileno(), 1)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):
+            raise _UserInterrupt()
+
+        with contextlib.suppress(ValueError, TypeError):
+            previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except _UserInterrupt:
+        raise KeyboardInterrupt from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        if saved_fd is not None:
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+
+
+def is_user_interrupt(exc: BaseException) -> bool:
+    """A KeyboardInterrupt that came from a real Ctrl-C during :func:`plugin_code`, not from the plugin."""
+    return isinstance(exc, KeyboardInterrupt) and isinstance(exc.__context__, _UserInterrupt)
+
+
 def _load_all() -> tuple[Registry, list[PluginInfo]]:
     registry = Registry()
     infos: list[PluginInfo] = []
     strict = os.environ.get(ENV_STRICT, "") not in ("", "0")
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-
-    from . import heads as builtin_heads
+    pm = _manager()
 
     builtin = PluginInfo("headreg", "headreg", __version__, "loaded")
     # The built-ins failing is a headreg bug, never a plugin's: let it raise.
-    _register_plugin(pm, registry, builtin, builtin_heads, requirement=None)
+    _register_plugin(pm, registry, builtin, _builtin_module(), requirement=None)
     infos.append(builtin)
 
     allow, deny = _env_set(ENV_LOAD), _env_set(ENV_DISABLE) or set()
+    names: set[str] = set()
     for ep in _entry_points():
         dist = ep.dist.name if ep.dist is not None else ep.value.split(":")[0]
         version = ep.dist.version if ep.dist is not None else ""
         info = PluginInfo(ep.name, dist, version, "loaded")
         infos.append(info)
         keys = {_normalize(ep.name), _normalize(dist)}
+        names |= keys
         if allow is not None and not keys & allow:
             info.status, info.error = "disabled", f"not listed in {ENV_LOAD}"
             continue
@@ -109,16 +189,33 @@ def _load_all() -> tuple[Registry, list[PluginInfo]]:
             info.status, info.error = "disabled", f"listed in {ENV_DISABLE}"
             continue
         try:
-            module = ep.load()
-            _register_plugin(pm, registry, info, module, requirement=_headreg_requirement(ep))
-        except Exception as exc:  # a plugin may raise anything; record it, keep the others working
-            info.status, info.error, info.heads = "failed", _describe(exc), []
-            if strict:
-                raise PluginError(
-                    f"plugin {ep.name!r} ({dist} {version}) failed to load: {info.error}"
-                    f" (unset {ENV_STRICT} to skip failing plugins)"
-                ) from exc
+            with plugin_code():
+                module = ep.load()
+                _register_plugin(pm, registry, info, module, requirement=_headreg_requirement(ep))
+        except KeyboardInterrupt as exc:
+            if is_user_interrupt(exc):
+                raise  # the user pressed Ctrl-C: stop, as any command would
+            _failed(info, exc, strict)
+        except BaseException as exc:  # noqa: BLE001  a plugin may raise anything, SystemExit included
+            _failed(info, exc, strict)
+    for var, listed in ((ENV_LOAD, allow or set()), (ENV_DISABLE, deny)):
+        unknown = sorted(listed - names)
+        if unknown:
+            warnings.warn(
+                f"{var} names {', '.join(unknown)}, which no installed plugin is called; installed plugins: "
+                f"{', '.join(sorted(info.name for info in infos[1:])) or '(none)'}",
+                stacklevel=2,
+            )
     return registry, infos
+
+
+def _failed(info: PluginInfo, exc: BaseException, strict: bool) -> None:
+    info.status, info.error, info.heads = "failed", _describe(exc), []
+    if strict:
+        raise PluginError(
+            f"plugin {info.name!r} ({info.distribution} {info.version}) failed to load: {info.error}"
+            f" (unset {ENV_STRICT} to skip failing plugins)"
+        ) from exc
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -143,27 +240,60 @@ def _headreg_requirement(ep: metadata.EntryPoint) -> str | None:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): the plugin called sys.exit() while loading"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt raised by the plugin while loading"
     return f"{type(exc).__name__}: {exc}"
 
 
 def _register_plugin(
     pm: pluggy.PluginManager, registry: Registry, info: PluginInfo, module: Any, requirement: str | None
 ) -> None:
+    hook = getattr(module, "register_heads", None)
+    if hook is not None and not callable(hook):
+        raise PluginError(f"its register_heads is a {type(hook).__name__}, not a function decorated with @hookimpl")
     try:
         pm.register(module, name=f"{info.distribution}:{info.name}")
     except pluggy.PluginValidationError as exc:
         raise PluginError(_newer_hook_message(info, module, requirement, exc)) from exc
     try:
         impls = [impl for impl in pm.hook.register_heads.get_hookimpls() if impl.plugin is module]
+        if not impls:
+            raise PluginError("it implements no hook: define register_heads(register) decorated with @headreg.hookimpl")
         staged: list[tuple[HeadSpec, bool]] = []
         offered = {"register": _make_register(info, staged)}
         for impl in impls:
             impl.function(**{name: offered[name] for name in impl.argnames})
+        for spec, override in staged:
+            if override and any(label in registry for label in (spec.name, *spec.aliases)):
+                _check_importable(spec)
         _commit(registry, staged)
     except BaseException:
         pm.unregister(module)
         raise
     info.heads = [spec.name for spec, _ in staged]
+
+
+def _check_importable(spec: HeadSpec) -> None:
+    """An override replaces a working head: it must at least point at code that exists, or it fails instead.
+
+    The postprocess (numpy) is imported; the class's module is only located (importing it imports torch).
+    """
+    module = spec.cls.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        found, reason = None, f"{type(exc).__name__}: {exc}"
+    else:
+        reason = "no such module"
+    if found is None:
+        raise PluginError(
+            f"head {spec.name!r} overrides an installed head but its cls {spec.cls!r} cannot be found ({reason}); "
+            "the head it would replace stays"
+        )
+    if spec.postprocess is not None:
+        spec.load_postprocess()
 
 
 def _newer_hook_message(info: PluginInfo, module: Any, requirement: str | None, exc: Exception) -> str:
@@ -210,6 +340,7 @@ def _make_register(info: PluginInfo, staged: list[tuple[HeadSpec, bool]]):
         override: bool = False,
     ) -> HeadSpec:
         """Register one head. ``cls`` and ``postprocess`` are ``"module:attr"`` strings, imported on use."""
+        _check_fields(aliases=aliases, override=override)
         spec = HeadSpec(
             name=name,
             cls=cls,
@@ -226,3 +357,11 @@ def _make_register(info: PluginInfo, staged: list[tuple[HeadSpec, bool]]):
         return spec
 
     return register
+
+
+def _check_fields(*, aliases: Any, override: Any) -> None:
+    """Checked before the spec is built: a string for aliases would become one alias per character."""
+    if not isinstance(aliases, (list, tuple)) or not all(isinstance(alias, str) for alias in aliases):
+        raise TypeError(f"register(aliases=...) must be a list or tuple of strings, got {aliases!r:.60}")
+    if not isinstance(override, bool):
+        raise TypeError(f"register(override=...) must be True or False, got {override!r:.40}")

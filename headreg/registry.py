@@ -20,6 +20,7 @@ LEVELS = ("sequence", "token")
 
 # A name is what users type on the command line and what manifests store, so keep it shell- and file-safe.
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+_ENTRY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,17 @@ class HeadSpec:
 
 
 def import_attr(path: str, spec: HeadSpec, what: str) -> Any:
+    from .plugins import is_user_interrupt, plugin_code
+
     module_name, _, attr = path.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except Exception as exc:  # the plugin's own code may raise anything on import
+        with plugin_code():
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+    except BaseException as exc:  # noqa: BLE001  the plugin's own code may raise anything on import, sys.exit too
+        if is_user_interrupt(exc):
+            raise
         raise HeadImportError(
             f"head {spec.name!r} from plugin {spec.origin!r} could not be loaded: its {what} {path!r} "
             f"failed with {type(exc).__name__}: {exc}. Reinstall or upgrade {spec.plugin!r}, or disable it "
@@ -82,19 +88,23 @@ def import_attr(path: str, spec: HeadSpec, what: str) -> Any:
 
 
 def validate_spec(spec: HeadSpec) -> None:
-    """Raise ValueError when a registration is malformed; called for every ``register`` call."""
+    """Raise ValueError/TypeError when a registration is malformed; called for every ``register`` call."""
     for label in (spec.name, *spec.aliases):
-        if not isinstance(label, str) or not _NAME_RE.match(label):
+        if not isinstance(label, str) or not _NAME_RE.match(label) or len(label) > 128:
             raise ValueError(
-                f"invalid head name or alias {label!r}: use letters, digits, '_', '-', '.', starting with a letter"
+                f"invalid head name or alias {label!r:.60}: use up to 128 letters, digits, '_', '-', '.', starting "
+                "with a letter"
             )
     for what, path in (("cls", spec.cls), ("postprocess", spec.postprocess)):
         if path is None and what == "postprocess":
             continue
-        if not isinstance(path, str) or ":" not in path:
-            raise ValueError(f"head {spec.name!r}: {what} must be a 'module:attr' string, got {path!r}")
-    if spec.level not in LEVELS:
-        raise ValueError(f"head {spec.name!r}: level must be one of {LEVELS}, got {spec.level!r}")
+        if not isinstance(path, str) or not _ENTRY_RE.match(path):
+            raise ValueError(f"head {spec.name!r}: {what} must be a 'module:attr' string, got {path!r:.60}")
+    for what, value in (("task", spec.task), ("description", spec.description)):
+        if not isinstance(value, str) or len(value) > 4096:
+            raise TypeError(f"head {spec.name!r}: {what} must be a string (up to 4096 characters), got {value!r:.60}")
+    if not isinstance(spec.level, str) or spec.level not in LEVELS:
+        raise ValueError(f"head {spec.name!r}: level must be one of {LEVELS}, got {spec.level!r:.40}")
 
 
 class Registry:

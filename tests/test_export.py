@@ -112,8 +112,7 @@ def test_a_graph_that_differs_from_pytorch_fails_with_exit_1_and_no_bundle(tmp_p
     assert "onnxruntime disagrees with PyTorch" in result.stderr
     assert "logits" in result.stderr and "random b1 len1" in result.stderr, "the report lists the failing cases"
     assert "no bundle was written" in result.stderr
-    assert entries(out_parent) == set(), "no bundle and no temp dir beside it"
-    assert entries(tmp_path / "headreg-staging") == set(), "the staging dir was removed"
+    assert entries(out_parent) == set(), "no bundle and no staging dir beside it"
 
 
 def test_extra_outputs_custom_decisions_and_an_int8_model_that_disagrees(tmp_path):
@@ -357,46 +356,38 @@ def test_real_minilm_backbone_with_a_fresh_head(tmp_path, minilm_path, capsys):
 # --- interrupted exports ----------------------------------------------------------------------------------------
 
 
-def _start_export(backbone_dir: Path, out: Path, tmpdir: Path) -> tuple[subprocess.Popen, Path]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADREG_")} | {"TMPDIR": str(tmpdir)}
+def _start_export(backbone_dir: Path, out: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADREG_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "headreg.cli", "export", str(backbone_dir), "-o", str(out), "--head", "seq_cls",
          "--num-labels", "2", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO,
     )
-    staging_root = tmpdir / "headreg-staging"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if any((d / "tokenizer.json").exists() for d in entries_paths(staging_root)):
-            return process, staging_root  # mid-export: the bundle is being built
+        if any((d / "tokenizer.json").exists() for d in out.parent.glob(f".{out.name}.*.incoming")):
+            return process  # mid-export: the bundle is being built in its private staging dir beside ``out``
         time.sleep(0.05)
     process.kill()
     pytest.fail(f"the export never started staging: {process.communicate()[1].decode()[-2000:]}")
 
 
-def entries_paths(directory: Path) -> list[Path]:
-    return list(directory.iterdir()) if directory.exists() else []
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_an_interrupted_export_leaves_no_bundle_and_nothing_beside_it(tmp_path, backbone_dir, sig, monkeypatch):
-    out_parent, tmpdir = tmp_path / "out", tmp_path / "tmp"
+def test_an_interrupted_export_leaves_no_bundle(tmp_path, backbone_dir, sig):
+    out_parent = tmp_path / "out"
     out_parent.mkdir()
-    tmpdir.mkdir()
-    process, staging_root = _start_export(backbone_dir, out_parent / "bundle", tmpdir)
+    process = _start_export(backbone_dir, out_parent / "bundle")
+    staging = next(out_parent.glob(".bundle.*.incoming"))
+    assert staging.stat().st_mode & 0o777 == 0o700, "staging is private to the exporting user"
     process.send_signal(sig)
     process.communicate(timeout=60)
-    assert entries(out_parent) == set(), "no bundle, no temp dir in out_dir's parent"
+    assert process.returncode != 0
     if sig == signal.SIGTERM:
-        assert process.returncode != 0
-        assert entries(staging_root) == set(), "SIGTERM cleans its staging dir"
+        assert entries(out_parent) == set(), "SIGTERM cleans its staging dir; no bundle"
     else:
-        assert len(entries(staging_root)) == 1, "a SIGKILLed process cannot clean up: its staging dir is left in TMPDIR"
-        import tempfile
-
+        assert entries(out_parent) == {staging.name}, "a SIGKILLed process cannot clean up: its hidden staging dir stays"
         from headreg.atomic import atomic_directory
 
-        monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
-        with atomic_directory(tmp_path / "next", overwrite=False, stage_in_temp=True):
-            pass  # the next staged write removes dead processes' staging dirs
-        assert entries(staging_root) == set()
+        with atomic_directory(out_parent / "bundle", overwrite=False) as tmp:
+            (tmp / "x").write_text("new")  # the next write to the same target removes dead processes' leftovers
+        assert entries(out_parent) == {"bundle"}

@@ -175,9 +175,15 @@ def test_save_refuses_a_non_empty_directory_unless_overwrite(tmp_path):
     with pytest.raises(SaveLoadError, match="overwrite=True"):
         model.save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / "keep.txt").read_text() == "precious"
-    model.save_pretrained(tmp_path / "m", overwrite=True)
-    assert not (tmp_path / "m" / "keep.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp dirs left beside it
+    # overwrite replaces a saved model only, never a directory of something else
+    with pytest.raises(SaveLoadError, match="not a headreg saved model"):
+        model.save_pretrained(tmp_path / "m", overwrite=True)
+    assert (tmp_path / "m" / "keep.txt").read_text() == "precious"
+    model.save_pretrained(tmp_path / "saved")
+    (tmp_path / "saved" / "stale.txt").write_text("from the old save")
+    model.save_pretrained(tmp_path / "saved", overwrite=True)
+    assert not (tmp_path / "saved" / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "saved"]  # no temp dirs left beside them
 
 
 def test_failed_save_leaves_nothing_behind(tmp_path):

@@ -310,12 +310,11 @@ def test_each_head_answers_exactly_like_its_single_head_bundle(bundles):
 
 
 def test_a_subset_of_heads_fetches_only_their_outputs(bundles):
-    from headreg.runtime import heads as runtime_heads
-
     multi, singles, _ = bundles
     predictor = Predictor(multi.path, variant="fp32")
-    chosen = runtime_heads.select(predictor.heads, ["quality", "sentiment"])
-    assert runtime_heads.graph_outputs(chosen) == ["sentiment.logits", "pooled_output", "quality.logits", "pooled_output.mean"]
+    job = predictor.prepare(TEXTS, heads=["quality", "sentiment"])
+    assert predictor.output_names_for(job) == ["sentiment.logits", "pooled_output", "quality.logits", "pooled_output.mean"]
+    assert len(predictor.run_rows(job.rows[:2], predictor.output_names_for(job))[0]) == 4
     subset = predictor.predict(TEXTS, heads=["quality", "sentiment"])
     full = predictor.predict(TEXTS)
     assert [list(r) for r in subset] == [["sentiment", "quality"]] * len(TEXTS)
@@ -331,6 +330,9 @@ def test_a_subset_of_heads_fetches_only_their_outputs(bundles):
         predictor.predict(TEXTS, heads=["sentimnet"])
     with pytest.raises(InputError, match="takes a dict"):
         predictor.predict(TEXTS, topics=0.3)
+    with pytest.raises(InputError, match="unknown option 'aggregatoin'"):
+        predictor.predict(TEXTS, aggregatoin="max")
+    assert {"heads", "sentiment", "threshold", "aggregation"} <= set(predictor.valid_options())
 
 
 def test_cli_predict_shows_every_head(bundles):

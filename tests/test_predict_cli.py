@@ -74,7 +74,7 @@ def test_predict_usage_errors_exit_2_and_broken_bundles_exit_1(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": null}\n')
     none_text = run_headreg("predict", bundle, "--file", str(bad))
-    assert none_text.returncode == 2 and "input 1 is NoneType" in none_text.stderr
+    assert none_text.returncode == 2 and "bad.jsonl:2: 'text' must be a string, got NoneType" in none_text.stderr
     bad.write_text('{"txt": "typo"}\n')
     typo = run_headreg("predict", bundle, "--file", str(bad))
     assert typo.returncode == 2 and "'text' field" in typo.stderr

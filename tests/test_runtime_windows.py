@@ -269,6 +269,31 @@ def test_central_windows_take_each_token_from_its_most_central_window():
     assert window.tolist() == [0] * 5 + [1] * 5 + [2] * 2 and inner.tolist() == [0, 1, 2, 3, 4] * 2 + [0, 1]
 
 
+@pytest.mark.parametrize("overlap", [0, 1, 11, 40])
+def test_merged_windows_are_the_untruncated_encoding(overlap):
+    from tokenizers import Tokenizer
+
+    from headreg.runtime.windows import encode_windows, merge_windows
+
+    whole_tokenizer = tokenizer()._tokenizer
+    windows_tokenizer = Tokenizer.from_str(whole_tokenizer.to_str())
+    items = [long_texts((5,), seed=9)[0], ("A question?", long_texts((3,), seed=10)[0]), "short"]
+    for item, windows in zip(items, encode_windows(windows_tokenizer, items, MAX, overlap)):
+        pair = not isinstance(item, str)
+        assert all(len(encoding) <= MAX for encoding in windows.encodings)
+        # Token logits that say which window and position they came from.
+        outputs = [{"logits": np.stack([np.full(len(e), w), np.arange(len(e))], axis=1)}
+                   for w, e in enumerate(windows.encodings)]
+        whole, merged = merge_windows(windows.encodings, outputs, {"logits": "token"}, windows.overlap, int(pair))
+        expected = whole_tokenizer.encode(*((item,) if not pair else item))
+        for attribute in ("ids", "type_ids", "tokens", "offsets", "word_ids", "sequence_ids", "special_tokens_mask"):
+            assert list(getattr(whole, attribute)) == list(getattr(expected, attribute)), attribute
+        assert len(merged["logits"]) == len(expected.ids)
+        if len(windows.encodings) > 1:
+            sources = merged["logits"][:, 0]
+            assert (np.diff(sources) >= 0).all() and set(sources) == set(range(len(windows.encodings)))
+
+
 # --- token heads -----------------------------------------------------------------------------------------------------
 
 

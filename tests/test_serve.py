@@ -213,7 +213,12 @@ def test_health_info_and_models_describe_every_bundle(server, predictors):
 def test_outputs_equal_predictor_predict_under_concurrent_clients(server, predictors):
     """Many clients at once over every head; each response holds exactly its own inputs' results."""
     pairs = [("A man plays guitar.", "Someone makes music."), ("Paris is in France.", "Berlin is in Germany.")]
-    parameters = {"multi_label": {"thresholds": 0.3}, "token_cls": {"aggregation": "max"}, "crf": {"aggregation": "first"}}
+    parameters = {
+        "multi_label": {"thresholds": 0.3},
+        "token_cls": {"aggregation": "max", "long_text": "window", "window_stride": 16},  # long texts: several rows
+        "crf": {"aggregation": "first"},
+        "seq_cls": {"long_text": "window", "window_reduce": "max"},
+    }
     calls = []  # (model, inputs, parameters)
     for round_ in range(4):
         for offset, head in enumerate(HEADS):
@@ -223,6 +228,8 @@ def test_outputs_equal_predictor_predict_under_concurrent_clients(server, predic
                 if head in ("seq_cls", "multi_label") and size == 3:
                     inputs[1] = pairs[round_ % 2]
                 calls.append((head, inputs, parameters.get(head, {}) if round_ % 2 else {}))
+    for head in ("token_cls", "seq_cls", "crf"):  # a text of several windows beside a short one
+        calls.append((head, [TEXTS[9], TEXTS[2]], {**parameters[head], "long_text": "window"}))
 
     async def run():
         async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=60) as client:

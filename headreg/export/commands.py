@@ -160,11 +160,14 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     """
     from pathlib import Path
 
-    from ..atomic import Terminated, is_nonempty
-
-    if is_nonempty(Path(out_dir)) and not overwrite:
-        _fail(f"{out_dir} exists and is not empty; pass --overwrite to replace it", EXIT_USAGE)
+    from ..atomic import Terminated, check_target
     from ..errors import HeadConfigError, SaveLoadError, VerificationError
+    from ..manifest import BUNDLE_KIND, is_bundle
+
+    try:  # before the slow part: a refused output directory is known at once
+        check_target(Path(out_dir), overwrite=overwrite, replaceable=is_bundle, what=BUNDLE_KIND, protect=[source])
+    except SaveLoadError as exc:
+        _fail(str(exc), EXIT_USAGE)
     from .pipeline import ExportOptionError, export_onnx
     from .source import SourceError, load_source
     from .tokenizer import TokenizerError

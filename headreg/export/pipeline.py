@@ -1,13 +1,13 @@
 """``export_onnx``: trace -> verify -> (optimize) -> (quantize) -> write the bundle, all or nothing.
 
-The bundle is built in a staging directory under the system temp dir and moved into ``out_dir`` only
-after every check passed (see headreg/atomic.py), so a failed, interrupted or killed export leaves no
-partial bundle and no stray directory beside ``out_dir``.
+The bundle is built in a private staging directory beside ``out_dir`` and renamed into place only after
+every check passed (see headreg/atomic.py), so a failed or interrupted export leaves no partial bundle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import sys
 import time
@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..atomic import atomic_directory, is_nonempty
-from ..errors import HeadregError, SaveLoadError
-from ..manifest import GOLDEN_FILE, INT8_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, VERIFICATION_FILE, sha256_file, write_json
+from ..atomic import atomic_directory, check_target
+from ..errors import HeadregError
+from ..manifest import BUNDLE_KIND, GOLDEN_FILE, is_bundle, INT8_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, VERIFICATION_FILE, sha256_file, write_json
 from ..runtime.session import create_session
 from . import bundle as bundle_mod
 from .cases import Case, make_cases
@@ -128,6 +128,16 @@ def token_outputs_of(model: Any) -> set[str]:
 def _source_info(source: dict[str, Any] | None) -> dict[str, Any]:
     # An in-memory model has no directory that holds backbone *and* head; the CLI passes the one it loaded.
     return source if source is not None else {"path": None, "kind": "python"}
+
+
+def _protected(model: Any, tokenizer: Any, source: dict[str, Any] | None) -> list[Any]:
+    """What the export reads from: ``out_dir`` must be none of these, nor a directory holding one."""
+    from ..model import _local_source
+
+    paths = [(source or {}).get("path"), _local_source(model.backbone)]
+    if isinstance(tokenizer, (str, os.PathLike)):
+        paths.append(tokenizer)
+    return [path for path in paths if path]
 
 
 def _tokenizer_for(model: Any, tokenizer: Any) -> Any:
@@ -308,8 +318,8 @@ def export_onnx(
     {'abs': 2.4e-07, 'rel': 3.1e-06}
     """
     out_dir = Path(out_dir)
-    if is_nonempty(out_dir) and not overwrite:
-        raise SaveLoadError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    target = dict(overwrite=overwrite, replaceable=is_bundle, what=BUNDLE_KIND, protect=_protected(model, tokenizer, source))
+    check_target(out_dir, **target)
     if quantize not in (None, *QUANTIZE_MODES):
         raise ExportOptionError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
     if calibration_method not in METHODS:
@@ -329,7 +339,7 @@ def export_onnx(
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ExportOptionError("export traces and verifies on the CPU: move the model there first (model.cpu())")
 
-    with _keep_training_mode(model), atomic_directory(out_dir, overwrite=overwrite, stage_in_temp=True) as staging:
+    with _keep_training_mode(model), atomic_directory(out_dir, **target) as staging:
         with step("tokenizer"):
             tok = bundle_tokenizer(_tokenizer_for(model, tokenizer), pad_token_id=model.config.pad_token_id)
             tok.save(staging / TOKENIZER_FILE)

@@ -297,12 +297,47 @@ def save_golden(path: str | Path, cases: list[Case], expected: list[dict[str, np
     np.savez_compressed(path, **arrays)
 
 
+def _check_golden_size(path: str | Path, max_bytes: int) -> None:
+    """Refuse a golden file whose arrays would take more than ``max_bytes`` before any is read (a zip bomb,
+    or a .npy header declaring a huge shape over a few bytes of data)."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                total += info.file_size
+                if total > max_bytes:
+                    raise BundleError(f"{path} unpacks to more than {max_bytes >> 20} MB; it is not what 'headreg export' wrote")
+                with archive.open(info) as member:
+                    version = npy.read_magic(member)
+                    reader = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+                    if reader is None:
+                        raise BundleError(f"{path}: {info.filename} uses .npy format {version}, which golden files never do")
+                    shape, _, dtype = reader(member)
+                    if dtype.hasobject:
+                        raise BundleError(f"{path}: {info.filename} holds Python objects; golden files hold numbers only")
+                    declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                    if declared > info.file_size:
+                        raise BundleError(f"{path}: {info.filename} declares {declared} bytes of data but holds {info.file_size}")
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise BundleError(f"{path} is not a readable golden file: {exc}") from exc
+
+
 def load_golden(path: str | Path, descriptions: list[dict[str, Any]]) -> tuple[list[Case], list[dict[str, np.ndarray]]]:
+    from ..manifest import GOLDEN_MAX_BYTES
+
+    _check_golden_size(path, GOLDEN_MAX_BYTES)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path} is not a readable golden file: {exc}") from exc
+    if not isinstance(descriptions, list) or not all(isinstance(info, dict) and isinstance(info.get("name"), str)
+                                                     and isinstance(info.get("kind"), str) for info in descriptions):
+        raise BundleError(f"{path}: the verification record's case list is malformed; export the bundle again")
     cases, expected = [], []
     for index, info in enumerate(descriptions):
         inputs = {k.split(".", 2)[2]: v for k, v in arrays.items() if k.startswith(f"{index}.input.")}
@@ -317,12 +352,23 @@ def load_golden(path: str | Path, descriptions: list[dict[str, Any]]) -> tuple[l
 # --- headreg verify DIR -----------------------------------------------------------------------------------------
 
 
-def _head_checks(manifest: dict[str, Any]) -> tuple[list[HeadCheck] | None, list[str]]:
-    """Each bundle head's decisions() (imports the head classes, so torch), or notes saying why not."""
+def _head_checks(manifest: dict[str, Any], graph_outputs: dict[str, list]) -> tuple[list[HeadCheck] | None, list[str]]:
+    """Each bundle head's decisions() (imports the head classes, so torch), or notes saying why not.
+
+    A head is built only when its size fits its logits in the graph: a crafted ``num_labels`` must not make
+    verify allocate a head far larger than the model it checks.
+    """
     from ..manifest import bundle_heads, is_multi_head
 
     checks, notes = [], []
     for entry in bundle_heads(manifest):
+        outputs = dict(entry.get("outputs") or {})
+        width = (graph_outputs.get(outputs.get("logits", "logits")) or [None])[-1]
+        num_labels = (entry.get("config") or {}).get("num_labels")
+        if not isinstance(width, int) or not isinstance(num_labels, int) or num_labels > width + 1:
+            notes.append(f"decisions not compared: head {entry.get('name')!r}'s num_labels ({num_labels}) does not fit "
+                         f"its logits in the graph (width {width})")
+            continue
         try:
             from ..heads.base import build_config
             from ..registry import get_head
@@ -334,7 +380,6 @@ def _head_checks(manifest: dict[str, Any]) -> tuple[list[HeadCheck] | None, list
         except Exception as exc:  # torch missing, plugin missing, changed config fields: verify the numbers anyway
             notes.append(f"decisions not compared: head {entry.get('name')!r} could not be built here ({exc})")
             continue
-        outputs = dict(entry.get("outputs") or {})
         identity = all(local == graph for local, graph in outputs.items())
         name = str(entry.get("name")) if is_multi_head(manifest) else ""
         checks.append(HeadCheck(name, head.decisions, entry.get("level") == "token", None if identity else outputs))
@@ -361,20 +406,24 @@ def _session_signature(session: Any) -> tuple[dict[str, list], dict[str, list]]:
 
 def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any], session: Any) -> list[str]:
     """Files changed since export, or a manifest that no longer describes the graph."""
-    from ..manifest import MANIFEST_FILE, sha256_file
+    from ..manifest import MANIFEST_FILE, bundle_path, sha256_file
 
     problems = []
     if recorded.get("manifest_sha256") and recorded["manifest_sha256"] != sha256_file(bundle_dir / MANIFEST_FILE):
         problems.append(f"{MANIFEST_FILE} was modified after export (its sha256 differs from the one recorded in "
                         "verification.json); export the bundle again")
     for name, digest in manifest.get("files", {}).items():
-        path = bundle_dir / name
+        try:
+            path = bundle_path(bundle_dir, name)
+        except BundleError as exc:
+            problems.append(str(exc))
+            continue
         if not path.is_file():
             problems.append(f"{name} is listed in the manifest but missing")
         elif sha256_file(path) != digest:
             problems.append(f"{name} was modified after export (sha256 differs from the manifest); export again")
     tokenizer = manifest.get("tokenizer", {})
-    tok_path = bundle_dir / tokenizer.get("file", "tokenizer.json")
+    tok_path = bundle_path(bundle_dir, tokenizer.get("file", "tokenizer.json"), what="tokenizer file")
     if tok_path.is_file() and tokenizer.get("sha256") and sha256_file(tok_path) != tokenizer["sha256"]:
         problems.append(f"{tok_path.name} was modified after export (sha256 differs from the manifest)")
     if session is None:
@@ -419,7 +468,9 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
     """
     import json
 
-    from ..manifest import GOLDEN_FILE, VERIFICATION_FILE, read_manifest
+    from ..manifest import (
+        GOLDEN_FILE, VERIFICATION_FILE, VERIFICATION_MAX_BYTES, bundle_path, read_json_file, read_manifest,
+    )
     from ..runtime.session import create_session
 
     bundle_dir = Path(bundle_dir)
@@ -428,21 +479,22 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
         if not (bundle_dir / name).is_file():
             raise BundleError(f"{bundle_dir} has no {name}; it was not written by 'headreg export' or is incomplete")
     try:
-        recorded = json.loads((bundle_dir / VERIFICATION_FILE).read_text())
+        recorded = read_json_file(bundle_dir / VERIFICATION_FILE, VERIFICATION_MAX_BYTES)
         descriptions = recorded["case_results"]
         settings = manifest["verification"]
         atol, rtol = float(settings["atol"]), float(settings["rtol"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (BundleError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{bundle_dir} has an unreadable verification record: {exc}") from exc
     model_file = manifest.get("variants", {}).get("fp32", {}).get("file", "model.onnx")
+    model_path = bundle_path(bundle_dir, model_file, what="fp32 model file")
     try:
-        session = create_session(bundle_dir / model_file, threads=threads)
+        session = create_session(model_path, threads=threads)
     except Exception as exc:  # onnxruntime's own exception types
         problems = _bundle_problems(bundle_dir, manifest, recorded, None)
         return Report([], atol, rtol, model_file, problems=problems + [f"onnxruntime cannot load {model_file}: {exc}"])
     problems = _bundle_problems(bundle_dir, manifest, recorded, session)
     cases, expected = load_golden(bundle_dir / GOLDEN_FILE, descriptions)
-    decide, notes = _head_checks(manifest)
+    decide, notes = _head_checks(manifest, _session_signature(session)[1])
     token_outputs = token_outputs_of(manifest)
     report = verify_session(
         session, cases, expected, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol, target=model_file
@@ -454,7 +506,7 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
         from .quantize import golden_agreement
 
         try:
-            int8_session = create_session(bundle_dir / int8["file"], threads=threads)
+            int8_session = create_session(bundle_path(bundle_dir, int8["file"], what="int8 model file"), threads=threads)
         except Exception as exc:  # missing or corrupt file: onnxruntime's own exception types
             report.problems.append(f"onnxruntime cannot load {int8['file']}: {exc}; export again with --quantize int8")
             return report

@@ -20,12 +20,17 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import BundleError, HeadregError
-from ..manifest import TOKENIZER_FILE, bundle_heads, is_multi_head, read_manifest, sha256_file
 from . import heads as _heads
+from ..manifest import (
+    bundle_heads, is_multi_head, SMALL_FILE_BYTES, TOKENIZER_FILE, TOKENIZER_MAX_BYTES, bundle_path, read_bounded, read_manifest, sha256_file,
+)
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
-from .inputs import check_inputs
 from . import windows as _windows
+from .inputs import (
+    InputError, OptionContext, RuntimeOption, as_input_list, char_limit, check_inputs, check_options, cut,
+    register_option, valid_options,
+)
 from .session import create_session
 from .variants import select_variant, variant_records
 
@@ -75,9 +80,13 @@ class Predictor:
     ``max_batch_tokens`` / ``batch_size``: caps per batch (rows are length-bucketed, see batching.py).
     ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer).
     ``trust_remote_code``: import a postprocess the manifest names even when it is not the installed head's.
+    ``verify_files``: also check the model file's sha256 against the manifest (the tokenizer and files up to
+    16 MB always are; hashing MiniLM's 91 MB model.onnx adds ~0.25 s to a ~0.65 s load, see docs/security.md).
 
-    Everything is checked at load (files, format version, tokenizer checksum, model inputs and outputs),
-    so a broken bundle fails here rather than on the first request. A Predictor may be shared by threads.
+    Everything is checked at load (manifest fields, that every file it names is inside the bundle, format
+    version, checksums, model inputs and outputs against the manifest and the labels, the tokenizer's ids
+    against the model's vocabulary), so a broken or crafted bundle fails here rather than on the first
+    request. A Predictor may be shared by threads.
     """
 
     def __init__(
@@ -91,7 +100,14 @@ class Predictor:
         max_length: int | None = None,
         variant: str | None = None,
         trust_remote_code: bool = False,
+        verify_files: bool = False,
     ):
+        if quantized and variant not in (None, "int8"):
+            raise InputError(f"quantized=True asks for the int8 variant but variant={variant!r}; pass one of them")
+        for name, value in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens),
+                            ("max_length", max_length), ("threads", threads)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest = read_manifest(self.bundle_dir)
         self.batch_size = int(batch_size)
@@ -99,15 +115,17 @@ class Predictor:
         self.variant, self.variant_reason = select_variant(manifest, "int8" if quantized else variant)
         self.variant_record = variant_records(manifest)[self.variant]
         model_file = str(self.variant_record["file"])
-        self.model_path = self.bundle_dir / model_file
-        if not self.model_path.is_file():
+        if not os.path.lexists(self.bundle_dir / model_file):
             raise BundleError(
                 f"{self.bundle_dir} has no {model_file} (variant {self.variant!r} in its manifest); export it again"
                 + (" with --quantize int8" if self.variant == "int8" else "")
             )
+        self.model_path = bundle_path(self.bundle_dir, model_file, what=f"{self.variant} model file")
+        _check_file_hashes(self.bundle_dir, manifest, model_file if verify_files else None)
         self.tokenizer = _load_tokenizer(self.bundle_dir, manifest)
         bundle_max = int(manifest.get("max_length") or 512)
         self.max_length = min(bundle_max, int(max_length)) if max_length else bundle_max
+        self.max_chars = char_limit(self.max_length)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
         token_info = manifest.get("tokenizer") or {}
@@ -133,8 +151,12 @@ class Predictor:
         self.level = "multi" if self.multi_head else first.level
         self._postprocess = first.postprocess
         self.config: dict[str, Any] = {} if self.multi_head else dict(first.config)
-        id2label = {} if self.multi_head else first.manifest.get("id2label") or {}
-        self.labels: list[str] = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        self.labels: list[str] = [] if self.multi_head else first.labels
+        _check_widths(self.session, manifest, self.labels, self.model_path)
+        for head in self.heads if self.multi_head else ():
+            _check_head_width(self.session, head, self.model_path)
+        _check_vocab(self.tokenizer, manifest, self.pad_id, self.bundle_dir)
+        self._options = OptionContext(manifest, self.labels, self.config)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.bundle_dir)!r}, head={self.head!r}, variant={self.variant!r})"
@@ -149,10 +171,16 @@ class Predictor:
 
         A multi-head bundle gives per input a dict by head name of what each head's single-head bundle gives.
         ``heads=["sentiment"]`` answers for those heads only and fetches only their outputs from the graph;
-        ``sentiment={"threshold": 0.3}`` overrides one head's config, other options reach every head.
+        ``sentiment={"threshold": 0.3}`` overrides one head's config, other options reach every head that has them.
+
+        Long inputs: ``long_text="truncate"`` (default) cuts at ``max_length``; ``long_text="window"`` predicts
+        over overlapping windows, ``window_stride`` tokens shared by neighbours (the overlap; default a quarter
+        of a window), token heads take each token from its most central window and aggregate over the whole
+        text, sequence heads combine the windows' logits by ``window_reduce`` ("mean" | "max" | "first").
+        See runtime/windows.py and docs/runtime.md.
         """
-        single = isinstance(inputs, str)
-        results = self._run_jobs([inputs] if single else inputs, "predict", batch_size, options)
+        texts, single = as_input_list(inputs)
+        results = self._run_jobs(texts, "predict", batch_size, options)
         return results[0] if single else results
 
     def embed(self, inputs: Text | Iterable[Text], *, batch_size: int | None = None, **options: Any) -> np.ndarray:
@@ -161,9 +189,10 @@ class Predictor:
         With ``long_text="window"`` a long input's vector is the ``window_reduce`` (default ``mean``) of its
         windows' vectors.
         """
-        if isinstance(inputs, str):
-            return self.embed([inputs], batch_size=batch_size, **options)[0]
-        vectors = self._run_jobs(inputs, "embed", batch_size, options)
+        texts, single = as_input_list(inputs)
+        if single:
+            return self.embed(texts, batch_size=batch_size, **options)[0]
+        vectors = self._run_jobs(texts, "embed", batch_size, options)
         if not vectors:
             return np.zeros((0, self._pooled_width() or 0), dtype=np.float32)
         return np.stack(vectors).astype(np.float32, copy=False)
@@ -175,12 +204,17 @@ class Predictor:
         if kind not in ("predict", "embed"):
             raise ValueError(f"kind must be 'predict' or 'embed', got {kind!r}")
         items = list(inputs)
-        runtime, overrides = self._split_options(options)
+        if self.multi_head:
+            # Job.config of a multi-head job: each selected head's config by head name (its keys say who answers).
+            config, runtime = _heads.check_head_options(options, self.heads, self._options)
+        else:
+            overrides, runtime = check_options(options, self._options)
+            config = {**self.config, **overrides}
         if _windows.window_options(runtime).windowed:
             rows = self._window_rows(items, runtime)
         else:
             rows = [Row(index, encoding) for index, encoding in enumerate(self.encode(items))]
-        return Job(items, rows, self._job_config(runtime, overrides), kind, runtime)
+        return Job(items, rows, config, kind, runtime)
 
     def run_rows(self, rows: Sequence[Row], names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
         """Run one batch of rows (any jobs) and return each row's own outputs, padding cut away.
@@ -253,20 +287,6 @@ class Predictor:
                     outputs[index] = out
             results.extend(self.finish(job, outputs))
 
-    def output_names_for(self, job: Job) -> list[str]:
-        """The graph outputs a job needs: a multi-head predict call fetches only its heads' outputs (onnxruntime
-        then skips the other heads' layers and poolings; the backbone runs either way)."""
-        if self.multi_head and job.kind == "predict":
-            return _heads.graph_outputs([head for head in self.heads if head.name in job.config])
-        return list(self.output_names)
-
-    def _job_config(self, runtime: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        """A job's postprocess config: the head's config + the call's overrides, or for a multi-head bundle
-        each selected head's (by head name: which heads answer is the config's keys)."""
-        selected = _heads.select(self.heads, runtime.get("heads"))
-        configs = _heads.split_options(selected, overrides)
-        return configs if self.multi_head else configs[self.heads[0].name]
-
     def _window_rows(self, items: list[Text], runtime: dict[str, Any]) -> list[Row]:
         """Rows for ``long_text="window"``: each input's windows, in order (an input that fits: one row)."""
         check_inputs(items, self.supports_pairs)
@@ -305,13 +325,19 @@ class Predictor:
             merged.append(out)
         return Job(job.inputs, rows, job.config, job.kind, job.options), merged
 
-    def _split_options(self, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(runtime options, postprocess config overrides) of one call."""
-        overrides = dict(options)
-        if "threshold" in overrides:  # the multi_label head's config option is "threshold"; accept it here too
-            overrides["thresholds"] = overrides.pop("threshold")
-        runtime = {name: overrides.pop(name) for name in RUNTIME_OPTIONS if name in overrides}
-        return runtime, overrides
+    def valid_options(self) -> list[str]:
+        """The per-call option names this bundle takes (its head's postprocess options and the runtime's; a
+        multi-head bundle's: ``heads``, each head's name and every head's options)."""
+        if self.multi_head:
+            return _heads.valid_head_options(self.heads, self._options)
+        return valid_options(self._options)
+
+    def output_names_for(self, job: Job) -> list[str]:
+        """The graph outputs a job needs: a multi-head predict call fetches only its heads' outputs (onnxruntime
+        then skips the other heads' layers and poolings; the backbone runs either way)."""
+        if self.multi_head and job.kind == "predict":
+            return _heads.graph_outputs([head for head in self.heads if head.name in job.config])
+        return list(self.output_names)
 
     def _rebatch(
         self, outputs: Sequence[dict[str, np.ndarray]], lengths: Sequence[int]
@@ -350,9 +376,13 @@ class Predictor:
         return batch, mask
 
     def encode(self, texts: Sequence[Text]) -> list[Any]:
-        """Check the inputs and tokenize them (truncated to ``max_length``, unpadded)."""
+        """Check the inputs and tokenize them (truncated to ``max_length``, unpadded).
+
+        Each text is first cut to ``max_chars`` characters (truncate mode only: windows need the whole text),
+        so a huge input costs no more than a long one.
+        """
         check_inputs(texts, self.supports_pairs)
-        return self.tokenizer.encode_batch([text if isinstance(text, str) else tuple(text) for text in texts])
+        return self.tokenizer.encode_batch([cut(text, self.max_chars) for text in texts])
 
     def batches(
         self,
@@ -381,7 +411,7 @@ class Predictor:
             feed, values = self._run(batch, output_names)
             context = _post.Context(
                 manifest=self.manifest,
-                config=config if config is not None else (self._job_config({}, {}) if self.multi_head else self.config),
+                config=config if config is not None else (_heads.check_head_options({}, self.heads, self._options)[0] if self.multi_head else self.config),
                 attention_mask=feed["attention_mask"],
                 encodings=batch,
                 texts=[texts[i] for i in indices],
@@ -420,8 +450,11 @@ class Predictor:
         return shape[-1] if isinstance(shape[-1], int) else None
 
 
-# Per-call options that steer the runtime itself rather than a head's postprocess config.
-RUNTIME_OPTIONS: tuple[str, ...] = (*_windows.OPTIONS, "heads")
+# Per-call options that steer the runtime itself rather than a head's postprocess config; runtime/windows.py
+# checks their values.
+RUNTIME_OPTIONS: tuple[str, ...] = (*_windows.OPTIONS,)
+for _name in RUNTIME_OPTIONS:
+    register_option(RuntimeOption(_name, lambda value, context: value, runtime=True, description="see runtime/windows.py"))
 
 
 def _output_axes(manifest: dict[str, Any], session: Any, names: Sequence[str]) -> dict[str, str]:
@@ -448,21 +481,72 @@ def _output_axes(manifest: dict[str, Any], session: Any, names: Sequence[str]) -
     return axes
 
 
+def _check_file_hashes(bundle_dir: Path, manifest: dict[str, Any], also: str | None) -> None:
+    """Files the manifest lists must have the sha256 it records: small ones always, ``also`` on request."""
+    for name, digest in (manifest.get("files") or {}).items():
+        path = bundle_dir / name
+        if not path.exists():
+            continue  # a variant file that is not loaded; loading it checks it
+        path = bundle_path(bundle_dir, name, what="file")
+        if (name == also or path.stat().st_size <= SMALL_FILE_BYTES) and sha256_file(path) != digest:
+            raise BundleError(
+                f"{path} does not match the manifest (sha256 differs): it was changed or replaced after export. "
+                "Export the bundle again (or restore the file)."
+            )
+    if also is not None and also not in (manifest.get("files") or {}):
+        raise BundleError(f"{bundle_dir}: verify_files=True, but the manifest records no sha256 for {also}")
+
+
 def _load_tokenizer(bundle_dir: Path, manifest: dict[str, Any]):
+    import hashlib
+
     from tokenizers import Tokenizer
 
     info = manifest.get("tokenizer") or {}
-    path = bundle_dir / info.get("file", TOKENIZER_FILE)
+    path = bundle_path(bundle_dir, info.get("file", TOKENIZER_FILE), what="tokenizer file")
+    data = read_bounded(path, TOKENIZER_MAX_BYTES, what="tokenizer.json")
     expected = info.get("sha256")
-    if expected and sha256_file(path) != expected:
+    if expected and hashlib.sha256(data).hexdigest() != expected:
         raise BundleError(
             f"{path} does not match the manifest (sha256 differs): the tokenizer was replaced after export. "
             "Predictions would use different token ids than the model was verified with; export the bundle again."
         )
     try:
-        return Tokenizer.from_file(str(path))
+        return Tokenizer.from_str(data.decode("utf-8"))
     except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
         raise BundleError(f"{path} is not a tokenizers tokenizer.json: {exc}") from exc
+
+
+def _check_widths(session: Any, manifest: dict[str, Any], labels: list[str], path: Path) -> None:
+    """Output dims must be those recorded at export, and logits no wider than the labels (no invented labels)."""
+    recorded = manifest.get("outputs") or {}
+    for output in session.get_outputs():
+        dims = list(output.shape)
+        declared = recorded.get(output.name) if isinstance(recorded, dict) else None
+        if isinstance(declared, list) and isinstance(dims[-1], int) and isinstance(declared[-1], int) and dims[-1] != declared[-1]:
+            raise BundleError(
+                f"{path}: output {output.name!r} is {dims[-1]} wide but the manifest recorded {declared[-1]}; the "
+                "bundle's files come from different exports. Export it again."
+            )
+        if output.name == "logits" and labels and isinstance(dims[-1], int) and dims[-1] > len(labels):
+            raise BundleError(
+                f"{path}: the model's logits are {dims[-1]} wide but the manifest has {len(labels)} labels; results "
+                "would name labels that do not exist. Export the bundle again."
+            )
+
+
+def _check_vocab(tokenizer: Any, manifest: dict[str, Any], pad_id: int, bundle_dir: Path) -> None:
+    """Every id the tokenizer can produce (and the pad id) must be a row of the model's embedding table."""
+    vocab = (manifest.get("backbone") or {}).get("vocab_size")
+    if not isinstance(vocab, int):
+        return
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    largest = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    if largest >= vocab or pad_id >= vocab:
+        raise BundleError(
+            f"{bundle_dir}: the tokenizer produces ids up to {max(largest, pad_id)} ({size} tokens) but the model's "
+            f"vocabulary has {vocab} rows; the tokenizer does not belong to this model. Export the bundle again."
+        )
 
 
 def _check_model(session: Any, manifest: dict[str, Any], path: Path) -> tuple[list[str], list[str], Any]:
@@ -484,8 +568,12 @@ def _check_model(session: Any, manifest: dict[str, Any], path: Path) -> tuple[li
 def _runtime_head(manifest: dict[str, Any], entry: dict[str, Any], trust_remote_code: bool) -> _heads.RuntimeHead:
     identity = {"name": entry.get("head"), **{k: entry.get(k) for k in ("postprocess", "plugin", "plugin_version")}}
     outputs = entry.get("outputs") or {}
-    if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()):
+    if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()) or "logits" not in outputs:
         raise BundleError(f"head {entry.get('name')!r} of the manifest has no output map; export the bundle again")
+    missing = sorted(set(outputs.values()) - set(manifest.get("outputs") or {}))
+    if missing:
+        raise BundleError(f"head {entry.get('name')!r} names outputs {missing} the bundle does not have; export it again")
+    id2label = entry.get("id2label") or {}
     return _heads.RuntimeHead(
         name=str(entry.get("name")),
         level=str(entry.get("level", "sequence")),
@@ -493,7 +581,19 @@ def _runtime_head(manifest: dict[str, Any], entry: dict[str, Any], trust_remote_
         config=dict(entry.get("postprocess_config") or {}),
         outputs=dict(outputs),
         manifest=_heads.head_manifest(manifest, entry) if is_multi_head(manifest) else manifest,
+        labels=[str(id2label[k]) for k in sorted(id2label, key=int)],
     )
+
+
+def _check_head_width(session: Any, head: _heads.RuntimeHead, path: Path) -> None:
+    """A head's logits no wider than its labels: results would name labels that do not exist."""
+    for output in session.get_outputs():
+        width = (output.shape or [None])[-1]
+        if output.name == head.outputs["logits"] and head.labels and isinstance(width, int) and width > len(head.labels):
+            raise BundleError(
+                f"{path}: head {head.name!r} has logits {width} wide but {len(head.labels)} labels in the manifest; "
+                "export the bundle again"
+            )
 
 
 def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> Callable[..., list[dict]]:
@@ -501,13 +601,16 @@ def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> Callable
 
     A bundle is data: importing whatever module its manifest names would let a crafted file run code, so the
     function comes from the registry (built-ins and installed plugins) unless ``trust_remote_code=True``.
+    A bundle exported with a built-in head gets the built-in, without importing any plugin (fast, and an
+    installed plugin that overrides or breaks that head cannot change what an existing bundle serves).
     """
     from ..errors import HeadImportError
+    from ..plugins import builtin_registry
     from ..registry import get_head
 
     path, name, plugin = head.get("postprocess"), head.get("name"), head.get("plugin", "?")
     try:
-        spec = get_head(str(name))
+        spec = builtin_registry().get(str(name)) if plugin == "headreg" else get_head(str(name))
     except LookupError as exc:
         if trust_remote_code and path:
             return _import_postprocess(path, head)

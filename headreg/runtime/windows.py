@@ -290,12 +290,17 @@ def merge_windows(
         [np.arange(head_end), inner + np.asarray([spans[w][0] for w in chosen], dtype=np.int64).reshape(-1),
          np.arange(tail_start, len(windows[-1]))]
     )
-    pairs = list(zip(source_window.tolist(), source_position.tolist()))
     first_row = np.concatenate([[0], np.cumsum([len(encoding) for encoding in windows[:-1]])]).astype(np.int64)
+    # The source window changes a few times along the text: copy runs of tokens as slices.
+    breaks = np.flatnonzero(np.diff(source_window)) + 1
+    runs = [
+        (int(source_window[a]), int(source_position[a]), int(source_position[a]) + int(b - a))
+        for a, b in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(source_window)]]))
+    ]
 
     def gather(attribute: str) -> list[Any]:
         values = [getattr(encoding, attribute) for encoding in windows]
-        return [values[w][p] for w, p in pairs]
+        return [value for w, start, end in runs for value in values[w][start:end]]
 
     starts = np.concatenate([[0], np.cumsum(np.asarray(lengths[:-1]) - overlap)]) + head_end
     whole = WholeEncoding(

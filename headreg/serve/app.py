@@ -291,8 +291,13 @@ def configure_logging(access: bool = True, level: int = logging.INFO) -> None:
     log.setLevel(level)
 
 
-def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeout: float = 30.0) -> int:
+def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeout: float = 30.0,
+          keep_alive: float = 75.0) -> int:
     """Run ``app`` on uvicorn until SIGTERM/SIGINT; in-flight requests are answered; returns 0.
+
+    ``keep_alive``: seconds an idle connection stays open. Longer than the idle timeout of common load
+    balancers (60 s), so a balancer never sends a request down a connection this server is just closing
+    (uvicorn's 5 s default turns that race into sporadic 502s and client read errors).
 
     uvicorn re-raises the signal it caught after its graceful shutdown, which would kill the process with
     status 143 after everything went right. The handlers installed here are what it restores before
@@ -302,7 +307,7 @@ def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeo
 
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
-        timeout_graceful_shutdown=graceful_timeout, server_header=False,
+        timeout_graceful_shutdown=graceful_timeout, timeout_keep_alive=keep_alive, server_header=False,
     )
     server = uvicorn.Server(config)
     stopped: list[int] = []

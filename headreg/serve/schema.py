@@ -102,26 +102,18 @@ def unknown_model(name: str, served: Sequence[str]) -> RequestError:
 
 
 def known_parameters(predictor: Any) -> list[str]:
-    """The per-call options a model takes: its head's postprocess options (until the Predictor lists them).
-
-    A multi-head bundle takes ``heads`` (a subset), each head's name (a dict of that head's options) and every
-    head's options (they reach each head that has them).
-    """
+    """The per-call options a model takes: the runtime's (long_text, ...) and its head's postprocess options;
+    a multi-head bundle's (``heads``, each head's name, every head's options) come from the Predictor."""
     if getattr(predictor, "multi_head", False):
-        known = {"heads"}
-        for head in predictor.heads:
-            known |= {head.name, *_head_parameters(head.config, head.level)}
-        return sorted(known)
-    return sorted(_head_parameters(predictor.config, predictor.level))
+        return predictor.valid_options()
+    from ..runtime.predictor import RUNTIME_OPTIONS
 
-
-def _head_parameters(config: Mapping[str, Any], level: str) -> set[str]:
-    known = set(config) - {"id2label", "problem_type"}
+    known = (set(predictor.config) - {"id2label", "problem_type"}) | set(RUNTIME_OPTIONS)
     if "thresholds" in known:
         known.add("threshold")
-    if level == "token":
+    if predictor.level == "token":
         known |= {"aggregation", "ignore_labels"}
-    return known
+    return sorted(known)
 
 
 def check_parameters(parameters: Mapping[str, Any], known: Sequence[str]) -> None:
@@ -147,6 +139,10 @@ def model_info(name: str, predictor: Any, *, task: str | None = None, parameters
         "variant": predictor.variant,
         "max_length": predictor.max_length,
         "truncation": (
+            f"inputs longer than {predictor.max_length} tokens (special tokens included) are truncated to "
+            f"{predictor.max_length}; the rest of the text is not seen by the model, unless the request's "
+            "parameters ask for long_text='window' (overlapping windows over the whole text)"
+            if "long_text" in parameters else
             f"inputs longer than {predictor.max_length} tokens (special tokens included) are truncated to "
             f"{predictor.max_length}; the rest of the text is not seen by the model"
         ),
