@@ -79,13 +79,16 @@ def predictors(paths: list[Path]) -> list:
 
 def peak_rss(paths: list[Path], rows: int) -> float:
     """Peak RSS (MB) of a fresh process that loads these bundles and predicts over the corpus with each."""
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's peak (torch + the model here) into a child's
+    # ru_maxrss across exec, while VmHWM belongs to the new process image alone.
     code = (
-        "import json, resource, sys\n"
+        "import re, sys\n"
         "from benchmarks.multi_head import predictors\n"
         "from benchmarks.corpus import mixed_corpus\n"
         "texts = mixed_corpus(int(sys.argv[1]), seed=0)\n"
         "for p in predictors(sys.argv[2:]): p.predict(texts)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) / 1024)\n"
     )
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
@@ -101,11 +104,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     parser.add_argument("--out", type=Path, default=None, help="keep the bundles here [default: a temp dir]")
+    parser.add_argument("--reuse", action="store_true", help="reuse the bundles already in --out")
     parser.add_argument("--json", action="store_true", help="print the results as JSON only")
     args = parser.parse_args(argv)
 
     out = args.out or Path(tempfile.mkdtemp(prefix="headreg-multi-head-"))
-    multi_path, single_paths = build(out, args.exporter, args.max_length)
+    if args.reuse and (out / "multi" / "headreg.json").is_file():
+        multi_path, single_paths = out / "multi", [out / name for name in HEADS]
+    else:
+        multi_path, single_paths = build(out, args.exporter, args.max_length)
     texts = mixed_corpus(args.rows, seed=0)
     multi, = predictors([multi_path])
     singles = predictors(single_paths)
