@@ -259,20 +259,30 @@ def random_feed(batch: int, length: int, input_names: list[str], seed: int = 0) 
     return {k: v for k, v in feed.items() if k in input_names}
 
 
-def interleaved(calls: dict[str, Callable[[], Any]], budget_s: float, min_reps: int, max_reps: int) -> dict[str, list[float]]:
-    """Seconds per call for each engine, engines called round-robin; repetitions fit ``budget_s``."""
+def interleaved(calls: dict[str, Callable[[], Any]], budget_s: float, min_reps: int, max_reps: int,
+                label: str | None = None) -> dict[str, list[float]]:
+    """Seconds per call for each engine, engines called round-robin; repetitions fit ``budget_s``.
+
+    ``label``: show a progress bar on stderr (on a terminal only) for this long phase.
+    """
+    from headreg.progress import CountProgress, status
+
     started = time.perf_counter()
-    for call in calls.values():  # warm-up: lazy kernel setup, allocator growth, oneDNN primitive caches
-        call()
+    with status(f"{label}: warm-up", enabled=None if label else False):
+        for call in calls.values():  # warm-up: lazy kernel setup, allocator growth, oneDNN primitive caches
+            call()
     round_s = max(time.perf_counter() - started, 1e-6)
     reps = int(min(max_reps, max(min_reps, budget_s / round_s)))
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(reps):
-        for name, call in calls.items():
-            time.sleep(GAP_S)
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
+    with CountProgress(f"{label}: {len(calls)} engines x {reps} rounds", reps * len(calls),
+                       enabled=None if label else False) as bar:
+        for _ in range(reps):
+            for name, call in calls.items():
+                time.sleep(GAP_S)
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+                bar.advance()
     return times
 
 
@@ -353,7 +363,7 @@ def bench_corpus(model: Any, bundle: Path, engines: dict[str, Callable], peak: M
     }
     useful = batch_flops(model.backbone.config, lengths)
     floor_s = useful / (peak.best * 1e9)
-    times = interleaved(calls, args.budget * 2, max(3, args.min_reps // 2), args.max_reps)
+    times = interleaved(calls, args.budget * 2, max(3, args.min_reps // 2), args.max_reps, label="corpus")
     results = {name: summarize(t, len(texts), floor_s) for name, t in times.items()}
     base = results[f"{pytorch} arrival"]["p50_ms"]
     for result in results.values():
@@ -411,13 +421,13 @@ def summary_table(report: dict[str, Any]) -> str:
     lines = []
     for name, model in report["models"].items():
         lines.append(f"\n{name}: {model['description']}; {model['mflop_per_token_128']:.1f} MFLOP/token at 128")
-        head = f"| {'batch x len':<11} | {'floor ms':>9} | {'PyTorch p50':>11} |"
+        head = f"| {'batch x len':<11} | {'floor ms':>9} | {'PyTorch p50 (attention)':>23} |"
         for engine in ORT_ENGINES:
             head += f" {engine + ' p50 (ratio, %floor)':>34} |"
         lines += [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
         for row in model["shapes"]:
             best = row["engines"][row["pytorch_best"]]
-            line = f"| {row['batch']:>3} x {row['length']:<5} | {row['floor_ms']:9.2f} | {best['p50_ms']:8.2f} {row['pytorch_best'][8:9]} |"
+            line = f"| {row['batch']:>3} x {row['length']:<5} | {row['floor_ms']:9.2f} | {best['p50_ms']:8.2f} ms {'(' + row['pytorch_best'][8:] + ')':<9} |"
             for engine in ORT_ENGINES:
                 r = row["engines"][engine]
                 line += f" {r['p50_ms']:10.2f} ms (x{r['ratio_vs_pytorch']:4.2f}, {r['pct_of_floor']:5.1f}%) |"

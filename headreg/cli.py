@@ -1,7 +1,8 @@
 """The ``headreg`` command. Exit codes: 0 ok, 1 verification/prediction failure, 2 usage error.
 
-Heavy libraries (torch, transformers, onnx) are imported inside the commands that need them, so
-``headreg heads`` and ``headreg --help`` stay fast.
+Every error is one line on stderr, ``error: <what went wrong>; <what to do>``, click's own usage errors
+included. Heavy libraries (torch, transformers, onnx) are imported inside the commands that need them, and
+arguments are checked before they are imported, so ``headreg --help`` and simple mistakes answer at once.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import json
 import math
 import re
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from . import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _finite(value: Any) -> Any:
@@ -31,7 +33,8 @@ def _finite(value: Any) -> Any:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(_finite(data), indent=2, sort_keys=True, default=str, allow_nan=False))
+    """JSON on stdout, keys in the order they were built (label-id order for scores, not string order)."""
+    click.echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
 
 
 # Terminal escapes (CSI, OSC, other ESC sequences), C0/C1 controls and bidi overrides: text from inputs, bundles
@@ -62,25 +65,39 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, width=shutil.get_terminal_size((160, 24)).columns)
 
 
-def usage_error(message: str) -> None:
-    """Print a usage error and exit 2 (bad arguments, missing files, unknown heads)."""
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
     click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
+    sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def usage_error(message: str) -> NoReturn:
+    """Print a usage error and exit 2 (bad arguments, missing files, not a bundle, unknown heads)."""
+    fail(message, EXIT_USAGE)
+
+
+@click.group(context_settings=CONTEXT, epilog="""\b
+Examples:
+  headreg heads
+  headreg export ./my-model -o ./bundle
+  headreg predict ./bundle "I loved this film."
+Run 'headreg COMMAND --help' for a command's options and examples.""")
 @click.version_option(__version__, prog_name="headreg")
 def cli() -> None:
     """Attach task heads to Hugging Face encoders, export verified ONNX bundles, serve them without torch."""
 
 
-@cli.command()
+@cli.command(short_help="List the installed heads, built-in and from plugins.", epilog="""\b
+Examples:
+  headreg heads
+  headreg heads --filter '*cls' --json
+  headreg heads --plugin headreg-plugin-crf""")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @click.option("--filter", "pattern", default="*", show_default=True, help="Wildcard on names and aliases.")
 @click.option("--task", default=None, help="Only heads of this task.")
 @click.option("--plugin", default=None, help="Only heads from this distribution ('headreg' = built-ins).")
 def heads(as_json: bool, pattern: str, task: str | None, plugin: str | None) -> None:
-    """List the installed heads, built-in and from plugins."""
+    """List the installed heads, built-in and from plugins: names and aliases for --head, task, origin."""
     from .registry import list_heads
 
     specs = list_heads(pattern, task=task, plugin=plugin)
@@ -89,13 +106,27 @@ def heads(as_json: bool, pattern: str, task: str | None, plugin: str | None) -> 
         return
     from rich.table import Table
 
+    out = console()
     table = Table(title=f"{len(specs)} head(s)", title_justify="left")
+    # Names, tasks and distributions are never broken inside a word; aliases and descriptions wrap at words.
     for column in ("name", "aliases", "task", "plugin", "version", "description"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, no_wrap=column not in ("aliases", "description"))
     for spec in specs:
-        table.add_row(*map(cell, (spec.name, ", ".join(spec.aliases), spec.task, spec.plugin, spec.version,
+        table.add_row(*map(cell, (spec.name, ",\n".join(spec.aliases), spec.task, spec.plugin, spec.version,
                                   spec.description)))
-    console().print(table)
+    if table.__rich_measure__(out, out.options).minimum <= out.width:
+        out.print(table)
+    else:  # too narrow for the table without breaking words: one block per head
+        from rich.padding import Padding
+        from rich.text import Text
+
+        out.print(f"{len(specs)} head(s)")
+        for spec in specs:
+            aliases = f" ({', '.join(spec.aliases)})" if spec.aliases else ""
+            out.print()
+            out.print(Text.assemble((plain(spec.name), "bold"), plain(aliases)))
+            out.print(Padding(cell(f"{spec.description}\ntask: {spec.task}; from {spec.plugin} {spec.version}"),
+                              (0, 0, 0, 2)))
     _warn_failed_plugins()
 
 
@@ -108,10 +139,14 @@ def _warn_failed_plugins() -> None:
         click.echo(f"warning: {len(failed)} plugin(s) failed to load ({names}); see 'headreg plugins'", err=True)
 
 
-@cli.command()
+@cli.command(short_help="List plugins: loaded, failed (with the error) and disabled.", epilog="""\b
+Examples:
+  headreg plugins
+  HEADREG_LOAD_PLUGINS=crf headreg plugins     # allowlist
+  HEADREG_DISABLE_PLUGINS=ordinal headreg plugins""")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 def plugins(as_json: bool) -> None:
-    """List plugins: loaded, failed (with the error) and disabled."""
+    """List plugins: loaded, failed (with the error) and disabled (HEADREG_LOAD_PLUGINS / HEADREG_DISABLE_PLUGINS)."""
     from .plugins import plugin_infos
 
     infos = plugin_infos()
@@ -135,15 +170,27 @@ def plugins(as_json: bool) -> None:
 # --- predict / bench: the torch-free runtime (torch only for bench --compare-torch) -------------------------------
 
 
+def check_bundle(path: str) -> None:
+    """Exit 2 when ``path`` is not a bundle at all (a saved model, a missing file); torch-free."""
+    from .errors import BundleError
+    from .manifest import read_manifest
+
+    try:
+        read_manifest(path)
+    except BundleError as exc:
+        usage_error(str(exc))
+
+
 def _load_predictor(bundle: str, **options: Any):
+    """A Predictor, or exit: 2 when BUNDLE is not a bundle, 1 when it is one that fails its load checks."""
     from .errors import BundleError
     from .runtime import Predictor
 
+    check_bundle(bundle)
     try:
         return Predictor(bundle, **options)
     except BundleError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILURE)
+        fail(f"{exc}", EXIT_FAILURE)
 
 
 def _short(text: Any, width: int = 70) -> str:
@@ -168,13 +215,17 @@ def _prediction_cells(result: Any) -> tuple[str, str]:
     return json.dumps(result, default=str), ""
 
 
-@cli.command()
+@cli.command(short_help="Predict with an exported bundle (onnxruntime only, no torch).", epilog="""\b
+Examples:
+  headreg predict ./bundle "I loved this film." "The service was terrible."
+  headreg predict ./bundle --file texts.txt --json > predictions.json
+  cat texts.jsonl | headreg predict ./bundle --file - --variant int8""")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.argument("texts", nargs=-1)
 @click.option("--file", "text_file", type=click.Path(dir_okay=False, allow_dash=True),
               help="One text per line, or JSONL with text/text_pair ('-' reads stdin).")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only (scores in label-id order).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Most rows per model run.")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.option("--quantized", is_flag=True, help="Use the bundle's int8 variant.")
 @click.option("--variant", type=click.Choice(["auto", "fp32", "int8", "bf16"]), default=None,
@@ -191,7 +242,10 @@ def _prediction_cells(result: Any) -> tuple[str, str]:
 def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
             threads: int | None, quantized: bool, variant: str | None, long_text: str | None,
             window_stride: int | None, window_reduce: str | None) -> None:
-    """Predict with an exported bundle (onnxruntime only; torch is not imported)."""
+    """Predict with an exported BUNDLE: labels and scores per text (onnxruntime only; torch is not imported).
+
+    Texts come as arguments, from --file, or both.
+    """
     from .runtime.inputs import InputError, read_texts
 
     items: list[Any] = list(texts)
@@ -234,9 +288,13 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
     console().print(table)
 
 
-@cli.command()
+@cli.command(short_help="Latency and throughput of every variant (and vs PyTorch).", epilog="""\b
+Examples:
+  headreg bench ./bundle --batch-size 8 --seq-len 128
+  headreg bench ./bundle --texts texts.txt --passes 3
+  headreg bench ./bundle --compare-torch --model ./my-model --json""")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Rows per batch.")
 @click.option("--seq-len", default=None, type=click.IntRange(min=2),
               help="Tokens per synthetic row [default: 128]; with --texts, a truncation cap.")
 @click.option("--texts", "texts_file", type=click.Path(exists=True, dir_okay=False),
@@ -254,7 +312,11 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
 def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | None, rows: int | None, passes: int,
           max_batch_tokens: int | None, threads: int | None, compare_torch: bool, model_dir: str | None,
           as_json: bool) -> None:
-    """Latency p50/p90/p99 and throughput of every variant, side by side (and against PyTorch)."""
+    """Latency p50/p90/p99 and throughput of every variant of BUNDLE, side by side (and against PyTorch).
+
+    Synthetic rows by default; --texts measures your corpus, with length bucketing against arrival order.
+    Progress is shown on stderr when it is a terminal (not with --json).
+    """
     from .runtime.bench import Engine, measure, source_model_dir, synthetic_texts, torch_runner
     from .runtime.inputs import InputError, read_texts
     from .runtime.predictor import DEFAULT_MAX_BATCH_TOKENS
@@ -289,13 +351,19 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
             usage_error("--compare-torch needs the PyTorch model: the manifest names none that exists here; pass --model DIR")
         from .errors import MissingExtraError, SaveLoadError
 
+        from .progress import status
+
         try:
-            engines.append(Engine("torch eager", default, runner=torch_runner(source, threads=threads)))
+            with status(f"loading the PyTorch model in {source} ...", enabled=False if as_json else None):
+                engines.append(Engine("torch eager", default, runner=torch_runner(source, threads=threads)))
         except (MissingExtraError, SaveLoadError, OSError, ValueError) as exc:
             usage_error(f"--compare-torch cannot load the PyTorch model in {source}: {exc}")
-    if not as_json:
-        click.echo(f"benchmarking {len(engines)} engine(s) on {len(corpus)} rows x {passes} passes ...", err=True)
-    results = measure(engines, corpus, batch_size=batch_size, passes=passes)
+    from .progress import CountProgress
+
+    warmup = 1
+    with CountProgress(f"benchmarking {len(engines)} engine(s) on {len(corpus)} rows", (warmup + passes) * len(engines),
+                       enabled=False if as_json else None) as bar:
+        results = measure(engines, corpus, batch_size=batch_size, passes=passes, warmup=warmup, on_pass=bar.advance)
     torch_result = next((r for r in results if r.engine == "torch eager"), None)
     arrival = next((r for r in results if r.engine.endswith("arrival order")), None)
     report = {
@@ -334,10 +402,13 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
 # --- serve: the HTTP server (headreg[serve]; torch is not imported) ----------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Serve bundles over HTTP with batching across requests.", epilog="""\b
+Examples:
+  headreg serve ./bundle --port 8080
+  headreg serve sentiment=./bundle ner=./ner-bundle --threads 2""")
 @click.argument("bundles", nargs=-1, required=True, metavar="BUNDLE [NAME=BUNDLE ...]")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: every one).")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 @click.option("--max-batch-tokens", default=2048, show_default=True, type=click.IntRange(min=1),
               help="Tokens per batch, across requests (also caps rows x longest row).")
 @click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Rows per batch.")
@@ -388,7 +459,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
                          max_concurrent_requests=max_concurrent_requests, max_input_texts=max_input_texts,
                          payload_limit=payload_limit, api_key=api_key or None)
     click.echo(
-        f"serving {', '.join(f'{n} ({p.head}, {p.variant})' for n, p in predictors.items())} on http://{host}:{port} "
+        f"serving {', '.join(f'{n} ({plain(p.head)}, {p.variant})' for n, p in predictors.items())} on http://{host}:{port} "
         f"with {threads} thread(s) per model",
         err=True,
     )
@@ -397,23 +468,40 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
 
 # --- export / verify: headreg/export/commands.py (torch and onnx are imported only when they run) ----------------
 
-from .export.commands import export as _export_command, verify as _verify_command  # noqa: E402
+from .export.commands import convert as _convert_command, export as _export_command, verify as _verify_command  # noqa: E402
 
 cli.add_command(_export_command)
 cli.add_command(_verify_command)
+cli.add_command(_convert_command)
+
+
+def _click_error(exc: click.ClickException) -> str:
+    """click's message in headreg's style: ``what; what to do``."""
+    message = exc.format_message().rstrip(".")
+    message = message[:1].lower() + message[1:]
+    context = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and context is not None:
+        return f"{message}; see '{context.command_path} --help'"
+    return message
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point; click's own usage errors already exit with 2."""
+    """Console-script entry point: one error style and exit code 2 for every usage error, click's included."""
     from .errors import PluginError, UnknownHeadError
 
     try:
-        cli.main(args=argv, prog_name="headreg", standalone_mode=True)
+        code = cli.main(args=argv, prog_name="headreg", standalone_mode=False)
+    except click.UsageError as exc:
+        usage_error(_click_error(exc))
+    except click.ClickException as exc:  # bad file contents and the like: click's other errors
+        fail(_click_error(exc), exc.exit_code)
+    except click.Abort:
+        fail("interrupted", 130)
     except UnknownHeadError as exc:
         usage_error(str(exc))
     except PluginError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

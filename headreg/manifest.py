@@ -18,6 +18,7 @@ from typing import Any
 
 from . import schema as S
 from .errors import BundleError
+from .files import MODEL_CONFIG
 
 FORMAT = "headreg-bundle"
 FORMAT_VERSION = 2  # 2: the "heads" list (several heads in one graph); format-1 bundles still load
@@ -285,9 +286,19 @@ def read_manifest(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     if not bundle_dir.is_dir():
         raise BundleError(f"{bundle_dir} is not a directory; pass the directory written by 'headreg export'")
     missing = [name for name in REQUIRED_FILES if not os.path.lexists(bundle_dir / name)]
+    if missing and (bundle_dir / MODEL_CONFIG).is_file():
+        raise BundleError(
+            f"{bundle_dir} is a saved headreg model, not a bundle: run headreg export {bundle_dir} -o BUNDLE "
+            "and use BUNDLE"
+        )
+    if missing and not os.path.lexists(bundle_dir / MANIFEST_FILE):
+        raise BundleError(
+            f"{bundle_dir} is not a headreg bundle (it has no {MANIFEST_FILE}); pass the directory written by "
+            "headreg export SOURCE -o DIR"
+        )
     if missing:
         raise BundleError(
-            f"{bundle_dir} is not a complete headreg bundle: missing {', '.join(missing)}. Export it again."
+            f"{bundle_dir} is an incomplete headreg bundle: {', '.join(missing)} missing; export it again"
         )
     path = bundle_path(bundle_dir, MANIFEST_FILE, what="manifest")
     manifest = read_json_file(path, MANIFEST_MAX_BYTES)
@@ -313,7 +324,8 @@ def is_bundle(directory: str | os.PathLike) -> bool:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    # Keys in the order they were built: id2label and scores read in label-id order, not "0", "1", "10", "2".
+    Path(path).write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(value: Any) -> Any:

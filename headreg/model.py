@@ -38,9 +38,7 @@ from transformers.activations import ACT2FN  # noqa: E402
 from .plugins import builtin_registry  # noqa: E402
 from .registry import HeadSpec, get_head  # noqa: E402
 
-MODEL_CONFIG = "headreg_model.json"
-HEAD_WEIGHTS = "head.safetensors"
-BACKBONE_DIR = "backbone"
+from .files import BACKBONE_DIR, HEAD_WEIGHTS, MODEL_CONFIG  # noqa: E402
 FORMAT = "headreg-model"
 FORMAT_VERSION = 2  # 2: several heads ("heads", see multihead.py); single-head models are still written as 1
 MODEL_KIND = "headreg saved model"
@@ -269,7 +267,7 @@ def save_model(model: BackboneModel, save_directory, config: dict[str, Any], *, 
             "backbone": BACKBONE_DIR,
             "tokenizer_source": None if tokenizer is not None else _local_source(model.backbone),
         }
-        (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return target
 
 

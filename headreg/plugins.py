@@ -129,6 +129,16 @@ def plugin_code() -> Iterator[None]:
     Both the Python-level ``sys.stdout`` and file descriptor 1 are pointed at stderr for the duration, so
     neither ``print`` nor output from C extensions lands in ``--json`` output.
     """
+    with _output_lock:
+        with _redirected():
+            yield
+
+
+_output_lock = threading.RLock()  # fd 1 is process-wide: two threads redirecting at once could lose stdout
+
+
+@contextlib.contextmanager
+def _redirected() -> Iterator[None]:
     sys.stdout.flush()
     saved_fd = None
     with contextlib.suppress(OSError, ValueError):

@@ -15,6 +15,25 @@ import pytest
 pytest_plugins = ["headreg.testing"]
 
 REPO = Path(__file__).resolve().parents[1]
+_SESSION_DIRS: dict[str, Path] = {}
+_FACTORY: list[pytest.TempPathFactory] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_tmp_path_factory(tmp_path_factory):
+    """Lets module-level helpers (bundle caches) write under pytest's tmp dir, never straight into /tmp."""
+    _FACTORY.append(tmp_path_factory)
+    yield
+    _FACTORY.clear()
+
+
+def session_dir(name: str) -> Path:
+    """One directory per name and test session, under pytest's basetemp (pytest prunes old ones)."""
+    if name not in _SESSION_DIRS:
+        if not _FACTORY:
+            raise RuntimeError("session_dir() is for use inside a pytest session")
+        _SESSION_DIRS[name] = _FACTORY[0].mktemp(name)
+    return _SESSION_DIRS[name]
 
 
 def write_plugin(root: Path, dist: str, module: str, body: str, *, entry_name: str | None = None,

@@ -1,5 +1,6 @@
 """The README's quickstart script runs end to end (attach, train, save, load, export, torch-free predict)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,5 +16,18 @@ def test_quickstart_runs_and_predicts_after_verified_export(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cases verified" in result.stdout
     assert (tmp_path / "bundle" / "model.onnx").is_file() and (tmp_path / "model" / "head.safetensors").is_file()
-    predictions = [line.split()[0] for line in result.stdout.splitlines()[-2:]]
-    assert predictions == ["pos", "neg"]
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines[-3:-1]] == ["pos", "neg"]
+    assert lines[-1] == f"kept: saved model {tmp_path / 'model'}, bundle {tmp_path / 'bundle'}"
+
+
+def test_quickstart_without_out_keeps_nothing(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "quickstart.py"), "--steps", "1"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "removed the temporary model and bundle" in result.stdout
+    assert [p for p in scratch.rglob("*") if p.is_file()] == []

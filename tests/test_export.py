@@ -106,8 +106,9 @@ def test_a_graph_that_differs_from_pytorch_fails_with_exit_1_and_no_bundle(tmp_p
     site = plugin_site(write_plugin(tmp_path / "src", "misbehaving-plugin", "misbehaving_plugin", MISBEHAVING_PLUGIN))
     out_parent = tmp_path / "out"
     out_parent.mkdir()
+    # dynamo: the exporter under which this head misbehaves (tests/test_first_hour.py covers --exporter auto)
     result = run_headreg("export", str(backbone_dir), "-o", str(out_parent / "bundle"), "--head", "export_different",
-                         "--num-labels", "2", site=site, env={"TMPDIR": str(tmp_path)})
+                         "--num-labels", "2", "--exporter", "dynamo", site=site, env={"TMPDIR": str(tmp_path)})
     assert result.returncode == 1, result.stderr
     assert "onnxruntime disagrees with PyTorch" in result.stderr
     assert "logits" in result.stderr and "random b1 len1" in result.stderr, "the report lists the failing cases"
@@ -154,7 +155,8 @@ def test_verification_failure_in_the_api_carries_the_report(tmp_path):
             import torch
 
             values = super().forward(pooled_output, sequence_output, attention_mask)
-            return values * float("nan") if torch.compiler.is_exporting() else values
+            traced = torch.compiler.is_exporting() or torch.jit.is_tracing()  # under both exporters
+            return values * float("nan") if traced else values
 
     model = tiny_model("distilbert", "regression")
     bad = NaNWhenExported(model.head.config, 32)
@@ -166,6 +168,9 @@ def test_verification_failure_in_the_api_carries_the_report(tmp_path):
     assert not report.passed and all(not case.outputs["logits"].finite for case in report.cases)
     assert "onnxruntime produced NaN/Inf" in str(failure.value)
     assert not (tmp_path / "bundle").exists()
+    # exporter="auto" tried TorchScript first and says so; the report is dynamo's, the last attempt
+    assert any(note.startswith("tried first: torchscript exporter: its graph failed verification")
+               for note in report.notes), report.notes
 
 
 # --- headreg verify on changed bundles --------------------------------------------------------------------------
@@ -281,7 +286,7 @@ def test_transformers_checkpoint_with_a_task_head_exports_its_own_logits(tmp_pat
                                                    id2label={0: "no", 1: "yes"})).eval()
     hf.save_pretrained(tmp_path / "checkpoint")
     load_tokenizer().save_pretrained(tmp_path / "checkpoint")
-    # also the explicit fallback exporter (the default, dynamo, runs everywhere else)
+    # also the explicit choice of exporter (the default, auto, starts with torchscript too)
     result = invoke("export", str(tmp_path / "checkpoint"), "-o", str(tmp_path / "bundle"), "--json",
                     "--exporter", "torchscript")
     assert result.exit_code == 0, result.output
@@ -333,8 +338,10 @@ def test_saved_headreg_model_with_optimize_and_int8(tmp_path):
     assert "model.int8.onnx: decision agreement" in rerun.output
 
 
-def test_real_minilm_backbone_with_a_fresh_head(tmp_path, minilm_path, capsys):
+def test_real_minilm_backbone_with_a_fresh_head(tmp_path, minilm_path, capsys, monkeypatch):
     from headreg.cli import main
+
+    monkeypatch.setenv("HEADREG_PROGRESS", "1")  # the step lines, although stderr is captured (not a terminal)
 
     out = tmp_path / "minilm"
     # --max-length 128 keeps the test quick; the default is 512, what the position table allows
@@ -343,7 +350,7 @@ def test_real_minilm_backbone_with_a_fresh_head(tmp_path, minilm_path, capsys):
     captured = capsys.readouterr()
     assert exit_info.value.code == 0, captured.err
     assert "freshly initialised (untrained)" in captured.err
-    for step in ("tokenizer", "trace", "pytorch reference", "verify", "write bundle"):
+    for step in ("load", "tokenizer", "cases", "trace", "verify", "write bundle"):
         assert f"✓ {step}" in captured.err
     assert "worst abs diff" in captured.out
     manifest = read_manifest(out)

@@ -123,6 +123,8 @@ def test_bundle_predictor_columns_and_errors():
         BundlePredictor(bundle, output="labels")
     with pytest.raises(InputError, match="long_text"):  # options are the Predictor's, checked at load
         BundlePredictor(bundle, output="embed", long_text="paragraphs")
+    with pytest.raises(InputError, match="bogus"):
+        BundlePredictor(bundle, bogus=1)
 
 
 def test_run_requests_isolates_a_bad_request():
@@ -178,6 +180,8 @@ def test_serve_deployment_over_http(ray_cluster):
         bad = httpx.post(f"{base}/sentiment/predict", content=b'{"inputs": ["a", 3]}', timeout=60)
         assert bad.status_code == 422 and "inputs[1]" in bad.json()["error"]
         assert httpx.post(f"{base}/sentiment/predict", content=b"{", timeout=60).status_code == 422
+        option = httpx.post(f"{base}/sentiment/predict", json={"inputs": ["a"], "parameters": {"bogus": 1}}, timeout=60)
+        assert option.status_code == 422 and "bogus" in option.json()["error"]  # the Predictor's own check
         missing = httpx.post(f"{base}/other/predict", json={"inputs": ["a"]}, timeout=60)
         assert missing.status_code == 404 and "sentiment" in missing.json()["error"]
         listed = httpx.get(base, timeout=60).json()["models"]

@@ -44,6 +44,7 @@ def spark():
         session = (
             SparkSession.builder.master("local[2]").appName("headreg-tests")
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.python.worker.reuse", "true")
             .config("spark.sql.shuffle.partitions", "2")
             .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH_ROWS))
@@ -123,5 +124,7 @@ def test_errors_on_the_driver(spark):
         predict_udf(bundle, output="labels")
     with pytest.raises(InputError, match="long_text"):  # the Predictor checks the options once, on the driver
         predict_udf(bundle, output="embedding", long_text="paragraphs")
+    with pytest.raises(InputError, match="bogus"):
+        predict_udf(bundle, output="struct", bogus=1)
     with pytest.raises(HeadregError):
         predict_udf(bundle.parent / "no-such-bundle")

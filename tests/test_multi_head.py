@@ -285,7 +285,7 @@ def test_the_dynamo_exporter_writes_one_verified_multi_head_graph(tmp_path):
         tiny_backbone("bert", num_hidden_layers=1),
         {"sentiment": HEADS["sentiment"], "chain": HEADS["chain"]},
     ).eval()
-    bundle = export_onnx(model, tmp_path / "b", load_tokenizer(), max_length=16)
+    bundle = export_onnx(model, tmp_path / "b", load_tokenizer(), max_length=16, exporter="dynamo")
     assert bundle.report.passed
     _, outputs, _ = graph_signature(bundle.path / "model.onnx")
     assert list(outputs) == [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -82,8 +83,21 @@ def test_predict_usage_errors_exit_2_and_broken_bundles_exit_1(tmp_path):
     assert both.returncode == 2 and "give one of them" in both.stderr
     empty = tmp_path / "empty-bundle"
     empty.mkdir()
-    broken = run_headreg("predict", str(empty), "hello")
-    assert broken.returncode == 1 and "not a complete headreg bundle" in broken.stderr
+    not_a_bundle = run_headreg("predict", str(empty), "hello")
+    assert not_a_bundle.returncode == 2 and "is not a headreg bundle" in not_a_bundle.stderr
+    broken = tmp_path / "broken-bundle"
+    shutil.copytree(bundle, broken)
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    corrupt = run_headreg("predict", str(broken), "hello")
+    assert corrupt.returncode == 1 and corrupt.stderr.startswith("error: ")
+
+
+def test_predict_on_a_saved_model_says_to_export_it(tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_model("seq_cls").save_pretrained(model_dir)
+    result = run_headreg("predict", str(model_dir), "hello")
+    assert result.returncode == 2
+    assert f"{model_dir} is a saved headreg model, not a bundle: run headreg export {model_dir} -o BUNDLE" in result.stderr
 
 
 def test_bench_reports_latency_and_throughput_per_engine_against_torch(tmp_path):

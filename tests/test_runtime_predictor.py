@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 from pathlib import Path
@@ -35,7 +34,6 @@ TEXTS = [
     "Tabs\tand\nnewlines   and\u00a0odd spaces",
     "Emoji 🎉 and CJK 東京 text",
 ]
-_BUNDLES = Path(tempfile.mkdtemp(prefix="headreg-runtime-tests-"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,7 +57,9 @@ def tiny_bundle(head: str) -> Path:
     from headreg.export.pipeline import export_onnx
     from headreg.testing import load_tokenizer
 
-    out = _BUNDLES / head
+    from conftest import session_dir
+
+    out = session_dir("runtime-bundles") / head
     # torchscript traces in under a second; the dynamo path is what the MiniLM parity tests use.
     export_onnx(tiny_model(head), out, tokenizer=load_tokenizer(), exporter="torchscript")
     return out

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import pip_install, write_plugin
+from conftest import pip_install, session_dir, write_plugin
 from prometheus_client.parser import text_string_to_metric_families
-from test_runtime_predictor import NER_LABELS, _BUNDLES, tiny_bundle
+from test_runtime_predictor import NER_LABELS, tiny_bundle
 
 from headreg.runtime import Predictor
 
@@ -133,7 +133,7 @@ def bundles() -> dict[str, Path]:
 
 def crf_bundle() -> Path:
     """The CRF plugin's head (pip-installed in this environment) on a tiny BERT, exported once per session."""
-    out = _BUNDLES / "crf"
+    out = session_dir("serve-bundles") / "crf"
     if not out.is_dir():
         import torch
 
@@ -286,6 +286,10 @@ def test_unknown_model_is_404_listing_the_served_names(server):
     response = post(f"{server.url}/v1/models/sentiment/predict", {"inputs": ["hi"]})
     assert response.status_code == 404
     assert "'sentiment'" in response.json()["error"] and all(name in response.json()["error"] for name in HEADS)
+    no_route = httpx.get(f"{server.url}/v2/anything")
+    assert no_route.status_code == 404 and "POST /v1/models/{name}/predict" in no_route.json()["error"]
+    wrong_method = httpx.get(f"{server.url}/v1/models/seq_cls/predict", headers=AUTH)
+    assert wrong_method.status_code == 405 and "does not take GET" in wrong_method.json()["error"]
 
 
 def test_api_key_is_required_and_checked(server):
@@ -529,3 +533,37 @@ def test_schema_imports_without_a_web_framework():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("422 'inputs' is empty")
+
+
+def test_default_threads_follow_the_container_cpu_quota(tmp_path):
+    from headreg.runtime.cpus import available_cpus, cgroup_cpu_quota
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 3.0
+    quota = cgroup_cpu_quota()
+    expected = len(os.sched_getaffinity(0))
+    if quota is not None:
+        expected = min(expected, math.ceil(quota))
+    assert available_cpus() == expected
+
+
+def test_queued_rows_of_very_different_lengths_are_split_where_padding_costs_more_than_a_call():
+    from headreg.serve.batcher import split_padding
+
+    assert split_padding([0, 1, 2, 3], [10, 12, 11, 120], call_cost=60) == [[0, 2, 1], [3]]
+    assert split_padding([0, 1, 2, 3], [30, 31, 32, 33], call_cost=60) == [[0, 1, 2, 3]]  # alike: one call
+    lengths = [5, 128, 7, 64, 6, 70, 127]
+    parts = split_padding(list(range(7)), lengths, call_cost=60)
+    assert sorted(i for part in parts for i in part) == list(range(7))  # every row exactly once
+
+    def cost(batches):
+        return sum(60 + len(b) * max(lengths[i] for i in b) for b in batches)
+
+    assert cost(parts) <= cost([list(range(7))]) and cost(parts) <= cost([[i] for i in range(7)])

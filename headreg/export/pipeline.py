@@ -25,10 +25,10 @@ from ..runtime.session import create_session
 from . import bundle as bundle_mod
 from .cases import Case, make_cases
 from .tokenizer import TokenizerError, bundle_tokenizer
-from .trace import ExportError, ExportWrapper, graph_signature, input_names_for, trace
+from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, ExportWrapper, graph_signature, input_names_for, trace
 from . import acceptance as acc
 from .quantize import DEFAULT_METHOD, INT8_REQUIRES_CPU, METHODS
-from .verify import HeadCheck, Report, VerificationFailed, run_onnx, save_golden, verify_session
+from .verify import HeadCheck, Report, VerificationFailed, compare_cases, run_cases, run_onnx, save_golden
 
 Progress = Callable[[str, str, dict], None]
 QUANTIZE_MODES = ("int8",)
@@ -89,7 +89,11 @@ class _Steps:
         info: dict[str, Any] = {}
         self.progress(name, "start", info)
         start = time.perf_counter()
-        yield info
+        try:
+            yield info
+        except BaseException:
+            self.progress(name, "failed", {**info, "seconds": round(time.perf_counter() - start, 3)})
+            raise
         step = Step(name, round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1))
         self.done.append(step)
         self.progress(name, "done", {**info, "seconds": step.seconds})
@@ -175,6 +179,68 @@ def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
             )
 
 
+def _reference_beside(session_path: Path, wrapper: ExportWrapper, cases: list[Case]):
+    """(PyTorch's outputs, onnxruntime's outputs) for every case, computed side by side.
+
+    PyTorch runs in a worker thread with one intra-op thread while onnxruntime runs the same cases here
+    (it releases the GIL): the two engines share the cores instead of taking turns, and PyTorch's OpenMP
+    threads cannot stall each other on a busy machine. Both see every case; nothing is skipped.
+    """
+    import concurrent.futures
+
+    def reference() -> list[dict[str, np.ndarray]]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _torch_outputs(wrapper, cases)
+        finally:
+            torch.set_num_threads(threads)
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="headreg-reference") as pool:
+        expected = pool.submit(reference)
+        try:
+            actual = run_cases(create_session(session_path), cases)
+        finally:
+            reference_outputs = expected.result()
+    return reference_outputs, actual
+
+
+def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, opset: int | None,
+                      cases: list[Case], wrapper: ExportWrapper, checks: dict, optimize: bool = False):
+    """Trace with each exporter of ``exporter`` ("auto": AUTO_ORDER, or AUTO_ORDER_OPTIMIZE) until one verifies.
+
+    Returns (trace result, report, PyTorch's outputs). The PyTorch reference is computed once, beside the
+    first verification, and serves every attempt. Raises the last attempt's ExportError / VerificationFailed,
+    with what the earlier attempts hit in its message or notes.
+    """
+    candidates = (AUTO_ORDER_OPTIMIZE if optimize else AUTO_ORDER) if exporter == "auto" else (exporter,)
+    earlier: list[str] = []
+    expected: list[dict[str, np.ndarray]] | None = None
+    for attempt, name in enumerate(candidates, 1):
+        last = attempt == len(candidates)
+        try:
+            with step("trace") as info:
+                info["exporter"] = name
+                traced = trace(model, path, opset=opset, exporter=name)
+                info["opset"] = traced.opset
+        except ExportError as exc:
+            if last:
+                raise ExportError("; ".join([*earlier, str(exc)])) from exc
+            earlier.append(f"{name} exporter: {exc}")
+            continue
+        with step("verify") as info:
+            if expected is None:
+                expected, actual = _reference_beside(path, wrapper, cases)
+            else:
+                actual = run_cases(create_session(path), cases)
+            report = compare_cases(cases, expected, actual, **checks)
+            info.update(cases=len(cases), passed=report.passed)
+        if report.passed or last:
+            report.notes.extend(f"tried first: {failure}" for failure in earlier)
+            report.raise_for_failure()
+            return traced, report, expected
+        earlier.append(f"{name} exporter: its graph failed verification ({report.failures[0]})")
+    raise AssertionError("unreachable: the last candidate returns or raises")
 def _torch_run(wrapper: ExportWrapper) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.inference_mode():
@@ -289,7 +355,7 @@ def export_onnx(
     rtol: float = 1e-3,
     max_length: int | None = None,
     overwrite: bool = False,
-    exporter: str = "dynamo",
+    exporter: str = "auto",
     int8_min_agreement: float | None = None,
     calibration_texts: Sequence[Any] | None = None,
     calibration_method: str = DEFAULT_METHOD,
@@ -298,13 +364,17 @@ def export_onnx(
     max_error: float = acc.MAX_ERROR,
     invariance_tolerance: float = acc.INVARIANCE_TOLERANCE,
     source: dict[str, Any] | None = None,
-    progress: Progress | None = None,
+    progress: Progress | bool | None = None,
 ) -> Bundle:
     """Export a HeadedModel to a verified ONNX bundle in ``out_dir`` and return what was written.
 
     Raises VerificationFailed (with ``.report``) when onnxruntime disagrees with PyTorch; nothing is
     written then. ``tokenizer`` is a transformers tokenizer, a ``tokenizers.Tokenizer`` or a path; it
-    defaults to the backbone's own directory.
+    defaults to the backbone's own directory. ``exporter``: "auto" (TorchScript, then dynamo when TorchScript
+    cannot trace the model or its graph does not verify; dynamo first with ``optimize=True``), "torchscript"
+    or "dynamo". ``progress``: None shows
+    each step on stderr when stderr is a terminal, True/False force it on/off, a callable
+    ``progress(step, state, info)`` receives the steps ("start", "done" or "failed").
 
     ``quantize="int8"`` adds a static int8 variant, calibrated on part of ``calibration_texts`` (strings or
     ``(text, text_pair)``; default: headreg's built-in texts) and accepted on the disjoint rest when at least
@@ -322,6 +392,8 @@ def export_onnx(
     check_target(out_dir, **target)
     if quantize not in (None, *QUANTIZE_MODES):
         raise ExportOptionError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    if exporter not in ("auto", *EXPORTERS):
+        raise ExportOptionError(f"unknown exporter {exporter!r}; choose one of auto, {', '.join(EXPORTERS)}")
     if calibration_method not in METHODS:
         raise ExportOptionError(f"unknown calibration method {calibration_method!r}; choose one of {', '.join(METHODS)}")
     if int8_min_agreement is not None:
@@ -329,6 +401,10 @@ def export_onnx(
     options = acc.AcceptanceOptions(min_agreement=min_agreement, near_tie=near_tie, max_error=max_error,
                                     invariance_tolerance=invariance_tolerance)
     max_length = resolve_max_length(model, max_length)
+    if not callable(progress):
+        from ..progress import StepProgress
+
+        progress = StepProgress(progress)
     step = _Steps(progress)
     input_names = input_names_for(model)
     padding_side = "left" if model._decoder else "right"
@@ -343,10 +419,7 @@ def export_onnx(
         with step("tokenizer"):
             tok = bundle_tokenizer(_tokenizer_for(model, tokenizer), pad_token_id=model.config.pad_token_id)
             tok.save(staging / TOKENIZER_FILE)
-        with step("trace") as info:
-            traced = trace(model, staging / MODEL_FILE, opset=opset, exporter=exporter)
-            info["opset"] = traced.opset
-        with step("pytorch reference") as info:
+        with step("cases") as info:
             cases = make_cases(
                 input_names=input_names,
                 vocab_size=model.config.vocab_size,
@@ -357,13 +430,11 @@ def export_onnx(
                 pairs="token_type_ids" in input_names,
             )
             _check_tokenizer(tok, cases, max_length)
-            wrapper = ExportWrapper(model, input_names).eval()
-            expected = _torch_outputs(wrapper, cases)
             info["cases"] = len(cases)
-        with step("verify") as info:
-            report = verify_session(create_session(staging / MODEL_FILE), cases, expected, **checks)
-            info["passed"] = report.passed
-            report.raise_for_failure()
+        wrapper = ExportWrapper(model, input_names).eval()
+        traced, report, expected = _trace_and_verify(model, staging / MODEL_FILE, step, exporter=exporter, opset=opset,
+                                                     cases=cases, wrapper=wrapper, checks=checks, optimize=optimize)
+        exporter = traced.exporter
 
         optimization = None
         int8 = None

@@ -49,6 +49,23 @@ def result_fields(manifest: Mapping[str, Any]) -> tuple[str, ...] | None:
     return HEAD_FIELDS[kind] if kind else None
 
 
+def head_layout(predictor: Any, options: Mapping[str, Any] | None = None) -> dict[str | None, str | None]:
+    """What a predict call's results look like: ``{None: kind}`` for a single-head bundle (one result per
+    input), ``{head name: kind}`` for the heads a multi-head bundle answers with (a dict by head name per
+    input; ``heads=`` in ``options`` selects some). ``kind`` as :func:`head_kind` gives it.
+    """
+    if not getattr(predictor, "multi_head", False):
+        return {None: head_kind(predictor.manifest)}
+    selected = (options or {}).get("heads")
+    selected = [selected] if isinstance(selected, str) else selected
+    return {head.name: head_kind(head.manifest) for head in predictor.heads if not selected or head.name in selected}
+
+
+def pick_fields(result: Mapping[str, Any], kind: str | None) -> dict[str, Any]:
+    """A head's result cut to the fields that become columns (all of them for a head of unknown shape)."""
+    return dict(result) if kind is None else {name: result[name] for name in HEAD_FIELDS[kind]}
+
+
 WARM_UP_TEXT = "headreg warm-up"
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import require
 from ..runtime import InputError, Predictor
-from . import load_predictor, result_fields
+from . import HEAD_FIELDS, head_layout, load_predictor, pick_fields
 
 OUTPUTS = ("predict", "embed")
 
@@ -92,7 +92,7 @@ class BundlePredictor:
             raise ValueError(f"output={output!r}: expected one of {', '.join(OUTPUTS)}")
         self.predictor = load_predictor(bundle, threads or worker_cpus(), variant, predictor_options,
                                         embed=output == "embed", options=options)
-        self.fields = ("embedding",) if output == "embed" else result_fields(self.predictor.manifest)
+        self.layout = head_layout(self.predictor, options)
 
     def __call__(self, batch: Any) -> Any:
         columns = list(batch.keys()) if isinstance(batch, Mapping) else list(batch.columns)
@@ -105,10 +105,14 @@ class BundlePredictor:
             results = self.predictor.predict(texts, **self.options)
         except InputError as exc:
             raise InputError(f"column {self.text_column!r}: {exc}") from exc
-        fields = self.fields or _keys(results)
-        if numpy:
-            return self._put(batch, columns, {field: _array([r[field] for r in results]) for field in fields})
-        return self._put(batch, columns, {field: [r[field] for r in results] for field in fields})
+        if None in self.layout:  # one head: a column per field
+            kind = self.layout[None]
+            rows = [pick_fields(r, kind) for r in results]
+            fields = dict.fromkeys(field for row in rows for field in row) or HEAD_FIELDS.get(kind or "", ())
+            new = {field: [row.get(field) for row in rows] for field in fields}
+        else:  # several heads: a column per head, holding that head's fields
+            new = {head: [pick_fields(r[head], kind) for r in results] for head, kind in self.layout.items()}
+        return self._put(batch, columns, {name: _array(values) for name, values in new.items()} if numpy else new)
 
     def _texts(self, batch: Any, columns: list[str]) -> list[Any]:
         for column in filter(None, (self.text_column, self.pair_column)):
@@ -140,13 +144,6 @@ class BundlePredictor:
 def _values(column: Any) -> list[Any]:
     """Plain Python values of a pandas Series or numpy array (numpy scalars become str / float)."""
     return column.tolist()
-
-
-def _keys(results: Sequence[Mapping[str, Any]]) -> list[str]:
-    keys: dict[str, None] = {}
-    for result in results:
-        keys.update(dict.fromkeys(result))
-    return list(keys)
 
 
 def _array(values: list[Any]) -> np.ndarray:
@@ -288,6 +285,8 @@ def deployment(
     path = Path(bundle).resolve()
     name = name or path.name
     options = dict(deployment_options)
+    # Ray Serve's default (5 requests in flight per replica) would cap every batch at 5 requests.
+    options.setdefault("max_ongoing_requests", 2 * max_batch_size)
     actor_options = {"num_cpus": num_cpus, **options.pop("ray_actor_options", {})}
     app = serve.deployment(BundleServer, name=f"headreg-{name}", num_replicas=num_replicas,
                            ray_actor_options=actor_options, **options)

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..errors import HeadregError, require
-from ..manifest import read_manifest
-from . import HEAD_FIELDS, head_kind, load_predictor
+from . import HEAD_FIELDS, head_layout, load_predictor, pick_fields
 
 OUTPUTS = ("label", "struct", "embedding", "json")
 # output="label": the head's decision alone.
@@ -53,7 +52,7 @@ class _Spec:
     bundle: str  # the path on the driver
     shipped: str | None  # SparkFiles name when the bundle was shipped with addFile
     output: str
-    kind: str | None
+    layout: tuple  # ((head name or None, kind), ...): see head_layout
     threads: int
     variant: str | None
     predictor_options: tuple = ()
@@ -156,25 +155,31 @@ def predict_udf(
         raise HeadregError("predict_udf needs an active SparkSession (classic, not Spark Connect): "
                            "create it first, e.g. SparkSession.builder.master('local[2]').getOrCreate()")
     path = Path(bundle).expanduser().resolve()
-    manifest = read_manifest(path)
-    kind = head_kind(manifest)
-    if output == "embedding":
-        return_type = "array<float>"
-    elif output == "json":
-        return_type = "string"
-    elif kind is None or (kind, output) not in SCHEMAS:
-        raise HeadregError(f"the bundle's head {manifest.get('head', {}).get('name')!r} returns results of its own "
-                           f"shape; use output='json' (or 'embedding')")
-    else:
-        return_type = SCHEMAS[(kind, output)]
     # Load once here: a bad bundle or a misspelt option fails now, not inside every executor.
-    load_predictor(path, 1, variant, predictor_options, embed=output == "embedding", options=options)
+    predictor = load_predictor(path, 1, variant, predictor_options, embed=output == "embedding", options=options)
+    layout = head_layout(predictor, options)
+    return_type = _return_type(output, layout, predictor.head)
     if ship is None:
         ship = not sc.master.startswith("local")
     shipped = _ship(sc, path) if ship else None
-    spec = _Spec(str(path), shipped, output, kind, int(threads), variant,
+    spec = _Spec(str(path), shipped, output, tuple(layout.items()), int(threads), variant,
                  tuple(sorted((predictor_options or {}).items())), json.dumps(options, sort_keys=True))
     return BundleUDF(spec, return_type, sc.accumulator([], _Loads()))
+
+
+def _return_type(output: str, layout: dict, head: str) -> str:
+    """The UDF's Spark DDL: see SCHEMAS; a multi-head bundle's is a struct with one field per head."""
+    if output == "embedding":
+        return "array<float>"
+    if output == "json":
+        return "string"
+    unknown = [name or head for name, kind in layout.items() if (kind, output) not in SCHEMAS]
+    if unknown:
+        raise HeadregError(f"head {', '.join(map(repr, unknown))} returns results of its own shape, which has no fixed "
+                           "Spark schema here: use output='json' (or 'embedding')")
+    if None in layout:
+        return SCHEMAS[(layout[None], output)]
+    return "struct<" + ",".join(f"`{name}`:{SCHEMAS[(kind, output)]}" for name, kind in layout.items()) + ">"
 
 
 def _ship(sc: Any, path: Path) -> str:
@@ -233,8 +238,14 @@ def _predict_batch(predictor: Any, spec: _Spec, texts: list):
         results[i] = result
     if spec.output == "json":
         return pd.Series([None if r is None else json.dumps(r) for r in results], dtype=object)
+    layout = dict(spec.layout)
+    if None in layout:
+        kind = layout[None]
+        if spec.output == "label":
+            return pd.Series([None if r is None else r[LABEL_FIELD[kind]] for r in results], dtype=object)
+        return pd.DataFrame({name: [None if r is None else r[name] for r in results] for name in HEAD_FIELDS[kind]})
     if spec.output == "label":
-        name = LABEL_FIELD[spec.kind]
-        return pd.Series([None if r is None else r[name] for r in results], dtype=object)
-    return pd.DataFrame({name: [None if r is None else r[name] for r in results]
-                         for name in HEAD_FIELDS[spec.kind]})
+        return pd.DataFrame({head: [None if r is None else r[head][LABEL_FIELD[kind]] for r in results]
+                             for head, kind in layout.items()})
+    return pd.DataFrame({head: [None if r is None else pick_fields(r[head], kind) for r in results]
+                         for head, kind in layout.items()})

@@ -76,11 +76,13 @@ class Engine:
 
 
 def measure(
-    engines: Sequence[Engine], texts: Sequence[Any], *, batch_size: int, passes: int, warmup: int = 1
+    engines: Sequence[Engine], texts: Sequence[Any], *, batch_size: int, passes: int, warmup: int = 1,
+    on_pass: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
     """Time full passes over ``texts`` (tokenize, batch, run, postprocess) for every engine.
 
     Passes are interleaved engine by engine, so a noisy neighbour slows every engine alike.
+    ``on_pass(description)`` is called after each engine's pass ((warmup + passes) x engines calls).
     """
     results = []
     for engine in engines:
@@ -97,6 +99,8 @@ def measure(
     for attempt in range(warmup + passes):
         for engine, result in zip(engines, results):
             seconds, latencies = _one_pass(engine, texts, batch_size)
+            if on_pass is not None:
+                on_pass(f"{'warm-up' if attempt < warmup else f'pass {attempt - warmup + 1}/{passes}'} {engine.name}")
             if attempt >= warmup:
                 result.seconds.append(seconds)
                 result.latencies.extend(latencies)

@@ -28,8 +28,7 @@ from . import postprocess as _post
 from .batching import pad_batch, plan_batches
 from . import windows as _windows
 from .inputs import (
-    InputError, OptionContext, RuntimeOption, as_input_list, char_limit, check_inputs, check_options, cut,
-    register_option, valid_options,
+    InputError, OptionContext, as_input_list, char_limit, check_inputs, check_options, cut, valid_options,
 )
 from .session import create_session
 from .variants import select_variant, variant_records
@@ -450,11 +449,9 @@ class Predictor:
         return shape[-1] if isinstance(shape[-1], int) else None
 
 
-# Per-call options that steer the runtime itself rather than a head's postprocess config; runtime/windows.py
-# checks their values.
+# Per-call options that steer the runtime itself rather than a head's postprocess config (registered with
+# their checks where they are implemented: runtime/windows.py).
 RUNTIME_OPTIONS: tuple[str, ...] = (*_windows.OPTIONS,)
-for _name in RUNTIME_OPTIONS:
-    register_option(RuntimeOption(_name, lambda value, context: value, runtime=True, description="see runtime/windows.py"))
 
 
 def _output_axes(manifest: dict[str, Any], session: Any, names: Sequence[str]) -> dict[str, str]:

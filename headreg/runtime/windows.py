@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import HeadregError
-from .inputs import InputError
+from .inputs import InputError, RuntimeOption, register_option
 
 LONG_TEXT = ("truncate", "window")
 WINDOW_REDUCE = ("mean", "max", "first")
@@ -71,6 +71,27 @@ def window_options(options: Mapping[str, Any]) -> WindowOptions:
         if given:
             raise InputError(f"{', '.join(given)} only apply with long_text='window' (this call truncates long inputs)")
     return WindowOptions(long_text, None if overlap is None else int(overlap), reduce)
+
+
+def _checked(name: str):
+    """The registry's value check for one option: the same rules as :func:`window_options`, one name at a time."""
+
+    def check(value: Any, context: Any) -> Any:
+        window_options({"long_text": "window", name: value} if name != "long_text" else {name: value})
+        return value
+
+    return check
+
+
+# The Predictor accepts these per call (runtime options, not postprocess config); window_options checks how
+# they combine (window_* only with long_text="window", window_stride and window_overlap agreeing).
+for _name, _description in (
+    ("long_text", "truncate | window: texts past max_length are cut, or read in overlapping windows"),
+    ("window_stride", "with long_text='window': tokens neighbouring windows share (the overlap, not the step)"),
+    ("window_overlap", "the same as window_stride"),
+    ("window_reduce", "with long_text='window', sequence heads: mean | max | first over the windows' logits"),
+):
+    register_option(RuntimeOption(_name, _checked(_name), runtime=True, description=_description))
 
 
 def default_overlap(room: int) -> int:
@@ -287,7 +308,7 @@ def merge_windows(
         [np.zeros(head_end, np.int64), chosen, np.full(len(windows[-1]) - tail_start, len(windows) - 1, np.int64)]
     )
     source_position = np.concatenate(
-        [np.arange(head_end), inner + np.asarray([spans[w][0] for w in chosen], dtype=np.int64).reshape(-1),
+        [np.arange(head_end), inner + np.asarray([start for start, _ in spans], dtype=np.int64)[chosen],
          np.arange(tail_start, len(windows[-1]))]
     )
     first_row = np.concatenate([[0], np.cumsum([len(encoding) for encoding in windows[:-1]])]).astype(np.int64)

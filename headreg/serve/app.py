@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -30,8 +31,7 @@ from ..runtime.inputs import InputError
 from .batcher import Batcher, InferenceError
 from .metrics import ServeMetrics
 from .schema import (
-    RequestError, check_api_key, check_parameters, known_parameters, model_info, parse_embed_request, parse_json,
-    parse_predict_request, unknown_model,
+    RequestError, check_api_key, model_info, parse_embed_request, parse_json, parse_predict_request, unknown_model,
 )
 
 access_log = logging.getLogger("headreg.serve.access")
@@ -62,9 +62,7 @@ class _State:
                           max_batch_size=config.max_batch_size, metrics=metrics)
             for name, predictor in self.predictors.items()
         }
-        self.parameters = {name: known_parameters(p) for name, p in self.predictors.items()}
-        self.models = [model_info(name, p, task=_task(p.head), parameters=self.parameters[name])
-                       for name, p in self.predictors.items()]
+        self.models = [model_info(name, p, task=_task(p.head)) for name, p in self.predictors.items()]
         self.ready = False
         self.in_flight = 0
 
@@ -129,10 +127,9 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
             Route("/v1/models/{name}/predict", predict, methods=["POST"]),
             Route("/v1/models/{name}/embed", embed, methods=["POST"]),
         ],
-        exception_handlers={RequestError: _request_error},
+        exception_handlers={RequestError: _request_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
-    app.state.headreg = state
     return AccessLog(app, metrics)
 
 
@@ -157,7 +154,6 @@ async def _infer(request: Request, state: _State, kind: str) -> Response:
         limit = state.config.max_input_texts
         if kind == "predict":
             inputs, parameters = parse_predict_request(payload, max_inputs=limit)
-            check_parameters(parameters, state.parameters[name])
         else:
             inputs, parameters = parse_embed_request(payload, max_inputs=limit), {}
         _log(request, inputs=len(inputs))
@@ -205,6 +201,18 @@ async def _request_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (no such route, wrong method) as the same JSON as every other error."""
+    assert isinstance(exc, HTTPException)
+    message = {
+        404: f"no route {request.method} {request.url.path}; the routes are GET /health, /info, /metrics, "
+             "/v1/models and POST /v1/models/{name}/predict, /v1/models/{name}/embed",
+        405: f"{request.url.path} does not take {request.method}",
+    }.get(exc.status_code, str(exc.detail))
+    return JSONResponse({"error": message, "status": exc.status_code}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
 async def _warm_up(state: _State) -> None:
     """One request per model through its queue, so the first real request does not pay for onnxruntime's setup."""
     for name, batcher in state.batchers.items():
@@ -241,10 +249,6 @@ class AccessLog:
     def __init__(self, app: Any, metrics: ServeMetrics):
         self.app = app
         self.metrics = metrics
-
-    @property
-    def state(self) -> Any:
-        return self.app.state
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -1,12 +1,12 @@
 """Cross-request batching: one queue and one model thread per bundle, in front of the Predictor's row pipeline.
 
-A request is tokenized on its own (``Predictor.prepare``, in a thread pool, so requests tokenize in parallel
-and never on the event loop); its rows join the bundle's queue. The bundle's model thread takes queued rows
-in arrival order (FIFO across requests) up to the token budget and the row cap, orders them by length with
-``Predictor.plan`` (rows the plan puts into later batches go back to the head of the queue), runs one batch
-with ``Predictor.run_rows`` and hands each row's output to its request. A request whose rows are all back is
-finished (``Predictor.finish``: the head's postprocess on that request's rows alone) in the thread pool while
-the model thread already runs the next batch.
+A request is tokenized on its own (``Predictor.prepare``: on the event loop when small, else in a thread
+pool); its rows join the bundle's queue. The bundle's model thread takes queued rows in arrival order (FIFO
+across requests) up to the token budget and the row cap, orders them by length with ``Predictor.plan``, runs
+the planned batch that holds the oldest row with ``Predictor.run_rows`` (the plan's other rows go back to the
+head of the queue) and hands each row's output to its request. A request whose rows are all back is finished
+(``Predictor.finish``: the head's postprocess on that request's rows alone) while the model thread already
+runs the next batch.
 
 Why a thread per bundle and not the event loop or a pool: onnxruntime already spreads one batch over the
 intra-op threads, two batches at once would only fight for the same cores, and a thread that takes the next
@@ -33,6 +33,11 @@ from .metrics import ServeMetrics
 # a core. Bigger ones go to the thread pool so the loop keeps answering other requests meanwhile.
 INLINE_CHARS = 2048  # characters of input per request
 INLINE_TOKENS = 512  # tokens of a job's rows, for its postprocess
+# The fixed cost of one model call, in tokens of work: MiniLM fp32 on 2 threads takes 6.1 ms for 1 x 16 tokens
+# and 14.7 ms for 1 x 128 (docs/performance.md), about 5 ms + 0.08 ms per token, so a call costs as much as
+# ~60 tokens. A few queued rows of very different lengths run cheaper as two calls than as one padded to the
+# longest; offline, sorting thousands of inputs makes neighbours alike, the server sees a handful at a time.
+CALL_COST_TOKENS = 60
 
 
 def _chars(item: Any) -> int:
@@ -80,6 +85,28 @@ def _resolve(answers: list[tuple[_Request, BaseException | None]]) -> None:
             request.future.set_exception(exc)
         else:
             request.future.set_result(request.outputs)
+
+
+def split_padding(batch: list[int], lengths: Sequence[int], call_cost: int = CALL_COST_TOKENS) -> list[list[int]]:
+    """Split a length-sorted batch where that costs less than the padding it saves.
+
+    Cost of a batch: ``call_cost + rows x longest row`` (tokens of work); the split with the least total cost
+    is found exactly (a 1-D partition over at most ``max_batch_size`` rows, so quadratic is cheap).
+
+    >>> split_padding([0, 1, 2, 3], [10, 12, 11, 120])
+    [[0, 2, 1], [3]]
+    """
+    order = sorted(batch, key=lambda i: lengths[i])
+    sizes = [max(int(lengths[i]), 1) for i in order]
+    best, cut = [0] + [0] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        best[end], cut[end] = min((best[start] + call_cost + (end - start) * sizes[end - 1], start)
+                                  for start in range(end))
+    parts, end = [], len(order)
+    while end:
+        parts.append(order[cut[end]:end])
+        end = cut[end]
+    return parts[::-1]
 
 
 class Batcher:
@@ -155,10 +182,6 @@ class Batcher:
             return await loop.run_in_executor(None, self.predictor.finish, job, outputs)
         except InputError:
             raise
-        except (ValueError, TypeError) as exc:
-            if parameters:  # an option value the head's postprocess cannot use (e.g. a threshold for no label)
-                raise InputError(f"parameters: {exc}") from exc
-            raise InferenceError(f"postprocess failed: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             raise InferenceError(f"postprocess failed: {type(exc).__name__}: {exc}") from exc
 
@@ -177,7 +200,8 @@ class Batcher:
                 self._run(batch)
 
     def _take(self) -> list[tuple[_Request, int]]:
-        """The next batch: queued rows in arrival order up to the caps, then the first of their length plan."""
+        """The next batch: queued rows in arrival order up to the caps, then the batch of their length plan
+        that holds the oldest of them."""
         taken: list[tuple[_Request, int]] = []
         tokens = 0
         while self._queue and len(taken) < self.max_batch_size:
@@ -193,11 +217,14 @@ class Batcher:
         if len(taken) <= 1:
             return taken
         lengths = [len(request.job.rows[index].encoding) for request, index in taken]
-        plan = self.predictor.plan(lengths, batch_size=self.max_batch_size)
-        # Later batches of the plan go back to the head of the queue, in arrival order: they run next.
-        rest = sorted(i for batch in plan[1:] for i in batch)
+        plan = [part for batch in self.predictor.plan(lengths, batch_size=self.max_batch_size)
+                for part in split_padding(batch, lengths)]
+        # The batch holding the oldest row runs now, so no row waits forever behind newer rows of other
+        # lengths; the plan's other batches go back to the head of the queue, in arrival order.
+        chosen = next(batch for batch in plan if 0 in batch)
+        rest = sorted(i for batch in plan if batch is not chosen for i in batch)
         self._queue.extendleft(taken[i] for i in reversed(rest))
-        return [taken[i] for i in plan[0]]
+        return [taken[i] for i in chosen]
 
     def _run(self, batch: list[tuple[_Request, int]]) -> None:
         rows = [request.job.rows[index] for request, index in batch]

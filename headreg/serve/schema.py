@@ -101,33 +101,10 @@ def unknown_model(name: str, served: Sequence[str]) -> RequestError:
     return RequestError(404, f"no model named {name!r}; this server serves: {', '.join(served)}")
 
 
-def known_parameters(predictor: Any) -> list[str]:
-    """The per-call options a model takes: the runtime's (long_text, ...) and its head's postprocess options;
-    a multi-head bundle's (``heads``, each head's name, every head's options) come from the Predictor."""
-    if getattr(predictor, "multi_head", False):
-        return predictor.valid_options()
-    from ..runtime.predictor import RUNTIME_OPTIONS
-
-    known = (set(predictor.config) - {"id2label", "problem_type"}) | set(RUNTIME_OPTIONS)
-    if "thresholds" in known:
-        known.add("threshold")
-    if predictor.level == "token":
-        known |= {"aggregation", "ignore_labels"}
-    return sorted(known)
-
-
-def check_parameters(parameters: Mapping[str, Any], known: Sequence[str]) -> None:
-    """422 naming the parameters this model does not take, and listing the ones it does."""
-    unknown = sorted(set(parameters) - set(known))
-    if unknown:
-        raise RequestError(
-            422, f"unknown parameter(s) {', '.join(map(repr, unknown))}; this model takes: {', '.join(known) or 'none'}"
-        )
-
-
-def model_info(name: str, predictor: Any, *, task: str | None = None, parameters: Sequence[str] = ()) -> dict[str, Any]:
+def model_info(name: str, predictor: Any, *, task: str | None = None) -> dict[str, Any]:
     """One ``/v1/models`` entry: what a client needs to know to call this model."""
     manifest = predictor.manifest
+    parameters = predictor.valid_options()
     variants = sorted(k for k, v in (manifest.get("variants") or {"fp32": {}}).items() if isinstance(v, dict))
     return {
         "name": name,
@@ -137,6 +114,7 @@ def model_info(name: str, predictor: Any, *, task: str | None = None, parameters
         "labels": list(predictor.labels),
         "variants": variants,
         "variant": predictor.variant,
+        "variant_reason": getattr(predictor, "variant_reason", None),
         "max_length": predictor.max_length,
         "truncation": (
             f"inputs longer than {predictor.max_length} tokens (special tokens included) are truncated to "

@@ -1,0 +1,228 @@
+"""Writing bundles and saved models: private staging, what --overwrite may replace, leftovers of killed writers,
+full and read-only filesystems, file modes; loading saved models strictly. Real files, real processes, real
+signals, a real (tiny) tmpfs where the machine lets us mount one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from headreg import attach_head, load_model
+from headreg.atomic import atomic_directory, remove_leftovers
+from headreg.cli import cli
+from headreg.errors import SaveLoadError
+from headreg.testing import tiny_backbone
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return attach_head(tiny_backbone(), "seq_cls", num_labels=2)
+
+
+@pytest.fixture
+def saved(model, tmp_path) -> Path:
+    from headreg.testing import load_tokenizer
+
+    return model.save_pretrained(tmp_path / "saved", tokenizer=load_tokenizer())
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+# --- what may be replaced ---------------------------------------------------------------------------------------------
+
+
+def test_export_overwrite_refuses_a_directory_that_is_not_a_bundle(saved, tmp_path):
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "thesis.tex").write_text("years of work")
+    result = invoke("export", str(saved), "-o", str(documents), "--overwrite")
+    assert result.exit_code == 2
+    assert "is not a headreg bundle" in result.output and "Remove the directory yourself" in result.output
+    assert (documents / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.mark.parametrize("where", ["source", "parent"])
+def test_export_never_writes_over_its_own_source_or_a_directory_containing_it(saved, where):
+    target = saved if where == "source" else saved.parent
+    before = sorted(p.name for p in saved.iterdir())
+    result = invoke("export", str(saved), "-o", str(target), "--overwrite")
+    assert result.exit_code == 2
+    assert "source being written from" in result.output
+    assert sorted(p.name for p in saved.iterdir()) == before
+
+
+def test_save_pretrained_refuses_a_file_and_a_symlink(model, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SaveLoadError, match="not a directory"):
+        model.save_pretrained(tmp_path / "file", overwrite=True)
+    (tmp_path / "link").symlink_to(tmp_path)
+    with pytest.raises(SaveLoadError, match="not a directory"):
+        model.save_pretrained(tmp_path / "link", overwrite=True)
+
+
+# --- leftovers of killed writers ----------------------------------------------------------------------------------------
+
+
+def test_only_our_own_dead_leftovers_are_removed(tmp_path):
+    target = tmp_path / "bundle"
+    dead = dead_pid()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ours_dead = tmp_path / f".bundle.{dead}.abc123.incoming"
+        ours_alive = tmp_path / f".bundle.{alive.pid}.def456.incoming"
+        old = tmp_path / f".bundle.{dead}.old"
+        not_ours = tmp_path / f".bundle.{dead}.zzz.incoming"
+        unrelated = tmp_path / ".bundle.notes"
+        for path in (ours_dead, ours_alive, old, not_ours, unrelated):
+            path.mkdir()
+            (path / "f").write_text("x")
+        if os.getuid() == 0:
+            os.chown(not_ours, 65534, 65534)  # another user's (only root can give a directory away)
+        else:
+            shutil.rmtree(not_ours)
+        handled = remove_leftovers(target)
+        assert ours_dead in handled and not ours_dead.exists()
+        assert target.is_dir() and (target / "f").exists(), "the missing target got its .old copy back"
+        assert ours_alive.exists() and unrelated.exists()
+        if os.getuid() == 0:
+            assert not_ours.exists(), "another user's leftovers are never touched"
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_sigterm_during_the_final_move_leaves_a_complete_target_and_nothing_else(tmp_path):
+    """The swap runs with SIGTERM held back: the signal lands after it, never between two renames."""
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "version").write_text("old")
+    script = textwrap.dedent(f"""
+        import os, signal
+        import headreg.atomic as atomic
+        real = atomic._exchange
+
+        def exchange(a, b):
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-move
+            return real(a, b)
+
+        atomic._exchange = exchange
+        with atomic.atomic_directory({str(target)!r}, overwrite=True) as tmp:
+            (tmp / "version").write_text("new")
+        print("not reached: SIGTERM ends the process after the move")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -15, result.stderr
+    assert (target / "version").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+# --- full and read-only filesystems -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    if os.getuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root (CI containers run as root; a desktop run does not)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_nothing(model, tiny_tmpfs):
+    with pytest.raises(SaveLoadError, match="no space left on the device.*nothing was written"):
+        model.save_pretrained(tiny_tmpfs / "model")
+    assert list(tiny_tmpfs.iterdir()) == []
+
+
+def test_a_read_only_output_parent_fails_before_any_work(saved, tiny_tmpfs):
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    result = invoke("export", str(saved), "-o", str(tiny_tmpfs / "bundle"))
+    assert result.exit_code == 2, result.output
+    assert "read-only filesystem" in result.output
+    assert "✓" not in result.output, "no export step ran"
+
+
+# --- file modes -----------------------------------------------------------------------------------------------------------
+
+
+def test_saved_files_get_the_umask_modes(model, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        saved = model.save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(saved)): p.stat().st_mode & 0o777 for p in saved.rglob("*")}
+    assert modes["head.safetensors"] == 0o644 and modes["backbone/model.safetensors"] == 0o644
+    assert set(modes.values()) == {0o644, 0o755}, modes
+    assert saved.stat().st_mode & 0o777 == 0o755
+
+
+# --- saved models: strict weights, checked config ------------------------------------------------------------------------
+
+
+def test_backbone_weights_that_do_not_match_are_an_error_naming_them(saved):
+    weights = saved / "backbone" / "model.safetensors"
+    state = load_file(weights)
+    state["bogus.weight"] = state.pop("embeddings.word_embeddings.weight")
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(SaveLoadError, match=r"missing \(would be randomly initialised\): "
+                                            r"embeddings\.word_embeddings\.weight.*unexpected.*bogus\.weight"):
+        load_model(saved)
+    loaded = load_model(saved, strict=False)  # the explicit opt-out
+    assert loaded.head_name == "seq_cls"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda c: c.update(head=5), "head"),
+        (lambda c: c["head_config"].update(num_labels=-5), "head_config.num_labels"),
+        (lambda c: c["head_config"].update(id2label={"a": "x"}), "head_config.id2label.a"),
+        (lambda c: c["pooling"].update(strategy="median"), "pooling.strategy"),
+        (lambda c: c["pooling"].update(norm_eps="small"), "pooling.norm_eps"),
+        (lambda c: c["pooling"].update(extra_field=1), "pooling.extra_field"),
+        (lambda c: c.update(backbone="../elsewhere"), "backbone"),
+        (lambda c: c.update(format_version="1"), "format_version"),
+    ],
+)
+def test_type_corrupted_saved_config_is_an_error_naming_the_field(saved, change, field):
+    config = json.loads((saved / "headreg_model.json").read_text())
+    change(config)
+    (saved / "headreg_model.json").write_text(json.dumps(config))
+    with pytest.raises(SaveLoadError, match=f"field '{field}'"):
+        load_model(saved)
+
+
+def test_duplicate_keys_in_the_saved_config_are_refused(saved):
+    text = (saved / "headreg_model.json").read_text()
+    (saved / "headreg_model.json").write_text(text.replace('"pooling": {', '"pooling": {"strategy": "max"}, "pooling": {', 1))
+    with pytest.raises(SaveLoadError, match="duplicate key 'pooling'"):
+        load_model(saved)
+
+
+def test_atomic_directory_on_a_fresh_target_renames_into_place(tmp_path):
+    with atomic_directory(tmp_path / "new", overwrite=False) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(f".new.{os.getpid()}.")
+        (tmp / "x").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
