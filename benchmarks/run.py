@@ -5,12 +5,15 @@ engine alike:
 
 - the machine's fp32 matmul GFLOP/s (2048 x 2048, PyTorch/MKL, the same thread count);
 - every model's matmul FLOPs from its config (``benchmarks/flops.py``) and so its compute floor;
-- engines: PyTorch (``sdpa`` and ``eager`` attention, ``inference_mode``; the faster one per shape is the
-  baseline), headreg's runtime session on the bundle's fp32 graph, on the onnxscript-fused fp32 graph, and
-  on the bundle's int8 graph;
+- engines: PyTorch (``sdpa`` and ``eager`` attention in fp32, ``inference_mode``, and, where the CPU has native
+  bf16, ``torch.autocast("cpu", dtype=torch.bfloat16)``; the fastest one per shape is the baseline, named in
+  the output), and every headreg variant of the bundle: fp32 (onnxruntime; also the onnxscript-fused graph),
+  int8 (onnxruntime), bf16 (OpenVINO, padded to the variant's token multiple as the Predictor pads), plus
+  OpenVINO fp32 for reference (not a variant); the bundle's default variant on this machine is marked;
 - batch sizes 1, 8, 32 x lengths 16, 128, 512 (BERT-base: fewer, said in the output);
 - the mixed-length real-text corpus (``benchmarks/corpus.py``): arrival-order batches against headreg's
-  length-bucketed batches, PyTorch included, plus int8 decision agreement and score drift against PyTorch.
+  length-bucketed batches, PyTorch included, each variant run explicitly (``Predictor(bundle, variant=...)``),
+  plus every variant's decision agreement and score drift against PyTorch fp32.
 
 Writes a table to stdout, ``benchmark.json`` and ``benchmark.png`` (throughput vs batch size per engine, the
 compute floor drawn) to ``--out`` (default ``benchmarks/results/``, git-ignored). Bundles are exported once
@@ -36,14 +39,25 @@ from .corpus import mixed_corpus
 from .flops import batch_flops, flops_per_token, sequence_flops
 
 ROOT = Path(__file__).resolve().parent
-ENGINES = ("pytorch-sdpa", "pytorch-eager", "ort-fp32", "ort-fp32-fused", "ort-int8")
-ORT_ENGINES = ENGINES[2:]
+ENGINES = ("pytorch-sdpa", "pytorch-eager", "pytorch-bf16", "ort-fp32", "ort-fp32-fused", "ort-int8", "ov-bf16", "ov-fp32")
 LABELS = {
-    "pytorch": "PyTorch (best attention)",
-    "ort-fp32": "headreg fp32",
+    "pytorch": "PyTorch (fastest configuration)",
+    "pytorch-sdpa": "PyTorch fp32 sdpa",
+    "pytorch-eager": "PyTorch fp32 eager",
+    "pytorch-bf16": "PyTorch bf16 autocast (sdpa)",
+    "ort-fp32": "headreg fp32 (onnxruntime)",
     "ort-fp32-fused": "headreg fp32 + onnxscript fusions",
-    "ort-int8": "headreg int8 (dynamic)",
+    "ort-int8": "headreg int8 (onnxruntime)",
+    "ov-bf16": "headreg bf16 (OpenVINO)",
+    "ov-fp32": "OpenVINO fp32 (reference, not a variant)",
 }
+# engine -> the bundle variant it runs (the default variant is marked in the output)
+VARIANT_OF = {"ort-fp32": "fp32", "ort-int8": "int8", "ov-bf16": "bf16"}
+VARIANT_LABEL = {variant: engine for engine, variant in VARIANT_OF.items()}
+
+
+def headreg_engines(names) -> list[str]:
+    return [name for name in names if not name.startswith("pytorch")]
 GAP_S = 0.005  # idle between calls: lets the previous engine's spinning threads park before the next one starts
 # PyTorch's OpenMP threads busy-wait by default. On a quiet machine that is PyTorch's faster setting (MiniLM
 # 1x16: 6.4-8.3 ms default vs 13-16.5 ms PASSIVE, 1x128: 26 vs 35-53 ms, load < 1.2), so the benchmark leaves
@@ -113,18 +127,26 @@ def build_model(name: str):
 
 
 def build_bundle(name: str, model: Any, out: Path, rebuild: bool) -> Path:
-    """Export (or reuse) ``model``'s bundle with its int8 variant; fuse a copy of its fp32 graph."""
+    """Export (or reuse) ``model``'s bundle with its int8 (and, where verifiable, bf16) variant; fuse a copy of its
+    fp32 graph."""
     from headreg.export import export_onnx
     from headreg.export.optimize import fuse
     from headreg.testing import minilm_path
 
+    from headreg.export.bf16 import bf16_unavailable
+
     bundle = out / "bundles" / name
     fused = bundle.parent / f"{name}.fused.onnx"
-    if rebuild or not (bundle / "headreg.json").is_file() or not (bundle / "model.int8.onnx").is_file():
+    bf16 = bf16_unavailable() is None  # the bf16 variant wherever this machine can verify it
+    stale = not (bundle / "headreg.json").is_file() or not (bundle / "model.int8.onnx").is_file()
+    if not stale and bf16:
+        stale = "bf16" not in (json.loads((bundle / "headreg.json").read_text()).get("variants") or {})
+    if rebuild or stale:
         rebuild = True  # a fused graph of an older export must not be reused
         started = time.perf_counter()
         # int8 acceptance is measured by this benchmark on real text (reported), so the export does not gate it
-        export_onnx(model, bundle, tokenizer=str(minilm_path()), quantize="int8", int8_min_agreement=0.0, overwrite=True)
+        export_onnx(model, bundle, tokenizer=str(minilm_path()), quantize="int8", int8_min_agreement=0.0, bf16=bf16,
+                    overwrite=True)
         print(f"  exported {bundle} in {time.perf_counter() - started:.0f}s", flush=True)
     if rebuild or not fused.is_file():
         fuse(bundle / "model.onnx", fused)
@@ -216,12 +238,27 @@ def rescale(report: dict[str, Any], gflops: float) -> None:
                 result["pct_of_floor"] = 100.0 * row["floor_ms"] / result["p50_ms"]
 
 
-def torch_runner(model: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+def torch_runner(model: Any, bf16: bool = False) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
     import torch
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.float().numpy()
+
+    return run
+
+
+def predictor_runner(predictor: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """A variant's backend on a ready feed, padded to the variant's token multiple as the Predictor pads."""
+    multiple = predictor.pad_to_multiple_of
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        width = feed["input_ids"].shape[1]
+        extra = -width % multiple
+        if extra:
+            feed = {k: np.pad(v, ((0, 0), (0, extra)), constant_values=predictor.pad_id if k == "input_ids" else 0)
+                    for k, v in feed.items()}
+        return predictor.backend.run(feed, ["logits"])["logits"]
 
     return run
 
@@ -236,19 +273,38 @@ def ort_runner(session: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
 
 
 def make_engines(model: Any, bundle: Path, threads: int) -> dict[str, Callable]:
+    """Every contender on this machine: PyTorch's configurations and every variant the bundle can run here."""
+    from headreg.export.bf16 import bf16_unavailable
+    from headreg.runtime.variants import cpu_flags
+    from headreg.runtime import Predictor
+    from headreg.runtime.backends import OpenVINOBackend, bf16_cpu, openvino_version
     from headreg.runtime.session import create_session
 
     eager = copy.deepcopy(model)
     eager.backbone.set_attn_implementation("eager")
     model.backbone.set_attn_implementation("sdpa")
     fused = bundle.parent / f"{bundle.name}.fused.onnx"
-    return {
-        "pytorch-sdpa": torch_runner(model),
-        "pytorch-eager": torch_runner(eager),
-        "ort-fp32": ort_runner(create_session(bundle / "model.onnx", threads=threads)),
-        "ort-fp32-fused": ort_runner(create_session(fused, threads=threads)),
-        "ort-int8": ort_runner(create_session(bundle / "model.int8.onnx", threads=threads)),
-    }
+    engines = {"pytorch-sdpa": torch_runner(model), "pytorch-eager": torch_runner(eager)}
+    if bf16_cpu(cpu_flags()):
+        engines["pytorch-bf16"] = torch_runner(model, bf16=True)
+    engines["ort-fp32"] = predictor_runner(Predictor(bundle, variant="fp32", threads=threads))
+    engines["ort-fp32-fused"] = ort_runner(create_session(fused, threads=threads))
+    engines["ort-int8"] = predictor_runner(Predictor(bundle, variant="int8", threads=threads))
+    variants = json.loads((bundle / "headreg.json").read_text()).get("variants") or {}
+    if "bf16" in variants and bf16_unavailable() is None:
+        engines["ov-bf16"] = predictor_runner(Predictor(bundle, variant="bf16", threads=threads))
+    if openvino_version() is not None:
+        backend = OpenVINOBackend(bundle / "model.onnx", threads=threads, precision="fp32")
+        engines["ov-fp32"] = lambda feed: backend.run(feed, ["logits"])["logits"]
+    return engines
+
+
+def default_variant(bundle: Path) -> tuple[str, str]:
+    """(variant, why): what ``Predictor(bundle)`` serves on this machine."""
+    from headreg.runtime import Predictor
+
+    predictor = Predictor(bundle, threads=1)
+    return predictor.variant, getattr(predictor, "variant_reason", "the manifest's default")
 
 
 def random_feed(batch: int, length: int, input_names: list[str], seed: int = 0) -> dict[str, np.ndarray]:
@@ -299,7 +355,7 @@ def summarize(seconds: list[float], rows: int, floor_s: float) -> dict[str, Any]
 
 
 def with_ratios(results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, dict[str, Any]]]:
-    """Add ``ratio_vs_pytorch`` (PyTorch p50 / engine p50; > 1 is faster) against the faster PyTorch."""
+    """Add ``ratio_vs_pytorch`` (PyTorch p50 / engine p50; > 1 is faster) against the fastest PyTorch."""
     torch_names = [n for n in results if n.startswith("pytorch")]
     best = min(torch_names, key=lambda n: results[n]["p50_ms"])
     for result in results.values():
@@ -317,20 +373,24 @@ def bench_shapes(model: Any, engines: dict[str, Callable], shapes, peak: MatmulP
         times = interleaved({n: (lambda f=f: f(feed)) for n, f in engines.items()}, args.budget, args.min_reps, args.max_reps)
         best, results = with_ratios({n: summarize(t, batch, floor_s) for n, t in times.items()})
         rows.append({"batch": batch, "length": length, "gflop": flop / 1e9, "floor_ms": floor_s * 1e3,
-                     "pytorch_best": best, "engines": results})
+                     "pytorch_best": best, "engines": results, "load_average": os.getloadavg()[0]})
         print_shape(rows[-1])
         peak.measure()
     return rows
 
 
 def bench_corpus(model: Any, bundle: Path, engines: dict[str, Callable], peak: MatmulPeak, args, pytorch: str) -> dict[str, Any]:
-    """Whole passes over the mixed-length corpus: arrival order vs length-bucketed, plus int8 agreement."""
+    """Whole passes over the mixed-length corpus: arrival order vs length-bucketed, every variant named explicitly."""
     from headreg.runtime import Predictor
     from headreg.runtime.batching import pad_batch, plan_batches
 
     texts = mixed_corpus(args.corpus_rows)
-    fp32 = Predictor(bundle, threads=args.threads)
-    int8 = Predictor(bundle, threads=args.threads, quantized=True)
+    variants = {"fp32": Predictor(bundle, variant="fp32", threads=args.threads)}
+    for name, engine in (("int8", "ort-int8"), ("bf16", "ov-bf16")):
+        if engine in engines:
+            variants[name] = Predictor(bundle, variant=name, threads=args.threads)
+    default = Predictor(bundle, threads=args.threads)
+    fp32 = variants["fp32"]
     encodings = fp32.encode(texts)
     lengths = [len(e) for e in encodings]
     plans = {
@@ -355,12 +415,14 @@ def bench_corpus(model: Any, bundle: Path, engines: dict[str, Callable], peak: M
     calls = {
         f"{pytorch} arrival": corpus_pass(engines[pytorch], "arrival"),
         f"{pytorch} bucketed": corpus_pass(engines[pytorch], "bucketed"),
-        "ort-fp32 arrival": corpus_pass(ort_runner(fp32.session), "arrival"),
-        "ort-fp32 bucketed": corpus_pass(ort_runner(fp32.session), "bucketed"),
-        "ort-int8 bucketed": corpus_pass(ort_runner(int8.session), "bucketed"),
-        # end to end: tokenize + bucket + run + postprocess, the default variant
-        "Predictor.predict (end to end)": lambda: fp32.predict(texts),
     }
+    if "pytorch-bf16" in engines and pytorch != "pytorch-bf16":
+        calls["pytorch-bf16 bucketed"] = corpus_pass(engines["pytorch-bf16"], "bucketed")
+    calls["ort-fp32 arrival"] = corpus_pass(predictor_runner(fp32), "arrival")
+    for name, predictor in variants.items():
+        calls[f"{VARIANT_LABEL[name]} bucketed"] = corpus_pass(predictor_runner(predictor), "bucketed")
+    # end to end: tokenize + bucket + run + postprocess with the variant Predictor(bundle) serves here
+    calls[f"Predictor.predict (end to end, default {default.variant})"] = lambda: default.predict(texts)
     useful = batch_flops(model.backbone.config, lengths)
     floor_s = useful / (peak.best * 1e9)
     times = interleaved(calls, args.budget * 2, max(3, args.min_reps // 2), args.max_reps, label="corpus")
@@ -368,11 +430,13 @@ def bench_corpus(model: Any, bundle: Path, engines: dict[str, Callable], peak: M
     base = results[f"{pytorch} arrival"]["p50_ms"]
     for result in results.values():
         result["ratio_vs_pytorch"] = base / result["p50_ms"]
-    reference = calls[f"{pytorch} bucketed"]()
+    # fidelity against PyTorch fp32 (sdpa, bucketed), whichever PyTorch was fastest
+    reference = corpus_pass(engines["pytorch-sdpa"], "bucketed")()
     agreement = {}
-    for name in ("ort-fp32 bucketed", "ort-int8 bucketed"):
-        logits = calls[name]()
-        agreement[name] = decision_agreement(reference, logits)
+    for name in [f"{VARIANT_LABEL[v]} bucketed" for v in variants] + (
+            ["pytorch-bf16 bucketed"] if "pytorch-bf16" in engines else []):
+        run = calls.get(name) or corpus_pass(engines["pytorch-bf16"], "bucketed")
+        agreement[name] = decision_agreement(reference, run())
     return {
         "rows": len(texts),
         "tokens": int(sum(lengths)),
@@ -383,6 +447,7 @@ def bench_corpus(model: Any, bundle: Path, engines: dict[str, Callable], peak: M
         "gflop_useful": useful / 1e9,
         "floor_ms": floor_s * 1e3,
         "engines": results,
+        "default_variant": default.variant,
         "bucketing_speedup_ort_fp32": results["ort-fp32 arrival"]["p50_ms"] / results["ort-fp32 bucketed"]["p50_ms"],
         "bucketing_speedup_pytorch": results[f"{pytorch} arrival"]["p50_ms"] / results[f"{pytorch} bucketed"]["p50_ms"],
         "agreement_vs_pytorch": agreement,
@@ -407,7 +472,8 @@ def decision_agreement(reference: np.ndarray, logits: np.ndarray) -> dict[str, f
 
 
 def print_shape(row: dict[str, Any]) -> None:
-    print(f"  {row['batch']:>3} x {row['length']:<4} floor {row['floor_ms']:8.2f} ms   (PyTorch baseline: {row['pytorch_best']})")
+    print(f"  {row['batch']:>3} x {row['length']:<4} floor {row['floor_ms']:8.2f} ms   (fastest PyTorch: "
+          f"{row['pytorch_best']}; load average {row.get('load_average', float('nan')):.1f})")
     for name, r in row["engines"].items():
         print(
             f"      {name:<16} p50 {r['p50_ms']:9.2f}  p90 {r['p90_ms']:9.2f} ms  {r['throughput_rows_s']:8.1f} seq/s"
@@ -421,14 +487,17 @@ def summary_table(report: dict[str, Any]) -> str:
     lines = []
     for name, model in report["models"].items():
         lines.append(f"\n{name}: {model['description']}; {model['mflop_per_token_128']:.1f} MFLOP/token at 128")
-        head = f"| {'batch x len':<11} | {'floor ms':>9} | {'PyTorch p50 (attention)':>23} |"
-        for engine in ORT_ENGINES:
+        if model.get("default_variant"):
+            lines.append(f"default variant here: {model['default_variant']} ({model.get('default_reason', '')})")
+        engines = headreg_engines(model["shapes"][0]["engines"])
+        head = f"| {'batch x len':<11} | {'floor ms':>9} | {'fastest PyTorch p50':>26} |"
+        for engine in engines:
             head += f" {engine + ' p50 (ratio, %floor)':>34} |"
         lines += [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
         for row in model["shapes"]:
             best = row["engines"][row["pytorch_best"]]
-            line = f"| {row['batch']:>3} x {row['length']:<5} | {row['floor_ms']:9.2f} | {best['p50_ms']:8.2f} ms {'(' + row['pytorch_best'][8:] + ')':<9} |"
-            for engine in ORT_ENGINES:
+            line = f"| {row['batch']:>3} x {row['length']:<5} | {row['floor_ms']:9.2f} | {best['p50_ms']:8.2f} ms {'(' + row['pytorch_best'][8:] + ')':<12} |"
+            for engine in engines:
                 r = row["engines"][engine]
                 line += f" {r['p50_ms']:10.2f} ms (x{r['ratio_vs_pytorch']:4.2f}, {r['pct_of_floor']:5.1f}%) |"
             lines.append(line)
@@ -463,13 +532,18 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['machine']['cpu']}, {report['threads']} threads, ISA {' '.join(report['machine']['isa'])}; "
         f"fp32 matmul {gflops['best']:.0f} GFLOP/s (best of the run; median {gflops['median']:.0f}); "
         f"load average {report['load_average_before'][0]:.1f} before, {report['load_average_after'][0]:.1f} after; "
-        f"PyTorch OMP_WAIT_POLICY={report['omp_wait_policy']}. Cells: p50 ms / p90 ms, (ratio to the faster PyTorch, "
-        "% of the fp32 compute floor). int8 can pass 100% of the fp32 floor.",
+        f"PyTorch OMP_WAIT_POLICY={report['omp_wait_policy']}. Cells: p50 ms / p90 ms, (ratio to the fastest PyTorch "
+        "configuration of that shape, named in its column; % of the fp32 compute floor). int8 and bf16 can pass 100% "
+        "of the fp32 floor.",
     ]
     for name, model in report["models"].items():
         out += ["", f"**{name}**: {model['description']}; {model['mflop_per_token_128']:.1f} MFLOP/token at 128", ""]
-        out.append("| batch x length | floor ms | PyTorch p50 / p90 | " + " | ".join(LABELS[e] for e in ORT_ENGINES) + " |")
-        out.append("|---" * (3 + len(ORT_ENGINES)) + "|")
+        if model.get("default_variant"):
+            out += [f"Default variant on this machine: **{model['default_variant']}** ({model.get('default_reason', '')}).", ""]
+        engines = headreg_engines(model["shapes"][0]["engines"])
+        labels = [LABELS[e] + (" **(default)**" if VARIANT_OF.get(e) == model.get("default_variant") else "") for e in engines]
+        out.append("| batch x length | floor ms | fastest PyTorch p50 / p90 | " + " | ".join(labels) + " |")
+        out.append("|---" * (3 + len(engines)) + "|")
         for row in model["shapes"]:
             best = row["engines"][row["pytorch_best"]]
             cells = [
@@ -477,7 +551,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{row['floor_ms']:.1f}",
                 f"{best['p50_ms']:.1f} / {best['p90_ms']:.1f} ({row['pytorch_best'][8:]})",
             ]
-            for engine in ORT_ENGINES:
+            for engine in engines:
                 r = row["engines"][engine]
                 cells.append(f"{r['p50_ms']:.1f} / {r['p90_ms']:.1f} (x{r['ratio_vs_pytorch']:.2f}, {r['pct_of_floor']:.0f}%)")
             out.append("| " + " | ".join(cells) + " |")
@@ -519,7 +593,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
     models = list(report["models"].items())
     lengths = sorted({row["length"] for _, m in models for row in m["shapes"]})
     fig, axes = plt.subplots(len(models), len(lengths), figsize=(4.2 * len(lengths), 3.4 * len(models)), squeeze=False)
-    styles = {"pytorch": ("tab:gray", "o"), "ort-fp32": ("tab:blue", "s"), "ort-fp32-fused": ("tab:cyan", "^"), "ort-int8": ("tab:red", "D")}
+    styles = {"pytorch": ("tab:gray", "o"), "ort-fp32": ("tab:blue", "s"), "ort-fp32-fused": ("tab:cyan", "^"),
+              "ort-int8": ("tab:red", "D"), "ov-bf16": ("tab:green", "v"), "ov-fp32": ("tab:olive", "x")}
     for (name, model), row_axes in zip(models, axes):
         for length, ax in zip(lengths, row_axes):
             rows = [r for r in model["shapes"] if r["length"] == length]
@@ -528,6 +603,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
                 continue
             batches = [r["batch"] for r in rows]
             for engine, (color, marker) in styles.items():
+                if engine != "pytorch" and engine not in rows[0]["engines"]:
+                    continue
                 key = (lambda r: r["pytorch_best"]) if engine == "pytorch" else (lambda r, e=engine: e)
                 ax.plot(batches, [r["engines"][key(r)]["throughput_rows_s"] for r in rows], marker=marker, color=color, label=LABELS[engine])
             ax.plot(batches, [r["batch"] / r["floor_ms"] * 1e3 for r in rows], "k_--", markersize=16, label="fp32 compute floor")
@@ -562,12 +639,16 @@ def machine_info() -> dict[str, Any]:
     import torch
     import transformers
 
+    from headreg.runtime.backends import openvino_version
+
     return {
         "cpu": cpu,
         "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "isa": sorted(f for f in flags if f in {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8"}),
+        "isa": sorted(f for f in flags if f in {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+                                                "amx_int8"}),
         "python": platform.python_version(),
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__},
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
+                     "openvino": openvino_version()},
     }
 
 
@@ -630,6 +711,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = build_model(name)
         bundle = build_bundle(name, model, args.out, args.rebuild)
         engines = make_engines(model, bundle, args.threads)
+        variant, reason = default_variant(bundle)
+        print(f"  engines: {', '.join(engines)}; Predictor(bundle) serves {variant} here ({reason})", flush=True)
         config = model.backbone.config
         max_len = int(getattr(config, "max_position_embeddings", 512))
         chosen = [(b, n) for b, n in (quick_shapes if args.quick else shapes) if n <= max_len]
@@ -638,6 +721,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "parameters": sum(p.numel() for p in model.parameters()),
             "mflop_per_token_128": flops_per_token(config, 128) / 1e6,
             "bundle": str(bundle),
+            "default_variant": variant,
+            "default_reason": reason,
         }
         min_reps = args.min_reps
         if name == "bert-base":
@@ -660,7 +745,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     table = summary_table(report)
     print("\n" + table)
-    print(f"\nload average before {load_before[0]:.1f}, after {report['load_average_after'][0]:.1f}")
+    print(f"\n{report['machine']['cpu']}, ISA {' '.join(report['machine']['isa'])}, {args.threads} threads; "
+          f"load average before {load_before[0]:.1f}, after {report['load_average_after'][0]:.1f}")
     (args.out / "benchmark.json").write_text(json.dumps(report, indent=1))
     (args.out / "benchmark.md").write_text(markdown(report))
     chart(report, args.out / "benchmark.png")

@@ -239,9 +239,11 @@ Examples:
 @click.option("--window-reduce", type=click.Choice(["mean", "max", "first"]), default=None,
               help="With --long-text window, sequence heads: combine the windows' logits by mean, max or the "
                    "first window's [default: mean].")
+@click.option("--verify-files", is_flag=True,
+              help="Also check the model file's sha256 against the manifest (small files always are).")
 def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
             threads: int | None, quantized: bool, variant: str | None, long_text: str | None,
-            window_stride: int | None, window_reduce: str | None) -> None:
+            window_stride: int | None, window_reduce: str | None, verify_files: bool) -> None:
     """Predict with an exported BUNDLE: labels and scores per text (onnxruntime only; torch is not imported).
 
     Texts come as arguments, from --file, or both.
@@ -258,7 +260,8 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
         usage_error("give texts as arguments or with --file")
     if quantized and variant not in (None, "int8"):
         usage_error(f"--quantized asks for int8 but --variant asks for {variant}; give one of them")
-    predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant, batch_size=batch_size)
+    predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant, batch_size=batch_size,
+                                verify_files=verify_files)
     try:
         options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce)
         results = predictor.predict(items, **{name: value for name, value in options.items() if value is not None})
@@ -317,9 +320,11 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
     Synthetic rows by default; --texts measures your corpus, with length bucketing against arrival order.
     Progress is shown on stderr when it is a terminal (not with --json).
     """
-    from .runtime.bench import Engine, measure, source_model_dir, synthetic_texts, torch_runner
+    from .errors import HeadregError
+    from .runtime.bench import Engine, measure, source_model_dir, synthetic_texts
     from .runtime.inputs import InputError, read_texts
-    from .runtime.predictor import DEFAULT_MAX_BATCH_TOKENS
+    from .runtime.predictor import DEFAULT_MAX_BATCH_TOKENS, Predictor
+    from .runtime.variants import cpu_flags
 
     if texts_file is not None:
         try:
@@ -339,23 +344,33 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
     budget = max_batch_tokens or (batch_size * seq_len if texts_file is None else DEFAULT_MAX_BATCH_TOKENS)
     options = dict(threads=threads, batch_size=batch_size, max_length=seq_len, max_batch_tokens=budget)
     default = _load_predictor(bundle, **options)
-    engines = [Engine(f"onnxruntime {default.variant}", default)]
+    engines = [Engine(f"{default.variant} ({default.backend.name}, default)", default)]
     for variant in sorted(k for k, v in (default.manifest.get("variants") or {}).items() if isinstance(v, dict)):
         if variant != default.variant:
-            engines.append(Engine(f"onnxruntime {variant}", _load_predictor(bundle, variant=variant, **options)))
+            try:
+                other = Predictor(bundle, variant=variant, **options)
+            except HeadregError as exc:  # e.g. bf16 on a CPU without it, or OpenVINO not installed
+                click.echo(f"skipping variant {variant}: {exc}", err=True)
+                continue
+            engines.append(Engine(f"{variant} ({other.backend.name})", other))
     if texts_file is not None:
-        engines.append(Engine(f"onnxruntime {default.variant}, arrival order", default, bucket=False))
+        engines.append(Engine(f"{default.variant} ({default.backend.name}), arrival order", default, bucket=False))
     if compare_torch:
         source = model_dir or source_model_dir(default)
         if source is None:
             usage_error("--compare-torch needs the PyTorch model: the manifest names none that exists here; pass --model DIR")
         from .errors import MissingExtraError, SaveLoadError
+        from .export.torch_bench import torch_runner
+        from .runtime.backends import bf16_cpu
 
         from .progress import status
 
+        # PyTorch's fastest CPU configuration: bf16 autocast where the CPU has native bf16, else fp32
+        torch_modes = [("torch fp32", False)] + ([("torch bf16 autocast", True)] if bf16_cpu(cpu_flags()) else [])
         try:
             with status(f"loading the PyTorch model in {source} ...", enabled=False if as_json else None):
-                engines.append(Engine("torch eager", default, runner=torch_runner(source, threads=threads)))
+                for name, bf16 in torch_modes:
+                    engines.append(Engine(name, default, runner=torch_runner(source, threads=threads, bf16=bf16)))
         except (MissingExtraError, SaveLoadError, OSError, ValueError) as exc:
             usage_error(f"--compare-torch cannot load the PyTorch model in {source}: {exc}")
     from .progress import CountProgress
@@ -364,11 +379,15 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
     with CountProgress(f"benchmarking {len(engines)} engine(s) on {len(corpus)} rows", (warmup + passes) * len(engines),
                        enabled=False if as_json else None) as bar:
         results = measure(engines, corpus, batch_size=batch_size, passes=passes, warmup=warmup, on_pass=bar.advance)
-    torch_result = next((r for r in results if r.engine == "torch eager"), None)
+    torch_results = [r for r in results if r.engine.startswith("torch ")]
+    torch_result = max(torch_results, key=lambda r: r.throughput) if torch_results else None
     arrival = next((r for r in results if r.engine.endswith("arrival order")), None)
     report = {
         "bundle": bundle, "head": default.head, "batch_size": batch_size, "max_length": default.max_length,
         "max_batch_tokens": budget, "threads": threads, "engines": [r.as_dict() for r in results],
+        "torch_baseline": torch_result.engine if torch_result is not None else None,
+        "machine": {"isa": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+                                                 "amx_int8"}), "load_average": list(os.getloadavg())},
     }
     if torch_result is not None:
         for entry, result in zip(report["engines"], results):
@@ -395,6 +414,10 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
         )
     out = console()
     out.print(table)
+    machine = report["machine"]
+    out.print(f"{threads} threads · CPU {' '.join(machine['isa']) or 'baseline x86-64'} · load average "
+              f"{machine['load_average'][0]:.1f}" + (f" · vs torch: against {torch_result.engine}, the faster PyTorch"
+                                                      if torch_result is not None else ""))
     if arrival is not None:
         out.print(f"length bucketing vs arrival order: {report['bucketing_speedup']:.2f}x throughput")
 

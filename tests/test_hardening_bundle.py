@@ -214,3 +214,18 @@ def test_the_manifest_itself_may_not_be_a_symlink_out(bundle, tmp_path):
     os.symlink(outside, bundle / "headreg.json")
     with pytest.raises(BundleError, match="leads out of the bundle"):
         read_manifest(bundle)
+
+
+def test_cli_verify_files_checks_the_model_hash(bundle):
+    from click.testing import CliRunner
+
+    from headreg.cli import cli
+
+    ok = CliRunner().invoke(cli, ["predict", str(bundle), "--verify-files", "--json", "hi"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)[0]["result"]["label"] in {"neg", "neu", "pos"}
+    data = bytearray((bundle / "model.onnx").read_bytes())
+    data[-1] ^= 1
+    (bundle / "model.onnx").write_bytes(bytes(data))
+    bad = CliRunner().invoke(cli, ["predict", str(bundle), "--verify-files", "hi"])
+    assert bad.exit_code == 1 and "sha256 differs" in bad.output

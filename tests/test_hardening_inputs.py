@@ -50,6 +50,17 @@ def test_inputs_that_are_not_text_are_input_errors(seq, inputs, message):
         seq.embed(inputs)
 
 
+def test_a_bad_input_in_a_later_chunk_names_its_index_in_the_whole_call(seq, monkeypatch):
+    import headreg.runtime.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "PREDICT_CHUNK", 4)
+    texts = (text if i != 9 else None for i, text in enumerate(["fine"] * 12))  # a generator: read chunk by chunk
+    with pytest.raises(InputError, match="input 9 is None"):
+        seq.predict(texts)
+    with pytest.raises(InputError, match="unknown option 'treshold'"):
+        seq.predict([], treshold=0.5)
+
+
 def test_unknown_options_are_named_with_the_valid_ones(seq, multi, ner):
     with pytest.raises(InputError, match=r"unknown option 'treshold' for head 'multi_label'; valid options: "
                                          r"long_text, threshold, thresholds, window_"):

@@ -108,11 +108,22 @@ def test_bench_reports_latency_and_throughput_per_engine_against_torch(tmp_path)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     engines = {engine["engine"]: engine for engine in report["engines"]}
-    assert set(engines) == {"onnxruntime fp32", "torch eager"}
-    fp32 = engines["onnxruntime fp32"]
+    from headreg.runtime.variants import cpu_flags
+    from headreg.runtime.backends import bf16_cpu
+
+    manifest = json.loads((tiny_bundle("seq_cls") / "headreg.json").read_text())
+    variants = {name for name, record in manifest["variants"].items() if isinstance(record, dict)}
+    default = next(name for name in engines if name.endswith(", default)"))
+    assert {name.split(" ")[0] for name in engines if not name.startswith("torch")} == variants  # every variant
+    torch_engines = {"torch fp32"} | ({"torch bf16 autocast"} if bf16_cpu(cpu_flags()) else set())
+    assert {name for name in engines if name.startswith("torch")} == torch_engines
+    assert report["torch_baseline"] in torch_engines and engines[report["torch_baseline"]]["vs_torch"] == 1.0
+    assert all(engines[name]["vs_torch"] <= 1.0 for name in torch_engines)  # the baseline is the fastest PyTorch
+    assert report["machine"]["isa"] and len(report["machine"]["load_average"]) == 3
+    fp32 = engines[default]
     assert fp32["rows"] == 4 and fp32["tokens"] == 4 * 16 and fp32["passes"] == 2
     assert 0 < fp32["latency_ms"]["p50"] <= fp32["latency_ms"]["p90"] <= fp32["latency_ms"]["p99"]
-    assert fp32["vs_torch"] > 0 and engines["torch eager"]["vs_torch"] == 1.0
+    assert fp32["vs_torch"] > 0
 
 
 def test_bench_on_a_corpus_compares_bucketing_with_arrival_order(tmp_path):
@@ -123,7 +134,8 @@ def test_bench_on_a_corpus_compares_bucketing_with_arrival_order(tmp_path):
     assert result.exit_code == 0, result.output
     assert "arrival order" in result.stdout and "length bucketing vs arrival order" in result.stdout
     report = json.loads(bench("--texts", str(corpus), "--batch-size", "4", "--passes", "1", "--threads", "1", "--json").stdout)
-    bucketed, arrival = report["engines"][0], report["engines"][1]
+    bucketed = report["engines"][0]
+    arrival = next(engine for engine in report["engines"] if engine["engine"].endswith("arrival order"))
     assert bucketed["padded_tokens"] < arrival["padded_tokens"]  # sorting removed padding
     assert report["bucketing_speedup"] > 0
 

@@ -240,7 +240,7 @@ def edit_manifest(bundle: Path, edit) -> None:
 
 def test_a_missing_file_is_a_clear_error(bundle_copy):
     (bundle_copy / "tokenizer.json").unlink()
-    with pytest.raises(BundleError, match="missing tokenizer.json"):
+    with pytest.raises(BundleError, match="tokenizer.json missing"):
         Predictor(bundle_copy)
 
 

@@ -105,6 +105,13 @@ def print_summary(bundle: Any) -> None:
             f"max abs diff {int8['batch_invariance']['max_abs_diff']:.1e} over {int8['batch_invariance']['checks']} "
             f"checks (tolerance {int8['batch_invariance']['tolerance']:g})"
         )
+    if bundle.bf16 is not None:
+        bf16 = bundle.bf16
+        out.print(
+            f"bf16 (OpenVINO, padded to {bf16['pad_to_multiple_of']}-token multiples): {bf16['acceptance']['summary']}; "
+            f"batch-invariant: max abs diff {bf16['batch_invariance']['max_abs_diff']:.1e} over "
+            f"{bf16['batch_invariance']['checks']} checks (tolerance {bf16['batch_invariance']['tolerance']:g})"
+        )
     variant, reason = bundle.serves_here()
     out.print(f"serves here: {variant} ({reason})")
 
@@ -144,6 +151,9 @@ Examples:
               help="Disagreements whose PyTorch margin is below this are reported as near-ties.")
 @click.option("--max-error", default=0.05, show_default=True, type=click.FloatRange(min=0),
               help="Regression heads: max abs error allowed, times max(std of the values, 1).")
+@click.option("--bf16", is_flag=True,
+              help="Also add a bf16 variant (OpenVINO runs model.onnx in bf16), judged like int8; needs a CPU with "
+                   "AVX-512 BF16 or AMX and headreg[openvino].")
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True,
               help="torch.onnx exporter; auto: TorchScript (fast), dynamo when TorchScript fails or does not verify "
                    "(dynamo first with --optimize).")
@@ -154,7 +164,7 @@ Examples:
 def export(source: str, out_dir: str, head: str | None, num_labels: int | None, tokenizer: str | None,
            opset: int | None, atol: float, rtol: float, max_length: int | None, optimize: bool, quantize: str | None,
            calibration_file: str | None, calibration_method: str, min_agreement: float, near_tie: float,
-           max_error: float, exporter: str, allow_bin: bool, overwrite: bool, as_json: bool) -> None:
+           max_error: float, bf16: bool, exporter: str, allow_bin: bool, overwrite: bool, as_json: bool) -> None:
     """Export SOURCE to a verified ONNX bundle in DIR (-o).
 
     SOURCE is a directory saved by HeadedModel.save_pretrained, a transformers checkpoint with a task
@@ -183,8 +193,9 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     if calibration_file is not None:
         from ..runtime.inputs import InputError, read_texts
 
-        if quantize is None:
-            _fail("--calibration-texts calibrates and accepts a quantized variant: add --quantize int8", EXIT_USAGE)
+        if quantize is None and not bf16:
+            _fail("--calibration-texts calibrates and accepts a reduced-precision variant: add --quantize int8 "
+                  "and/or --bf16", EXIT_USAGE)
         try:
             calibration_texts = read_texts(calibration_file)
         except (OSError, UnicodeDecodeError, InputError) as exc:
@@ -220,7 +231,7 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
             loaded.model, out_dir, loaded.tokenizer, opset=opset, optimize=optimize, quantize=quantize,
             atol=atol, rtol=rtol, max_length=max_length, overwrite=overwrite, exporter=exporter,
             calibration_texts=calibration_texts, calibration_method=calibration_method, min_agreement=min_agreement,
-            near_tie=near_tie, max_error=max_error, source=loaded.info, progress=progress,
+            near_tie=near_tie, max_error=max_error, bf16=bf16, source=loaded.info, progress=progress,
         )
         bundle.steps.insert(0, load_step)
     except VerificationFailed as exc:

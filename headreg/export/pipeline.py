@@ -52,6 +52,7 @@ class Bundle:
     sizes: dict[str, int] = field(default_factory=dict)
     optimization: dict[str, Any] | None = None
     int8: dict[str, Any] | None = None
+    bf16: dict[str, Any] | None = None  # the bf16 record (export_onnx(bf16=True))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class Bundle:
             "steps": [vars(step) for step in self.steps],
             "optimization": self.optimization,
             "int8": self.int8,
+            "bf16": self.bf16,
             "variants": self.manifest.get("variants"),
             "serves_here": dict(zip(("variant", "reason"), self.serves_here())),
         }
@@ -363,6 +365,7 @@ def export_onnx(
     near_tie: float = acc.NEAR_TIE,
     max_error: float = acc.MAX_ERROR,
     invariance_tolerance: float = acc.INVARIANCE_TOLERANCE,
+    bf16: bool = False,
     source: dict[str, Any] | None = None,
     progress: Progress | bool | None = None,
 ) -> Bundle:
@@ -374,7 +377,8 @@ def export_onnx(
     cannot trace the model or its graph does not verify; dynamo first with ``optimize=True``), "torchscript"
     or "dynamo". ``progress``: None shows
     each step on stderr when stderr is a terminal, True/False force it on/off, a callable
-    ``progress(step, state, info)`` receives the steps ("start", "done" or "failed").
+    ``progress(step, state, info)`` receives the steps ("start", "done" or "failed"). ``bf16=True`` adds an OpenVINO bf16 variant (the same ``model.onnx``),
+    judged like int8; it needs a CPU with AVX-512 BF16 or AMX and ``headreg[openvino]``.
 
     ``quantize="int8"`` adds a static int8 variant, calibrated on part of ``calibration_texts`` (strings or
     ``(text, text_pair)``; default: headreg's built-in texts) and accepted on the disjoint rest when at least
@@ -443,13 +447,20 @@ def export_onnx(
             variants["fp32"]["batch_invariance"] = _fp32_invariance(staging / MODEL_FILE, tok, cases, input_names,
                                                                     max_length, padding_side, model, atol)
             info["max_abs_diff"] = f"{variants['fp32']['batch_invariance']['max_abs_diff']:.1e}"
+        built: list[acc.AcceptanceSet] = []
+
+        def acceptance_set() -> acc.AcceptanceSet:
+            """Held-out texts and PyTorch's outputs on them, built once for every reduced-precision variant."""
+            if not built:
+                with step("acceptance texts") as info:
+                    built.append(_acceptance_set(model, tok, wrapper, calibration_texts, input_names=input_names,
+                                                 max_length=max_length, padding_side=padding_side, options=options))
+                    info.update(calibration=built[0].split.record["calibration_rows"],
+                                held_out=built[0].split.record["acceptance_rows"])
+            return built[0]
+
         if quantize == "int8":
-            with step("acceptance texts") as info:
-                acceptance = _acceptance_set(model, tok, wrapper, calibration_texts, input_names=input_names,
-                                             max_length=max_length, padding_side=padding_side, options=options)
-                info.update(calibration=acceptance.split.record["calibration_rows"],
-                            held_out=acceptance.split.record["acceptance_rows"])
-            int8 = _variant_int8(staging, acceptance, tok, cases, expected, decide, model, calibration_method, step)
+            int8 = _variant_int8(staging, acceptance_set(), tok, cases, expected, decide, model, calibration_method, step)
             variants["int8"] = bundle_mod.int8_record(int8)
         if optimize:
             from .optimize import optimize_graph
@@ -463,6 +474,11 @@ def export_onnx(
                 optimization["unfused_verification"] = report.summary()
                 report = fused_report
                 report.target = MODEL_FILE
+
+        bf16_record = None
+        if bf16:
+            bf16_record = _variant_bf16(staging, acceptance_set, step, fused=bool(optimization and optimization["accepted"]))
+            variants["bf16"] = bf16_record
 
         with step("write bundle"):
             save_golden(staging / GOLDEN_FILE, cases, expected)
@@ -492,11 +508,35 @@ def export_onnx(
                     "manifest_sha256": sha256_file(staging / MANIFEST_FILE),
                     "optimization": optimization,
                     "int8": int8,
+                    "bf16": bf16_record,
                     "variants": variants,
                 },
             )
             sizes = bundle_mod.file_sizes(staging)
-    return Bundle(out_dir, manifest, report, step.done, sizes, optimization, int8)
+    return Bundle(out_dir, manifest, report, step.done, sizes, optimization, int8, bf16_record)
 
+
+def _variant_bf16(staging: Path, acceptance_set: Callable[[], "acc.AcceptanceSet"], step: "_Steps", *,
+                  fused: bool) -> dict[str, Any]:
+    """The OpenVINO bf16 record, judged like int8 on the held-out texts and batch invariance.
+
+    ExportOptionError where this machine cannot check it; VerificationError when it fails a check.
+    """
+    from .bf16 import bf16_record, bf16_run, bf16_unavailable
+
+    reason = bf16_unavailable()
+    if reason is None and fused:
+        reason = "--optimize fused onnxruntime-only operators into model.onnx, which OpenVINO cannot read"
+    if reason is not None:
+        raise ExportOptionError(f"cannot verify a bf16 variant here: {reason}")
+    acceptance = acceptance_set()
+    with step("accept bf16") as info:
+        args = acceptance.invariance_args
+        run, backend = bf16_run(staging / MODEL_FILE, pad_id=args["pad_id"], padding_side=args["padding_side"])
+        judged = acceptance.judge_variant("bf16", run)
+        figures = judged["acceptance"]
+        info.update(agreement=figures.get("agreement", figures.get("max_abs_error")),
+                    invariant=judged["batch_invariance"]["passed"])
+    return bf16_record(judged, backend)
 
 __all__ = ["Bundle", "ExportError", "ExportOptionError", "VerificationFailed", "export_onnx"]

@@ -46,15 +46,17 @@ def plan_batches(
 
 def pad_batch(
     encodings: Sequence[Any], input_names: Sequence[str], pad_id: int, padding_side: str = "right", dtype=np.int64,
-    width: int | None = None,
+    width: int | None = None, multiple: int = 1,
 ) -> dict[str, np.ndarray]:
     """Model inputs for a batch of ``tokenizers.Encoding``, padded to the batch's longest row (or to ``width``,
-    which export's batch-invariance check uses to add padding the runtime would not).
+    which export's batch-invariance check uses to add padding the runtime would not), rounded up to a
+    ``multiple`` of tokens (a variant whose kernels change with the padded length, see backends.py).
 
     An empty encoding (a tokenizer without special tokens given "") gets one attended pad token: a fully
     masked row turns into NaN in onnxruntime's attention.
     """
     width = max([len(encoding) for encoding in encodings] + [1, width or 0])
+    width = -(-width // multiple) * multiple
     ids = np.full((len(encodings), width), pad_id, dtype=dtype)
     mask = np.zeros((len(encodings), width), dtype=dtype)
     types = np.zeros((len(encodings), width), dtype=dtype) if "token_type_ids" in input_names else None

@@ -1,7 +1,8 @@
 """Side-by-side throughput and latency: onnxruntime variants, length bucketing vs arrival order, PyTorch eager.
 
 Every engine gets the same texts, the same tokenization and the same batches, so the ratios compare the
-model runs and the batching, not the inputs. Torch is imported only by :func:`torch_runner`.
+model runs and the batching, not the inputs. Nothing here names torch: the PyTorch side of a comparison
+(``headreg bench --compare-torch``) lives in :mod:`headreg.export.torch_bench` and plugs in as a ``runner``.
 """
 
 from __future__ import annotations
@@ -128,43 +129,6 @@ def _one_pass(engine: Engine, texts: Sequence[Any], batch_size: int) -> tuple[fl
             latencies.append(now - tick)
             tick = now
     return time.perf_counter() - start, latencies
-
-
-def torch_runner(model_dir: str | os.PathLike, threads: int | None = None) -> Runner:
-    """A runner for the PyTorch model the bundle was exported from (needs ``headreg[torch]``)."""
-    from ..errors import require
-
-    torch = require("torch", "torch", "bench --compare-torch")
-    model = load_torch_model(model_dir)
-    if threads:
-        torch.set_num_threads(int(threads))
-
-    def run(feed: dict[str, np.ndarray]) -> Any:
-        with torch.inference_mode():
-            output = model(**{name: torch.from_numpy(value) for name, value in feed.items()})
-            return output.logits.numpy()
-
-    return run
-
-
-def load_torch_model(model_dir: str | os.PathLike):
-    """A saved headreg model, or a transformers task checkpoint imported through interop."""
-    from ..model import MODEL_CONFIG, load_model, quiet_transformers
-
-    model_dir = Path(model_dir)
-    if (model_dir / MODEL_CONFIG).is_file():
-        return load_model(model_dir).eval()
-    import json
-
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
-    from ..interop import from_transformers
-
-    config = json.loads((model_dir / "config.json").read_text())
-    token = any(name.endswith("ForTokenClassification") for name in config.get("architectures") or [])
-    auto = AutoModelForTokenClassification if token else AutoModelForSequenceClassification
-    with quiet_transformers():
-        return from_transformers(auto.from_pretrained(model_dir, use_safetensors=True)).eval()
 
 
 def source_model_dir(predictor: Predictor) -> str | None:

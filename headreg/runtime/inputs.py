@@ -56,9 +56,12 @@ def _check_text(value: Any, index: int, side: str | None = None) -> None:
     raise InputError(f"{where} is {type(value).__name__} ({value!r:.40}), expected a string or a (text, text_pair) tuple")
 
 
-def check_inputs(texts: Sequence[Any], pairs: bool) -> None:
-    """Raise InputError naming the first input that is neither a string nor a pair of strings."""
-    for index, item in enumerate(texts):
+def check_inputs(texts: Sequence[Any], pairs: bool, start: int = 0) -> None:
+    """Raise InputError naming the first input that is neither a string nor a pair of strings.
+
+    ``start``: the index of ``texts[0]`` in the caller's inputs (a chunk of a longer call names its real index).
+    """
+    for index, item in enumerate(texts, start):
         if isinstance(item, (tuple, list)):
             if len(item) != 2 or any(side is None for side in item):
                 raise InputError(
@@ -73,10 +76,12 @@ def check_inputs(texts: Sequence[Any], pairs: bool) -> None:
         _check_text(item, index)
 
 
-def as_input_list(inputs: Any) -> tuple[list[Any], bool]:
-    """``(list of inputs, single)``: one string (or one pair tuple) is a single input; an iterable is many.
+def as_input_list(inputs: Any) -> tuple[Iterable[Any], bool]:
+    """``(inputs, single)``: one string is a single input; any other iterable is many, passed on unread (a
+    generator is consumed chunk by chunk by the Predictor, never materialised whole).
 
-    Bytes, None and numbers are refused here with a clear message (iterating ``b"abc"`` would give ints).
+    Bytes, None, numbers and mappings are refused here with a clear message (iterating ``b"abc"`` would
+    give ints, a dict its keys).
     """
     if isinstance(inputs, str):
         return [inputs], True
@@ -86,7 +91,7 @@ def as_input_list(inputs: Any) -> tuple[list[Any], bool]:
         raise InputError("inputs are None; pass a string or a list of strings")
     if isinstance(inputs, Mapping) or not isinstance(inputs, Iterable):
         raise InputError(f"inputs are {type(inputs).__name__} ({inputs!r:.40}); pass a string or a list of strings")
-    return list(inputs), False
+    return inputs, False
 
 
 def char_limit(max_length: int) -> int:

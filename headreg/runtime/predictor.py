@@ -27,10 +27,10 @@ from ..manifest import (
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
 from . import windows as _windows
+from .backends import open_backend
 from .inputs import (
     InputError, OptionContext, as_input_list, char_limit, check_inputs, check_options, cut, valid_options,
 )
-from .session import create_session
 from .variants import select_variant, variant_records
 
 DEFAULT_BATCH_SIZE = 32
@@ -72,15 +72,17 @@ class Job:
 class Predictor:
     """Load a bundle written by ``headreg export`` and predict with it.
 
-    ``threads``: onnxruntime intra-op threads (default: onnxruntime's choice). ``providers``: onnxruntime
-    execution providers (default CPU). ``variant``: a variant of the bundle ("fp32", "int8", ...); by default
-    the one :func:`headreg.runtime.variants.select_variant` picks for this bundle on this machine
-    (``self.variant`` says which, ``self.variant_reason`` why; ``quantized=True`` is short for ``variant="int8"``).
+    ``threads``: the backend's threads (onnxruntime intra-op, OpenVINO INFERENCE_NUM_THREADS; default: the
+    backend's choice). ``providers``: onnxruntime execution providers (default CPU). ``variant``: a variant of
+    the bundle ("fp32", "int8", "bf16"); by default the one :func:`headreg.runtime.variants.select_variant`
+    picks for this bundle on this machine (``self.variant`` says which, ``self.variant_reason`` why;
+    ``quantized=True`` is short for ``variant="int8"``). The variant record names its backend
+    (:mod:`headreg.runtime.backends`: onnxruntime, or OpenVINO for bf16); ``self.backend`` runs it.
     ``max_batch_tokens`` / ``batch_size``: caps per batch (rows are length-bucketed, see batching.py).
     ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer).
     ``trust_remote_code``: import a postprocess the manifest names even when it is not the installed head's.
     ``verify_files``: also check the model file's sha256 against the manifest (the tokenizer and files up to
-    16 MB always are; hashing MiniLM's 91 MB model.onnx adds ~0.25 s to a ~0.65 s load, see docs/security.md).
+    16 MB always are; hashing MiniLM's 91 MB model.onnx adds 23-40% to a cold load, see docs/security.md).
 
     Everything is checked at load (manifest fields, that every file it names is inside the bundle, format
     version, checksums, model inputs and outputs against the manifest and the labels, the tokenizer's ids
@@ -131,14 +133,22 @@ class Predictor:
         self.pad_id = int(token_info.get("pad_token_id") or 0)
         self.supports_pairs = bool(token_info.get("pair", True))
         self.padding_side = manifest.get("padding_side", "right")
+        record = self.variant_record
         try:
-            self.session = create_session(self.model_path, threads=threads, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, NoSuchFile, Fail)
+            self.backend = open_backend(record, self.model_path, threads=threads, providers=providers)
+        except HeadregError:
+            raise
+        except Exception as exc:  # onnxruntime / OpenVINO raise their own types (InvalidProtobuf, NoSuchFile, Fail)
             raise BundleError(
                 f"{self.model_path} is not a loadable ONNX model ({type(exc).__name__}: {exc}); export the bundle again"
             ) from exc
-        self.input_names, self.output_names, self._input_dtype = _check_model(self.session, manifest, self.model_path)
-        self._output_axes = _output_axes(manifest, self.session, self.output_names)
+        # onnxruntime variants: the session itself (benchmarks time it directly)
+        self.session = getattr(self.backend, "session", None)
+        # a variant whose kernels change with the padded length (OpenVINO bf16 across 16-token blocks) is padded
+        # to a multiple at which a row's result no longer depends on the batch's longest row
+        self.pad_to_multiple_of = int(record.get("pad_to_multiple_of") or 1)
+        self.input_names, self.output_names, self._input_dtype = _check_model(self.backend, manifest, self.model_path)
+        self._output_axes = _output_axes(manifest, self.backend.output_dims, self.output_names)
         self._local = threading.local()
         self.multi_head = is_multi_head(manifest)
         self.heads = [_runtime_head(manifest, entry, trust_remote_code) for entry in bundle_heads(manifest)]
@@ -151,9 +161,9 @@ class Predictor:
         self._postprocess = first.postprocess
         self.config: dict[str, Any] = {} if self.multi_head else dict(first.config)
         self.labels: list[str] = [] if self.multi_head else first.labels
-        _check_widths(self.session, manifest, self.labels, self.model_path)
+        _check_widths(self.backend, manifest, self.labels, self.model_path)
         for head in self.heads if self.multi_head else ():
-            _check_head_width(self.session, head, self.model_path)
+            _check_head_width(self.backend, head, self.model_path)
         _check_vocab(self.tokenizer, manifest, self.pad_id, self.bundle_dir)
         self._options = OptionContext(manifest, self.labels, self.config)
 
@@ -274,10 +284,12 @@ class Predictor:
         results: list[Any] = []
         chunk: list[Text] = []
         iterator = iter(inputs)
+        check_options(options, self._options)  # a bad option fails before any work, even for no inputs
         while True:
             chunk = [item for _, item in zip(range(PREDICT_CHUNK), iterator)]
             if not chunk:
                 return results
+            check_inputs(chunk, self.supports_pairs, start=len(results))  # errors name the index in the whole call
             job = self.prepare(chunk, kind=kind, **options)
             names = self.output_names_for(job)
             outputs: list[dict[str, np.ndarray]] = [{}] * len(job.rows)
@@ -418,6 +430,11 @@ class Predictor:
             )
             yield indices, dict(zip(output_names, values)), context
 
+    def pad(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Model inputs for one batch of encodings, padded the way this variant needs."""
+        return pad_batch(encodings, self.input_names, self.pad_id, self.padding_side, self._input_dtype,
+                         multiple=self.pad_to_multiple_of)
+
     def plan(self, lengths: Sequence[int], *, batch_size: int | None = None, bucket: bool = True) -> list[list[int]]:
         """Row indices per batch for rows of these token ``lengths`` (see :meth:`batches` for ``bucket``)."""
         size = int(batch_size or self.batch_size)
@@ -440,9 +457,10 @@ class Predictor:
     # --- internals --------------------------------------------------------------------------------------------
 
     def _run(self, encodings: Sequence[Any], names: Sequence[str]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-        """Pad one batch and run the model: the one place every front door reaches the session."""
-        feed = pad_batch(encodings, self.input_names, self.pad_id, self.padding_side, self._input_dtype)
-        return feed, self.session.run(list(names), feed)
+        """Pad one batch and run the model: the one place every front door reaches the backend."""
+        feed = self.pad(encodings)
+        outputs = self.backend.run(feed, list(names))
+        return feed, [outputs[name] for name in names]
 
     def _pooled_width(self) -> int | None:
         shape = (self.manifest.get("outputs") or {}).get("pooled_output") or [None, None]
@@ -454,7 +472,7 @@ class Predictor:
 RUNTIME_OPTIONS: tuple[str, ...] = (*_windows.OPTIONS,)
 
 
-def _output_axes(manifest: dict[str, Any], session: Any, names: Sequence[str]) -> dict[str, str]:
+def _output_axes(manifest: dict[str, Any], model_dims: dict[str, list], names: Sequence[str]) -> dict[str, str]:
     """Per output: "token" ([batch, sequence, ...]), "row" ([batch, ...]) or "shared" (no batch axis).
 
     Read from the graph dims the manifest recorded at export (else the model's own): symbolic (named or
@@ -464,7 +482,7 @@ def _output_axes(manifest: dict[str, Any], session: Any, names: Sequence[str]) -
     if isinstance(recorded, dict):
         dims_by_name = recorded
     else:
-        dims_by_name = {o.name: list(o.shape or []) for o in session.get_outputs()}
+        dims_by_name = model_dims
     axes = {}
     for name in names:
         dims = dims_by_name.get(name) or ["batch"]
@@ -514,18 +532,19 @@ def _load_tokenizer(bundle_dir: Path, manifest: dict[str, Any]):
         raise BundleError(f"{path} is not a tokenizers tokenizer.json: {exc}") from exc
 
 
-def _check_widths(session: Any, manifest: dict[str, Any], labels: list[str], path: Path) -> None:
+def _check_widths(backend: Any, manifest: dict[str, Any], labels: list[str], path: Path) -> None:
     """Output dims must be those recorded at export, and logits no wider than the labels (no invented labels)."""
     recorded = manifest.get("outputs") or {}
-    for output in session.get_outputs():
-        dims = list(output.shape)
-        declared = recorded.get(output.name) if isinstance(recorded, dict) else None
+    for name, dims in backend.output_dims.items():
+        declared = recorded.get(name) if isinstance(recorded, dict) else None
+        if not dims:
+            continue
         if isinstance(declared, list) and isinstance(dims[-1], int) and isinstance(declared[-1], int) and dims[-1] != declared[-1]:
             raise BundleError(
-                f"{path}: output {output.name!r} is {dims[-1]} wide but the manifest recorded {declared[-1]}; the "
+                f"{path}: output {name!r} is {dims[-1]} wide but the manifest recorded {declared[-1]}; the "
                 "bundle's files come from different exports. Export it again."
             )
-        if output.name == "logits" and labels and isinstance(dims[-1], int) and dims[-1] > len(labels):
+        if name == "logits" and labels and isinstance(dims[-1], int) and dims[-1] > len(labels):
             raise BundleError(
                 f"{path}: the model's logits are {dims[-1]} wide but the manifest has {len(labels)} labels; results "
                 "would name labels that do not exist. Export the bundle again."
@@ -546,10 +565,9 @@ def _check_vocab(tokenizer: Any, manifest: dict[str, Any], pad_id: int, bundle_d
         )
 
 
-def _check_model(session: Any, manifest: dict[str, Any], path: Path) -> tuple[list[str], list[str], Any]:
+def _check_model(backend: Any, manifest: dict[str, Any], path: Path) -> tuple[list[str], list[str], Any]:
     """The model's inputs and outputs must be the ones the manifest names (a swapped model.onnx fails here)."""
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
+    inputs, outputs = list(backend.input_names), list(backend.output_names)
     expected_in = list(manifest.get("inputs") or ["input_ids", "attention_mask"])
     expected_out = list(manifest.get("outputs") or ["logits", "pooled_output"])
     if sorted(inputs) != sorted(expected_in) or sorted(outputs) != sorted(expected_out):
@@ -558,8 +576,7 @@ def _check_model(session: Any, manifest: dict[str, Any], path: Path) -> tuple[li
             f"manifest says inputs {expected_in} and outputs {expected_out}. The bundle's files come from "
             "different exports; export it again."
         )
-    dtype = np.int32 if session.get_inputs()[0].type == "tensor(int32)" else np.int64
-    return expected_in, outputs, dtype
+    return expected_in, outputs, backend.input_dtype
 
 
 def _runtime_head(manifest: dict[str, Any], entry: dict[str, Any], trust_remote_code: bool) -> _heads.RuntimeHead:
@@ -582,11 +599,11 @@ def _runtime_head(manifest: dict[str, Any], entry: dict[str, Any], trust_remote_
     )
 
 
-def _check_head_width(session: Any, head: _heads.RuntimeHead, path: Path) -> None:
+def _check_head_width(backend: Any, head: _heads.RuntimeHead, path: Path) -> None:
     """A head's logits no wider than its labels: results would name labels that do not exist."""
-    for output in session.get_outputs():
-        width = (output.shape or [None])[-1]
-        if output.name == head.outputs["logits"] and head.labels and isinstance(width, int) and width > len(head.labels):
+    for name, dims in backend.output_dims.items():
+        width = (dims or [None])[-1]
+        if name == head.outputs["logits"] and head.labels and isinstance(width, int) and width > len(head.labels):
             raise BundleError(
                 f"{path}: head {head.name!r} has logits {width} wide but {len(head.labels)} labels in the manifest; "
                 "export the bundle again"

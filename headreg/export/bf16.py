@@ -1,0 +1,78 @@
+"""The bf16 variant: the same ``model.onnx`` run by OpenVINO in bf16, verified where this machine can check it.
+
+A bf16 record is written only when this CPU has native bf16 (AVX-512 BF16 or AMX), OpenVINO imports, and the
+variant passes the same two checks as int8 (:mod:`headreg.export.acceptance`): the same user-visible results as
+PyTorch on held-out texts, and batch invariance (a text alone vs in batches of mixed lengths and padded to
+max_length, outputs within the tolerance, identical decisions). Otherwise the export says why it has none.
+
+OpenVINO's bf16 kernels are exactly batch-size invariant here, but a row's result changed (logits by ~3e-4)
+when the batch's padded length crossed a 16-token block boundary past the row's own length. Padding every
+batch to a multiple of ``PAD_MULTIPLE`` tokens removes that (0.0 difference measured, AVX-512 BF16), so the
+record carries ``pad_to_multiple_of`` and the runtime pads to it for this variant. The same held on a Xeon with
+AMX (``benchmarks/backend_probe.py``: 0.0 with padding to 16, 32 or 64; up to 2.4e-3 without).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..manifest import MODEL_FILE
+from ..runtime.backends import BF16_CPU_FLAGS, OpenVINOBackend, bf16_cpu, openvino_version
+from ..runtime.variants import cpu_flags
+
+# Wider than the 16-token block measured on AVX-512 BF16 and AMX alike: AMX bf16 tiles hold 32 values in a row.
+PAD_MULTIPLE = 32
+
+
+def bf16_unavailable(flags: Sequence[str] | frozenset[str] | None = None) -> str | None:
+    """Why a bf16 variant cannot be verified on this machine, or None when it can."""
+    flags = cpu_flags() if flags is None else flags
+    if bf16_cpu(flags) is None:
+        return f"this CPU has no native bf16 ({' / '.join(BF16_CPU_FLAGS)} missing)"
+    if openvino_version() is None:
+        return "OpenVINO is not installed (pip install 'headreg[openvino]')"
+    return None
+
+
+def bf16_run(model_path: Path, *, pad_id: int = 0, padding_side: str = "right", threads: int | None = None,
+             multiple: int | None = None) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], OpenVINOBackend]:
+    """``run(feeds) -> outputs`` of OpenVINO bf16, padding each batch as the Predictor does for this variant.
+
+    Token-level outputs are cut back to the feed's own width, so acceptance compares them position by position.
+    """
+    multiple = PAD_MULTIPLE if multiple is None else multiple
+    backend = OpenVINOBackend(model_path, threads=threads, precision="bf16")
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        width = feeds["attention_mask"].shape[1]
+        extra = -width % multiple
+        if extra:
+            before, after = (extra, 0) if padding_side == "left" else (0, extra)
+            feeds = {name: np.pad(value, ((0, 0), (before, after)), constant_values=pad_id if name == "input_ids" else 0)
+                     for name, value in feeds.items()}
+        outputs = backend.run(feeds)
+        if extra:
+            keep = slice(extra, None) if padding_side == "left" else slice(0, width)
+            outputs = {name: value[:, keep] if name in backend.token_outputs else value for name, value in outputs.items()}
+        return outputs
+
+    return run, backend
+
+
+def bf16_record(judged: dict[str, Any], backend: OpenVINOBackend) -> dict[str, Any]:
+    """The manifest record of an accepted bf16 variant (format: docs/bundle-format.md, runtime/variants.py)."""
+    flags = cpu_flags()
+    return {
+        "file": MODEL_FILE,
+        "precision": "bf16",
+        "backend": "openvino",
+        "quantization": None,
+        "requires_cpu": list(BF16_CPU_FLAGS),
+        "pad_to_multiple_of": PAD_MULTIPLE,
+        **judged,
+        "verified_on": {"bf16_isa": bf16_cpu(flags), "openvino": openvino_version(),
+                        "inference_precision": backend.inference_precision},
+    }

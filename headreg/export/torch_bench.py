@@ -1,0 +1,55 @@
+"""The PyTorch side of ``headreg bench --compare-torch``: the exported model run by torch on the runtime's feeds.
+
+It lives on the export side (torch, transformers) so that nothing under ``headreg/runtime/`` names torch-side code;
+``headreg.runtime.bench.Engine`` takes the runner built here like any other.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runtime.bench import Runner
+
+
+def torch_runner(model_dir: str | os.PathLike, threads: int | None = None, *, bf16: bool = False) -> Runner:
+    """A runner for the PyTorch model the bundle was exported from (needs ``headreg[torch]``).
+
+    ``bf16``: under ``torch.autocast("cpu", dtype=torch.bfloat16)``, PyTorch's own fast path on CPUs with bf16.
+    """
+    from ..errors import require
+
+    torch = require("torch", "torch", "bench --compare-torch")
+    model = load_torch_model(model_dir)
+    if threads:
+        torch.set_num_threads(int(threads))
+
+    def run(feed: dict[str, np.ndarray]) -> Any:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            output = model(**{name: torch.from_numpy(value) for name, value in feed.items()})
+            return output.logits.float().numpy()
+
+    return run
+
+
+def load_torch_model(model_dir: str | os.PathLike):
+    """A saved headreg model, or a transformers task checkpoint imported through interop."""
+    from ..model import MODEL_CONFIG, load_model, quiet_transformers
+
+    model_dir = Path(model_dir)
+    if (model_dir / MODEL_CONFIG).is_file():
+        return load_model(model_dir).eval()
+    import json
+
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from ..interop import from_transformers
+
+    config = json.loads((model_dir / "config.json").read_text())
+    token = any(name.endswith("ForTokenClassification") for name in config.get("architectures") or [])
+    auto = AutoModelForTokenClassification if token else AutoModelForSequenceClassification
+    with quiet_transformers():
+        return from_transformers(auto.from_pretrained(model_dir, use_safetensors=True)).eval()
