@@ -284,7 +284,7 @@ class Predictor:
         results: list[Any] = []
         chunk: list[Text] = []
         iterator = iter(inputs)
-        check_options(options, self._options)  # a bad option fails before any work, even for no inputs
+        self._check_call_options(options)  # a bad option fails before any work, even for no inputs
         while True:
             chunk = [item for _, item in zip(range(PREDICT_CHUNK), iterator)]
             if not chunk:
@@ -342,6 +342,12 @@ class Predictor:
         if self.multi_head:
             return _heads.valid_head_options(self.heads, self._options)
         return valid_options(self._options)
+
+    def _check_call_options(self, options: dict[str, Any]) -> None:
+        if self.multi_head:
+            _heads.check_head_options(options, self.heads, self._options)
+        else:
+            check_options(options, self._options)
 
     def output_names_for(self, job: Job) -> list[str]:
         """The graph outputs a job needs: a multi-head predict call fetches only its heads' outputs (onnxruntime
