@@ -307,7 +307,7 @@ Examples:
 @click.option("--max-batch-tokens", default=None, type=click.IntRange(min=1),
               help="Token budget per batch [default: batch-size x seq-len; with --texts, the Predictor's default].")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="Threads for onnxruntime and torch alike [default: all cores].")
+              help="Threads for onnxruntime and torch alike [default: the CPUs this process may use].")
 @click.option("--compare-torch", is_flag=True, help="Also time the PyTorch model (needs headreg[torch]).")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
               help="The PyTorch model for --compare-torch [default: the manifest's source path].")
@@ -339,7 +339,9 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
     import os
 
     # Both engines get the same thread count: their own defaults differ and would skew the ratio.
-    threads = threads or os.cpu_count() or 1
+    from .runtime.cpus import available_cpus
+
+    threads = threads or available_cpus()
     # A synthetic run measures exactly --batch-size rows per batch, so its token budget must hold them.
     budget = max_batch_tokens or (batch_size * seq_len if texts_file is None else DEFAULT_MAX_BATCH_TOKENS)
     options = dict(threads=threads, batch_size=batch_size, max_length=seq_len, max_batch_tokens=budget)
