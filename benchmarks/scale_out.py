@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             started.append(ray.shutdown)
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False
+            context.wait_for_min_actors_s = 600  # all actors up before the first batch: "steady" starts with all of them
             configs["Ray Data, 1 actor x 1 thread"] = (1, ray_data(bundle, texts, 1, args.variant, args.batch_size))
             configs["Ray Data, 2 actors x 1 thread"] = (2, ray_data(bundle, texts, 2, args.variant, args.batch_size))
         if "spark" not in skip:

@@ -38,6 +38,7 @@ def ray_cluster():
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
+    context.wait_for_min_actors_s = 300  # every actor up before the first batch, so each pool's actors all get work
     yield ray
     ray.shutdown()
 
