@@ -4,6 +4,7 @@ any input with their own error, never a raw Python exception, and what they acce
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from pathlib import Path
@@ -62,6 +63,19 @@ def _paths(value, prefix=()):
 PATHS = [path for path in _paths(MANIFEST) if path]
 
 
+def _mutated(reference: dict, path: tuple, value, delete: bool) -> dict:
+    """A deep copy of ``reference`` with the field at ``path`` set to ``value`` (or deleted)."""
+    data = copy.deepcopy(reference)
+    holder = data
+    for key in path[:-1]:
+        holder = holder[key]
+    if delete:
+        del holder[path[-1]]
+    else:
+        holder[path[-1]] = value
+    return data
+
+
 def test_the_reference_manifest_is_valid():
     assert validate_manifest(copy.deepcopy(MANIFEST)) is not None
 
@@ -69,14 +83,7 @@ def test_the_reference_manifest_is_valid():
 @FUZZ
 @given(path=st.sampled_from(PATHS), value=json_value, delete=st.booleans())
 def test_any_single_field_change_is_accepted_or_a_bundle_error(path, value, delete):
-    manifest = copy.deepcopy(MANIFEST)
-    holder = manifest
-    for key in path[:-1]:
-        holder = holder[key]
-    if delete:
-        del holder[path[-1]]
-    else:
-        holder[path[-1]] = value
+    manifest = _mutated(MANIFEST, path, value, delete)
     try:
         validate_manifest(manifest)
     except BundleError as exc:
@@ -162,3 +169,34 @@ def test_token_options_are_checked_too(options):
         assert config["aggregation"] in post.AGGREGATIONS
     if "ignore_labels" in config:
         assert all(isinstance(label, str) for label in config["ignore_labels"])
+
+
+# --- saved-model config ------------------------------------------------------------------------------------------
+
+SAVED = {
+    "format": "headreg-model", "format_version": 1, "headreg_version": "0.1.0", "head": "seq_cls", "plugin": "headreg",
+    "plugin_version": "0.1.0", "head_config": {"num_labels": 2, "id2label": {"0": "neg", "1": "pos"}, "dropout": 0.1},
+    "pooling": {"strategy": "cls", "projection": False, "activation": None, "norm": False, "bias": True,
+                "norm_bias": True, "norm_eps": 1e-5},
+    "backbone": "backbone", "tokenizer_source": None,
+}
+SAVED_PATHS = [path for path in _paths(SAVED) if path]
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("saved")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(SAVED_PATHS), value=json_value, delete=st.booleans())
+def test_any_saved_config_change_is_accepted_or_a_save_load_error(saved_dir, path, value, delete):
+    from headreg.errors import SaveLoadError
+    from headreg.model import MODEL_CONFIG, read_saved_config
+
+    config = _mutated(SAVED, path, value, delete)
+    (saved_dir / MODEL_CONFIG).write_text(json.dumps(config, allow_nan=True))
+    try:
+        read_saved_config(saved_dir)
+    except SaveLoadError as exc:
+        assert "headreg_model.json" in str(exc)

@@ -17,7 +17,6 @@ texts of 2-10x that length.
 from __future__ import annotations
 
 import functools
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,6 @@ from headreg.runtime.windows import central_windows, window_options
 
 MAX = 64  # the bundles' max_length: windows of 62 text tokens + [CLS] and [SEP]
 NER = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "B-ORG", 6: "I-ORG"}
-_BUNDLES = Path(tempfile.mkdtemp(prefix="headreg-window-tests-"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,7 +70,9 @@ def _one_torch_thread():
 def _export(model, name: str) -> Path:
     from headreg.export.pipeline import export_onnx
 
-    out = _BUNDLES / name
+    from conftest import session_dir
+
+    out = session_dir("window-bundles") / name
     export_onnx(model, out, tokenizer=tokenizer(), exporter="torchscript", max_length=MAX)
     return out
 
