@@ -6,6 +6,7 @@
 - sha256 of the bundle's model file against a Predictor load (the verify_files=True cost).
 
 Usage:  python -m benchmarks.hardening_costs BUNDLE --old OLD_SOURCE_TREE [--model-bundle MINILM_BUNDLE] [--runs 2]
+        [--cases many,huge,load]
 ``OLD_SOURCE_TREE`` is a checkout of the code to compare with (``git archive <commit> | tar -x -C DIR``).
 """
 
@@ -89,12 +90,14 @@ def main() -> None:
     parser.add_argument("--old", required=True, type=Path)
     parser.add_argument("--model-bundle", default=None, help="a real bundle for the hash-vs-load figure")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--cases", default="many,huge,load", help="comma-separated subset of many,huge,load")
     args = parser.parse_args()
     print(f"CPU flags: {cpu_flags()}; load average at start: {os.getloadavg()[0]:.1f}")
     sources = {"old": args.old.resolve(), "new": REPO}
     with tempfile.TemporaryDirectory() as tmp:
         site = slow_plugin_site(Path(tmp))
-        cases = [("many", None), ("huge", None), ("load", site)]
+        wanted = set(args.cases.split(","))
+        cases = [(kind, extra) for kind, extra in (("many", None), ("huge", None), ("load", site)) if kind in wanted]
         rows: dict[tuple[str, str], list[dict]] = {}
         for _ in range(args.runs):
             for kind, extra in cases:

@@ -22,8 +22,12 @@ __all__ = [
     "HeadOutput",
     "HeadSpec",
     "HeadedModel",
+    "MultiHeadCollator",
+    "MultiHeadModel",
+    "MultiHeadOutput",
     "__version__",
     "attach_head",
+    "attach_heads",
     "from_transformers",
     "get_head",
     "hookimpl",
@@ -38,11 +42,16 @@ _LAZY = {
     "HeadedModel": "headreg.model",
     "HeadOutput": "headreg.model",
     "from_transformers": "headreg.interop",
+    "attach_heads": "headreg.multihead",
+    "MultiHeadModel": "headreg.multihead",
+    "MultiHeadCollator": "headreg.multihead",
+    "MultiHeadOutput": "headreg.multihead",
 }
 
 if TYPE_CHECKING:
     from .interop import from_transformers
     from .model import HeadedModel, HeadOutput, attach_head, load_model
+    from .multihead import MultiHeadCollator, MultiHeadModel, MultiHeadOutput, attach_heads
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

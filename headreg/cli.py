@@ -277,10 +277,17 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
     from rich.table import Table
 
     table = Table(title=f"{predictor.head} · {len(items)} text(s) · {predictor.variant}", title_justify="left")
-    for column in ("#", "text", "prediction", "score"):
-        table.add_column(column, overflow="fold")
-    for index, (item, result) in enumerate(zip(items, results)):
-        table.add_row(str(index), cell(_short(item)), *map(cell, _prediction_cells(result)))
+    if predictor.multi_head:  # a column per head: "prediction (score)"
+        for column in ("#", "text", *(head.name for head in predictor.heads)):
+            table.add_column(column, overflow="fold")
+        for index, (item, result) in enumerate(zip(items, results)):
+            cells = [_prediction_cells(result[head.name]) for head in predictor.heads]
+            table.add_row(str(index), cell(_short(item)), *(cell(f"{p} ({s})" if s else p) for p, s in cells))
+    else:
+        for column in ("#", "text", "prediction", "score"):
+            table.add_column(column, overflow="fold")
+        for index, (item, result) in enumerate(zip(items, results)):
+            table.add_row(str(index), cell(_short(item)), *map(cell, _prediction_cells(result)))
     console().print(table)
 
 
@@ -300,7 +307,7 @@ Examples:
 @click.option("--max-batch-tokens", default=None, type=click.IntRange(min=1),
               help="Token budget per batch [default: batch-size x seq-len; with --texts, the Predictor's default].")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="Threads for onnxruntime and torch alike [default: all cores].")
+              help="Threads for onnxruntime and torch alike [default: the CPUs this process may use].")
 @click.option("--compare-torch", is_flag=True, help="Also time the PyTorch model (needs headreg[torch]).")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
               help="The PyTorch model for --compare-torch [default: the manifest's source path].")
@@ -332,7 +339,9 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
     import os
 
     # Both engines get the same thread count: their own defaults differ and would skew the ratio.
-    threads = threads or os.cpu_count() or 1
+    from .runtime.cpus import available_cpus
+
+    threads = threads or available_cpus()
     # A synthetic run measures exactly --batch-size rows per batch, so its token budget must hold them.
     budget = max_batch_tokens or (batch_size * seq_len if texts_file is None else DEFAULT_MAX_BATCH_TOKENS)
     options = dict(threads=threads, batch_size=batch_size, max_length=seq_len, max_batch_tokens=budget)

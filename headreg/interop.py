@@ -52,13 +52,23 @@ def _copy_linear(source: nn.Linear, target: nn.Linear) -> None:
                 target.bias.zero_()
 
 
-def from_transformers(model: Any, *, head: str | None = None, **options: Any) -> HeadedModel:
+def from_transformers(model: Any, *, head: str | None = None, name: str | None = None, **options: Any) -> Any:
     """Turn a transformers ``*ForSequenceClassification`` / ``*ForTokenClassification`` model into a HeadedModel.
 
     The head is chosen from the model's ``problem_type`` (single-label -> ``seq_cls``, multi-label ->
     ``multi_label``, regression -> ``regression``; token models -> ``token_cls``) unless ``head`` is given.
-    Backbone weights are shared with ``model``, head weights are copied.
+    Backbone weights are shared with ``model``, head weights are copied. With ``name``, the result is a
+    one-head MultiHeadModel with that head name, ready to grow with ``add_head``.
     """
+    headed = _from_transformers(model, head=head, **options)
+    if name is None:
+        return headed
+    from .multihead import attach_heads
+
+    return attach_heads(headed, {}, keep_as=name)
+
+
+def _from_transformers(model: Any, *, head: str | None, **options: Any) -> HeadedModel:
     kind = type(model).__name__
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "base_model"):

@@ -21,7 +21,7 @@ from .errors import BundleError
 from .files import MODEL_CONFIG
 
 FORMAT = "headreg-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the "heads" list (several heads in one graph); format-1 bundles still load
 BUNDLE_KIND = "headreg bundle"
 
 MODEL_FILE = "model.onnx"
@@ -168,6 +168,28 @@ VARIANT_SCHEMA = S.obj(
     extra=True,
 )
 
+MAX_HEADS = 256
+# One entry of format 2's "heads" list (see bundle_heads and docs/bundle-format.md).
+HEADS_ENTRY_SCHEMA = S.obj(
+    {
+        "name": S.matches(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", "a head name in the model (a letter, then letters, digits, _ -)"),
+        "head": _HEAD_NAME,
+        "plugin": S.optional(S.string(max_len=256)),
+        "plugin_version": S.optional(S.string(max_len=256)),
+        "level": S.one_of("sequence", "token"),
+        "problem_type": S.optional(S.string(max_len=256)),
+        "postprocess": S.optional(_ENTRY),
+        "config": S.obj({"num_labels": S.integer(1, MAX_LABELS), "id2label": S.optional(_ID2LABEL)}, extra=True),
+        "postprocess_config": S.obj({"id2label": S.optional(_ID2LABEL)}, extra=True),
+        "num_labels": S.integer(1, MAX_LABELS),
+        "id2label": _ID2LABEL,
+        "pooling": S.obj({}, extra=True),
+        "outputs": S.mapping(S.string(max_len=256), S.string(max_len=256), min_items=1, max_items=64),
+    },
+    required=("name", "head", "level", "outputs"),
+    extra=True,
+)
+
 MANIFEST_SCHEMA = S.obj(
     {
         "format": S.one_of(FORMAT),
@@ -205,18 +227,36 @@ MANIFEST_SCHEMA = S.obj(
         "files": S.mapping(S.relative_path, _SHA256, max_items=1024),
         "variants": S.mapping(S.string(max_len=64), S.any_of(VARIANT_SCHEMA, S.string(max_len=64)), max_items=64),
         "verification": S.obj({"atol": S.number(0, None), "rtol": S.number(0, None), "passed": S.boolean}, extra=True),
+        "multi_head": S.boolean,
+        "heads": S.sequence(HEADS_ENTRY_SCHEMA, min_items=1, max_items=MAX_HEADS),
     },
-    required=("format", "format_version", "head"),
+    required=("format", "format_version"),
     extra=True,
 )
 
 
 def _cross_checks(manifest: dict[str, Any]) -> None:
     """Relations between fields that the per-field schema cannot express."""
-    labels = manifest.get("id2label") or {}
-    num_labels = manifest.get("num_labels")
-    if labels and num_labels is not None and sorted(int(k) for k in labels) != list(range(num_labels)):
-        raise S.Invalid("id2label", f"must have the keys 0..{num_labels - 1} (num_labels={num_labels})")
+    if manifest.get("multi_head"):
+        if "heads" not in manifest:
+            raise S.Invalid("heads", "is required when multi_head is true")
+    elif "head" not in manifest:
+        raise S.Invalid("head", "is required (a single-head bundle)")
+    entries = [("", manifest)] + [(f"heads[{i}].", entry) for i, entry in enumerate(manifest.get("heads") or [])]
+    for where, entry in entries:
+        labels = entry.get("id2label") or {}
+        num_labels = entry.get("num_labels")
+        if labels and num_labels is not None and sorted(int(k) for k in labels) != list(range(num_labels)):
+            raise S.Invalid(f"{where}id2label", f"must have the keys 0..{num_labels - 1} (num_labels={num_labels})")
+    names = [entry["name"] for entry in manifest.get("heads") or []]
+    if len(set(names)) != len(names):
+        raise S.Invalid("heads", f"names a head twice: {names}")
+    graph = manifest.get("outputs")
+    # A single-head bundle's top-level fields are what counts; headreg verify reports a heads list that disagrees.
+    for i, entry in enumerate(manifest.get("heads") or [] if manifest.get("multi_head") else []):
+        missing = sorted(set(entry["outputs"].values()) - set(graph or {})) if isinstance(graph, dict) else []
+        if missing or "logits" not in entry["outputs"]:
+            raise S.Invalid(f"heads[{i}].outputs", f"must map 'logits' and name graph outputs only (not {missing})")
     inputs = manifest.get("inputs")
     if inputs is not None and not {"input_ids", "attention_mask"} <= set(inputs):
         raise S.Invalid("inputs", "must include input_ids and attention_mask")
@@ -294,3 +334,40 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def bundle_heads(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's heads as a list, whatever its format version.
+
+    A multi-head bundle lists them in ``heads``. A single-head bundle (any format) describes its head with the
+    top-level ``head``, ``postprocess_config``, ``num_labels``, ``id2label`` and ``pooling``, its graph outputs
+    named after the head's own; those fields are what counts, and it comes back as the one-element list that
+    format 2 also writes into its ``heads`` (``headreg verify`` checks that the two agree).
+    """
+    heads = manifest.get("heads")
+    if is_multi_head(manifest):
+        return heads if isinstance(heads, list) else []
+    head = manifest.get("head") or {}
+    outputs = manifest.get("outputs") or ["logits", "pooled_output"]
+    return [
+        {
+            "name": head.get("name", "?"),
+            "head": head.get("name", "?"),
+            "plugin": head.get("plugin"),
+            "plugin_version": head.get("plugin_version"),
+            "level": head.get("level", "sequence"),
+            "problem_type": head.get("problem_type"),
+            "postprocess": head.get("postprocess"),
+            "config": head.get("config") or {},
+            "postprocess_config": manifest.get("postprocess_config") or {},
+            "num_labels": manifest.get("num_labels"),
+            "id2label": manifest.get("id2label") or {},
+            "pooling": manifest.get("pooling"),
+            "outputs": {name: name for name in outputs},
+        }
+    ]
+
+
+def is_multi_head(manifest: dict[str, Any]) -> bool:
+    """Whether results come back as a dict by head name (a bundle exported from a MultiHeadModel)."""
+    return bool(manifest.get("multi_head"))

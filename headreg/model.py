@@ -40,38 +40,41 @@ from .registry import HeadSpec, get_head  # noqa: E402
 
 from .files import BACKBONE_DIR, HEAD_WEIGHTS, MODEL_CONFIG  # noqa: E402
 FORMAT = "headreg-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: several heads ("heads", see multihead.py); single-head models are still written as 1
 MODEL_KIND = "headreg saved model"
 CONFIG_MAX_BYTES = 64 << 20
 
 # headreg_model.json, checked field by field before anything is built from it (see headreg/schema.py).
+HEAD_NAME = S.matches(r"^[A-Za-z][A-Za-z0-9_.\-]*$", "a head name (letters, digits, _ - .)")
+HEAD_CONFIG_SCHEMA = S.obj(
+    {
+        "num_labels": S.integer(1, MAX_LABELS),
+        "id2label": S.optional(S.mapping(S.index_key(MAX_LABELS), S.string(), max_items=MAX_LABELS)),
+    },
+    extra=True,
+)
+POOLING_SCHEMA = S.obj(
+    {
+        "strategy": S.one_of(*(name for name in STRATEGIES if name != "auto")),
+        "projection": S.boolean,
+        "activation": S.optional(S.one_of(*ACT2FN.keys())),
+        "norm": S.boolean,
+        "bias": S.boolean,
+        "norm_bias": S.boolean,
+        "norm_eps": S.number(0, 1),
+    },
+    required=("strategy",),
+)
 SAVED_MODEL_SCHEMA = S.obj(
     {
         "format": S.one_of(FORMAT),
         "format_version": S.integer(1, None),
         "headreg_version": S.string(max_len=64),
-        "head": S.matches(r"^[A-Za-z][A-Za-z0-9_.\-]*$", "a head name (letters, digits, _ - .)"),
+        "head": HEAD_NAME,
         "plugin": S.optional(S.string(max_len=256)),
         "plugin_version": S.optional(S.string(max_len=256)),
-        "head_config": S.obj(
-            {
-                "num_labels": S.integer(1, MAX_LABELS),
-                "id2label": S.optional(S.mapping(S.index_key(MAX_LABELS), S.string(), max_items=MAX_LABELS)),
-            },
-            extra=True,
-        ),
-        "pooling": S.obj(
-            {
-                "strategy": S.one_of(*(name for name in STRATEGIES if name != "auto")),
-                "projection": S.boolean,
-                "activation": S.optional(S.one_of(*ACT2FN.keys())),
-                "norm": S.boolean,
-                "bias": S.boolean,
-                "norm_bias": S.boolean,
-                "norm_eps": S.number(0, 1),
-            },
-            required=("strategy",),
-        ),
+        "head_config": HEAD_CONFIG_SCHEMA,
+        "pooling": POOLING_SCHEMA,
         "backbone": S.one_of(BACKBONE_DIR),
         "tokenizer_source": S.optional(S.string(max_len=4096)),
     },
@@ -107,15 +110,12 @@ def hidden_size_of(config: Any) -> int:
     raise BackboneError(f"cannot tell the hidden size of a {type(config).__name__}; it has no hidden_size")
 
 
-class HeadedModel(nn.Module):
-    """A backbone, a pooler and a head. ``forward`` returns :class:`HeadOutput` (loss, logits, pooled_output)."""
+class BackboneModel(nn.Module):
+    """A transformers backbone and how headreg calls it; :class:`HeadedModel` and ``MultiHeadModel`` build on it."""
 
-    def __init__(self, backbone: PreTrainedModel, head: Head, pooler: Pooler, spec: HeadSpec):
+    def __init__(self, backbone: PreTrainedModel):
         super().__init__()
         self.backbone = backbone
-        self.pooler = pooler
-        self.head = head
-        self.spec = spec
         params = inspect.signature(backbone.forward).parameters
         self._backbone_args = set(params)
         self._decoder = is_decoder(backbone.config)
@@ -126,27 +126,19 @@ class HeadedModel(nn.Module):
         return self.backbone.config
 
     @property
-    def head_config(self):
-        return self.head.config
-
-    @property
-    def head_name(self) -> str:
-        return self.spec.name
-
-    @property
     def accepts_token_type_ids(self) -> bool:
         return "token_type_ids" in self._backbone_args and getattr(self.config, "type_vocab_size", 0) > 1
 
-    def forward(
+    def encode(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
         **kwargs: Any,
-    ) -> HeadOutput:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Run the backbone: (last hidden state, attention mask, the backbone's own pooler output or None)."""
         reference = input_ids if input_ids is not None else inputs_embeds
         if reference is None:
             raise ValueError("pass input_ids (or inputs_embeds)")
@@ -167,11 +159,75 @@ class HeadedModel(nn.Module):
         if "use_cache" in self._backbone_args:
             inputs["use_cache"] = False
         outputs = self.backbone(**inputs, return_dict=True)
-        sequence_output = outputs.last_hidden_state
-        pooled_output = self.pooler(sequence_output, attention_mask, getattr(outputs, "pooler_output", None))
+        return outputs.last_hidden_state, attention_mask, getattr(outputs, "pooler_output", None)
+
+
+@dataclass
+class Member:
+    """One head of a model as export and the bundle see it: its name, module, registry entry, pooling and
+    which graph output carries each of its outputs (``logits``, ``pooled_output``, its extras)."""
+
+    name: str
+    head: Head
+    spec: HeadSpec
+    pooling: PoolingConfig
+    outputs: dict[str, str]
+
+    @property
+    def token_outputs(self) -> set[str]:
+        """Graph outputs with a per-token axis (compared on non-padding positions only)."""
+        return {self.outputs["logits"]} if self.head.level == "token" else set()
+
+
+class HeadedModel(BackboneModel):
+    """A backbone, a pooler and a head. ``forward`` returns :class:`HeadOutput` (loss, logits, pooled_output)."""
+
+    multi_head = False
+
+    def __init__(self, backbone: PreTrainedModel, head: Head, pooler: Pooler, spec: HeadSpec):
+        super().__init__(backbone)
+        self.pooler = pooler
+        self.head = head
+        self.spec = spec
+
+    @property
+    def head_config(self):
+        return self.head.config
+
+    @property
+    def head_name(self) -> str:
+        return self.spec.name
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> HeadOutput:
+        sequence_output, attention_mask, backbone_pooled = self.encode(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs
+        )
+        pooled_output = self.pooler(sequence_output, attention_mask, backbone_pooled)
         logits = self.head(pooled_output, sequence_output, attention_mask)
         loss = self.head.loss(logits, labels, attention_mask) if labels is not None else None
         return HeadOutput(loss=loss, logits=logits, pooled_output=pooled_output)
+
+    def graph_output_names(self) -> list[str]:
+        return ["logits", "pooled_output", *self.head.export_extras()]
+
+    def members(self) -> list[Member]:
+        """The one head; its graph outputs keep the single-head names (``logits``, ``pooled_output``, extras)."""
+        names = self.graph_output_names()
+        return [Member(self.spec.name, self.head, self.spec, self.pooler.config, {n: n for n in names})]
+
+    def graph_outputs(self, input_ids, attention_mask, token_type_ids=None) -> dict[str, torch.Tensor]:
+        """The exported graph's outputs by name, in graph order."""
+        out = self(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return {"logits": out.logits, "pooled_output": out.pooled_output, **self.head.export_extras()}
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False, tokenizer: Any = None):
         """Write the backbone (transformers' format), the head config (json) and head weights (safetensors).
@@ -181,30 +237,38 @@ class HeadedModel(nn.Module):
         saved headreg model is replaced (never another directory). Pass the ``tokenizer`` to keep it with the
         model (``headreg export`` then finds it).
         """
-        from safetensors.torch import save_file
+        config = {
+            "format_version": 1,  # the single-head layout is unchanged since version 1: older headreg reads it
+            "head": self.spec.name,
+            "plugin": self.spec.plugin,
+            "plugin_version": self.spec.version,
+            "head_config": self.head.config.to_dict(),
+            "pooling": self.pooler.config.as_dict(),
+        }
+        return save_model(self, save_directory, config, overwrite=overwrite, tokenizer=tokenizer)
 
-        target = Path(save_directory)
-        with atomic_directory(target, overwrite=overwrite, replaceable=is_saved_model, what=MODEL_KIND) as tmp:
-            with quiet_transformers():
-                self.backbone.save_pretrained(tmp / BACKBONE_DIR)
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(tmp)
-            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
-            save_file(state, str(tmp / HEAD_WEIGHTS), metadata={"format": "pt"})
-            config = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "headreg_version": __version__,
-                "head": self.spec.name,
-                "plugin": self.spec.plugin,
-                "plugin_version": self.spec.version,
-                "head_config": self.head.config.to_dict(),
-                "pooling": self.pooler.config.as_dict(),
-                "backbone": BACKBONE_DIR,
-                "tokenizer_source": None if tokenizer is not None else _local_source(self.backbone),
-            }
-            (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        return target
+
+def save_model(model: BackboneModel, save_directory, config: dict[str, Any], *, overwrite: bool, tokenizer: Any):
+    """The backbone in transformers' format, every non-backbone weight in safetensors, ``config`` as json."""
+    from safetensors.torch import save_file
+
+    target = Path(save_directory)
+    with atomic_directory(target, overwrite=overwrite, replaceable=is_saved_model, what=MODEL_KIND) as tmp:
+        with quiet_transformers():
+            model.backbone.save_pretrained(tmp / BACKBONE_DIR)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+        save_file(state, str(tmp / HEAD_WEIGHTS), metadata={"format": "pt"})
+        config = {
+            "format": FORMAT,
+            "headreg_version": __version__,
+            **config,
+            "backbone": BACKBONE_DIR,
+            "tokenizer_source": None if tokenizer is not None else _local_source(model.backbone),
+        }
+        (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return target
 
 
 def _local_source(backbone: PreTrainedModel) -> str | None:
@@ -256,19 +320,27 @@ def attach_head(backbone: PreTrainedModel, name: str, *, pooling: str | dict | P
 
 
 def _attach(backbone: PreTrainedModel, spec: HeadSpec, pooling: Any, options: dict[str, Any]) -> "HeadedModel":
+    spec, head, pooling_config = build_head(backbone, spec, pooling, options)
+    model = HeadedModel(backbone, head, Pooler(pooling_config, head.hidden_size), spec)
+    model.to(next(backbone.parameters()).device)
+    model.train(backbone.training)
+    return model
+
+
+def build_head(backbone: PreTrainedModel, spec: HeadSpec | str, pooling: Any, options: dict[str, Any]) -> tuple[HeadSpec, Head, PoolingConfig]:
+    """The registered head (``spec`` or its name) built from ``options`` for this backbone, and its resolved pooling."""
+    if isinstance(spec, str):
+        spec = get_head(spec)
     head_cls = spec.load_class()
     if not (isinstance(head_cls, type) and issubclass(head_cls, Head)):
         raise HeadConfigError(f"head {spec.name!r} from {spec.origin!r}: {spec.cls} is not a headreg Head subclass")
     hidden = hidden_size_of(backbone.config)
     with _head_errors(spec, "config"):
         config = build_config(head_cls.config_class, spec.name, dict(options))
-    pooler = Pooler(resolve_pooling(pooling, backbone, head_cls.level), hidden)
+    pooling_config = resolve_pooling(pooling, backbone, head_cls.level)
     with _head_errors(spec, "constructor"):
         head = head_cls(config, hidden)
-    model = HeadedModel(backbone, head, pooler, spec)
-    model.to(next(backbone.parameters()).device)
-    model.train(backbone.training)
-    return model
+    return spec, head, pooling_config
 
 
 @contextlib.contextmanager
@@ -305,7 +377,10 @@ def _check_backbone_weights(info: dict[str, Any], where: Path) -> None:
 
 
 def read_saved_config(directory: Path) -> dict[str, Any]:
-    """``headreg_model.json``, checked field by field; SaveLoadError names the first bad field."""
+    """``headreg_model.json``, checked field by field; SaveLoadError names the first bad field.
+
+    A model saved with several heads (``heads``) is checked against multihead.SAVED_MULTI_HEAD_SCHEMA.
+    """
     path = directory / MODEL_CONFIG
     saved = read_json_file(path, CONFIG_MAX_BYTES, error=SaveLoadError)
     if isinstance(saved, dict) and isinstance(saved.get("format_version"), int) and saved["format_version"] > FORMAT_VERSION:
@@ -314,7 +389,12 @@ def read_saved_config(directory: Path) -> dict[str, Any]:
             f"{saved['format_version']}; this headreg ({__version__}) reads up to {FORMAT_VERSION}. Upgrade headreg."
         )
     try:
-        SAVED_MODEL_SCHEMA(saved, "")
+        if isinstance(saved, dict) and "heads" in saved:
+            from .multihead import SAVED_MULTI_HEAD_SCHEMA
+
+            SAVED_MULTI_HEAD_SCHEMA(saved, "")
+        else:
+            SAVED_MODEL_SCHEMA(saved, "")
     except S.Invalid as exc:
         raise SaveLoadError(f"{path} is corrupt: {exc.message}. Save the model again.") from None
     return saved
@@ -341,17 +421,37 @@ def load_model(
             "or is incomplete. Save the model again."
         )
     saved = read_saved_config(directory)
-    head_name, head_options, pooling = saved["head"], dict(saved["head_config"]), saved["pooling"]
+    if "heads" in saved:
+        from .multihead import load_multi_head
+
+        model = load_multi_head(directory, saved, trust_remote_code=trust_remote_code, strict=strict)
+    else:
+        head_name, head_options, pooling = saved["head"], dict(saved["head_config"]), saved["pooling"]
+        spec = installed_head(directory, head_name, saved.get("plugin"), saved.get("plugin_version"))
+        backbone = load_backbone(directory, trust_remote_code=trust_remote_code, strict=strict)
+        try:
+            model = _attach(backbone, spec, pooling, head_options)
+        except (HeadConfigError, BackboneError) as exc:
+            raise SaveLoadError(f"{directory / MODEL_CONFIG} has options that do not work: {exc}") from exc
+        load_head_weights(model, directory, f"head {spec.name!r}")
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def installed_head(directory: Path, head_name: Any, plugin: Any, plugin_version: Any) -> HeadSpec:
     try:
         # A model saved with a built-in head loads with the built-in, whatever plugins are installed.
-        spec = builtin_registry().get(head_name) if saved.get("plugin") == "headreg" else get_head(head_name)
+        return builtin_registry().get(head_name) if plugin == "headreg" else get_head(head_name)
     except LookupError as exc:
         raise SaveLoadError(
-            f"{directory} uses head {head_name!r} from {saved.get('plugin')} {saved.get('plugin_version')}, "
-            f"which is not installed here. Install that plugin (pip install {saved.get('plugin')})."
+            f"{directory} uses head {head_name!r} from {plugin} {plugin_version}, "
+            f"which is not installed here. Install that plugin (pip install {plugin})."
         ) from exc
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+
+
+def load_backbone(directory: Path, *, trust_remote_code: bool, strict: bool) -> PreTrainedModel:
     from transformers import AutoConfig, AutoModel
 
     with quiet_transformers():
@@ -370,9 +470,16 @@ def load_model(
         _check_backbone_weights(info, directory / BACKBONE_DIR)
     try:
         _check_backbone(backbone)
-        model = _attach(backbone, spec, pooling, head_options)
-    except (HeadConfigError, BackboneError) as exc:
+    except BackboneError as exc:
         raise SaveLoadError(f"{directory / MODEL_CONFIG} has options that do not work: {exc}") from exc
+    return backbone
+
+
+def load_head_weights(model: BackboneModel, directory: Path, what: str) -> None:
+    """Load every non-backbone weight from ``head.safetensors``; the names must match exactly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(directory / HEAD_WEIGHTS))
     except (SafetensorError, OSError) as exc:
@@ -380,14 +487,10 @@ def load_model(
     expected = {k for k in model.state_dict() if not k.startswith("backbone.")}
     if set(state) != expected:
         raise SaveLoadError(
-            f"{directory / HEAD_WEIGHTS} does not match head {spec.name!r}: missing {sorted(expected - set(state))}, "
+            f"{directory / HEAD_WEIGHTS} does not match {what}: missing {sorted(expected - set(state))}, "
             f"unexpected {sorted(set(state) - expected)}"
         )
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise SaveLoadError(f"{directory / HEAD_WEIGHTS} does not fit head {spec.name!r}: {exc}") from exc
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model
+        raise SaveLoadError(f"{directory / HEAD_WEIGHTS} does not fit {what}: {exc}") from exc

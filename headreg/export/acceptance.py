@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import HeadregError
 from ..runtime.batching import pad_batch, plan_batches
+from .verify import as_checks
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 Decide = Callable[[dict[str, np.ndarray], np.ndarray], Any]
@@ -288,7 +289,7 @@ def accepted(figures: Mapping[str, Any], *, min_agreement: float, max_error: flo
 
 
 def batch_invariance(run: Run, encodings: Sequence[Any], *, input_names: Sequence[str], pad_id: int,
-                     padding_side: str, max_length: int, token_outputs: set[str], decide: Decide | None = None,
+                     padding_side: str, max_length: int, token_outputs: set[str], decide: Any = None,
                      tolerance: float = INVARIANCE_TOLERANCE, batch_size: int = 8) -> dict[str, Any]:
     """Each text alone vs the same text in batches: mixed lengths (two orders) and padded to max_length.
 
@@ -325,14 +326,14 @@ def batch_invariance(run: Run, encodings: Sequence[Any], *, input_names: Sequenc
                     diff = float(np.abs(theirs.astype(np.float64) - mine.astype(np.float64)).max()) if mine.size else 0.0
                     if diff > worst:
                         worst, worst_output = diff, output
-                if decide is not None:
-                    row_outputs = {k: v[position : position + 1] if v.shape[:1] == (len(rows),) and single[k].shape[:1] == (1,)
-                                   else v for k, v in outputs.items()}
-                    a = decide(row_outputs, mask[position : position + 1])
-                    b = decide(single, np.ones((1, len(encodings[index]) or 1), dtype=np.int64))
+                row_outputs = {k: v[position : position + 1] if v.shape[:1] == (len(rows),) and single[k].shape[:1] == (1,)
+                               else v for k, v in outputs.items()}
+                for check in as_checks(decide, token_outputs):  # head by head in a multi-head graph
+                    a = check.decisions(row_outputs, mask[position : position + 1])
+                    b = check.decisions(single, np.ones((1, len(encodings[index]) or 1), dtype=np.int64))
                     if a is not None:
                         a, b = np.asarray(a), np.asarray(b)
-                        if token_outputs:
+                        if check.token_level:
                             a = _rows(a, mask[position : position + 1], padding_side)[0]
                             b = b[0]
                         decisions_differ += int(not np.array_equal(np.asarray(a).ravel(), np.asarray(b).ravel()))
@@ -353,11 +354,13 @@ def batch_invariance(run: Run, encodings: Sequence[Any], *, input_names: Sequenc
 # --- one acceptance set per export, shared by every reduced-precision variant ------------------------------------------
 
 
-def build_judge(model: Any, padding_side: str) -> Judge:
-    """The head's runtime postprocess and decisions, as acceptance compares them."""
+def build_judge(model: Any, padding_side: str, member: Any = None) -> Judge:
+    """A head's runtime postprocess and decisions, as acceptance compares them (``member``: one head of a
+    multi-head model; the judge then reads that head's outputs under its own names)."""
     from ..runtime import postprocess as post
 
-    head, spec = model.head, model.spec
+    member = member or model.members()[0]
+    head, spec = member.head, member.spec
     config = dict(head.manifest())
     labels = {str(k): v for k, v in head.config.labels().items()}
     manifest = {"id2label": labels, "postprocess_config": config}
@@ -375,6 +378,17 @@ def build_judge(model: Any, padding_side: str) -> Judge:
     thresholds = (lambda n: post.thresholds_for(post.Context(manifest=manifest, config=config), n)) if multi else None
     return Judge(postprocess, context, lambda outputs, mask: head.decisions(outputs, mask), head.level == "token",
                  multi, thresholds)
+
+
+def build_judges(model: Any, padding_side: str) -> dict[str, tuple[dict[str, str] | None, Judge]]:
+    """One judge per head: name -> (the head's output names -> the graph's, or None for a single head; judge)."""
+    if not model.multi_head:
+        return {"": (None, build_judge(model, padding_side))}
+    return {m.name: (dict(m.outputs), build_judge(model, padding_side, m)) for m in model.members()}
+
+
+def _own(outputs: dict[str, np.ndarray], mapping: dict[str, str] | None) -> dict[str, np.ndarray]:
+    return outputs if mapping is None else {local: outputs[graph] for local, graph in mapping.items() if graph in outputs}
 
 
 @dataclass
@@ -395,9 +409,15 @@ class AcceptanceSet:
     split: TextSplit
     batches: Batches
     expected: list[dict[str, np.ndarray]]
-    judge: Judge
+    judges: dict[str, tuple[dict[str, str] | None, Judge]]  # per head (one "" entry for a single-head model)
     options: AcceptanceOptions
     invariance_args: dict[str, Any]
+    checks: list[Any] | None = None  # per-head decisions for batch invariance (verify.HeadCheck)
+
+    @property
+    def judge(self) -> Judge:
+        """The judge of a single-head model (its only head)."""
+        return next(iter(self.judges.values()))[1]
 
     def calibration_feeds(self, tokenizer: Any) -> list[dict[str, np.ndarray]]:
         args = self.invariance_args
@@ -410,17 +430,32 @@ class AcceptanceSet:
         """``{"acceptance": ..., "batch_invariance": ...}`` for a variant; VerificationError when it fails either."""
         from ..errors import VerificationError
 
-        figures = agreement(self.judge, self.batches, self.expected, reference(run, self.batches),
-                            near_tie=self.options.near_tie)
-        ok, detail = accepted(figures, min_agreement=self.options.min_agreement, max_error=self.options.max_error)
-        acceptance = {**figures, "passed": ok, "summary": detail, "min_agreement": self.options.min_agreement,
-                      "max_error": self.options.max_error, "texts_split": self.split.record}
+        actual = reference(run, self.batches)
+        per_head = {}
+        for head, (mapping, judge) in self.judges.items():
+            figures = agreement(judge, self.batches, [_own(o, mapping) for o in self.expected],
+                                [_own(o, mapping) for o in actual], near_tie=self.options.near_tie)
+            ok, detail = accepted(figures, min_agreement=self.options.min_agreement, max_error=self.options.max_error)
+            per_head[head] = {**figures, "passed": ok, "summary": detail}
+        if "" in per_head:  # a single head: its figures are the record
+            figures = per_head[""]
+            ok, detail = figures["passed"], figures["summary"]
+            acceptance = dict(figures)
+        else:  # every head must pass; the record keeps each head's figures and the lowest agreement
+            ok = all(f["passed"] for f in per_head.values())
+            detail = "; ".join(f"{head}: {f['summary']}" for head, f in per_head.items())
+            agreements = [f["agreement"] for f in per_head.values() if "agreement" in f]
+            acceptance = {"passed": ok, "summary": detail, "heads": per_head,
+                          **({"agreement": min(agreements)} if agreements else {})}
+        acceptance.update(min_agreement=self.options.min_agreement, max_error=self.options.max_error,
+                          texts_split=self.split.record)
         # the texts most likely to move: mixed lengths from the held-out part, shortest and longest included
         encodings = self.batches.encodings
         by_length = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
         count = min(self.options.invariance_texts, len(by_length))
         picks = sorted({by_length[round(k * (len(by_length) - 1) / max(count - 1, 1))] for k in range(count)})
-        invariance = batch_invariance(run, [encodings[i] for i in picks], decide=self.judge.decide,
+        decide = self.checks if self.checks is not None else self.judge.decide
+        invariance = batch_invariance(run, [encodings[i] for i in picks], decide=decide,
                                       tolerance=self.options.invariance_tolerance, **self.invariance_args)
         if not invariance["passed"]:
             raise VerificationError(
@@ -446,7 +481,9 @@ def build_acceptance_set(model: Any, tokenizer: Any, texts: Sequence[Any], *, so
     batches = make_batches(tokenizer, split.acceptance, input_names=input_names, max_length=max_length, pad_id=pad_id,
                            padding_side=padding_side)
     expected = reference(reference_run, batches)
-    token_outputs = {"logits"} if model.head.level == "token" else set()
+    from .pipeline import head_checks, token_outputs_of
+
     invariance_args = dict(input_names=list(input_names), pad_id=pad_id, padding_side=padding_side,
-                           max_length=max_length, token_outputs=token_outputs)
-    return AcceptanceSet(split, batches, expected, build_judge(model, padding_side), options, invariance_args)
+                           max_length=max_length, token_outputs=token_outputs_of(model))
+    return AcceptanceSet(split, batches, expected, build_judges(model, padding_side), options, invariance_args,
+                         head_checks(model))

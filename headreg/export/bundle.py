@@ -92,35 +92,37 @@ def build_manifest(
     verification: dict[str, Any],
     source: dict[str, Any],
     exporter: str,
+    head_verification: Any = lambda member: None,
 ) -> dict[str, Any]:
-    """The ``headreg.json`` dict for a bundle whose files are already in ``staging``."""
-    spec, head = model.spec, model.head
-    labels = {str(k): v for k, v in head.config.labels().items()}
-    postprocess_config = dict(head.manifest())
-    if isinstance(postprocess_config.get("id2label"), dict):
-        postprocess_config["id2label"] = {str(k): v for k, v in postprocess_config["id2label"].items()}
+    """The ``headreg.json`` dict for a bundle whose files are already in ``staging``.
+
+    ``heads`` lists every head (a single-head model gives a one-element list); a single-head bundle also keeps
+    the top-level ``head``, ``postprocess_config``, ``num_labels``, ``id2label`` and ``pooling`` of format 1.
+    """
+    heads = [head_entry(member, head_verification(member)) for member in model.members()]
     files = {
         name: sha256_file(staging / name)
         for name in {variant["file"] for variant in variants.values() if isinstance(variant, dict)}
     }
+    single = {}
+    if not model.multi_head:
+        only = heads[0]
+        single = {
+            "head": {key: only[key] for key in ("plugin", "plugin_version", "level", "problem_type", "postprocess", "config")}
+            | {"name": only["head"]},
+            "postprocess_config": only["postprocess_config"],
+            "num_labels": only["num_labels"],
+            "id2label": only["id2label"],
+            "pooling": only["pooling"],
+        }
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "headreg_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "head": {
-            "name": spec.name,
-            "plugin": spec.plugin,
-            "plugin_version": spec.version or (__version__ if spec.builtin else ""),
-            "level": head.level,
-            "problem_type": head.problem_type,
-            "postprocess": spec.postprocess,
-            "config": _jsonable_config(head.config),
-        },
-        "postprocess_config": postprocess_config,
-        "num_labels": head.config.num_labels,
-        "id2label": labels,
-        "pooling": model.pooler.config.as_dict(),
+        "multi_head": bool(model.multi_head),
+        "heads": heads,
+        **single,
         "backbone": backbone_info(model.config),
         "inputs": list(input_names),
         "outputs": graph_outputs,
@@ -140,6 +142,30 @@ def build_manifest(
         "verification": verification,
         "source": source,
         "versions": versions(),
+    }
+
+
+def head_entry(member: Any, verification: dict[str, Any] | None) -> dict[str, Any]:
+    """One head of the manifest's ``heads`` list: what the runtime needs to postprocess it on its own."""
+    spec, head = member.spec, member.head
+    postprocess_config = dict(head.manifest())
+    if isinstance(postprocess_config.get("id2label"), dict):
+        postprocess_config["id2label"] = {str(k): v for k, v in postprocess_config["id2label"].items()}
+    return {
+        "name": member.name,
+        "head": spec.name,
+        "plugin": spec.plugin,
+        "plugin_version": spec.version or (__version__ if spec.builtin else ""),
+        "level": head.level,
+        "problem_type": head.problem_type,
+        "postprocess": spec.postprocess,
+        "config": _jsonable_config(head.config),
+        "postprocess_config": postprocess_config,
+        "num_labels": head.config.num_labels,
+        "id2label": {str(k): v for k, v in head.config.labels().items()},
+        "pooling": member.pooling.as_dict(),
+        "outputs": dict(member.outputs),
+        "verification": verification,
     }
 
 
@@ -163,4 +189,4 @@ def int8_record(int8: dict[str, Any]) -> dict[str, Any]:
         "acceptance": int8["acceptance"],
         "batch_invariance": int8["batch_invariance"],
         "golden_agreement": int8["golden_agreement"],
-    }
+    } | ({"golden_agreement_by_head": int8["golden_agreement_by_head"]} if "golden_agreement_by_head" in int8 else {})

@@ -28,7 +28,7 @@ from .tokenizer import TokenizerError, bundle_tokenizer
 from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, ExportWrapper, graph_signature, input_names_for, trace
 from . import acceptance as acc
 from .quantize import DEFAULT_METHOD, INT8_REQUIRES_CPU, METHODS
-from .verify import Report, VerificationFailed, compare_cases, run_cases, run_onnx, save_golden
+from .verify import HeadCheck, Report, VerificationFailed, compare_cases, run_cases, run_onnx, save_golden
 
 Progress = Callable[[str, str, dict], None]
 QUANTIZE_MODES = ("int8",)
@@ -111,8 +111,24 @@ def _torch_outputs(wrapper: ExportWrapper, cases: list[Case]) -> list[dict[str, 
     return expected
 
 
-def _decide(head: Any) -> Callable[[dict[str, np.ndarray], np.ndarray], Any]:
-    return lambda outputs, mask: head.decisions(outputs, mask)
+def head_checks(model: Any) -> list[HeadCheck]:
+    """Each head's decisions, read from the graph outputs it owns (verification and int8 acceptance go per head)."""
+    checks = []
+    for member in model.members():
+        identity = all(local == graph for local, graph in member.outputs.items())
+        checks.append(
+            HeadCheck(
+                "" if not model.multi_head else member.name,
+                member.head.decisions,
+                member.head.level == "token",
+                None if identity else dict(member.outputs),
+            )
+        )
+    return checks
+
+
+def token_outputs_of(model: Any) -> set[str]:
+    return {name for member in model.members() for name in member.token_outputs}
 
 
 def _source_info(source: dict[str, Any] | None) -> dict[str, Any]:
@@ -267,19 +283,18 @@ def _fp32_invariance(session: Any, tok: Any, cases: list[Case], input_names, max
     texts = [t for case in cases if case.kind == "text" for t in case.texts][:24]
     batches = acc.make_batches(tok.tokenizer, texts, input_names=input_names, max_length=max_length,
                                pad_id=tok.pad_token_id, padding_side=padding_side)
-    token_outputs = {"logits"} if model.head.level == "token" else set()
     return acc.batch_invariance(
         _session_run(session), batches.encodings, input_names=list(input_names), pad_id=tok.pad_token_id,
-        padding_side=padding_side, max_length=max_length, token_outputs=token_outputs,
-        decide=_decide(model.head), tolerance=atol,
+        padding_side=padding_side, max_length=max_length, token_outputs=token_outputs_of(model),
+        decide=head_checks(model), tolerance=atol,
     )
 
 
 def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, cases: list[Case],
-                  expected: list[dict[str, np.ndarray]], decide: Callable, model: Any, method: str,
+                  expected: list[dict[str, np.ndarray]], decide: list[HeadCheck], model: Any, method: str,
                   step: "_Steps") -> dict[str, Any]:
     """Quantize the unfused fp32 graph (static QDQ int8), then accept it on held-out texts and batch invariance."""
-    from .quantize import golden_agreement, quantize_static_int8
+    from .quantize import golden_agreements, quantize_static_int8
 
     with step("quantize") as info:
         quantization = quantize_static_int8(staging / MODEL_FILE, staging / INT8_FILE,
@@ -289,16 +304,19 @@ def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, case
     with step("accept int8") as info:
         session = create_session(staging / INT8_FILE)
         judged = acceptance.judge_variant("int8", _session_run(session))
-        golden = golden_agreement(session, cases, expected, decide, token_level=model.head.level == "token")
+        golden = golden_agreements(session, cases, expected, decide)
         figures = judged["acceptance"]
         info.update(agreement=figures.get("agreement", figures.get("max_abs_error")),
                     invariant=judged["batch_invariance"]["passed"])
-    return {
+    record = {
         "quantization": quantization,
         "requires_cpu": list(INT8_REQUIRES_CPU),
-        "golden_agreement": round(golden, 6),
+        "golden_agreement": round(min(golden.values(), default=1.0), 6),
         **judged,
     }
+    if model.multi_head:
+        record["golden_agreement_by_head"] = {name: round(value, 6) for name, value in golden.items()}
+    return record
 
 
 class ExportOptionError(HeadregError, ValueError):
@@ -395,8 +413,8 @@ def export_onnx(
     step = _Steps(progress)
     input_names = input_names_for(model)
     padding_side = "left" if model._decoder else "right"
-    decide = _decide(model.head)
-    token_outputs = {"logits"} if model.head.level == "token" else set()
+    decide = head_checks(model)
+    token_outputs = token_outputs_of(model)
     checks = dict(decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol)
 
     if any(p.device.type != "cpu" for p in model.parameters()):
@@ -482,6 +500,9 @@ def export_onnx(
                 verification=report.summary(),
                 source=_source_info(source),
                 exporter=exporter,
+                head_verification=lambda member: report.head_summary(
+                    member.name if model.multi_head else "", member.outputs
+                ),
             )
             write_json(staging / MANIFEST_FILE, manifest)
             write_json(

@@ -1,6 +1,8 @@
 """Trace a HeadedModel to ONNX with ``torch.onnx.export``: dynamic batch and sequence axes, named outputs.
 
-The graph's outputs are ``logits``, ``pooled_output`` and then the head's ``export_extras()`` in order.
+The graph's outputs are ``logits``, ``pooled_output`` and then the head's ``export_extras()`` in order; a
+multi-head model's are ``pooled_output`` (+ ``pooled_output.<pooling>`` per further pooling) and then
+``{head}.logits`` and ``{head}.<extra>`` per head (``model.graph_output_names()``).
 ``export_onnx`` tries the TorchScript exporter first and falls back to dynamo (see ``AUTO_ORDER``).
 """
 
@@ -38,22 +40,17 @@ class ExportError(HeadregError, RuntimeError):
 
 
 class ExportWrapper(nn.Module):
-    """Presents a HeadedModel as the graph the bundle promises: fixed inputs in, a tuple of named outputs out."""
+    """Presents a (multi-)headed model as the graph the bundle promises: fixed inputs in, a tuple of named outputs out."""
 
     def __init__(self, model: nn.Module, input_names: tuple[str, ...]):
         super().__init__()
         self.model = model
         self.input_names = input_names
-        self.extra_names = tuple(model.head.export_extras())
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return ("logits", "pooled_output", *self.extra_names)
+        self.output_names = tuple(model.graph_output_names())
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        extras = self.model.head.export_extras()
-        return (out.logits, out.pooled_output, *(extras[name] for name in self.extra_names))
+        outputs = self.model.graph_outputs(input_ids, attention_mask, token_type_ids)
+        return tuple(outputs[name] for name in self.output_names)
 
 
 def input_names_for(model: Any) -> tuple[str, ...]:
@@ -140,7 +137,7 @@ def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: s
     output_names = wrapper.output_names
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = weight_bytes > EXTERNAL_DATA_BYTES
-    token_level = model.head.level == "token"
+    symbolic = symbolic_axes(model)
     with export_mode(model), torch.no_grad(), _quiet_exporter():
         wrapper.eval()
         inputs = dummy_inputs(model, input_names, padded_row=exporter == "torchscript")
@@ -162,8 +159,7 @@ def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: s
                 )
             else:
                 axes = {name: {0: BATCH, 1: SEQUENCE} for name in input_names}
-                axes["logits"] = {0: BATCH, 1: SEQUENCE} if token_level else {0: BATCH}
-                axes["pooled_output"] = {0: BATCH}
+                axes.update({name: dict(zip((0, 1), (BATCH, SEQUENCE)[:count])) for name, count in symbolic.items()})
                 torch.onnx.export(
                     wrapper,
                     tuple(inputs[name] for name in input_names),
@@ -182,7 +178,7 @@ def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: s
     data_file = path.with_name(path.name + ".data")
     if data_file.exists() and not external:
         raise ExportError(f"the exporter wrote {data_file.name} for a model below 2 GB; expected one self-contained file")
-    opset_used = check_graph(path, input_names, output_names, token_level=token_level)
+    opset_used = check_graph(path, input_names, output_names, symbolic=symbolic)
     return TraceResult(path, input_names, output_names, opset_used, exporter, external)
 
 
@@ -201,7 +197,16 @@ def graph_signature(path: str | Path) -> tuple[dict[str, list], dict[str, list],
     return inputs, outputs, opset
 
 
-def check_graph(path: Path, input_names: tuple[str, ...], output_names: tuple[str, ...], *, token_level: bool) -> int:
+def symbolic_axes(model: Any) -> dict[str, int]:
+    """Graph output -> how many leading axes must stay symbolic: batch (+ sequence for per-token logits)."""
+    axes = {}
+    for member in model.members():
+        axes[member.outputs["pooled_output"]] = 1
+        axes[member.outputs["logits"]] = 2 if member.head.level == "token" else 1
+    return axes
+
+
+def check_graph(path: Path, input_names: tuple[str, ...], output_names: tuple[str, ...], *, symbolic: dict[str, int]) -> int:
     """Raise ExportError unless the graph has the promised names and symbolic batch/sequence axes."""
     inputs, outputs, opset = graph_signature(path)
     if tuple(inputs) != input_names or tuple(outputs) != output_names:
@@ -210,8 +215,7 @@ def check_graph(path: Path, input_names: tuple[str, ...], output_names: tuple[st
             f"and {list(output_names)}"
         )
     problems = [f"input {name} dims {dims}" for name, dims in inputs.items() if any(isinstance(d, int) for d in dims[:2])]
-    symbolic_outputs = {"logits": 2 if token_level else 1, "pooled_output": 1}
-    for name, count in symbolic_outputs.items():
+    for name, count in symbolic.items():
         if any(isinstance(d, int) for d in outputs[name][:count]):
             problems.append(f"output {name} dims {outputs[name]}")
     if problems:

@@ -20,6 +20,38 @@ Decide = Callable[[dict[str, np.ndarray], np.ndarray], Any]
 
 
 @dataclass
+class HeadCheck:
+    """One head's decisions, read from a graph's outputs: a multi-head graph is checked head by head.
+
+    ``outputs`` maps the head's own output names (``logits``, ``pooled_output``, extras) to the graph's
+    (``sentiment.logits``, ...); None means the graph uses the head's names (a single-head bundle).
+    """
+
+    name: str
+    decide: Decide
+    token_level: bool
+    outputs: dict[str, str] | None = None
+
+    def own(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The head's outputs under its own names."""
+        if self.outputs is None:
+            return outputs
+        return {local: outputs[graph] for local, graph in self.outputs.items() if graph in outputs}
+
+    def decisions(self, outputs: dict[str, np.ndarray], mask: np.ndarray) -> Any:
+        return self.decide(self.own(outputs), mask)
+
+
+def as_checks(decide: "Decide | list[HeadCheck] | None", token_outputs: set[str]) -> list[HeadCheck]:
+    """A plain ``decide`` callable (one head, graph names = its names) or per-head checks, as a list."""
+    if decide is None:
+        return []
+    if callable(decide):
+        return [HeadCheck("", decide, bool(token_outputs))]
+    return list(decide)
+
+
+@dataclass
 class OutputDiff:
     max_abs: float
     max_rel: float
@@ -39,8 +71,9 @@ class CaseResult:
     lengths: list[int]
     padding_side: str
     outputs: dict[str, OutputDiff]
-    decision_agreement: float | None  # fraction of decisions equal; None when the head makes none
+    decision_agreement: float | None  # fraction of decisions equal (the lowest head's); None when no head decides
     problems: list[str] = field(default_factory=list)
+    head_agreement: dict[str, float | None] = field(default_factory=dict)  # per head, for multi-head graphs
 
     @property
     def passed(self) -> bool:
@@ -83,6 +116,19 @@ class Report:
                 entry["rel"] = max(entry["rel"], diff.max_rel)
                 entry["bound_ratio"] = max(entry["bound_ratio"], diff.bound_ratio)
         return worst
+
+    def head_summary(self, name: str, outputs: dict[str, str]) -> dict[str, Any]:
+        """One head's part of the verification: worst diffs of its outputs (by the head's own names) and its
+        lowest decision agreement over the cases (None when it makes no decisions)."""
+        worst = self.worst()
+        agreements = [
+            case.head_agreement.get(name) if name else case.decision_agreement for case in self.cases
+        ]
+        decided = [value for value in agreements if value is not None]
+        return {
+            "worst": {local: worst[graph] for local, graph in outputs.items() if graph in worst},
+            "decision_agreement": min(decided) if decided else None,
+        }
 
     def summary(self) -> dict[str, Any]:
         """The manifest's ``verification`` entry."""
@@ -185,22 +231,32 @@ def check_case(
     expected: dict[str, np.ndarray],
     actual: dict[str, np.ndarray],
     *,
-    decide: Decide | None,
+    decide: Decide | list[HeadCheck] | None,
     token_outputs: set[str],
     atol: float,
     rtol: float,
 ) -> CaseResult:
     diffs, problems = compare_outputs(expected, actual, case.mask, token_outputs=token_outputs, atol=atol, rtol=rtol)
-    agreement = None
-    if decide is not None and not problems:
-        want, got = decide(expected, case.mask), decide(actual, case.mask)
-        if want is not None:
-            agreement, _ = decision_agreement(want, got, case.mask, token_level=bool(token_outputs))
+    per_head: dict[str, float | None] = {}
+    if not problems:
+        for check in as_checks(decide, token_outputs):
+            want = check.decisions(expected, case.mask)
+            if want is None:
+                per_head[check.name] = None
+                continue
+            got = check.decisions(actual, case.mask)
+            agreement, _ = decision_agreement(want, got, case.mask, token_level=check.token_level)
+            per_head[check.name] = agreement
             if agreement < 1.0:
-                problems.append(f"decisions differ on {100 * (1 - agreement):.1f}% of rows")
+                where = f"head {check.name!r}: " if check.name else ""
+                problems.append(f"{where}decisions differ on {100 * (1 - agreement):.1f}% of rows")
+    decided = [value for value in per_head.values() if value is not None]
+    agreement = min(decided) if decided else None
     info = case.describe()
+    heads = {name: value for name, value in per_head.items() if name}
     return CaseResult(
-        info["name"], info["kind"], info["shape"], info["lengths"], info["padding_side"], diffs, agreement, problems
+        info["name"], info["kind"], info["shape"], info["lengths"], info["padding_side"], diffs, agreement, problems,
+        heads,
     )
 
 
@@ -226,7 +282,7 @@ def compare_cases(
     expected: list[dict[str, np.ndarray]],
     actual: list[dict[str, np.ndarray] | Exception],
     *,
-    decide: Decide | None,
+    decide: Decide | list[HeadCheck] | None,
     token_outputs: set[str],
     atol: float,
     rtol: float,
@@ -320,35 +376,56 @@ def load_golden(path: str | Path, descriptions: list[dict[str, Any]]) -> tuple[l
 # --- headreg verify DIR -----------------------------------------------------------------------------------------
 
 
-def _head_decide(manifest: dict[str, Any], graph_outputs: dict[str, list]) -> tuple[Decide | None, str | None]:
-    """The bundle head's decisions() (imports the head class, so torch), or a note saying why not.
+def _head_checks(manifest: dict[str, Any], graph_outputs: dict[str, list]) -> tuple[list[HeadCheck] | None, list[str]]:
+    """Each bundle head's decisions() (imports the head classes, so torch), or notes saying why not.
 
-    The head is built only when its size fits the graph's logits: a crafted ``num_labels`` must not make
+    A head is built only when its size fits its logits in the graph: a crafted ``num_labels`` must not make
     verify allocate a head far larger than the model it checks.
     """
-    head_info = manifest.get("head", {})
-    width = (graph_outputs.get("logits") or [None])[-1]
-    num_labels = (head_info.get("config") or {}).get("num_labels")
-    if not isinstance(width, int) or not isinstance(num_labels, int) or num_labels > width + 1:
-        return None, (f"decisions not compared: the head's num_labels ({num_labels}) does not fit the graph's logits "
-                      f"(width {width})")
-    try:
-        from ..heads.base import build_config
-        from ..registry import get_head
+    from ..manifest import bundle_heads, is_multi_head
 
-        spec = get_head(head_info["name"])
-        head_cls = spec.load_class()
-        config = build_config(head_cls.config_class, spec.name, dict(head_info.get("config", {})))
-        head = head_cls(config, int(manifest["backbone"]["hidden_size"]))
-    except ImportError as exc:
-        if "torch" in str(exc):  # a runtime-only install: expected, not a failure
-            return None, ("checked with onnxruntime only (torch is not installed): files, manifest and every output "
-                          "against the golden outputs; decisions and the int8 variant are compared with "
-                          "headreg[torch] installed")
-        return None, f"decisions not compared: head {head_info.get('name')!r} cannot be imported here ({exc})"
-    except Exception as exc:  # plugin missing, changed config fields: verify the numbers anyway
-        return None, f"decisions not compared: head {head_info.get('name')!r} could not be built here ({exc})"
-    return (lambda outputs, mask: head.decisions(outputs, mask)), None
+    checks, notes = [], []
+    for entry in bundle_heads(manifest):
+        outputs = dict(entry.get("outputs") or {})
+        width = (graph_outputs.get(outputs.get("logits", "logits")) or [None])[-1]
+        num_labels = (entry.get("config") or {}).get("num_labels")
+        if not isinstance(width, int) or not isinstance(num_labels, int) or num_labels > width + 1:
+            notes.append(f"decisions not compared: head {entry.get('name')!r}: its num_labels ({num_labels}) does not "
+                         f"fit the graph's logits {outputs.get('logits', 'logits')!r} (width {width})")
+            continue
+        try:
+            from ..heads.base import build_config
+            from ..registry import get_head
+
+            spec = get_head(entry["head"])
+            head_cls = spec.load_class()
+            config = build_config(head_cls.config_class, spec.name, dict(entry.get("config", {})))
+            head = head_cls(config, int(manifest["backbone"]["hidden_size"]))
+        except ImportError as exc:
+            if "torch" in str(exc):  # a runtime-only install: expected, not a failure
+                notes.append("checked with onnxruntime only (torch is not installed): files, manifest and every output "
+                             "against the golden outputs; decisions and the int8 variant are compared with "
+                             "headreg[torch] installed")
+                break
+            notes.append(f"decisions not compared: head {entry.get('name')!r} cannot be imported here ({exc})")
+            continue
+        except Exception as exc:  # plugin missing, changed config fields: verify the numbers anyway
+            notes.append(f"decisions not compared: head {entry.get('name')!r} could not be built here ({exc})")
+            continue
+        identity = all(local == graph for local, graph in outputs.items())
+        name = str(entry.get("name")) if is_multi_head(manifest) else ""
+        checks.append(HeadCheck(name, head.decisions, entry.get("level") == "token", None if identity else outputs))
+    return (checks or None), notes
+
+
+def token_outputs_of(manifest: dict[str, Any]) -> set[str]:
+    from ..manifest import bundle_heads
+
+    return {
+        (entry.get("outputs") or {}).get("logits", "logits")
+        for entry in bundle_heads(manifest)
+        if entry.get("level") == "token"
+    }
 
 
 def _session_signature(session: Any) -> tuple[dict[str, list], dict[str, list]]:
@@ -394,8 +471,24 @@ def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[
         declared = (manifest.get("outputs") or {}).get(name)
         if isinstance(declared, list) and declared != dims:
             problems.append(f"manifest output {name} has dims {declared} but the graph's has {dims}")
-    if len(manifest.get("id2label") or {}) not in (0, manifest.get("num_labels")):
-        problems.append(f"manifest id2label has {len(manifest['id2label'])} labels, num_labels={manifest.get('num_labels')}")
+    from ..manifest import bundle_heads, is_multi_head
+
+    listed = manifest.get("heads")
+    if not is_multi_head(manifest) and isinstance(listed, list):
+        effective = bundle_heads(manifest)[0]
+        fields = ("head", "postprocess", "postprocess_config", "num_labels", "id2label", "outputs")
+        if len(listed) != 1 or any(listed[0].get(key) != effective.get(key) for key in fields):
+            problems.append("manifest heads list does not describe the bundle's single head (head, postprocess, "
+                            "labels or outputs differ from the top-level fields); export the bundle again")
+    elif is_multi_head(manifest) and not listed:
+        problems.append("manifest says multi_head but lists no heads; export the bundle again")
+    for entry in bundle_heads(manifest):
+        id2label, num_labels = entry.get("id2label") or {}, entry.get("num_labels")
+        if len(id2label) not in (0, num_labels):
+            problems.append(f"head {entry.get('name')!r}: manifest id2label has {len(id2label)} labels, num_labels={num_labels}")
+        missing = sorted(set((entry.get("outputs") or {}).values()) - set(outputs))
+        if missing:
+            problems.append(f"head {entry.get('name')!r} names outputs {missing} that the graph does not have")
     return problems
 
 
@@ -433,14 +526,13 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
         return Report([], atol, rtol, model_file, problems=problems + [f"onnxruntime cannot load {model_file}: {exc}"])
     problems = _bundle_problems(bundle_dir, manifest, recorded, session)
     cases, expected = load_golden(bundle_dir / GOLDEN_FILE, descriptions)
-    decide, note = _head_decide(manifest, _session_signature(session)[1])
-    token_outputs = {"logits"} if manifest.get("head", {}).get("level") == "token" else set()
+    decide, notes = _head_checks(manifest, _session_signature(session)[1])
+    token_outputs = token_outputs_of(manifest)
     report = verify_session(
         session, cases, expected, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol, target=model_file
     )
     report.problems.extend(problems)
-    if note:
-        report.notes.append(note)
+    report.notes.extend(notes)
     int8 = manifest.get("variants", {}).get("int8")
     if int8 and decide is not None:
         from .quantize import golden_agreement
@@ -450,7 +542,7 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
         except Exception as exc:  # missing or corrupt file: onnxruntime's own exception types
             report.problems.append(f"onnxruntime cannot load {int8['file']}: {exc}; export again with --quantize int8")
             return report
-        agreement = golden_agreement(int8_session, cases, expected, decide, token_level=bool(token_outputs))
+        agreement = golden_agreement(int8_session, cases, expected, decide)
         # format-1 bundles recorded decision_agreement/min_agreement; later ones the golden figure itself
         recorded = float(int8.get("golden_agreement", int8.get("decision_agreement", 0.0)))
         floor = recorded - 0.01 if "golden_agreement" in int8 else float(int8.get("min_agreement", 0.95))

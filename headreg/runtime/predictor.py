@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import BundleError, HeadregError
+from . import heads as _heads
 from ..manifest import (
-    SMALL_FILE_BYTES, TOKENIZER_FILE, TOKENIZER_MAX_BYTES, bundle_path, read_bounded, read_manifest, sha256_file,
+    bundle_heads, is_multi_head, SMALL_FILE_BYTES, TOKENIZER_FILE, TOKENIZER_MAX_BYTES, bundle_path, read_bounded, read_manifest, sha256_file,
 )
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
@@ -149,14 +150,20 @@ class Predictor:
         self.input_names, self.output_names, self._input_dtype = _check_model(self.backend, manifest, self.model_path)
         self._output_axes = _output_axes(manifest, self.backend.output_dims, self.output_names)
         self._local = threading.local()
-        head = manifest.get("head") or {}
-        self.head = head.get("name", "?")
-        self.level = head.get("level", "sequence")
-        self._postprocess = _load_postprocess(head, trust_remote_code)
-        self.config: dict[str, Any] = dict(manifest.get("postprocess_config") or {})
-        id2label = manifest.get("id2label") or {}
-        self.labels: list[str] = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        self.multi_head = is_multi_head(manifest)
+        self.heads = [_runtime_head(manifest, entry, trust_remote_code) for entry in bundle_heads(manifest)]
+        if not self.heads:
+            raise BundleError(f"{self.bundle_dir / 'headreg.json'} lists no heads; export the bundle again")
+        first = self.heads[0]
+        # A multi-head bundle answers with a dict by head name; these describe a single-head bundle's head.
+        self.head = "+".join(head.name for head in self.heads) if self.multi_head else first.name
+        self.level = "multi" if self.multi_head else first.level
+        self._postprocess = first.postprocess
+        self.config: dict[str, Any] = {} if self.multi_head else dict(first.config)
+        self.labels: list[str] = [] if self.multi_head else first.labels
         _check_widths(self.backend, manifest, self.labels, self.model_path)
+        for head in self.heads if self.multi_head else ():
+            _check_head_width(self.backend, head, self.model_path)
         _check_vocab(self.tokenizer, manifest, self.pad_id, self.bundle_dir)
         self._options = OptionContext(manifest, self.labels, self.config)
 
@@ -170,6 +177,10 @@ class Predictor:
 
         ``options`` override the bundle's postprocess config for this call, e.g. ``thresholds=0.3`` or
         ``{"toxic": 0.8}`` (multi_label), ``aggregation="max"`` (token_cls).
+
+        A multi-head bundle gives per input a dict by head name of what each head's single-head bundle gives.
+        ``heads=["sentiment"]`` answers for those heads only and fetches only their outputs from the graph;
+        ``sentiment={"threshold": 0.3}`` overrides one head's config, other options reach every head that has them.
 
         Long inputs: ``long_text="truncate"`` (default) cuts at ``max_length``; ``long_text="window"`` predicts
         over overlapping windows, ``window_stride`` tokens shared by neighbours (the overlap; default a quarter
@@ -202,27 +213,34 @@ class Predictor:
         if kind not in ("predict", "embed"):
             raise ValueError(f"kind must be 'predict' or 'embed', got {kind!r}")
         items = list(inputs)
-        overrides, runtime = check_options(options, self._options)
+        if self.multi_head:
+            # Job.config of a multi-head job: each selected head's config by head name (its keys say who answers).
+            config, runtime = _heads.check_head_options(options, self.heads, self._options)
+        else:
+            overrides, runtime = check_options(options, self._options)
+            config = {**self.config, **overrides}
         if _windows.window_options(runtime).windowed:
             rows = self._window_rows(items, runtime)
         else:
             rows = [Row(index, encoding) for index, encoding in enumerate(self.encode(items))]
-        return Job(items, rows, {**self.config, **overrides}, kind, runtime)
+        return Job(items, rows, config, kind, runtime)
 
-    def run_rows(self, rows: Sequence[Row]) -> list[dict[str, np.ndarray]]:
+    def run_rows(self, rows: Sequence[Row], names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
         """Run one batch of rows (any jobs) and return each row's own outputs, padding cut away.
 
         Token-level outputs keep the row's attended positions only; outputs without a batch axis (a CRF's
-        transition matrix) are shared by every row.
+        transition matrix) are shared by every row. ``names``: fetch only these graph outputs (default: all;
+        :meth:`output_names_for` says what a job needs).
         """
         if not rows:
             return []
-        feed, values = self._run([row.encoding for row in rows], self.output_names)
+        names = list(names) if names is not None else self.output_names
+        feed, values = self._run([row.encoding for row in rows], names)
         attended = feed["attention_mask"].sum(axis=1)
         left = self.padding_side == "left"
         width = feed["attention_mask"].shape[1]
         per_row: list[dict[str, np.ndarray]] = [{} for _ in rows]
-        for name, value in zip(self.output_names, values):
+        for name, value in zip(names, values):
             axes = self._output_axes.get(name, "row")
             for index, out in enumerate(per_row):
                 if axes == "shared":
@@ -266,16 +284,17 @@ class Predictor:
         results: list[Any] = []
         chunk: list[Text] = []
         iterator = iter(inputs)
-        check_options(options, self._options)  # a bad option fails before any work, even for no inputs
+        self._check_call_options(options)  # a bad option fails before any work, even for no inputs
         while True:
             chunk = [item for _, item in zip(range(PREDICT_CHUNK), iterator)]
             if not chunk:
                 return results
             check_inputs(chunk, self.supports_pairs, start=len(results))  # errors name the index in the whole call
             job = self.prepare(chunk, kind=kind, **options)
+            names = self.output_names_for(job)
             outputs: list[dict[str, np.ndarray]] = [{}] * len(job.rows)
             for indices in self.plan([len(row.encoding) for row in job.rows], batch_size=batch_size):
-                for index, out in zip(indices, self.run_rows([job.rows[i] for i in indices])):
+                for index, out in zip(indices, self.run_rows([job.rows[i] for i in indices], names)):
                     outputs[index] = out
             results.extend(self.finish(job, outputs))
 
@@ -318,8 +337,24 @@ class Predictor:
         return Job(job.inputs, rows, job.config, job.kind, job.options), merged
 
     def valid_options(self) -> list[str]:
-        """The per-call option names this bundle takes (its head's postprocess options and the runtime's)."""
+        """The per-call option names this bundle takes (its head's postprocess options and the runtime's; a
+        multi-head bundle's: ``heads``, each head's name and every head's options)."""
+        if self.multi_head:
+            return _heads.valid_head_options(self.heads, self._options)
         return valid_options(self._options)
+
+    def _check_call_options(self, options: dict[str, Any]) -> None:
+        if self.multi_head:
+            _heads.check_head_options(options, self.heads, self._options)
+        else:
+            check_options(options, self._options)
+
+    def output_names_for(self, job: Job) -> list[str]:
+        """The graph outputs a job needs: a multi-head predict call fetches only its heads' outputs (onnxruntime
+        then skips the other heads' layers and poolings; the backbone runs either way)."""
+        if self.multi_head and job.kind == "predict":
+            return _heads.graph_outputs([head for head in self.heads if head.name in job.config])
+        return list(self.output_names)
 
     def _rebatch(
         self, outputs: Sequence[dict[str, np.ndarray]], lengths: Sequence[int]
@@ -393,7 +428,7 @@ class Predictor:
             feed, values = self._run(batch, output_names)
             context = _post.Context(
                 manifest=self.manifest,
-                config=config if config is not None else self.config,
+                config=config if config is not None else (_heads.check_head_options({}, self.heads, self._options)[0] if self.multi_head else self.config),
                 attention_mask=feed["attention_mask"],
                 encodings=batch,
                 texts=[texts[i] for i in indices],
@@ -412,7 +447,12 @@ class Predictor:
         return plan_batches(lengths, size, self.max_batch_tokens) if bucket else plan_batches(lengths, size, sort=False)
 
     def postprocess(self, outputs: dict[str, np.ndarray], context: _post.Context) -> list[Any]:
-        """The head's postprocess on one batch (checked to return one result per row)."""
+        """The head's postprocess on one batch (checked to return one result per row); a multi-head bundle's
+        is each selected head's (``context.config`` holds their configs by head name), merged per row."""
+        if self.multi_head:
+            by_head = {head.name: head.run(outputs, context, context.config[head.name])
+                       for head in self.heads if head.name in context.config}
+            return [{name: rows[i] for name, rows in by_head.items()} for i in range(len(context.encodings))]
         rows = self._postprocess(outputs, context)
         if len(rows) != len(context.encodings):
             raise HeadregError(
@@ -543,6 +583,37 @@ def _check_model(backend: Any, manifest: dict[str, Any], path: Path) -> tuple[li
             "different exports; export it again."
         )
     return expected_in, outputs, backend.input_dtype
+
+
+def _runtime_head(manifest: dict[str, Any], entry: dict[str, Any], trust_remote_code: bool) -> _heads.RuntimeHead:
+    identity = {"name": entry.get("head"), **{k: entry.get(k) for k in ("postprocess", "plugin", "plugin_version")}}
+    outputs = entry.get("outputs") or {}
+    if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()) or "logits" not in outputs:
+        raise BundleError(f"head {entry.get('name')!r} of the manifest has no output map; export the bundle again")
+    missing = sorted(set(outputs.values()) - set(manifest.get("outputs") or {}))
+    if missing:
+        raise BundleError(f"head {entry.get('name')!r} names outputs {missing} the bundle does not have; export it again")
+    id2label = entry.get("id2label") or {}
+    return _heads.RuntimeHead(
+        name=str(entry.get("name")),
+        level=str(entry.get("level", "sequence")),
+        postprocess=_load_postprocess(identity, trust_remote_code),
+        config=dict(entry.get("postprocess_config") or {}),
+        outputs=dict(outputs),
+        manifest=_heads.head_manifest(manifest, entry) if is_multi_head(manifest) else manifest,
+        labels=[str(id2label[k]) for k in sorted(id2label, key=int)],
+    )
+
+
+def _check_head_width(backend: Any, head: _heads.RuntimeHead, path: Path) -> None:
+    """A head's logits no wider than its labels: results would name labels that do not exist."""
+    for name, dims in backend.output_dims.items():
+        width = (dims or [None])[-1]
+        if name == head.outputs["logits"] and head.labels and isinstance(width, int) and width > len(head.labels):
+            raise BundleError(
+                f"{path}: head {head.name!r} has logits {width} wide but {len(head.labels)} labels in the manifest; "
+                "export the bundle again"
+            )
 
 
 def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> Callable[..., list[dict]]:
