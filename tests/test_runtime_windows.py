@@ -479,3 +479,28 @@ def test_threads_share_a_predictor_with_different_window_options():
     for a, b in zip(got, expected):
         assert [entity_rows(r["entities"]) for r in a] == [entity_rows(r["entities"]) for r in b]
         assert [[t["index"] for t in r["tokens"]] for r in a] == [[t["index"] for t in r["tokens"]] for r in b]
+
+
+def test_multi_head_bundles_window_every_head_like_its_single_head_bundle():
+    from headreg import HeadedModel, attach_heads
+    from headreg.testing import tiny_backbone
+
+    heads = {"sentiment": ("seq_cls", {"num_labels": 3}), "entities": ("token_cls", {"num_labels": len(NER), "id2label": NER})}
+    model = attach_heads(tiny_backbone("bert", seed=5), heads).eval()
+    multi = _export(model, "multi")
+    items = [long_texts((3,), seed=13)[0], "short", ("A question?", long_texts((2,), seed=14)[0])]
+    options = dict(long_text="window", window_stride=10, window_reduce="max")
+    results = Predictor(multi).predict(items, **options)
+    for member in model.members():
+        pooler = model.poolers[model.head_pooling[member.name]]
+        single = _export(HeadedModel(model.backbone, member.head, pooler, member.spec).eval(), f"single-{member.name}")
+        expected = Predictor(single).predict(items, **options)
+        for got, want in zip(results, expected):
+            if member.name == "entities":
+                assert entity_rows(got["entities"]["entities"]) == entity_rows(want["entities"])
+                np.testing.assert_allclose([t["score"] for t in got["entities"]["tokens"]],
+                                           [t["score"] for t in want["tokens"]], atol=1e-5)
+            else:
+                assert got["sentiment"]["label"] == want["label"]
+                np.testing.assert_allclose(list(got["sentiment"]["scores"].values()), list(want["scores"].values()),
+                                           atol=1e-5)
