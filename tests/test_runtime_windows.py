@@ -256,7 +256,7 @@ def test_options_are_checked_with_clear_errors():
         ({"long_text": "window", "window_stride": -1}, "integer >= 0"),
         ({"long_text": "window", "window_stride": 2.5}, "integer >= 0"),
         ({"long_text": "window", "window_reduce": "median"}, "window_reduce must be one of"),
-        ({"window_stride": 8}, "only apply with long_text='window'"),
+        ({"window_stride": 8}, "only appl(y|ies) with long_text='window'"),
         ({"long_text": "window", "window_stride": 4, "window_overlap": 8}, "name the same thing"),
     ]:
         with pytest.raises(InputError, match=words):
@@ -440,7 +440,7 @@ def test_pairs_whose_first_text_leaves_no_room_are_refused_clearly():
     assert predictor.predict([cramped, ("word " * 56, "tiny")], long_text="window")[1]["label"]
     with pytest.raises(InputError, match="must be smaller than the 62 tokens"):
         predictor.predict(["text"], long_text="window", window_stride=62)
-    with pytest.raises(InputError, match="only apply with long_text='window'"):
+    with pytest.raises(InputError, match="only appl(y|ies) with long_text='window'"):
         predictor.predict(["text"], window_reduce="max")
 
 
@@ -463,7 +463,7 @@ def test_predict_command_takes_the_long_text_options(tmp_path):
     assert entity_rows(got["entities"]) == entity_rows(expected[0]["entities"]) and got["entities"]
     assert max(t["end"] for t in got["tokens"]) > len(text) - 5  # the end of the text was read
     usage = run_headreg("predict", str(bundle), "some text", "--window-reduce", "max")
-    assert usage.returncode == 2 and "only apply with long_text='window'" in usage.stderr
+    assert usage.returncode == 2 and "window_reduce only applies with long_text='window'" in usage.stderr
 
 
 def test_threads_share_a_predictor_with_different_window_options():
