@@ -40,8 +40,12 @@ start = time.perf_counter()
 if texts:
     predictor.predict(texts)
 seconds = time.perf_counter() - start
-print(json.dumps({"load_s": loaded, "predict_s": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would start at the parent's peak.
+try:
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"load_s": loaded, "predict_s": seconds, "peak_rss_mb": peak}))
 """
 
 SLOW_PLUGIN = """
