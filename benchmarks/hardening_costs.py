@@ -6,6 +6,7 @@
 - sha256 of the bundle's model file against a Predictor load (the verify_files=True cost).
 
 Usage:  python -m benchmarks.hardening_costs BUNDLE --old OLD_SOURCE_TREE [--model-bundle MINILM_BUNDLE] [--runs 2]
+        [--cases many,huge,load]
 ``OLD_SOURCE_TREE`` is a checkout of the code to compare with (``git archive <commit> | tar -x -C DIR``).
 """
 
@@ -39,8 +40,12 @@ start = time.perf_counter()
 if texts:
     predictor.predict(texts)
 seconds = time.perf_counter() - start
-print(json.dumps({"load_s": loaded, "predict_s": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would start at the parent's peak.
+try:
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"load_s": loaded, "predict_s": seconds, "peak_rss_mb": peak}))
 """
 
 SLOW_PLUGIN = """
@@ -89,12 +94,14 @@ def main() -> None:
     parser.add_argument("--old", required=True, type=Path)
     parser.add_argument("--model-bundle", default=None, help="a real bundle for the hash-vs-load figure")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--cases", default="many,huge,load", help="comma-separated subset of many,huge,load")
     args = parser.parse_args()
     print(f"CPU flags: {cpu_flags()}; load average at start: {os.getloadavg()[0]:.1f}")
     sources = {"old": args.old.resolve(), "new": REPO}
     with tempfile.TemporaryDirectory() as tmp:
         site = slow_plugin_site(Path(tmp))
-        cases = [("many", None), ("huge", None), ("load", site)]
+        wanted = set(args.cases.split(","))
+        cases = [(kind, extra) for kind, extra in (("many", None), ("huge", None), ("load", site)) if kind in wanted]
         rows: dict[tuple[str, str], list[dict]] = {}
         for _ in range(args.runs):
             for kind, extra in cases:

@@ -200,3 +200,21 @@ def test_real_minilm_int8_end_to_end(minilm_path, minilm_tokenizer, tmp_path):
         np.testing.assert_allclose(list(other["scores"].values()), list(one["scores"].values()), atol=1e-5, rtol=0)
     auto = Predictor(bundle.path)
     assert (auto.variant, auto.variant_reason) == select_variant(bundle.manifest)
+
+
+def test_a_format_1_bundle_with_a_dynamic_int8_default_loads_and_serves_fp32(int8_bundle, tmp_path):
+    """Format-1 manifests said {"default": "int8", "int8": {"decision_agreement": ...}} for dynamic int8."""
+    import shutil
+
+    copy = tmp_path / "v1"
+    shutil.copytree(int8_bundle("bert", "token_cls").path, copy)
+    manifest = json.loads((copy / "headreg.json").read_text())
+    manifest["variants"] = {"default": "int8", "fp32": {"file": "model.onnx", "optimized": False},
+                            "int8": {"file": "model.int8.onnx", "decision_agreement": 1.0, "min_agreement": 0.95,
+                                     "speedup_vs_fp32": {"3x12": 2.4}}}
+    (copy / "headreg.json").write_text(json.dumps(manifest))
+    served = Predictor(copy)
+    assert served.variant == "fp32" and "int8: not accepted" in served.variant_reason
+    asked = Predictor(copy, variant="int8")
+    assert asked.variant == "int8" and "not batch-invariant" in asked.variant_reason
+    assert asked.predict(TEXTS[0])["entities"] is not None

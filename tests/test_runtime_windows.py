@@ -256,7 +256,7 @@ def test_options_are_checked_with_clear_errors():
         ({"long_text": "window", "window_stride": -1}, "integer >= 0"),
         ({"long_text": "window", "window_stride": 2.5}, "integer >= 0"),
         ({"long_text": "window", "window_reduce": "median"}, "window_reduce must be one of"),
-        ({"window_stride": 8}, "only apply with long_text='window'"),
+        ({"window_stride": 8}, "only appl(y|ies) with long_text='window'"),
         ({"long_text": "window", "window_stride": 4, "window_overlap": 8}, "name the same thing"),
     ]:
         with pytest.raises(InputError, match=words):
@@ -440,7 +440,7 @@ def test_pairs_whose_first_text_leaves_no_room_are_refused_clearly():
     assert predictor.predict([cramped, ("word " * 56, "tiny")], long_text="window")[1]["label"]
     with pytest.raises(InputError, match="must be smaller than the 62 tokens"):
         predictor.predict(["text"], long_text="window", window_stride=62)
-    with pytest.raises(InputError, match="only apply with long_text='window'"):
+    with pytest.raises(InputError, match="only appl(y|ies) with long_text='window'"):
         predictor.predict(["text"], window_reduce="max")
 
 
@@ -463,7 +463,7 @@ def test_predict_command_takes_the_long_text_options(tmp_path):
     assert entity_rows(got["entities"]) == entity_rows(expected[0]["entities"]) and got["entities"]
     assert max(t["end"] for t in got["tokens"]) > len(text) - 5  # the end of the text was read
     usage = run_headreg("predict", str(bundle), "some text", "--window-reduce", "max")
-    assert usage.returncode == 2 and "only apply with long_text='window'" in usage.stderr
+    assert usage.returncode == 2 and "window_reduce only applies with long_text='window'" in usage.stderr
 
 
 def test_threads_share_a_predictor_with_different_window_options():
@@ -479,3 +479,28 @@ def test_threads_share_a_predictor_with_different_window_options():
     for a, b in zip(got, expected):
         assert [entity_rows(r["entities"]) for r in a] == [entity_rows(r["entities"]) for r in b]
         assert [[t["index"] for t in r["tokens"]] for r in a] == [[t["index"] for t in r["tokens"]] for r in b]
+
+
+def test_multi_head_bundles_window_every_head_like_its_single_head_bundle():
+    from headreg import HeadedModel, attach_heads
+    from headreg.testing import tiny_backbone
+
+    heads = {"sentiment": ("seq_cls", {"num_labels": 3}), "entities": ("token_cls", {"num_labels": len(NER), "id2label": NER})}
+    model = attach_heads(tiny_backbone("bert", seed=5), heads).eval()
+    multi = _export(model, "multi")
+    items = [long_texts((3,), seed=13)[0], "short", ("A question?", long_texts((2,), seed=14)[0])]
+    options = dict(long_text="window", window_stride=10, window_reduce="max")
+    results = Predictor(multi).predict(items, **options)
+    for member in model.members():
+        pooler = model.poolers[model.head_pooling[member.name]]
+        single = _export(HeadedModel(model.backbone, member.head, pooler, member.spec).eval(), f"single-{member.name}")
+        expected = Predictor(single).predict(items, **options)
+        for got, want in zip(results, expected):
+            if member.name == "entities":
+                assert entity_rows(got["entities"]["entities"]) == entity_rows(want["entities"])
+                np.testing.assert_allclose([t["score"] for t in got["entities"]["tokens"]],
+                                           [t["score"] for t in want["tokens"]], atol=1e-5)
+            else:
+                assert got["sentiment"]["label"] == want["label"]
+                np.testing.assert_allclose(list(got["sentiment"]["scores"].values()), list(want["scores"].values()),
+                                           atol=1e-5)

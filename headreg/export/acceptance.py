@@ -278,11 +278,11 @@ def accepted(figures: Mapping[str, Any], *, min_agreement: float, max_error: flo
         return ok, (f"max abs error {figures['max_abs_error']:.3g} (mean {figures['mean_abs_error']:.3g}) over "
                     f"{figures['texts']} held-out texts; allowed {limit:.3g} (max_error={max_error:g} x max(std, 1))")
     ok = figures["agreement"] >= min_agreement
-    detail = (f"{figures['agreement']:.1%} {figures['metric']} ({figures['identical']}/{figures['texts']} held-out "
+    detail = (f"{figures['agreement']:.2%} {figures['metric']} ({figures['identical']}/{figures['texts']} held-out "
               f"texts; {figures['disagreements']} differ, {figures['near_ties']} of them near-ties < {figures['near_tie']:g})")
     if "token_agreement" in figures:
         detail += f", {figures['token_agreement']:.2%} of tokens"
-    return ok, detail + f"; required {min_agreement:.1%}"
+    return ok, detail + f"; required {min_agreement:.2%}"
 
 
 # --- batch invariance ---------------------------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
             )
 
 
-def _reference_beside(session_path: Path, wrapper: ExportWrapper, cases: list[Case]):
+def _reference_beside(session: Any, wrapper: ExportWrapper, cases: list[Case]):
     """(PyTorch's outputs, onnxruntime's outputs) for every case, computed side by side.
 
     PyTorch runs in a worker thread with one intra-op thread while onnxruntime runs the same cases here
@@ -201,7 +201,7 @@ def _reference_beside(session_path: Path, wrapper: ExportWrapper, cases: list[Ca
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="headreg-reference") as pool:
         expected = pool.submit(reference)
         try:
-            actual = run_cases(create_session(session_path), cases)
+            actual = run_cases(session, cases)
         finally:
             reference_outputs = expected.result()
     return reference_outputs, actual
@@ -211,7 +211,7 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
                       cases: list[Case], wrapper: ExportWrapper, checks: dict, optimize: bool = False):
     """Trace with each exporter of ``exporter`` ("auto": AUTO_ORDER, or AUTO_ORDER_OPTIMIZE) until one verifies.
 
-    Returns (trace result, report, PyTorch's outputs). The PyTorch reference is computed once, beside the
+    Returns (trace result, report, PyTorch's outputs, the verified onnxruntime session). The PyTorch reference is computed once, beside the
     first verification, and serves every attempt. Raises the last attempt's ExportError / VerificationFailed,
     with what the earlier attempts hit in its message or notes.
     """
@@ -231,16 +231,17 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
             earlier.append(f"{name} exporter: {exc}")
             continue
         with step("verify") as info:
+            session = create_session(path)
             if expected is None:
-                expected, actual = _reference_beside(path, wrapper, cases)
+                expected, actual = _reference_beside(session, wrapper, cases)
             else:
-                actual = run_cases(create_session(path), cases)
+                actual = run_cases(session, cases)
             report = compare_cases(cases, expected, actual, **checks)
             info.update(cases=len(cases), passed=report.passed)
         if report.passed or last:
             report.notes.extend(f"tried first: {failure}" for failure in earlier)
             report.raise_for_failure()
-            return traced, report, expected
+            return traced, report, expected, session
         earlier.append(f"{name} exporter: its graph failed verification ({report.failures[0]})")
     raise AssertionError("unreachable: the last candidate returns or raises")
 def _torch_run(wrapper: ExportWrapper) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
@@ -276,14 +277,14 @@ def _acceptance_set(model: Any, tok: Any, wrapper: ExportWrapper, texts: Sequenc
         raise ExportOptionError(str(exc)) from exc
 
 
-def _fp32_invariance(path: Path, tok: Any, cases: list[Case], input_names, max_length: int, padding_side: str,
+def _fp32_invariance(session: Any, tok: Any, cases: list[Case], input_names, max_length: int, padding_side: str,
                      model: Any, atol: float) -> dict[str, Any]:
     """fp32's batch invariance on the verification texts, recorded like every variant's (tolerance: atol)."""
     texts = [t for case in cases if case.kind == "text" for t in case.texts][:24]
     batches = acc.make_batches(tok.tokenizer, texts, input_names=input_names, max_length=max_length,
                                pad_id=tok.pad_token_id, padding_side=padding_side)
     return acc.batch_invariance(
-        _session_run(create_session(path)), batches.encodings, input_names=list(input_names), pad_id=tok.pad_token_id,
+        _session_run(session), batches.encodings, input_names=list(input_names), pad_id=tok.pad_token_id,
         padding_side=padding_side, max_length=max_length, token_outputs=token_outputs_of(model),
         decide=head_checks(model), tolerance=atol,
     )
@@ -436,17 +437,20 @@ def export_onnx(
             _check_tokenizer(tok, cases, max_length)
             info["cases"] = len(cases)
         wrapper = ExportWrapper(model, input_names).eval()
-        traced, report, expected = _trace_and_verify(model, staging / MODEL_FILE, step, exporter=exporter, opset=opset,
-                                                     cases=cases, wrapper=wrapper, checks=checks, optimize=optimize)
+        traced, report, expected, fp32_session = _trace_and_verify(
+            model, staging / MODEL_FILE, step, exporter=exporter, opset=opset, cases=cases, wrapper=wrapper,
+            checks=checks, optimize=optimize,
+        )
         exporter = traced.exporter
 
         optimization = None
         int8 = None
         variants = {"fp32": bundle_mod.fp32_record()}
         with step("fp32 batch invariance") as info:
-            variants["fp32"]["batch_invariance"] = _fp32_invariance(staging / MODEL_FILE, tok, cases, input_names,
+            variants["fp32"]["batch_invariance"] = _fp32_invariance(fp32_session, tok, cases, input_names,
                                                                     max_length, padding_side, model, atol)
             info["max_abs_diff"] = f"{variants['fp32']['batch_invariance']['max_abs_diff']:.1e}"
+        del fp32_session  # the verified graph's session served the invariance record too; free it
         built: list[acc.AcceptanceSet] = []
 
         def acceptance_set() -> acc.AcceptanceSet:

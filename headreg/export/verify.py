@@ -390,8 +390,8 @@ def _head_checks(manifest: dict[str, Any], graph_outputs: dict[str, list]) -> tu
         width = (graph_outputs.get(outputs.get("logits", "logits")) or [None])[-1]
         num_labels = (entry.get("config") or {}).get("num_labels")
         if not isinstance(width, int) or not isinstance(num_labels, int) or num_labels > width + 1:
-            notes.append(f"decisions not compared: head {entry.get('name')!r}'s num_labels ({num_labels}) does not fit "
-                         f"its logits in the graph (width {width})")
+            notes.append(f"decisions not compared: head {entry.get('name')!r}: its num_labels ({num_labels}) does not "
+                         f"fit the graph's logits {outputs.get('logits', 'logits')!r} (width {width})")
             continue
         try:
             from ..heads.base import build_config

@@ -69,7 +69,8 @@ def window_options(options: Mapping[str, Any]) -> WindowOptions:
     if long_text != "window":
         given = [name for name in ("window_stride", "window_overlap", "window_reduce") if options.get(name) is not None]
         if given:
-            raise InputError(f"{', '.join(given)} only apply with long_text='window' (this call truncates long inputs)")
+            verb = "apply" if len(given) > 1 else "applies"
+            raise InputError(f"{', '.join(given)} only {verb} with long_text='window' (this call truncates long inputs)")
     return WindowOptions(long_text, None if overlap is None else int(overlap), reduce)
 
 
