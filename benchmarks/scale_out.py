@@ -14,7 +14,7 @@ job starts its actors every time.
 
 Reported per configuration (best round): steady rows/s and whole-job rows/s, each as a percentage of the
 single process at the same total number of threads (target >= 85% steady). Steady: Ray Data from its first
-output batch to its last (the actors are up and loaded), Spark and the single process the whole job (Spark's
+output batch to its last (the actors are up and loaded; the whole job when it produced a single batch), Spark and the single process the whole job (Spark's
 warm rounds reuse loaded workers). Job: the whole job's wall time, engine start-up included. With the CPU ISA
 and the load average, since other processes on a shared machine take cores from every configuration.
 """
@@ -96,8 +96,9 @@ def ray_data(bundle: Path, texts: list[str], actors: int, variant: str | None, b
             rows += len(batch["label"])
             if first is None:  # the actors are up and have loaded the bundle
                 first, first_rows = time.perf_counter(), rows
-        steady = (rows - first_rows) / (time.perf_counter() - first) if first is not None else float("nan")
-        return rows, steady
+        if first is None or rows == first_rows:  # one batch in all: no steady period to measure
+            return rows, None
+        return rows, (rows - first_rows) / (time.perf_counter() - first)
 
     return job
 
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 start = time.perf_counter()
                 done = job()
                 elapsed = time.perf_counter() - start
-                done, rate = done if isinstance(done, tuple) else (done, len(texts) / elapsed)
+                done, rate = done if isinstance(done, tuple) else (done, None)
+                rate = rate or len(texts) / elapsed
                 assert done == len(texts), f"{name} returned {done} rows for {len(texts)}"
                 seconds[name].append(elapsed)
                 steady[name].append(rate)
