@@ -239,11 +239,15 @@ Examples:
 @click.option("--window-reduce", type=click.Choice(["mean", "max", "first"]), default=None,
               help="With --long-text window, sequence heads: combine the windows' logits by mean, max or the "
                    "first window's [default: mean].")
+@click.option("--max-windows", type=click.IntRange(min=1), default=None,
+              help="With --long-text window: the most windows one text may need; a longer text is refused, "
+                   "not cut [default: 256].")
 @click.option("--verify-files", is_flag=True,
               help="Also check the model file's sha256 against the manifest (small files always are).")
 def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
             threads: int | None, quantized: bool, variant: str | None, long_text: str | None,
-            window_stride: int | None, window_reduce: str | None, verify_files: bool) -> None:
+            window_stride: int | None, window_reduce: str | None, max_windows: int | None,
+            verify_files: bool) -> None:
     """Predict with an exported BUNDLE: labels and scores per text (onnxruntime only; torch is not imported).
 
     Texts come as arguments, from --file, or both.
@@ -263,7 +267,8 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
     predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant, batch_size=batch_size,
                                 verify_files=verify_files)
     try:
-        options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce)
+        options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce,
+                       max_windows=max_windows)
         results = predictor.predict(items, **{name: value for name, value in options.items() if value is not None})
     except InputError as exc:
         usage_error(str(exc))

@@ -258,6 +258,8 @@ def test_options_are_checked_with_clear_errors():
         ({"long_text": "window", "window_reduce": "median"}, "window_reduce must be one of"),
         ({"window_stride": 8}, "only appl(y|ies) with long_text='window'"),
         ({"long_text": "window", "window_stride": 4, "window_overlap": 8}, "name the same thing"),
+        ({"long_text": "window", "max_windows": 0}, "max_windows must be an integer >= 1"),
+        ({"max_windows": 4}, "only appl(y|ies) with long_text='window'"),
     ]:
         with pytest.raises(InputError, match=words):
             window_options(bad)
@@ -424,6 +426,21 @@ def test_windows_of_all_texts_share_batches_and_results_keep_input_order():
     for a, b in zip(together, alone):
         assert entity_rows(a["entities"]) == entity_rows(b["entities"])
         np.testing.assert_allclose([t["score"] for t in a["tokens"]], [t["score"] for t in b["tokens"]], atol=1e-5)
+
+
+def test_an_input_needing_more_windows_than_allowed_is_refused_whole_not_cut():
+    _, bundle = headed("token_cls")
+    predictor = Predictor(bundle)
+    (text,) = long_texts((6,), seed=3)
+    needed = len(predictor.prepare([text], long_text="window", window_stride=8).rows)
+    assert needed > 2
+    ok = predictor.predict(["short one", text], long_text="window", window_stride=8, max_windows=needed)
+    with pytest.raises(InputError, match=rf"input 1 needs {needed} windows; .*max_windows={needed - 1}"):
+        predictor.predict(["short one", text], long_text="window", window_stride=8, max_windows=needed - 1)
+    # Refused before tokenizing when the characters alone cannot fit: no time or memory spent on the tokenizer.
+    with pytest.raises(InputError, match=r"input 0 has \d+ characters .*max_windows=1 "):
+        predictor.predict(["word " * (MAX * 20)], long_text="window", max_windows=1)
+    assert predictor.predict(["short one", text], long_text="window", window_stride=8, max_windows=needed) == ok
 
 
 def test_pairs_whose_first_text_leaves_no_room_are_refused_clearly():

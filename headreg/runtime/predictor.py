@@ -301,7 +301,9 @@ class Predictor:
     def _window_rows(self, items: list[Text], runtime: dict[str, Any]) -> list[Row]:
         """Rows for ``long_text="window"``: each input's windows, in order (an input that fits: one row)."""
         check_inputs(items, self.supports_pairs)
-        overlap = _windows.window_options(runtime).overlap
+        options = _windows.window_options(runtime)
+        _windows.check_window_budget(items, self.max_length, options.max_windows)
+        overlap = options.overlap
         local = self._local
         if getattr(local, "window_tokenizer", None) is None:
             # encode_windows reconfigures truncation per call: each thread gets a private copy to do it on.
@@ -309,9 +311,9 @@ class Predictor:
 
             local.window_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
         rows: list[Row] = []
-        for index, windows in enumerate(
-            _windows.encode_windows(local.window_tokenizer, items, self.max_length, overlap)
-        ):
+        encoded = _windows.encode_windows(local.window_tokenizer, items, self.max_length, overlap)
+        _windows.check_window_budget(items, self.max_length, options.max_windows, encoded)
+        for index, windows in enumerate(encoded):
             rows.extend(Row(index, encoding, w, windows.overlap) for w, encoding in enumerate(windows.encodings))
         return rows
 

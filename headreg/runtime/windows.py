@@ -31,7 +31,13 @@ from .inputs import InputError, RuntimeOption, register_option
 LONG_TEXT = ("truncate", "window")
 WINDOW_REDUCE = ("mean", "max", "first")
 # The per-call options this module reads; "window_overlap" is the plain name of "window_stride".
-OPTIONS = ("long_text", "window_stride", "window_overlap", "window_reduce")
+OPTIONS = ("long_text", "window_stride", "window_overlap", "window_reduce", "max_windows")
+# Windowed reading has no length cut, so its work per input is bounded here instead: at most this many windows
+# (MiniLM at 512 tokens: ~100k tokens, a few seconds). Past it an input is refused with an InputError, never
+# read partly. CHARS_PER_WINDOW bounds the characters handed to the tokenizer before it runs (16 characters
+# per token is about three times what natural text averages).
+MAX_WINDOWS = 256
+CHARS_PER_TOKEN_WINDOWED = 16
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class WindowOptions:
     long_text: str = "truncate"
     overlap: int | None = None
     reduce: str = "mean"
+    max_windows: int = MAX_WINDOWS
 
     @property
     def windowed(self) -> bool:
@@ -66,12 +73,19 @@ def window_options(options: Mapping[str, Any]) -> WindowOptions:
     reduce = "mean" if reduce is None else reduce
     if reduce not in WINDOW_REDUCE:
         raise InputError(f"window_reduce must be one of {', '.join(map(repr, WINDOW_REDUCE))}, got {reduce!r}")
+    max_windows = options.get("max_windows")
+    max_windows = MAX_WINDOWS if max_windows is None else max_windows
+    if isinstance(max_windows, bool) or not isinstance(max_windows, (int, np.integer)) or max_windows < 1:
+        raise InputError(f"max_windows must be an integer >= 1, got {max_windows!r}")
     if long_text != "window":
-        given = [name for name in ("window_stride", "window_overlap", "window_reduce") if options.get(name) is not None]
+        given = [
+            name for name in ("window_stride", "window_overlap", "window_reduce", "max_windows")
+            if options.get(name) is not None
+        ]
         if given:
             verb = "apply" if len(given) > 1 else "applies"
             raise InputError(f"{', '.join(given)} only {verb} with long_text='window' (this call truncates long inputs)")
-    return WindowOptions(long_text, None if overlap is None else int(overlap), reduce)
+    return WindowOptions(long_text, None if overlap is None else int(overlap), reduce, int(max_windows))
 
 
 def _checked(name: str):
@@ -91,8 +105,33 @@ for _name, _description in (
     ("window_stride", "with long_text='window': tokens neighbouring windows share (the overlap, not the step)"),
     ("window_overlap", "the same as window_stride"),
     ("window_reduce", "with long_text='window', sequence heads: mean | max | first over the windows' logits"),
+    ("max_windows", f"with long_text='window': the most windows one input may need (default {MAX_WINDOWS}); "
+                    "a longer input is refused, not cut"),
 ):
     register_option(RuntimeOption(_name, _checked(_name), runtime=True, description=_description))
+
+
+def check_window_budget(inputs: Sequence[Any], max_length: int, max_windows: int, windows: Sequence[Windows] | None = None) -> None:
+    """InputError naming the first input that needs more than ``max_windows`` windows.
+
+    Without ``windows`` (before tokenizing) only the character count is checked, so a huge input is refused
+    before the tokenizer spends time and memory on it.
+    """
+    limit = max_windows * max_length * CHARS_PER_TOKEN_WINDOWED
+    for index, item in enumerate(inputs):
+        if windows is not None:
+            count = len(windows[index].encodings)
+            too_long = count > max_windows
+            what = f"needs {count} windows"
+        else:
+            chars = len(item) if isinstance(item, str) else sum(len(side) for side in item)
+            too_long = chars > limit
+            what = f"has {chars} characters (more than {max_windows} windows of {max_length} tokens can hold)"
+        if too_long:
+            raise InputError(
+                f"input {index} {what}; long_text='window' reads at most max_windows={max_windows} windows per "
+                "input. Pass a larger max_windows, split the input, or use long_text='truncate'."
+            )
 
 
 def default_overlap(room: int) -> int:
