@@ -187,6 +187,10 @@ def test_serve_deployment_over_http(ray_cluster):
         assert missing.status_code == 404 and "sentiment" in missing.json()["error"]
         listed = httpx.get(base, timeout=60).json()["models"]
         assert [(m["name"], m["labels"]) for m in listed] == [("sentiment", predictor.labels)]
+        from headreg.serve.schema import model_info
+
+        assert listed == [model_info("sentiment", predictor)]  # the same entry headreg serve lists
+        assert listed[0]["task"] == "sequence-classification"
     finally:
         serve.shutdown()
 

@@ -62,7 +62,7 @@ class _State:
                           max_batch_size=config.max_batch_size, metrics=metrics)
             for name, predictor in self.predictors.items()
         }
-        self.models = [model_info(name, p, task=_task(p.head)) for name, p in self.predictors.items()]
+        self.models = [model_info(name, p) for name, p in self.predictors.items()]
         self.ready = False
         self.in_flight = 0
 
@@ -223,15 +223,6 @@ async def _warm_up(state: _State) -> None:
             return
     state.ready = True
     log.info("ready: %s", ", ".join(state.batchers))
-
-
-def _task(head: str) -> str | None:
-    from ..registry import get_head
-
-    try:
-        return get_head(head).task
-    except LookupError:
-        return None
 
 
 def _log(request: Request, **fields: Any) -> None:

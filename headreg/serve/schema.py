@@ -101,9 +101,20 @@ def unknown_model(name: str, served: Sequence[str]) -> RequestError:
     return RequestError(404, f"no model named {name!r}; this server serves: {', '.join(served)}")
 
 
-def model_info(name: str, predictor: Any, *, task: str | None = None) -> dict[str, Any]:
-    """One ``/v1/models`` entry: what a client needs to know to call this model."""
+def head_task(head: str) -> str | None:
+    """The registered task of an installed head (None for a head this process does not know)."""
+    from ..registry import get_head
+
+    try:
+        return get_head(head).task
+    except LookupError:
+        return None
+
+
+def model_info(name: str, predictor: Any) -> dict[str, Any]:
+    """One ``/v1/models`` entry: what a client needs to know to call this model (headreg serve and Ray Serve)."""
     manifest = predictor.manifest
+    task = head_task(predictor.head)
     parameters = predictor.valid_options()
     variants = sorted(k for k, v in (manifest.get("variants") or {"fp32": {}}).items() if isinstance(v, dict))
     return {
