@@ -218,3 +218,18 @@ def test_a_format_1_bundle_with_a_dynamic_int8_default_loads_and_serves_fp32(int
     asked = Predictor(copy, variant="int8")
     assert asked.variant == "int8" and "not batch-invariant" in asked.variant_reason
     assert asked.predict(TEXTS[0])["entities"] is not None
+
+
+def test_int8_export_json_is_json_only(tmp_path):
+    """onnxruntime's histogram calibrators print to stdout; under --json nothing but the summary may reach it."""
+    from click.testing import CliRunner
+
+    from headreg.cli import cli
+
+    model = tiny_model("bert", "seq_cls")
+    model.save_pretrained(tmp_path / "saved", tokenizer=load_tokenizer())
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "saved"), "-o", str(tmp_path / "bundle"), "--quantize",
+                                      "int8", "--calibration-method", "percentile", "--min-agreement", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["passed"] and "int8" in summary["variants"]

@@ -22,6 +22,7 @@ fused (com.microsoft) graphs and on stale shape annotations.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -48,12 +49,14 @@ def strip_value_info(source: Path, target: Path) -> None:
 
 @contextlib.contextmanager
 def _quiet_quantizer() -> Iterator[None]:
-    # the quantizer logs a pre-processing hint on the root logger every time
+    # The quantizer logs a pre-processing hint on the root logger every time, and onnxruntime's histogram
+    # calibrators print() their progress to stdout, which would corrupt `headreg export --json`.
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
 
