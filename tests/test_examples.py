@@ -30,4 +30,5 @@ def test_quickstart_without_out_keeps_nothing(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "removed the temporary model and bundle" in result.stdout
-    assert [p for p in scratch.rglob("*") if p.is_file()] == []
+    # `import onnxruntime` itself writes its telemetry session file $TMPDIR/.ses (onnxruntime#32476): not ours.
+    assert [p for p in scratch.rglob("*") if p.is_file() and p.name != ".ses"] == []
