@@ -205,7 +205,7 @@ def test_verify_does_not_build_a_head_larger_than_the_graph(bundle):
 
     edit(bundle, change)
     report = verify_bundle(bundle)  # no 900k-label head allocated: decisions are skipped with a note
-    assert any("does not fit its logits in the graph" in note for note in report.notes)
+    assert any("does not fit the graph's logits" in note for note in report.notes)
 
 
 def test_the_manifest_itself_may_not_be_a_symlink_out(bundle, tmp_path):
