@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import HeadregError
 from ..runtime.batching import pad_batch, plan_batches
-from .verify import as_checks
+from .verify import HeadCheck, as_checks
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 Decide = Callable[[dict[str, np.ndarray], np.ndarray], Any]
@@ -351,6 +351,30 @@ def batch_invariance(run: Run, encodings: Sequence[Any], *, input_names: Sequenc
     }
 
 
+# --- what a model's heads decide, by the graph outputs each owns --------------------------------------------------
+
+
+def head_checks(model: Any) -> list[HeadCheck]:
+    """Each head's decisions, read from the graph outputs it owns (verification and int8 acceptance go per head)."""
+    checks = []
+    for member in model.members():
+        identity = all(local == graph for local, graph in member.outputs.items())
+        checks.append(
+            HeadCheck(
+                "" if not model.multi_head else member.name,
+                member.head.decisions,
+                member.head.level == "token",
+                None if identity else dict(member.outputs),
+            )
+        )
+    return checks
+
+
+def token_outputs_of(model: Any) -> set[str]:
+    return {name for member in model.members() for name in member.token_outputs}
+
+
+
 # --- one acceptance set per export, shared by every reduced-precision variant ------------------------------------------
 
 
@@ -481,7 +505,6 @@ def build_acceptance_set(model: Any, tokenizer: Any, texts: Sequence[Any], *, so
     batches = make_batches(tokenizer, split.acceptance, input_names=input_names, max_length=max_length, pad_id=pad_id,
                            padding_side=padding_side)
     expected = reference(reference_run, batches)
-    from .pipeline import head_checks, token_outputs_of
 
     invariance_args = dict(input_names=list(input_names), pad_id=pad_id, padding_side=padding_side,
                            max_length=max_length, token_outputs=token_outputs_of(model))

@@ -111,26 +111,6 @@ def _torch_outputs(wrapper: ExportWrapper, cases: list[Case]) -> list[dict[str, 
     return expected
 
 
-def head_checks(model: Any) -> list[HeadCheck]:
-    """Each head's decisions, read from the graph outputs it owns (verification and int8 acceptance go per head)."""
-    checks = []
-    for member in model.members():
-        identity = all(local == graph for local, graph in member.outputs.items())
-        checks.append(
-            HeadCheck(
-                "" if not model.multi_head else member.name,
-                member.head.decisions,
-                member.head.level == "token",
-                None if identity else dict(member.outputs),
-            )
-        )
-    return checks
-
-
-def token_outputs_of(model: Any) -> set[str]:
-    return {name for member in model.members() for name in member.token_outputs}
-
-
 def _source_info(source: dict[str, Any] | None) -> dict[str, Any]:
     # An in-memory model has no directory that holds backbone *and* head; the CLI passes the one it loaded.
     return source if source is not None else {"path": None, "kind": "python"}
@@ -285,8 +265,8 @@ def _fp32_invariance(session: Any, tok: Any, cases: list[Case], input_names, max
                                pad_id=tok.pad_token_id, padding_side=padding_side)
     return acc.batch_invariance(
         _session_run(session), batches.encodings, input_names=list(input_names), pad_id=tok.pad_token_id,
-        padding_side=padding_side, max_length=max_length, token_outputs=token_outputs_of(model),
-        decide=head_checks(model), tolerance=atol,
+        padding_side=padding_side, max_length=max_length, token_outputs=acc.token_outputs_of(model),
+        decide=acc.head_checks(model), tolerance=atol,
     )
 
 
@@ -413,8 +393,8 @@ def export_onnx(
     step = _Steps(progress)
     input_names = input_names_for(model)
     padding_side = "left" if model._decoder else "right"
-    decide = head_checks(model)
-    token_outputs = token_outputs_of(model)
+    decide = acc.head_checks(model)
+    token_outputs = acc.token_outputs_of(model)
     checks = dict(decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol)
 
     if any(p.device.type != "cpu" for p in model.parameters()):
