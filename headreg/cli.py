@@ -264,14 +264,18 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
         usage_error("give texts as arguments or with --file")
     if quantized and variant not in (None, "int8"):
         usage_error(f"--quantized asks for int8 but --variant asks for {variant}; give one of them")
-    predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant, batch_size=batch_size,
-                                verify_files=verify_files)
-    try:
-        options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce,
-                       max_windows=max_windows)
-        results = predictor.predict(items, **{name: value for name, value in options.items() if value is not None})
-    except InputError as exc:
-        usage_error(str(exc))
+    from .plugins import stdout_to_stderr
+
+    # A head's postprocess is plugin code: whatever it prints goes to stderr, so stdout holds only the results.
+    with stdout_to_stderr():
+        predictor = _load_predictor(bundle, threads=threads, quantized=quantized, variant=variant,
+                                    batch_size=batch_size, verify_files=verify_files)
+        try:
+            options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce,
+                           max_windows=max_windows)
+            results = predictor.predict(items, **{name: value for name, value in options.items() if value is not None})
+        except InputError as exc:
+            usage_error(str(exc))
     if as_json:
         emit_json([
             {"text": item, "result": result} if isinstance(item, str)

@@ -138,13 +138,32 @@ _output_lock = threading.RLock()  # fd 1 is process-wide: two threads redirectin
 
 
 @contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Point ``sys.stdout`` and file descriptor 1 at stderr for the block (``print`` and C extensions alike).
+
+    Commands that print ``--json`` run plugin code (imports, hooks, postprocess) inside this, so nothing but
+    their own JSON reaches stdout.
+    """
+    with _output_lock:
+        sys.stdout.flush()
+        saved_fd = None
+        with contextlib.suppress(OSError, ValueError):
+            if sys.__stdout__ is not None and sys.__stdout__.fileno() == 1 and sys.stderr is not None:
+                saved_fd = os.dup(1)
+                os.dup2(sys.stderr.fileno(), 1)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            if saved_fd is not None:
+                os.dup2(saved_fd, 1)
+                os.close(saved_fd)
+
+
+@contextlib.contextmanager
 def _redirected() -> Iterator[None]:
-    sys.stdout.flush()
-    saved_fd = None
-    with contextlib.suppress(OSError, ValueError):
-        if sys.__stdout__ is not None and sys.__stdout__.fileno() == 1 and sys.stderr is not None:
-            saved_fd = os.dup(1)
-            os.dup2(sys.stderr.fileno(), 1)
     previous = None
     if threading.current_thread() is threading.main_thread():
         def on_sigint(signum, frame):
@@ -153,18 +172,13 @@ def _redirected() -> Iterator[None]:
         with contextlib.suppress(ValueError, TypeError):
             previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with stdout_to_stderr():
             yield
     except _UserInterrupt:
         raise KeyboardInterrupt from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.flush()
-        if saved_fd is not None:
-            os.dup2(saved_fd, 1)
-            os.close(saved_fd)
 
 
 def is_user_interrupt(exc: BaseException) -> bool:

@@ -143,3 +143,38 @@ def test_bench_on_a_corpus_compares_bucketing_with_arrival_order(tmp_path):
 def test_bench_compare_torch_without_a_model_is_a_usage_error():
     result = bench("--compare-torch", "--rows", "1", "--passes", "1")
     assert result.exit_code == 2 and "--model DIR" in result.output
+
+
+NOISY_PLUGIN = """
+import os
+
+from headreg import hookimpl
+
+print("noisy plugin imported")
+
+def post(outputs, context):
+    from headreg.runtime.postprocess import seq_cls
+    print("noise from print in the postprocess")
+    os.write(1, b"noise written to fd 1\\n")
+    return seq_cls(outputs, context)
+
+@hookimpl
+def register_heads(register):
+    register(name="noisy", cls="noisy_plugin.head:Head", task="sequence-classification", postprocess="noisy_plugin:post")
+"""
+
+
+def test_predict_json_stays_json_when_a_plugin_postprocess_prints(tmp_path, plugin_site):
+    from conftest import write_plugin
+
+    site = plugin_site(write_plugin(tmp_path / "src", "headreg-plugin-noisy", "noisy_plugin", NOISY_PLUGIN))
+    bundle = tmp_path / "noisy"
+    shutil.copytree(tiny_bundle("seq_cls"), bundle)
+    manifest = json.loads((bundle / "headreg.json").read_text())
+    manifest["head"].update(name="noisy", postprocess="noisy_plugin:post", plugin="headreg-plugin-noisy")
+    (bundle / "headreg.json").write_text(json.dumps(manifest))
+    result = run_headreg("predict", str(bundle), "I loved it", "--json", site=site)
+    assert result.returncode == 0, result.stderr
+    parsed = json.loads(result.stdout)  # nothing but the results on stdout
+    assert parsed[0]["result"] == Predictor(tiny_bundle("seq_cls")).predict("I loved it")
+    assert "noise from print in the postprocess" in result.stderr and "noise written to fd 1" in result.stderr
