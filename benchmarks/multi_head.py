@@ -30,7 +30,6 @@ from pathlib import Path
 from benchmarks.corpus import mixed_corpus
 
 TARGET_LATENCY, TARGET_MEMORY = 1.15, 1.10
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 HEADS = {
     "sentiment": ("seq_cls", {"num_labels": 3, "id2label": {0: "neg", 1: "neu", 2: "pos"}}),
     "topics": ("multi_label", {"num_labels": 4, "id2label": {0: "sport", 1: "tech", 2: "food", 3: "news"}}),
@@ -39,14 +38,9 @@ HEADS = {
 
 
 def isa() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [flag for flag in ISA_FLAGS if flag in flags]
-    except OSError:
-        pass
-    return []
+    from headreg.runtime.variants import machine
+
+    return machine()["cpu_flags"]
 
 
 def build(out: Path, exporter: str, max_length: int) -> tuple[Path, list[Path]]:

@@ -34,7 +34,6 @@ from benchmarks.corpus import mixed_corpus
 
 ROOT = Path(__file__).resolve().parent
 TARGET = 0.85
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 
 
 def corpus(rows: int, distinct: int = 2000) -> list[str]:
@@ -44,14 +43,9 @@ def corpus(rows: int, distinct: int = 2000) -> list[str]:
 
 
 def isa() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [flag for flag in ISA_FLAGS if flag in flags]
-    except OSError:
-        pass
-    return []
+    from headreg.runtime.variants import machine
+
+    return machine()["cpu_flags"]
 
 
 def default_bundle(out: Path) -> Path:
