@@ -99,11 +99,21 @@ def serve_and_ask(bundle: Path, text: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="headreg-multi-task-")))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="keep the saved model and the bundle here [default: a temporary directory, removed]")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--no-serve", action="store_true", help="skip the HTTP part")
     args = parser.parse_args()
+    if args.out is not None:
+        run(args.out, args.steps, serve=not args.no_serve)
+        print(f"kept: saved model {args.out / 'model'}, bundle {args.out / 'bundle'}")
+        return
+    with tempfile.TemporaryDirectory(prefix="headreg-multi-task-") as tmp:
+        run(Path(tmp), args.steps, serve=not args.no_serve)
+    print("removed the temporary model and bundle; pass --out DIR to keep them")
 
+
+def run(out: Path, steps: int, *, serve: bool) -> None:
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     # 1. One backbone, two named heads; the token head pools nothing it needs, so BERT-style "auto" pooling
@@ -121,7 +131,7 @@ def main() -> None:
     data = examples(tokenizer)
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(output_dir=str(args.out / "trainer"), max_steps=args.steps, learning_rate=1e-4,
+        args=TrainingArguments(output_dir=str(out / "trainer"), max_steps=steps, learning_rate=1e-4,
                                per_device_train_batch_size=6, report_to=[], save_strategy="no",
                                logging_steps=10, use_cpu=True, disable_tqdm=True),
         train_dataset=data,
@@ -130,9 +140,9 @@ def main() -> None:
     trainer.train()
 
     # 3. Save (json + safetensors, never pickle), load, export one graph with both heads.
-    model.save_pretrained(args.out / "model", tokenizer=tokenizer, overwrite=True)
-    model = load_model(args.out / "model")
-    bundle = export_onnx(model, args.out / "bundle", tokenizer=tokenizer, overwrite=True, max_length=128)
+    model.save_pretrained(out / "model", tokenizer=tokenizer, overwrite=True)
+    model = load_model(out / "model")
+    bundle = export_onnx(model, out / "bundle", tokenizer=tokenizer, overwrite=True, max_length=128)
     print(f"exported {bundle.path}: {len(bundle.report.cases)} cases verified; outputs "
           f"{', '.join(bundle.manifest['outputs'])}")
     for head in bundle.manifest["heads"]:
@@ -141,7 +151,7 @@ def main() -> None:
               f"decision agreement {check['decision_agreement']:.0%}")
 
     # 4. Predict without torch: one pass, a dict by head name per text.
-    predictor = Predictor(args.out / "bundle")
+    predictor = Predictor(out / "bundle")
     texts = ["Claire adored the markets of Lyon.", "The trip to Hamburg with Jan was awful."]
     for text, result in zip(texts, predictor.predict(texts)):
         entities = ", ".join(f"{e['word']} [{e['label']}]" for e in result["entities"]["entities"])
@@ -150,8 +160,8 @@ def main() -> None:
     print(f"heads=['sentiment'] -> {sorted(only)}")
 
     # 5. Serve over HTTP (the same Predictor behind `headreg serve`).
-    if not args.no_serve:
-        answer = serve_and_ask(args.out / "bundle", texts[1])
+    if serve:
+        answer = serve_and_ask(out / "bundle", texts[1])
         print("served:", json.dumps(answer["outputs"][0]["sentiment"]["label"]),
               [e["word"] for e in answer["outputs"][0]["entities"]["entities"]])
 

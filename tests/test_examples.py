@@ -32,3 +32,19 @@ def test_quickstart_without_out_keeps_nothing(tmp_path):
     assert "removed the temporary model and bundle" in result.stdout
     # `import onnxruntime` itself writes its telemetry session file $TMPDIR/.ses (onnxruntime#32476): not ours.
     assert [p for p in scratch.rglob("*") if p.is_file() and p.name != ".ses"] == []
+
+
+def test_multi_task_example_trains_exports_and_predicts_both_heads(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "multi_task.py"), "--steps", "4", "--no-serve"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "outputs pooled_output, pooled_output.cls, sentiment.logits, entities.logits" in out
+    assert "head sentiment: worst |diff|" in out and "head entities: worst |diff|" in out
+    assert "heads=['sentiment'] -> ['sentiment']" in out
+    assert "removed the temporary model and bundle" in out
+    assert [p for p in scratch.rglob("*") if p.is_file() and p.name != ".ses"] == []
