@@ -285,8 +285,15 @@ def atomic_directory(
             with _sigterm_raises():
                 yield tmp
             _apply_umask(tmp)
-            with _signals_held():
-                _swap(tmp, target)
+            swapped = False
+            try:
+                with _signals_held():
+                    _swap(tmp, target)
+                    swapped = True
+            except KeyboardInterrupt as exc:
+                if swapped:  # Ctrl-C was held back until the move completed: the new directory is in place
+                    exc.written = target  # type: ignore[attr-defined]
+                raise
         except BaseException as exc:
             cause = filesystem_error(exc)
             if cause is not None and not isinstance(exc, SaveLoadError):

@@ -133,6 +133,32 @@ def test_sigterm_during_the_final_move_leaves_a_complete_target_and_nothing_else
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
+def test_ctrl_c_during_the_final_move_is_delivered_after_it_and_says_the_directory_is_complete(tmp_path):
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "version").write_text("old")
+    script = textwrap.dedent(f"""
+        import os, signal
+        import headreg.atomic as atomic
+        real = atomic._exchange
+
+        def exchange(a, b):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C mid-move
+            return real(a, b)
+
+        atomic._exchange = exchange
+        try:
+            with atomic.atomic_directory({str(target)!r}, overwrite=True) as tmp:
+                (tmp / "version").write_text("new")
+        except KeyboardInterrupt as exc:
+            print("interrupted, written:", getattr(exc, "written", None))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == f"interrupted, written: {target}", result.stderr
+    assert (target / "version").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
 # --- full and read-only filesystems -------------------------------------------------------------------------------------
 
 

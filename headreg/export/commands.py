@@ -248,8 +248,10 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     except (SaveLoadError, ExportOptionError) as exc:
         progress.stop()
         _fail(str(exc), EXIT_USAGE)
-    except (KeyboardInterrupt, Terminated):
+    except (KeyboardInterrupt, Terminated) as exc:
         progress.stop()
+        if getattr(exc, "written", None) is not None:
+            _fail(f"interrupted after the export had finished: the bundle in {out_dir} is complete and verified", 130)
         _fail(f"interrupted; no bundle was written to {out_dir}", 130)
     if as_json:
         _cli().emit_json(bundle.summary())
