@@ -55,19 +55,9 @@ print(json.dumps({"steps": [{"name": b, "seconds": t[b] - t[a]} for a, b in zip(
 
 
 def machine() -> dict[str, Any]:
-    flags: set[str] = set()
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}
-    return {"cpu": cpu, "cores": os.cpu_count(), "isa": sorted(flags & wanted)}
+    from .machine import cpu_name, isa
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "isa": isa()}
 
 
 def run_once(command: list[str]) -> tuple[float, dict[str, Any]]:

@@ -38,9 +38,9 @@ HEADS = {
 
 
 def isa() -> list[str]:
-    from headreg.runtime.variants import machine
+    from .machine import isa as cpu_isa
 
-    return machine()["cpu_flags"]
+    return cpu_isa()
 
 
 def build(out: Path, exporter: str, max_length: int) -> tuple[Path, list[Path]]:

@@ -23,7 +23,6 @@ with ``headreg.export.export_onnx`` into ``--out``/bundles and reused (``--rebui
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -626,15 +625,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
 
 def machine_info() -> dict[str, Any]:
-    flags: set[str] = set()
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+    from .machine import cpu_name, isa
+
     import onnxruntime
     import torch
     import transformers
@@ -642,10 +634,9 @@ def machine_info() -> dict[str, Any]:
     from headreg.runtime.backends import openvino_version
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "isa": sorted(f for f in flags if f in {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
-                                                "amx_int8"}),
+        "isa": sorted(isa()),
         "python": platform.python_version(),
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
                      "openvino": openvino_version()},

@@ -43,9 +43,9 @@ def corpus(rows: int, distinct: int = 2000) -> list[str]:
 
 
 def isa() -> list[str]:
-    from headreg.runtime.variants import machine
+    from .machine import isa as cpu_isa
 
-    return machine()["cpu_flags"]
+    return cpu_isa()
 
 
 def default_bundle(out: Path) -> Path:

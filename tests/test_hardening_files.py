@@ -108,8 +108,8 @@ def test_only_our_own_dead_leftovers_are_removed(tmp_path):
         alive.wait()
 
 
-def test_sigterm_during_the_final_move_leaves_a_complete_target_and_nothing_else(tmp_path):
-    """The swap runs with SIGTERM held back: the signal lands after it, never between two renames."""
+def _signal_mid_move(tmp_path: Path, signame: str, after: str = "") -> tuple[Path, subprocess.CompletedProcess]:
+    """Run atomic_directory over an existing target in a subprocess that signals itself between the renames."""
     target = tmp_path / "bundle"
     target.mkdir()
     (target / "version").write_text("old")
@@ -119,41 +119,30 @@ def test_sigterm_during_the_final_move_leaves_a_complete_target_and_nothing_else
         real = atomic._exchange
 
         def exchange(a, b):
-            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-move
-            return real(a, b)
-
-        atomic._exchange = exchange
-        with atomic.atomic_directory({str(target)!r}, overwrite=True) as tmp:
-            (tmp / "version").write_text("new")
-        print("not reached: SIGTERM ends the process after the move")
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert result.returncode == -15, result.stderr
-    assert (target / "version").read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
-
-
-def test_ctrl_c_during_the_final_move_is_delivered_after_it_and_says_the_directory_is_complete(tmp_path):
-    target = tmp_path / "bundle"
-    target.mkdir()
-    (target / "version").write_text("old")
-    script = textwrap.dedent(f"""
-        import os, signal
-        import headreg.atomic as atomic
-        real = atomic._exchange
-
-        def exchange(a, b):
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C mid-move
+            os.kill(os.getpid(), signal.{signame})  # arrives mid-move
             return real(a, b)
 
         atomic._exchange = exchange
         try:
             with atomic.atomic_directory({str(target)!r}, overwrite=True) as tmp:
                 (tmp / "version").write_text("new")
+            print("not reached: the signal ends the block after the move")
         except KeyboardInterrupt as exc:
             print("interrupted, written:", getattr(exc, "written", None))
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    return target, subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_sigterm_during_the_final_move_leaves_a_complete_target_and_nothing_else(tmp_path):
+    """The swap runs with SIGTERM held back: the signal lands after it, never between two renames."""
+    target, result = _signal_mid_move(tmp_path, "SIGTERM")
+    assert result.returncode == -15, result.stderr
+    assert (target / "version").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_ctrl_c_during_the_final_move_is_delivered_after_it_and_says_the_directory_is_complete(tmp_path):
+    target, result = _signal_mid_move(tmp_path, "SIGINT")
     assert result.stdout.strip() == f"interrupted, written: {target}", result.stderr
     assert (target / "version").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
