@@ -46,6 +46,27 @@ def register_heads(register):
 """
 
 
+def test_a_model_whose_rows_depend_on_their_batchmates_is_not_exported(tmp_path):
+    """onnxruntime reproduces PyTorch exactly, but each row's logits depend on the rest of its batch: the export
+    fails (nothing written) and says what to fix, rather than writing a bundle no variant of which can serve."""
+    from headreg.heads.seq_cls import SeqClsHead
+    from test_runtime_predictor import tiny_model as tiny_head_model
+
+    class BatchStatisticsHead(SeqClsHead):
+        def forward(self, pooled_output, sequence_output, attention_mask):
+            logits = super().forward(pooled_output, sequence_output, attention_mask)
+            return logits - logits.mean(0, keepdim=True)
+
+    model = tiny_head_model("seq_cls")
+    model.head.__class__ = BatchStatisticsHead
+    with pytest.raises(VerificationFailed) as failed:
+        export_onnx(model, tmp_path / "bundle", tokenizer=load_tokenizer(), exporter="torchscript")
+    message = str(failed.value)
+    assert "not batch-invariant" in message and "output logits moves by up to" in message
+    assert all(case.passed for case in failed.value.report.cases)  # the engines agreed; invariance failed
+    assert not (tmp_path / "bundle").exists()
+
+
 def invoke(*args: str):
     """Run a headreg command in-process (the real click command; no subprocess import cost)."""
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
@@ -89,7 +110,14 @@ def test_bundle_has_the_documented_files_and_manifest(exported):
     fp32 = manifest["variants"]["fp32"]
     assert fp32 | {"batch_invariance": None} == {"file": "model.onnx", "precision": "fp32", "backend": "onnxruntime",
                                                  "quantization": None, "optimized": False, "batch_invariance": None}
-    assert fp32["batch_invariance"]["passed"] and fp32["batch_invariance"]["checks"] >= 3 * 24
+    invariance = fp32["batch_invariance"]
+    cases = json.loads((bundle.path / "verification.json").read_text())["case_results"]
+    batched = [case for case in cases if case["shape"][0] > 1 or min(case["lengths"]) < case["shape"][1]]
+    assert invariance["passed"] and invariance["max_abs_diff"] <= invariance["tolerance"]
+    assert invariance["layouts"] == [case["name"] for case in batched]  # every batch verification ran
+    assert invariance["checks"] == sum(case["shape"][0] for case in batched)  # every row of it, alone
+    assert any(case["shape"][1] == manifest["max_length"] for case in batched)  # rows padded to max_length too
+    assert not any("sentences" in case["name"] for case in cases), "the int8 decision corpus only with int8"
 
     from tokenizers import Tokenizer
 

@@ -104,6 +104,9 @@ def test_the_manifest_records_how_int8_was_made_and_accepted(int8_bundle, arch, 
     assert invariance["passed"] and invariance["max_abs_diff"] <= 1e-5 and invariance["checks"] == 3 * invariance["texts"]
     verification = json.loads((bundle.path / "verification.json").read_text())
     assert verification["variants"]["int8"] == record
+    sentences = [case for case in verification["case_results"] if case["name"].endswith("sentences")]
+    assert len(sentences) == 1 and sentences[0]["shape"][0] >= 80  # golden_agreement's decision corpus
+    assert sentences[0]["name"] in verification["variants"]["fp32"]["batch_invariance"]["layouts"]
 
 
 def test_dynamic_int8_fails_the_invariance_check_that_static_passes(int8_bundle, tmp_path):

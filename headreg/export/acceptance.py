@@ -12,7 +12,8 @@ part (int8 activation ranges) and a disjoint, held-out acceptance part. On the a
   the number below ``near_tie`` is reported: flips of near-ties are expected from any reduced precision.
 
 :func:`batch_invariance` checks that a variant's answer for a text does not depend on its batch: each text
-alone vs in batches of mixed lengths, in two orders, and padded to max_length.
+alone vs in batches of mixed lengths, in two orders, and padded to max_length. :func:`case_invariance` does the
+same for fp32 on the verification batches, whose batched outputs verification has computed already.
 """
 
 from __future__ import annotations
@@ -288,6 +289,57 @@ def accepted(figures: Mapping[str, Any], *, min_agreement: float, max_error: flo
 # --- batch invariance ---------------------------------------------------------------------------------------------------
 
 
+class _Invariance:
+    """A text's outputs and decisions alone vs in a batch, row by row: the core of every batch-invariance record."""
+
+    def __init__(self, *, token_outputs: set[str], decide: Any, padding_side: str, tolerance: float):
+        self.token_outputs, self.decide, self.padding_side, self.tolerance = token_outputs, decide, padding_side, tolerance
+        self.worst = 0.0
+        self.worst_output: str | None = None
+        self.decisions_differ = 0
+        self.checks = 0
+
+    def compare(self, single: dict[str, np.ndarray], outputs: dict[str, np.ndarray], mask: np.ndarray, position: int,
+                length: int) -> None:
+        """``single``: the row run alone (batch 1, no padding, ``length`` tokens); ``outputs``: its batch's outputs."""
+        batch = mask.shape[0]
+        self.checks += 1
+        for output, value in outputs.items():
+            if single[output].shape[:1] != (1,) or value.shape[:1] != (batch,):
+                mine, theirs = single[output], value  # not per row (a head's constant): must not move either
+            else:
+                mine = single[output][0]  # alone: no padding, every position is real
+                theirs = (_rows(value, mask, self.padding_side)[position] if output in self.token_outputs
+                          else value[position])
+            if mine.shape != theirs.shape:
+                raise ValueError(f"output {output} has shape {theirs.shape} in a batch, {mine.shape} alone")
+            diff = float(np.abs(theirs.astype(np.float64) - mine.astype(np.float64)).max()) if mine.size else 0.0
+            if diff > self.worst:
+                self.worst, self.worst_output = diff, output
+        row_outputs = {k: v[position : position + 1] if v.shape[:1] == (batch,) and single[k].shape[:1] == (1,)
+                       else v for k, v in outputs.items()}
+        for check in as_checks(self.decide, self.token_outputs):  # head by head in a multi-head graph
+            a = check.decisions(row_outputs, mask[position : position + 1])
+            b = check.decisions(single, np.ones((1, length or 1), dtype=np.int64))
+            if a is not None:
+                a, b = np.asarray(a), np.asarray(b)
+                if check.token_level:
+                    a = _rows(a, mask[position : position + 1], self.padding_side)[0]
+                    b = b[0]
+                self.decisions_differ += int(not np.array_equal(np.asarray(a).ravel(), np.asarray(b).ravel()))
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "passed": self.worst <= self.tolerance and self.decisions_differ == 0,
+            "tolerance": self.tolerance,
+            "max_abs_diff": self.worst,
+            "worst_output": self.worst_output,
+            **extra,
+            "checks": self.checks,
+            "decisions_differ": self.decisions_differ,
+        }
+
+
 def batch_invariance(run: Run, encodings: Sequence[Any], *, input_names: Sequence[str], pad_id: int,
                      padding_side: str, max_length: int, token_outputs: set[str], decide: Any = None,
                      tolerance: float = INVARIANCE_TOLERANCE, batch_size: int = 8) -> dict[str, Any]:
@@ -302,53 +354,63 @@ def batch_invariance(run: Run, encodings: Sequence[Any], *, input_names: Sequenc
         "mixed lengths": [list(range(i, min(i + batch_size, len(encodings)))) for i in range(0, len(encodings), batch_size)],
         "mixed lengths, reversed": [list(range(len(encodings)))[::-1][i : i + batch_size] for i in range(0, len(encodings), batch_size)],
     }
-    worst = 0.0
-    worst_output = None
-    decisions_differ = 0
-    checks = 0
+    tally = _Invariance(token_outputs=token_outputs, decide=decide, padding_side=padding_side, tolerance=tolerance)
     for name, plan in [*layouts.items(), ("padded to max_length", layouts["mixed lengths"])]:
         width = max_length if name == "padded to max_length" else None
         for rows in plan:
             feed = pad_batch([encodings[i] for i in rows], input_names, pad_id, padding_side, width=width)
             outputs = run(feed)
-            mask = feed["attention_mask"]
             for position, index in enumerate(rows):
-                single = alone[index]
-                checks += 1
-                for output, value in outputs.items():
-                    if single[output].shape[:1] != (1,) or value.shape[:1] != (len(rows),):
-                        mine, theirs = single[output], value  # not per row (a head's constant): must not move either
-                    else:
-                        mine = single[output][0]  # alone: no padding, every position is real
-                        theirs = _rows(value, mask, padding_side)[position] if output in token_outputs else value[position]
-                    if mine.shape != theirs.shape:
-                        raise ValueError(f"output {output} has shape {theirs.shape} in a batch, {mine.shape} alone")
-                    diff = float(np.abs(theirs.astype(np.float64) - mine.astype(np.float64)).max()) if mine.size else 0.0
-                    if diff > worst:
-                        worst, worst_output = diff, output
-                row_outputs = {k: v[position : position + 1] if v.shape[:1] == (len(rows),) and single[k].shape[:1] == (1,)
-                               else v for k, v in outputs.items()}
-                for check in as_checks(decide, token_outputs):  # head by head in a multi-head graph
-                    a = check.decisions(row_outputs, mask[position : position + 1])
-                    b = check.decisions(single, np.ones((1, len(encodings[index]) or 1), dtype=np.int64))
-                    if a is not None:
-                        a, b = np.asarray(a), np.asarray(b)
-                        if check.token_level:
-                            a = _rows(a, mask[position : position + 1], padding_side)[0]
-                            b = b[0]
-                        decisions_differ += int(not np.array_equal(np.asarray(a).ravel(), np.asarray(b).ravel()))
-    passed = worst <= tolerance and decisions_differ == 0
-    return {
-        "passed": passed,
-        "tolerance": tolerance,
-        "max_abs_diff": worst,
-        "worst_output": worst_output,
-        "texts": len(encodings),
-        "checks": checks,
-        "decisions_differ": decisions_differ,
-        "layouts": [*layouts, "padded to max_length"],
-        "padding_side": padding_side,
-    }
+                tally.compare(alone[index], outputs, feed["attention_mask"], position, len(encodings[index]))
+    return tally.record(texts=len(encodings), layouts=[*layouts, "padded to max_length"], padding_side=padding_side)
+
+
+def alone_outputs(run: Run, cases: Sequence[Any], *, padding_side: str) -> list[list[Any] | None]:
+    """Each row of each verification batch run alone (batch 1, its real tokens only): per case, per row, the
+    outputs or the exception the run raised; None for a case of one unpadded row, which is that row alone already."""
+    results: list[list[Any] | None] = []
+    for case in cases:
+        mask = case.inputs["attention_mask"]
+        if mask.shape[0] == 1 and mask.all():
+            results.append(None)
+            continue
+        rows: list[Any] = []
+        width = mask.shape[1]
+        for position, length in enumerate(mask.sum(1).astype(int).tolist()):
+            span = slice(width - length, width) if padding_side == "left" else slice(0, length)
+            try:
+                rows.append(run({name: value[position : position + 1, span] for name, value in case.inputs.items()}))
+            except Exception as exc:  # onnxruntime raises its own exception types per failure
+                rows.append(exc)
+        results.append(rows)
+    return results
+
+
+def case_invariance(cases: Sequence[Any], outputs: Sequence[dict[str, np.ndarray]], alone: Sequence[list[Any] | None],
+                    *, padding_side: str, token_outputs: set[str], decide: Any = None,
+                    tolerance: float = INVARIANCE_TOLERANCE) -> dict[str, Any]:
+    """Every row of the verification batches alone (:func:`alone_outputs`) vs in its batch (``outputs``).
+
+    The verification batches mix lengths, padding per row and positions in the batch, and one is padded to
+    max_length: this is :func:`batch_invariance`'s check on outputs verification computed already, at the cost
+    of the batch-1 runs only.
+    """
+    tally = _Invariance(token_outputs=token_outputs, decide=decide, padding_side=padding_side, tolerance=tolerance)
+    layouts, errors = [], []
+    for case, batch_outputs, rows in zip(cases, outputs, alone):
+        if rows is None:
+            continue
+        layouts.append(case.name)
+        mask = case.inputs["attention_mask"]
+        for position, (length, single) in enumerate(zip(mask.sum(1).astype(int).tolist(), rows)):
+            if isinstance(single, Exception):
+                errors.append(f"{case.name} row {position} alone: {type(single).__name__}: {single}")
+                continue
+            tally.compare(single, batch_outputs, mask, position, length)
+    record = tally.record(texts=tally.checks, layouts=layouts, padding_side=padding_side)
+    if errors:
+        record.update(passed=False, errors=errors[:5])
+    return record
 
 
 # --- what a model's heads decide, by the graph outputs each owns --------------------------------------------------

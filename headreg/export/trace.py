@@ -125,6 +125,7 @@ class TraceResult:
     opset: int
     exporter: str
     external_data: bool
+    output_dims: dict[str, list]  # graph output -> dims, as the manifest records them
 
 
 def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: str = "dynamo") -> TraceResult:
@@ -178,8 +179,8 @@ def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: s
     data_file = path.with_name(path.name + ".data")
     if data_file.exists() and not external:
         raise ExportError(f"the exporter wrote {data_file.name} for a model below 2 GB; expected one self-contained file")
-    opset_used = check_graph(path, input_names, output_names, symbolic=symbolic)
-    return TraceResult(path, input_names, output_names, opset_used, exporter, external)
+    opset_used, output_dims = check_graph(path, input_names, output_names, symbolic=symbolic)
+    return TraceResult(path, input_names, output_names, opset_used, exporter, external, output_dims)
 
 
 def _dims(value: Any) -> list[str | int]:
@@ -206,8 +207,10 @@ def symbolic_axes(model: Any) -> dict[str, int]:
     return axes
 
 
-def check_graph(path: Path, input_names: tuple[str, ...], output_names: tuple[str, ...], *, symbolic: dict[str, int]) -> int:
-    """Raise ExportError unless the graph has the promised names and symbolic batch/sequence axes."""
+def check_graph(path: Path, input_names: tuple[str, ...], output_names: tuple[str, ...], *,
+                symbolic: dict[str, int]) -> tuple[int, dict[str, list]]:
+    """Raise ExportError unless the graph has the promised names and symbolic batch/sequence axes; else return
+    its (opset, output dims)."""
     inputs, outputs, opset = graph_signature(path)
     if tuple(inputs) != input_names or tuple(outputs) != output_names:
         raise ExportError(
@@ -223,4 +226,4 @@ def check_graph(path: Path, input_names: tuple[str, ...], output_names: tuple[st
             "batch/sequence axes were fixed during export (the graph would only accept the trace shape): "
             + "; ".join(problems)
         )
-    return opset
+    return opset, outputs

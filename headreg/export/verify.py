@@ -98,6 +98,7 @@ class Report:
     target: str = "model.onnx"
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # bundle-level: changed files, inconsistent manifest
+    problems_are: str = "the bundle does not match what was exported"  # what ``problems`` say, in one line
 
     @property
     def passed(self) -> bool:
@@ -162,7 +163,7 @@ class Report:
         what = (
             f"onnxruntime disagrees with PyTorch in {failed} of {len(self.cases)} cases"
             if failed
-            else "the bundle does not match what was exported"
+            else self.problems_are
         )
         return f"{self.target}: {what} (atol={self.atol:g}, rtol={self.rtol:g}):\n  {shown}"
 
@@ -498,7 +499,6 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
     >>> verify_bundle("bundle/").passed     # doctest: +SKIP
     True
     """
-    import json
 
     from ..manifest import (
         GOLDEN_FILE, VERIFICATION_FILE, VERIFICATION_MAX_BYTES, bundle_path, read_json_file, read_manifest,

@@ -7,7 +7,6 @@ model runs and the batching, not the inputs. Nothing here names torch: the PyTor
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
