@@ -291,18 +291,22 @@ def test_heads_at_80_columns_breaks_no_word():
 # --- 9. a checkout named headreg in the working directory -------------------------------------------------------------
 
 
-def test_the_troubleshooting_check_names_a_folder_that_shadows_the_package(tmp_path):
-    """README, Troubleshooting: a folder named headreg (no __init__.py) beside the script wins over the editable
-    install, and no headreg code runs to say so; the one-line check the README gives shows which folder it is."""
+def test_a_folder_named_headreg_beside_a_script_does_not_shadow_the_package(tmp_path):
+    """A checkout named headreg, with a script run from its parent: Python sees a folder ``headreg/`` without
+    ``__init__.py`` first. The install puts the package's directory on sys.path (no import hook), so the real
+    package wins over that namespace folder; the README's one-line check says which one Python found."""
+    import headreg
+
     (tmp_path / "headreg").mkdir()
-    (tmp_path / "train.py").write_text("from headreg import attach_head\n")
+    (tmp_path / "train.py").write_text("import headreg\nfrom headreg import attach_head\nprint(headreg.__file__)\n")
     env = _env(PYTHONPATH="")
-    failed = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert failed.returncode == 1 and "(unknown location)" in failed.stderr  # the symptom the README quotes
+    ran = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == headreg.__file__
     readme = (REPO / "README.md").read_text()
     check = next(line.strip() for line in readme.splitlines() if line.strip().startswith("python -c") and "__path__" in line)
     shown = subprocess.run(check, shell=True, cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert str(tmp_path / "headreg") in shown.stdout and "namespace" in shown.stdout
+    assert shown.stdout.split() == [headreg.__file__] and "namespace" not in shown.stdout
 
 
 # --- 10. exporter=auto: TorchScript first, dynamo when its graph does not verify -----------------------------------
