@@ -210,6 +210,9 @@ def test_verify_passes_on_an_intact_bundle_and_fails_on_a_tampered_model(exporte
     result = invoke("verify", str(copy))
     assert result.exit_code == 0, result.output
     assert "cases passed" in result.output
+    rows = read_manifest(copy)["variants"]["fp32"]["batch_invariance"]["checks"]
+    assert f"batch invariance, max abs diff 0.0e+00 over {rows} rows alone vs in their batch" in result.output
+    assert "decisions differ: passes" in result.output
 
     import onnx
     from onnx import numpy_helper
@@ -344,6 +347,10 @@ def test_saved_headreg_model_with_optimize_and_int8(tmp_path):
     record = json.loads((out / "verification.json").read_text())
     assert record["optimization"]["fused"] == {"Attention": 1, "BiasGelu": 1, "SkipLayerNormalization": 2}
     assert manifest["variants"]["fp32"]["optimized"] == record["optimization"]["accepted"]
+    fused_invariance = record["optimization"]["batch_invariance"]  # the fused graph's own, measured before keeping it
+    assert fused_invariance["passed"] and fused_invariance["checks"] >= 30
+    if record["optimization"]["accepted"]:
+        assert manifest["variants"]["fp32"]["batch_invariance"] == fused_invariance
     int8 = manifest["variants"]["int8"]
     assert int8["quantization"]["kind"] == "static" and int8["quantization"]["format"] == "qdq"
     assert int8["acceptance"]["passed"] and int8["acceptance"]["agreement"] >= 0.5

@@ -10,6 +10,7 @@ and the record says why.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -19,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..runtime.session import create_session
+from .acceptance import alone_outputs, case_invariance
 from .cases import Case
-from .verify import verify_session
+from .verify import compare_cases, run_cases, run_onnx
 
 
 def fuse(source: Path, target: Path) -> dict[str, int]:
@@ -87,11 +89,14 @@ def speedups(baseline: Any, candidate: Any, cases: list[Case]) -> dict[str, floa
 
 
 def optimize_graph(
-    path: Path, cases: list[Case], expected: list[dict[str, np.ndarray]], *, checks: dict[str, Any]
+    path: Path, cases: list[Case], expected: list[dict[str, np.ndarray]], *, checks: dict[str, Any],
+    padding_side: str = "right",
 ) -> dict[str, Any]:
-    """Fuse ``path`` in place when the fused graph verifies and is not slower; return what happened.
+    """Fuse ``path`` in place when the fused graph verifies, is batch-invariant and is not slower; return what
+    happened.
 
-    The record's ``report`` is the fused graph's verification Report (when it got that far).
+    The record's ``report`` is the fused graph's verification Report (when it got that far), its
+    ``batch_invariance`` the fused graph's fp32 invariance record (every verification row alone vs in its batch).
     """
     fused_path = path.with_name(path.stem + ".fused.onnx")
     record: dict[str, Any] = {"method": "onnxscript.rewriter.ort_fusions", "accepted": False}
@@ -107,11 +112,21 @@ def optimize_graph(
             record["reason"] = "nothing was fused; the unfused graph is kept"
             return record
         fused_session = create_session(fused_path)
-        report = verify_session(fused_session, cases, expected, target="fused model.onnx", **checks)
+        actual = run_cases(fused_session, cases)
+        report = compare_cases(cases, expected, actual, target="fused model.onnx", **checks)
         record["verification"] = report.summary()
         record["report"] = report
         if not report.passed:
             record["reason"] = report.message()
+            return record
+        run = functools.partial(run_onnx, fused_session)
+        invariance = case_invariance(cases, actual, alone_outputs(run, cases, padding_side=padding_side),
+                                     padding_side=padding_side, token_outputs=checks["token_outputs"],
+                                     decide=checks["decide"], tolerance=checks["atol"])
+        record["batch_invariance"] = invariance
+        if not invariance["passed"]:
+            record["reason"] = (f"the fused graph verified but is not batch-invariant (max abs diff "
+                                f"{invariance['max_abs_diff']:.2e}); kept unfused")
             return record
         ratios = speedups(create_session(path), fused_session, cases)
         record["speedup"] = min(ratios.values())

@@ -464,11 +464,13 @@ def export_onnx(
             from .optimize import optimize_graph
 
             with step("optimize") as info:
-                optimization = optimize_graph(staging / MODEL_FILE, cases, expected, checks=checks)
+                optimization = optimize_graph(staging / MODEL_FILE, cases, expected, checks=checks,
+                                              padding_side=padding_side)
                 info.update(accepted=optimization["accepted"], fused=optimization["fused"])
             variants["fp32"]["optimized"] = optimization["accepted"]
             fused_report = optimization.pop("report", None)
             if optimization["accepted"]:
+                variants["fp32"]["batch_invariance"] = optimization["batch_invariance"]  # the graph that ships
                 optimization["unfused_verification"] = report.summary()
                 report = fused_report
                 report.target = MODEL_FILE

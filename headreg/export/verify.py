@@ -7,6 +7,7 @@ Token-level outputs are compared on non-padding positions only.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -493,6 +494,30 @@ def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[
     return problems
 
 
+def _recheck_invariance(report: Report, session: Any, cases: list[Case], actual: list[dict[str, np.ndarray]],
+                        manifest: dict[str, Any], decide: Any, token_outputs: set[str], atol: float) -> None:
+    """fp32's batch invariance again, as the export measured it: every golden row alone vs in its batch."""
+    from .acceptance import alone_outputs, case_invariance
+
+    padding_side = str(manifest.get("padding_side", "right"))
+    recorded = (manifest.get("variants", {}).get("fp32", {}) or {}).get("batch_invariance") or {}
+    tolerance = float(recorded.get("tolerance", atol))
+    run = functools.partial(run_onnx, session)
+    record = case_invariance(cases, actual, alone_outputs(run, cases, padding_side=padding_side),
+                             padding_side=padding_side, token_outputs=token_outputs, decide=decide, tolerance=tolerance)
+    verdict = "passes" if record["passed"] else "FAILS"
+    report.notes.append(f"{report.target}: batch invariance, max abs diff {record['max_abs_diff']:.1e} over "
+                        f"{record['checks']} rows alone vs in their batch (tolerance {tolerance:g}), "
+                        f"{record['decisions_differ']} decisions differ: {verdict}")
+    if not record["passed"]:
+        report.problems.append(
+            f"{report.target}: a row's outputs now depend on its batch (max abs diff {record['max_abs_diff']:.2e} on "
+            f"{record['worst_output']}, tolerance {tolerance:g}); this onnxruntime build changed the model's "
+            "numerics: pin the onnxruntime the bundle was exported with, or export again and re-check"
+        )
+        report.problems_are = "the bundle is no longer batch-invariant here"
+
+
 def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Report:
     """Re-run a bundle's golden cases with the installed onnxruntime and re-check files and manifest.
 
@@ -501,7 +526,12 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
     """
 
     from ..manifest import (
-        GOLDEN_FILE, VERIFICATION_FILE, VERIFICATION_MAX_BYTES, bundle_path, read_json_file, read_manifest,
+        GOLDEN_FILE,
+        VERIFICATION_FILE,
+        VERIFICATION_MAX_BYTES,
+        bundle_path,
+        read_json_file,
+        read_manifest,
     )
     from ..runtime.session import create_session
 
@@ -528,11 +558,13 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
     cases, expected = load_golden(bundle_dir / GOLDEN_FILE, descriptions)
     decide, notes = _head_checks(manifest, _session_signature(session)[1])
     token_outputs = token_outputs_of(manifest)
-    report = verify_session(
-        session, cases, expected, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol, target=model_file
-    )
+    actual = run_cases(session, cases)
+    report = compare_cases(cases, expected, actual, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol,
+                           target=model_file)
     report.problems.extend(problems)
     report.notes.extend(notes)
+    if report.passed:
+        _recheck_invariance(report, session, cases, actual, manifest, decide, token_outputs, atol)
     int8 = manifest.get("variants", {}).get("int8")
     if int8 and decide is not None:
         from .quantize import golden_agreement
