@@ -5,6 +5,7 @@ Real exports and real onnxruntime sessions throughout; tiny random backbones exc
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -57,7 +58,7 @@ def test_a_model_whose_rows_depend_on_their_batchmates_is_not_exported(tmp_path)
             logits = super().forward(pooled_output, sequence_output, attention_mask)
             return logits - logits.mean(0, keepdim=True)
 
-    model = tiny_head_model("seq_cls")
+    model = copy.deepcopy(tiny_head_model("seq_cls"))  # the cached model is shared by other tests
     model.head.__class__ = BatchStatisticsHead
     with pytest.raises(VerificationFailed) as failed:
         export_onnx(model, tmp_path / "bundle", tokenizer=load_tokenizer(), exporter="torchscript")
