@@ -215,11 +215,30 @@ def _prediction_cells(result: Any) -> tuple[str, str]:
     return json.dumps(result, default=str), ""
 
 
+def _per_call_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``-o NAME=VALUE`` pairs as Predictor keywords; the Predictor checks names and values (InputError)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name.isidentifier():
+            usage_error(f"--option takes NAME=VALUE (e.g. --option thresholds=0.3), got {pair!r:.60}")
+        if name in options:
+            usage_error(f"--option {name}=... is given twice")
+        try:
+            options[name] = json.loads(text)
+        except ValueError:
+            options[name] = text  # aggregation=max: a plain string
+    return options
+
+
 @cli.command(short_help="Predict with an exported bundle (onnxruntime only, no torch).", epilog="""\b
 Examples:
   headreg predict ./bundle "I loved this film." "The service was terrible."
   headreg predict ./bundle --file texts.txt --json > predictions.json
-  cat texts.jsonl | headreg predict ./bundle --file - --variant int8""")
+  cat texts.jsonl | headreg predict ./bundle --file - --variant int8
+  headreg predict ./ner-bundle "Angela Merkel visited Paris." --option aggregation=max --option 'ignore_labels=["O"]'
+  headreg predict ./tags-bundle "a text" --option thresholds=0.3""")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.argument("texts", nargs=-1)
 @click.option("--file", "text_file", type=click.Path(dir_okay=False, allow_dash=True),
@@ -242,12 +261,15 @@ Examples:
 @click.option("--max-windows", type=click.IntRange(min=1), default=None,
               help="With --long-text window: the most windows one text may need; a longer text is refused, "
                    "not cut [default: 256].")
+@click.option("--option", "per_call", multiple=True, metavar="NAME=VALUE",
+              help="A per-call option of the head, as in Predictor.predict (docs/runtime.md): thresholds, aggregation, "
+              "ignore_labels, a plugin head's own; VALUE is JSON where it parses as JSON, else a string. Repeatable.")
 @click.option("--verify-files", is_flag=True,
               help="Also check the model file's sha256 against the manifest (small files always are).")
 def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
             threads: int | None, quantized: bool, variant: str | None, long_text: str | None,
             window_stride: int | None, window_reduce: str | None, max_windows: int | None,
-            verify_files: bool) -> None:
+            per_call: tuple[str, ...], verify_files: bool) -> None:
     """Predict with an exported BUNDLE: labels and scores per text (onnxruntime only; torch is not imported).
 
     Texts come as arguments, from --file, or both.
@@ -264,6 +286,9 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
         usage_error("give texts as arguments or with --file")
     if quantized and variant not in (None, "int8"):
         usage_error(f"--quantized asks for int8 but --variant asks for {variant}; give one of them")
+    extra = _per_call_options(per_call)
+    for name in {"long_text", "window_stride", "window_overlap", "window_reduce", "max_windows"} & set(extra):
+        usage_error(f"give {name} as --{name.replace('_', '-')}, not --option")
     from .plugins import stdout_to_stderr
 
     # A head's postprocess is plugin code: whatever it prints goes to stderr, so stdout holds only the results.
@@ -273,7 +298,8 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
         try:
             options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce,
                            max_windows=max_windows)
-            results = predictor.predict(items, **{name: value for name, value in options.items() if value is not None})
+            options = {name: value for name, value in options.items() if value is not None}
+            results = predictor.predict(items, **options, **extra)
         except InputError as exc:
             usage_error(str(exc))
     if as_json:
@@ -475,13 +501,19 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
         except ImportError as exc:
             usage_error(str(exc))
     from .runtime.cpus import available_cpus
-    from .serve.app import ServeConfig, configure_logging, create_app, serve as run_server
+    from .serve.app import ServeConfig, configure_logging, create_app, listen, serve as run_server
     from .serve.names import parse_bundle_args
 
     try:
         named = parse_bundle_args(bundles)
     except ValueError as exc:
         usage_error(str(exc))
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        usage_error(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another --port (0 picks a free one) "
+                    "or stop what is using this one")
+    port = sock.getsockname()[1]
     threads = threads or available_cpus()
     configure_logging(access=access_log)
     predictors = {
@@ -497,7 +529,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
         f"with {threads} thread(s) per model",
         err=True,
     )
-    sys.exit(run_server(create_app(predictors, config), host=host, port=port, keep_alive=keep_alive))
+    sys.exit(run_server(create_app(predictors, config), host=host, port=port, keep_alive=keep_alive, sock=sock))
 
 
 # --- export / verify: headreg/export/commands.py (torch and onnx are imported only when they run) ----------------
@@ -514,7 +546,15 @@ def _click_error(exc: click.ClickException) -> str:
     message = exc.format_message().rstrip(".")
     message = message[:1].lower() + message[1:]
     context = getattr(exc, "ctx", None)
+    if isinstance(exc, click.NoSuchOption) and context is not None and context.command.name == "predict":
+        from .runtime.inputs import RUNTIME_OPTIONS
+
+        name = exc.option_name.lstrip("-").replace("-", "_")
+        if name in RUNTIME_OPTIONS:  # a head's per-call option, typed as a flag
+            return f"no such option '{exc.option_name}'; per-call options go through --option: --option {name}=VALUE"
     if isinstance(exc, click.UsageError) and context is not None:
+        if message.endswith("?"):  # "no such option '--x'. Did you mean '--y'?" ends a sentence already
+            return f"{message} See '{context.command_path} --help'"
         return f"{message}; see '{context.command_path} --help'"
     return message
 

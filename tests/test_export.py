@@ -372,6 +372,9 @@ def test_saved_headreg_model_with_optimize_and_int8(tmp_path):
     rerun = invoke("verify", str(out))
     assert rerun.exit_code == 0, rerun.output
     assert "model.int8.onnx: decision agreement" in rerun.output
+    golden = f"{int8['golden_agreement']:.1%}"  # the figure verify holds int8 to is shown at export too
+    assert f"on the golden texts {golden} identical decisions" in " ".join(result.stdout.split())
+    assert f"(at export: {golden})" in " ".join(rerun.output.split())
 
 
 def test_real_minilm_backbone_with_a_fresh_head(tmp_path, minilm_path, capsys, monkeypatch):

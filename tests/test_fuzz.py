@@ -168,7 +168,7 @@ def test_token_options_are_checked_too(options):
     if "aggregation" in config:
         assert config["aggregation"] in post.AGGREGATIONS
     if "ignore_labels" in config:
-        assert all(isinstance(label, str) for label in config["ignore_labels"])
+        assert set(config["ignore_labels"]) <= {"O", "PER", "B-PER", "I-PER"}  # entity types or labels of the model
 
 
 # --- saved-model config ------------------------------------------------------------------------------------------

@@ -107,6 +107,7 @@ def test_good_threshold_values_still_work(multi):
         (dict(ignore_labels="O"), "ignore_labels must be a list of label names"),
         (dict(ignore_labels=[1]), "must contain label names"),
         (dict(aggregation="best"), "aggregation must be one of none, simple, first, average, max"),
+        (dict(ignore_labels=["O", "MISC"]), "ignore_labels names unknown entity label.s. 'MISC'; this model's are: O, PER"),
     ],
 )
 def test_bad_token_options_are_input_errors(ner, options, message):

@@ -56,6 +56,31 @@ def test_predict_reads_one_text_per_line_and_shows_entities(tmp_path):
     assert entities and f"{entities[0]['word']} [{entities[0]['label']}]" in table.stdout
 
 
+def test_predict_takes_the_heads_per_call_options(tmp_path):
+    """--option NAME=VALUE reaches Predictor.predict (JSON values, or plain strings), checked the same way; a
+    per-call option typed as a flag of its own is pointed at --option."""
+    bundle = str(tiny_bundle("token_cls"))
+    text = "Angela Merkel visited Paris."
+    result = run_headreg("predict", bundle, text, "--json", "--option", "aggregation=max",
+                         "--option", 'ignore_labels=["PER"]')
+    assert result.returncode == 0, result.stderr
+    expected = Predictor(bundle).predict([text], aggregation="max", ignore_labels=["PER"])
+    assert [row["result"] for row in json.loads(result.stdout)] == expected
+    assert all(entity["label"] != "PER" for entity in expected[0]["entities"])
+    for args, message in [
+        (("--option", "aggregation=best"), "error: aggregation must be one of none, simple, first, average, max"),
+        (("--option", 'ignore_labels=["MISC"]'), "error: ignore_labels names unknown entity label(s) 'MISC'"),
+        (("--option", "nope=1"), "error: unknown option 'nope' for head 'token_cls'"),
+        (("--option", "aggregation"), "error: --option takes NAME=VALUE"),
+        (("--aggregation", "max"), "error: no such option '--aggregation'; per-call options go through --option: "
+                                   "--option aggregation=VALUE"),
+        (("--thread", "2"), "error: no such option '--thread'. Did you mean '--threads'? See 'headreg predict --help'"),
+    ]:
+        failed = run_headreg("predict", bundle, text, *args)
+        assert failed.returncode == 2 and failed.stderr.startswith(message), (args, failed.stderr)
+        assert failed.stdout == ""
+
+
 def test_predict_does_not_import_torch():
     script = textwrap.dedent(f"""
         import sys

@@ -489,6 +489,23 @@ def test_bundle_arguments_are_checked_before_serving(bundles):
     assert missing.returncode == 2 and "no bundle directory" in missing.stderr
 
 
+def test_a_port_in_use_is_a_usage_error_before_any_bundle_loads(bundles):
+    """Another process listens on the port: exit 2 with what to do, in the one error style, and that process
+    keeps its port (the check binds, it does not take over)."""
+    from conftest import run_headreg
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_headreg("serve", str(bundles["seq_cls"]), "--port", str(port), timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+        assert "pass another --port" in result.stderr and "serving" not in result.stderr
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # still the first listener's
+
+
 # --- the batcher in this process: cross-request batches, made deterministic by queueing before the model starts ----
 
 

@@ -103,7 +103,8 @@ def print_summary(bundle: Any) -> None:
             f"int8 ({quant['kind']} {quant['format']}, {quant['method']} calibration on {quant['calibration_rows']} "
             f"texts, size {quant['size_ratio']:.0%} of fp32): {int8['acceptance']['summary']}; batch-invariant: "
             f"max abs diff {int8['batch_invariance']['max_abs_diff']:.1e} over {int8['batch_invariance']['checks']} "
-            f"checks (tolerance {int8['batch_invariance']['tolerance']:g})"
+            f"checks (tolerance {int8['batch_invariance']['tolerance']:g}); on the golden texts "
+            f"{int8['golden_agreement']:.1%} identical decisions (headreg verify holds it to one point less)"
         )
     if bundle.bf16 is not None:
         bf16 = bundle.bf16

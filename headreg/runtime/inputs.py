@@ -180,6 +180,15 @@ def _check_ignore_labels(value: Any, context: OptionContext) -> tuple[str, ...]:
         raise InputError(f"ignore_labels must be a list of label names (e.g. ['O']), got {value!r:.40}")
     if not all(isinstance(label, str) for label in value):
         raise InputError(f"ignore_labels must contain label names (strings), got {list(value)!r:.60}")
+    if context.labels:
+        from .postprocess import _split_tag
+
+        # entities are named by their type: "PER" for B-PER / I-PER; "O" only where the model has it
+        known = list(dict.fromkeys(_split_tag(label)[1] for label in context.labels))
+        unknown = [label for label in value if label not in known and label not in context.labels]
+        if unknown:
+            raise InputError(f"ignore_labels names unknown entity label(s) {', '.join(map(repr, unknown))}; "
+                             f"this model's are: {', '.join(known)}")
     return tuple(value)
 
 

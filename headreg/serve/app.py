@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -286,8 +287,27 @@ def configure_logging(access: bool = True, level: int = logging.INFO) -> None:
     log.setLevel(level)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now (uvicorn's way: SO_REUSEADDR, IPv6 for a host with a colon).
+
+    Bound before the bundles load, so a port in use is reported at once as the user's mistake, and handed to
+    uvicorn, so nothing can take the port in between. Port 0 takes a free one (``getsockname()`` says which).
+    Raises OSError.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeout: float = 30.0,
-          keep_alive: float = 75.0) -> int:
+          keep_alive: float = 75.0, sock: socket.socket | None = None) -> int:
     """Run ``app`` on uvicorn until SIGTERM/SIGINT; in-flight requests are answered; returns 0.
 
     ``keep_alive``: seconds an idle connection stays open. Longer than the idle timeout of common load
@@ -296,7 +316,8 @@ def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeo
 
     uvicorn re-raises the signal it caught after its graceful shutdown, which would kill the process with
     status 143 after everything went right. The handlers installed here are what it restores before
-    re-raising: they do nothing, so a graceful stop exits 0.
+    re-raising: they do nothing, so a graceful stop exits 0. ``sock``: a socket from :func:`listen` to serve on
+    (``host``/``port`` are then only what the config reports).
     """
     import uvicorn
 
@@ -309,7 +330,7 @@ def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeo
     previous = {sig: signal.signal(sig, lambda number, frame: stopped.append(number))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run()
+        server.run(sockets=[sock] if sock is not None else None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
