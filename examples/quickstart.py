@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModel, AutoTokenizer
 
 from headreg import attach_head, load_model
@@ -57,6 +58,7 @@ def main() -> None:
 def run(out: Path, steps: int) -> None:
     """Fine-tune, save to out/model, export to out/bundle, predict from the bundle."""
     torch.manual_seed(0)
+    transformers.logging.disable_progress_bar()  # transformers 5 draws a bar for every from_pretrained
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     model = attach_head(AutoModel.from_pretrained(minilm_path()), "seq_cls", num_labels=2, id2label=LABELS)
 

@@ -441,13 +441,14 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
         title=f"{default.head} · batch {batch_size} · {mean_tokens:.0f} tokens/row on average · {passes} passes",
         title_justify="left",
     )
-    for column in ("engine", "p50 ms", "p90 ms", "p99 ms", "rows/s", "padding", "vs torch"):
+    columns = ("engine", "p50 ms", "p90 ms", "p99 ms", "rows/s", "padding") + (("vs torch",) if torch_result else ())
+    for column in columns:
         table.add_column(column, justify="left" if column == "engine" else "right")
     for entry, result in zip(report["engines"], results):
         table.add_row(
             result.engine, f"{result.percentile(50):.1f}", f"{result.percentile(90):.1f}", f"{result.percentile(99):.1f}",
             f"{result.throughput:.1f}", f"{result.padded_tokens / max(result.tokens, 1) - 1:.0%}",
-            f"{entry['vs_torch']:.2f}x" if "vs_torch" in entry else "",
+            *([f"{entry['vs_torch']:.2f}x" if "vs_torch" in entry else ""] if torch_result else []),
         )
     out = console()
     out.print(table)

@@ -15,6 +15,7 @@ def test_quickstart_runs_and_predicts_after_verified_export(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cases verified" in result.stdout
+    assert "Loading weights" not in result.stderr  # transformers' progress bar is off in the example
     assert (tmp_path / "bundle" / "model.onnx").is_file() and (tmp_path / "model" / "head.safetensors").is_file()
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines[-3:-1]] == ["pos", "neg"]

@@ -158,6 +158,7 @@ def test_bench_on_a_corpus_compares_bucketing_with_arrival_order(tmp_path):
     result = bench("--texts", str(corpus), "--batch-size", "4", "--passes", "1", "--threads", "1")
     assert result.exit_code == 0, result.output
     assert "arrival order" in result.stdout and "length bucketing vs arrival order" in result.stdout
+    assert "vs torch" not in result.stdout  # no empty column without --compare-torch
     report = json.loads(bench("--texts", str(corpus), "--batch-size", "4", "--passes", "1", "--threads", "1", "--json").stdout)
     bucketed = report["engines"][0]
     arrival = next(engine for engine in report["engines"] if engine["engine"].endswith("arrival order"))

@@ -52,12 +52,17 @@ def print_report(report: Any, *, stderr: bool = False) -> None:
         table.add_row(case.name, "x".join(map(str, case.shape)), f"{lengths} ({case.padding_side})", *diffs, agreement, status)
     out = _cli().console(stderr=stderr)
     out.print(table)
-    out.print(f"{RULE} (atol={report.atol:g}, rtol={report.rtol:g}); '/ allowed' is the worst |diff| over that "
-              "bound: <= 1 passes")
+    _print_rule(out, report, "'/ allowed'")
     for problem in report.problems:
         out.print(f"[red]✗[/] {problem}")
     for note in report.notes:
         out.print(f"note: {note}")
+
+
+def _print_rule(out: Any, report: Any, column: str) -> None:
+    """The pass rule and how to read the ratio column, a line each (one long line wraps mid-phrase)."""
+    out.print(f"{RULE} (atol={report.atol:g}, rtol={report.rtol:g})")
+    out.print(f"{column}: the worst |diff| as a fraction of that bound; <= 1 passes")
 
 
 def print_summary(bundle: Any) -> None:
@@ -72,8 +77,7 @@ def print_summary(bundle: Any) -> None:
         ratio = diff.get("bound_ratio", 0.0)
         checks.add_row(name, f"{diff['abs']:.2e}", _ratio(ratio), "[green]pass[/]" if ratio <= 1 else "[red]FAIL[/]")
     out.print(checks)
-    out.print(f"{RULE} (atol={report.atol:g}, rtol={report.rtol:g}); 'worst / allowed' is the worst |diff| over that "
-              "bound: <= 1 passes")
+    _print_rule(out, report, "'worst / allowed'")
     files = Table(title="files", title_justify="left")
     files.add_column("file")
     files.add_column("size", justify="right")
