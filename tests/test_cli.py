@@ -40,3 +40,29 @@ def test_version():
 
     result = run_headreg("--version")
     assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_the_command_line_skips_the_final_collection_and_a_caller_of_main_does_not():
+    """``headreg`` as a process freezes the collector before it exits (its last pass costs about a second after
+    torch is imported, docs/export.md); ``main([...])`` called from Python leaves the caller's collector alone."""
+    import gc
+    import subprocess
+    import sys
+
+    from headreg.cli import main
+
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+             "from headreg.cli import main\n"
+             "sys.argv = ['headreg', 'heads', '--json']\n"
+             "main()\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("frozen True")
+    json.loads(done.stdout.rstrip()[: -len("frozen True")])  # the command's own output is whole before it
+    before = gc.get_freeze_count()
+    try:
+        main(["heads", "--json"])
+    except SystemExit as exit:
+        assert exit.code == 0
+    assert gc.get_freeze_count() == before
