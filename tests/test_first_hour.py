@@ -165,7 +165,7 @@ def test_export_onnx_from_python_is_silent_unless_asked(tmp_path, capfd):
 
 def test_verify_shows_the_rule_the_bound_ratio_and_the_int8_threshold(tmp_path, saved_model):
     from headreg.export import export_onnx
-    from headreg.export.verify import verify_bundle
+    from headreg.export import verify_bundle
 
     bundle = tmp_path / "bundle"
     export_onnx(tiny_model("seq_cls"), bundle, tokenizer=load_tokenizer(), quantize="int8", int8_min_agreement=0.5)

@@ -24,12 +24,13 @@ _LAZY = {
     "export_onnx": "headreg.export.pipeline",
     "Report": "headreg.export.verify",
     "VerificationFailed": "headreg.export.verify",
-    "verify_bundle": "headreg.export.verify",
+    "verify_bundle": "headreg.export.recheck",
 }
 
 if TYPE_CHECKING:
     from .pipeline import Bundle, export_onnx
-    from .verify import Report, VerificationFailed, verify_bundle
+    from .recheck import verify_bundle
+    from .verify import Report, VerificationFailed
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -278,7 +278,7 @@ def verify(bundle_dir: str, threads: int | None, as_json: bool) -> None:
     Works on a runtime-only install (no torch): then outputs are compared, decisions need headreg[torch].
     """
     from ..errors import BundleError
-    from .verify import verify_bundle
+    from .recheck import verify_bundle
 
     _cli().check_bundle(bundle_dir)
     try:

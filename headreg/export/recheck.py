@@ -1,0 +1,225 @@
+"""Re-checking a written bundle (``headreg verify``): files, manifest, golden cases, batch invariance, int8.
+
+Export verification (:mod:`.verify`) compares two engines on cases it makes; this module re-runs what a bundle
+recorded with the onnxruntime installed now, so an upgrade or a changed file shows before production does.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError
+from .acceptance import alone_outputs, case_invariance
+from .cases import Case
+from .verify import HeadCheck, Report, compare_cases, load_golden, run_cases, run_onnx
+
+
+def _head_checks(manifest: dict[str, Any], graph_outputs: dict[str, list]) -> tuple[list[HeadCheck] | None, list[str]]:
+    """Each bundle head's decisions() (imports the head classes, so torch), or notes saying why not.
+
+    A head is built only when its size fits its logits in the graph: a crafted ``num_labels`` must not make
+    verify allocate a head far larger than the model it checks.
+    """
+    from ..manifest import bundle_heads, is_multi_head
+
+    checks, notes = [], []
+    for entry in bundle_heads(manifest):
+        outputs = dict(entry.get("outputs") or {})
+        width = (graph_outputs.get(outputs.get("logits", "logits")) or [None])[-1]
+        num_labels = (entry.get("config") or {}).get("num_labels")
+        if not isinstance(width, int) or not isinstance(num_labels, int) or num_labels > width + 1:
+            notes.append(f"decisions not compared: head {entry.get('name')!r}: its num_labels ({num_labels}) does not "
+                         f"fit the graph's logits {outputs.get('logits', 'logits')!r} (width {width})")
+            continue
+        try:
+            from ..heads.base import build_config
+            from ..registry import get_head
+
+            spec = get_head(entry["head"])
+            head_cls = spec.load_class()
+            config = build_config(head_cls.config_class, spec.name, dict(entry.get("config", {})))
+            head = head_cls(config, int(manifest["backbone"]["hidden_size"]))
+        except ImportError as exc:
+            if "torch" in str(exc):  # a runtime-only install: expected, not a failure
+                notes.append("checked with onnxruntime only (torch is not installed): files, manifest and every output "
+                             "against the golden outputs; decisions and the int8 variant are compared with "
+                             "headreg[torch] installed")
+                break
+            notes.append(f"decisions not compared: head {entry.get('name')!r} cannot be imported here ({exc})")
+            continue
+        except Exception as exc:  # plugin missing, changed config fields: verify the numbers anyway
+            notes.append(f"decisions not compared: head {entry.get('name')!r} could not be built here ({exc})")
+            continue
+        identity = all(local == graph for local, graph in outputs.items())
+        name = str(entry.get("name")) if is_multi_head(manifest) else ""
+        checks.append(HeadCheck(name, head.decisions, entry.get("level") == "token", None if identity else outputs))
+    return (checks or None), notes
+
+
+def token_outputs_of(manifest: dict[str, Any]) -> set[str]:
+    from ..manifest import bundle_heads
+
+    return {
+        (entry.get("outputs") or {}).get("logits", "logits")
+        for entry in bundle_heads(manifest)
+        if entry.get("level") == "token"
+    }
+
+
+def _session_signature(session: Any) -> tuple[dict[str, list], dict[str, list]]:
+    """Input and output dims as onnxruntime sees them: torch- and onnx-free, so a runtime-only install verifies."""
+    def dims(arg: Any) -> list:
+        return [0 if d is None else d for d in arg.shape]
+
+    return {i.name: dims(i) for i in session.get_inputs()}, {o.name: dims(o) for o in session.get_outputs()}
+
+
+def _bundle_problems(bundle_dir: Path, manifest: dict[str, Any], recorded: dict[str, Any], session: Any) -> list[str]:
+    """Files changed since export, or a manifest that no longer describes the graph."""
+    from ..manifest import MANIFEST_FILE, bundle_path, sha256_file
+
+    problems = []
+    if recorded.get("manifest_sha256") and recorded["manifest_sha256"] != sha256_file(bundle_dir / MANIFEST_FILE):
+        problems.append(f"{MANIFEST_FILE} was modified after export (its sha256 differs from the one recorded in "
+                        "verification.json); export the bundle again")
+    for name, digest in manifest.get("files", {}).items():
+        try:
+            path = bundle_path(bundle_dir, name)
+        except BundleError as exc:
+            problems.append(str(exc))
+            continue
+        if not path.is_file():
+            problems.append(f"{name} is listed in the manifest but missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{name} was modified after export (sha256 differs from the manifest); export again")
+    tokenizer = manifest.get("tokenizer", {})
+    tok_path = bundle_path(bundle_dir, tokenizer.get("file", "tokenizer.json"), what="tokenizer file")
+    if tok_path.is_file() and tokenizer.get("sha256") and sha256_file(tok_path) != tokenizer["sha256"]:
+        problems.append(f"{tok_path.name} was modified after export (sha256 differs from the manifest)")
+    if session is None:
+        return problems
+    inputs, outputs = _session_signature(session)
+    if list(inputs) != list(manifest.get("inputs", [])):
+        problems.append(f"manifest inputs {manifest.get('inputs')} do not match the graph's {list(inputs)}")
+    # The manifest is written with sorted keys, so compare names, not order (head extras follow the graph order).
+    if sorted(outputs) != sorted(manifest.get("outputs", {})):
+        problems.append(f"manifest outputs {list(manifest.get('outputs', {}))} do not match the graph's {list(outputs)}")
+    # Compare with the dims recorded at export, not num_labels: an ordinal head has num_labels - 1 logits.
+    for name, dims in outputs.items():
+        declared = (manifest.get("outputs") or {}).get(name)
+        if isinstance(declared, list) and declared != dims:
+            problems.append(f"manifest output {name} has dims {declared} but the graph's has {dims}")
+    from ..manifest import bundle_heads, is_multi_head
+
+    listed = manifest.get("heads")
+    if not is_multi_head(manifest) and isinstance(listed, list):
+        effective = bundle_heads(manifest)[0]
+        fields = ("head", "postprocess", "postprocess_config", "num_labels", "id2label", "outputs")
+        if len(listed) != 1 or any(listed[0].get(key) != effective.get(key) for key in fields):
+            problems.append("manifest heads list does not describe the bundle's single head (head, postprocess, "
+                            "labels or outputs differ from the top-level fields); export the bundle again")
+    elif is_multi_head(manifest) and not listed:
+        problems.append("manifest says multi_head but lists no heads; export the bundle again")
+    for entry in bundle_heads(manifest):
+        id2label, num_labels = entry.get("id2label") or {}, entry.get("num_labels")
+        if len(id2label) not in (0, num_labels):
+            problems.append(f"head {entry.get('name')!r}: manifest id2label has {len(id2label)} labels, num_labels={num_labels}")
+        missing = sorted(set((entry.get("outputs") or {}).values()) - set(outputs))
+        if missing:
+            problems.append(f"head {entry.get('name')!r} names outputs {missing} that the graph does not have")
+    return problems
+
+
+def _recheck_invariance(report: Report, session: Any, cases: list[Case], actual: list[dict[str, np.ndarray]],
+                        manifest: dict[str, Any], decide: Any, token_outputs: set[str], atol: float) -> None:
+    """fp32's batch invariance again, as the export measured it: every golden row alone vs in its batch."""
+    padding_side = str(manifest.get("padding_side", "right"))
+    recorded = (manifest.get("variants", {}).get("fp32", {}) or {}).get("batch_invariance") or {}
+    tolerance = float(recorded.get("tolerance", atol))
+    run = functools.partial(run_onnx, session)
+    record = case_invariance(cases, actual, alone_outputs(run, cases, padding_side=padding_side),
+                             padding_side=padding_side, token_outputs=token_outputs, decide=decide, tolerance=tolerance)
+    verdict = "passes" if record["passed"] else "FAILS"
+    report.notes.append(f"{report.target}: batch invariance, max abs diff {record['max_abs_diff']:.1e} over "
+                        f"{record['checks']} rows alone vs in their batch (tolerance {tolerance:g}), "
+                        f"{record['decisions_differ']} decisions differ: {verdict}")
+    if not record["passed"]:
+        report.problems.append(
+            f"{report.target}: a row's outputs now depend on its batch (max abs diff {record['max_abs_diff']:.2e} on "
+            f"{record['worst_output']}, tolerance {tolerance:g}); this onnxruntime build changed the model's "
+            "numerics: pin the onnxruntime the bundle was exported with, or export again and re-check"
+        )
+        report.problems_are = "the bundle is no longer batch-invariant here"
+
+
+def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Report:
+    """Re-run a bundle's golden cases with the installed onnxruntime and re-check files and manifest.
+
+    >>> verify_bundle("bundle/").passed     # doctest: +SKIP
+    True
+    """
+
+    from ..manifest import (
+        GOLDEN_FILE,
+        VERIFICATION_FILE,
+        VERIFICATION_MAX_BYTES,
+        bundle_path,
+        read_json_file,
+        read_manifest,
+    )
+    from ..runtime.session import create_session
+
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    for name in (VERIFICATION_FILE, GOLDEN_FILE):
+        if not (bundle_dir / name).is_file():
+            raise BundleError(f"{bundle_dir} has no {name}; it was not written by 'headreg export' or is incomplete")
+    try:
+        recorded = read_json_file(bundle_dir / VERIFICATION_FILE, VERIFICATION_MAX_BYTES)
+        descriptions = recorded["case_results"]
+        settings = manifest["verification"]
+        atol, rtol = float(settings["atol"]), float(settings["rtol"])
+    except (BundleError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{bundle_dir} has an unreadable verification record: {exc}") from exc
+    model_file = manifest.get("variants", {}).get("fp32", {}).get("file", "model.onnx")
+    model_path = bundle_path(bundle_dir, model_file, what="fp32 model file")
+    try:
+        session = create_session(model_path, threads=threads)
+    except Exception as exc:  # onnxruntime's own exception types
+        problems = _bundle_problems(bundle_dir, manifest, recorded, None)
+        return Report([], atol, rtol, model_file, problems=problems + [f"onnxruntime cannot load {model_file}: {exc}"])
+    problems = _bundle_problems(bundle_dir, manifest, recorded, session)
+    cases, expected = load_golden(bundle_dir / GOLDEN_FILE, descriptions)
+    decide, notes = _head_checks(manifest, _session_signature(session)[1])
+    token_outputs = token_outputs_of(manifest)
+    actual = run_cases(session, cases)
+    report = compare_cases(cases, expected, actual, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol,
+                           target=model_file)
+    report.problems.extend(problems)
+    report.notes.extend(notes)
+    if report.passed:
+        _recheck_invariance(report, session, cases, actual, manifest, decide, token_outputs, atol)
+    int8 = manifest.get("variants", {}).get("int8")
+    if int8 and decide is not None:
+        from .quantize import golden_agreement
+
+        try:
+            int8_session = create_session(bundle_path(bundle_dir, int8["file"], what="int8 model file"), threads=threads)
+        except Exception as exc:  # missing or corrupt file: onnxruntime's own exception types
+            report.problems.append(f"onnxruntime cannot load {int8['file']}: {exc}; export again with --quantize int8")
+            return report
+        agreement = golden_agreement(int8_session, cases, expected, decide)
+        # format-1 bundles recorded decision_agreement/min_agreement; later ones the golden figure itself
+        recorded = float(int8.get("golden_agreement", int8.get("decision_agreement", 0.0)))
+        floor = recorded - 0.01 if "golden_agreement" in int8 else float(int8.get("min_agreement", 0.95))
+        verdict = "passes" if agreement >= floor else "FAILS"
+        report.notes.append(f"{int8['file']}: decision agreement {agreement:.1%} on the golden texts, required >= "
+                            f"{floor:.1%} (at export: {recorded:.1%}): {verdict}")
+        if agreement < floor:
+            report.problems.append(f"{int8['file']}: decision agreement {agreement:.1%} on the golden texts is below "
+                                   f"the {floor:.1%} it was exported at (less one point); export again")
+    return report
