@@ -53,6 +53,17 @@ def test_openvino_fp32_runs_the_same_model_as_onnxruntime():
 
 
 @needs_openvino
+def test_openvino_threads_are_not_pinned_unless_asked(monkeypatch):
+    """Pinned, every process on a host takes the same cores (Ray actors, Spark workers, server replicas);
+    HEADREG_OPENVINO_PINNING=1 restores OpenVINO's pinning for a host that runs one process."""
+    model = tiny_bundle("seq_cls") / "model.onnx"
+    monkeypatch.delenv("HEADREG_OPENVINO_PINNING", raising=False)
+    assert OpenVINOBackend(model, threads=1, precision="fp32").compiled.get_property("ENABLE_CPU_PINNING") is False
+    monkeypatch.setenv("HEADREG_OPENVINO_PINNING", "1")
+    assert OpenVINOBackend(model, threads=1, precision="fp32").compiled.get_property("ENABLE_CPU_PINNING") is True
+
+
+@needs_openvino
 def test_openvino_backend_can_be_shared_by_threads():
     bundle = tiny_bundle("seq_cls")
     predictor = Predictor(bundle, variant="fp32")

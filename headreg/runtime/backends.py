@@ -82,6 +82,10 @@ class OpenVINOBackend:
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
             "PERFORMANCE_HINT": "LATENCY",
+            # OpenVINO pins its threads to cores by default, and every process picks the same ones: two Ray actors,
+            # Spark workers or server replicas on one host then share one core (measured: 2 processes x 1 thread
+            # 76 rows/s each pinned, 155 each unpinned; benchmarks/scale_out.py). The OS scheduler spreads them.
+            "ENABLE_CPU_PINNING": os.environ.get("HEADREG_OPENVINO_PINNING", "0") == "1",
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
