@@ -506,6 +506,33 @@ def test_a_port_in_use_is_a_usage_error_before_any_bundle_loads(bundles):
             pass  # still the first listener's
 
 
+def test_port_0_serves_on_a_free_port_and_names_it(bundles, tmp_path):
+    import re
+
+    log = tmp_path / "server.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", TORCH_FREE_MAIN, "serve", str(bundles["seq_cls"]), "--port", "0",
+                                    "--threads", "1"], stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline, port = time.monotonic() + 90, None
+            while time.monotonic() < deadline and process.poll() is None:
+                found = re.search(r"on http://127\.0\.0\.1:(\d+) ", log.read_text())
+                if found and port is None:
+                    port = int(found.group(1))
+                if port:
+                    try:
+                        if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                time.sleep(0.1)
+            assert port and port != 0, log.read_text()
+            assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json() == {"status": "ok"}
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+
+
 # --- the batcher in this process: cross-request batches, made deterministic by queueing before the model starts ----
 
 
