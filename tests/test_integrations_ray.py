@@ -177,6 +177,10 @@ def test_serve_deployment_over_http(ray_cluster):
 
         embedded = httpx.post(f"{base}/sentiment/embed", json={"inputs": TEXTS[:3]}, timeout=60).json()
         assert embedded == {"model": "sentiment", "embeddings": predictor.embed(TEXTS[:3]).tolist()}
+        windowed = {"long_text": "window", "window_stride": 16}
+        embedded = httpx.post(f"{base}/sentiment/embed", json={"inputs": ["word " * 300], "parameters": windowed},
+                              timeout=60).json()
+        assert embedded["embeddings"] == predictor.embed(["word " * 300], **windowed).tolist()
 
         bad = httpx.post(f"{base}/sentiment/predict", content=b'{"inputs": ["a", 3]}', timeout=60)
         assert bad.status_code == 422 and "inputs[1]" in bad.json()["error"]

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import pip_install, session_dir, write_plugin
 from prometheus_client.parser import text_string_to_metric_families
@@ -258,6 +259,16 @@ def test_embed_returns_pooled_output_per_input(server, predictors):
     body = response.json()
     assert body["model"] == "regression" and len(body["embeddings"]) == 3
     assert_same(body["embeddings"], expected.tolist())
+    # the long-text options of Predictor.embed, through "parameters" as for predict
+    long = ["word " * 300, TEXTS[0]]
+    options = {"long_text": "window", "window_stride": 16, "window_reduce": "max"}
+    windowed = post(f"{server.url}/v1/models/regression/embed", {"inputs": long, "parameters": options})
+    assert windowed.status_code == 200, windowed.text
+    expected = predictors["regression"].embed(long, **options)
+    assert_same(windowed.json()["embeddings"], expected.tolist())
+    assert not np.allclose(expected[0], predictors["regression"].embed(long[0]))  # the windows made a difference
+    bad = post(f"{server.url}/v1/models/regression/embed", {"inputs": long, "parameters": {"long_text": "pages"}})
+    assert bad.status_code == 422 and "long_text" in bad.json()["error"]
 
 
 @pytest.mark.parametrize(

@@ -204,7 +204,7 @@ class BundleServer:
             if kind == "predict":
                 inputs, parameters = parse_predict_request(payload, max_inputs=self.max_input_texts)
             else:
-                inputs, parameters = parse_embed_request(payload, max_inputs=self.max_input_texts), {}
+                inputs, parameters = parse_embed_request(payload, max_inputs=self.max_input_texts)
             result = await self._batched((kind, inputs, parameters))
             if isinstance(result, InputError):
                 raise RequestError(422, str(result))

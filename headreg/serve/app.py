@@ -156,7 +156,7 @@ async def _infer(request: Request, state: _State, kind: str) -> Response:
         if kind == "predict":
             inputs, parameters = parse_predict_request(payload, max_inputs=limit)
         else:
-            inputs, parameters = parse_embed_request(payload, max_inputs=limit), {}
+            inputs, parameters = parse_embed_request(payload, max_inputs=limit)
         _log(request, inputs=len(inputs))
         try:
             result = await batcher.submit(inputs, kind=kind, parameters=parameters, stats=request.scope.setdefault("headreg.log", {}))

@@ -15,7 +15,7 @@ import json
 from typing import Any, Mapping, Sequence
 
 PREDICT_FIELDS = ("inputs", "parameters")
-EMBED_FIELDS = ("inputs",)
+EMBED_FIELDS = ("inputs", "parameters")
 
 
 class RequestError(Exception):
@@ -45,17 +45,21 @@ def parse_json(body: bytes) -> Any:
 
 def parse_predict_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
     """``{"inputs": [...], "parameters": {...}}`` -> (inputs, parameters); pairs come back as tuples."""
-    body = _object(payload, PREDICT_FIELDS)
+    return _inputs_and_parameters(_object(payload, PREDICT_FIELDS), max_inputs)
+
+
+def parse_embed_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
+    """``{"inputs": [...], "parameters": {...}}`` -> (inputs, parameters), as for predict; what an embedding
+    uses of them is the long-text options (``long_text``, ``window_stride``, ``window_reduce``, ``max_windows``)."""
+    return _inputs_and_parameters(_object(payload, EMBED_FIELDS), max_inputs)
+
+
+def _inputs_and_parameters(body: dict[str, Any], max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
     parameters = body.get("parameters")
     parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
         raise RequestError(422, f"'parameters' must be a JSON object of per-call options, got {_kind(parameters)}")
     return parse_inputs(body.get("inputs"), max_inputs=max_inputs), dict(parameters)
-
-
-def parse_embed_request(payload: Any, *, max_inputs: int) -> list[Any]:
-    """``{"inputs": [...]}`` -> inputs."""
-    return parse_inputs(_object(payload, EMBED_FIELDS).get("inputs"), max_inputs=max_inputs)
 
 
 def parse_inputs(inputs: Any, *, max_inputs: int) -> list[Any]:
