@@ -226,7 +226,6 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
             else:
                 actual, alone = onnxruntime_side()
             report = compare_cases(cases, expected, actual, **checks)
-            info.update(cases=len(cases), passed=report.passed)
             if report.passed:
                 invariance = acc.case_invariance(cases, actual, alone, padding_side=padding_side,
                                                  token_outputs=checks["token_outputs"], decide=checks["decide"],
@@ -235,6 +234,7 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
                 if not invariance["passed"]:
                     report.problems.append(_not_invariant(invariance))
                     report.problems_are = "onnxruntime agrees with PyTorch, but the model is not batch-invariant"
+            info.update(cases=len(cases), passed=report.passed)
         if report.passed or last:
             report.notes.extend(f"tried first: {failure}" for failure in earlier)
             report.raise_for_failure()
