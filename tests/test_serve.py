@@ -75,10 +75,11 @@ def register_heads(register):
 class Server:
     """``headreg serve`` in a subprocess; stderr (the JSON access log) goes to a file."""
 
-    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None):
-        self.port = _free_port()
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None):
+        """``port=0``: the server picks a free port, read from its "serving ... on http://..." line."""
+        self.port = _free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / f"server-{self.port}.log"
+        self.log = tmp / f"server-{self.port or 'any'}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("HEADREG_")}
         full_env.update(env or {})
         self._stderr = self.log.open("w")
@@ -89,10 +90,19 @@ class Server:
         self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 90.0) -> None:
+        import re
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
+            if self.port == 0:
+                announced = re.search(r"on http://127\.0\.0\.1:(\d+) ", self.log.read_text())
+                if announced is None:
+                    time.sleep(0.1)
+                    continue
+                self.port = int(announced.group(1))
+                self.url = f"http://127.0.0.1:{self.port}"
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
@@ -518,30 +528,12 @@ def test_a_port_in_use_is_a_usage_error_before_any_bundle_loads(bundles):
 
 
 def test_port_0_serves_on_a_free_port_and_names_it(bundles, tmp_path):
-    import re
-
-    log = tmp_path / "server.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen([sys.executable, "-c", TORCH_FREE_MAIN, "serve", str(bundles["seq_cls"]), "--port", "0",
-                                    "--threads", "1"], stdout=subprocess.DEVNULL, stderr=stderr)
-        try:
-            deadline, port = time.monotonic() + 90, None
-            while time.monotonic() < deadline and process.poll() is None:
-                found = re.search(r"on http://127\.0\.0\.1:(\d+) ", log.read_text())
-                if found and port is None:
-                    port = int(found.group(1))
-                if port:
-                    try:
-                        if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                time.sleep(0.1)
-            assert port and port != 0, log.read_text()
-            assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json() == {"status": "ok"}
-        finally:
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0
+    server = Server(tmp_path, str(bundles["seq_cls"]), port=0)  # healthy on the port its stderr names
+    try:
+        assert server.port != 0
+        assert httpx.get(f"{server.url}/health", timeout=5).json() == {"status": "ok"}
+    finally:
+        assert server.stop() == 0
 
 
 # --- the batcher in this process: cross-request batches, made deterministic by queueing before the model starts ----
