@@ -216,7 +216,7 @@ def _prediction_cells(result: Any) -> tuple[str, str]:
 
 
 def _per_call_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``-o NAME=VALUE`` pairs as Predictor keywords; the Predictor checks names and values (InputError)."""
+    """``--option NAME=VALUE`` pairs as Predictor keywords; the Predictor checks names and values (InputError)."""
     options: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")

@@ -181,10 +181,10 @@ def _check_ignore_labels(value: Any, context: OptionContext) -> tuple[str, ...]:
     if not all(isinstance(label, str) for label in value):
         raise InputError(f"ignore_labels must contain label names (strings), got {list(value)!r:.60}")
     if context.labels:
-        from .postprocess import _split_tag
+        from .postprocess import entity_type
 
         # entities are named by their type: "PER" for B-PER / I-PER; "O" only where the model has it
-        known = list(dict.fromkeys(_split_tag(label)[1] for label in context.labels))
+        known = list(dict.fromkeys(entity_type(label) for label in context.labels))
         unknown = [label for label in value if label not in known and label not in context.labels]
         if unknown:
             raise InputError(f"ignore_labels names unknown entity label(s) {', '.join(map(repr, unknown))}; "

@@ -210,6 +210,11 @@ def _split_tag(label: str) -> tuple[str, str]:
     return "I", label
 
 
+def entity_type(label: str) -> str:
+    """The name an entity of this token label gets: "PER" for "B-PER" and "I-PER", the label itself otherwise."""
+    return _split_tag(label)[1]
+
+
 def aggregate_tokens(
     label_ids: Sequence[int] | np.ndarray,
     scores: np.ndarray,
