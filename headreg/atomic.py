@@ -249,7 +249,9 @@ def check_target(
         raise SaveLoadError(f"{target} exists and is not a directory; remove it or choose another output directory")
     if is_nonempty(target):
         if not overwrite:
-            raise SaveLoadError(f"{target} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+            raise SaveLoadError(
+                f"{target} exists and is not empty; pass --overwrite (Python: overwrite=True) to replace it"
+            )
         if replaceable is not None and not replaceable(target):
             raise SaveLoadError(
                 f"{target} is not empty and is not a {what}, so overwrite does not replace it (it only replaces "
