@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import HeadregError
-from ..runtime.batching import pad_batch, plan_batches
+from ..runtime.batching import pad_batch, plan_batches, real_span
 from .verify import HeadCheck, as_checks
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -167,7 +167,7 @@ def _rows(value: np.ndarray, mask: np.ndarray, padding_side: str) -> list[np.nda
     """Per-row real positions of a [batch, sequence, ...] array."""
     lengths = mask.sum(1).astype(int)
     width = value.shape[1]
-    return [value[r, width - n :] if padding_side == "left" else value[r, :n] for r, n in enumerate(lengths)]
+    return [value[r, real_span(width, n, padding_side)] for r, n in enumerate(lengths)]
 
 
 @dataclass
@@ -377,13 +377,21 @@ def alone_outputs(run: Run, cases: Sequence[Any], *, padding_side: str) -> list[
         rows: list[Any] = []
         width = mask.shape[1]
         for position, length in enumerate(mask.sum(1).astype(int).tolist()):
-            span = slice(width - length, width) if padding_side == "left" else slice(0, length)
+            span = real_span(width, length, padding_side)
             try:
                 rows.append(run({name: value[position : position + 1, span] for name, value in case.inputs.items()}))
             except Exception as exc:  # onnxruntime raises its own exception types per failure
                 rows.append(exc)
         results.append(rows)
     return results
+
+
+def session_invariance(run: Run, cases: Sequence[Any], outputs: Sequence[dict[str, np.ndarray]], *,
+                       padding_side: str, token_outputs: set[str], decide: Any = None,
+                       tolerance: float = INVARIANCE_TOLERANCE) -> dict[str, Any]:
+    """:func:`alone_outputs` then :func:`case_invariance`, for a caller with nothing to run beside the batch-1 runs."""
+    return case_invariance(cases, outputs, alone_outputs(run, cases, padding_side=padding_side),
+                           padding_side=padding_side, token_outputs=token_outputs, decide=decide, tolerance=tolerance)
 
 
 def case_invariance(cases: Sequence[Any], outputs: Sequence[dict[str, np.ndarray]], alone: Sequence[list[Any] | None],

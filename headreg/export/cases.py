@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..data import sentences
+from ..runtime.batching import real_span
 
 # Short, long, empty, punctuation-only, non-English and number-heavy texts: they tokenize very differently.
 TEXTS = (
@@ -94,7 +95,7 @@ def random_case(
     types = np.zeros((batch, width), dtype=np.int64)
     for row, length in enumerate(lengths):
         length = max(1, min(length, width))
-        span = slice(width - length, width) if padding_side == "left" else slice(0, length)
+        span = real_span(width, length, padding_side)
         ids[row, span] = rng.integers(low, vocab_size, size=length)
         mask[row, span] = 1
         segment = np.zeros(length, dtype=np.int64)

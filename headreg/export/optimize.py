@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..runtime.session import create_session
-from .acceptance import alone_outputs, case_invariance
+from .acceptance import session_invariance
 from .cases import Case
 from .verify import compare_cases, run_cases, run_onnx
 
@@ -119,10 +119,9 @@ def optimize_graph(
         if not report.passed:
             record["reason"] = report.message()
             return record
-        run = functools.partial(run_onnx, fused_session)
-        invariance = case_invariance(cases, actual, alone_outputs(run, cases, padding_side=padding_side),
-                                     padding_side=padding_side, token_outputs=checks["token_outputs"],
-                                     decide=checks["decide"], tolerance=checks["atol"])
+        invariance = session_invariance(functools.partial(run_onnx, fused_session), cases, actual,
+                                        padding_side=padding_side, token_outputs=checks["token_outputs"],
+                                        decide=checks["decide"], tolerance=checks["atol"])
         record["batch_invariance"] = invariance
         if not invariance["passed"]:
             record["reason"] = (f"the fused graph verified but is not batch-invariant (max abs diff "

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError
-from .acceptance import alone_outputs, case_invariance
+from .acceptance import session_invariance
 from .cases import Case
 from .verify import HeadCheck, Report, compare_cases, load_golden, run_cases, run_onnx
 
@@ -140,9 +140,8 @@ def _recheck_invariance(report: Report, session: Any, cases: list[Case], actual:
     padding_side = str(manifest.get("padding_side", "right"))
     recorded = (manifest.get("variants", {}).get("fp32", {}) or {}).get("batch_invariance") or {}
     tolerance = float(recorded.get("tolerance", atol))
-    run = functools.partial(run_onnx, session)
-    record = case_invariance(cases, actual, alone_outputs(run, cases, padding_side=padding_side),
-                             padding_side=padding_side, token_outputs=token_outputs, decide=decide, tolerance=tolerance)
+    record = session_invariance(functools.partial(run_onnx, session), cases, actual, padding_side=padding_side,
+                                token_outputs=token_outputs, decide=decide, tolerance=tolerance)
     verdict = "passes" if record["passed"] else "FAILS"
     report.notes.append(f"{report.target}: batch invariance, max abs diff {record['max_abs_diff']:.1e} over "
                         f"{record['checks']} rows alone vs in their batch (tolerance {tolerance:g}), "

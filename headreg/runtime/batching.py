@@ -44,6 +44,11 @@ def plan_batches(
     return batches
 
 
+def real_span(width: int, length: int, padding_side: str) -> slice:
+    """Where a row's ``length`` real tokens sit in a row padded to ``width`` on ``padding_side``."""
+    return slice(width - length, width) if padding_side == "left" else slice(0, length)
+
+
 def pad_batch(
     encodings: Sequence[Any], input_names: Sequence[str], pad_id: int, padding_side: str = "right", dtype=np.int64,
     width: int | None = None, multiple: int = 1,
