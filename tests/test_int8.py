@@ -236,3 +236,74 @@ def test_int8_export_json_is_json_only(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["passed"] and "int8" in summary["variants"]
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_calibration_takes_any_number_of_rows_with_every_method(int8_bundle, method, tmp_path):
+    """Histogram calibrators stack every batch's activations: a short last batch (34, 66, 126 texts in batches of
+    8) once crashed with a raw 'inhomogeneous shape'. Any row count calibrates now, with every method."""
+    from tokenizers import Tokenizer
+
+    from headreg.export.quantize import calibration_batches, quantize_static_int8
+
+    bundle = int8_bundle("bert", "token_cls")
+    names = [i.name for i in create_session(bundle.path / "model.onnx").get_inputs()]
+    texts = [f"calibration text {i}: " + SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] * (1 + i % 3) for i in range(66)]
+    for count in (1, 7, 9, 66):
+        feeds = acc.make_batches(Tokenizer.from_file(str(bundle.path / "tokenizer.json")), texts[:count], input_names=names, max_length=128, pad_id=0,
+                                 padding_side="right", batch_size=8).feeds
+        batches = calibration_batches(feeds)
+        assert len({tuple(b["input_ids"].shape) for b in batches}) == 1, "one shape for every batch"
+        assert sum(len(b["input_ids"]) for b in batches) == count
+        path = tmp_path / f"{method}-{count}.int8.onnx"
+        record = quantize_static_int8(bundle.path / "model.onnx", path, feeds, method=method)
+        assert record["calibration_rows"] == count and record["method"] == method
+        logits = create_session(path).run(["logits"], {k: v for k, v in feeds[0].items() if k in names})[0]
+        assert np.isfinite(logits).all()
+
+
+def test_calibration_batches_keep_a_left_padded_rows_last_token_last():
+    from headreg.export.quantize import calibration_batches
+
+    wide = {"input_ids": np.full((2, 5), 7), "attention_mask": np.ones((2, 5), np.int64)}
+    left = {"input_ids": np.array([[0, 7, 7], [7, 7, 7]]), "attention_mask": np.array([[0, 1, 1], [1, 1, 1]])}
+    batches = calibration_batches([wide, left])
+    assert [b["attention_mask"].shape for b in batches] == [(4, 5)]
+    assert batches[0]["attention_mask"][2:].tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("count", [1, 7, 9])
+def test_too_few_calibration_texts_is_a_one_line_usage_error_before_torch_loads(count, minilm_path, tmp_path):
+    """16 distinct texts at least: half calibrate, half are held out to accept int8. Said in one line, exit 2,
+    before the source is loaded, nothing written."""
+    import subprocess
+    import sys
+
+    (tmp_path / "texts.txt").write_text("".join(f"text number {i}\n" for i in range(count)))
+    result = subprocess.run(
+        [sys.executable, "-m", "headreg.cli", "export", str(minilm_path), "--head", "seq_cls", "--num-labels", "2",
+         "-o", str(tmp_path / "bundle"), "--quantize", "int8", "--calibration-texts", str(tmp_path / "texts.txt")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "give at least 16" in lines[0], result.stderr
+    assert f"{count} distinct calibration texts" in lines[0]
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_int8_export_with_66_calibration_texts(method, tmp_path):
+    from click.testing import CliRunner
+
+    from headreg.cli import cli
+
+    tiny_model("bert", "seq_cls").save_pretrained(tmp_path / "saved", tokenizer=load_tokenizer())
+    (tmp_path / "texts.txt").write_text("".join(f"review {i}: {SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]}\n" for i in range(66)))
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "saved"), "-o", str(tmp_path / "bundle"), "--quantize",
+                                      "int8", "--calibration-texts", str(tmp_path / "texts.txt"), "--calibration-method",
+                                      method, "--min-agreement", "0", "--exporter", "torchscript"])
+    assert result.exit_code == 0, result.output
+    quantization = read_manifest(tmp_path / "bundle")["variants"]["int8"]["quantization"]
+    assert (quantization["method"], quantization["calibration_rows"]) == (method, 33)

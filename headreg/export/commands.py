@@ -201,10 +201,13 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
         if quantize is None and not bf16:
             _fail("--calibration-texts calibrates and accepts a reduced-precision variant: add --quantize int8 "
                   "and/or --bf16", EXIT_USAGE)
+        from .acceptance import AcceptanceError, split_texts
+
         try:
             calibration_texts = read_texts(calibration_file)
-        except (OSError, UnicodeDecodeError, InputError) as exc:
-            _fail(f"cannot read --calibration-texts {calibration_file}: {exc}", EXIT_USAGE)
+            split_texts(calibration_texts, source="user")  # too few texts: said before torch loads
+        except (OSError, UnicodeDecodeError, InputError, AcceptanceError) as exc:
+            _fail(f"cannot use --calibration-texts {calibration_file}: {exc}", EXIT_USAGE)
     if plan.pickled:
         click.echo(f"note: loading {plan.path}/pytorch_model.bin with torch.load(weights_only=True) (--allow-bin): "
                    "tensors only, no arbitrary objects", err=True)

@@ -62,13 +62,28 @@ def _quiet_quantizer() -> Iterator[None]:
 
 
 def calibration_batches(feeds: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Re-pad calibration feeds to one common width: histogram calibrators need equal shapes."""
+    """The calibration rows as batches of one shape, for any number of rows (>= 1).
+
+    onnxruntime's histogram calibrators (percentile, entropy) stack every batch's activations into one array,
+    so every batch must have the same rows and width, not just the same width: 34 rows in batches of 8 left a
+    short last batch and a raw "inhomogeneous shape" error. The rows are re-padded to one width and cut into
+    equal batches of the largest size up to CALIBRATION_BATCH that divides their count. The histograms are
+    those of the same rows whatever the cut, and a batch stays small enough to bound the calibration memory.
+    """
+    if not feeds:
+        raise ValueError("int8 calibration needs at least one calibration row")
     width = max(feed["attention_mask"].shape[1] for feed in feeds)
-    out = []
-    for feed in feeds:
-        pad = width - feed["attention_mask"].shape[1]
-        out.append({k: np.pad(v, ((0, 0), (0, pad))) if pad else v for k, v in feed.items()})
-    return out
+
+    def widen(feed: dict[str, np.ndarray], name: str) -> np.ndarray:
+        # on the side the feed is padded on: a left-padded decoder's rows keep their last token last
+        pad = width - feed[name].shape[1]
+        left = bool((feed["attention_mask"][:, 0] == 0).any())
+        return np.pad(feed[name], ((0, 0), (pad, 0) if left else (0, pad)))
+
+    rows = {name: np.concatenate([widen(feed, name) for feed in feeds]) for name in feeds[0]}
+    count = len(rows["attention_mask"])
+    size = max(d for d in range(1, min(CALIBRATION_BATCH, count) + 1) if count % d == 0)
+    return [{name: value[start : start + size] for name, value in rows.items()} for start in range(0, count, size)]
 
 
 def quantize_static_int8(
