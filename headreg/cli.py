@@ -487,9 +487,12 @@ Examples:
 @click.option("--keep-alive", default=75.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds an idle connection stays open (keep it above your load balancer's idle timeout).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
+@click.option("--default-model", default=None, metavar="NAME",
+              help="The model the root TEI routes (/embed, /predict, /rerank, ...) answer for [default: the only one served].")
 def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int, max_batch_size: int,
           max_concurrent_requests: int, max_input_texts: int, payload_limit: int, threads: int | None,
-          variant: str | None, api_key: str | None, keep_alive: float, access_log: bool) -> None:
+          variant: str | None, api_key: str | None, keep_alive: float, access_log: bool,
+          default_model: str | None) -> None:
     """Serve bundles over HTTP with batching across requests (see docs/serving.md).
 
     A bundle is served under its directory name, or under NAME when given as NAME=PATH.
@@ -509,6 +512,9 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
         named = parse_bundle_args(bundles)
     except ValueError as exc:
         usage_error(str(exc))
+    if default_model is not None and default_model not in named:
+        usage_error(f"--default-model {default_model!r} is not among the served models ({', '.join(named)}); "
+                    "name one of them")
     try:
         sock = listen(host, port)
     except OSError as exc:
@@ -524,7 +530,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
     }
     config = ServeConfig(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
                          max_concurrent_requests=max_concurrent_requests, max_input_texts=max_input_texts,
-                         payload_limit=payload_limit, api_key=api_key or None)
+                         payload_limit=payload_limit, api_key=api_key or None, default_model=default_model)
     click.echo(
         f"serving {', '.join(f'{n} ({plain(p.head)}, {p.variant})' for n, p in predictors.items())} on http://{host}:{port} "
         f"with {threads} thread(s) per model",

@@ -344,16 +344,19 @@ def test_metrics_parse_and_count_what_happened(server):
     post(f"{server.url}/v1/models/seq_cls/predict", {"inputs": ["one", "two", "three"]})
     post(f"{server.url}/v1/models/nope/predict", {"inputs": ["x"]})
     after = _samples(server)
-    ok = ("headreg_requests_total", (("model", "seq_cls"), ("route", "/v1/models/{name}/predict"), ("status", "200")))
+    ok = ("headreg_requests_total",
+          (("model", "seq_cls"), ("protocol", "native"), ("route", "/v1/models/{name}/predict"), ("status", "200")))
     assert after[ok] == before.get(ok, 0) + 1
-    missing = ("headreg_requests_total", (("model", ""), ("route", "/v1/models/{name}/predict"), ("status", "404")))
+    missing = ("headreg_requests_total",
+               (("model", ""), ("protocol", "native"), ("route", "/v1/models/{name}/predict"), ("status", "404")))
     assert after[missing] == before.get(missing, 0) + 1
     rows = ("headreg_rows_total", (("model", "seq_cls"),))
     assert after[rows] == before.get(rows, 0) + 3
     assert after[("headreg_queue_rows", (("model", "seq_cls"),))] == 0
     for name in ("headreg_batch_size_count", "headreg_batch_tokens_count", "headreg_inference_duration_seconds_count"):
         assert after[(name, (("model", "seq_cls"),))] >= 1
-    assert after[("headreg_request_duration_seconds_count", (("model", "seq_cls"), ("route", "/v1/models/{name}/predict")))] >= 1
+    assert after[("headreg_request_duration_seconds_count",
+                  (("model", "seq_cls"), ("protocol", "native"), ("route", "/v1/models/{name}/predict")))] >= 1
 
 
 def _samples(server) -> dict:

@@ -5,7 +5,9 @@
 >>> serve(app, host="127.0.0.1", port=8080)                     # doctest: +SKIP
 
 Routes (JSON): ``GET /health``, ``GET /info``, ``GET /metrics`` (Prometheus text), ``GET /v1/models``,
-``POST /v1/models/{name}/predict``, ``POST /v1/models/{name}/embed``. See docs/serving.md.
+``POST /v1/models/{name}/predict``, ``POST /v1/models/{name}/embed``; and the routes of the protocols clients
+already speak (OpenAI, Hugging Face Inference, TEI, Open Inference Protocol v2: ``headreg.serve.protocols``),
+each a thin adapter over :func:`infer`. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,10 +31,11 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..runtime.inputs import InputError
+from . import protocols
 from .batcher import Batcher, InferenceError
 from .metrics import ServeMetrics
 from .schema import (
-    RequestError, check_api_key, model_info, parse_embed_request, parse_json, parse_predict_request, unknown_model,
+    Call, RequestError, check_api_key, model_info, parse_embed_request, parse_json, parse_predict_request, unknown_model,
 )
 
 access_log = logging.getLogger("headreg.serve.access")
@@ -51,6 +54,7 @@ class ServeConfig:
     max_input_texts: int = 128
     payload_limit: int = 2_000_000
     api_key: str | None = None
+    default_model: str | None = None  # answers the root TEI routes (/embed, /predict, ...); one model: that one
 
 
 class _State:
@@ -66,6 +70,30 @@ class _State:
         self.models = [model_info(name, p) for name, p in self.predictors.items()]
         self.ready = False
         self.in_flight = 0
+        self.started = int(time.time())
+        names = list(self.predictors)
+        if config.default_model is not None and config.default_model not in self.predictors:
+            raise ValueError(f"--default-model {config.default_model!r} is not served; served: {', '.join(names)}")
+        self.default_model = config.default_model or (names[0] if len(names) == 1 else None)
+
+    def batcher(self, name: str) -> Batcher:
+        """The model's queue, or the 404 that lists what is served."""
+        batcher = self.batchers.get(name)
+        if batcher is None:
+            raise unknown_model(name, list(self.batchers))
+        return batcher
+
+    # what the protocol adapters (headreg.serve.protocols) use, so they need not import this module
+    async def infer(self, request: Request, parse: Callable[[Any], Call],
+                    decode: Callable[[bytes], Any] = parse_json) -> tuple[Call, Any, dict[str, Any]]:
+        return await infer(request, self, parse, decode)
+
+    def note(self, request: Request, **fields: Any) -> None:
+        _log(request, **fields)
+
+    async def body(self, request: Request) -> Any:
+        """The JSON body of a request that runs no model, within the body limit."""
+        return parse_json(await _read_body(request, self.config.payload_limit))
 
 
 def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None) -> Any:
@@ -97,6 +125,7 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
         _log(request, route="/info")
         check_api_key(request.headers.get("authorization"), state.config.api_key)
         return JSONResponse({
+            **protocols.root_info(state),
             "headreg_version": __version__,
             "ready": state.ready,
             "models": [{"name": m["name"], "head": m["head"], "variant": m["variant"],
@@ -111,7 +140,7 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
     async def models(request: Request) -> Response:
         _log(request, route="/v1/models")
         check_api_key(request.headers.get("authorization"), state.config.api_key)
-        return JSONResponse({"models": state.models})
+        return JSONResponse({"models": state.models, **protocols.model_list(state)})
 
     async def predict(request: Request) -> Response:
         return await _infer(request, state, "predict")
@@ -127,6 +156,7 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/models/{name}/predict", predict, methods=["POST"]),
             Route("/v1/models/{name}/embed", embed, methods=["POST"]),
+            *protocols.routes(state),
         ],
         exception_handlers={RequestError: _request_error, HTTPException: _http_error},
         lifespan=lifespan,
@@ -136,13 +166,30 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
 
 async def _infer(request: Request, state: _State, kind: str) -> Response:
     name = request.path_params["name"]
-    route = f"/v1/models/{{name}}/{kind}"
-    _log(request, route=route)
+    _log(request, route=f"/v1/models/{{name}}/{kind}", protocol="native")
     check_api_key(request.headers.get("authorization"), state.config.api_key)
-    batcher = state.batchers.get(name)
-    if batcher is None:
-        raise unknown_model(name, list(state.batchers))
-    _log(request, model=name)
+    state.batcher(name)  # an unknown model is a 404 before the body is read
+    parse = parse_predict_request if kind == "predict" else parse_embed_request
+
+    def call(payload: Any) -> Call:
+        return Call(name, kind, *parse(payload, max_inputs=state.config.max_input_texts))
+
+    _, result, _ = await infer(request, state, call)
+    if kind == "embed":
+        return JSONResponse({"model": name, "embeddings": [vector.tolist() for vector in result]})
+    return JSONResponse({"model": name, "outputs": result})
+
+
+async def infer(request: Request, state: _State, parse: Callable[[Any], Call],
+                decode: Callable[[bytes], Any] = parse_json) -> tuple[Call, Any, dict[str, Any]]:
+    """The one path of every inference request, native or protocol: API key, the concurrency limit, the body
+    limit, ``decode`` (JSON; v2's binary tensors), ``parse`` (the route's own request shape -> :class:`Call`),
+    the model's queue.
+
+    Returns the call, ``Predictor.predict``/``embed``'s result for it and the request's stats (``rows``,
+    ``tokens``). Raises :class:`RequestError`; each protocol renders it in its own error shape.
+    """
+    check_api_key(request.headers.get("authorization"), state.config.api_key)
     if state.in_flight >= state.config.max_concurrent_requests:
         raise RequestError(
             429, f"the server is at its limit of {state.config.max_concurrent_requests} concurrent requests "
@@ -151,29 +198,24 @@ async def _infer(request: Request, state: _State, kind: str) -> Response:
     state.in_flight += 1
     state.metrics.in_flight.set(state.in_flight)
     try:
-        payload = parse_json(await _read_body(request, state.config.payload_limit))
-        limit = state.config.max_input_texts
-        if kind == "predict":
-            inputs, parameters = parse_predict_request(payload, max_inputs=limit)
-        else:
-            inputs, parameters = parse_embed_request(payload, max_inputs=limit)
-        _log(request, inputs=len(inputs))
+        call = parse(decode(await _read_body(request, state.config.payload_limit)))
+        batcher = state.batcher(call.model)
+        _log(request, model=call.model, inputs=len(call.inputs))
+        stats = request.scope.setdefault("headreg.log", {})
         try:
-            result = await batcher.submit(inputs, kind=kind, parameters=parameters, stats=request.scope.setdefault("headreg.log", {}))
+            result = await batcher.submit(call.inputs, kind=call.kind, parameters=call.parameters, stats=stats)
         except InputError as exc:
             raise RequestError(422, str(exc)) from exc
         except InferenceError as exc:
-            log.error("model %s: %s", name, exc)
+            log.error("model %s: %s", call.model, exc)
             raise RequestError(500, f"inference failed for this request: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - one request's failure is that request's 500, nothing more
-            log.exception("model %s: unexpected failure", name)
+            log.exception("model %s: unexpected failure", call.model)
             raise RequestError(500, f"inference failed for this request: {type(exc).__name__}: {exc}") from exc
     finally:
         state.in_flight -= 1
         state.metrics.in_flight.set(state.in_flight)
-    if kind == "embed":
-        return JSONResponse({"model": name, "embeddings": [vector.tolist() for vector in result]})
-    return JSONResponse({"model": name, "outputs": result})
+    return call, result, stats
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -207,7 +249,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {
         404: f"no route {request.method} {request.url.path}; the routes are GET /health, /info, /metrics, "
-             "/v1/models and POST /v1/models/{name}/predict, /v1/models/{name}/embed",
+             "/v1/models and POST /v1/models/{name}/predict, /v1/models/{name}/embed, and the OpenAI, Hugging Face, "
+             "TEI and Open Inference Protocol v2 routes listed in docs/serving.md",
         405: f"{request.url.path} does not take {request.method}",
     }.get(exc.status_code, str(exc.detail))
     return JSONResponse({"error": message, "status": exc.status_code}, status_code=exc.status_code,
@@ -261,13 +304,13 @@ class AccessLog:
             await self.app(scope, receive, send_status)
         finally:
             seconds = time.perf_counter() - start
-            route, model = fields.get("route", "other"), fields.get("model", "")
-            self.metrics.requests.labels(route, model, str(status)).inc()
-            self.metrics.request_seconds.labels(route, model).observe(seconds)
+            route, model, protocol = fields.get("route", "other"), fields.get("model", ""), fields.get("protocol", "native")
+            self.metrics.requests.labels(route, model, str(status), protocol).inc()
+            self.metrics.request_seconds.labels(route, model, protocol).observe(seconds)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(json.dumps({
                     "time": round(time.time(), 3), "method": scope.get("method"), "path": scope.get("path"),
-                    "status": status, "model": model or None, "inputs": fields.get("inputs"), "rows": fields.get("rows"),
+                    "status": status, "protocol": protocol, "model": model or None, "inputs": fields.get("inputs"), "rows": fields.get("rows"),
                     "latency_ms": round(seconds * 1000, 2),
                     "client": (scope.get("client") or [None])[0],
                 }))

@@ -150,7 +150,8 @@ class Batcher:
         """Tokenize, queue, wait for the rows, postprocess: ``Predictor.predict``/``embed``'s result for ``inputs``.
 
         Raises ``InputError`` for inputs or parameters the Predictor refuses, ``InferenceError`` when the
-        model or the postprocess fails for this request. ``stats["rows"]`` gets the number of model rows.
+        model or the postprocess fails for this request. ``stats["rows"]`` gets the number of model rows,
+        ``stats["tokens"]`` their tokens (special tokens included, no padding).
         """
         loop = asyncio.get_running_loop()
         parameters = dict(parameters or {})
@@ -161,6 +162,7 @@ class Batcher:
             job = await loop.run_in_executor(None, lambda: self.predictor.prepare(inputs, kind=kind, **parameters))
         if stats is not None:
             stats["rows"] = len(job.rows)
+            stats["tokens"] = sum(len(row.encoding) for row in job.rows)  # OpenAI's usage, TEI's headers
         request = _Request(job, loop.create_future(), loop, [None] * len(job.rows), len(job.rows))
         if job.rows:
             with self._cond:

@@ -19,12 +19,12 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "headreg_requests", "HTTP requests answered, by route, model and status.",
-            ["route", "model", "status"], registry=registry,
+            "headreg_requests", "HTTP requests answered, by route, model, status and protocol (native, openai, hf, tei, v2).",
+            ["route", "model", "status", "protocol"], registry=registry,
         )
         self.request_seconds = Histogram(
             "headreg_request_duration_seconds", "End-to-end latency of a request, from arrival to the last byte sent.",
-            ["route", "model"], buckets=LATENCY_BUCKETS, registry=registry,
+            ["route", "model", "protocol"], buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.in_flight = Gauge("headreg_requests_in_flight", "Inference requests admitted and not yet answered.",
                                registry=registry)

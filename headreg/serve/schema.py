@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 PREDICT_FIELDS = ("inputs", "parameters")
@@ -31,6 +32,16 @@ class RequestError(Exception):
         return {"error": self.message, "status": self.status}
 
 
+@dataclass
+class Call:
+    """What one request asks of one model: the native routes and every protocol adapter parse a body into this."""
+
+    model: str
+    kind: str  # "predict" | "embed"
+    inputs: list[Any]
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
 def parse_json(body: bytes) -> Any:
     """The request body as JSON, or a 422 that says where it stopped parsing."""
     if not body.strip():
@@ -45,13 +56,13 @@ def parse_json(body: bytes) -> Any:
 
 def parse_predict_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
     """``{"inputs": [...], "parameters": {...}}`` -> (inputs, parameters); pairs come back as tuples."""
-    return _inputs_and_parameters(_object(payload, PREDICT_FIELDS), max_inputs)
+    return _inputs_and_parameters(json_object(payload, PREDICT_FIELDS), max_inputs)
 
 
 def parse_embed_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
     """``{"inputs": [...], "parameters": {...}}`` -> (inputs, parameters), as for predict; what an embedding
     uses of them is the long-text options (``long_text``, ``window_stride``, ``window_reduce``, ``max_windows``)."""
-    return _inputs_and_parameters(_object(payload, EMBED_FIELDS), max_inputs)
+    return _inputs_and_parameters(json_object(payload, EMBED_FIELDS), max_inputs)
 
 
 def _inputs_and_parameters(body: dict[str, Any], max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
@@ -144,9 +155,10 @@ def model_info(name: str, predictor: Any) -> dict[str, Any]:
     }
 
 
-def _object(payload: Any, fields: Sequence[str]) -> dict[str, Any]:
+def json_object(payload: Any, fields: Sequence[str], example: str = '{"inputs": [...]}') -> dict[str, Any]:
+    """``payload`` if it is a JSON object with no field outside ``fields``, else a 422 saying what to send."""
     if not isinstance(payload, dict):
-        raise RequestError(422, f"the request body must be a JSON object like {{\"inputs\": [...]}}, got {_kind(payload)}")
+        raise RequestError(422, f"the request body must be a JSON object like {example}, got {_kind(payload)}")
     extra = sorted(set(payload) - set(fields))
     if extra:
         raise RequestError(422, f"unknown field(s) {', '.join(map(repr, extra))}; the body takes: {', '.join(fields)}")

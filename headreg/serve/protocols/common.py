@@ -1,0 +1,90 @@
+"""What the protocol adapters share: the error-shaped endpoint wrapper and the small request and vector helpers."""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..schema import RequestError, check_api_key
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def endpoint(state: Any, protocol: str, route: str, handler: Handler,
+             render: Callable[[RequestError], Response], *, public: bool = False) -> Handler:
+    """``handler`` behind the API key (unless ``public``: health probes), with its route and protocol noted for
+    the access log and metrics, and its errors in its protocol's shape."""
+
+    async def run(request: Request) -> Response:
+        state.note(request, route=route, protocol=protocol)
+        try:
+            if not public:  # before any model lookup: names are not told to a client without the key
+                check_api_key(request.headers.get("authorization"), state.config.api_key)
+            return await handler(request)
+        except RequestError as exc:
+            return render(exc)
+
+    return run
+
+
+def json_error(exc: RequestError, body: dict[str, Any], status: int | None = None) -> Response:
+    return JSONResponse(body, status_code=status or exc.status, headers=exc.headers)
+
+
+def text_list(value: Any, field: str, max_inputs: int) -> list[str]:
+    """A string or a non-empty list of at most ``max_inputs`` strings (422 naming ``field`` otherwise)."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts:
+        raise RequestError(422, f"'{field}' must be a string or a non-empty list of strings")
+    if len(texts) > max_inputs:
+        raise RequestError(
+            422, f"'{field}' has {len(texts)} texts; this server takes at most {max_inputs} per request "
+            "(--max-input-texts): split the request"
+        )
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestError(422, f"'{field}'[{index}] is not a string; this server takes text only")
+    return texts
+
+
+def embedding_width(predictor: Any) -> int | None:
+    """The length of the model's ``pooled_output`` vectors, as its manifest declares it."""
+    shape = (predictor.manifest.get("outputs") or {}).get("pooled_output") or [None]
+    return shape[-1] if isinstance(shape[-1], int) else None
+
+
+def l2_normalize(vectors: Any) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero), as sentence-transformers' Normalize does."""
+    array = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=-1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)
+
+
+def cosine_similarity(source: np.ndarray, others: np.ndarray) -> list[float]:
+    """Cosine similarity of ``source`` with each row of ``others`` (sentence-transformers' ``cos_sim``)."""
+    return [float(v) for v in l2_normalize(others).astype(np.float64) @ l2_normalize(source).astype(np.float64)]
+
+
+def check_flag(parameters: dict[str, Any], name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise RequestError(422, f"'{name}' must be true or false, got {value!r:.40}")
+    return value
+
+
+def check_truncation(parameters: dict[str, Any]) -> None:
+    """``truncate`` is accepted either way (inputs are always cut at the model's max_length, like TEI's
+    --auto-truncate); only right-side truncation and no prompt templates exist here."""
+    check_flag(parameters, "truncate", True)
+    direction = parameters.get("truncation_direction")
+    if direction is not None and str(direction).lower() != "right":
+        raise RequestError(422, f"truncation_direction {direction!r:.20} is not supported; inputs longer than the "
+                                "model's max_length are cut on the right")
+    if parameters.get("prompt_name") is not None:
+        raise RequestError(422, "prompt_name is not supported: this server applies no prompt templates; "
+                                "put the prompt in the text")

@@ -1,0 +1,243 @@
+"""text-embeddings-inference's routes, so TEI clients and the LangChain / LlamaIndex / Haystack TEI integrations
+work unchanged, for every head (token classification included, which TEI itself does not serve).
+
+Under ``/tei/{name}``: ``POST /embed``, ``/predict``, ``/rerank``, ``/similarity``, ``/tokenize`` and
+``GET /info``; the same at the root (``/embed``, ``/predict``, ...) for the default model (the only one served,
+or ``--default-model NAME``); the root ``GET /info`` is the native one with TEI's fields added.
+
+- ``/embed``: ``{"inputs", "normalize" (default true, as TEI), "truncate"}`` -> ``[[float, ...], ...]``.
+- ``/predict``: ``inputs`` a text, a ``[text, text_pair]`` pair or a batch ``[[text], [text, text_pair], ...]``
+  -> ``[{"label", "score"}, ...]`` by descending score (a batch: one such list per input). Softmax heads answer
+  probabilities; a one-value regression head is TEI's one-label classifier (sigmoid, or the value with
+  ``raw_scores``); token heads answer their entities' ``{"label", "score", "word", "start", "end"}``.
+- ``/rerank``: ``{"query", "texts", "raw_scores", "return_text"}`` -> ``[{"index", "score", "text"?}, ...]`` by
+  descending score; each (query, text) pair goes through the model as a sentence pair. The score is the
+  sigmoid of a one-value head (its value with ``raw_scores``), or the probability of label 1 of a two-label
+  softmax head.
+- ``/tokenize``: ``[[{"id", "text", "special", "start", "stop"}, ...], ...]`` with the model's own tokenizer.
+
+Inputs longer than the model's max_length are always cut on the right (``/info``: ``auto_truncate`` true).
+``raw_scores`` of a softmax or multi-label head is refused: their logits are not kept. Errors: ``{"error",
+"error_type"}`` with TEI's statuses (413 batch too large, 422 validation, 424 a model that cannot do the route).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ... import __version__
+from ..schema import Call, RequestError, json_object
+from .common import check_flag, check_truncation, cosine_similarity, endpoint, json_error, l2_normalize, text_list
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
+ROUTES = ("embed", "predict", "rerank", "similarity", "tokenize")
+
+
+def render_error(exc: RequestError) -> Response:
+    kind = {413: "validation", 429: "overloaded", 503: "unhealthy"}.get(exc.status)
+    kind = kind or ("backend" if exc.status >= 500 or exc.status == 424 else "validation")
+    return json_error(exc, {"error": exc.message, "error_type": kind})
+
+
+def _batch(count: int, limit: int) -> None:
+    if count > limit:
+        raise RequestError(413, f"batch size {count} > maximum allowed batch size {limit} (--max-input-texts): "
+                                "split the request")
+
+
+def _texts(value: Any, limit: int) -> list[str]:
+    if isinstance(value, list) and value and all(isinstance(v, int) or isinstance(v, list) for v in value):
+        raise RequestError(422, "'inputs' holds token ids; send text: this server tokenizes with the model's tokenizer")
+    if isinstance(value, list):
+        _batch(len(value), limit)
+    return text_list(value, "inputs", limit)
+
+
+def _predict_inputs(value: Any, limit: int) -> tuple[list[Any], bool]:
+    """TEI's predict inputs -> (texts and pairs, whether the request was a batch)."""
+    def one(item: Any) -> Any:
+        if isinstance(item, str):
+            return item
+        if isinstance(item, list) and len(item) in (1, 2) and all(isinstance(side, str) for side in item):
+            return item[0] if len(item) == 1 else (item[0], item[1])
+        raise RequestError(422, "'inputs' must be a text, a [text, text_pair] pair, or a batch of [text] and "
+                                "[text, text_pair] lists")
+
+    if isinstance(value, list) and value and all(isinstance(item, list) for item in value):
+        _batch(len(value), limit)
+        return [one(item) for item in value], True
+    return [one(value)], False
+
+
+def _head_scores(item: Any, raw: bool) -> list[tuple[str, float]]:
+    """(label, score) pairs of one predict result, in TEI's sense of ``raw_scores``."""
+    if isinstance(item, dict) and "values" in item:
+        values = [float(v) for v in item["values"]]
+        if len(values) == 1 and not raw:
+            values = [1.0 / (1.0 + math.exp(-values[0]))]
+        return [(f"LABEL_{i}", v) for i, v in enumerate(values)]
+    if raw:
+        raise RequestError(424, "raw_scores: this model answers probabilities and does not keep its logits; "
+                                "leave raw_scores out")
+    if isinstance(item, dict) and isinstance(item.get("scores"), dict):
+        return [(label, float(score)) for label, score in item["scores"].items()]
+    if isinstance(item, dict) and "entities" in item:
+        return []
+    raise RequestError(424, "this head's results have no TEI predict format; use POST /v1/models/{name}/predict")
+
+
+def _predictions(item: Any, raw: bool) -> list[dict[str, Any]]:
+    if isinstance(item, dict) and "entities" in item and "scores" not in item:
+        return [{"label": e["label"], "score": e["score"], "word": e["word"], "start": e["start"], "end": e["end"]}
+                for e in item["entities"]]
+    ranked = sorted(_head_scores(item, raw), key=lambda pair: -pair[1])
+    return [{"label": label, "score": score} for label, score in ranked]
+
+
+def _rank_score(item: Any, raw: bool) -> float:
+    scores = _head_scores(item, raw)
+    if len(scores) == 1:
+        return scores[0][1]
+    if len(scores) == 2:
+        return scores[1][1]
+    raise RequestError(424, "rerank needs a sentence-pair model with one score (a one-value regression head or a "
+                            "two-label classifier); this one has "
+                            f"{len(scores)} labels")
+
+
+def info(state: Any, name: str) -> dict[str, Any]:
+    """TEI's ``/info`` for one served model."""
+    predictor = state.predictors[name]
+    if predictor.level in ("sequence", "token") and predictor.labels:
+        model_type: dict[str, Any] = {"classifier": {
+            "id2label": {str(i): label for i, label in enumerate(predictor.labels)},
+            "label2id": {label: i for i, label in enumerate(predictor.labels)},
+        }}
+    else:
+        model_type = {"embedding": {"pooling": str((predictor.manifest.get("pooling") or "cls"))}}
+    config = state.config
+    return {
+        "model_id": name, "model_sha": None, "model_dtype": DTYPES.get(predictor.variant, predictor.variant),
+        "model_type": model_type, "max_concurrent_requests": config.max_concurrent_requests,
+        "max_input_length": predictor.max_length, "max_batch_tokens": config.max_batch_tokens,
+        "max_batch_requests": None, "max_client_batch_size": config.max_input_texts, "auto_truncate": True,
+        "tokenization_workers": 1, "version": __version__, "sha": None, "docker_label": None,
+    }
+
+
+def plan(state: Any, model: str, route: str, payload: Any) -> tuple[Call, Any]:
+    """One TEI request -> (the call, what shaping its result needs)."""
+    limit = state.config.max_input_texts
+    if route == "embed":
+        body = json_object(payload, ("inputs", "normalize", "truncate", "truncation_direction", "prompt_name"),
+                       '{"inputs": "some text"}')
+        check_truncation(body)
+        return Call(model, "embed", _texts(body.get("inputs"), limit)), check_flag(body, "normalize", True)
+    if route == "predict":
+        body = json_object(payload, ("inputs", "raw_scores", "truncate", "truncation_direction"), '{"inputs": "some text"}')
+        check_truncation(body)
+        inputs, batch = _predict_inputs(body.get("inputs"), limit)
+        return Call(model, "predict", inputs), (batch, check_flag(body, "raw_scores", False))
+    if route == "rerank":
+        body = json_object(payload, ("query", "texts", "raw_scores", "return_text", "truncate", "truncation_direction"),
+                       '{"query": "...", "texts": ["...", ...]}')
+        check_truncation(body)
+        if not isinstance(body.get("query"), str):
+            raise RequestError(422, "'query' must be a string")
+        if isinstance(body.get("texts"), list):
+            _batch(len(body["texts"]), limit)
+        texts = text_list(body.get("texts"), "texts", limit)
+        if not state.predictors[model].supports_pairs:
+            raise RequestError(424, f"model {model!r} does not take sentence pairs; rerank needs a cross-encoder")
+        return (Call(model, "predict", [(body["query"], text) for text in texts]),
+                (texts, check_flag(body, "raw_scores", False), check_flag(body, "return_text", False)))
+    body = json_object(payload, ("inputs", "parameters"), '{"inputs": {"source_sentence": "...", "sentences": [...]}}')
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise RequestError(422, "'parameters' must be a JSON object")
+    check_truncation(parameters)
+    inputs = body.get("inputs")
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("source_sentence"), str):
+        raise RequestError(422, "'inputs' must be {\"source_sentence\": \"...\", \"sentences\": [...]}")
+    others = text_list(inputs.get("sentences"), "sentences", limit - 1)
+    return Call(model, "embed", [inputs["source_sentence"], *others]), None
+
+
+def answer(route: str, result: list[Any], shape: Any) -> Any:
+    if route == "embed":
+        return [vector.tolist() for vector in (l2_normalize(result) if shape else result)]
+    if route == "predict":
+        batch, raw = shape
+        answers = [_predictions(item, raw) for item in result]
+        return answers if batch else answers[0]
+    if route == "rerank":
+        texts, raw, return_text = shape
+        ranks = [{"index": i, "score": _rank_score(item, raw)} for i, item in enumerate(result)]
+        ranks.sort(key=lambda rank: -rank["score"])
+        for rank in ranks if return_text else ():
+            rank["text"] = texts[rank["index"]]
+        return ranks
+    return cosine_similarity(result[0], result[1:])
+
+
+def tokenize(state: Any, model: str, payload: Any) -> list[list[dict[str, Any]]]:
+    body = json_object(payload, ("inputs", "add_special_tokens", "prompt_name"), '{"inputs": "some text"}')
+    check_truncation({"prompt_name": body.get("prompt_name")})
+    texts = _texts(body.get("inputs"), state.config.max_input_texts)
+    special_tokens = check_flag(body, "add_special_tokens", True)
+    tokenizer = state.batcher(model).predictor.tokenizer
+    answers = []
+    for text, encoding in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=special_tokens)):
+        tokens = []
+        for token_id, token, special, (start, stop) in zip(encoding.ids, encoding.tokens,
+                                                           encoding.special_tokens_mask, encoding.offsets):
+            tokens.append({"id": token_id, "text": token if special else text[start:stop], "special": bool(special),
+                           "start": None if special else start, "stop": None if special else stop})
+        answers.append(tokens)
+    return answers
+
+
+def _model(state: Any, request: Request) -> str:
+    name = request.path_params.get("name") or state.default_model
+    if name is None:
+        raise RequestError(404, f"the root TEI routes answer for the default model, and this server serves "
+                                f"{len(state.predictors)}: pass --default-model NAME, or use /tei/NAME/...")
+    state.batcher(name)
+    return name
+
+
+def routes(state: Any) -> list[Route]:
+    def handler(route: str):
+        async def run(request: Request) -> Response:
+            model = _model(state, request)
+            if route == "tokenize":
+                        return JSONResponse(tokenize(state, model, await state.body(request)))
+            shapes: list[Any] = []
+
+            def call(payload: Any) -> Call:
+                planned, shape = plan(state, model, route, payload)
+                shapes.append(shape)
+                return planned
+
+            _, result, stats = await state.infer(request, call)
+            return JSONResponse(answer(route, result, shapes[0]),
+                                headers={"x-total-tokens": str(stats.get("tokens", 0)), "x-model-id": model})
+
+        return run
+
+    async def model_info(request: Request) -> Response:
+        return JSONResponse(info(state, _model(state, request)))
+
+    mounted = []
+    for prefix in ("/tei/{name}", ""):
+        for route in ROUTES:
+            path = f"{prefix}/{route}"
+            mounted.append(Route(path, endpoint(state, "tei", path, handler(route), render_error), methods=["POST"]))
+    mounted.append(Route("/tei/{name}/info", endpoint(state, "tei", "/tei/{name}/info", model_info, render_error),
+                         methods=["GET"]))
+    return mounted

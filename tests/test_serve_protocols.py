@@ -1,0 +1,254 @@
+"""The protocols clients already speak, called with the real client libraries against a real ``headreg serve``.
+
+openai's SDK (float and base64 vectors), ``huggingface_hub.InferenceClient`` (four tasks), ``tritonclient.http``
+(Open Inference Protocol v2, binary tensors as it sends them by default) and LlamaIndex's TEI integration; every
+answer equals ``Predictor``'s (1e-5 for vectors, identical labels and entity spans).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import httpx
+import numpy as np
+import pytest
+from test_runtime_predictor import tiny_bundle
+from test_serve import API_KEY, AUTH, TEXTS, Server, _samples, post
+
+from headreg.runtime import Predictor
+
+HEADS = ("seq_cls", "multi_label", "regression", "token_cls")
+SHORT = [text for text in TEXTS if text.strip()][:6]  # the HF and OpenAI clients refuse empty strings themselves
+PAIRS = [("A man plays the guitar.", "Someone plays music."), ("The cat sleeps.", "A stock market crash.")]
+
+
+@pytest.fixture(scope="module")
+def bundles():
+    return {head: tiny_bundle(head) for head in HEADS}
+
+
+@pytest.fixture(scope="module")
+def server(bundles, tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("protocols"), *(f"{head}={bundles[head]}" for head in HEADS),
+                 "--max-input-texts", "16", env={"HEADREG_API_KEY": API_KEY})
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def predictors(bundles):
+    return {head: Predictor(path, threads=1) for head, path in bundles.items()}
+
+
+def close(got, expected, atol=1e-5):
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float32), np.asarray(expected, dtype=np.float32), atol=atol, rtol=0)
+
+
+def unit(vectors):
+    vectors = np.asarray(vectors, dtype=np.float64)
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+# --- OpenAI ------------------------------------------------------------------------------------------------------
+
+
+def test_openai_sdk_embeddings_equal_predictor_in_both_encodings(server, predictors):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+    expected = predictors["seq_cls"].embed(SHORT)
+    default = client.embeddings.create(model="seq_cls", input=SHORT)  # the SDK asks for base64 by default
+    floats = client.embeddings.create(model="seq_cls", input=SHORT, encoding_format="float")
+    for answer in (default, floats):
+        assert [item.index for item in answer.data] == list(range(len(SHORT))) and answer.model == "seq_cls"
+        close([item.embedding for item in answer.data], expected)
+    tokens = sum(len(e) for e in predictors["seq_cls"].tokenizer.encode_batch(SHORT))
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens == tokens
+    one = client.embeddings.create(model="seq_cls", input=SHORT[0], encoding_format="float")
+    close(one.data[0].embedding, expected[0])
+    assert [model.id for model in client.models.list()] == list(HEADS)
+
+
+def test_openai_errors_are_openai_shaped_400s(server):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as token_ids:
+        client.embeddings.create(model="seq_cls", input=[[101, 2023, 102]])
+    assert "token ids" in token_ids.value.message and token_ids.value.body["param"] == "input"
+    with pytest.raises(openai.BadRequestError, match="cannot shorten"):
+        client.embeddings.create(model="seq_cls", input="x", dimensions=8)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.embeddings.create(model="nope", input="x")
+    assert missing.value.body["code"] == "model_not_found" and "seq_cls" in missing.value.message
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).embeddings.create(model="seq_cls", input="x")
+    too_many = post(f"{server.url}/v1/embeddings", {"model": "seq_cls", "input": ["x"] * 17})
+    assert too_many.status_code == 400 and "--max-input-texts" in too_many.json()["error"]["message"]
+    assert set(too_many.json()["error"]) == {"message", "type", "param", "code"}
+
+
+# --- Hugging Face Inference ------------------------------------------------------------------------------------------
+
+
+def test_huggingface_client_text_classification(server, predictors):
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=f"{server.url}/models/seq_cls", api_key=API_KEY)
+    for text in SHORT:
+        expected = predictors["seq_cls"].predict(text)
+        answer = client.text_classification(text)
+        assert [e.label for e in answer] == sorted(expected["scores"], key=lambda k: -expected["scores"][k])
+        assert answer[0].label == expected["label"] and math.isclose(answer[0].score, expected["score"], abs_tol=1e-5)
+    top = client.text_classification(SHORT[0], top_k=1)
+    assert len(top) == 1 and top[0].label == predictors["seq_cls"].predict(SHORT[0])["label"]
+    # multi-label: the per-label sigmoids; regression: the values, in the same list-of-lists shape
+    multi = post(f"{server.url}/models/multi_label", {"inputs": SHORT[0]}).json()[0]
+    assert {e["label"]: pytest.approx(e["score"], abs=1e-5) for e in multi} == predictors["multi_label"].predict(SHORT[0])["scores"]
+    values = post(f"{server.url}/models/regression", {"inputs": [SHORT[0]]}).json()[0]
+    close(sorted(e["score"] for e in values), sorted(predictors["regression"].predict(SHORT[0])["values"]))
+    refused = post(f"{server.url}/models/seq_cls", {"inputs": "x", "parameters": {"function_to_apply": "none"}})
+    assert refused.status_code == 400 and "softmax" in refused.json()["error"]
+
+
+@pytest.mark.parametrize("strategy", [None, "simple", "max"])
+def test_huggingface_client_token_classification(server, predictors, strategy):
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=f"{server.url}/models/token_cls", api_key=API_KEY)
+    for text in SHORT:
+        options = {"aggregation": strategy} if strategy else {}
+        expected = predictors["token_cls"].predict(text, **options)["entities"]
+        answer = client.token_classification(text, aggregation_strategy=strategy)
+        assert [(e.entity_group, e.word, e.start, e.end) for e in answer] == \
+            [(e["label"], e["word"], e["start"], e["end"]) for e in expected]
+        close([e.score for e in answer], [e["score"] for e in expected])
+
+
+def test_huggingface_client_feature_extraction_and_sentence_similarity(server, predictors):
+    from huggingface_hub import InferenceClient
+
+    vectors = InferenceClient(model=f"{server.url}/models/seq_cls/pipeline/feature-extraction", api_key=API_KEY)
+    close(vectors.feature_extraction(SHORT[0]), predictors["seq_cls"].embed([SHORT[0]]))
+    close(vectors.feature_extraction(SHORT[0], normalize=True), unit(predictors["seq_cls"].embed([SHORT[0]])))
+    expected = predictors["seq_cls"].embed(SHORT)
+    cosines = unit(expected[1:]) @ unit(expected[0])
+    for url in (f"{server.url}/models/seq_cls", f"{server.url}/models/seq_cls/pipeline/sentence-similarity"):
+        similar = InferenceClient(model=url, api_key=API_KEY).sentence_similarity(SHORT[0], other_sentences=SHORT[1:])
+        close(similar, cosines)
+
+
+# --- Open Inference Protocol v2 (Triton's client) ------------------------------------------------------------------
+
+
+def _triton_text(name, texts):
+    import tritonclient.http as triton
+
+    tensor = triton.InferInput(name, [len(texts)], "BYTES")
+    tensor.set_data_from_numpy(np.array(texts, dtype=object))  # binary tensor data, the client's default
+    return tensor
+
+
+def test_tritonclient_metadata_and_inference(server, predictors):
+    import tritonclient.http as triton
+
+    # headers=dict(AUTH) each time: the client adds its own headers to the dict it is given
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("seq_cls", headers=dict(AUTH))
+    metadata = client.get_model_metadata("seq_cls", headers=dict(AUTH))
+    assert [i["name"] for i in metadata["inputs"]] == ["text", "text_pair"]
+    assert [o["name"] for o in metadata["outputs"]][:3] == ["label", "score", "scores"]
+
+    result = client.infer("seq_cls", [_triton_text("text", SHORT)], headers=dict(AUTH))
+    expected = predictors["seq_cls"].predict(SHORT)
+    assert [label.decode() if isinstance(label, bytes) else label for label in result.as_numpy("label")] == \
+        [e["label"] for e in expected]
+    close(result.as_numpy("score"), [e["score"] for e in expected])
+    close(result.as_numpy("scores"), [[e["scores"][label] for label in predictors["seq_cls"].labels] for e in expected])
+
+    pairs = client.infer("seq_cls", [_triton_text("text", [a for a, _ in PAIRS]), _triton_text("text_pair", [b for _, b in PAIRS])],
+                         headers=dict(AUTH), outputs=[triton.InferRequestedOutput("score", binary_data=False)])
+    close(pairs.as_numpy("score"), [e["score"] for e in predictors["seq_cls"].predict(PAIRS)])
+
+    vectors = client.infer("seq_cls", [_triton_text("text", SHORT)], headers=dict(AUTH),
+                           outputs=[triton.InferRequestedOutput("embedding")])
+    close(vectors.as_numpy("embedding"), predictors["seq_cls"].embed(SHORT))
+
+    entities = client.infer("token_cls", [_triton_text("text", SHORT)], headers=dict(AUTH)).as_numpy("entities")
+    assert [json.loads(item) for item in entities] == \
+        json.loads(json.dumps([e["entities"] for e in predictors["token_cls"].predict(SHORT)]))
+
+
+def test_v2_errors_and_auth(server):
+    body = {"inputs": [{"name": "txt", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}
+    wrong = post(f"{server.url}/v2/models/seq_cls/infer", body)
+    assert wrong.status_code == 400 and list(wrong.json()) == ["error"] and "'text'" in wrong.json()["error"]
+    assert httpx.get(f"{server.url}/v2/models/seq_cls").status_code == 401
+    assert httpx.get(f"{server.url}/v2/models/nope", headers=dict(AUTH)).status_code == 404
+    assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}  # probes need no key
+
+
+# --- TEI -----------------------------------------------------------------------------------------------------------
+
+
+def test_llamaindex_tei_integration_embeds_like_predictor(server, predictors):
+    from llama_index.embeddings.text_embeddings_inference import TextEmbeddingsInference
+
+    embedder = TextEmbeddingsInference(model_name="seq_cls", base_url=f"{server.url}/tei/seq_cls", auth_token=API_KEY)
+    close(embedder.get_text_embedding_batch(SHORT), unit(predictors["seq_cls"].embed(SHORT)))  # TEI normalizes
+
+
+def test_tei_predict_rerank_tokenize_and_info(server, predictors):
+    url = f"{server.url}/tei"
+    single = post(f"{url}/seq_cls/predict", {"inputs": SHORT[0]}).json()
+    expected = predictors["seq_cls"].predict(SHORT[0])
+    assert single[0]["label"] == expected["label"] and math.isclose(single[0]["score"], expected["score"], abs_tol=1e-5)
+    batch = post(f"{url}/seq_cls/predict", {"inputs": [[SHORT[0]], list(PAIRS[0])]}).json()
+    assert [b[0]["label"] for b in batch] == [e["label"] for e in predictors["seq_cls"].predict([SHORT[0], PAIRS[0]])]
+    raw = post(f"{url}/regression/predict", {"inputs": list(PAIRS[0]), "raw_scores": True}).json()
+    close(sorted(r["score"] for r in raw), sorted(predictors["regression"].predict([PAIRS[0]])[0]["values"]))
+    assert post(f"{url}/seq_cls/predict", {"inputs": "x", "raw_scores": True}).status_code == 424
+
+    texts = [b for _, b in PAIRS] + ["A guitar and a man.", "Music is played."]
+    three_labels = post(f"{url}/seq_cls/rerank", {"query": PAIRS[0][0], "texts": texts})
+    assert three_labels.status_code == 424 and three_labels.json()["error_type"] == "backend"  # no one score
+    ranks = post(f"{url}/regression/rerank", {"query": PAIRS[0][0], "texts": texts, "return_text": True}).json()
+    assert [r["score"] for r in ranks] == sorted((r["score"] for r in ranks), reverse=True)
+    assert all(texts[r["index"]] == r["text"] for r in ranks)
+
+    tokens = post(f"{url}/seq_cls/tokenize", {"inputs": ["Hello world"]}).json()[0]
+    encoding = predictors["seq_cls"].tokenizer.encode("Hello world")
+    assert [t["id"] for t in tokens] == encoding.ids and tokens[1]["text"] == "Hello" and tokens[0]["special"]
+    info = httpx.get(f"{url}/token_cls/info", headers=dict(AUTH)).json()
+    assert info["model_type"]["classifier"]["id2label"]["1"] == "B-PER" and info["max_client_batch_size"] == 16
+    too_many = post(f"{url}/seq_cls/embed", {"inputs": ["x"] * 17})
+    assert too_many.status_code == 413 and too_many.json()["error_type"] == "validation"
+    assert post(f"{server.url}/embed", {"inputs": "x"}).status_code == 404  # four models, no --default-model
+
+
+@pytest.mark.slow  # a server of its own
+def test_tei_root_routes_answer_for_the_default_model(bundles, tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("tei-root"), f"sentiment={bundles['seq_cls']}", f"ner={bundles['token_cls']}",
+                 "--default-model", "ner")
+    try:
+        predictor = Predictor(bundles["token_cls"], threads=1)
+        vectors = httpx.post(f"{srv.url}/embed", json={"inputs": SHORT, "normalize": False}).json()
+        close(vectors, predictor.embed(SHORT))
+        entities = httpx.post(f"{srv.url}/predict", json={"inputs": SHORT[2]}).json()
+        assert [(e["label"], e["start"], e["end"]) for e in entities] == \
+            [(e["label"], e["start"], e["end"]) for e in predictor.predict(SHORT[2])["entities"]]
+        info = httpx.get(f"{srv.url}/info").json()
+        assert info["model_id"] == "ner" and [m["name"] for m in info["models"]] == ["sentiment", "ner"]  # TEI's fields beside the native ones
+    finally:
+        assert srv.stop() == 0
+
+
+def test_metrics_label_requests_by_protocol(server):
+    post(f"{server.url}/tei/seq_cls/embed", {"inputs": "x"})
+    samples = _samples(server)
+    key = ("headreg_requests_total",
+           (("model", "seq_cls"), ("protocol", "tei"), ("route", "/tei/{name}/embed"), ("status", "200")))
+    assert samples[key] >= 1
