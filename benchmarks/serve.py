@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -76,14 +76,16 @@ def free_port() -> int:
 class Process:
     """A server subprocess on a free port, stopped with SIGTERM."""
 
-    def __init__(self, name: str, command: list[str], cpus: set[int] | None = None):
+    def __init__(self, name: str, command: list[str], cpus: set[int] | None = None, env: dict[str, str] | None = None,
+                 start_seconds: float = 120):
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen([*command, "--port", str(self.port)], stdout=subprocess.DEVNULL,
-                                        stderr=self.log, text=True, preexec_fn=pin_to(cpus))
-        deadline = time.monotonic() + 120
+                                        stderr=self.log, text=True, preexec_fn=pin_to(cpus),
+                                        env={**os.environ, **env} if env else None)
+        deadline = time.monotonic() + start_seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self.log.seek(0)
@@ -93,7 +95,7 @@ class Process:
                     return
             time.sleep(0.1)
         self.stop()
-        raise SystemExit(f"{name} did not become healthy in 120 s")
+        raise SystemExit(f"{name} did not become healthy in {start_seconds:.0f} s")
 
     def cpu_seconds(self) -> float:
         """CPU time the server process has used (all its threads, user + system)."""
@@ -122,8 +124,12 @@ def machine() -> dict[str, Any]:
 
 
 async def closed_loop(url: str, clients: int, texts: list[str], requests: int, seconds: float,
-                      retry_429: bool = False) -> dict[str, Any]:
-    """``clients`` clients, each: take the next text, POST it, wait; until ``requests`` were sent or ``seconds`` passed."""
+                      retry_429: bool = False, path: str = f"/v1/models/{MODEL}/predict",
+                      body: Callable[[str], dict[str, Any]] = lambda text: {"inputs": [text]}) -> dict[str, Any]:
+    """``clients`` clients, each: take the next text, POST it, wait; until ``requests`` were sent or ``seconds`` passed.
+
+    ``path`` and ``body`` (text -> JSON body): the route under load (default: the native predict route).
+    """
     latencies: list[float] = []
     statuses: Counter[Any] = Counter()
     answered: Counter[int] = Counter()
@@ -134,13 +140,13 @@ async def closed_loop(url: str, clients: int, texts: list[str], requests: int, s
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
 
-        async def send(body: dict[str, Any]) -> tuple[Any, float]:
+        async def send(payload: dict[str, Any]) -> tuple[Any, float]:
             """(final status or the transport error's name, when the answered attempt was sent); retries 429s if asked."""
             nonlocal retries
             while True:
                 sent = time.perf_counter()
                 try:
-                    response = await client.post(f"/v1/models/{MODEL}/predict", json=body)
+                    response = await client.post(path, json=payload)
                 except httpx.TransportError as exc:  # counted as an error of its own, never hidden
                     return type(exc).__name__, sent
                 if response.status_code != 429 or not retry_429:
@@ -154,7 +160,7 @@ async def closed_loop(url: str, clients: int, texts: list[str], requests: int, s
             while next_index < requests and time.perf_counter() < deadline:
                 index = next_index
                 next_index += 1
-                status, sent = await send({"inputs": [texts[index % len(texts)]]})
+                status, sent = await send(body(texts[index % len(texts)]))
                 statuses[status] += 1
                 if status == 200:
                     latencies.append(time.perf_counter() - sent)
