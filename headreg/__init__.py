@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-
+from ._version import __version__  # noqa: E402
 from ._lazy import lazy_getattr  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
-from .registry import HeadSpec, get_head, is_head, list_heads  # noqa: E402
+from .installed import get_head, is_head, list_heads  # noqa: E402
+from .registry import HeadSpec  # noqa: E402
 
 __all__ = [
     "HeadOutput",
@@ -38,7 +38,7 @@ __all__ = [
 
 _LAZY = {
     "attach_head": "headreg.model",
-    "load_model": "headreg.model",
+    "load_model": "headreg.loading",
     "HeadedModel": "headreg.model",
     "HeadOutput": "headreg.model",
     "from_transformers": "headreg.interop",
@@ -50,7 +50,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .interop import from_transformers
-    from .model import HeadedModel, HeadOutput, attach_head, load_model
+    from .loading import load_model
+    from .model import HeadedModel, HeadOutput, attach_head
     from .multihead import MultiHeadCollator, MultiHeadModel, MultiHeadOutput, attach_heads
 
 

@@ -27,69 +27,16 @@ from torch import nn  # noqa: E402
 from transformers import PreTrainedModel  # noqa: E402
 from transformers.utils import ModelOutput  # noqa: E402
 
-from . import __version__  # noqa: E402
-from . import schema as S  # noqa: E402
+from ._version import __version__  # noqa: E402
 from .atomic import atomic_directory  # noqa: E402
 from .errors import BackboneError, HeadConfigError, HeadregError, SaveLoadError  # noqa: E402
-from .manifest import MAX_LABELS, read_json_file  # noqa: E402
 from .heads.base import Head, build_config  # noqa: E402
-from .pooling import STRATEGIES, Pooler, PoolingConfig, is_decoder, resolve_pooling  # noqa: E402
-from transformers.activations import ACT2FN  # noqa: E402
+from .pooling import Pooler, PoolingConfig, is_decoder, resolve_pooling  # noqa: E402
 from .plugins import builtin_registry  # noqa: E402
-from .registry import HeadSpec, get_head  # noqa: E402
-
+from .installed import get_head  # noqa: E402
+from .registry import HeadSpec  # noqa: E402
 from .files import BACKBONE_DIR, HEAD_WEIGHTS, MODEL_CONFIG  # noqa: E402
-FORMAT = "headreg-model"
-FORMAT_VERSION = 2  # 2: several heads ("heads", see multihead.py); single-head models are still written as 1
-MODEL_KIND = "headreg saved model"
-CONFIG_MAX_BYTES = 64 << 20
-
-# headreg_model.json, checked field by field before anything is built from it (see headreg/schema.py).
-HEAD_NAME = S.matches(r"^[A-Za-z][A-Za-z0-9_.\-]*$", "a head name (letters, digits, _ - .)")
-HEAD_CONFIG_SCHEMA = S.obj(
-    {
-        "num_labels": S.integer(1, MAX_LABELS),
-        "id2label": S.optional(S.mapping(S.index_key(MAX_LABELS), S.string(), max_items=MAX_LABELS)),
-    },
-    extra=True,
-)
-POOLING_SCHEMA = S.obj(
-    {
-        "strategy": S.one_of(*(name for name in STRATEGIES if name != "auto")),
-        "projection": S.boolean,
-        "activation": S.optional(S.one_of(*ACT2FN.keys())),
-        "norm": S.boolean,
-        "bias": S.boolean,
-        "norm_bias": S.boolean,
-        "norm_eps": S.number(0, 1),
-    },
-    required=("strategy",),
-)
-SAVED_MODEL_SCHEMA = S.obj(
-    {
-        "format": S.one_of(FORMAT),
-        "format_version": S.integer(1, None),
-        "headreg_version": S.string(max_len=64),
-        "head": HEAD_NAME,
-        "plugin": S.optional(S.string(max_len=256)),
-        "plugin_version": S.optional(S.string(max_len=256)),
-        "head_config": HEAD_CONFIG_SCHEMA,
-        "pooling": POOLING_SCHEMA,
-        "backbone": S.one_of(BACKBONE_DIR),
-        "tokenizer_source": S.optional(S.string(max_len=4096)),
-    },
-    required=("format", "head", "head_config", "pooling"),
-    extra=True,
-)
-
-
-def is_saved_model(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` is recognisably a saved headreg model: what ``overwrite=True`` may replace."""
-    try:
-        saved = read_json_file(Path(directory) / MODEL_CONFIG, CONFIG_MAX_BYTES)
-    except HeadregError:
-        return False
-    return isinstance(saved, dict) and saved.get("format") == FORMAT
+from .saved import FORMAT, MODEL_KIND, is_saved_model  # noqa: E402
 
 
 @dataclass
@@ -376,67 +323,17 @@ def _check_backbone_weights(info: dict[str, Any], where: Path) -> None:
         )
 
 
-def read_saved_config(directory: Path) -> dict[str, Any]:
-    """``headreg_model.json``, checked field by field; SaveLoadError names the first bad field.
-
-    A model saved with several heads (``heads``) is checked against multihead.SAVED_MULTI_HEAD_SCHEMA.
-    """
-    path = directory / MODEL_CONFIG
-    saved = read_json_file(path, CONFIG_MAX_BYTES, error=SaveLoadError)
-    if isinstance(saved, dict) and isinstance(saved.get("format_version"), int) and saved["format_version"] > FORMAT_VERSION:
-        raise SaveLoadError(
-            f"{directory} was saved by headreg {saved.get('headreg_version')} in model format "
-            f"{saved['format_version']}; this headreg ({__version__}) reads up to {FORMAT_VERSION}. Upgrade headreg."
-        )
+def load_single_head(directory: Path, saved: dict[str, Any], *, trust_remote_code: bool, strict: bool = True) -> "HeadedModel":
+    """Rebuild a HeadedModel from ``headreg_model.json`` (already checked against saved.SAVED_MODEL_SCHEMA) and
+    its weights."""
+    head_name, head_options, pooling = saved["head"], dict(saved["head_config"]), saved["pooling"]
+    spec = installed_head(directory, head_name, saved.get("plugin"), saved.get("plugin_version"))
+    backbone = load_backbone(directory, trust_remote_code=trust_remote_code, strict=strict)
     try:
-        if isinstance(saved, dict) and "heads" in saved:
-            from .multihead import SAVED_MULTI_HEAD_SCHEMA
-
-            SAVED_MULTI_HEAD_SCHEMA(saved, "")
-        else:
-            SAVED_MODEL_SCHEMA(saved, "")
-    except S.Invalid as exc:
-        raise SaveLoadError(f"{path} is corrupt: {exc.message}. Save the model again.") from None
-    return saved
-
-
-def load_model(
-    directory: str | os.PathLike, *, trust_remote_code: bool = False, device: str | None = None, strict: bool = True
-):
-    """Load a model written by ``HeadedModel.save_pretrained``. Reads json + safetensors only, never pickle.
-
-    ``strict`` (default): backbone weights missing from, unexpected in or mis-shaped for the backbone's
-    config are a SaveLoadError naming them, never silently random. ``strict=False`` loads anyway (for a
-    backbone you deliberately saved without some weights).
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise SaveLoadError(f"{directory} is not a directory saved by HeadedModel.save_pretrained")
-    missing = [
-        name for name in (MODEL_CONFIG, HEAD_WEIGHTS, f"{BACKBONE_DIR}/config.json") if not (directory / name).is_file()
-    ]
-    if missing:
-        raise SaveLoadError(
-            f"{directory} is missing {', '.join(missing)}; it was not written by HeadedModel.save_pretrained "
-            "or is incomplete. Save the model again."
-        )
-    saved = read_saved_config(directory)
-    if "heads" in saved:
-        from .multihead import load_multi_head
-
-        model = load_multi_head(directory, saved, trust_remote_code=trust_remote_code, strict=strict)
-    else:
-        head_name, head_options, pooling = saved["head"], dict(saved["head_config"]), saved["pooling"]
-        spec = installed_head(directory, head_name, saved.get("plugin"), saved.get("plugin_version"))
-        backbone = load_backbone(directory, trust_remote_code=trust_remote_code, strict=strict)
-        try:
-            model = _attach(backbone, spec, pooling, head_options)
-        except (HeadConfigError, BackboneError) as exc:
-            raise SaveLoadError(f"{directory / MODEL_CONFIG} has options that do not work: {exc}") from exc
-        load_head_weights(model, directory, f"head {spec.name!r}")
-    model.eval()
-    if device is not None:
-        model.to(device)
+        model = _attach(backbone, spec, pooling, head_options)
+    except (HeadConfigError, BackboneError) as exc:
+        raise SaveLoadError(f"{directory / MODEL_CONFIG} has options that do not work: {exc}") from exc
+    load_head_weights(model, directory, f"head {spec.name!r}")
     return model
 
 

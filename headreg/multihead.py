@@ -14,7 +14,6 @@ single-head model joins with ``attach_heads(model, {...}, keep_as="sentiment")``
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,16 +23,10 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from . import schema as S
 from .errors import BackboneError, HeadConfigError, LabelError, SaveLoadError
 from .heads.base import Head
+from .files import MODEL_CONFIG
 from .model import (
-    BACKBONE_DIR,
-    FORMAT,
-    HEAD_CONFIG_SCHEMA,
-    HEAD_NAME,
-    MODEL_CONFIG,
-    POOLING_SCHEMA,
     BackboneModel,
     HeadedModel,
     Member,
@@ -47,42 +40,9 @@ from .model import (
 )
 from .pooling import Pooler, PoolingConfig
 from .registry import HeadSpec
+from .saved import MEMBER_NAME
 
-# A head's name becomes part of ONNX output names ("{name}.logits") and of module paths: no dots.
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 POOLED = "pooled_output"
-MAX_HEADS = 256
-
-# headreg_model.json of a model saved with several heads, checked field by field before anything is built.
-SAVED_MULTI_HEAD_SCHEMA = S.obj(
-    {
-        "format": S.one_of(FORMAT),
-        "format_version": S.integer(2, None),
-        "headreg_version": S.string(max_len=64),
-        "heads": S.sequence(
-            S.obj(
-                {
-                    "name": S.matches(_NAME.pattern, "a head name (a letter, then letters, digits, _ -)"),
-                    "head": HEAD_NAME,
-                    "plugin": S.optional(S.string(max_len=256)),
-                    "plugin_version": S.optional(S.string(max_len=256)),
-                    "head_config": HEAD_CONFIG_SCHEMA,
-                    "pooling": S.matches(r"^[A-Za-z][A-Za-z0-9_]{0,63}$", "a pooling key"),
-                    "loss_weight": S.number(0, None),
-                },
-                required=("name", "head", "head_config", "pooling"),
-            ),
-            min_items=1,
-            max_items=MAX_HEADS,
-        ),
-        "poolings": S.mapping(S.matches(r"^[A-Za-z][A-Za-z0-9_]{0,63}$", "a pooling key"), POOLING_SCHEMA,
-                              min_items=1, max_items=MAX_HEADS),
-        "backbone": S.one_of(BACKBONE_DIR),
-        "tokenizer_source": S.optional(S.string(max_len=4096)),
-    },
-    required=("format", "format_version", "heads", "poolings"),
-    extra=True,
-)
 
 
 @dataclass
@@ -154,7 +114,7 @@ class MultiHeadModel(BackboneModel):
         return self._add(name, model.head, model.spec, model.pooler, loss_weight)
 
     def _add(self, name: str, head: Head, spec: HeadSpec, pooler: Pooler, loss_weight: float) -> "MultiHeadModel":
-        if not isinstance(name, str) or not _NAME.match(name) or name == POOLED:
+        if not isinstance(name, str) or not MEMBER_NAME.match(name) or name == POOLED:
             raise HeadConfigError(
                 f"head name {name!r} must start with a letter and hold only letters, digits, '_' and '-' (at most "
                 "64 characters): it names the head's ONNX outputs ('{name}.logits')"
@@ -366,7 +326,7 @@ def attach_heads(
 
 def load_multi_head(directory: Path, saved: dict[str, Any], *, trust_remote_code: bool, strict: bool = True) -> MultiHeadModel:
     """Rebuild a MultiHeadModel from ``headreg_model.json``'s ``heads`` and ``poolings`` (already checked against
-    SAVED_MULTI_HEAD_SCHEMA) and its weights."""
+    saved.SAVED_MULTI_HEAD_SCHEMA) and its weights."""
     entries, poolings = saved["heads"], {key: PoolingConfig(**value) for key, value in saved["poolings"].items()}
     names = [entry["name"] for entry in entries]
     problems = [f"head name {n!r} appears twice" for n in dict.fromkeys(n for n in names if names.count(n) > 1)]

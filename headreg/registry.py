@@ -1,13 +1,13 @@
 """The head registry: every head, built-in or from a plugin, is a :class:`HeadSpec` registered here.
 
 Specs name their classes as ``"module:attr"`` strings, so listing heads imports neither torch nor the
-plugin's model code; the class is imported when a head is built.
+plugin's model code; the class is imported when a head is built. This module imports nothing that registers
+into it: :mod:`headreg.plugins` fills a :class:`Registry`, :mod:`headreg.installed` answers queries over it.
 """
 
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import importlib
 import re
 import warnings
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import HeadCollisionError, HeadImportError, UnknownHeadError
+from .isolation import is_user_interrupt, plugin_code
 
 LEVELS = ("sequence", "token")
 
@@ -68,8 +69,6 @@ class HeadSpec:
 
 
 def import_attr(path: str, spec: HeadSpec, what: str) -> Any:
-    from .plugins import is_user_interrupt, plugin_code
-
     module_name, _, attr = path.partition(":")
     try:
         with plugin_code():
@@ -166,48 +165,3 @@ def _unknown_message(label: object, labels: dict[str, str], names: list[str]) ->
     close = difflib.get_close_matches(str(label), list(labels), n=1, cutoff=0.6)
     hint = f" did you mean {labels[close[0]]!r}?" if close else ""
     return f"unknown head {label!r};{hint} installed: {', '.join(names) or '(none)'}"
-
-
-def _natural_key(text: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
-def _registry() -> Registry:
-    from .plugins import get_registry
-
-    return get_registry()
-
-
-def list_heads(
-    filter: str = "*", task: str | None = None, plugin: str | None = None, exclude: str | None = None
-) -> list[HeadSpec]:
-    """Registered heads in natural name order.
-
-    ``filter`` and ``exclude`` are shell wildcards matched against names and aliases; ``task`` and
-    ``plugin`` match exactly (``plugin="headreg"`` gives the built-ins).
-
-    >>> [spec.name for spec in list_heads("*cls")]
-    ['seq_cls', 'token_cls']
-    """
-    specs = []
-    for spec in _registry().specs():
-        labels = (spec.name, *spec.aliases)
-        if not any(fnmatch.fnmatchcase(label, filter) for label in labels):
-            continue
-        if exclude and any(fnmatch.fnmatchcase(label, exclude) for label in labels):
-            continue
-        if task is not None and spec.task != task:
-            continue
-        if plugin is not None and spec.plugin != plugin:
-            continue
-        specs.append(spec)
-    return sorted(specs, key=lambda s: _natural_key(s.name))
-
-
-def get_head(name: str) -> HeadSpec:
-    """The spec for a head name or alias; UnknownHeadError (with a did-you-mean) otherwise."""
-    return _registry().get(name)
-
-
-def is_head(name: str) -> bool:
-    return name in _registry()

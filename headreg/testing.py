@@ -158,7 +158,7 @@ class HeadReport:
 
 def registered_heads() -> list[str]:
     """Every registered head name, plugins included: ``@pytest.mark.parametrize("name", registered_heads())``."""
-    from .registry import list_heads
+    from .installed import list_heads
 
     return [spec.name for spec in list_heads()]
 
@@ -190,7 +190,7 @@ def check_head(
 
     >>> check_head("crf", num_labels=5, id2label=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])  # doctest: +SKIP
     """
-    from .registry import get_head
+    from .installed import get_head
 
     spec = get_head(name)
     key = json.dumps([spec.name, spec.cls, options, architectures, export, texts, train_steps], sort_keys=True, default=repr)
@@ -242,7 +242,8 @@ def _check_architecture(
 ) -> HeadReport:
     import torch
 
-    from .model import attach_head, load_model
+    from .loading import load_model
+    from .model import attach_head
 
     seconds: dict[str, float] = {}
 
@@ -387,7 +388,7 @@ def check_postprocess_torch_free(name: str) -> None:
     The runtime must run where torch is not installed, so a postprocess may use numpy (and headreg's
     torch-free ``headreg.runtime.postprocess`` helpers) but never torch or transformers, not even indirectly.
     """
-    from .registry import get_head
+    from .installed import get_head
 
     spec = get_head(name)
     if spec.postprocess is None:

@@ -277,7 +277,7 @@ def test_every_option_has_help_and_every_command_examples():
 
 
 def test_heads_at_80_columns_breaks_no_word():
-    from headreg.registry import list_heads
+    from headreg.installed import list_heads
 
     result = run_headreg("heads", env={"COLUMNS": "80"})
     assert result.returncode == 0

@@ -192,7 +192,8 @@ def saved_dir(tmp_path_factory) -> Path:
 @given(path=st.sampled_from(SAVED_PATHS), value=json_value, delete=st.booleans())
 def test_any_saved_config_change_is_accepted_or_a_save_load_error(saved_dir, path, value, delete):
     from headreg.errors import SaveLoadError
-    from headreg.model import MODEL_CONFIG, read_saved_config
+    from headreg.files import MODEL_CONFIG
+    from headreg.saved import read_saved_config
 
     config = _mutated(SAVED, path, value, delete)
     (saved_dir / MODEL_CONFIG).write_text(json.dumps(config, allow_nan=True))

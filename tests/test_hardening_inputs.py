@@ -197,7 +197,7 @@ def test_cli_json_is_always_valid_json():
 
 
 def test_emit_json_turns_nan_into_null(capsys):
-    from headreg.cli import emit_json
+    from headreg.cli.output import emit_json
 
     emit_json({"score": math.nan, "values": [1.0, math.inf, -math.inf], "nested": ({"x": math.nan},)})
     assert json.loads(capsys.readouterr().out) == {"score": None, "values": [1.0, None, None], "nested": [{"x": None}]}

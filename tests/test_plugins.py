@@ -186,3 +186,27 @@ def test_head_whose_class_does_not_import_is_listed_but_fails_on_use_naming_the_
     env = {**os.environ, "PYTHONPATH": str(site), "HEADREG_TEST_MARKER": str(tmp_path / "m")}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert "headreg-plugin-ghost" in out.stdout and "ghost_plugin.missing" in out.stdout
+
+
+def test_serving_a_built_in_head_bundle_imports_no_plugin(site, tmp_path):
+    """The marker plugin records its import; the server describes and runs a seq_cls bundle without it."""
+    import os
+
+    import httpx
+    from test_runtime_predictor import tiny_bundle
+    from test_serve import Server
+
+    marker = tmp_path / "marker"
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+           "HEADREG_TEST_MARKER": str(marker)}
+    server = Server(tmp_path, f"sentiment={tiny_bundle('seq_cls')}", env=env)
+    try:
+        models = httpx.get(f"{server.url}/v1/models", timeout=30).json()["models"]
+        predicted = httpx.post(f"{server.url}/v1/models/sentiment/predict", json={"inputs": ["a fine day"]}, timeout=30)
+    finally:
+        assert server.stop() == 0
+    assert models[0]["task"] == "sequence-classification"  # from the manifest
+    assert predicted.status_code == 200 and predicted.json()["outputs"][0]["label"]
+    assert not marker.exists(), "serving a built-in head's bundle imported a plugin"
+    run_headreg("heads", "--json", site=site, env={"HEADREG_TEST_MARKER": str(marker)})
+    assert marker.read_text() == "imported"  # the same site and marker record a plugin import when one happens

@@ -11,7 +11,7 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..manifest import FORMAT, FORMAT_VERSION, INT8_FILE, MODEL_FILE, TOKENIZER_FILE, sha256_file
 from ..pooling import is_decoder
 
@@ -108,7 +108,8 @@ def build_manifest(
     if not model.multi_head:
         only = heads[0]
         single = {
-            "head": {key: only[key] for key in ("plugin", "plugin_version", "level", "problem_type", "postprocess", "config")}
+            "head": {key: only[key] for key in ("plugin", "plugin_version", "task", "level", "problem_type", "postprocess",
+                                                "config")}
             | {"name": only["head"]},
             "postprocess_config": only["postprocess_config"],
             "num_labels": only["num_labels"],
@@ -156,6 +157,7 @@ def head_entry(member: Any, verification: dict[str, Any] | None) -> dict[str, An
         "head": spec.name,
         "plugin": spec.plugin,
         "plugin_version": spec.version or (__version__ if spec.builtin else ""),
+        "task": spec.task,  # what a server says a model does, without importing the plugin that registered it
         "level": head.level,
         "problem_type": head.problem_type,
         "postprocess": spec.postprocess,

@@ -37,7 +37,7 @@ def _head_checks(manifest: dict[str, Any], graph_outputs: dict[str, list]) -> tu
             continue
         try:
             from ..heads.base import build_config
-            from ..registry import get_head
+            from ..installed import get_head
 
             spec = get_head(entry["head"])
             head_cls = spec.load_class()

@@ -92,7 +92,7 @@ def inspect_source(
     if not path.is_dir():
         raise SourceError(f"SOURCE {path} is a file; pass a model directory (save_pretrained output)")
     if head is not None:
-        from ..registry import get_head
+        from ..installed import get_head
 
         get_head(head)  # UnknownHeadError names the close matches and the installed heads
     if (path / MODEL_CONFIG).is_file():
@@ -154,7 +154,8 @@ def load_source(
     """
     if plan is None:
         plan = inspect_source(path, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin)
-    from ..model import load_model, quiet_transformers
+    from ..loading import load_model
+    from ..model import quiet_transformers
 
     path = plan.path
     if plan.kind == "headreg":

@@ -37,7 +37,9 @@ def torch_runner(model_dir: str | os.PathLike, threads: int | None = None, *, bf
 
 def load_torch_model(model_dir: str | os.PathLike):
     """A saved headreg model, or a transformers task checkpoint imported through interop."""
-    from ..model import MODEL_CONFIG, load_model, quiet_transformers
+    from ..files import MODEL_CONFIG
+    from ..loading import load_model
+    from ..model import quiet_transformers
 
     model_dir = Path(model_dir)
     if (model_dir / MODEL_CONFIG).is_file():

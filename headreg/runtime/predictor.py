@@ -628,7 +628,7 @@ def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> Callable
     """
     from ..errors import HeadImportError
     from ..plugins import builtin_registry
-    from ..registry import get_head
+    from ..installed import get_head
 
     path, name, plugin = head.get("postprocess"), head.get("name"), head.get("plugin", "?")
     try:

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import __version__
+from .._version import __version__
 from ..runtime.inputs import InputError
 from . import protocols
 from .batcher import Batcher, InferenceError

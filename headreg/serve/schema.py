@@ -116,12 +116,25 @@ def unknown_model(name: str, served: Sequence[str]) -> RequestError:
     return RequestError(404, f"no model named {name!r}; this server serves: {', '.join(served)}")
 
 
-def head_task(head: str) -> str | None:
-    """The registered task of an installed head (None for a head this process does not know)."""
-    from ..registry import get_head
+def head_task(manifest: dict[str, Any]) -> str | None:
+    """The task of a single-head bundle's head, as its manifest records it (None for a multi-head bundle).
+
+    Describing a served model imports no plugin. A bundle written before manifests recorded the task gets a
+    built-in head's task from the built-ins alone, and a plugin head's from its plugin, which the Predictor has
+    loaded already for that head's postprocess.
+    """
+    from ..manifest import bundle_heads, is_multi_head
+
+    if is_multi_head(manifest):
+        return None
+    head = bundle_heads(manifest)[0]
+    if isinstance(head.get("task"), str):
+        return head["task"]
+    from ..installed import get_head
+    from ..plugins import builtin_registry
 
     try:
-        return get_head(head).task
+        return (builtin_registry().get if head.get("plugin") == "headreg" else get_head)(str(head.get("head"))).task
     except LookupError:
         return None
 
@@ -129,7 +142,7 @@ def head_task(head: str) -> str | None:
 def model_info(name: str, predictor: Any) -> dict[str, Any]:
     """One ``/v1/models`` entry: what a client needs to know to call this model (headreg serve and Ray Serve)."""
     manifest = predictor.manifest
-    task = head_task(predictor.head)
+    task = head_task(manifest)
     parameters = predictor.valid_options()
     variants = sorted(k for k, v in (manifest.get("variants") or {"fp32": {}}).items() if isinstance(v, dict))
     return {

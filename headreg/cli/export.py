@@ -1,4 +1,4 @@
-"""``headreg export`` and ``headreg verify``: click commands registered by headreg/cli.py.
+"""``headreg export``, ``headreg verify`` and ``headreg convert``: the verified ONNX export and its re-check.
 
 Importing this module costs only click; torch and onnx are imported when a command runs.
 Exit codes: 0 ok, 1 verification failure (report printed, nothing written), 2 usage error.
@@ -7,21 +7,12 @@ Exit codes: 0 ok, 1 verification failure (report printed, nothing written), 2 us
 from __future__ import annotations
 
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-def _cli():
-    from .. import cli  # the host module: shared console, JSON and error helpers
-
-    return cli
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    _cli().fail(message, code)
+from .bundles import check_bundle
+from .output import EXIT_FAILURE, EXIT_USAGE, console, emit_json, fail
 
 
 def _mb(size: int) -> str:
@@ -50,7 +41,7 @@ def print_report(report: Any, *, stderr: bool = False) -> None:
         lengths = ",".join(map(str, case.lengths[:6])) + ("…" if len(case.lengths) > 6 else "")
         status = "[green]pass[/]" if case.passed else "[red]FAIL: " + "; ".join(case.problems) + "[/]"
         table.add_row(case.name, "x".join(map(str, case.shape)), f"{lengths} ({case.padding_side})", *diffs, agreement, status)
-    out = _cli().console(stderr=stderr)
+    out = console(stderr=stderr)
     out.print(table)
     _print_rule(out, report, "'/ allowed'")
     for problem in report.problems:
@@ -68,7 +59,7 @@ def _print_rule(out: Any, report: Any, column: str) -> None:
 def print_summary(bundle: Any) -> None:
     from rich.table import Table
 
-    out = _cli().console()
+    out = console()
     report = bundle.report
     checks = Table(title=f"verified {len(report.cases)} cases: {bundle.path}", title_justify="left")
     for column in ("output", "worst abs diff", "worst / allowed", "verdict"):
@@ -181,33 +172,33 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     from ..atomic import check_target
     from ..errors import SaveLoadError, UnknownHeadError
     from ..manifest import BUNDLE_KIND, is_bundle
-    from .source import SourceError, inspect_source
+    from ..export.source import SourceError, inspect_source
 
     # Everything that can be checked from the files is checked before torch is imported (about a second).
     try:
         check_target(Path(out_dir), overwrite=overwrite, replaceable=is_bundle, what=BUNDLE_KIND, protect=[source])
     except SaveLoadError as exc:
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     try:
         plan = inspect_source(source, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin)
     except (SourceError, UnknownHeadError) as exc:
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     if plan.tokenizer is None:
-        _fail(f"no tokenizer found in {source}; pass --tokenizer DIR_OR_TOKENIZER_JSON", EXIT_USAGE)
+        fail(f"no tokenizer found in {source}; pass --tokenizer DIR_OR_TOKENIZER_JSON", EXIT_USAGE)
     calibration_texts = None
     if calibration_file is not None:
         from ..runtime.inputs import InputError, read_texts
 
         if quantize is None and not bf16:
-            _fail("--calibration-texts calibrates and accepts a reduced-precision variant: add --quantize int8 "
-                  "and/or --bf16", EXIT_USAGE)
-        from .acceptance import AcceptanceError, split_texts
+            fail("--calibration-texts calibrates and accepts a reduced-precision variant: add --quantize int8 "
+                 "and/or --bf16", EXIT_USAGE)
+        from ..export.acceptance import AcceptanceError, split_texts
 
         try:
             calibration_texts = read_texts(calibration_file)
             split_texts(calibration_texts, source="user")  # too few texts: said before torch loads
         except (OSError, UnicodeDecodeError, InputError, AcceptanceError) as exc:
-            _fail(f"cannot use --calibration-texts {calibration_file}: {exc}", EXIT_USAGE)
+            fail(f"cannot use --calibration-texts {calibration_file}: {exc}", EXIT_USAGE)
     if plan.pickled:
         click.echo(f"note: loading {plan.path}/pytorch_model.bin with torch.load(weights_only=True) (--allow-bin): "
                    "tensors only, no arbitrary objects", err=True)
@@ -215,11 +206,11 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     from ..atomic import Terminated
     from ..errors import HeadConfigError, VerificationError
     from ..progress import StepProgress
-    from .pipeline import ExportOptionError, Step, export_onnx, peak_rss_mb
-    from .source import load_source
-    from .tokenizer import TokenizerError
-    from .trace import ExportError
-    from .verify import VerificationFailed
+    from ..export.pipeline import ExportOptionError, Step, export_onnx, peak_rss_mb
+    from ..export.source import load_source
+    from ..export.tokenizer import TokenizerError
+    from ..export.trace import ExportError
+    from ..export.verify import VerificationFailed
 
     progress = StepProgress(enabled=False if as_json else None)
     try:
@@ -229,7 +220,7 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
             loaded = load_source(source, plan=plan)
         except (SourceError, SaveLoadError, HeadConfigError) as exc:
             progress.stop()
-            _fail(str(exc), EXIT_USAGE)
+            fail(str(exc), EXIT_USAGE)
         load_step = Step("load", round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1))
         progress("load", "done", {"kind": plan.kind, "seconds": load_step.seconds})
         if loaded.untrained:
@@ -245,24 +236,24 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     except VerificationFailed as exc:
         progress.stop()
         if as_json:
-            _cli().emit_json({"passed": False, "error": str(exc), "report": exc.report.to_dict()})
+            emit_json({"passed": False, "error": str(exc), "report": exc.report.to_dict()})
         else:
             print_report(exc.report, stderr=True)
-        _fail(f"verification failed, no bundle was written to {out_dir}; see the cases above, and "
-              "docs/export.md for what is checked", EXIT_FAILURE)
+        fail(f"verification failed, no bundle was written to {out_dir}; see the cases above, and "
+             "docs/export.md for what is checked", EXIT_FAILURE)
     except (VerificationError, ExportError, TokenizerError) as exc:
         progress.stop()
-        _fail(f"{exc}; no bundle was written to {out_dir}", EXIT_FAILURE)
+        fail(f"{exc}; no bundle was written to {out_dir}", EXIT_FAILURE)
     except (SaveLoadError, ExportOptionError) as exc:
         progress.stop()
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     except (KeyboardInterrupt, Terminated) as exc:
         progress.stop()
         if getattr(exc, "written", None) is not None:
-            _fail(f"interrupted after the export had finished: the bundle in {out_dir} is complete and verified", 130)
-        _fail(f"interrupted; no bundle was written to {out_dir}", 130)
+            fail(f"interrupted after the export had finished: the bundle in {out_dir} is complete and verified", 130)
+        fail(f"interrupted; no bundle was written to {out_dir}", 130)
     if as_json:
-        _cli().emit_json(bundle.summary())
+        emit_json(bundle.summary())
     else:
         print_summary(bundle)
 
@@ -281,21 +272,21 @@ def verify(bundle_dir: str, threads: int | None, as_json: bool) -> None:
     Works on a runtime-only install (no torch): then outputs are compared, decisions need headreg[torch].
     """
     from ..errors import BundleError
-    from .recheck import verify_bundle
+    from ..export.recheck import verify_bundle
 
-    _cli().check_bundle(bundle_dir)
+    check_bundle(bundle_dir)
     try:
         report = verify_bundle(bundle_dir, threads=threads)
     except BundleError as exc:
         if as_json:
-            _cli().emit_json({"passed": False, "error": str(exc)})
-        _fail(str(exc), EXIT_FAILURE)
+            emit_json({"passed": False, "error": str(exc)})
+        fail(str(exc), EXIT_FAILURE)
     if as_json:
-        _cli().emit_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
         print_report(report)
     if not report.passed:
-        _fail(report.message().replace("\n", " ", 1) + "; export the bundle again", EXIT_FAILURE)
+        fail(report.message().replace("\n", " ", 1) + "; export the bundle again", EXIT_FAILURE)
 
 
 @click.command("convert", short_help="Rewrite a pytorch_model.bin checkpoint as safetensors.",
@@ -311,11 +302,11 @@ def convert(source: str, target: str, overwrite: bool) -> None:
     The .bin is read once with torch.load(weights_only=True) (tensors only); config and tokenizer files are
     copied as they are. headreg loads TARGET without unpickling anything.
     """
-    from .source import SourceError, convert_to_safetensors
+    from ..export.source import SourceError, convert_to_safetensors
 
     try:
         written = convert_to_safetensors(source, target, overwrite=overwrite)
     except SourceError as exc:
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     click.echo(f"wrote {written}/model.safetensors (read {source}/pytorch_model.bin with torch.load(weights_only=True))",
                err=True)

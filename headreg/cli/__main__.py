@@ -1,0 +1,5 @@
+"""``python -m headreg.cli``: the ``headreg`` command."""
+
+from . import main
+
+main()

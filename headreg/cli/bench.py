@@ -1,0 +1,142 @@
+"""``headreg bench``: latency and throughput of every variant of a bundle, side by side (and against PyTorch)."""
+
+from __future__ import annotations
+
+import click
+
+from .bundles import load_predictor
+from .output import console, emit_json, usage_error
+
+
+@click.command(short_help="Latency and throughput of every variant (and vs PyTorch).", epilog="""\b
+Examples:
+  headreg bench ./bundle --batch-size 8 --seq-len 128
+  headreg bench ./bundle --texts texts.txt --passes 3
+  headreg bench ./bundle --compare-torch --model ./my-model --json""")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Rows per batch.")
+@click.option("--seq-len", default=None, type=click.IntRange(min=2),
+              help="Tokens per synthetic row [default: 128]; with --texts, a truncation cap.")
+@click.option("--texts", "texts_file", type=click.Path(exists=True, dir_okay=False),
+              help="Benchmark on this corpus (one text per line or JSONL) and compare length bucketing with arrival order.")
+@click.option("--rows", default=None, type=click.IntRange(min=1), help="Synthetic rows per pass [default: 4 batches].")
+@click.option("--passes", default=5, show_default=True, type=click.IntRange(min=1), help="Timed passes over the corpus.")
+@click.option("--max-batch-tokens", default=None, type=click.IntRange(min=1),
+              help="Token budget per batch [default: batch-size x seq-len; with --texts, the Predictor's default].")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="Threads for onnxruntime and torch alike [default: the CPUs this process may use].")
+@click.option("--compare-torch", is_flag=True, help="Also time the PyTorch model (needs headreg[torch]).")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+              help="The PyTorch model for --compare-torch [default: the manifest's source path].")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | None, rows: int | None, passes: int,
+          max_batch_tokens: int | None, threads: int | None, compare_torch: bool, model_dir: str | None,
+          as_json: bool) -> None:
+    """Latency p50/p90/p99 and throughput of every variant of BUNDLE, side by side (and against PyTorch).
+
+    Synthetic rows by default; --texts measures your corpus, with length bucketing against arrival order.
+    Progress is shown on stderr when it is a terminal (not with --json).
+    """
+    from ..errors import HeadregError
+    from ..runtime.bench import Engine, measure, source_model_dir, synthetic_texts
+    from ..runtime.inputs import InputError, read_texts
+    from ..runtime.predictor import DEFAULT_MAX_BATCH_TOKENS, Predictor
+    from ..runtime.variants import cpu_flags
+
+    if texts_file is not None:
+        try:
+            corpus = read_texts(texts_file)
+        except (OSError, UnicodeDecodeError, InputError) as exc:
+            usage_error(f"cannot read --texts {texts_file}: {exc}")
+        if not corpus:
+            usage_error(f"--texts {texts_file} has no texts")
+    else:
+        seq_len = seq_len or 128
+        corpus = synthetic_texts(rows or 4 * batch_size)
+    import os
+
+    # Both engines get the same thread count: their own defaults differ and would skew the ratio.
+    from ..runtime.cpus import available_cpus
+
+    threads = threads or available_cpus()
+    # A synthetic run measures exactly --batch-size rows per batch, so its token budget must hold them.
+    budget = max_batch_tokens or (batch_size * seq_len if texts_file is None else DEFAULT_MAX_BATCH_TOKENS)
+    options = dict(threads=threads, batch_size=batch_size, max_length=seq_len, max_batch_tokens=budget)
+    default = load_predictor(bundle, **options)
+    engines = [Engine(f"{default.variant} ({default.backend.name}, default)", default)]
+    for variant in sorted(k for k, v in (default.manifest.get("variants") or {}).items() if isinstance(v, dict)):
+        if variant != default.variant:
+            try:
+                other = Predictor(bundle, variant=variant, **options)
+            except HeadregError as exc:  # e.g. bf16 on a CPU without it, or OpenVINO not installed
+                click.echo(f"skipping variant {variant}: {exc}", err=True)
+                continue
+            engines.append(Engine(f"{variant} ({other.backend.name})", other))
+    if texts_file is not None:
+        engines.append(Engine(f"{default.variant} ({default.backend.name}), arrival order", default, bucket=False))
+    if compare_torch:
+        source = model_dir or source_model_dir(default)
+        if source is None:
+            usage_error("--compare-torch needs the PyTorch model: the manifest names none that exists here; pass --model DIR")
+        from ..errors import MissingExtraError, SaveLoadError
+        from ..export.torch_bench import torch_runner
+        from ..runtime.backends import bf16_cpu
+
+        from ..progress import status
+
+        # PyTorch's fastest CPU configuration: bf16 autocast where the CPU has native bf16, else fp32
+        torch_modes = [("torch fp32", False)] + ([("torch bf16 autocast", True)] if bf16_cpu(cpu_flags()) else [])
+        try:
+            with status(f"loading the PyTorch model in {source} ...", enabled=False if as_json else None):
+                for name, bf16 in torch_modes:
+                    engines.append(Engine(name, default, runner=torch_runner(source, threads=threads, bf16=bf16)))
+        except (MissingExtraError, SaveLoadError, OSError, ValueError) as exc:
+            usage_error(f"--compare-torch cannot load the PyTorch model in {source}: {exc}")
+    from ..progress import CountProgress
+
+    warmup = 1
+    with CountProgress(f"benchmarking {len(engines)} engine(s) on {len(corpus)} rows", (warmup + passes) * len(engines),
+                       enabled=False if as_json else None) as bar:
+        results = measure(engines, corpus, batch_size=batch_size, passes=passes, warmup=warmup, on_pass=bar.advance)
+    torch_results = [r for r in results if r.engine.startswith("torch ")]
+    torch_result = max(torch_results, key=lambda r: r.throughput) if torch_results else None
+    arrival = next((r for r in results if r.engine.endswith("arrival order")), None)
+    report = {
+        "bundle": bundle, "head": default.head, "batch_size": batch_size, "max_length": default.max_length,
+        "max_batch_tokens": budget, "threads": threads, "engines": [r.as_dict() for r in results],
+        "torch_baseline": torch_result.engine if torch_result is not None else None,
+        "machine": {"isa": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+                                                 "amx_int8"}), "load_average": list(os.getloadavg())},
+    }
+    if torch_result is not None:
+        for entry, result in zip(report["engines"], results):
+            entry["vs_torch"] = result.throughput / torch_result.throughput
+    if arrival is not None:
+        report["bucketing_speedup"] = results[0].throughput / arrival.throughput
+    if as_json:
+        emit_json(report)
+        return
+    from rich.table import Table
+
+    mean_tokens = results[0].tokens / max(results[0].rows, 1)
+    table = Table(
+        title=f"{default.head} · batch {batch_size} · {mean_tokens:.0f} tokens/row on average · {passes} passes",
+        title_justify="left",
+    )
+    columns = ("engine", "p50 ms", "p90 ms", "p99 ms", "rows/s", "padding") + (("vs torch",) if torch_result else ())
+    for column in columns:
+        table.add_column(column, justify="left" if column == "engine" else "right")
+    for entry, result in zip(report["engines"], results):
+        table.add_row(
+            result.engine, f"{result.percentile(50):.1f}", f"{result.percentile(90):.1f}", f"{result.percentile(99):.1f}",
+            f"{result.throughput:.1f}", f"{result.padded_tokens / max(result.tokens, 1) - 1:.0%}",
+            *([f"{entry['vs_torch']:.2f}x" if "vs_torch" in entry else ""] if torch_result else []),
+        )
+    out = console()
+    out.print(table)
+    machine = report["machine"]
+    out.print(f"{threads} threads · CPU {' '.join(machine['isa']) or 'baseline x86-64'} · load average "
+              f"{machine['load_average'][0]:.1f}" + (f" · vs torch: against {torch_result.engine}, the faster PyTorch"
+                                                      if torch_result is not None else ""))
+    if arrival is not None:
+        out.print(f"length bucketing vs arrival order: {report['bucketing_speedup']:.2f}x throughput")

@@ -1,0 +1,30 @@
+"""Opening a bundle for a command: exit 2 when the path is not a bundle at all, 1 when it fails its checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .output import EXIT_FAILURE, fail, usage_error
+
+
+def check_bundle(path: str) -> None:
+    """Exit 2 when ``path`` is not a bundle at all (a saved model, a missing file); torch-free."""
+    from ..errors import BundleError
+    from ..manifest import read_manifest
+
+    try:
+        read_manifest(path)
+    except BundleError as exc:
+        usage_error(str(exc))
+
+
+def load_predictor(bundle: str, **options: Any):
+    """A Predictor, or exit: 2 when BUNDLE is not a bundle, 1 when it is one that fails its load checks."""
+    from ..errors import BundleError
+    from ..runtime import Predictor
+
+    check_bundle(bundle)
+    try:
+        return Predictor(bundle, **options)
+    except BundleError as exc:
+        fail(f"{exc}", EXIT_FAILURE)

@@ -1,0 +1,86 @@
+"""``headreg serve``: the HTTP server (headreg[serve]); torch is not imported."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .bundles import load_predictor
+from .output import plain, usage_error
+
+
+@click.command(short_help="Serve bundles over HTTP with batching across requests.", epilog="""\b
+Examples:
+  headreg serve ./bundle --port 8080
+  headreg serve sentiment=./bundle ner=./ner-bundle --threads 2""")
+@click.argument("bundles", nargs=-1, required=True, metavar="BUNDLE [NAME=BUNDLE ...]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: every one).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--max-batch-tokens", default=2048, show_default=True, type=click.IntRange(min=1),
+              help="Tokens per batch, across requests (also caps rows x longest row).")
+@click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Rows per batch.")
+@click.option("--max-concurrent-requests", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Requests in flight at once; more are answered 429 with Retry-After.")
+@click.option("--max-input-texts", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Texts per request; more are answered 422.")
+@click.option("--payload-limit", default=2_000_000, show_default=True, type=click.IntRange(min=1),
+              help="Bytes per request body; more are answered 413.")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="onnxruntime threads per model [default: the CPUs this process may use, container quota included].")
+@click.option("--variant", default=None, help="Model variant for every bundle [default: each bundle's default].")
+@click.option("--api-key", envvar="HEADREG_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on /info and /v1 [env: HEADREG_API_KEY].")
+@click.option("--keep-alive", default=75.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds an idle connection stays open (keep it above your load balancer's idle timeout).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
+@click.option("--default-model", default=None, metavar="NAME",
+              help="The model the root TEI routes (/embed, /predict, /rerank, ...) answer for [default: the only one served].")
+def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int, max_batch_size: int,
+          max_concurrent_requests: int, max_input_texts: int, payload_limit: int, threads: int | None,
+          variant: str | None, api_key: str | None, keep_alive: float, access_log: bool,
+          default_model: str | None) -> None:
+    """Serve bundles over HTTP with batching across requests (see docs/serving.md).
+
+    A bundle is served under its directory name, or under NAME when given as NAME=PATH.
+    """
+    from ..errors import require
+
+    for module in ("uvicorn", "starlette", "prometheus_client"):
+        try:
+            require(module, "serve", "headreg serve")
+        except ImportError as exc:
+            usage_error(str(exc))
+    from ..runtime.cpus import available_cpus
+    from ..serve.app import ServeConfig, configure_logging, create_app, listen, serve as run_server
+    from ..serve.names import parse_bundle_args
+
+    try:
+        named = parse_bundle_args(bundles)
+    except ValueError as exc:
+        usage_error(str(exc))
+    if default_model is not None and default_model not in named:
+        usage_error(f"--default-model {default_model!r} is not among the served models ({', '.join(named)}); "
+                    "name one of them")
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        usage_error(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another --port (0 picks a free one) "
+                    "or stop what is using this one")
+    port = sock.getsockname()[1]
+    threads = threads or available_cpus()
+    configure_logging(access=access_log)
+    predictors = {
+        name: load_predictor(path, threads=threads, variant=variant, max_batch_tokens=max_batch_tokens,
+                              batch_size=max_batch_size)
+        for name, path in named.items()
+    }
+    config = ServeConfig(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                         max_concurrent_requests=max_concurrent_requests, max_input_texts=max_input_texts,
+                         payload_limit=payload_limit, api_key=api_key or None, default_model=default_model)
+    click.echo(
+        f"serving {', '.join(f'{n} ({plain(p.head)}, {p.variant})' for n, p in predictors.items())} on http://{host}:{port} "
+        f"with {threads} thread(s) per model",
+        err=True,
+    )
+    sys.exit(run_server(create_app(predictors, config), host=host, port=port, keep_alive=keep_alive, sock=sock))
