@@ -100,7 +100,8 @@ def test_bundle_has_the_documented_files_and_manifest(exported):
                 "versions"):
         assert key in manifest, key
     assert manifest["head"] | {"config": None} == {
-        "name": "token_cls", "plugin": "headreg", "plugin_version": manifest["headreg_version"], "level": "token",
+        "name": "token_cls", "plugin": "headreg", "plugin_version": manifest["headreg_version"],
+        "task": "token-classification", "level": "token",
         "problem_type": "token_classification", "postprocess": "headreg.runtime.postprocess:token_cls", "config": None,
     }
     assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
