@@ -252,3 +252,30 @@ def test_metrics_label_requests_by_protocol(server):
     key = ("headreg_requests_total",
            (("model", "seq_cls"), ("protocol", "tei"), ("route", "/tei/{name}/embed"), ("status", "200")))
     assert samples[key] >= 1
+
+
+def test_similarity_long_texts_and_json_tensors(server, predictors):
+    vectors = predictors["seq_cls"].embed(SHORT[:3])
+    similar = post(f"{server.url}/tei/seq_cls/similarity",
+                   {"inputs": {"source_sentence": SHORT[0], "sentences": SHORT[1:3]}}).json()
+    close(similar, unit(vectors[1:]) @ unit(vectors[0]))
+
+    long_text = " ".join(SHORT * 8)  # past max_length: HF's stride reads it in windows sharing that many tokens
+    windowed = post(f"{server.url}/models/token_cls", {"inputs": long_text, "parameters": {"stride": 16}}).json()
+    expected = predictors["token_cls"].predict(long_text, long_text="window", window_stride=16)["entities"]
+    assert [(e["entity_group"], e["start"], e["end"]) for e in windowed] == [(e["label"], e["start"], e["end"]) for e in expected]
+    assert expected[-1]["end"] > len(long_text) // 2
+
+    body = {"id": "r1", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2, 1], "data": [[SHORT[0]], [SHORT[1]]]}],
+            "outputs": [{"name": "label"}]}
+    answer = post(f"{server.url}/v2/models/seq_cls/infer", body).json()
+    assert answer["id"] == "r1" and answer["outputs"][0]["data"] == [e["label"] for e in predictors["seq_cls"].predict(SHORT[:2])]
+
+
+def test_each_protocol_refuses_a_missing_key_in_its_own_shape(server):
+    tei = httpx.post(f"{server.url}/tei/seq_cls/embed", json={"inputs": "x"})
+    hf = httpx.post(f"{server.url}/models/seq_cls", json={"inputs": "x"})
+    v2 = httpx.post(f"{server.url}/v2/models/seq_cls/infer", json={"inputs": []})
+    assert tei.status_code == hf.status_code == v2.status_code == 401
+    assert set(tei.json()) == {"error", "error_type"} and set(hf.json()) == set(v2.json()) == {"error"}
+    assert "Authorization: Bearer" in tei.json()["error"] and "seq_cls" not in hf.json()["error"]
