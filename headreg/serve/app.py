@@ -187,7 +187,8 @@ async def infer(request: Request, state: _State, parse: Callable[[Any], Call],
     the model's queue.
 
     Returns the call, ``Predictor.predict``/``embed``'s result for it and the request's stats (``rows``,
-    ``tokens``). Raises :class:`RequestError`; each protocol renders it in its own error shape.
+    ``tokens``). Raises :class:`RequestError`; each protocol renders it in its own error shape. A new
+    per-request limit or timeout belongs here: every protocol adapter then has it too.
     """
     check_api_key(request.headers.get("authorization"), state.config.api_key)
     if state.in_flight >= state.config.max_concurrent_requests:
