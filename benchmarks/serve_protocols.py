@@ -12,7 +12,7 @@ load generator) at 1, 8 and 32 clients, interleaved round by round on one ``head
   apart, it pins its own dependencies: ``python -m venv /tmp/infinity-venv &&
   /tmp/infinity-venv/bin/pip install torch==2.13.0 'infinity-emb[server,torch]'``.
 
-Reported per level: req/s and p50/p99 per route (the median round), each protocol's overhead against native
+Reported per level: req/s, p50/p99 and server CPU time per request per route (the median round), each protocol's overhead against native
 (target: at most 10 % fewer req/s at 32 clients) and headreg's OpenAI route against infinity's (target: at least
 2.5x the req/s at 32 clients with a lower p99). The machine's load average is printed before and after: on a
 shared machine the wall-clock figures move with it, the interleaving keeps the ratios fair. Writes
@@ -97,8 +97,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in engines}
             for _ in range(args.rounds):
                 for name, (server, path, body) in engines.items():
+                    cpu = server.cpu_seconds()
                     result = asyncio.run(closed_loop(server.url, clients, texts, max(args.requests, 4 * clients),
                                                      args.seconds, path=path, body=body))
+                    # CPU time per request: what a busy shared machine distorts least
+                    result["cpu_ms_per_request"] = 1000 * (server.cpu_seconds() - cpu) / max(result["ok"], 1)
                     runs[name].append(result)
             level = summarize(clients, runs)
             report["levels"].append(level)
@@ -135,8 +138,8 @@ def print_level(level: dict[str, Any]) -> None:
     cells = []
     for name, run in level["routes"].items():
         ratio = level.get("vs_native", {}).get(name)
-        cells.append(f"{name} {run['throughput']:6.1f} req/s p50/p99 {run['p50_ms']:5.1f}/{run['p99_ms']:6.1f} ms"
-                     + (f" ({ratio:.2f}x native)" if ratio is not None else ""))
+        cells.append(f"{name} {run['throughput']:6.1f} req/s p50/p99 {run['p50_ms']:5.1f}/{run['p99_ms']:6.1f} ms "
+                     f"CPU {run['cpu_ms_per_request']:.1f} ms/req" + (f" ({ratio:.2f}x native)" if ratio is not None else ""))
     print(f"{level['clients']:>3} clients | " + " | ".join(cells), flush=True)
 
 

@@ -279,3 +279,11 @@ def test_each_protocol_refuses_a_missing_key_in_its_own_shape(server):
     assert tei.status_code == hf.status_code == v2.status_code == 401
     assert set(tei.json()) == {"error", "error_type"} and set(hf.json()) == set(v2.json()) == {"error"}
     assert "Authorization: Bearer" in tei.json()["error"] and "seq_cls" not in hf.json()["error"]
+
+
+def test_vector_responses_refuse_nan_instead_of_writing_null():
+    from headreg.serve.responses import FastJSONResponse
+
+    assert FastJSONResponse({"v": np.array([0.5, -2.0], dtype=np.float32)}).body == b'{"v":[0.5,-2.0]}'
+    with pytest.raises(ValueError, match="NaN"):
+        FastJSONResponse({"data": [{"embedding": np.array([0.5, np.nan], dtype=np.float32)}]})

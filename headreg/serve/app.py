@@ -34,6 +34,7 @@ from ..runtime.inputs import InputError
 from . import protocols
 from .batcher import Batcher, InferenceError
 from .metrics import ServeMetrics
+from .responses import FastJSONResponse
 from .schema import (
     Call, RequestError, check_api_key, model_info, parse_embed_request, parse_json, parse_predict_request, unknown_model,
 )
@@ -176,7 +177,7 @@ async def _infer(request: Request, state: _State, kind: str) -> Response:
 
     _, result, _ = await infer(request, state, call)
     if kind == "embed":
-        return JSONResponse({"model": name, "embeddings": [vector.tolist() for vector in result]})
+        return FastJSONResponse({"model": name, "embeddings": result})
     return JSONResponse({"model": name, "outputs": result})
 
 

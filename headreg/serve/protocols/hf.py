@@ -28,9 +28,10 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from ..responses import FastJSONResponse
 from ..schema import Call, RequestError
 from .common import (
     check_flag, check_truncation, cosine_similarity, embedding_width, endpoint, json_error, l2_normalize, text_list,
@@ -144,8 +145,7 @@ def answer(task: Task, result: list[Any]) -> Any:
     if task.name == "sentence-similarity":
         return cosine_similarity(result[0], result[1:])
     if task.name == "feature-extraction":
-        vectors = l2_normalize(result) if task.options["normalize"] else result
-        return [vector.tolist() for vector in vectors]
+        return list(l2_normalize(result) if task.options["normalize"] else result)
     if task.name == "text-classification":
         return [_labels(item, task.options) for item in result]  # a list per text, for one text too
     shaped = [_entities(item, task.options) for item in result]
@@ -198,7 +198,7 @@ def routes(state: Any) -> list[Route]:
                 return planned[0].call
 
             _, result, _ = await state.infer(request, call)
-            return JSONResponse(answer(planned[0], result))
+            return FastJSONResponse(answer(planned[0], result))
 
         return run
 

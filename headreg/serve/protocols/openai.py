@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from ..responses import FastJSONResponse
 from ..schema import Call, RequestError
 from .common import embedding_width, endpoint, json_error, text_list
 
@@ -78,7 +79,7 @@ def parse(payload: Any, state: Any) -> tuple[Call, str]:
 def encode(vector: np.ndarray, encoding: str) -> Any:
     if encoding == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+    return vector
 
 
 def model_list(state: Any) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def routes(state: Any) -> list[Route]:
             return parsed
 
         parsed, vectors, stats = await state.infer(request, call)
-        return JSONResponse({
+        return FastJSONResponse({
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": encode(v, encodings[0])} for i, v in enumerate(vectors)],
             "model": parsed.model,

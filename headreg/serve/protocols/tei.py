@@ -27,10 +27,11 @@ import math
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ... import __version__
+from ..responses import FastJSONResponse
 from ..schema import Call, RequestError, json_object
 from .common import check_flag, check_truncation, cosine_similarity, endpoint, json_error, l2_normalize, text_list
 
@@ -170,7 +171,7 @@ def plan(state: Any, model: str, route: str, payload: Any) -> tuple[Call, Any]:
 
 def answer(route: str, result: list[Any], shape: Any) -> Any:
     if route == "embed":
-        return [vector.tolist() for vector in (l2_normalize(result) if shape else result)]
+        return list(l2_normalize(result) if shape else result)
     if route == "predict":
         batch, raw = shape
         answers = [_predictions(item, raw) for item in result]
@@ -216,7 +217,7 @@ def routes(state: Any) -> list[Route]:
         async def run(request: Request) -> Response:
             model = _model(state, request)
             if route == "tokenize":
-                        return JSONResponse(tokenize(state, model, await state.body(request)))
+                return FastJSONResponse(tokenize(state, model, await state.body(request)))
             shapes: list[Any] = []
 
             def call(payload: Any) -> Call:
@@ -225,13 +226,13 @@ def routes(state: Any) -> list[Route]:
                 return planned
 
             _, result, stats = await state.infer(request, call)
-            return JSONResponse(answer(route, result, shapes[0]),
-                                headers={"x-total-tokens": str(stats.get("tokens", 0)), "x-model-id": model})
+            return FastJSONResponse(answer(route, result, shapes[0]),
+                                    headers={"x-total-tokens": str(stats.get("tokens", 0)), "x-model-id": model})
 
         return run
 
     async def model_info(request: Request) -> Response:
-        return JSONResponse(info(state, _model(state, request)))
+        return FastJSONResponse(info(state, _model(state, request)))
 
     mounted = []
     for prefix in ("/tei/{name}", ""):

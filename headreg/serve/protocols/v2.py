@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ... import __version__
+from ..responses import FastJSONResponse
 from ..schema import Call, RequestError, parse_json
 from .common import embedding_width, endpoint, json_error
 
@@ -163,14 +164,14 @@ def _tensor(name: str, result: list[Any], labels: list[str]) -> dict[str, Any]:
     n = len(result)
     if name == "embedding":
         array = np.asarray(result, dtype=np.float32)
-        return {"name": name, "datatype": "FP32", "shape": list(array.shape), "data": array.ravel().tolist()}
+        return {"name": name, "datatype": "FP32", "shape": list(array.shape), "data": array.ravel()}
     if name in ("label", "score"):
         data = [item[name] for item in result]
         return {"name": name, "datatype": "BYTES" if name == "label" else "FP32", "shape": [n], "data": data}
     if name in ("scores", "values"):
         rows = [[item["scores"][label] for label in labels] if name == "scores" else item["values"] for item in result]
         array = np.asarray(rows, dtype=np.float32)
-        return {"name": name, "datatype": "FP32", "shape": list(array.shape), "data": array.ravel().tolist()}
+        return {"name": name, "datatype": "FP32", "shape": list(array.shape), "data": array.ravel()}
     key = {"labels": "labels", "entities": "entities"}.get(name)
     data = [json.dumps(item[key] if key else item) for item in result]
     return {"name": name, "datatype": "BYTES", "shape": [n], "data": data}
@@ -178,22 +179,22 @@ def _tensor(name: str, result: list[Any], labels: list[str]) -> dict[str, Any]:
 
 def routes(state: Any) -> list[Route]:
     async def live(request: Request) -> Response:
-        return JSONResponse({"live": True})
+        return FastJSONResponse({"live": True})
 
     async def ready(request: Request) -> Response:
-        return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+        return FastJSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
 
     async def server(request: Request) -> Response:
-        return JSONResponse({"name": "headreg", "version": __version__, "extensions": ["binary_tensor_data"]})
+        return FastJSONResponse({"name": "headreg", "version": __version__, "extensions": ["binary_tensor_data"]})
 
     async def model_metadata(request: Request) -> Response:
         name = request.path_params["name"]
-        return JSONResponse(metadata(name, state.batcher(name).predictor))
+        return FastJSONResponse(metadata(name, state.batcher(name).predictor))
 
     async def model_ready(request: Request) -> Response:
         name = request.path_params["name"]
         state.batcher(name)
-        return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
+        return FastJSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
 
     async def infer(request: Request) -> Response:
         model = request.path_params["name"]
@@ -212,7 +213,7 @@ def routes(state: Any) -> list[Route]:
                 "outputs": [_tensor(name, result, labels) for name in names]}
         if request_id is not None:
             body["id"] = request_id
-        return JSONResponse(body)
+        return FastJSONResponse(body)
 
     table = [
         ("/v2/health/live", live, "GET"), ("/v2/health/ready", ready, "GET"), ("/v2", server, "GET"),
