@@ -521,3 +521,45 @@ def test_multi_head_bundles_window_every_head_like_its_single_head_bundle():
                 assert got["sentiment"]["label"] == want["label"]
                 np.testing.assert_allclose(list(got["sentiment"]["scores"].values()), list(want["scores"].values()),
                                            atol=1e-5)
+
+
+def test_the_window_ceiling_is_set_where_the_model_runs_and_a_call_may_only_lower_it():
+    from headreg.integrations import load_predictor
+
+    _, bundle = headed("seq_cls")
+    text = "word " * 400
+    needed = len(Predictor(bundle).prepare([text], long_text="window").rows)
+    assert needed > 3
+    # Ray and Spark build their Predictors through load_predictor: predictor_options carries the ceiling.
+    predictor = load_predictor(bundle, 1, predictor_options={"max_windows": needed + 1})
+    assert predictor.max_windows == needed + 1
+    assert len(predictor.prepare([text], long_text="window").rows) == needed
+    with pytest.raises(InputError, match=rf"max_windows={needed + 2} is above the ceiling of {needed + 1} .*pass at most"):
+        predictor.predict([text], long_text="window", max_windows=needed + 2)
+    with pytest.raises(InputError, match=rf"needs {needed} windows; .*max_windows={needed - 1} .*Pass max_windows up to {needed + 1}"):
+        predictor.predict([text], long_text="window", max_windows=needed - 1)
+    at_ceiling = load_predictor(bundle, 1, predictor_options={"max_windows": needed - 1})
+    with pytest.raises(InputError, match=rf"needs {needed} windows; .*max_windows={needed - 1} windows per input\. Split"):
+        at_ceiling.predict([text], long_text="window")
+    with pytest.raises(InputError, match="max_windows must be a positive integer"):
+        Predictor(bundle, max_windows=0)
+    # A step under an eighth of the room is refused; the largest overlap allowed is named.
+    with pytest.raises(InputError, match=r"moves on by at least 8 .*pass at most 54"):
+        predictor.predict([text], long_text="window", window_stride=55)
+    assert predictor.predict(["word " * 100], long_text="window", window_stride=54)
+
+
+def test_a_text_that_needs_too_many_windows_is_refused_before_its_windows_are_cut():
+    import time
+
+    _, bundle = headed("seq_cls")
+    predictor = Predictor(bundle)
+    # 1 token per 2 characters: the character bound (16 per token) lets it through, the exact count does not.
+    dense = "a " * 5_000
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=r"input 0 needs \d+ windows"):
+        predictor.prepare([dense], long_text="window", window_stride=54)
+    # A pair's second text is checked against the room its first text leaves.
+    with pytest.raises(InputError, match=r"input 0 needs \d+ windows"):
+        predictor.prepare([("word " * 50, "a " * 4000)], long_text="window")
+    assert time.perf_counter() - start < 5

@@ -67,7 +67,7 @@ class BundlePredictor:
     ``output="embed"`` adds ``embedding`` (float32 pooled_output). ``threads``: onnxruntime threads (default:
     the actor's ``num_cpus``). ``variant``: the bundle variant. ``prefix`` is put before every new column
     name (a result column may not replace an input column). ``predictor_options``: other ``Predictor``
-    arguments (``max_batch_tokens``, ``batch_size``, ``max_length``). Any other keyword is a per-call predict
+    arguments (``max_batch_tokens``, ``batch_size``, ``max_length``, ``max_windows``). Any other keyword is a per-call predict
     option (``thresholds=0.3``, ``aggregation="max"``...), validated by the Predictor when the actor starts.
 
     Batches may be pandas DataFrames or dicts of numpy arrays; rows keep their order and every input

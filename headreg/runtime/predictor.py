@@ -79,7 +79,9 @@ class Predictor:
     ``quantized=True`` is short for ``variant="int8"``). The variant record names its backend
     (:mod:`headreg.runtime.backends`: onnxruntime, or OpenVINO for bf16); ``self.backend`` runs it.
     ``max_batch_tokens`` / ``batch_size``: caps per batch (rows are length-bucketed, see batching.py).
-    ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer).
+    ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer). ``max_windows``: with
+    ``long_text="window"``, the most windows one input may take (default 256); a call's ``max_windows`` may
+    lower it, never raise it, and a longer input is refused before it is tokenized into windows.
     ``trust_remote_code``: import a postprocess the manifest names even when it is not the installed head's.
     ``verify_files``: also check the model file's sha256 against the manifest (the tokenizer and files up to
     16 MB always are; hashing MiniLM's 91 MB model.onnx adds 23-40% to a cold load, see docs/security.md).
@@ -102,16 +104,19 @@ class Predictor:
         variant: str | None = None,
         trust_remote_code: bool = False,
         verify_files: bool = False,
+        max_windows: int = _windows.MAX_WINDOWS,
     ):
         if quantized and variant not in (None, "int8"):
             raise InputError(f"quantized=True asks for the int8 variant but variant={variant!r}; pass one of them")
         for name, value in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens),
-                            ("max_length", max_length), ("threads", threads)):
+                            ("max_length", max_length), ("threads", threads), ("max_windows", max_windows)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest = read_manifest(self.bundle_dir)
         self.batch_size = int(batch_size)
+        # long_text="window": the most windows one input may take; a call's max_windows may only lower it
+        self.max_windows = int(max_windows)
         self.max_batch_tokens = max_batch_tokens
         self.variant, self.variant_reason = select_variant(manifest, "int8" if quantized else variant)
         self.variant_record = variant_records(manifest)[self.variant]
@@ -301,8 +306,8 @@ class Predictor:
     def _window_rows(self, items: list[Text], runtime: dict[str, Any]) -> list[Row]:
         """Rows for ``long_text="window"``: each input's windows, in order (an input that fits: one row)."""
         check_inputs(items, self.supports_pairs)
-        options = _windows.window_options(runtime)
-        _windows.check_window_budget(items, self.max_length, options.max_windows)
+        options = _windows.window_options(runtime, ceiling=self.max_windows)
+        _windows.check_window_budget(items, self.max_length, options.max_windows, ceiling=self.max_windows)
         overlap = options.overlap
         local = self._local
         if getattr(local, "window_tokenizer", None) is None:
@@ -311,8 +316,9 @@ class Predictor:
 
             local.window_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
         rows: list[Row] = []
-        encoded = _windows.encode_windows(local.window_tokenizer, items, self.max_length, overlap)
-        _windows.check_window_budget(items, self.max_length, options.max_windows, encoded)
+        encoded = _windows.encode_windows(local.window_tokenizer, items, self.max_length, overlap,
+                                          max_windows=options.max_windows, ceiling=self.max_windows)
+        _windows.check_window_budget(items, self.max_length, options.max_windows, encoded, ceiling=self.max_windows)
         for index, windows in enumerate(encoded):
             rows.extend(Row(index, encoding, w, windows.overlap) for w, encoding in enumerate(windows.encodings))
         return rows

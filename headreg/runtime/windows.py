@@ -32,12 +32,17 @@ LONG_TEXT = ("truncate", "window")
 WINDOW_REDUCE = ("mean", "max", "first")
 # The per-call options this module reads; "window_overlap" is the plain name of "window_stride".
 OPTIONS = ("long_text", "window_stride", "window_overlap", "window_reduce", "max_windows")
-# Windowed reading has no length cut, so its work per input is bounded here instead: at most this many windows
-# (MiniLM at 512 tokens: ~100k tokens, a few seconds). Past it an input is refused with an InputError, never
-# read partly. CHARS_PER_WINDOW bounds the characters handed to the tokenizer before it runs (16 characters
-# per token is about three times what natural text averages).
+# Windowed reading has no length cut, so its work per input is bounded here instead: at most MAX_WINDOWS
+# windows (MiniLM at 512 tokens: ~130k tokens, a few seconds) unless whoever runs the model sets another
+# ceiling (Predictor(max_windows=...), headreg serve --max-windows); a call may ask for fewer, never more.
+# Past it an input is refused with an InputError, never read partly, and refused before its windows are cut:
+# from its character count when even 16 characters per token (about three times what natural text averages)
+# need too many windows, else from its exact token count.
 MAX_WINDOWS = 256
 CHARS_PER_TOKEN_WINDOWED = 16
+# Neighbouring windows advance by at least 1/MIN_STEP_DIVISOR of a window's room, so a token is read by at most
+# this many windows (an overlap of room - 1 would read a 10k-token text as 10k windows).
+MIN_STEP_DIVISOR = 8
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,9 @@ class WindowOptions:
         return self.long_text == "window"
 
 
-def window_options(options: Mapping[str, Any]) -> WindowOptions:
-    """Check a call's ``long_text`` / ``window_stride`` (alias ``window_overlap``) / ``window_reduce``."""
+def window_options(options: Mapping[str, Any], ceiling: int | None = None) -> WindowOptions:
+    """Check a call's ``long_text`` / ``window_stride`` (alias ``window_overlap``) / ``window_reduce`` /
+    ``max_windows``; ``ceiling``: the most ``max_windows`` may be (also its default; None: MAX_WINDOWS, unchecked)."""
     long_text = options.get("long_text")
     long_text = "truncate" if long_text is None else long_text
     if long_text not in LONG_TEXT:
@@ -74,9 +80,14 @@ def window_options(options: Mapping[str, Any]) -> WindowOptions:
     if reduce not in WINDOW_REDUCE:
         raise InputError(f"window_reduce must be one of {', '.join(map(repr, WINDOW_REDUCE))}, got {reduce!r}")
     max_windows = options.get("max_windows")
-    max_windows = MAX_WINDOWS if max_windows is None else max_windows
+    max_windows = (ceiling or MAX_WINDOWS) if max_windows is None else max_windows
     if isinstance(max_windows, bool) or not isinstance(max_windows, (int, np.integer)) or max_windows < 1:
         raise InputError(f"max_windows must be an integer >= 1, got {max_windows!r}")
+    if ceiling is not None and max_windows > ceiling:
+        raise InputError(
+            f"max_windows={max_windows} is above the ceiling of {ceiling} windows per input set where this model "
+            f"runs; pass at most {ceiling}, or split the input"
+        )
     if long_text != "window":
         given = [
             name for name in ("window_stride", "window_overlap", "window_reduce", "max_windows")
@@ -111,27 +122,82 @@ for _name, _description in (
     register_option(RuntimeOption(_name, _checked(_name), runtime=True, description=_description))
 
 
-def check_window_budget(inputs: Sequence[Any], max_length: int, max_windows: int, windows: Sequence[Windows] | None = None) -> None:
+def check_window_budget(
+    inputs: Sequence[Any], max_length: int, max_windows: int, windows: Sequence[Windows] | None = None,
+    ceiling: int | None = None,
+) -> None:
     """InputError naming the first input that needs more than ``max_windows`` windows.
 
-    Without ``windows`` (before tokenizing) only the character count is checked, so a huge input is refused
-    before the tokenizer spends time and memory on it.
+    Without ``windows`` (before tokenizing) only the character count is checked against windows that do not
+    overlap, so a huge input is refused before the tokenizer spends time and memory on it (``encode_windows``
+    checks each input against its actual overlap). ``ceiling``: the most a call may ask for (named in the hint).
     """
     limit = max_windows * max_length * CHARS_PER_TOKEN_WINDOWED
     for index, item in enumerate(inputs):
         if windows is not None:
             count = len(windows[index].encodings)
-            too_long = count > max_windows
-            what = f"needs {count} windows"
+            if count > max_windows:
+                raise _too_many_windows(index, f"needs {count} windows", max_windows, ceiling)
         else:
             chars = len(item) if isinstance(item, str) else sum(len(side) for side in item)
-            too_long = chars > limit
-            what = f"has {chars} characters (more than {max_windows} windows of {max_length} tokens can hold)"
-        if too_long:
-            raise InputError(
-                f"input {index} {what}; long_text='window' reads at most max_windows={max_windows} windows per "
-                "input. Pass a larger max_windows, split the input, or use long_text='truncate'."
-            )
+            if chars > limit:
+                raise _too_many_windows(
+                    index, f"has {chars} characters (more than {max_windows} windows of {max_length} tokens can hold)",
+                    max_windows, ceiling,
+                )
+
+
+def _too_many_windows(index: int, what: str, max_windows: int, ceiling: int | None) -> InputError:
+    # Never suggest more than the ceiling: the caller cannot have it.
+    hint = (f"Pass max_windows up to {ceiling}, split the input, or use long_text='truncate'."
+            if ceiling is not None and max_windows < ceiling else "Split the input, or use long_text='truncate'.")
+    return InputError(
+        f"input {index} {what}; long_text='window' reads at most max_windows={max_windows} windows per input. {hint}"
+    )
+
+
+def windows_needed(tokens: int, room: int, overlap: int) -> int:
+    """How many windows of ``room`` text tokens, neighbours sharing ``overlap``, a text of ``tokens`` tokens takes."""
+    if tokens <= room:
+        return 1
+    step = room - overlap
+    return 1 + -(-(tokens - room) // step)
+
+
+def min_window_step(room: int) -> int:
+    """The smallest step between neighbouring windows of ``room`` text tokens (see MIN_STEP_DIVISOR)."""
+    return max(1, -(-room // MIN_STEP_DIVISOR))
+
+
+def _check_overlap(overlap: int, room: int, what: str) -> None:
+    if overlap >= room:
+        raise InputError(f"window_stride={overlap} (the overlap) must be smaller than the {room} tokens {what}; "
+                         f"pass at most {room - min_window_step(room)}")
+    if room - overlap < min_window_step(room):
+        raise InputError(
+            f"window_stride={overlap} (the overlap) moves windows of {room} tokens on by {room - overlap} token(s); "
+            f"a window moves on by at least {min_window_step(room)} (each token is read by at most "
+            f"{MIN_STEP_DIVISOR} windows): pass at most {room - min_window_step(room)}"
+        )
+
+
+def _check_input_windows(tokenizer: Any, index: int, text: str, room: int, overlap: int, max_windows: int | None,
+                         ceiling: int | None) -> None:
+    """Refuse a text that would need more than ``max_windows`` windows, before its windows are cut: from its
+    characters when that is certain, else from its tokens counted once without the overflow's copies."""
+    if max_windows is None or len(text) <= room:
+        return
+    # At least one token per CHARS_PER_TOKEN_WINDOWED characters; at most two per UTF-8 byte (byte-level BPE gives
+    # one per byte, SentencePiece adds a word-start piece).
+    least = windows_needed(-(-len(text) // CHARS_PER_TOKEN_WINDOWED), room, overlap)
+    if least > max_windows:
+        raise _too_many_windows(index, f"has {len(text)} characters (at least {least} windows)", max_windows, ceiling)
+    if windows_needed(2 * len(text.encode("utf-8")), room, overlap) <= max_windows:
+        return
+    tokenizer.no_truncation()
+    count = windows_needed(len(tokenizer.encode(text, add_special_tokens=False)), room, overlap)
+    if count > max_windows:
+        raise _too_many_windows(index, f"needs {count} windows", max_windows, ceiling)
 
 
 def default_overlap(room: int) -> int:
@@ -149,7 +215,8 @@ class Windows:
 
 
 def encode_windows(
-    tokenizer: Any, inputs: Sequence[str | tuple[str, str]], max_length: int, overlap: int | None = None
+    tokenizer: Any, inputs: Sequence[str | tuple[str, str]], max_length: int, overlap: int | None = None,
+    max_windows: int | None = None, ceiling: int | None = None,
 ) -> list[Windows]:
     """Tokenize ``inputs`` into windows of at most ``max_length`` tokens each (an input that fits: one window).
 
@@ -157,6 +224,8 @@ def encode_windows(
     not one other threads encode with. Sentence pairs keep the first text whole in every window; a pair whose
     first text leaves no room for the second, or less than ``overlap + 1`` tokens of it, is an InputError
     naming the input (unless the whole pair fits one window). Inputs are assumed checked (check_inputs).
+    ``max_windows``: an input that would need more windows is an InputError before its windows are cut
+    (``ceiling``: the most a call may ask for, named in the hint).
     """
     tokenizer.no_padding()
     results: list[Windows | None] = [None] * len(inputs)
@@ -167,32 +236,37 @@ def encode_windows(
         if room < 1:
             raise InputError(f"max_length={max_length} leaves no room for text beside the special tokens")
         chosen = default_overlap(room) if overlap is None else overlap
-        if chosen >= room:
-            raise InputError(
-                f"window_stride={chosen} (the overlap) must be smaller than the {room} tokens a window of "
-                f"max_length={max_length} holds; pass at most {room - 1}"
-            )
+        _check_overlap(chosen, room, f"a window of max_length={max_length} holds")
+        for index in singles:
+            _check_input_windows(tokenizer, index, inputs[index], room, chosen, max_windows, ceiling)
         _encode_group(tokenizer, inputs, singles, max_length, chosen, "longest_first", 0, results)
     if pairs:
-        _encode_pairs(tokenizer, inputs, pairs, max_length, overlap, results)
+        _encode_pairs(tokenizer, inputs, pairs, max_length, overlap, results, max_windows, ceiling)
     return results  # type: ignore[return-value]
 
 
 def _encode_pairs(
-    tokenizer: Any, inputs: Sequence[Any], pairs: list[int], max_length: int, overlap: int | None, results: list
+    tokenizer: Any, inputs: Sequence[Any], pairs: list[int], max_length: int, overlap: int | None, results: list,
+    max_windows: int | None = None, ceiling: int | None = None,
 ) -> None:
     tokenizer.no_truncation()
     firsts = tokenizer.encode_batch([inputs[i][0] for i in pairs], add_special_tokens=False)
     budget = max_length - tokenizer.num_special_tokens_to_add(True)
     groups: dict[int, list[int]] = {}
     cramped: list[tuple[int, int, int]] = []  # (input, first text's tokens, overlap asked) without room to slide
+    rooms: dict[int, int] = {}
     for index, first in zip(pairs, firsts):
-        room = budget - len(first)
+        room = rooms[index] = budget - len(first)
         chosen = default_overlap(room) if overlap is None else overlap
         if room < 1 or chosen >= room:
             cramped.append((index, len(first), chosen))
         else:
+            if room - chosen < min_window_step(room):
+                _check_overlap(chosen, room, f"input {index}'s windows hold of its text_pair")
             groups.setdefault(chosen, []).append(index)
+    for chosen, members in groups.items():
+        for index in members:
+            _check_input_windows(tokenizer, index, inputs[index][1], rooms[index], chosen, max_windows, ceiling)
     for chosen, members in groups.items():
         _encode_group(tokenizer, inputs, members, max_length, chosen, "only_second", 1, results)
     if cramped:
