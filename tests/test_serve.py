@@ -419,16 +419,20 @@ def test_a_failing_request_is_500_and_the_server_keeps_serving(fragile_server, p
 
 
 def test_over_the_concurrency_limit_is_429_with_retry_after(fragile_server):
-    held = [_SlowRequest(fragile_server, "seq_cls", ["held open"]) for _ in range(2)]
-    try:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # A request counts once its body is in (tests/test_serve_hostile.py: slow senders take no slot), so the two
+    # held requests are ones with seconds of work: 8 texts read in 211 windows each.
+    heavy = {"inputs": ["word " * 20_000] * 8, "parameters": {"long_text": "window"}}
+    url = f"{fragile_server.url}/v1/models/seq_cls/predict"
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(httpx.post, url, json=heavy, timeout=60) for _ in range(2)]
         _wait_in_flight(fragile_server, 2)
-        refused = httpx.post(f"{fragile_server.url}/v1/models/seq_cls/predict", json={"inputs": ["x"]}, timeout=30)
+        refused = httpx.post(url, json={"inputs": ["x"]}, timeout=30)
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         assert "--max-concurrent-requests" in refused.json()["error"]
-    finally:
-        answers = [request.finish() for request in held]
-    assert [status for status, _ in answers] == [200, 200]
-    assert httpx.post(f"{fragile_server.url}/v1/models/seq_cls/predict", json={"inputs": ["x"]}, timeout=30).status_code == 200
+        assert [request.result().status_code for request in held] == [200, 200]
+    assert httpx.post(url, json={"inputs": ["x"]}, timeout=30).status_code == 200
 
 
 def test_sigterm_answers_requests_in_flight_then_exits_0(bundles, predictors, tmp_path):
@@ -436,7 +440,7 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(bundles, predictors, tm
     texts = [[TEXTS[i]] for i in range(6)]
     held = [_SlowRequest(srv, "token_cls", inputs) for inputs in texts]
     try:
-        _wait_in_flight(srv, len(held))
+        _wait_in_flight(srv, len(held), "headreg_requests_receiving")
         srv.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # new connections are refused once shutdown begins
@@ -458,7 +462,7 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(bundles, predictors, tm
 
 
 class _SlowRequest:
-    """A POST whose body is sent in two parts: the request is admitted and held open until ``finish``."""
+    """A POST whose body is sent in two parts: the request is received (no slot yet) and held open until ``finish``."""
 
     def __init__(self, server: Server, model: str, inputs: list):
         body = json.dumps({"inputs": inputs}).encode()
@@ -492,13 +496,13 @@ def _content_length(data: bytes) -> int:
     return 1 << 30
 
 
-def _wait_in_flight(server: Server, count: int) -> None:
+def _wait_in_flight(server: Server, count: int, gauge: str = "headreg_requests_in_flight") -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if _samples(server).get(("headreg_requests_in_flight", ())) == count:
+        if _samples(server).get((gauge, ())) == count:
             return
         time.sleep(0.05)
-    raise AssertionError(f"the server never had {count} requests in flight")
+    raise AssertionError(f"the server never had {count} requests in flight ({gauge})")
 
 
 # --- the command line ------------------------------------------------------------------------------------------------

@@ -33,12 +33,23 @@ Examples:
               help="Require 'Authorization: Bearer KEY' on /info and /v1 [env: HEADREG_API_KEY].")
 @click.option("--keep-alive", default=75.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds an idle connection stays open (keep it above your load balancer's idle timeout).")
+@click.option("--header-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a client may take to send a request's headers; then 408 and the connection closes.")
+@click.option("--body-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds the body may pause between two reads; then 408.")
+@click.option("--body-total-timeout", default=300.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds a client may take to send a whole body; then 408 (raise it for slow networks).")
+@click.option("--request-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds from a request's last body byte to its answer; past it, 504 and its work is dropped.")
+@click.option("--max-windows", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Most windows one input may be read in with long_text='window'; a request may ask for fewer.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
 @click.option("--default-model", default=None, metavar="NAME",
               help="The model the root TEI routes (/embed, /predict, /rerank, ...) answer for [default: the only one served].")
 def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int, max_batch_size: int,
           max_concurrent_requests: int, max_input_texts: int, payload_limit: int, threads: int | None,
-          variant: str | None, api_key: str | None, keep_alive: float, access_log: bool,
+          variant: str | None, api_key: str | None, keep_alive: float, header_timeout: float, body_timeout: float,
+          body_total_timeout: float, request_timeout: float, max_windows: int, access_log: bool,
           default_model: str | None) -> None:
     """Serve bundles over HTTP with batching across requests (see docs/serving.md).
 
@@ -72,15 +83,18 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
     configure_logging(access=access_log)
     predictors = {
         name: load_predictor(path, threads=threads, variant=variant, max_batch_tokens=max_batch_tokens,
-                              batch_size=max_batch_size)
+                              batch_size=max_batch_size, max_windows=max_windows)
         for name, path in named.items()
     }
     config = ServeConfig(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
                          max_concurrent_requests=max_concurrent_requests, max_input_texts=max_input_texts,
-                         payload_limit=payload_limit, api_key=api_key or None, default_model=default_model)
+                         payload_limit=payload_limit, api_key=api_key or None, default_model=default_model,
+                         request_timeout=request_timeout, body_timeout=body_timeout,
+                         body_total_timeout=body_total_timeout)
     click.echo(
         f"serving {', '.join(f'{n} ({plain(p.head)}, {p.variant})' for n, p in predictors.items())} on http://{host}:{port} "
         f"with {threads} thread(s) per model",
         err=True,
     )
-    sys.exit(run_server(create_app(predictors, config), host=host, port=port, keep_alive=keep_alive, sock=sock))
+    sys.exit(run_server(create_app(predictors, config), host=host, port=port, keep_alive=keep_alive,
+                        header_timeout=header_timeout, sock=sock))

@@ -38,11 +38,17 @@ from .responses import FastJSONResponse
 from .schema import (
     Call, RequestError, check_api_key, model_info, parse_embed_request, parse_json, parse_predict_request, unknown_model,
 )
+from .timeouts import BODY_TIMEOUT, BODY_TOTAL_TIMEOUT, HEADER_TIMEOUT, KEEP_ALIVE, ClientTimeouts, ClientWatch, guarded_protocol
 
 access_log = logging.getLogger("headreg.serve.access")
 log = logging.getLogger("headreg.serve")
 
 WARMUP_TEXT = "warm up"
+# Bodies up to this size are parsed on the event loop (well under a millisecond); bigger ones in a thread.
+INLINE_BODY_BYTES = 65_536
+# A proxy in front gives up on an answer after 60 s by default (nginx proxy_read_timeout): work past that
+# point is answered to nobody.
+REQUEST_TIMEOUT = 60.0
 
 
 @dataclass
@@ -56,6 +62,9 @@ class ServeConfig:
     payload_limit: int = 2_000_000
     api_key: str | None = None
     default_model: str | None = None  # answers the root TEI routes (/embed, /predict, ...); one model: that one
+    request_timeout: float = REQUEST_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
+    body_total_timeout: float = BODY_TOTAL_TIMEOUT
 
 
 class _State:
@@ -94,7 +103,7 @@ class _State:
 
     async def body(self, request: Request) -> Any:
         """The JSON body of a request that runs no model, within the body limit."""
-        return parse_json(await _read_body(request, self.config.payload_limit))
+        return await decode_body(parse_json, await _read_body(request, self.config.payload_limit))
 
 
 def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None) -> Any:
@@ -162,7 +171,8 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
         exception_handlers={RequestError: _request_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
-    return AccessLog(app, metrics)
+    timeouts = ClientTimeouts(body=state.config.body_timeout, body_total=state.config.body_total_timeout)
+    return AccessLog(ClientWatch(app, timeouts, metrics), metrics)
 
 
 async def _infer(request: Request, state: _State, kind: str) -> Response:
@@ -183,15 +193,21 @@ async def _infer(request: Request, state: _State, kind: str) -> Response:
 
 async def infer(request: Request, state: _State, parse: Callable[[Any], Call],
                 decode: Callable[[bytes], Any] = parse_json) -> tuple[Call, Any, dict[str, Any]]:
-    """The one path of every inference request, native or protocol: API key, the concurrency limit, the body
-    limit, ``decode`` (JSON; v2's binary tensors), ``parse`` (the route's own request shape -> :class:`Call`),
-    the model's queue.
+    """The one path of every inference request, native or protocol: API key, the body (``--payload-limit``; the
+    body timeouts are ClientWatch's), ``decode`` (JSON within limits; v2's binary tensors), ``parse`` (the route's
+    own request shape -> :class:`Call`), then the concurrency limit (a slot is taken only once the body is in),
+    the model's queue within ``--request-timeout``.
 
     Returns the call, ``Predictor.predict``/``embed``'s result for it and the request's stats (``rows``,
     ``tokens``). Raises :class:`RequestError`; each protocol renders it in its own error shape. A new
     per-request limit or timeout belongs here: every protocol adapter then has it too.
     """
     check_api_key(request.headers.get("authorization"), state.config.api_key)
+    # A request takes a slot only once its body is in: a client trickling its body holds a connection (bounded
+    # by the body timeouts), never a slot an honest client could use.
+    call = parse(await decode_body(decode, await _read_body(request, state.config.payload_limit)))
+    batcher = state.batcher(call.model)
+    _log(request, model=call.model, inputs=len(call.inputs))
     if state.in_flight >= state.config.max_concurrent_requests:
         raise RequestError(
             429, f"the server is at its limit of {state.config.max_concurrent_requests} concurrent requests "
@@ -200,12 +216,18 @@ async def infer(request: Request, state: _State, parse: Callable[[Any], Call],
     state.in_flight += 1
     state.metrics.in_flight.set(state.in_flight)
     try:
-        call = parse(decode(await _read_body(request, state.config.payload_limit)))
-        batcher = state.batcher(call.model)
-        _log(request, model=call.model, inputs=len(call.inputs))
         stats = request.scope.setdefault("headreg.log", {})
+        timeout = state.config.request_timeout
         try:
-            result = await batcher.submit(call.inputs, kind=call.kind, parameters=call.parameters, stats=stats)
+            # Past the deadline the awaiting task is cancelled: the Batcher drops the request's queued rows.
+            result = await asyncio.wait_for(
+                batcher.submit(call.inputs, kind=call.kind, parameters=call.parameters, stats=stats), timeout
+            )
+        except TimeoutError:
+            raise RequestError(
+                504, f"the request was not answered within {timeout:g} seconds (--request-timeout) and was dropped; "
+                "send fewer or shorter texts per request, or retry when the server is less busy"
+            ) from None
         except InputError as exc:
             raise RequestError(422, str(exc)) from exc
         except InferenceError as exc:
@@ -218,6 +240,14 @@ async def infer(request: Request, state: _State, parse: Callable[[Any], Call],
         state.in_flight -= 1
         state.metrics.in_flight.set(state.in_flight)
     return call, result, stats
+
+
+async def decode_body(decode: Callable[[bytes], Any], body: bytes) -> Any:
+    """``decode(body)`` (JSON within limits: :func:`~headreg.serve.limits.parse_json_body`); a big body in a worker
+    thread, so the event loop keeps answering other clients meanwhile (a 2 MB body takes tens of milliseconds)."""
+    if len(body) <= INLINE_BODY_BYTES:
+        return decode(body)
+    return await asyncio.get_running_loop().run_in_executor(None, decode, body)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -294,7 +324,7 @@ class AccessLog:
         start = time.perf_counter()
         fields: dict[str, Any] = {}
         scope["headreg.log"] = fields
-        status = 500
+        status: int | None = None
 
         async def send_status(message: dict) -> None:
             nonlocal status
@@ -306,6 +336,8 @@ class AccessLog:
             await self.app(scope, receive, send_status)
         finally:
             seconds = time.perf_counter() - start
+            if status is None:  # no answer: the client went away (499, set by ClientWatch) or the app failed
+                status = fields.get("status", 500)
             route, model, protocol = fields.get("route", "other"), fields.get("model", ""), fields.get("protocol", "native")
             self.metrics.requests.labels(route, model, str(status), protocol).inc()
             self.metrics.request_seconds.labels(route, model, protocol).observe(seconds)
@@ -352,12 +384,13 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeout: float = 30.0,
-          keep_alive: float = 75.0, sock: socket.socket | None = None) -> int:
+          keep_alive: float = KEEP_ALIVE, header_timeout: float = HEADER_TIMEOUT, sock: socket.socket | None = None) -> int:
     """Run ``app`` on uvicorn until SIGTERM/SIGINT; in-flight requests are answered; returns 0.
 
     ``keep_alive``: seconds an idle connection stays open. Longer than the idle timeout of common load
     balancers (60 s), so a balancer never sends a request down a connection this server is just closing
-    (uvicorn's 5 s default turns that race into sporadic 502s and client read errors).
+    (uvicorn's 5 s default turns that race into sporadic 502s and client read errors). ``header_timeout``:
+    seconds a client may take to send a request's headers (see :mod:`headreg.serve.timeouts`).
 
     uvicorn re-raises the signal it caught after its graceful shutdown, which would kill the process with
     status 143 after everything went right. The handlers installed here are what it restores before
@@ -369,6 +402,7 @@ def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeo
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
         timeout_graceful_shutdown=graceful_timeout, timeout_keep_alive=keep_alive, server_header=False,
+        http=guarded_protocol(header_timeout),
     )
     server = uvicorn.Server(config)
     stopped: list[int] = []

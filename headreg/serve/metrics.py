@@ -40,6 +40,14 @@ class ServeMetrics:
             "headreg_inference_duration_seconds", "Time the model took to run one batch.", ["model"],
             buckets=LATENCY_BUCKETS, registry=registry,
         )
+        self.receiving = Gauge(
+            "headreg_requests_receiving", "Requests whose headers are in and whose body is still arriving (no slot held).",
+            registry=registry,
+        )
+        self.client_disconnects = Counter(
+            "headreg_client_disconnects", "Requests whose client went away before the answer; their work was dropped.",
+            registry=registry,
+        )
         self.rows = Counter("headreg_rows", "Rows run through the model.", ["model"], registry=registry)
         self.tokens = Counter("headreg_tokens", "Tokens (without padding) run through the model.", ["model"],
                               registry=registry)

@@ -11,25 +11,14 @@ cannot be served raises :class:`RequestError` with the HTTP status and a message
 from __future__ import annotations
 
 import hmac
-import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
+
+from .errors import RequestError
+from .limits import parse_json_body
 
 PREDICT_FIELDS = ("inputs", "parameters")
 EMBED_FIELDS = ("inputs", "parameters")
-
-
-class RequestError(Exception):
-    """A request the server answers with ``status`` and ``{"error": message}`` instead of a result."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
-        super().__init__(message)
-        self.status = int(status)
-        self.message = message
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.message, "status": self.status}
 
 
 @dataclass
@@ -43,15 +32,9 @@ class Call:
 
 
 def parse_json(body: bytes) -> Any:
-    """The request body as JSON, or a 422 that says where it stopped parsing."""
-    if not body.strip():
-        raise RequestError(422, 'the request body is empty; send JSON like {"inputs": ["some text"]}')
-    try:
-        return json.loads(body)
-    except UnicodeDecodeError as exc:
-        raise RequestError(422, f"the request body is not UTF-8 text: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise RequestError(422, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    """The request body as JSON within the default limits (:func:`~headreg.serve.limits.parse_json_body`), or a 422
+    that says what was wrong."""
+    return parse_json_body(body)
 
 
 def parse_predict_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:

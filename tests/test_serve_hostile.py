@@ -1,0 +1,189 @@
+"""``headreg serve`` under hostile and careless clients: a real server subprocess on 127.0.0.1, real sockets.
+
+Each attack of issue #21 in a short, bounded form (``benchmarks/attacks.py`` holds the clients;
+``benchmarks/chaos.py`` runs them all at once for minutes): bodies no parser should accept, body and header
+tricklers, clients that hang up, window abuse and requests past their deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from test_runtime_predictor import tiny_bundle
+from test_serve import Server
+
+from benchmarks import attacks
+
+PATH = "/v1/models/seq_cls/predict"
+# 4 x 211 windows of the tiny bundle (max_length 128): about a second to tokenize and two to run at batch 1.
+HEAVY = attacks.predict_body(["word " * 20_000] * 4, long_text="window")
+
+
+def metric(url: str, name: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"no metric {name}")
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+async def legit(port: int, count: int = 1) -> list[int]:
+    async with httpx.AsyncClient(timeout=20) as client:
+        answers = await asyncio.gather(*(
+            client.post(f"http://127.0.0.1:{port}{PATH}", json={"inputs": ["a fine day"]}) for _ in range(count)
+        ))
+    return [answer.status_code for answer in answers]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Short timeouts so each attack resolves in seconds; --max-concurrent-requests 4 so slots are scarce."""
+    srv = Server(tmp_path_factory.mktemp("hostile"), f"seq_cls={tiny_bundle('seq_cls')}", "--max-concurrent-requests",
+                 "4", "--header-timeout", "1.5", "--body-timeout", "1", "--body-total-timeout", "3", "--keep-alive",
+                 "1", "--max-batch-size", "1", "--max-windows", "300")
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("name", sorted(attacks.malformed_bodies()))
+def test_bodies_json_cannot_serve_are_422_naming_the_problem_never_500(server, name):
+    body = attacks.malformed_bodies()[name]
+    answer = run(attacks.post_raw(server.port, PATH, body))
+    assert answer.status == 422, answer.body[:300]
+    error = json.loads(answer.body)["error"]
+    expected = {"digits": "number of 5000 characters", "depth": "nests", "nested": "nests 100001 levels",
+                "nan": "NaN, which is not a JSON number", "huge": "1e999, which does not fit", "not_utf8": "UTF-8",
+                "not_json": "not valid JSON", "empty": "empty", "list": "must be a JSON object"}
+    assert next(text for key, text in expected.items() if name.startswith(key)) in error
+
+
+def test_a_string_past_the_limit_is_refused_by_the_shared_parser_naming_where():
+    from headreg.serve.errors import RequestError
+    from headreg.serve.limits import parse_json_body
+
+    with pytest.raises(RequestError, match=r"inputs\[1\] is a string of 11 characters; .* at most 10"):
+        parse_json_body(b'{"inputs": ["short", "01234567890"]}', max_string_chars=10)
+    assert parse_json_body(b'{"a": "[[[[", "b": [[1]]}', max_depth=3) == {"a": "[[[[", "b": [[1]]}
+
+
+def test_body_tricklers_take_no_slot_and_get_408(server):
+    async def attack():
+        tricklers = [asyncio.ensure_future(attacks.trickle_body(server.port, PATH, seconds=8, interval=0.5))
+                     for _ in range(12)]
+        await asyncio.sleep(0.5)
+        statuses = []
+        for _ in range(4):
+            statuses += await legit(server.port, 2)
+            await asyncio.sleep(0.3)
+        return statuses, await asyncio.gather(*tricklers)
+
+    start = time.monotonic()
+    statuses, tricklers = run(attack())
+    assert statuses == [200] * 8  # 12 tricklers, 4 slots: none of them holds one
+    assert {answer.status for answer in tricklers} == {408}
+    # --body-total-timeout 3 (each byte came within the 1 s idle timeout)
+    assert all(2.5 < answer.seconds < 5 for answer in tricklers), [a.seconds for a in tricklers]
+    assert b"--body-total-timeout" in tricklers[0].body
+    assert time.monotonic() - start < 8
+
+
+def test_a_body_that_stops_gets_408_after_the_idle_timeout(server):
+    answer = run(attacks.trickle_body(server.port, PATH, seconds=6, interval=5))
+    assert answer.status == 408 and 0.8 < answer.seconds < 2.5, answer
+    assert b"--body-timeout" in answer.body
+
+
+def test_header_tricklers_are_answered_408_and_closed(server):
+    async def attack():
+        return await asyncio.gather(*(attacks.trickle_headers(server.port, seconds=6, interval=0.2) for _ in range(30)),
+                                    legit(server.port, 4))
+
+    *tricklers, statuses = run(attack())
+    assert statuses == [200] * 4
+    assert {answer.status for answer in tricklers} == {408}
+    assert all(answer.seconds < 3 for answer in tricklers), [a.seconds for a in tricklers]
+    assert b"--header-timeout" in tricklers[0].body
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_and_one_that_sends_nothing_too(server):
+    async def idle_after_request() -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"}")
+        start = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        return time.monotonic() - start
+
+    async def silent() -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        start = time.monotonic()
+        await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return time.monotonic() - start
+
+    assert 0.5 < run(idle_after_request()) < 2.5  # --keep-alive 1
+    assert 1 < run(silent()) < 3  # --header-timeout 1.5 from the moment the connection opens
+
+
+@pytest.mark.slow
+def test_clients_that_hang_up_free_their_slots_at_once_and_are_counted(server):
+    before = metric(server.url, "headreg_client_disconnects_total")
+
+    async def attack():
+        await asyncio.gather(*(attacks.hang_up(server.port, PATH, HEAVY, after=1.5) for _ in range(4)))
+        start = time.monotonic()
+        statuses = await legit(server.port, 2)
+        return statuses, time.monotonic() - start
+
+    statuses, seconds = run(attack())
+    # 4 slots, 4 abandoned requests with seconds of work left each: the next clients are served at once.
+    assert statuses == [200, 200]
+    assert seconds < 1.5, seconds
+    assert metric(server.url, "headreg_client_disconnects_total") - before == 4
+    lines = [line for line in server.access_lines() if line.get("status") == 499]
+    assert len(lines) >= 4
+
+
+def test_window_abuse_is_refused_before_tokenizing(server):
+    text = "The quick brown fox jumps over the lazy dog. " * 1000  # 45 kB
+    url = f"{server.url}{PATH}"
+    start = time.monotonic()
+    tiny_step = httpx.post(url, json={"inputs": [text], "parameters": {"long_text": "window", "window_stride": 125}})
+    assert tiny_step.status_code == 422 and "moves on by at least 16" in tiny_step.json()["error"]
+    raised = httpx.post(url, json={"inputs": [text], "parameters": {"long_text": "window", "max_windows": 10**9}})
+    assert raised.status_code == 422
+    assert "above the ceiling of 300" in raised.json()["error"] and "larger" not in raised.json()["error"]
+    huge = httpx.post(url, json={"inputs": ["word " * 190_000], "parameters": {"long_text": "window"}}, timeout=30)
+    assert huge.status_code == 422 and "input 0 has 950000 characters" in huge.json()["error"], huge.text
+    assert "Pass max_windows" not in huge.json()["error"]  # the server's ceiling: nothing to raise
+    lowered = httpx.post(url, json={"inputs": [text], "parameters": {"long_text": "window", "max_windows": 3}})
+    assert lowered.status_code == 422 and "Pass max_windows up to 300" in lowered.json()["error"]
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.slow
+def test_a_request_past_its_deadline_is_504_and_its_work_is_dropped(tmp_path):
+    srv = Server(tmp_path, f"seq_cls={tiny_bundle('seq_cls')}", "--request-timeout", "1", "--max-batch-size", "1")
+    try:
+        start = time.monotonic()
+        late = httpx.post(f"{srv.url}{PATH}", content=HEAVY, timeout=30)
+        assert late.status_code == 504 and "--request-timeout" in late.json()["error"]
+        assert time.monotonic() - start < 2.5
+        # The dropped request's remaining rows are not run: the next request is not queued behind them.
+        start = time.monotonic()
+        assert httpx.post(f"{srv.url}{PATH}", json={"inputs": ["fine"]}, timeout=30).status_code == 200
+        assert time.monotonic() - start < 1
+        rows = metric(srv.url, "headreg_rows_total")
+        assert rows < 4 * 211
+    finally:
+        assert srv.stop() == 0
