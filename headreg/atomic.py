@@ -4,8 +4,15 @@
 other user can pre-create) in the target's own parent, so the final move is a same-filesystem rename and
 a read-only or missing parent fails before any work starts. An existing target is swapped with
 ``renameat2(RENAME_EXCHANGE)`` where the kernel offers it (the target never disappears, not even for an
-instant); elsewhere two renames with SIGTERM/SIGINT held back between them. SIGTERM is turned into an
-exception while the block runs, so ``finally`` cleanup happens for it as for Ctrl-C.
+instant); elsewhere two renames with SIGTERM/SIGINT/SIGHUP held back for the whole process (every thread)
+between them. SIGTERM is turned into an exception while the block runs, so ``finally`` cleanup happens for
+it as for Ctrl-C.
+
+The staging directory cannot be swapped under us: in a parent others may write to and that is not sticky,
+another user can rename ``.NAME.PID.*.incoming`` aside and put their own directory under its name, so that
+our files go into it and the final rename publishes it. A descriptor opened on the staging directory when
+it is created keeps its identity; right before the move (signals held) the name must still be that
+directory, owned by this user, and after the move the target must be it, or the write is refused.
 
 A SIGKILLed process cannot clean up: it leaves a hidden ``.NAME.PID.*.incoming`` (or, killed between the
 fallback's two renames, ``.NAME.PID.old``) beside the target. The next write to the same target removes
@@ -151,16 +158,36 @@ def _sigterm_raises() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold back SIGTERM/SIGINT/SIGHUP (delivered right after) so a swap is never cut between its renames."""
-    held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
+    """Hold back SIGTERM/SIGINT/SIGHUP for the whole process until the block ends, then deliver them.
+
+    Blocking them in this thread (``pthread_sigmask``) is not enough: the kernel hands a process-directed signal
+    to any thread that does not block it (onnxruntime, torch and tokenizers start several), and a signal whose
+    action is the default kills every thread at once. A signal's *handler* is process-wide, so from the main
+    thread the block installs handlers that only record the signal (CPython runs Python handlers in the main
+    thread, between two bytecodes, so the recording cannot interrupt the move either), then restores the
+    previous handlers and raises each recorded signal again, which then does what it would have done. Outside
+    the main thread handlers cannot be changed: there the signals are blocked in the calling thread only.
+    """
+    held = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    if threading.current_thread() is not threading.main_thread():
+        if not hasattr(signal, "pthread_sigmask"):
+            yield
+            return
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum)) for number in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(caught):
+            signal.raise_signal(number)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -202,13 +229,13 @@ def _umask() -> int:
     return mask
 
 
-def _apply_umask(root: Path) -> None:
+def _apply_umask(root: Path, root_fd: int) -> None:
     """Give every file and directory the mode a plain open()/mkdir() would (mkdtemp and some writers use 0600).
 
     A bundle or model written by one user (a Docker build as root) must be readable by the user that serves it.
+    The root (``root_fd``: the staging directory as created) opens up last, right before the move.
     """
     mask = _umask()
-    root.chmod(0o777 & ~mask)
     for folder, dirs, files in os.walk(root):
         for name in dirs:
             with contextlib.suppress(OSError):
@@ -217,6 +244,7 @@ def _apply_umask(root: Path) -> None:
             path = os.path.join(folder, name)
             if not os.path.islink(path):
                 os.chmod(path, 0o666 & ~mask)
+    os.fchmod(root_fd, 0o777 & ~mask)
 
 
 def _contains(outer: Path, inner: Path) -> bool:
@@ -282,16 +310,28 @@ def atomic_directory(
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=f".{INCOMING}", dir=target.parent))
     except OSError as exc:
         raise SaveLoadError(_fs_message(exc, target)) from exc
+    # The staging directory as created (0700, ours): a descriptor keeps its identity whatever its name becomes.
+    staging = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    replaced = False
     try:
         try:
             with _sigterm_raises():
                 yield tmp
-            _apply_umask(tmp)
+            # In a parent others may write to (and not sticky), another user can rename our staging directory
+            # aside and put theirs under its name: checked before its modes are set and right before the move.
+            replaced = not _is_staging(tmp, staging)
+            if not replaced:
+                _apply_umask(tmp, staging)
             swapped = False
             try:
                 with _signals_held():
-                    _swap(tmp, target)
-                    swapped = True
+                    replaced = replaced or not _is_staging(tmp, staging)
+                    if not replaced:
+                        _swap(tmp, target)
+                        swapped = True
+                        replaced = not _is_staging(target, staging)
+                    if replaced:
+                        raise SaveLoadError(_swapped_message(tmp, target, what, moved=swapped))
             except KeyboardInterrupt as exc:
                 if swapped:  # Ctrl-C was held back until the move completed: the new directory is in place
                     exc.written = target  # type: ignore[attr-defined]
@@ -302,4 +342,26 @@ def atomic_directory(
                 raise SaveLoadError(_fs_message(cause, target)) from exc
             raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(staging)
+        if not replaced:  # a staging path that is not ours any more is left to its owner
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_staging(path: Path, staging: int) -> bool:
+    """Whether ``path`` is still the directory behind the descriptor ``staging``, owned by this user."""
+    try:
+        now, ours = path.lstat(), os.fstat(staging)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(now.st_mode) and (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino)
+            and now.st_uid == os.getuid())
+
+
+def _swapped_message(tmp: Path, target: Path, what: str, *, moved: bool) -> str:
+    where = (f"{target} now holds a directory that is not the one written; remove it and write again"
+             if moved else f"nothing was moved to {target}")
+    return (
+        f"the staging directory {tmp} was replaced by another directory while the {what} was written (someone "
+        f"who may write to {target.parent} renamed it); {where}. Write into a directory only you can write to, "
+        "or one with the sticky bit (chmod +t)."
+    )

@@ -148,6 +148,68 @@ def test_ctrl_c_during_the_final_move_is_delivered_after_it_and_says_the_directo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
+def test_a_signal_to_any_thread_during_the_two_rename_move_lands_after_it(tmp_path):
+    """Without atomic exchange the move is two renames; SIGTERM sent to one of several other threads right
+    between them must neither kill the process mid-move nor be lost: it lands once the target is in place."""
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "version").write_text("old")
+    script = textwrap.dedent(f"""
+        import os, signal, threading, time
+        from pathlib import Path
+        import headreg.atomic as atomic
+
+        stop = threading.Event()
+        workers = [threading.Thread(target=stop.wait, daemon=True) for _ in range(6)]  # like onnxruntime's pool
+        for worker in workers:
+            worker.start()
+        atomic._exchange = lambda a, b: False  # a filesystem without renameat2(RENAME_EXCHANGE)
+        rename = Path.rename
+
+        def rename_then_signal(self, other):
+            done = rename(self, other)
+            if str(other).endswith(".old"):  # the first of the two renames: the target is gone right now
+                signal.pthread_kill(workers[3].ident, signal.SIGTERM)
+                time.sleep(0.5)
+            return done
+
+        Path.rename = rename_then_signal
+        with atomic.atomic_directory({str(target)!r}, overwrite=True) as tmp:
+            (tmp / "version").write_text("new")
+        print("not reached: SIGTERM ends the process after the move")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -15, result.stderr
+    assert "not reached" not in result.stdout
+    assert (target / "version").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+@pytest.mark.parametrize("owner", ["another user", "this user"])
+def test_a_staging_directory_swapped_by_someone_else_is_refused_and_never_published(tmp_path, owner):
+    """In a parent others may write to (0777, not sticky) another user can rename our staging directory aside and
+    put theirs in its place; the move checks it is still the directory created, owned by us."""
+    if owner == "another user" and os.getuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    parent.chmod(0o777)
+    target = parent / "bundle"
+    with pytest.raises(SaveLoadError, match=r"staging directory .* was replaced by another directory .*nothing was "
+                                            r"moved to .*bundle.* sticky bit"):
+        with atomic_directory(target, overwrite=False) as tmp:
+            assert tmp.stat().st_mode & 0o777 == 0o700
+            (tmp / "model.onnx").write_text("ours")
+            tmp.rename(parent / "aside")  # what the other user does, between two of our writes
+            tmp.mkdir()
+            if owner == "another user":
+                os.chown(tmp, 65534, 65534)
+            (tmp / "model.onnx").write_text("written into their directory")
+    assert not target.exists()
+    assert (parent / "aside" / "model.onnx").read_text() == "ours"
+    assert (tmp / "model.onnx").exists(), "the other directory is left to its owner, not deleted"
+
+
 # --- full and read-only filesystems -------------------------------------------------------------------------------------
 
 
