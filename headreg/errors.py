@@ -23,6 +23,14 @@ class PluginError(HeadregError, RuntimeError):
     """A plugin failed to load (raised only with HEADREG_STRICT_PLUGINS=1)."""
 
 
+class PluginSettingError(PluginError):
+    """HEADREG_LOAD_PLUGINS / HEADREG_DISABLE_PLUGINS name a plugin that is not installed (fatal when strict)."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin setting that is ignored, said once in one line (the CLI prints it as ``warning: ...``)."""
+
+
 class MissingExtraError(HeadregError, ImportError):
     """A feature needs an optional dependency group that is not installed."""
 

@@ -14,7 +14,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from . import schema as S
 from .errors import BundleError
@@ -369,6 +369,30 @@ def bundle_heads(manifest: dict[str, Any]) -> list[dict[str, Any]]:
             "outputs": {name: name for name in outputs},
         }
     ]
+
+
+# The rank of the logits a head's postprocess reads: [batch, labels] per text, [batch, tokens, labels] per token.
+LOGITS_RANK = {"sequence": 2, "token": 3}
+
+
+def head_output_problems(manifest: dict[str, Any], graph_outputs: Mapping[str, Sequence[Any]]) -> list[str]:
+    """Heads whose level does not fit their logits in the graph (``graph_outputs``: output name -> dims).
+
+    A crafted manifest can name a token head (a CRF's Viterbi) over a sequence-classification graph; its
+    postprocess would fail on the wrong shape, or read it wrongly. Checked before any postprocess runs.
+    """
+    problems = []
+    for entry in bundle_heads(manifest):
+        output = (entry.get("outputs") or {}).get("logits", "logits")
+        dims, rank = graph_outputs.get(output), LOGITS_RANK.get(entry.get("level"))
+        if dims is None or rank is None or len(dims) == rank:
+            continue
+        problems.append(
+            f"head {entry.get('name')!r} is a {entry.get('level')}-level head (it reads logits with {rank} dimensions) "
+            f"but the graph's {output!r} output has {len(dims)}; the manifest does not describe this model. Export "
+            "the bundle again"
+        )
+    return problems
 
 
 def is_multi_head(manifest: dict[str, Any]) -> bool:

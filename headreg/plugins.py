@@ -29,7 +29,7 @@ import pluggy
 
 from . import hookspecs
 from ._version import __version__
-from .errors import PluginError
+from .errors import PluginError, PluginSettingError, PluginWarning
 from .isolation import is_user_interrupt, plugin_code
 from .registry import HeadSpec, Registry, validate_spec
 
@@ -156,11 +156,13 @@ def _load_all() -> tuple[Registry, list[PluginInfo]]:
     for var, listed in ((ENV_LOAD, allow or set()), (ENV_DISABLE, deny)):
         unknown = sorted(listed - names)
         if unknown:
-            warnings.warn(
-                f"{var} names {', '.join(unknown)}, which no installed plugin is called; installed plugins: "
-                f"{', '.join(sorted(info.name for info in infos[1:])) or '(none)'}",
-                stacklevel=2,
+            message = (
+                f"{var} names {', '.join(map(repr, unknown))}, which no installed plugin is called; installed "
+                f"plugins: {', '.join(sorted(info.name for info in infos[1:])) or '(none)'}"
             )
+            if strict:
+                raise PluginSettingError(f"{message}. Fix the name in {var} (or unset {ENV_STRICT} to go on without it)")
+            warnings.warn(f"{message}; the name is ignored", PluginWarning, stacklevel=2)
     return registry, infos
 
 

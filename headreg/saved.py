@@ -32,6 +32,10 @@ HEAD_CONFIG_SCHEMA = S.obj(
     {
         "num_labels": S.integer(1, MAX_LABELS),
         "id2label": S.optional(S.mapping(S.index_key(MAX_LABELS), S.string(), max_items=MAX_LABELS)),
+        # The fields every head shares (heads.base.HeadConfig); a head's own fields are checked by the head.
+        "dropout": S.number(0, 1),
+        "hidden_layers": S.sequence(S.integer(1, 1 << 20), max_items=64),
+        "activation": S.one_of(*ACT2FN.keys()),
     },
     extra=True,
 )

@@ -179,8 +179,20 @@ def test_load_plugins_naming_no_installed_plugin_warns_with_the_names(site, mark
     result = run_headreg("heads", "--json", site=site, env={**marker, "HEADREG_LOAD_PLUGINS": "crff"})
     assert result.returncode == 0
     assert {head["name"] for head in json.loads(result.stdout)} == BUILTINS
-    assert "HEADREG_LOAD_PLUGINS names crff, which no installed plugin is called" in result.stderr
+    warning = [line for line in result.stderr.splitlines() if "crff" in line]
+    # One line, no Python file:line or source line.
+    assert warning == [warning[0]] and warning[0].startswith("warning: HEADREG_LOAD_PLUGINS names 'crff', which no "
+                                                             "installed plugin is called"), result.stderr
+    assert "UserWarning" not in result.stderr and "_load_all()" not in result.stderr
     assert "hp-chatty" in result.stderr or "chatty_plugin" in result.stderr
+
+
+def test_an_unknown_plugin_name_is_fatal_under_strict_mode(site, marker):
+    result = run_headreg("heads", "--json", site=site,
+                         env={**marker, "HEADREG_LOAD_PLUGINS": "crff", "HEADREG_STRICT_PLUGINS": "1"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: HEADREG_LOAD_PLUGINS names 'crff', which no installed plugin is called")
+    assert "Fix the name in HEADREG_LOAD_PLUGINS" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 def test_a_real_ctrl_c_while_a_plugin_imports_is_honoured(site, marker, tmp_path):

@@ -55,8 +55,9 @@ def _click_error(exc: click.ClickException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one error style and exit code 2 for every usage error, click's included."""
-    from ..errors import PluginError, UnknownHeadError
+    from ..errors import PluginError, PluginSettingError, UnknownHeadError
 
+    _one_line_warnings()
     try:
         code = cli.main(args=argv, prog_name="headreg", standalone_mode=False)
     except click.UsageError as exc:
@@ -67,12 +68,31 @@ def main(argv: list[str] | None = None) -> None:
         fail("interrupted", 130)
     except UnknownHeadError as exc:
         usage_error(str(exc))
+    except PluginSettingError as exc:  # the environment names a plugin that is not installed: the user's to fix
+        usage_error(str(exc))
     except PluginError as exc:
         fail(str(exc), EXIT_FAILURE)
     finally:
         if argv is None:  # the process's own command line: it exits next
             skip_final_collection()
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _one_line_warnings() -> None:
+    """headreg's own warnings (PluginWarning) as ``warning: ...`` on stderr, without Python's file:line and source."""
+    import warnings
+
+    from ..errors import PluginWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PluginWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def skip_final_collection() -> None:

@@ -6,6 +6,10 @@ from typing import Any
 
 from .output import EXIT_FAILURE, fail, usage_error
 
+# What --variant accepts on every command (a name outside it is a usage error, exit 2); whether the bundle has
+# it is the Predictor's check (exit 1). runtime.variants.PREFERENCE lists them without "auto".
+VARIANT_CHOICES = ["auto", "fp32", "int8", "bf16"]
+
 
 def check_bundle(path: str) -> None:
     """Exit 2 when ``path`` is not a bundle at all (a saved model, a missing file); torch-free."""

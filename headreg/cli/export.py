@@ -15,6 +15,17 @@ from .bundles import check_bundle
 from .output import EXIT_FAILURE, EXIT_USAGE, console, emit_json, fail
 
 
+def _require_export_extra(command: str, modules: tuple[str, ...]) -> None:
+    """Exit 2 with one line naming the extra when a module the command needs is missing (a runtime-only install)."""
+    from ..errors import require
+
+    for module in modules:
+        try:
+            require(module, "export", command)
+        except ImportError as exc:
+            fail(str(exc), EXIT_USAGE)
+
+
 def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
@@ -203,6 +214,7 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
         click.echo(f"note: loading {plan.path}/pytorch_model.bin with torch.load(weights_only=True) (--allow-bin): "
                    "tensors only, no arbitrary objects", err=True)
 
+    _require_export_extra("headreg export", ("torch", "transformers", "onnx"))
     from ..atomic import Terminated
     from ..errors import HeadConfigError, VerificationError
     from ..progress import StepProgress
@@ -304,6 +316,7 @@ def convert(source: str, target: str, overwrite: bool) -> None:
     """
     from ..export.source import SourceError, convert_to_safetensors
 
+    _require_export_extra("headreg convert", ("torch", "safetensors"))
     try:
         written = convert_to_safetensors(source, target, overwrite=overwrite)
     except SourceError as exc:

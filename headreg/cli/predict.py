@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .bundles import load_predictor
+from .bundles import VARIANT_CHOICES, load_predictor
 from .output import cell, console, emit_json, plain, usage_error
 
 
@@ -65,7 +65,7 @@ Examples:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Most rows per model run.")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.option("--quantized", is_flag=True, help="Use the bundle's int8 variant.")
-@click.option("--variant", type=click.Choice(["auto", "fp32", "int8", "bf16"]), default=None,
+@click.option("--variant", type=click.Choice(VARIANT_CHOICES), default=None,
               help="Model variant [default: auto, the rule of docs/runtime.md for this bundle on this machine].")
 @click.option("--long-text", type=click.Choice(["truncate", "window"]), default=None,
               help="Texts longer than the bundle's max_length: cut them, or predict over overlapping windows "
@@ -97,9 +97,14 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
     items: list[Any] = list(texts)
     if text_file is not None:
         try:
-            items += read_texts(text_file)
+            from_file = read_texts(text_file)
         except (OSError, UnicodeDecodeError, InputError) as exc:
             usage_error(f"cannot read --file {text_file}: {exc}")
+        if not from_file and not items:
+            where = "stdin" if text_file == "-" else text_file
+            usage_error(f"--file {where} is empty (no lines of text); put one text per line in it, or give texts "
+                        "as arguments")
+        items += from_file
     if not items:
         usage_error("give texts as arguments or with --file")
     if quantized and variant not in (None, "int8"):

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .bundles import load_predictor
+from .bundles import VARIANT_CHOICES, load_predictor
 from .output import plain, usage_error
 
 
@@ -28,7 +28,8 @@ Examples:
               help="Bytes per request body; more are answered 413.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="onnxruntime threads per model [default: the CPUs this process may use, container quota included].")
-@click.option("--variant", default=None, help="Model variant for every bundle [default: each bundle's default].")
+@click.option("--variant", type=click.Choice(VARIANT_CHOICES), default=None,
+              help="Model variant for every bundle [default: auto, each bundle's choice for this machine].")
 @click.option("--api-key", envvar="HEADREG_API_KEY", default=None,
               help="Require 'Authorization: Bearer KEY' on /info and /v1 [env: HEADREG_API_KEY].")
 @click.option("--keep-alive", default=75.0, show_default=True, type=click.FloatRange(min=1),

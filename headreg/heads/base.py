@@ -28,11 +28,24 @@ class HeadConfig:
     activation: str = "gelu"
 
     def __post_init__(self) -> None:
+        # A saved config is untrusted JSON: a field of the wrong type is named, never a bare int() error.
         if self.id2label is not None:
             # JSON turns int keys into strings; accept a list too.
+            if not isinstance(self.id2label, (list, tuple, dict)):
+                raise HeadConfigError(f"id2label must map label ids to names, got {self.id2label!r}")
             items = enumerate(self.id2label) if isinstance(self.id2label, (list, tuple)) else self.id2label.items()
-            self.id2label = {int(k): str(v) for k, v in items}
-        self.hidden_layers = [int(size) for size in self.hidden_layers]
+            try:
+                self.id2label = {int(k): str(v) for k, v in items}
+            except (TypeError, ValueError) as exc:
+                raise HeadConfigError(f"id2label keys must be label ids (integers), got {self.id2label!r}") from exc
+        if not isinstance(self.hidden_layers, (list, tuple)):  # a string would be read digit by digit
+            raise HeadConfigError(f"hidden_layers must be a list of layer sizes (integers), got {self.hidden_layers!r}")
+        try:
+            self.hidden_layers = [int(size) for size in self.hidden_layers]
+        except (TypeError, ValueError) as exc:
+            raise HeadConfigError(
+                f"hidden_layers must be a list of layer sizes (integers), got {self.hidden_layers!r}"
+            ) from exc
 
     @property
     def label2id(self) -> dict[str, int]:

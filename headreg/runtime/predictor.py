@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import BundleError, HeadregError
 from . import heads as _heads
 from ..manifest import (
-    bundle_heads, is_multi_head, SMALL_FILE_BYTES, TOKENIZER_FILE, TOKENIZER_MAX_BYTES, bundle_path, read_bounded, read_manifest, sha256_file,
+    bundle_heads, head_output_problems, is_multi_head, SMALL_FILE_BYTES, TOKENIZER_FILE, TOKENIZER_MAX_BYTES, bundle_path, read_bounded, read_manifest, sha256_file,
 )
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
@@ -167,6 +167,8 @@ class Predictor:
         self.config: dict[str, Any] = {} if self.multi_head else dict(first.config)
         self.labels: list[str] = [] if self.multi_head else first.labels
         _check_widths(self.backend, manifest, self.labels, self.model_path)
+        for problem in head_output_problems(manifest, self.backend.output_dims):
+            raise BundleError(f"{self.model_path}: {problem}")
         for head in self.heads if self.multi_head else ():
             _check_head_width(self.backend, head, self.model_path)
         _check_vocab(self.tokenizer, manifest, self.pad_id, self.bundle_dir)
