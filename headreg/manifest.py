@@ -216,6 +216,7 @@ MANIFEST_SCHEMA = S.obj(
         "opset": S.integer(1, 1000),
         "max_length": S.integer(1, MAX_LENGTH_LIMIT),
         "padding_side": S.one_of("left", "right"),
+        "batch_padding": S.boolean,
         "tokenizer": S.obj(
             {
                 "file": S.relative_path,

@@ -116,9 +116,13 @@ def max_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last non-padding token per row; right and left padding alike."""
+    """Index of the last non-padding token per row; right and left padding alike.
+
+    A max over the real positions, not an ArgMax: exported from int64 positions, ArgMax has no onnxruntime
+    kernel (cohere's graph failed to load), while ReduceMax on int64 runs everywhere.
+    """
     positions = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
-    return (positions * (mask != 0).to(positions.dtype)).argmax(-1)
+    return (positions * (mask != 0).to(positions.dtype)).amax(-1)
 
 
 def last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ input/output names, max_length, tokenizer settings, file hashes and the verifica
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 from pathlib import Path
@@ -15,9 +16,6 @@ from .._version import __version__
 from ..manifest import FORMAT, FORMAT_VERSION, INT8_FILE, MODEL_FILE, TOKENIZER_FILE, sha256_file
 from ..pooling import is_decoder
 
-# Backbones whose position ids start after the padding index (fairseq heritage): the table holds
-# max_position_embeddings - pad_token_id - 1 real positions (RoBERTa: 514 -> 512).
-_PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer")
 VERSIONED = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "optimum", "tokenizers", "numpy")
 
 
@@ -51,14 +49,110 @@ def backbone_info(config: Any) -> dict[str, Any]:
     }
 
 
-def position_limit(config: Any) -> int | None:
-    """The longest input the position table allows, or None when the backbone has no limit it declares."""
-    limit = getattr(config, "max_position_embeddings", None)
-    if not isinstance(limit, int):
-        return None
-    if config.model_type in _PADDING_OFFSET_POSITIONS:
-        limit -= (getattr(config, "pad_token_id", None) or 1) + 1
-    return limit
+def position_limit(model: Any) -> int | None:
+    """The longest input the backbone's position tables allow, or None when it declares no limit.
+
+    Derived from how the model builds its position ids, not from its name: the backbone runs once on a short
+    input of one repeated token under a function mode that sees every embedding lookup, and each learned
+    position table (an embedding module named for positions) reports the index its first position used.
+    RoBERTa-style tables start after the padding index (514 rows -> 512 positions), OPT's and mpnet's after a
+    fixed offset, nystromformer's at 2; a table of ``n`` rows starting at ``k`` holds ``n - k`` positions.
+    The declared ``max_position_embeddings`` caps the result (rotary models have no table, only that).
+    """
+    config = model.config
+    declared = getattr(config, "max_position_embeddings", None)
+    declared = declared if isinstance(declared, int) and not isinstance(declared, bool) and declared > 0 else None
+    tables = _position_tables(model.backbone)
+    if not tables:
+        return declared
+    first = _first_positions(model, tables)
+    limits = [rows - first[name] for name, rows in tables.items() if name in first]
+    if not limits:
+        return declared
+    limit = min(limits + ([declared] if declared else []))
+    # A model may pad its input further before the lookup (Longformer: to a multiple of its attention window),
+    # so the limit is run once; when that overruns a table, the longest length that does not is searched.
+    if _runs(model, limit):
+        return limit
+    low, high = 1, limit - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if _runs(model, middle) else (low, middle - 1)
+    # nothing runs: not a position problem; verification reports what does fail
+    return low if _runs(model, low) else limit
+
+
+_POSITION_NAMES = ("position_embeddings", "positions_embed", "embed_positions", "wpe")
+
+
+def _position_tables(backbone: Any) -> dict[str, int]:
+    """Absolute position tables: embedding modules named for positions (relative-position biases excluded)."""
+    tables = {}
+    for name, module in backbone.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        weight = getattr(module, "weight", None)  # num_embeddings is not named alike everywhere (I-BERT: num_)
+        if leaf in _POSITION_NAMES and getattr(weight, "dim", lambda: 0)() == 2:
+            tables[name] = int(weight.shape[0])
+    return tables
+
+
+def _repeated_token(model: Any, length: int):
+    import torch
+
+    token = min(1000, max(int(getattr(model.config, "vocab_size", 2) or 2) // 2, 1))
+    return torch.full((1, length), token, dtype=torch.long)
+
+
+def _runs(model: Any, length: int) -> bool:
+    """Whether the backbone runs an unpadded input of ``length`` tokens without overrunning an embedding table."""
+    import torch
+
+    ids = _repeated_token(model, length)
+    with _eval(model), torch.no_grad():
+        try:
+            model.encode(ids, torch.ones_like(ids))
+        except (IndexError, RuntimeError):  # an overrun table, or a buffer of that size (token types) too short
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _eval(model: Any):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _first_positions(model: Any, tables: dict[str, int]) -> dict[str, int]:
+    """Table name -> the row the first position of an unpadded input reads (the table's offset)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    modules = dict(model.backbone.named_modules())
+    owners = {}
+    for name in tables:
+        for tensor in [*modules[name].parameters(recurse=False), *modules[name].buffers(recurse=False)]:
+            if tensor.dim() == 2 and tensor.shape[0] == tables[name]:
+                owners[tensor.data_ptr()] = name
+    seen: dict[str, int] = {}
+
+    class Lookups(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.nn.functional.embedding:
+                indices, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+                name = owners.get(weight.data_ptr())
+                if name is not None and indices.numel():
+                    seen[name] = int(indices.min())
+            return func(*args, **kwargs)
+
+    ids = _repeated_token(model, 3)
+    with _eval(model), torch.no_grad(), Lookups():
+        model.encode(ids, torch.ones_like(ids))
+    return seen
 
 
 def versions() -> dict[str, str | None]:
@@ -92,6 +186,7 @@ def build_manifest(
     verification: dict[str, Any],
     source: dict[str, Any],
     exporter: str,
+    batch_padding: bool = True,
     head_verification: Any = lambda member: None,
 ) -> dict[str, Any]:
     """The ``headreg.json`` dict for a bundle whose files are already in ``staging``.
@@ -131,6 +226,8 @@ def build_manifest(
         "exporter": exporter,
         "max_length": max_length,
         "padding_side": padding_side,
+        # false: the model's outputs change with padding, so the runtime batches only rows of equal length
+        "batch_padding": batch_padding,
         "tokenizer": {
             "file": TOKENIZER_FILE,
             "sha256": sha256_file(staging / TOKENIZER_FILE),

@@ -165,3 +165,23 @@ def make_cases(
     for name, kind, texts in text_batches:
         cases.append(Case(name, kind, encode(tokenizer, texts, **enc), padding_side, texts))
     return cases
+
+
+def equal_length_cases(cases: list[Case]) -> list[Case]:
+    """Each case as batches of its equal-length rows, unpadded: how a bundle whose model changes with padding is
+    run (``"batch_padding": false``; the runtime then batches only rows of one length)."""
+    split = []
+    for case in cases:
+        lengths = case.mask.sum(1).astype(int)
+        width = case.mask.shape[1]
+        groups = sorted(set(lengths.tolist()))
+        if groups == [width]:
+            split.append(case)
+            continue
+        for length in groups:
+            rows = np.flatnonzero(lengths == length)
+            span = real_span(width, length, case.padding_side)
+            inputs = {name: np.ascontiguousarray(value[rows][:, span]) for name, value in case.inputs.items()}
+            texts = [case.texts[i] for i in rows] if case.texts else []
+            split.append(Case(f"{case.name}, rows of length {length}", case.kind, inputs, case.padding_side, texts))
+    return split

@@ -23,7 +23,7 @@ from ..errors import HeadregError
 from ..manifest import BUNDLE_KIND, GOLDEN_FILE, is_bundle, INT8_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, VERIFICATION_FILE, sha256_file, write_json
 from ..runtime.session import create_session
 from . import bundle as bundle_mod
-from .cases import Case, make_cases
+from .cases import Case, equal_length_cases, make_cases
 from .tokenizer import TokenizerError, bundle_tokenizer
 from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, ExportWrapper, graph_signature, input_names_for, trace
 from . import acceptance as acc
@@ -188,16 +188,33 @@ def _reference_beside(wrapper: ExportWrapper, cases: list[Case], onnxruntime_sid
     return reference_outputs, mine
 
 
+class PaddingDependent(Exception):
+    """PyTorch's own outputs for a row change with the padding beside it: the model's property, not the export's."""
+
+    def __init__(self, record: dict[str, Any], exporter: str):
+        super().__init__(record)
+        self.record, self.exporter = record, exporter
+
+
+def _torch_invariance(wrapper: ExportWrapper, cases: list[Case], expected: list[dict[str, np.ndarray]], *,
+                      padding_side: str, checks: dict, atol: float) -> dict[str, Any]:
+    """PyTorch's rows alone vs PyTorch's padded batches (``expected``): does the model itself depend on padding?"""
+    alone = acc.alone_outputs(_torch_run(wrapper), cases, padding_side=padding_side)
+    return acc.case_invariance(cases, expected, alone, padding_side=padding_side,
+                               token_outputs=checks["token_outputs"], decide=checks["decide"], tolerance=atol)
+
+
 def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, opset: int | None,
                       cases: list[Case], wrapper: ExportWrapper, checks: dict, atol: float, padding_side: str,
-                      optimize: bool = False):
+                      optimize: bool = False, padding_check: bool = True):
     """Trace with each exporter of ``exporter`` ("auto": AUTO_ORDER, or AUTO_ORDER_OPTIMIZE) until one verifies.
 
     Returns (trace result, report, PyTorch's outputs, fp32's batch-invariance record). The PyTorch reference is
     computed once, beside the first attempt's onnxruntime runs, and serves every attempt. onnxruntime runs every
     case batched (compared with PyTorch) and every row of it alone (compared with the batched run: fp32's batch
     invariance, at ``atol``). Raises the last attempt's ExportError / VerificationFailed, with what the earlier
-    attempts hit in its message or notes.
+    attempts hit in its message or notes. With ``padding_check``, a graph that matches PyTorch but is not
+    batch-invariant is compared with PyTorch's own rows alone: PaddingDependent when PyTorch moves as well.
     """
     candidates = (AUTO_ORDER_OPTIMIZE if optimize else AUTO_ORDER) if exporter == "auto" else (exporter,)
     earlier: list[str] = []
@@ -231,6 +248,11 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
                                                  token_outputs=checks["token_outputs"], decide=checks["decide"],
                                                  tolerance=atol)
                 info["batch_invariance"] = f"{invariance['max_abs_diff']:.1e} over {invariance['checks']} rows"
+                if not invariance["passed"] and padding_check and not invariance.get("errors"):
+                    own = _torch_invariance(wrapper, cases, expected, padding_side=padding_side, checks=checks,
+                                            atol=atol)
+                    if not own["passed"]:
+                        raise PaddingDependent(own, name)
                 if not invariance["passed"]:
                     report.problems.append(_not_invariant(invariance))
                     report.problems_are = "onnxruntime agrees with PyTorch, but the model is not batch-invariant"
@@ -316,12 +338,35 @@ def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, case
     return record
 
 
+@contextlib.contextmanager
+def _naming_architecture(model: Any) -> Iterator[None]:
+    """A refusal at trace or verification names the architecture it refuses (the model type and backbone class)."""
+    try:
+        yield
+    except VerificationFailed as exc:
+        raise VerificationFailed(f"{_architecture(model)}: {exc}", exc.report) from exc
+    except ExportError as exc:
+        raise ExportError(f"{_architecture(model)}: {exc}") from exc
+
+
+def _architecture(model: Any) -> str:
+    return f"{model.config.model_type} ({type(model.backbone).__name__})"
+
+
+def _padding_record(model: Any, own: dict[str, Any]) -> dict[str, Any]:
+    """What verification.json says about a model whose own outputs change with padding."""
+    reason = (f"{model.config.model_type} outputs change with the padding beside a row, in PyTorch itself "
+              f"({own['worst_output']} moves by up to {own['max_abs_diff']:.2g} between a row alone and padded in "
+              f"a batch; {own['decisions_differ']} of {own['checks']} rows decide differently)")
+    return {"allowed": False, "reason": reason, "pytorch": own}
+
+
 class ExportOptionError(HeadregError, ValueError):
     """An export option that cannot work for this model (a usage error: exit code 2)."""
 
 
 def resolve_max_length(model: Any, max_length: int | None) -> int:
-    limit = bundle_mod.position_limit(model.config)
+    limit = bundle_mod.position_limit(model)
     if max_length is None:
         if limit is None:
             raise ExportOptionError(
@@ -435,10 +480,29 @@ def export_onnx(
             _check_tokenizer(tok, cases, max_length)
             info["cases"] = len(cases)
         wrapper = ExportWrapper(model, input_names).eval()
-        traced, report, expected, fp32_invariance = _trace_and_verify(
-            model, staging / MODEL_FILE, step, exporter=exporter, opset=opset, cases=cases, wrapper=wrapper,
-            checks=checks, atol=atol, padding_side=padding_side, optimize=optimize,
-        )
+        trace_args = dict(opset=opset, wrapper=wrapper, checks=checks, atol=atol, padding_side=padding_side,
+                          optimize=optimize)
+        batch_padding: dict[str, Any] = {"allowed": True}
+        try:
+            with _naming_architecture(model):
+                traced, report, expected, fp32_invariance = _trace_and_verify(
+                    model, staging / MODEL_FILE, step, exporter=exporter, cases=cases, **trace_args)
+        except PaddingDependent as found:
+            # Served exactly all the same: rows are batched only with rows of their own length (no padding), and
+            # verification checks the graph the way it will run, on the same cases split into equal-length batches.
+            batch_padding = _padding_record(model, found.record)
+            if quantize or bf16:
+                raise ExportOptionError(
+                    f"{model.config.model_type}: {batch_padding['reason']}; int8 and bf16 acceptance compare "
+                    "padded batches, so such a model exports in fp32 only: export again without --quantize / --bf16"
+                ) from None
+            cases = equal_length_cases(cases)
+            with _naming_architecture(model):
+                traced, report, expected, fp32_invariance = _trace_and_verify(
+                    model, staging / MODEL_FILE, step, exporter=found.exporter, cases=cases, padding_check=False,
+                    **trace_args)
+            report.notes.append(f"batch_padding false: {batch_padding['reason']}; rows are batched only with rows "
+                                "of the same length, and every case was verified that way")
         exporter = traced.exporter
 
         optimization = None
@@ -497,6 +561,7 @@ def export_onnx(
                 verification=report.summary(),
                 source=_source_info(source),
                 exporter=exporter,
+                batch_padding=batch_padding["allowed"],
                 head_verification=lambda member: report.head_summary(
                     member.name if model.multi_head else "", member.outputs
                 ),
@@ -511,6 +576,7 @@ def export_onnx(
                     "int8": int8,
                     "bf16": bf16_record,
                     "variants": variants,
+                    "batch_padding": batch_padding,
                 },
             )
             sizes = bundle_mod.file_sizes(staging)

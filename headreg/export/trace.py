@@ -71,12 +71,21 @@ def export_mode(model: nn.Module):
     switch = previous not in (None, "eager") and hasattr(backbone, "set_attn_implementation")
     if switch:
         backbone.set_attn_implementation("eager")
+    # Mixture-of-experts layers: transformers' default grouped_mm routes with aten::histc (no ONNX symbolic)
+    # and a custom op dynamo cannot convert; batched_mm gathers each token's experts' weights instead, the
+    # same sums with only indexing and batched matmuls, which both exporters trace.
+    experts = getattr(backbone.config, "_experts_implementation", None)
+    switch_experts = experts not in (None, "eager", "batched_mm") and hasattr(backbone, "set_experts_implementation")
+    if switch_experts:
+        backbone.set_experts_implementation("batched_mm")
     model.eval()
     try:
         yield
     finally:
         if switch:
             backbone.set_attn_implementation(previous)
+        if switch_experts:
+            backbone.set_experts_implementation(experts)
         model.train(was_training)
 
 

@@ -12,14 +12,16 @@ import numpy as np
 
 
 def plan_batches(
-    lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None, *, sort: bool = True
+    lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None, *, sort: bool = True,
+    equal_lengths: bool = False,
 ) -> list[list[int]]:
     """Group row indices into batches; each batch pads to its own longest row.
 
     With ``sort`` the rows go shortest first, so rows of similar length share a batch. A batch ends at
     ``batch_size`` rows or when ``rows x longest`` would pass ``max_batch_tokens`` (a row longer than the
     budget gets a batch of its own). Without ``sort`` the rows keep their order (the baseline benchmarks
-    compare against).
+    compare against). ``equal_lengths``: a batch holds rows of one length only, so no row is padded (bundles
+    whose manifest says ``"batch_padding": false``: models whose outputs change with padding).
 
     >>> plan_batches([5, 100, 7, 90], batch_size=2)
     [[0, 2], [3, 1]]
@@ -33,7 +35,8 @@ def plan_batches(
     for index in order:
         length = max(int(lengths[index]), 1)
         widest = max(longest, length)
-        full = len(current) >= batch_size or (max_batch_tokens is not None and widest * (len(current) + 1) > max_batch_tokens)
+        full = (len(current) >= batch_size or (max_batch_tokens is not None and widest * (len(current) + 1) > max_batch_tokens)
+                or (equal_lengths and longest != length))
         if current and full:
             batches.append(current)
             current, widest = [], length

@@ -138,6 +138,8 @@ class Predictor:
         self.pad_id = int(token_info.get("pad_token_id") or 0)
         self.supports_pairs = bool(token_info.get("pair", True))
         self.padding_side = manifest.get("padding_side", "right")
+        # false for models whose outputs change with padding: batches then hold rows of one length only
+        self.batch_padding = manifest.get("batch_padding", True) is not False
         record = self.variant_record
         try:
             self.backend = open_backend(record, self.model_path, threads=threads, providers=providers)
@@ -454,7 +456,9 @@ class Predictor:
     def plan(self, lengths: Sequence[int], *, batch_size: int | None = None, bucket: bool = True) -> list[list[int]]:
         """Row indices per batch for rows of these token ``lengths`` (see :meth:`batches` for ``bucket``)."""
         size = int(batch_size or self.batch_size)
-        return plan_batches(lengths, size, self.max_batch_tokens) if bucket else plan_batches(lengths, size, sort=False)
+        equal = not self.batch_padding
+        return (plan_batches(lengths, size, self.max_batch_tokens, equal_lengths=equal) if bucket
+                else plan_batches(lengths, size, sort=False, equal_lengths=equal))
 
     def postprocess(self, outputs: dict[str, np.ndarray], context: _post.Context) -> list[Any]:
         """The head's postprocess on one batch (checked to return one result per row); a multi-head bundle's

@@ -1,0 +1,373 @@
+"""The architecture matrix: every text ``model_type`` of the installed transformers, a tiny random config of
+each, and the round trip every one must survive (attach -> export -> verify -> predict).
+
+Which model types: those transformers gives a sequence-classification, token-classification, causal-LM or
+masked-LM model and an ``AutoModel`` backbone, whose config is a plain text config (not a composite of
+vision/audio sub-configs, not an encoder-decoder). A type is in the matrix when its tiny config runs in
+PyTorch on ``input_ids`` + ``attention_mask`` alone; :func:`probe` says so or why not.
+
+Tiny configs are derived, not listed: :func:`tiny_config` shrinks whichever size fields the config class
+has (hidden 32, 2 layers, 4 heads) to MiniLM's WordPiece vocabulary, so MiniLM's tokenizer serves every
+architecture; :data:`FIXES` holds only what a config's own validation demands beyond that (each with why).
+
+Used by tests/test_architectures.py (the matrix; the whole of it is marked slow) and
+benchmarks/architectures.py (regenerates the table in docs/architectures.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+VOCAB_SIZE = 30522  # MiniLM's WordPiece vocabulary (headreg.testing.minilm_path())
+HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, FFN = 32, 2, 4, 2, 8, 64
+MAX_POSITIONS = 128
+
+# Size fields by every name the config classes use for them; only the ones a class has are set.
+_SIZES: dict[str, Any] = {
+    **dict.fromkeys(("hidden_size", "d_model", "n_embd", "dim", "embed_dim", "embedding_size", "emb_size"), HIDDEN),
+    **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "n_layers"), LAYERS),
+    **dict.fromkeys(("num_attention_heads", "n_head", "n_heads", "num_heads"), HEADS),
+    "num_key_value_heads": KV_HEADS,
+    "head_dim": HEAD_DIM,
+    **dict.fromkeys(("intermediate_size", "ffn_dim", "n_inner", "hidden_dim", "d_ff", "ffn_hidden_size"), FFN),
+    **dict.fromkeys(("moe_intermediate_size", "shared_expert_intermediate_size", "expert_intermediate_size"), HIDDEN),
+    **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts"), 4),
+    "num_experts_per_tok": 2,
+    "vocab_size": VOCAB_SIZE,
+    **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx"), MAX_POSITIONS),
+    # MiniLM's special tokens: [PAD] 0, [CLS] 101, [SEP] 102, [MASK] 103
+    "pad_token_id": 0,
+    **dict.fromkeys(("bos_token_id", "cls_token_id"), 101),
+    **dict.fromkeys(("eos_token_id", "sep_token_id"), 102),
+    "mask_token_id": 103,
+}
+
+# What a config's validation needs beyond the shared sizes, per model type, and why.
+FIXES: dict[str, dict[str, Any]] = {
+    # GPT-Neo lists one attention type per layer
+    "gpt_neo": {"attention_types": [[["global", "local"], 1]], "window_size": 16},
+    # the rotary part of a head cannot exceed the head (8)
+    "gptj": {"rotary_dim": 4},
+    "codegen": {"rotary_dim": 4},
+    # Falcon derives head_dim from hidden size and heads (read-only)
+    "falcon": {"head_dim": None},
+    # XLNet has no position table
+    "xlnet": {"max_position_embeddings": None, "n_positions": None},
+    # ESM-C has no grouped-query attention
+    "esmc": {"num_key_value_heads": HEADS},
+    # Funnel's depth is its blocks
+    "funnel": {"num_hidden_layers": None, "block_sizes": [1, 1], "num_decoder_layers": 1},
+    # Longformer's sliding window must be even and is what a short text sees
+    "longformer": {"attention_window": 8},
+    # multi-head latent attention: ranks and the rope/nope split of a head
+    **dict.fromkeys(("deepseek_v2", "deepseek_v3", "minicpm3", "mistral4", "axk1", "axk2"), {
+        "kv_lora_rank": 16, "q_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 8,
+        "qk_head_dim": 16, "head_dim": 8, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1,
+    }),
+}
+
+
+def _quiet():
+    """transformers warns about token ids, rope scaling and fallbacks for random configs; none of it matters here."""
+    from .model import quiet_transformers
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(quiet_transformers())
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    stack.callback(logger.setLevel, level)
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    return stack
+
+
+def candidate_model_types() -> list[str]:
+    """Text model types of the installed transformers (see the module docstring), sorted."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto import modeling_auto as auto
+
+    tasks = (auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+             auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    found = []
+    for model_type in sorted(set().union(*tasks) & set(auto.MODEL_MAPPING_NAMES)):
+        config_class = CONFIG_MAPPING[model_type] if model_type in CONFIG_MAPPING else None
+        if config_class is None or getattr(config_class, "sub_configs", None):
+            continue
+        if getattr(config_class, "is_encoder_decoder", False) or _default(config_class, "is_encoder_decoder"):
+            continue
+        found.append(model_type)
+    return found
+
+
+def _default(config_class: Any, name: str) -> Any:
+    try:
+        with _quiet():
+            return getattr(config_class(), name, None)
+    except Exception:
+        return None
+
+
+def tiny_config(model_type: str, **overrides: Any):
+    """A transformers config of ``model_type`` with every size field it has shrunk (see module docstring)."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    config_class = CONFIG_MAPPING[model_type]
+    params = set(inspect.signature(config_class.__init__).parameters)
+    with _quiet():
+        try:
+            defaults = config_class()
+        except Exception:
+            defaults = None
+    known = lambda name: name in params or (defaults is not None and hasattr(defaults, name))  # noqa: E731
+    values = {name: value for name, value in _SIZES.items() if known(name)}
+    values.update(FIXES.get(model_type, {}))
+    values.update(overrides)
+    values = {name: value for name, value in values.items() if value is not None}
+    with _quiet():
+        return AutoConfig.for_model(model_type, **values)
+
+
+def tiny_backbone(model_type: str, seed: int = 0, **overrides: Any):
+    """A tiny random ``AutoModel`` of ``model_type`` (seeded, eval mode)."""
+    import torch
+    from transformers import AutoModel
+
+    config = tiny_config(model_type, **overrides)
+    torch.manual_seed(seed)
+    with _quiet():
+        model = AutoModel.from_config(config)
+    if model_type == "xmod":  # X-MOD routes through a language adapter and has no default language
+        model.set_default_language(config.languages[0])
+    return model.eval()
+
+
+@dataclass
+class Probe:
+    model_type: str
+    runs: bool
+    reason: str = ""
+    backbone: str = ""
+    parameters: int = 0
+
+
+# Anything larger is a config the shared sizes did not reach (a composite, an unusual field): not tiny.
+MAX_TINY_PARAMETERS = 20_000_000
+
+
+def probe(model_type: str) -> Probe:
+    """Whether the tiny ``model_type`` runs in PyTorch on input_ids + attention_mask, or why not."""
+    import torch
+
+    try:
+        config = tiny_config(model_type)
+        with torch.device("meta"), _quiet():
+            from transformers import AutoModel
+
+            count = sum(p.numel() for p in AutoModel.from_config(config).parameters())
+        if count > MAX_TINY_PARAMETERS:
+            return Probe(model_type, False, f"tiny config still has {count:,} parameters", parameters=count)
+        backbone = tiny_backbone(model_type)
+        ids = torch.randint(1000, 2000, (2, 9))
+        mask = torch.ones_like(ids)
+        mask[1, 6:] = 0
+        with torch.no_grad(), _quiet():
+            out = backbone(input_ids=ids, attention_mask=mask)
+        if getattr(out, "last_hidden_state", None) is None:
+            return Probe(model_type, False, "the backbone returns no last_hidden_state")
+        return Probe(model_type, True, backbone=type(backbone).__name__, parameters=count)
+    except Exception as exc:  # noqa: BLE001 - the probe reports whatever stops an architecture
+        return Probe(model_type, False, f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else "")[:300]
+
+
+# --- the round trip ---------------------------------------------------------------------------------------------
+
+HEAD_OPTIONS = {
+    "seq_cls": {"num_labels": 3, "id2label": {0: "neg", 1: "neu", 2: "pos"}},
+    "token_cls": {"num_labels": 5, "id2label": {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}},
+}
+# Mixed lengths in one call (so rows of different lengths share batches), an empty text, non-ASCII, and one
+# longer than a 128-token window (window mode then runs several windows).
+TEXTS = (
+    "Berlin is the capital of Germany.",
+    "ok",
+    "",
+    "¿Dónde está la biblioteca? Ça va très bien, merci!",
+    "Apple announced new MacBook Pro models in Cupertino on Tuesday, starting at $1,999.",
+    " ".join(["The committee postponed the vote until next Thursday after a long debate."] * 14),
+)
+
+
+@dataclass
+class Result:
+    """One architecture x head of the matrix."""
+
+    model_type: str
+    head: str
+    status: str  # "served" | "refused" | "failed"
+    exporter: str = ""
+    reason: str = ""
+    batch_padding: bool = True
+    max_length: int | None = None
+    seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def served(self) -> bool:
+        return self.status == "served"
+
+
+def torch_labels(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, padding_side: str) -> list[Any]:
+    """PyTorch's argmax labels, each text run alone (truncated like the runtime): what every front door must give."""
+    import torch
+
+    labels = model.head.config.labels()
+    found = []
+    for text in texts:
+        encoded = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
+        feed = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if model.accepts_token_type_ids:
+            feed["token_type_ids"] = encoded["token_type_ids"]
+        with torch.inference_mode():
+            logits = model(**feed).logits[0]
+        found.append([labels[int(i)] for i in logits.argmax(-1)] if logits.dim() == 2 else labels[int(logits.argmax())])
+    return found
+
+
+def runtime_labels(predictor: Any, texts: Sequence[str], **options: Any) -> list[Any]:
+    """The labels a Predictor gives: sequence heads the label, token heads ``{token index: label}``."""
+    rows = predictor.predict(list(texts), **options)
+    if predictor.level == "token":
+        return [{token["index"]: token["label"] for token in row["tokens"]} for row in rows]
+    return [row["label"] for row in rows]
+
+
+def disagreement(got: Sequence[Any], want: Sequence[Any]) -> str | None:
+    """The first text whose runtime labels differ from PyTorch's (token heads: on the tokens the runtime reports)."""
+    for index, (mine, theirs) in enumerate(zip(got, want)):
+        if isinstance(mine, dict):
+            if not mine and len(theirs) > 2:
+                return f"text {index}: no tokens reported"
+            theirs = {i: theirs[i] if i < len(theirs) else None for i in mine}
+        if mine != theirs:
+            return f"text {index} labelled {mine!r}, PyTorch {theirs!r}"
+    return None if len(got) == len(want) else f"{len(got)} results for {len(want)} texts"
+
+
+def padding_sides_disagree(predictor: Any, texts: Sequence[str], tolerance: float = 1e-4) -> str | None:
+    """A decoder bundle is served left-padded; its graph must give each row the same outputs right-padded too
+    (position ids and the last-token pooling are computed from the attention mask, not from the layout)."""
+    import numpy as np
+
+    from .runtime.batching import pad_batch, real_span
+
+    encodings = predictor.encode(list(texts))
+    outputs = {}
+    for side in ("left", "right"):
+        feed = pad_batch(encodings, predictor.input_names, predictor.pad_id, side, predictor._input_dtype)
+        values = predictor.session.run(None, feed)
+        outputs[side] = dict(zip([o.name for o in predictor.session.get_outputs()], values)), feed
+    (left, left_feed), (right, _) = outputs["left"], outputs["right"]
+    width = left_feed["attention_mask"].shape[1]
+    for name, value in left.items():
+        for row, encoding in enumerate(encodings):
+            n = max(len(encoding), 1)
+            a, b = value[row], right[name][row]
+            if value.ndim == 3:  # per token: compare the real positions
+                a, b = a[real_span(width, n, "left")], b[real_span(width, n, "right")]
+            diff = float(np.abs(a - b).max())
+            if diff > tolerance:
+                return f"{name} of text {row} moves by {diff:.2g} between left and right padding"
+    return None
+
+
+def round_trip(model_type: str, head: str, workdir: str | Path, *, tokenizer: Any = None,
+               texts: Sequence[str] = TEXTS, exporter: str = "auto") -> Result:
+    """attach ``head`` to the tiny ``model_type`` -> export (verified) -> verify_bundle -> predict in truncate
+    and window mode, mixed lengths in one call; labels must equal PyTorch's argmax for each text alone.
+
+    ``status``: "served" when all of it holds, "refused" when export refused the model with an error that
+    names the architecture, "failed" for anything else (a crash, a wrong label, an unnamed refusal).
+    """
+    import torch
+
+    from . import attach_head
+    from .errors import HeadregError
+    from .export import export_onnx, verify_bundle
+    from .runtime import Predictor
+    from .testing import load_tokenizer
+
+    tokenizer = tokenizer or load_tokenizer()
+    result = Result(model_type, head, "failed")
+    start = time.perf_counter()
+    step = "attach"
+    try:
+        backbone = tiny_backbone(model_type)
+        torch.manual_seed(0)
+        model = attach_head(backbone, head, **HEAD_OPTIONS[head]).eval()
+        step = "export"
+        try:
+            with _quiet():
+                bundle = export_onnx(model, Path(workdir) / f"{model_type}-{head}", tokenizer, overwrite=True,
+                                     exporter=exporter, progress=False)
+        except HeadregError as exc:
+            named = model_type in str(exc) or type(backbone).__name__ in str(exc)
+            result.status = "refused" if named else "failed"
+            result.reason = _first_line(exc) if named else f"export error without the architecture's name: {_first_line(exc)}"
+            return result
+        manifest = bundle.manifest
+        result.exporter = manifest["exporter"]
+        result.max_length = manifest["max_length"]
+        result.batch_padding = manifest.get("batch_padding", True)
+        step = "verify"
+        rerun = verify_bundle(bundle.path)
+        if not rerun.passed:
+            result.reason = f"verify_bundle: {rerun.message()[:300]}"
+            return result
+        step = "predict"
+        predictor = Predictor(bundle.path)
+        side = manifest["padding_side"]
+        want = torch_labels(model, tokenizer, texts, manifest["max_length"], side)
+        problem = disagreement(runtime_labels(predictor, texts), want)
+        if problem:
+            result.reason = f"truncate: {problem}"
+            return result
+        if side == "left" and result.batch_padding:
+            step = "right padding"
+            problem = padding_sides_disagree(predictor, texts[:-1])
+            if problem:
+                result.reason = f"right padding: {problem}"
+                return result
+        step = "window"
+        # every text in one call: the long one's windows share batches with the short texts
+        windowed = runtime_labels(predictor, texts, long_text="window")
+        problem = disagreement(windowed[:-1], want[:-1])
+        if problem:
+            result.reason = f"window: {problem}"
+            return result
+        if head == "token_cls" and len(windowed[-1]) <= len(want[-1]):
+            result.reason = "window: the long text got no more tokens than one window holds"
+            return result
+        result.status = "served"
+    except Exception as exc:  # noqa: BLE001 - the matrix records every failure with its step
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        result.reason = (f"{step}: {type(exc).__name__}: {_first_line(exc)} "
+                         f"({Path(frame.filename).name}:{frame.lineno})")
+    finally:
+        result.seconds = round(time.perf_counter() - start, 2)
+    return result

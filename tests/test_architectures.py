@@ -1,0 +1,199 @@
+"""The architecture matrix: every text model type of the installed transformers, tiny and random, with a sequence
+and a token head: attach -> export (verified) -> verify_bundle -> predict in truncate and window mode, labels equal
+to PyTorch's argmax for each text alone (headreg/architectures.py; the table is docs/architectures.md).
+
+A model type is either served or refused at export with an error that names it; anything else (a crash, a wrong
+label, a refusal that does not say which architecture) fails. The whole matrix is slow (about 150 types, some
+only through the dynamo exporter); the fast subset keeps one architecture per kind of fix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from headreg import architectures as A
+
+HEADS = tuple(A.HEAD_OPTIONS)
+# Refused at export, with the reason in the error (docs/architectures.md says why each one is).
+REFUSED = {
+    "longformer": "its sliding-window attention pads to the window in Python: neither exporter keeps the sequence axis",
+}
+# Fail in the runtime today, not at export: the engine issue (#19) fixes these at the root.
+RUNTIME_BUGS = {
+    "gpt2": "windows.merge_windows indexes past a window's rows (IndexError), engine issue #19",
+    "gpt_neo": "windows.merge_windows indexes past a window's rows (IndexError), engine issue #19",
+    "gpt-sw3": "windows.merge_windows indexes past a window's rows (IndexError), engine issue #19",
+}
+# One per kind of fix: an encoder, a position table offset (mpnet: 2), a model whose outputs depend on padding
+# (batch_padding false), mixture-of-experts routing, a decoder (last-token pooling, left and right padding).
+FAST = ("bert", "mpnet", "convbert", "qwen3_moe", "qwen2")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from headreg.testing import load_tokenizer
+
+    return load_tokenizer()
+
+
+def check_round_trip(model_type: str, head: str, workdir, tokenizer) -> A.Result:
+    probe = A.probe(model_type)
+    if not probe.runs:
+        pytest.skip(f"{model_type}: the tiny config does not run in PyTorch ({probe.reason})")
+    result = A.round_trip(model_type, head, workdir, tokenizer=tokenizer)
+    if model_type in RUNTIME_BUGS and not result.served:
+        pytest.xfail(f"{RUNTIME_BUGS[model_type]}: {result.reason}")
+    if model_type in REFUSED:
+        assert result.status == "refused", f"{model_type} is listed as refused but was {result.status}: {result.reason}"
+        assert model_type in result.reason
+    else:
+        assert result.served, f"{model_type} {head}: {result.status}: {result.reason}"
+    return result
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("model_type", FAST)
+def test_fast_subset(model_type, head, tmp_path, tokenizer, single_torch_thread):
+    result = check_round_trip(model_type, head, tmp_path, tokenizer)
+    assert result.batch_padding == (model_type != "convbert")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("model_type", A.candidate_model_types())
+def test_matrix(model_type, head, tmp_path, tokenizer, single_torch_thread):
+    check_round_trip(model_type, head, tmp_path, tokenizer)
+
+
+def test_candidates_cover_the_named_families():
+    found = set(A.candidate_model_types())
+    named = {"bert", "roberta", "deberta-v2", "modernbert", "gemma3_text", "qwen3", "qwen2", "llama", "gpt2", "gpt_neo",
+             "cohere", "longformer", "convbert", "nystromformer", "yoso", "fnet", "mpnet", "ibert", "xmod",
+             "mixtral", "qwen2_moe", "qwen3_moe"}
+    assert named <= found, sorted(named - found)
+    assert not found & {"bart", "t5", "mt5", "qwen3_5", "gemma3"}, "encoder-decoders and composites are not text backbones"
+
+
+# --- the pieces the matrix needed -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model_type,expected,table_ends_there",
+    [
+        ("bert", 128, True),  # a plain table of 128 positions
+        ("roberta", 127, True),  # positions start after the padding index (0 here): 128 rows - 1
+        ("mpnet", 126, True),  # starts at 2 whatever the padding index
+        ("ibert", 127, True),  # its table is a QuantEmbedding, not an nn.Embedding
+        ("nystromformer", 128, True),  # 130 rows starting at 2
+        ("opt", 128, True),  # a learned table with an offset of 2 (130 rows)
+        ("llama", 128, False),  # rotary: no table, the declared limit
+    ],
+)
+def test_position_limit_is_derived_from_how_the_model_builds_positions(model_type, expected, table_ends_there,
+                                                                       single_torch_thread):
+    import torch
+
+    from headreg import attach_head
+    from headreg.export.bundle import position_limit
+
+    model = attach_head(A.tiny_backbone(model_type), "seq_cls", num_labels=2).eval()
+
+    def run(length: int) -> None:
+        ids = torch.full((1, length), 1000)
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+
+    assert position_limit(model) == expected
+    run(expected)  # the limit itself runs
+    if table_ends_there:  # and one more token overruns the table
+        with pytest.raises((IndexError, RuntimeError)):  # RuntimeError: BERT's buffered token types end there too
+            run(expected + 1)
+
+
+def test_position_limit_without_a_declared_limit_is_none(single_torch_thread):
+    from headreg import attach_head
+    from headreg.export.bundle import position_limit
+
+    assert position_limit(attach_head(A.tiny_backbone("xlnet"), "seq_cls", num_labels=2)) is None
+
+
+def test_last_token_index_left_and_right_padding():
+    import torch
+
+    from headreg.pooling import last_token_index
+
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    assert last_token_index(mask).tolist() == [2, 4, 0, 4]
+
+
+def test_plan_batches_equal_lengths_never_pads():
+    from headreg.runtime.batching import plan_batches
+
+    lengths = [5, 100, 7, 90, 5, 7, 5, 0, 1]
+    for plan in (plan_batches(lengths, 3, equal_lengths=True), plan_batches(lengths, 3, sort=False, equal_lengths=True),
+                 plan_batches(lengths, 8, 12, equal_lengths=True)):
+        assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))
+        assert all(len({max(lengths[i], 1) for i in batch}) == 1 for batch in plan), plan
+        assert all(len(batch) <= 8 for batch in plan)
+    assert plan_batches(lengths, 3, equal_lengths=True)[:2] == [[7, 8], [0, 4, 6]]
+
+
+def test_equal_length_cases_keep_every_row_unpadded():
+    from headreg.export.cases import equal_length_cases, random_case
+
+    rng = np.random.default_rng(0)
+    for side in ("left", "right"):
+        case = random_case("mixed", [5, 3, 5, 1], 6, input_names=("input_ids", "attention_mask"), vocab_size=3000,
+                           pad_id=0, padding_side=side, rng=rng)
+        split = equal_length_cases([case])
+        assert [c.mask.shape for c in split] == [(1, 1), (1, 3), (2, 5)]
+        assert all(c.mask.all() for c in split)
+        rows = {tuple(row) for c in split for row in c.inputs["input_ids"]}
+        real = {tuple(ids[m.astype(bool)]) for ids, m in zip(case.inputs["input_ids"], case.mask)}
+        assert rows == real
+
+
+def test_padding_dependent_model_is_served_without_padding(tmp_path, tokenizer, single_torch_thread):
+    """convbert's outputs change with padding in PyTorch itself: the bundle says so, verification ran equal-length
+    batches only, and the Predictor never pads a row, so a text's result is the same whatever shares its batch."""
+    import json
+
+    import torch
+
+    from headreg import attach_head
+    from headreg.export import export_onnx, verify_bundle
+    from headreg.runtime import Predictor
+
+    torch.manual_seed(0)
+    model = attach_head(A.tiny_backbone("convbert"), "seq_cls", num_labels=3).eval()
+    bundle = export_onnx(model, tmp_path / "b", tokenizer, progress=False)
+    assert bundle.manifest["batch_padding"] is False
+    record = json.loads((tmp_path / "b" / "verification.json").read_text())["batch_padding"]
+    assert record["allowed"] is False and "convbert" in record["reason"]
+    assert record["pytorch"]["max_abs_diff"] > 1e-4  # PyTorch itself moves: the model's property
+    cases = json.loads((tmp_path / "b" / "verification.json").read_text())["case_results"]
+    assert all(len(set(case["lengths"])) == 1 and case["shape"][1] == case["lengths"][0] for case in cases)
+    assert verify_bundle(tmp_path / "b").passed
+
+    predictor = Predictor(tmp_path / "b")
+    texts = list(A.TEXTS[:5]) * 2
+    plan = predictor.plan([len(e) for e in predictor.encode(texts)])
+    assert all(len({len(predictor.encode([texts[i]])[0]) for i in batch}) == 1 for batch in plan)
+    together = predictor.embed(texts)
+    alone = np.stack([predictor.embed([text])[0] for text in texts])
+    assert np.abs(together - alone).max() <= 1e-5
+
+
+def test_padding_dependent_model_refuses_int8_with_a_reason(tmp_path, tokenizer, single_torch_thread):
+    import torch
+
+    from headreg import attach_head
+    from headreg.export import export_onnx
+    from headreg.export.pipeline import ExportOptionError
+
+    torch.manual_seed(0)
+    model = attach_head(A.tiny_backbone("convbert"), "seq_cls", num_labels=3).eval()
+    with pytest.raises(ExportOptionError, match="convbert.*padding.*without --quantize"):
+        export_onnx(model, tmp_path / "b", tokenizer, quantize="int8", progress=False)
+    assert not (tmp_path / "b").exists()
