@@ -7,7 +7,8 @@ load generator) at 1, 8 and 32 clients, interleaved round by round on one ``head
   **hf** ``POST /models/minilm/pipeline/feature-extraction``; **tei** ``POST /tei/minilm/embed`` (normalized,
   TEI's default); **v2** ``POST /v2/models/minilm/infer`` (the ``embedding`` output, JSON);
 - **infinity** (the peer): infinity-emb's OpenAI-compatible ``POST /embeddings`` on the same MiniLM checkpoint
-  (``headreg.testing.minilm_path()``) in float32 with the same threads, started as a process on 127.0.0.1 from
+  (``headreg.testing.minilm_path()``) in float32 with the same threads (``--bf16``: headreg's bf16 variant
+  against infinity in bfloat16), started as a process on 127.0.0.1 from
   ``--infinity-venv`` (default ``/tmp/infinity-venv``; left out when that has no ``infinity_emb``). Install it
   apart, it pins its own dependencies: ``python -m venv /tmp/infinity-venv &&
   /tmp/infinity-venv/bin/pip install torch==2.13.0 'infinity-emb[server,torch]'``.
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -43,8 +45,20 @@ ROUTES: dict[str, tuple[str, Callable[[str], dict[str, Any]]]] = {
 PEER = ("/embeddings", lambda text: {"model": MODEL, "input": [text]})
 
 
-def start_infinity(venv: Path, threads: int) -> Process | None:
-    """infinity-emb on MiniLM (torch, float32, ``threads`` threads), or None when it is not installed there."""
+def bf16_bundle(out: Path, rebuild: bool) -> Path:
+    """The MiniLM bundle with a bf16 variant (``headreg export --bf16``), exported once."""
+    bundle = out / "bundles" / "serve-minilm-bf16"
+    if rebuild or not (bundle / "headreg.json").is_file():
+        from headreg.testing import minilm_path
+
+        subprocess.run([sys.executable, "-m", "headreg.cli", "export", str(minilm_path()), "--head", "seq_cls",
+                        "--num-labels", "2", "--bf16", "-o", str(bundle), "--overwrite", "--json"],
+                       check=True, stdout=subprocess.DEVNULL)
+    return bundle
+
+
+def start_infinity(venv: Path, threads: int, dtype: str) -> Process | None:
+    """infinity-emb on MiniLM (torch, ``dtype``, ``threads`` threads), or None when it is not installed there."""
     executable = venv / "bin" / "infinity_emb"
     if not executable.is_file():
         print(f"no {executable}: the infinity row is left out (see this module's docstring to install it)", flush=True)
@@ -53,7 +67,7 @@ def start_infinity(venv: Path, threads: int) -> Process | None:
 
     threads_env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     return Process("infinity", [str(executable), "v2", "--model-id", str(minilm_path()), "--served-model-name", MODEL,
-                                "--engine", "torch", "--dtype", "float32", "--device", "cpu", "--host", "127.0.0.1",
+                                "--engine", "torch", "--dtype", dtype, "--device", "cpu", "--host", "127.0.0.1",
                                 "--no-bettertransformer"], env={**threads_env, "INFINITY_ANONYMOUS_USAGE_STATS": "0"},
                    start_seconds=300)
 
@@ -68,23 +82,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--routes", default=",".join(ROUTES), help=f"headreg routes to load (default {','.join(ROUTES)})")
     parser.add_argument("--infinity-venv", type=Path, default=Path("/tmp/infinity-venv"),
                         help="a virtualenv with infinity-emb installed (default /tmp/infinity-venv)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="headreg's bf16 variant (OpenVINO; a CPU with AVX-512 BF16 or AMX) against infinity in bfloat16")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--rebuild", action="store_true", help="export the bundle again")
     args = parser.parse_args(argv)
     levels = [int(n) for n in args.clients.split(",")]
     routes = [name.strip() for name in args.routes.split(",") if name.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
-    bundle = ensure_bundle(args.out, args.rebuild)
+    bundle = bf16_bundle(args.out, args.rebuild) if args.bf16 else ensure_bundle(args.out, args.rebuild)
+    dtype = "bfloat16" if args.bf16 else "float32"
     texts = corpus(max(args.requests, 4 * max(levels)))
     report: dict[str, Any] = {"machine": machine(), "load_average_before": os.getloadavg(), "threads": args.threads,
+                              "dtype": dtype,
                               "requests_per_measurement": args.requests, "rounds": args.rounds, "levels": []}
     print(f"{report['machine']['cpus_available']} CPUs available; load average "
           f"{' '.join(f'{v:.2f}' for v in report['load_average_before'])}", flush=True)
     headreg = Process("headreg serve", [sys.executable, "-m", "headreg.cli", "serve", f"{MODEL}={bundle}",
-                                        "--threads", str(args.threads), "--no-access-log"])
+                                        "--threads", str(args.threads), "--no-access-log",
+                                        *(["--variant", "bf16"] if args.bf16 else [])])
     peer = None
     try:
-        peer = start_infinity(args.infinity_venv, args.threads)
+        peer = start_infinity(args.infinity_venv, args.threads, dtype)
         engines: dict[str, tuple[Process, str, Callable[[str], dict[str, Any]]]] = {
             name: (headreg, *ROUTES[name]) for name in routes}
         if peer is not None:
@@ -116,8 +135,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  {'met    ' if check['met'] else 'NOT MET'} {name}: {check['figure']}")
     print(f"load average before {' '.join(f'{v:.2f}' for v in report['load_average_before'])}, after "
           f"{' '.join(f'{v:.2f}' for v in report['load_average_after'])}; threads {args.threads}")
-    (args.out / "serve_protocols.json").write_text(json.dumps(report, indent=2, default=float))
-    print(f"wrote {args.out / 'serve_protocols.json'}")
+    written = args.out / f"serve_protocols{'_bf16' if args.bf16 else ''}.json"
+    written.write_text(json.dumps(report, indent=2, default=float))
+    print(f"wrote {written}")
     return report
 
 

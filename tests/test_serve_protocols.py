@@ -287,3 +287,19 @@ def test_vector_responses_refuse_nan_instead_of_writing_null():
     assert FastJSONResponse({"v": np.array([0.5, -2.0], dtype=np.float32)}).body == b'{"v":[0.5,-2.0]}'
     with pytest.raises(ValueError, match="NaN"):
         FastJSONResponse({"data": [{"embedding": np.array([0.5, np.nan], dtype=np.float32)}]})
+
+
+def test_v2_binary_tensors_that_do_not_fit_are_400(server, predictors):
+    import struct
+
+    header = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": 9}}]}).encode()
+    url = f"{server.url}/v2/models/seq_cls/infer"
+    element = struct.pack("<I", 5) + b"hello"  # Triton's binary BYTES: a little-endian uint32 length, then UTF-8
+    ok = httpx.post(url, content=header + element, headers={**AUTH, "Inference-Header-Content-Length": str(len(header))})
+    assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == [predictors["seq_cls"].predict("hello")["label"]]
+    overlong = struct.pack("<I", 50) + b"hello"
+    for body, length, message in ((header + element, len(header) + 100, "does not fit"),
+                                  (header + overlong, len(header), "cut short")):
+        bad = httpx.post(url, content=body, headers={**AUTH, "Inference-Header-Content-Length": str(length)})
+        assert bad.status_code == 400 and message in bad.json()["error"], bad.text
