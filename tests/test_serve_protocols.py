@@ -201,6 +201,18 @@ def test_llamaindex_tei_integration_embeds_like_predictor(server, predictors):
     close(embedder.get_text_embedding_batch(SHORT), unit(predictors["seq_cls"].embed(SHORT)))  # TEI normalizes
 
 
+def test_tei_url_alone_answers_what_the_body_asks(server, predictors):
+    """TEI's ``POST /``: clients given only the URL (Haystack's TEI embedder: ``InferenceClient(url)``)."""
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=f"{server.url}/tei/seq_cls", api_key=API_KEY)
+    close(client.feature_extraction(SHORT[0], normalize=True, truncate=True), unit(predictors["seq_cls"].embed([SHORT[0]])))
+    predicted = post(f"{server.url}/tei/seq_cls", {"inputs": SHORT[0]}).json()  # a classifier predicts
+    assert predicted[0]["label"] == predictors["seq_cls"].predict(SHORT[0])["label"]
+    ranks = post(f"{server.url}/tei/regression", {"query": "q", "texts": ["a", "b"]}).json()
+    assert sorted(r["index"] for r in ranks) == [0, 1]
+
+
 def test_tei_predict_rerank_tokenize_and_info(server, predictors):
     url = f"{server.url}/tei"
     single = post(f"{url}/seq_cls/predict", {"inputs": SHORT[0]}).json()

@@ -1,8 +1,9 @@
 """text-embeddings-inference's routes, so TEI clients and the LangChain / LlamaIndex / Haystack TEI integrations
 work unchanged, for every head (token classification included, which TEI itself does not serve).
 
-Under ``/tei/{name}``: ``POST /embed``, ``/predict``, ``/rerank``, ``/similarity``, ``/tokenize`` and
-``GET /info``; the same at the root (``/embed``, ``/predict``, ...) for the default model (the only one served,
+Under ``/tei/{name}``: ``POST /embed``, ``/predict``, ``/rerank``, ``/similarity``, ``/tokenize``, ``GET /info``
+and ``POST /tei/{name}`` itself (TEI's ``POST /``: the route the body calls for, see :func:`compat_route`, so
+clients given the URL alone, like Haystack's TEI embedder, work); the same at the root (``/embed``, ``/predict``, ...) for the default model (the only one served,
 or ``--default-model NAME``); the root ``GET /info`` is the native one with TEI's fields added.
 
 - ``/embed``: ``{"inputs", "normalize" (default true, as TEI), "truncate"}`` -> ``[[float, ...], ...]``.
@@ -169,6 +170,22 @@ def plan(state: Any, model: str, route: str, payload: Any) -> tuple[Call, Any]:
     return Call(model, "embed", [inputs["source_sentence"], *others]), None
 
 
+def compat_route(state: Any, model: str, payload: Any) -> str:
+    """What TEI's ``POST /`` does for this body: ``query`` reranks, ``{"source_sentence"}`` inputs compare,
+    ``normalize`` / ``prompt_name`` embed (Haystack's and ``InferenceClient``'s feature-extraction send them),
+    ``raw_scores`` predicts; otherwise a classifier predicts and any other model embeds, as TEI decides by model type."""
+    body = payload if isinstance(payload, dict) else {}
+    if "query" in body:
+        return "rerank"
+    if isinstance(body.get("inputs"), dict):
+        return "similarity"
+    if "normalize" in body or "prompt_name" in body:
+        return "embed"
+    if "raw_scores" in body:
+        return "predict"
+    return "predict" if "classifier" in info(state, model)["model_type"] else "embed"
+
+
 def answer(route: str, result: list[Any], shape: Any) -> Any:
     if route == "embed":
         return list(l2_normalize(result) if shape else result)
@@ -221,12 +238,14 @@ def routes(state: Any) -> list[Route]:
             shapes: list[Any] = []
 
             def call(payload: Any) -> Call:
-                planned, shape = plan(state, model, route, payload)
-                shapes.append(shape)
+                actual = compat_route(state, model, payload) if route == "compat" else route
+                planned, shape = plan(state, model, actual, payload)
+                shapes.append((actual, shape))
                 return planned
 
             _, result, stats = await state.infer(request, call)
-            return FastJSONResponse(answer(route, result, shapes[0]),
+            actual, shape = shapes[0]
+            return FastJSONResponse(answer(actual, result, shape),
                                     headers={"x-total-tokens": str(stats.get("tokens", 0)), "x-model-id": model})
 
         return run
@@ -239,6 +258,8 @@ def routes(state: Any) -> list[Route]:
         for route in ROUTES:
             path = f"{prefix}/{route}"
             mounted.append(Route(path, endpoint(state, "tei", path, handler(route), render_error), methods=["POST"]))
+        path = prefix or "/"  # TEI's POST /: the route the body and the model call for
+        mounted.append(Route(path, endpoint(state, "tei", path, handler("compat"), render_error), methods=["POST"]))
     mounted.append(Route("/tei/{name}/info", endpoint(state, "tei", "/tei/{name}/info", model_info, render_error),
                          methods=["GET"]))
     return mounted
