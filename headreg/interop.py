@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import BackboneError
 from .model import HeadedModel, attach_head
-from .pooling import is_decoder
+from .pooling import is_decoder, transformers_pooling
 
 # model_type -> (pooler projection dense, pooler projection norm, classifier) as attribute paths on the task model.
 _SEQUENCE_LAYOUT: dict[str, tuple[str | None, str | None, str]] = {
@@ -108,7 +108,10 @@ def _from_transformers(model: Any, *, head: str | None, **options: Any) -> Heade
     head_options: dict[str, Any] = {"num_labels": config.num_labels, **options}
     if head_name != "regression" and getattr(config, "id2label", None) and len(config.id2label) == config.num_labels:
         head_options.setdefault("id2label", dict(config.id2label))
-    headed = attach_head(model.base_model, head_name, **head_options)
+    # The classifier was trained on transformers' own pooling, whatever else the checkpoint's directory holds
+    # (a sentence-transformers modules.json describes the embedding, not this head's input).
+    pooling = transformers_pooling("auto", model.base_model, level)
+    headed = attach_head(model.base_model, head_name, pooling=pooling, **head_options)
     pooler = headed.pooler
     if level == "sequence":
         if (dense_path is not None) != pooler.config.projection:

@@ -259,8 +259,9 @@ def attach_head(backbone: PreTrainedModel, name: str, *, pooling: str | dict | P
 
     ``options`` are the head's config fields (``num_labels``, ``id2label``/``label2id``, ``dropout``,
     ``hidden_layers``, ``activation``, plus head-specific ones). ``pooling`` is one of
-    ``auto | cls | pooler | mean | max | last``; ``auto`` does what transformers' own
-    ``*ForSequenceClassification`` does for the architecture.
+    ``auto | cls | pooler | mean | max | mean_sqrt_len | last``; ``auto`` follows the checkpoint: a
+    sentence-transformers checkpoint's ``modules.json`` (Pooling, Dense, Normalize) when the backbone was loaded
+    from one, else what transformers' own ``*ForSequenceClassification`` does for the architecture.
     """
     _check_backbone(backbone)
     return _attach(backbone, get_head(name), pooling, options)
@@ -268,7 +269,7 @@ def attach_head(backbone: PreTrainedModel, name: str, *, pooling: str | dict | P
 
 def _attach(backbone: PreTrainedModel, spec: HeadSpec, pooling: Any, options: dict[str, Any]) -> "HeadedModel":
     spec, head, pooling_config = build_head(backbone, spec, pooling, options)
-    model = HeadedModel(backbone, head, Pooler(pooling_config, head.hidden_size), spec)
+    model = HeadedModel(backbone, head, Pooler(pooling_config, hidden_size_of(backbone.config)), spec)
     model.to(next(backbone.parameters()).device)
     model.train(backbone.training)
     return model
@@ -285,6 +286,11 @@ def build_head(backbone: PreTrainedModel, spec: HeadSpec | str, pooling: Any, op
     with _head_errors(spec, "config"):
         config = build_config(head_cls.config_class, spec.name, dict(options))
     pooling_config = resolve_pooling(pooling, backbone, head_cls.level)
+    if pooling_config.dense and pooling_config.dense[0].in_features != hidden:
+        raise HeadConfigError(f"the pooling's first Dense layer takes {pooling_config.dense[0].in_features} features, "
+                              f"but the backbone's hidden size is {hidden}")
+    if head_cls.level != "token":
+        hidden = pooling_config.width(hidden)  # a sequence head reads pooled_output, which Dense layers may resize
     with _head_errors(spec, "constructor"):
         head = head_cls(config, hidden)
     return spec, head, pooling_config

@@ -59,9 +59,10 @@ class MultiHeadOutput(ModelOutput):
 
 def pooling_key(config: PoolingConfig) -> str:
     """A readable module name for a pooling: ``cls``, ``mean``, ``pooler``, ``cls_tanh`` ..."""
+    key = config.strategy
     if config.projection:
-        return f"{config.strategy}_{config.activation or 'linear'}{'_norm' if config.norm else ''}"
-    return config.strategy
+        key = f"{key}_{config.activation or 'linear'}{'_norm' if config.norm else ''}"
+    return key + ("_dense" if config.dense else "") + ("_normalize" if config.normalize else "")
 
 
 class MultiHeadModel(BackboneModel):
@@ -100,7 +101,8 @@ class MultiHeadModel(BackboneModel):
         spec, module, pooling_config = build_head(self.backbone, head, pooling, options)
         # A fresh head shares the pooler of its pooling (and so its projection, trained jointly) when there is one.
         pooler = next((p for p in self.poolers.values() if p.config == pooling_config), None)
-        return self._add(name, module, spec, pooler or Pooler(pooling_config, module.hidden_size), loss_weight)
+        return self._add(name, module, spec, pooler or Pooler(pooling_config, hidden_size_of(self.backbone.config)),
+                         loss_weight)
 
     def add_model(self, name: str, model: HeadedModel, *, loss_weight: float = 1.0) -> "MultiHeadModel":
         """Add a (fine-tuned) single-head model's head and pooler under ``name``; it must share this backbone."""
@@ -327,7 +329,7 @@ def attach_heads(
 def load_multi_head(directory: Path, saved: dict[str, Any], *, trust_remote_code: bool, strict: bool = True) -> MultiHeadModel:
     """Rebuild a MultiHeadModel from ``headreg_model.json``'s ``heads`` and ``poolings`` (already checked against
     saved.SAVED_MULTI_HEAD_SCHEMA) and its weights."""
-    entries, poolings = saved["heads"], {key: PoolingConfig(**value) for key, value in saved["poolings"].items()}
+    entries, poolings = saved["heads"], {key: PoolingConfig.from_dict(value) for key, value in saved["poolings"].items()}
     names = [entry["name"] for entry in entries]
     problems = [f"head name {n!r} appears twice" for n in dict.fromkeys(n for n in names if names.count(n) > 1)]
     problems += [f"head {e['name']!r} names pooling {e['pooling']!r}, not one of {sorted(poolings)}"

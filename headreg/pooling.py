@@ -1,13 +1,15 @@
 """Pooling: turn a backbone's hidden states into one vector per sequence (``pooled_output``).
 
-``auto`` reproduces what transformers' own ``*ForSequenceClassification`` does for the architecture, so a
-head imported from a transformers checkpoint keeps its weights and its outputs.
+``auto`` follows the checkpoint as its authors meant it: a sentence-transformers checkpoint's ``modules.json``
+(Pooling, Dense, Normalize; see headreg/sentence_modules.py) when the backbone was loaded from one, otherwise
+what transformers' own ``*ForSequenceClassification`` does for the architecture, so a head imported from a
+transformers checkpoint keeps its weights and its outputs.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -15,7 +17,10 @@ from transformers.activations import ACT2FN
 
 from .errors import HeadConfigError
 
-STRATEGIES = ("auto", "cls", "pooler", "mean", "max", "last")
+STRATEGIES = ("auto", "cls", "pooler", "mean", "max", "mean_sqrt_len", "last")
+# sentence-transformers' name for a pooling -> headreg's
+ALIASES = {"lasttoken": "last", "cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max",
+           "mean_sqrt_len_tokens": "mean_sqrt_len"}
 
 # model_type -> the first-token projection its *ForSequenceClassification applies before the classifier.
 _FIRST_TOKEN_PROJECTION = {
@@ -31,8 +36,23 @@ _CONTEXT_POOLER = ("deberta", "deberta-v2")
 
 
 @dataclass(frozen=True)
+class DenseLayer:
+    """A sentence-transformers ``Dense`` module after the pooling: ``activation(linear(x))``."""
+
+    in_features: int
+    out_features: int
+    bias: bool = True
+    activation: str | None = None  # an ACT2FN name; None: identity
+
+
+@dataclass(frozen=True)
 class PoolingConfig:
-    """A resolved pooling: the strategy plus an optional dense + activation (+ LayerNorm) projection."""
+    """A resolved pooling: the strategy plus an optional dense + activation (+ LayerNorm) projection, then
+    a sentence-transformers checkpoint's ``Dense`` layers and ``Normalize`` (L2) when it has them.
+
+    ``weights``: the authored Dense layers' tensors (``dense.0.weight`` ...), loaded by :class:`Pooler`; not
+    part of the configuration (a saved model keeps them in its head weights).
+    """
 
     strategy: str = "cls"
     projection: bool = False
@@ -41,9 +61,33 @@ class PoolingConfig:
     bias: bool = True
     norm_bias: bool = True
     norm_eps: float = 1e-5
+    dense: tuple[DenseLayer, ...] = ()
+    normalize: bool = False
+    weights: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # dense and normalize only when used: an ordinary pooling saves what earlier headreg versions read
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("dense", "normalize", "weights")}
+        if self.dense:
+            out["dense"] = [vars(layer).copy() for layer in self.dense]
+        if self.normalize:
+            out["normalize"] = True
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PoolingConfig":
+        data = dict(data)
+        data["dense"] = tuple(DenseLayer(**layer) for layer in data.get("dense") or ())
+        return cls(**data)
+
+    @property
+    def authored(self) -> bool:
+        """Whether this pooling carries a sentence-transformers checkpoint's own modules."""
+        return bool(self.dense) or self.normalize
+
+    def width(self, hidden_size: int) -> int:
+        """Width of ``pooled_output`` for a backbone of ``hidden_size``."""
+        return self.dense[-1].out_features if self.dense else hidden_size
 
 
 def is_decoder(config: Any) -> bool:
@@ -60,13 +104,30 @@ def is_decoder(config: Any) -> bool:
 
 
 def resolve_pooling(pooling: str | PoolingConfig | dict, backbone: Any, level: str = "sequence") -> PoolingConfig:
-    """Resolve a user's ``pooling=`` option against a backbone."""
+    """Resolve a user's ``pooling=`` option against a backbone.
+
+    ``auto``: the sentence-transformers modules of the checkpoint the backbone was loaded from, when it has a
+    ``modules.json`` (:func:`headreg.sentence_modules.authored_pooling`), else :func:`transformers_pooling`.
+    """
     if isinstance(pooling, PoolingConfig):
         return pooling
     if isinstance(pooling, dict):
-        return PoolingConfig(**pooling)
+        return PoolingConfig.from_dict(pooling)
+    pooling = ALIASES.get(pooling, pooling)
     if pooling not in STRATEGIES:
         raise HeadConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(STRATEGIES)}")
+    if pooling == "auto":
+        from .sentence_modules import authored_pooling, checkpoint_directory
+
+        directory = checkpoint_directory(backbone)
+        authored = authored_pooling(directory) if directory is not None else None
+        if authored is not None:
+            return authored
+    return transformers_pooling(pooling, backbone, level)
+
+
+def transformers_pooling(pooling: str, backbone: Any, level: str = "sequence") -> PoolingConfig:
+    """``pooling`` (``auto``: what transformers' own task model does for the architecture) for this backbone."""
     config = backbone.config
     has_pooler = getattr(backbone, "pooler", None) is not None
     if pooling == "pooler" and not has_pooler:
@@ -110,6 +171,12 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
 
+def mean_sqrt_len_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The token sum over the square root of the length (sentence-transformers' ``mean_sqrt_len_tokens``)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9).sqrt()
+
+
 def max_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     masked = hidden.masked_fill(mask.unsqueeze(-1) == 0, torch.finfo(hidden.dtype).min)
     return masked.amax(1)
@@ -130,7 +197,7 @@ def last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden[rows, last_token_index(mask)]
 
 
-_POOL = {"cls": first_token, "mean": mean_pool, "max": max_pool, "last": last_token}
+_POOL = {"cls": first_token, "mean": mean_pool, "max": max_pool, "mean_sqrt_len": mean_sqrt_len_pool, "last": last_token}
 
 
 class Pooler(nn.Module):
@@ -145,6 +212,14 @@ class Pooler(nn.Module):
             self.norm = (
                 nn.LayerNorm(hidden_size, eps=config.norm_eps, bias=config.norm_bias) if config.norm else nn.Identity()
             )
+        if config.dense:
+            self.dense_layers = nn.ModuleList(nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
+                                              for layer in config.dense)
+            self.dense_activations = [ACT2FN[layer.activation] if layer.activation else nn.Identity()
+                                      for layer in config.dense]
+            if config.weights is not None:
+                with torch.no_grad():
+                    self.dense_layers.load_state_dict(config.weights)
 
     def forward(
         self, hidden: torch.Tensor, mask: torch.Tensor, backbone_pooled: torch.Tensor | None = None
@@ -156,4 +231,10 @@ class Pooler(nn.Module):
         pooled = _POOL[self.config.strategy](hidden, mask)
         if self.config.projection:
             pooled = self.norm(self.activation(self.dense(pooled)))
+        for layer, activation in zip(getattr(self, "dense_layers", ()), getattr(self, "dense_activations", ())):
+            pooled = activation(layer(pooled))
+        if self.config.normalize:
+            # torch.nn.functional.normalize's formula; written out because its expand_as traces to an ONNX
+            # output whose width is symbolic, which the runtime would read as a per-token axis
+            pooled = pooled / pooled.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-12)
         return pooled

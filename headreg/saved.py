@@ -48,6 +48,20 @@ POOLING_SCHEMA = S.obj(
         "bias": S.boolean,
         "norm_bias": S.boolean,
         "norm_eps": S.number(0, 1),
+        # a sentence-transformers checkpoint's Dense layers and Normalize (headreg/sentence_modules.py)
+        "dense": S.sequence(
+            S.obj(
+                {
+                    "in_features": S.integer(1, 1 << 20),
+                    "out_features": S.integer(1, 1 << 20),
+                    "bias": S.boolean,
+                    "activation": S.optional(S.one_of(*ACT2FN.keys())),
+                },
+                required=("in_features", "out_features"),
+            ),
+            max_items=16,
+        ),
+        "normalize": S.boolean,
     },
     required=("strategy",),
 )

@@ -278,7 +278,9 @@ def test_transformers_trainer_fine_tunes_a_headed_model(tmp_path, minilm_path, m
         for i in range(len(texts))
     ]
     torch.manual_seed(0)
-    model = attach_head(AutoModel.from_pretrained(minilm_path), "seq_cls", num_labels=2)
+    # BERT's pooler, not the checkpoint's own mean + Normalize: unit vectors give a fresh linear head logits too
+    # small to halve the loss in these few steps, and this test is about the Trainer, not the pooling.
+    model = attach_head(AutoModel.from_pretrained(minilm_path), "seq_cls", num_labels=2, pooling="pooler")
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=12,
                              num_train_epochs=4, learning_rate=2e-4, report_to=[], save_strategy="no",
                              use_cpu=True, disable_tqdm=True)

@@ -123,11 +123,37 @@ def print_summary(bundle: Any) -> None:
     out.print(f"serves here: {variant} ({reason})")
 
 
+def _label_names(labels: str | None, id2label_file: str | None) -> Any:
+    """--labels a,b,c or --id2label FILE (a JSON list of names, or an object of index -> name), or None."""
+    import json
+
+    if labels is not None and id2label_file is not None:
+        _fail("--labels and --id2label both name the labels; pass one of them", EXIT_USAGE)
+    if labels is not None:
+        return [name.strip() for name in labels.split(",")]
+    if id2label_file is None:
+        return None
+    from pathlib import Path
+
+    try:
+        if Path(id2label_file).stat().st_size > 1 << 20:
+            raise ValueError("it is larger than 1 MB")
+        data = json.loads(Path(id2label_file).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        _fail(f"cannot read --id2label {id2label_file}: {exc}; give a JSON list of names or {{\"0\": \"neg\", ...}}",
+              EXIT_USAGE)
+    if not isinstance(data, (list, dict)):
+        _fail(f"--id2label {id2label_file} holds a {type(data).__name__}; give a JSON list of names or "
+              '{"0": "neg", ...}', EXIT_USAGE)
+    return data
+
+
 EXPORT_EPILOG = """\b
 Examples:
   headreg export ./my-model -o ./bundle           # from HeadedModel.save_pretrained
   headreg export ./checkpoint -o ./bundle --quantize int8   # *ForSequenceClassification
   headreg export ./encoder --head seq_cls --num-labels 3 -o ./bundle   # a fresh head
+  headreg export ./encoder --head seq_cls --labels neg,pos --pooling mean -o ./bundle
   headreg export ./old-checkpoint -o ./bundle --allow-bin   # pytorch_model.bin only"""
 
 
@@ -137,13 +163,22 @@ Examples:
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
 @click.option("--head", default=None, help="Attach this fresh head to a backbone SOURCE (see 'headreg heads'); needs --num-labels.")
 @click.option("--num-labels", default=None, type=click.IntRange(min=1), help="Labels (outputs) of the fresh --head.")
+@click.option("--labels", default=None, metavar="A,B,C",
+              help="Label names of the fresh --head, in order (sets --num-labels).")
+@click.option("--id2label", "id2label_file", default=None, type=click.Path(dir_okay=False),
+              help="JSON file of the fresh --head's label names: a list, or {\"0\": \"neg\", ...}.")
+@click.option("--pooling", default=None,
+              help="Pooling of the fresh --head's pooled_output: auto | cls | pooler | mean | max | mean_sqrt_len | "
+                   "last [default: auto: a sentence-transformers checkpoint's modules.json (Pooling, Dense, "
+                   "Normalize), else what transformers' own task model does].")
 @click.option("--tokenizer", default=None, type=click.Path(exists=True), help="Tokenizer dir or tokenizer.json [default: SOURCE's].")
 @click.option("--opset", default=None, type=click.IntRange(min=14), help="ONNX opset [default: the exporter's].")
 @click.option("--atol", default=1e-4, show_default=True, type=float, help="Absolute tolerance of verification.")
 @click.option("--rtol", default=1e-3, show_default=True, type=float, help="Relative tolerance of verification.")
 @click.option("--max-length", default=None, type=click.IntRange(min=1),
               help="Longest input in tokens the bundle accepts and is verified at; the runtime truncates to it "
-                   "[default: what the backbone's position table allows, e.g. 512].")
+                   "[default: a sentence-transformers checkpoint's max_seq_length, else what the backbone's "
+                   "position table allows, e.g. 512].")
 @click.option("--optimize", is_flag=True, help="Fuse for onnxruntime; kept only if it verifies and is not slower.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write model.int8.onnx.")
 @click.option("--calibration-texts", "calibration_file", default=None, type=click.Path(dir_okay=False),
@@ -168,7 +203,8 @@ Examples:
               help="Load weights stored only as pytorch_model.bin, with torch.load(weights_only=True).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only (no progress).")
-def export(source: str, out_dir: str, head: str | None, num_labels: int | None, tokenizer: str | None,
+def export(source: str, out_dir: str, head: str | None, num_labels: int | None, labels: str | None,
+           id2label_file: str | None, pooling: str | None, tokenizer: str | None,
            opset: int | None, atol: float, rtol: float, max_length: int | None, optimize: bool, quantize: str | None,
            calibration_file: str | None, calibration_method: str, min_agreement: float, near_tie: float,
            max_error: float, bf16: bool, exporter: str, allow_bin: bool, overwrite: bool, as_json: bool) -> None:
@@ -191,7 +227,8 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     except SaveLoadError as exc:
         fail(str(exc), EXIT_USAGE)
     try:
-        plan = inspect_source(source, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin)
+        plan = inspect_source(source, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin,
+                              pooling=pooling, id2label=_label_names(labels, id2label_file))
     except (SourceError, UnknownHeadError) as exc:
         fail(str(exc), EXIT_USAGE)
     if plan.tokenizer is None:
@@ -240,7 +277,7 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
                        "predictions are random until you train it", err=True)
         bundle = export_onnx(
             loaded.model, out_dir, loaded.tokenizer, opset=opset, optimize=optimize, quantize=quantize,
-            atol=atol, rtol=rtol, max_length=max_length, overwrite=overwrite, exporter=exporter,
+            atol=atol, rtol=rtol, max_length=max_length or loaded.max_length, overwrite=overwrite, exporter=exporter,
             calibration_texts=calibration_texts, calibration_method=calibration_method, min_agreement=min_agreement,
             near_tie=near_tie, max_error=max_error, bf16=bf16, source=loaded.info, progress=progress,
         )

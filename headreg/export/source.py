@@ -3,7 +3,9 @@
 - a directory written by ``HeadedModel.save_pretrained`` (``headreg_model.json``);
 - a transformers checkpoint with a task head (``*ForSequenceClassification`` / ``*ForTokenClassification``
   in ``config.json``), imported through :func:`headreg.from_transformers`;
-- a backbone directory plus ``head=`` and ``num_labels=``: a fresh, untrained head.
+- a backbone directory plus ``head=`` and ``num_labels=`` (or ``id2label=``): a fresh, untrained head, pooled
+  as the checkpoint says (a sentence-transformers ``modules.json``, see headreg/sentence_modules.py) unless
+  ``pooling=`` names a pooling.
 
 :func:`inspect_source` decides which, and rejects what cannot work, from the files alone: no torch is
 imported, so a mistake is reported in a fraction of a second rather than after the torch import.
@@ -14,9 +16,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from ..errors import HeadregError
+from ..errors import HeadConfigError, HeadregError
 from ..files import BACKBONE_DIR, MODEL_CONFIG
 
 TASK_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification")
@@ -35,6 +37,7 @@ class Source:
     tokenizer: Any  # a path or a tokenizer object
     info: dict[str, Any]  # the manifest's "source": {"path", "kind"}
     untrained: bool = False
+    max_length: int | None = None  # the checkpoint's own input limit (sentence-transformers' max_seq_length)
 
 
 @dataclass
@@ -48,6 +51,9 @@ class SourcePlan:
     head: str | None = None
     num_labels: int | None = None
     pickled: bool = False  # the weights are pytorch_model.bin (loaded only with allow_bin=True)
+    pooling: str | None = None  # a fresh head's pooling; None: the checkpoint's own (auto)
+    id2label: dict[int, str] | None = None  # a fresh head's label names
+    allow_bin: bool = False
 
 
 def _has_tokenizer(path: Path) -> bool:
@@ -84,8 +90,14 @@ def inspect_source(
     num_labels: int | None = None,
     tokenizer: Any = None,
     allow_bin: bool = False,
+    pooling: str | None = None,
+    id2label: Sequence[str] | Mapping[Any, str] | None = None,
 ) -> SourcePlan:
-    """Classify SOURCE and check the options that go with it; SourceError says what to change. No torch."""
+    """Classify SOURCE and check the options that go with it; SourceError says what to change. No torch.
+
+    ``pooling`` and ``id2label`` (label names in order, or index -> name) apply to a fresh head only;
+    ``id2label`` alone sets ``num_labels``.
+    """
     path = Path(path).resolve()
     if not path.exists():
         raise SourceError(f"SOURCE {path} does not exist; pass a model directory (save_pretrained output)")
@@ -95,9 +107,14 @@ def inspect_source(
         from ..installed import get_head
 
         get_head(head)  # UnknownHeadError names the close matches and the installed heads
+    fresh_only = [flag for flag, value in (("--pooling", pooling), ("--labels/--id2label", id2label)) if value is not None]
+    labels = _label_names(id2label, num_labels)
+    if labels is not None and num_labels is None:
+        num_labels = len(labels)
     if (path / MODEL_CONFIG).is_file():
-        if head is not None or num_labels is not None:
-            raise SourceError(f"{path} is a saved headreg model that already has a head; drop --head/--num-labels")
+        if head is not None or num_labels is not None or fresh_only:
+            given = "/".join(["--head/--num-labels"] * (head is not None or num_labels is not None) + fresh_only)
+            raise SourceError(f"{path} is a saved headreg model that already has a head; drop {given}")
         if tokenizer is None:
             try:
                 saved = json.loads((path / MODEL_CONFIG).read_text()).get("tokenizer_source")
@@ -114,6 +131,11 @@ def inspect_source(
     architectures = _config(path).get("architectures") or []
     task = next((arch for arch in architectures if arch.endswith(TASK_SUFFIXES)), None)
     tokenizer = tokenizer if tokenizer is not None else (path if _has_tokenizer(path) else None)
+    if task is not None and head is None and fresh_only:
+        raise SourceError(
+            f"{path} is a {task} checkpoint with its own head, pooling and labels: drop {'/'.join(fresh_only)}, or "
+            "pass --head NAME --num-labels N as well to replace its head with a fresh one"
+        )
     if task is not None and head is None and num_labels is not None:
         raise SourceError(
             f"{path} is a {task} checkpoint with its own head: drop --num-labels to export that head, or pass "
@@ -132,9 +154,59 @@ def inspect_source(
         if num_labels is None:
             raise SourceError(f"--head {head} needs --num-labels N: how many labels (outputs) the fresh head has")
         kind = "backbone"
+        _check_pooling(path, pooling, allow_bin)
     else:
         kind = "transformers"
-    return SourcePlan(path, kind, task, tokenizer, head, num_labels, pickled=_weights_format(path, allow_bin))
+    return SourcePlan(path, kind, task, tokenizer, head, num_labels, pickled=_weights_format(path, allow_bin),
+                      pooling=pooling, id2label=None if labels is None else dict(enumerate(labels)), allow_bin=allow_bin)
+
+
+def _label_names(id2label: Sequence[str] | Mapping[Any, str] | None, num_labels: int | None) -> list[str] | None:
+    """A fresh head's label names in index order; SourceError when they are not names for 0..N-1."""
+    if id2label is None:
+        return None
+    if isinstance(id2label, Mapping):
+        try:
+            by_index = {int(key): value for key, value in id2label.items()}
+        except (TypeError, ValueError):
+            raise SourceError(f"id2label keys must be label indices 0..N-1, got {sorted(map(str, id2label))[:5]}") from None
+        if sorted(by_index) != list(range(len(by_index))):
+            raise SourceError(f"id2label keys must be the label indices 0..{len(by_index) - 1}, got {sorted(by_index)}")
+        labels = [by_index[i] for i in range(len(by_index))]
+    else:
+        labels = list(id2label)
+    bad = [label for label in labels if not isinstance(label, str) or not label.strip()]
+    if not labels or bad:
+        raise SourceError(f"label names must be non-empty strings, got {labels!r}")
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise SourceError(f"label names must differ; {', '.join(map(repr, twice))} given more than once")
+    if num_labels is not None and num_labels != len(labels):
+        raise SourceError(f"--num-labels {num_labels} but {len(labels)} label names were given; drop --num-labels or "
+                          "give one name per label")
+    return labels
+
+
+def _check_pooling(path: Path, pooling: str | None, allow_bin: bool) -> None:
+    """A fresh head's pooling: a known name, or the checkpoint's own modules, which must be reproducible."""
+    from ..pooling import ALIASES, STRATEGIES
+    from ..sentence_modules import ModulesError, read_modules
+
+    if pooling is not None:
+        if ALIASES.get(pooling, pooling) not in STRATEGIES:
+            raise SourceError(f"unknown pooling {pooling!r}; choose one of {', '.join(STRATEGIES)} "
+                              f"(or sentence-transformers' {', '.join(ALIASES)})")
+        if ALIASES.get(pooling, pooling) != "auto":
+            return
+    try:
+        modules = read_modules(path)
+    except ModulesError as exc:
+        raise SourceError(str(exc)) from exc
+    if modules is not None and modules.pickled_dense and not allow_bin:
+        raise SourceError(
+            f"the Dense module in {modules.pickled_dense[0]} has its weights only as pytorch_model.bin, a pickle, which "
+            "headreg does not load by default; pass --allow-bin to load it with torch.load(weights_only=True)"
+        )
 
 
 def load_source(
@@ -144,6 +216,8 @@ def load_source(
     num_labels: int | None = None,
     tokenizer: Any = None,
     allow_bin: bool = False,
+    pooling: str | None = None,
+    id2label: Sequence[str] | Mapping[Any, str] | None = None,
     plan: SourcePlan | None = None,
 ) -> Source:
     """Load SOURCE as a HeadedModel in eval mode, with where its tokenizer is.
@@ -153,7 +227,8 @@ def load_source(
     refused, since headreg never unpickles by default.
     """
     if plan is None:
-        plan = inspect_source(path, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin)
+        plan = inspect_source(path, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin,
+                              pooling=pooling, id2label=id2label)
     from ..loading import load_model
     from ..model import quiet_transformers
 
@@ -187,8 +262,21 @@ def load_source(
             raise SourceError(f"cannot load a backbone from {path}: {exc}") from exc
     if backbone.base_model is not backbone:
         backbone = backbone.base_model
-    model = attach_head(backbone.eval(), plan.head, num_labels=plan.num_labels).eval()
-    return Source(model, plan.tokenizer, {"path": str(path), "kind": "backbone"}, untrained=True)
+    from ..sentence_modules import authored_pooling, max_seq_length
+
+    pooling: Any = plan.pooling or "auto"
+    options: dict[str, Any] = {"num_labels": plan.num_labels}
+    if plan.id2label is not None:
+        options["id2label"] = plan.id2label
+    try:
+        if pooling == "auto":
+            # the checkpoint's own modules, with the Dense weights --allow-bin permits
+            pooling = authored_pooling(path, allow_bin=plan.allow_bin) or "auto"
+        model = attach_head(backbone.eval(), plan.head, pooling=pooling, **options).eval()
+    except HeadConfigError as exc:
+        raise SourceError(str(exc)) from exc
+    return Source(model, plan.tokenizer, {"path": str(path), "kind": "backbone"}, untrained=True,
+                  max_length=max_seq_length(path))
 
 
 def convert_to_safetensors(source: str | Path, target: str | Path, *, overwrite: bool = False) -> Path:

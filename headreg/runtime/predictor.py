@@ -27,6 +27,7 @@ from ..manifest import (
 from . import postprocess as _post
 from .batching import pad_batch, plan_batches
 from . import windows as _windows
+from .embedding import EMBED_OPTIONS, check_embed_options, embedding
 from .backends import open_backend
 from .inputs import (
     InputError, OptionContext, as_input_list, char_limit, check_inputs, check_options, cut, valid_options,
@@ -205,7 +206,7 @@ class Predictor:
         """``pooled_output`` per input, in input order: float32 ``[len(inputs), hidden]`` (``[hidden]`` for one string).
 
         With ``long_text="window"`` a long input's vector is the ``window_reduce`` (default ``mean``) of its
-        windows' vectors.
+        windows' vectors. ``normalize=True`` scales each vector to unit L2 norm (runtime/embedding.py).
         """
         texts, single = as_input_list(inputs)
         if single:
@@ -228,6 +229,7 @@ class Predictor:
         else:
             overrides, runtime = check_options(options, self._options)
             config = {**self.config, **overrides}
+        check_embed_options(kind, runtime)
         if _windows.window_options(runtime).windowed:
             rows = self._window_rows(items, runtime)
         else:
@@ -270,7 +272,7 @@ class Predictor:
         if len(job.rows) != len(job.inputs):
             job, outputs = self._merge_windows(job, outputs)
         if job.kind == "embed":
-            return [np.asarray(out["pooled_output"], dtype=np.float32) for out in outputs]
+            return [embedding(out["pooled_output"], job.options) for out in outputs]
         # Postprocess in length-sorted groups: a token head's re-padded arrays stay as small as the batches were.
         results: list[Any] = [None] * len(job.inputs)
         for group in self.plan([len(row.encoding) for row in job.rows]):
@@ -488,8 +490,8 @@ class Predictor:
 
 
 # Per-call options that steer the runtime itself rather than a head's postprocess config (registered with
-# their checks where they are implemented: runtime/windows.py).
-RUNTIME_OPTIONS: tuple[str, ...] = (*_windows.OPTIONS,)
+# their checks where they are implemented: runtime/windows.py, runtime/embedding.py).
+RUNTIME_OPTIONS: tuple[str, ...] = (*_windows.OPTIONS, *EMBED_OPTIONS)
 
 
 def _output_axes(manifest: dict[str, Any], model_dims: dict[str, list], names: Sequence[str]) -> dict[str, str]:
