@@ -7,9 +7,12 @@ texts of 2-10x that length.
   context-dependent model windows disagree and the two rules legitimately differ: that case is checked against
   the brute-force reference below.)
 - Token heads (token_cls, every aggregation, and the CRF plugin) equal a brute-force reference on a
-  context-dependent model: every window run alone in PyTorch, every token taken from its most central window,
+  context-dependent model: every window run alone in PyTorch, each overlap switched where the documented rule
+  says (runtime/windows.py: not inside a word, fewest windows whose entities it cuts, nearest the centre),
   aggregated over the untruncated encoding of the whole text.
-- An entity planted at every position around window boundaries is found exactly once, whole, with its span.
+- An entity planted at every position around window boundaries is found exactly once, whole, with its span:
+  by a context-free tagger, and by taggers that only see an entity they see whole (a window that sees part of
+  it tags that part "O", or tags it as a shorter entity): 0 cut, where the most-central rule cut them.
 - Sequence heads: each ``window_reduce`` equals numpy over per-window logits (and ``embed`` over per-window
   ``pooled_output``) computed one window at a time in PyTorch; pairs slide over the second text.
 """
@@ -203,6 +206,34 @@ def most_central(n_windows: int, lengths: list[int], step: int, position: int) -
     return best, position - best * step
 
 
+def reference_switches(outputs, spans, lengths, step, words) -> list[int]:
+    """The documented switch rule (runtime/windows.py), by enumeration over each overlap: per pair of windows,
+    the first text position taken from the later one."""
+    from headreg.runtime.postprocess import entity_type
+
+    def label(window, position):  # the window's argmax label of text position ``position``
+        return NER[int(outputs[window]["logits"][spans[window][0] + position - window * step].argmax())]
+
+    def continues(before, here):
+        return entity_type(here) != "O" and not here.startswith("B-") and entity_type(before) == entity_type(here)
+
+    def cuts(window, m, a):
+        if window == a and m == a * step + lengths[a]:  # A's own end: B reads the entity on past it
+            return entity_type(label(a, m - 1)) != "O" and continues(label(a + 1, m - 1), label(a + 1, m))
+        if window == a + 1 and m == (a + 1) * step:  # B's own start: an I- that continues what B cannot see
+            return continues(label(a + 1, m), label(a + 1, m))
+        return continues(label(window, m - 1), label(window, m))
+
+    switches: list[int] = []
+    for a in range(len(outputs) - 1):
+        central = next(p for p in range(len(words)) if most_central(len(outputs), lengths, step, p)[0] > a)
+        candidates = range(max((a + 1) * step, switches[-1] if switches else 0), a * step + lengths[a] + 1)
+        switches.append(min(candidates, key=lambda m: (
+            m < len(words) and words[m] is not None and words[m] == words[m - 1],
+            cuts(a, m, a) + cuts(a + 1, m, a), abs(m - central), m)))
+    return switches
+
+
 @functools.lru_cache(maxsize=None)
 def brute_force_logits(head: str, item, overlap: int):
     """(whole-text Encoding, per-token logits with each text token from its most central window)."""
@@ -222,10 +253,12 @@ def brute_force_logits(head: str, item, overlap: int):
         spans.append((inside[0], inside[-1] + 1))
     lengths = [b - a for a, b in spans]
     step = lengths[0] - overlap
+    switches = reference_switches(outputs, spans, lengths, step, [whole.word_ids[p] for p in text_positions])
     logits = np.zeros((len(whole.ids), outputs[0]["logits"].shape[-1]), dtype=np.float32)
     for p in range(len(whole.ids)):
         if p in inside_text:
-            window, inner = most_central(len(outputs), lengths, step, p - text_positions[0])
+            window = sum(1 for m in switches if m <= p - text_positions[0])
+            inner = p - text_positions[0] - window * step
             logits[p] = outputs[window]["logits"][spans[window][0] + inner]
         elif p < text_positions[0]:
             logits[p] = outputs[0]["logits"][p]
@@ -389,6 +422,95 @@ def test_an_entity_planted_around_window_boundaries_is_found_once_whole():
     late = " ".join(words[:150] + [PLANTED])
     assert predictor.predict(late)["entities"] == []
     assert [e["word"] for e in predictor.predict(late, long_text="window")["entities"]] == [PLANTED]
+
+
+# Entities longer than one token, tokenized by MiniLM into several word pieces and words (the issue's cases).
+ENTITIES = {"12-3456789": "TAX_ID", "Sunset Blvd": "STREET", "jane.doe@example.com": "EMAIL"}
+WHOLE_LABELS = ["O", *[f"{prefix}-{kind}" for kind in dict.fromkeys(ENTITIES.values()) for prefix in "BI"]]
+
+
+def _window_blind_outputs(windows, sequence: int, spans, texts_kind: dict, partial: str):
+    """Per window, one-hot logits of a tagger that tags an entity (B-, I-...) only when the window holds all of
+    it; a window that sees part of an entity tags that part "O" (``partial="outside"``) or as an entity of its
+    own, B- at the part's first token (``partial="short"``): what a model without the rest of the context does."""
+    from headreg.runtime.windows import content_span
+
+    outputs = []
+    for encoding in windows:
+        start, end = content_span(encoding, sequence)
+        labels = np.zeros(len(encoding), dtype=np.int64)
+        first_char, last_char = encoding.offsets[start][0], encoding.offsets[end - 1][1]
+        for (a, b), kind in zip(spans, texts_kind):
+            inside = [p for p in range(start, end) if encoding.offsets[p][0] >= a and encoding.offsets[p][1] <= b]
+            whole = first_char <= a and b <= last_char
+            if not inside or (not whole and partial == "outside"):
+                continue
+            labels[inside[0]] = WHOLE_LABELS.index(f"B-{kind}")
+            labels[inside[1:]] = WHOLE_LABELS.index(f"I-{kind}")
+        outputs.append({"logits": np.eye(len(WHOLE_LABELS), dtype=np.float32)[labels] * 10})
+    return outputs
+
+
+@pytest.mark.parametrize("partial", ["outside", "short"])
+def test_entities_planted_across_every_boundary_position_come_out_whole(partial):
+    """A planted entity at every offset around every window switch, windows of 16 text tokens sharing 2, 5 or 8:
+    each comes out exactly once, whole, with its span. The most-central rule (labels=None is word-aware only,
+    so it is compared with the central points themselves) cut many of the same entities."""
+    from tokenizers import Tokenizer
+
+    from headreg.runtime import windows as W
+
+    max_length = 18
+    words = [FILLER[(i * 5) % len(FILLER)] for i in range(60)]
+    local = Tokenizer.from_str(tokenizer()._tokenizer.to_str())
+    planted = cut_before = 0
+    for overlap in (2, 5, 8):
+        for entity, kind in ENTITIES.items():
+            for position in range(len(words) - 8):
+                before = " ".join(words[:position])
+                text = f"{before} {entity} {' '.join(words[position:])}".strip()
+                start = len(before) + (1 if before else 0)
+                span = (start, start + len(entity))
+                windows = W.encode_windows(local, [text], max_length, overlap)[0]
+                if not any(_holds(encoding, span) for encoding in windows.encodings):
+                    # longer than the overlap and astride it: no window reads it whole, no merge can recover it
+                    assert len(local.encode(entity, add_special_tokens=False)) > overlap + 1
+                    continue
+                outputs = _window_blind_outputs(windows.encodings, 0, [span], [kind], partial)
+                merged = {}
+                for labels in (dict(logits=WHOLE_LABELS), None):
+                    whole, out = W.merge_windows(windows.encodings, outputs, {"logits": "token"}, windows.overlap, 0,
+                                                 labels=labels)
+                    found = aggregate_tokens(out["logits"].argmax(-1), softmax(out["logits"]), whole, text,
+                                             dict(enumerate(WHOLE_LABELS)))["entities"]
+                    merged[labels is not None] = [(e["label"], e["start"], e["end"]) for e in found]
+                assert merged[True] == [(kind, *span)], (overlap, entity, position, partial, merged[True])
+                planted += 1
+                cut_before += _central_merge_cuts(windows, outputs, text, (kind, *span))
+    assert planted > 400
+    if partial == "outside":  # (a shorter entity of the same type reads as the whole one's start: nothing to cut)
+        assert cut_before > 20, "the planted positions reach the cases the most-central rule got wrong"
+    print(f"planted {planted}, cut by the entity-aware rule 0, by the most-central rule {cut_before}")
+
+
+def _holds(encoding, span) -> bool:
+    from headreg.runtime.windows import content_span
+
+    start, end = content_span(encoding, 0)
+    return encoding.offsets[start][0] <= span[0] and span[1] <= encoding.offsets[end - 1][1]
+
+
+def _central_merge_cuts(windows, outputs, text, want) -> bool:
+    """Whether the most-central rule (every token from the window where it is farthest from a cut) loses ``want``."""
+    from headreg.runtime import windows as W
+
+    whole, _ = W.merge_windows(windows.encodings, outputs, {"logits": "token"}, windows.overlap, 0)
+    spans = [W.content_span(e, 0) for e in windows.encodings]
+    chosen, inner = W.central_windows([b - a for a, b in spans], windows.overlap)
+    logits = np.stack([outputs[w]["logits"][spans[w][0] + i] for w, i in zip(chosen, inner)])
+    full = np.concatenate([outputs[0]["logits"][: spans[0][0]], logits, outputs[-1]["logits"][spans[-1][1]:]])
+    found = aggregate_tokens(full.argmax(-1), softmax(full), whole, text, dict(enumerate(WHOLE_LABELS)))["entities"]
+    return [(e["label"], e["start"], e["end"]) for e in found] != [want]
 
 
 # --- sequence heads --------------------------------------------------------------------------------------------------

@@ -337,6 +337,8 @@ class Predictor:
             by_item.setdefault(row.item, []).append(index)
         rows: list[Row] = []
         merged: list[dict[str, np.ndarray]] = []
+        # each token head's labels, so the merge can see where each window's entities are
+        labels = {head.outputs["logits"]: head.labels for head in self.heads if head.level == "token" and head.labels}
         for item in range(len(job.inputs)):
             members = sorted(by_item.get(item, []), key=lambda i: job.rows[i].window)
             if not members:
@@ -344,7 +346,7 @@ class Predictor:
             sequence = 0 if isinstance(job.inputs[item], str) else 1
             whole, out = _windows.merge_windows(
                 [job.rows[i].encoding for i in members], [outputs[i] for i in members], self._output_axes,
-                job.rows[members[0]].overlap, sequence, reduce,
+                job.rows[members[0]].overlap, sequence, reduce, labels,
             )
             rows.append(Row(item, whole))
             merged.append(out)

@@ -7,11 +7,30 @@ Three steps, each a pure function the Predictor calls:
    special tokens, and offsets and word ids that index the whole original text. A sentence pair keeps its
    first text whole in every window and slides over the second (``only_second``).
 2. The windows run as ordinary rows (length-bucketed with every other row).
-3. :func:`merge_windows` turns one input's window outputs back into one row: token-level outputs take each
-   token from the window where it sits farthest from a cut (the text's own ends are not cuts), over a
-   :class:`WholeEncoding` of the whole text, so postprocess (``aggregate_tokens``, a CRF's Viterbi) runs once
-   over the whole text; row-level outputs (sequence logits, ``pooled_output``) are reduced over the windows
-   with :func:`reduce_windows` (``mean`` | ``max`` | ``first``).
+3. :func:`merge_windows` turns one input's window outputs back into one row over a :class:`WholeEncoding` of
+   the whole text, so postprocess (``aggregate_tokens``, a CRF's Viterbi) runs once over the whole text.
+   Token-level outputs switch from one window to the next once per overlap, at a switch point chosen so that
+   no word and no entity is cut (:func:`switch_points`, the rule below); row-level outputs (sequence logits,
+   ``pooled_output``) are reduced over the windows with :func:`reduce_windows` (``mean`` | ``max`` | ``first``).
+
+Where a token output switches windows. Neighbouring windows A and B share the tokens ``[s, e)`` (B starts at
+``s``, A ends at ``e``); tokens before the switch point ``m`` come from A, from ``m`` on from B, ``s <= m <= e``.
+Each window's own decisions (the argmax label of each token, in the head's labels) say where its entities
+are: a token's label continues the entity of the token before it when it is ``I-X`` or a bare ``X`` after an
+``X`` (``B-X`` starts one, ``O`` is outside). A switch point ``m`` *cuts* a window when, in that window's
+decisions, token ``m`` continues token ``m - 1``. At a window's own edge it cannot see across: ``m = s`` cuts B
+when B's first token continues something (``I-X``: B saw the entity's start nowhere), and ``m = e`` cuts A when
+A's last token is in an entity that B, reading on, continues past A's end.
+``m`` is chosen by, in order: not inside a word; fewest windows cut; nearest to the central point (where a
+token's distance to the nearest cut is largest in both windows, the rule before entities were considered);
+earliest. So when some switch point cuts neither window, every merged entity is an entity one window found
+whole, with that window's context: an entity that straddles the centre comes whole from the window that
+contains it (``12-3456789`` is no longer ``-3456789``). Only when every point of the overlap cuts an entity
+(an entity longer than the overlap, or windows that disagree everywhere in it) does an entity come from two
+windows; a larger ``window_stride`` avoids it. Outputs without labels (no ``id2label``, or not one score per
+label) still never switch inside a word. transformers' ``pipeline("token-classification", stride=...)``
+instead merges *entities*: it decodes each window alone and, where entities of different windows overlap,
+keeps the longest (docs/runtime.md compares them).
 
 "Overlap" is the number of tokens two neighbouring windows share; transformers and tokenizers call it
 ``stride``. A window of ``room`` tokens for the text (``max_length`` minus special tokens, minus the first
@@ -27,6 +46,7 @@ import numpy as np
 
 from ..errors import HeadregError
 from .inputs import InputError, RuntimeOption, register_option
+from .postprocess import entity_type
 
 LONG_TEXT = ("truncate", "window")
 WINDOW_REDUCE = ("mean", "max", "first")
@@ -380,6 +400,61 @@ def central_windows(lengths: Sequence[int], overlap: int) -> tuple[np.ndarray, n
     return best, np.arange(total) - starts[best]
 
 
+def _continues(previous: str, label: str, outside: frozenset[str]) -> bool:
+    """Whether a token labelled ``label`` continues the entity of a token labelled ``previous`` before it."""
+    kind = entity_type(label)
+    return kind not in outside and not label.startswith("B-") and entity_type(previous) == kind
+
+
+def switch_points(
+    starts: Sequence[int],
+    lengths: Sequence[int],
+    central: Sequence[int],
+    words: Sequence[Any],
+    decisions: Sequence[Sequence[str]] | None = None,
+    outside: frozenset[str] = frozenset({"O"}),
+) -> list[int]:
+    """Per pair of neighbouring windows, the first whole-text content position taken from the later one.
+
+    ``starts``/``lengths``: each window's content span in whole-text positions; ``central``: the switch points
+    of the central rule (:func:`central_windows`); ``words``: the whole text's word ids (None: a word of its
+    own); ``decisions``: per window, the label of each of its content tokens (None: no labels known). The rule
+    is in this module's docstring.
+    """
+
+    def same_word(position: int) -> bool:
+        return words[position] is not None and words[position] == words[position - 1]
+
+    def label(window: int, position: int) -> str:
+        return decisions[window][position - starts[window]]
+
+    def cuts(window: int, position: int, edge: int) -> bool:
+        if position != edge:
+            return _continues(label(window, position - 1), label(window, position), outside)
+        if edge == starts[window]:  # B's own first token: cut when it says it continues what B cannot see
+            here = label(window, position)
+            return _continues(here, here, outside)
+        # A's own end: cut when A's last token is in an entity that B, which reads on, sees going on past it
+        later = window + 1
+        return (entity_type(label(window, position - 1)) not in outside
+                and _continues(label(later, position - 1), label(later, position), outside))
+
+    points: list[int] = []
+    for a in range(len(starts) - 1):
+        b = a + 1
+        low = max(starts[b], points[-1] if points else 0)
+        high = starts[a] + lengths[a]
+        best: tuple | None = None
+        for m in range(low, max(high, low) + 1):
+            inside_word = 0 < m < len(words) and same_word(m)
+            cut = 0 if decisions is None else cuts(a, m, high) + cuts(b, m, starts[b])
+            key = (inside_word, cut, abs(m - central[a]), m)
+            if best is None or key < best:
+                best = key
+        points.append(best[-1])
+    return points
+
+
 def reduce_windows(values: Sequence[np.ndarray] | np.ndarray, how: str) -> np.ndarray:
     """One row from per-window rows: their ``mean``, elementwise ``max``, or the ``first`` window's."""
     stacked = np.stack([np.asarray(v) for v in values])
@@ -399,14 +474,17 @@ def merge_windows(
     overlap: int,
     sequence: int = 0,
     reduce: str = "mean",
+    labels: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[Any, dict[str, np.ndarray]]:
     """One input's windows (encodings, in order) and their outputs -> (the whole text's encoding, its outputs).
 
     ``axes`` says per output name whether it is per ``token`` (``[tokens, ...]``, cut to the row),
-    per ``row`` (``[...]``) or ``shared`` by every row. Token outputs are taken per token from its most
-    central window (:func:`central_windows`); tokens outside the windowed sequence (special tokens, the first
-    text of a pair) come from the first window, the trailing special tokens from the last. Row outputs are
-    reduced with :func:`reduce_windows`. A single window comes back as it is.
+    per ``row`` (``[...]``) or ``shared`` by every row. Token outputs switch windows once per overlap, where no
+    word and no entity is cut (:func:`switch_points`); ``labels`` names, per token output, the label of each
+    of its scores (a token head's ``id2label`` in order), from which each window's entities are read. Tokens
+    outside the windowed sequence (special tokens, the first text of a pair) come from the first window, the
+    trailing special tokens from the last. Row outputs are reduced with :func:`reduce_windows`. A single
+    window comes back as it is.
     """
     if len(windows) != len(outputs) or not windows:
         raise HeadregError(f"merge_windows got {len(windows)} windows and {len(outputs)} outputs")
@@ -415,17 +493,21 @@ def merge_windows(
     spans = [content_span(encoding, sequence) for encoding in windows]
     lengths = [end - start for start, end in spans]
     _check_overlaps(windows, spans, overlap)
-    chosen, inner = central_windows(lengths, overlap)
-    # (window, position in that window) for every token of the whole text: prefix, text, suffix.
+    chosen, _ = central_windows(lengths, overlap)
+    starts = np.concatenate([[0], np.cumsum(np.asarray(lengths[:-1], dtype=np.int64) - overlap)]).astype(np.int64)
     head_end, tail_start = spans[0][0], spans[-1][1]
-    source_window = np.concatenate(
-        [np.zeros(head_end, np.int64), chosen, np.full(len(windows[-1]) - tail_start, len(windows) - 1, np.int64)]
-    )
-    source_position = np.concatenate(
-        [np.arange(head_end), inner + np.asarray([start for start, _ in spans], dtype=np.int64)[chosen],
-         np.arange(tail_start, len(windows[-1]))]
-    )
     first_row = np.concatenate([[0], np.cumsum([len(encoding) for encoding in windows[:-1]])]).astype(np.int64)
+
+    def sources(window_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(window, position in that window) for every token of the whole text: prefix, text, suffix."""
+        position_of = np.arange(len(window_of)) - starts[window_of] + np.asarray([a for a, _ in spans], np.int64)[window_of]
+        return (
+            np.concatenate([np.zeros(head_end, np.int64), window_of,
+                            np.full(len(windows[-1]) - tail_start, len(windows) - 1, np.int64)]),
+            np.concatenate([np.arange(head_end), position_of, np.arange(tail_start, len(windows[-1]))]),
+        )
+
+    source_window, source_position = sources(chosen)
     # The source window changes a few times along the text: copy runs of tokens as slices.
     breaks = np.flatnonzero(np.diff(source_window)) + 1
     runs = [
@@ -437,7 +519,6 @@ def merge_windows(
         values = [getattr(encoding, attribute) for encoding in windows]
         return [value for w, start, end in runs for value in values[w][start:end]]
 
-    starts = np.concatenate([[0], np.cumsum(np.asarray(lengths[:-1]) - overlap)]) + head_end
     whole = WholeEncoding(
         ids=gather("ids"),
         type_ids=gather("type_ids"),
@@ -446,16 +527,25 @@ def merge_windows(
         word_ids=gather("word_ids"),
         sequence_ids=gather("sequence_ids"),
         special_tokens_mask=gather("special_tokens_mask"),
-        windows=[(int(s), int(s) + n) for s, n in zip(starts, lengths)],
+        windows=[(int(s) + head_end, int(s) + head_end + n) for s, n in zip(starts, lengths)],
     )
+    words = whole.word_ids[head_end : head_end + len(chosen)]
+    central = [int(np.searchsorted(chosen, w, side="right")) for w in range(len(windows) - 1)]
     merged: dict[str, np.ndarray] = {}
     for name in outputs[0]:
         kind = axes.get(name, "row")
         if kind == "shared":
             merged[name] = outputs[0][name]
         elif kind == "token":
-            flat = np.concatenate([np.asarray(out[name]) for out in outputs])
-            merged[name] = flat[first_row[source_window] + source_position]
+            values = [np.asarray(out[name]) for out in outputs]
+            names = (labels or {}).get(name)
+            decisions = None
+            if names and all(v.ndim == 2 and v.shape[-1] == len(names) for v in values):
+                decisions = [[names[i] for i in v[a:b].argmax(-1)] for v, (a, b) in zip(values, spans)]
+            points = switch_points(starts.tolist(), lengths, central, words, decisions)
+            window_of = np.searchsorted(np.asarray(points, np.int64), np.arange(len(chosen)), side="right")
+            rows, positions = sources(window_of)
+            merged[name] = np.concatenate(values)[first_row[rows] + positions]
         else:
             merged[name] = reduce_windows([out[name] for out in outputs], reduce)
     return whole, merged
