@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .run import interleaved, machine_info, random_feed
+from .report import machine_info
+from .timing import interleaved, random_feed
 
 ROOT = Path(__file__).resolve().parent
 SHAPES = ((1, 128), (8, 128), (32, 128))
@@ -44,7 +45,7 @@ def trained_model(out: Path) -> Path:
 def build_variants(model_dir: Path, out: Path, rebuild: bool) -> tuple[Any, Path, dict[str, Path], dict]:
     """Export the bundle (static int8 shipped) and quantize the other contenders from its fp32 graph."""
     from headreg import load_model
-    from headreg.export import export_onnx
+    from headreg.export import ExportOptions, export_onnx
     from headreg.export.quantize import quantize_dynamic_int8
     from headreg.manifest import read_manifest
 
@@ -53,7 +54,8 @@ def build_variants(model_dir: Path, out: Path, rebuild: bool) -> tuple[Any, Path
     if rebuild or not (bundle / "model.int8.onnx").is_file():
         started = time.perf_counter()
         # acceptance is measured and reported here, so the export does not gate on it
-        export_onnx(model, bundle, tokenizer=str(model_dir), quantize="int8", min_agreement=0.0, overwrite=True)
+        export_onnx(model, bundle, tokenizer=str(model_dir), overwrite=True,
+                    options=ExportOptions(quantize="int8", min_agreement=0.0))
         print(f"  exported {bundle} in {time.perf_counter() - started:.0f}s", flush=True)
     manifest = read_manifest(bundle)
     method = manifest["variants"]["int8"]["quantization"]["method"]

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.corpus import mixed_corpus
-from benchmarks.run import interleaved, machine_info
+from benchmarks.report import machine_info
+from benchmarks.timing import interleaved
 
 CACHE = Path(os.environ.get("HEADREG_BENCH_CACHE", "/tmp/headreg-bench-long-text"))
 HEADS = {
@@ -41,7 +42,7 @@ def bundle_for(head: str, max_length: int, rebuild: bool = False) -> Path:
         from transformers import AutoModel
 
         from headreg import attach_head
-        from headreg.export import export_onnx
+        from headreg.export import ExportOptions, export_onnx
         from headreg.model import quiet_transformers
         from headreg.testing import minilm_path
 
@@ -49,8 +50,8 @@ def bundle_for(head: str, max_length: int, rebuild: bool = False) -> Path:
         with quiet_transformers():
             backbone = AutoModel.from_pretrained(minilm_path())
         model = attach_head(backbone, head, **HEADS[head]).eval()
-        export_onnx(model, out, tokenizer=str(minilm_path()), max_length=max_length, exporter="torchscript",
-                    overwrite=True)
+        export_onnx(model, out, tokenizer=str(minilm_path()), overwrite=True,
+                    options=ExportOptions(max_length=max_length, exporter="torchscript"))
     return out
 
 

@@ -49,20 +49,20 @@ def build(out: Path, exporter: str, max_length: int) -> tuple[Path, list[Path]]:
     from transformers import AutoModel, AutoTokenizer
 
     from headreg import HeadedModel, attach_heads
-    from headreg.export import export_onnx
+    from headreg.export import ExportOptions, export_onnx
     from headreg.testing import minilm_path
 
     torch.manual_seed(0)
     path = minilm_path()
     model = attach_heads(AutoModel.from_pretrained(path), HEADS).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    options = dict(max_length=max_length, exporter=exporter, overwrite=True)
-    multi = export_onnx(model, out / "multi", tokenizer, **options).path
+    options = ExportOptions(max_length=max_length, exporter=exporter)
+    multi = export_onnx(model, out / "multi", tokenizer, options, overwrite=True).path
     singles = []
     for member in model.members():
         pooler = model.poolers[model.head_pooling[member.name]]
         single = HeadedModel(model.backbone, member.head, pooler, member.spec).eval()
-        singles.append(export_onnx(single, out / member.name, tokenizer, **options).path)
+        singles.append(export_onnx(single, out / member.name, tokenizer, options, overwrite=True).path)
     return multi, singles
 
 

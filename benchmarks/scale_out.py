@@ -50,11 +50,11 @@ def isa() -> list[str]:
 
 def default_bundle(out: Path) -> Path:
     """The real MiniLM with a seq_cls head, exported once (the same bundle ``benchmarks.run`` builds)."""
-    from benchmarks import run
+    from benchmarks import engines
 
     bundle = out / "bundles" / "minilm"
     if not (bundle / "headreg.json").is_file():
-        run.build_bundle("minilm", run.build_model("minilm"), out, rebuild=False)
+        engines.build_bundle("minilm", engines.build_model("minilm"), out, rebuild=False)
     return bundle
 
 

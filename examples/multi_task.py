@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
 
 from headreg import MultiHeadCollator, attach_heads, load_model
-from headreg.export import export_onnx
+from headreg.export import ExportOptions, export_onnx
 from headreg.runtime import Predictor
 from headreg.testing import minilm_path
 
@@ -142,7 +142,8 @@ def run(out: Path, steps: int, *, serve: bool) -> None:
     # 3. Save (json + safetensors, never pickle), load, export one graph with both heads.
     model.save_pretrained(out / "model", tokenizer=tokenizer, overwrite=True)
     model = load_model(out / "model")
-    bundle = export_onnx(model, out / "bundle", tokenizer=tokenizer, overwrite=True, max_length=128)
+    bundle = export_onnx(model, out / "bundle", tokenizer=tokenizer, overwrite=True,
+                         options=ExportOptions(max_length=128))
     print(f"exported {bundle.path}: {len(bundle.report.cases)} cases verified; outputs "
           f"{', '.join(bundle.manifest['outputs'])}")
     for head in bundle.manifest["heads"]:

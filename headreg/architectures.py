@@ -308,7 +308,7 @@ def round_trip(model_type: str, head: str, workdir: str | Path, *, tokenizer: An
 
     from . import attach_head
     from .errors import HeadregError
-    from .export import export_onnx, verify_bundle
+    from .export import ExportOptions, export_onnx, verify_bundle
     from .runtime import Predictor
     from .testing import load_tokenizer
 
@@ -323,8 +323,8 @@ def round_trip(model_type: str, head: str, workdir: str | Path, *, tokenizer: An
         step = "export"
         try:
             with _quiet():
-                bundle = export_onnx(model, Path(workdir) / f"{model_type}-{head}", tokenizer, overwrite=True,
-                                     exporter=exporter, progress=False)
+                bundle = export_onnx(model, Path(workdir) / f"{model_type}-{head}", tokenizer,
+                                     ExportOptions(exporter=exporter), overwrite=True, progress=False)
         except HeadregError as exc:
             named = model_type in str(exc) or type(backbone).__name__ in str(exc)
             result.status = "refused" if named else "failed"

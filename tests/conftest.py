@@ -106,11 +106,11 @@ MULTI_HEADS = {
 def multi_head_bundle(tmp_path_factory) -> Path:
     """A tiny two-head bundle (``sentiment``: seq_cls, ``entities``: token_cls), exported once per session."""
     from headreg import attach_heads
-    from headreg.export import export_onnx
+    from headreg.export import ExportOptions, export_onnx
     from headreg.testing import load_tokenizer, single_torch_thread, tiny_backbone
 
     out = tmp_path_factory.mktemp("multi-head") / "bundle"
     with single_torch_thread():
         model = attach_heads(tiny_backbone("bert"), MULTI_HEADS).eval()
-        export_onnx(model, out, load_tokenizer(), exporter="torchscript")
+        export_onnx(model, out, load_tokenizer(), options=ExportOptions(exporter="torchscript"))
     return out

@@ -189,11 +189,11 @@ def test_padding_dependent_model_refuses_int8_with_a_reason(tmp_path, tokenizer,
     import torch
 
     from headreg import attach_head
-    from headreg.export import export_onnx
+    from headreg.export import ExportOptions, export_onnx
     from headreg.export.pipeline import ExportOptionError
 
     torch.manual_seed(0)
     model = attach_head(A.tiny_backbone("convbert"), "seq_cls", num_labels=3).eval()
     with pytest.raises(ExportOptionError, match="convbert.*padding.*without --quantize"):
-        export_onnx(model, tmp_path / "b", tokenizer, quantize="int8", progress=False)
+        export_onnx(model, tmp_path / "b", tokenizer, progress=False, options=ExportOptions(quantize="int8"))
     assert not (tmp_path / "b").exists()

@@ -122,7 +122,7 @@ def minilm_bf16(tmp_path_factory):
     from transformers import AutoModel
 
     from headreg import attach_head
-    from headreg.export import export_onnx
+    from headreg.export import ExportOptions, export_onnx
     from headreg.model import quiet_transformers
     from headreg.testing import minilm_path
 
@@ -131,7 +131,8 @@ def minilm_bf16(tmp_path_factory):
         backbone = AutoModel.from_pretrained(str(minilm_path()))
     model = attach_head(backbone, "seq_cls", num_labels=3, id2label={0: "a", 1: "b", 2: "c"}).eval()
     out = tmp_path_factory.mktemp("bf16") / "minilm"
-    bundle = export_onnx(model, out, tokenizer=str(minilm_path()), max_length=128, bf16=True, exporter="torchscript")
+    bundle = export_onnx(model, out, tokenizer=str(minilm_path()),
+                         options=ExportOptions(max_length=128, bf16=True, exporter="torchscript"))
     return out, bundle, model
 
 
@@ -194,7 +195,7 @@ def test_bf16_without_its_padding_multiple_is_caught_by_the_invariance_check(min
 
 
 def test_export_bf16_where_the_cpu_cannot_is_a_usage_error(monkeypatch, tmp_path):
-    from headreg.export import export_onnx
+    from headreg.export import ExportOptions, export_onnx
     from headreg.export.pipeline import ExportOptionError
     from headreg.testing import load_tokenizer
     from test_runtime_predictor import tiny_model
@@ -203,8 +204,8 @@ def test_export_bf16_where_the_cpu_cannot_is_a_usage_error(monkeypatch, tmp_path
     cpu_flags.cache_clear()
     try:
         with pytest.raises(ExportOptionError, match="no native bf16"):
-            export_onnx(tiny_model("seq_cls"), tmp_path / "b", tokenizer=load_tokenizer(), exporter="torchscript",
-                        bf16=True)
+            export_onnx(tiny_model("seq_cls"), tmp_path / "b", tokenizer=load_tokenizer(),
+                        options=ExportOptions(exporter="torchscript", bf16=True))
     finally:
         cpu_flags.cache_clear()
     assert not (tmp_path / "b").exists()  # nothing written

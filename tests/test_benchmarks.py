@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import run
+from benchmarks import engines, report
 from benchmarks.corpus import mixed_corpus, sentences
 from benchmarks.flops import batch_flops, flops_per_token, sequence_flops
 
@@ -45,7 +45,7 @@ def _fake_report():
 
     shape = lambda b, n: {  # noqa: E731
         "batch": b, "length": n, "gflop": 1.0, "floor_ms": 1.0, "pytorch_best": "pytorch-sdpa",
-        "engines": {name: engine(2.0, 1.0) for name in run.ENGINES},
+        "engines": {name: engine(2.0, 1.0) for name in engines.ENGINES},
     }
     corpus = {
         "rows": 4, "tokens": 40, "length_min_median_max": [5, 10, 15], "padded_tokens": {"arrival": 60, "bucketed": 45},
@@ -64,12 +64,12 @@ def _fake_report():
 
 
 def test_summary_table_and_chart(tmp_path):
-    report = _fake_report()
-    table = run.summary_table(report)
+    fake = _fake_report()
+    table = report.summary_table(fake)
     assert "1 x 16" in table and "x1.00" in table and "bucketing vs arrival order: x2.00" in table
     assert "100.00% identical decisions" in table
-    markdown = run.markdown(report)
+    markdown = report.markdown(fake)
     assert "| 1 x 16 | 1.0 | 2.0 / 2.2 (sdpa) |" in markdown and "Bucketing vs arrival order: x2.00" in markdown
-    run.chart(report, tmp_path / "chart.png")
+    report.chart(fake, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").stat().st_size > 1000
-    json.dumps(report)
+    json.dumps(fake)

@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the examples end to end (training, export, predict) in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -23,7 +23,7 @@ from test_export_matrix import exported, tiny_model  # noqa: F401  (exported is 
 
 from headreg.cli import cli
 from headreg.errors import BundleError, VerificationError
-from headreg.export import export_onnx, verify_bundle
+from headreg.export import ExportOptions, export_onnx, verify_bundle
 from headreg.export.verify import VerificationFailed
 from headreg.manifest import read_manifest
 from headreg.testing import load_tokenizer
@@ -61,7 +61,8 @@ def test_a_model_whose_rows_depend_on_their_batchmates_is_not_exported(tmp_path)
     model = copy.deepcopy(tiny_head_model("seq_cls"))  # the cached model is shared by other tests
     model.head.__class__ = BatchStatisticsHead
     with pytest.raises(VerificationFailed) as failed:
-        export_onnx(model, tmp_path / "bundle", tokenizer=load_tokenizer(), exporter="torchscript")
+        export_onnx(model, tmp_path / "bundle", tokenizer=load_tokenizer(),
+                    options=ExportOptions(exporter="torchscript"))
     message = str(failed.value)
     assert "not batch-invariant" in message and "output logits moves by up to" in message
     assert all(case.passed for case in failed.value.report.cases)  # the engines agreed; invariance failed
@@ -170,8 +171,9 @@ def test_extra_outputs_custom_decisions_and_an_int8_model_that_disagrees(tmp_pat
     model.head = custom
     steps = []
     with pytest.raises(VerificationError, match=r"int8 model does not match PyTorch closely enough on held-out texts"):
-        export_onnx(model, tmp_path / "bundle", load_tokenizer(), quantize="int8", int8_min_agreement=0.9,
-                    progress=lambda name, state, info: steps.append((name, state, info)))
+        export_onnx(model, tmp_path / "bundle", load_tokenizer(),
+                    progress=lambda name, state, info: steps.append((name, state, info)),
+                    options=ExportOptions(quantize="int8", min_agreement=0.9))
     verified = next(info for name, state, info in steps if name == "verify" and state == "done")
     assert verified["passed"], "fp32 (with the transitions output and the custom decisions) verified"
     assert entries(tmp_path) == set()
@@ -268,7 +270,7 @@ def test_verify_runs_on_a_runtime_only_install_and_reports_a_broken_int8_model(e
 
 def test_export_leaves_a_model_in_training_mode_in_training_mode(tmp_path):
     model = tiny_model("bert", "seq_cls").train()
-    export_onnx(model, tmp_path / "bundle", load_tokenizer(), exporter="torchscript")
+    export_onnx(model, tmp_path / "bundle", load_tokenizer(), options=ExportOptions(exporter="torchscript"))
     assert model.training and model.backbone.training and model.head.training
 
 
@@ -340,7 +342,7 @@ def test_saved_headreg_model_with_optimize_and_int8(tmp_path):
     model.save_pretrained(tmp_path / "saved", tokenizer=load_tokenizer())
     out = tmp_path / "bundle"
     result = invoke("export", str(tmp_path / "saved"), "-o", str(out), "--optimize", "--quantize", "int8",
-                    "--int8-min-agreement", "0.5")
+                    "--min-agreement", "0.5")
     assert result.exit_code == 0, result.output
     for title in ("worst abs diff", "model.int8.onnx", "peak RSS", "held-out texts", "batch-invariant", "optimize: fused Attention 1"):
         assert title in result.stdout
@@ -369,7 +371,7 @@ def test_saved_headreg_model_with_optimize_and_int8(tmp_path):
     assert (serving.variant, serving.variant_reason) == select_variant(manifest)
     assert "serves here: " + serving.variant in result.stdout
     assert Predictor(out, variant="fp32").variant == "fp32"
-    assert Predictor(out, quantized=True).variant == "int8"
+    assert Predictor(out, variant="int8").variant == "int8"
     rerun = invoke("verify", str(out))
     assert rerun.exit_code == 0, rerun.output
     assert "model.int8.onnx: decision agreement" in rerun.output

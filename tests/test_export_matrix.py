@@ -72,6 +72,18 @@ ROTATION = [
     ("llama", "seq_cls"),
 ]
 ARCHS = [arch for arch, _ in ROTATION]
+# pooling="auto" per architecture: (strategy, projection, activation) of transformers' own
+# *ForSequenceClassification. Token heads pool the first token (decoders: the last real one), unprojected.
+AUTO_POOLING = {
+    "bert": ("pooler", False, None),
+    "roberta": ("cls", True, "tanh"),
+    "distilbert": ("cls", True, "relu"),
+    "electra": ("cls", True, "gelu"),
+    "deberta-v2": ("cls", True, "gelu"),
+    "xlm-roberta": ("cls", True, "tanh"),
+    "modernbert": ("cls", True, "gelu"),
+    "llama": ("last", False, None),
+}
 MATRIX = list(itertools.product(ARCHS, HEAD_OPTIONS)) if os.environ.get("HEADREG_FULL_MATRIX") else ROTATION
 
 
@@ -89,7 +101,9 @@ def test_export_verifies_and_bundle_reverifies(exported, arch, head):
     token = head == "token_cls"
     assert manifest["head"]["name"] == head
     assert manifest["padding_side"] == ("left" if decoder else "right")
-    assert manifest["pooling"]["strategy"] == ("last" if decoder else manifest["pooling"]["strategy"])
+    pooling = manifest["pooling"]
+    expected = AUTO_POOLING[arch] if not token else ("last" if decoder else "cls", False, None)
+    assert (pooling["strategy"], pooling["projection"], pooling["activation"]) == expected
     assert manifest["max_length"] == 128  # every tiny config's position table (RoBERTa: 130 - pad 1 - 1)
 
     inputs, outputs, opset = graph_signature(bundle.path / "model.onnx")

@@ -164,11 +164,12 @@ def test_export_onnx_from_python_is_silent_unless_asked(tmp_path, capfd):
 
 
 def test_verify_shows_the_rule_the_bound_ratio_and_the_int8_threshold(tmp_path, saved_model):
-    from headreg.export import export_onnx
+    from headreg.export import ExportOptions, export_onnx
     from headreg.export import verify_bundle
 
     bundle = tmp_path / "bundle"
-    export_onnx(tiny_model("seq_cls"), bundle, tokenizer=load_tokenizer(), quantize="int8", int8_min_agreement=0.5)
+    export_onnx(tiny_model("seq_cls"), bundle, tokenizer=load_tokenizer(),
+                options=ExportOptions(quantize="int8", min_agreement=0.5))
     report = verify_bundle(bundle)
     for name, worst in report.worst().items():
         assert 0 <= worst["bound_ratio"] <= 1, name  # passed, so every element within the bound
@@ -244,11 +245,11 @@ def test_convert_writes_safetensors_that_export_takes_without_unpickling(tmp_pat
 
 def test_predict_json_lists_scores_in_label_id_order(tmp_path):
     from headreg import attach_head
-    from headreg.export import export_onnx
+    from headreg.export import ExportOptions, export_onnx
     from headreg.testing import tiny_backbone
 
     model = attach_head(tiny_backbone("bert", num_hidden_layers=1), "seq_cls", num_labels=12).eval()
-    export_onnx(model, tmp_path / "bundle", tokenizer=load_tokenizer(), exporter="torchscript")
+    export_onnx(model, tmp_path / "bundle", tokenizer=load_tokenizer(), options=ExportOptions(exporter="torchscript"))
     result = run_headreg("predict", str(tmp_path / "bundle"), "hello", "--json")
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)[0]["result"]["scores"]

@@ -7,17 +7,17 @@ import copy
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headreg.errors import BundleError
 from headreg.manifest import bundle_path, loads_strict, validate_manifest
-from headreg.runtime import postprocess as post
-from headreg.runtime.inputs import InputError, OptionContext, check_options
+from headreg.runtime import Predictor
+from headreg.runtime.inputs import InputError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -90,6 +90,49 @@ def test_any_single_field_change_is_accepted_or_a_bundle_error(path, value, dele
         assert "field '" in str(exc) and "export the bundle again" in str(exc)
 
 
+@pytest.fixture(scope="module")
+def real_bundle() -> tuple[Path, dict]:
+    """A real tiny multi_label bundle and its manifest (exported once per session)."""
+    from test_runtime_predictor import tiny_bundle
+
+    bundle = tiny_bundle("multi_label")
+    return bundle, json.loads((bundle / "headreg.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def scratch_bundle(real_bundle, tmp_path_factory) -> Path:
+    """A copy of the real bundle whose manifest each example rewrites."""
+    copy = tmp_path_factory.mktemp("fuzz-real") / "bundle"
+    shutil.copytree(real_bundle[0], copy)
+    return copy
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), value=json_value, delete=st.booleans())
+def test_a_manifest_the_validator_accepts_loads_and_predicts_or_is_a_bundle_error(real_bundle, scratch_bundle, data,
+                                                                                  value, delete):
+    """What validation lets through reaches a real Predictor: it predicts, or refuses with a BundleError."""
+    reference = real_bundle[1]
+    path = data.draw(st.sampled_from([path for path in _paths(reference) if path]), label="path")
+    manifest = _mutated(reference, path, value, delete)
+    try:
+        validate_manifest(manifest)
+    except BundleError:
+        return
+    (scratch_bundle / "headreg.json").write_text(json.dumps(manifest, allow_nan=True))
+    try:
+        predictor = Predictor(scratch_bundle, threads=1)
+    except BundleError as exc:
+        assert str(exc)
+        return
+    results = predictor.predict(["a short text", "another text, a little longer than the first one"])
+    assert len(results) == 2
+    for result in results:
+        assert set(result["labels"]) <= set(predictor.labels)
+        assert all(math.isfinite(score) for score in result["scores"].values())
+
+
 @FUZZ
 @given(value=json_value)
 def test_any_json_document_is_accepted_or_a_bundle_error(value):
@@ -133,42 +176,56 @@ def test_bundle_paths_never_lead_outside(bundle_root, name):
 
 # --- per-call options ----------------------------------------------------------------------------------------------
 
-CONTEXT = OptionContext(MANIFEST, ["toxic", "spam", "off_topic"], MANIFEST["postprocess_config"])
-TOKEN_CONTEXT = OptionContext({**MANIFEST, "head": {**MANIFEST["head"], "name": "token_cls", "level": "token"}},
-                              ["O", "B-PER", "I-PER"], {"aggregation": "first", "id2label": {"0": "O"}})
 option_names = st.sampled_from(["thresholds", "threshold", "aggregation", "ignore_labels", "long_text", "treshold",
                                 "id2label", "problem_type"]) | st.text(max_size=10)
 option_values = json_value | st.lists(st.floats(allow_nan=True), min_size=3, max_size=3) | st.dictionaries(
     st.sampled_from(["toxic", "spam", "nope"]), st.floats(allow_nan=True), max_size=3)
 
 
+@pytest.fixture(scope="module")
+def predictors() -> dict[str, Predictor]:
+    from test_runtime_predictor import tiny_bundle
+
+    return {head: Predictor(tiny_bundle(head), threads=1) for head in ("multi_label", "token_cls")}
+
+
+OPTION_TEXTS = ["Angela Merkel met Emmanuel Macron in Paris.", "a short text"]
+
+
 @FUZZ
 @given(options=st.dictionaries(option_names, option_values, max_size=3))
-def test_any_options_are_accepted_and_usable_or_an_input_error(options):
+def test_any_options_are_an_input_error_or_used_by_predict(predictors, options):
+    """Options the check accepts go to a real predict call, whose results honour them."""
+    predictor = predictors["multi_label"]
     try:
-        config, runtime = check_options(options, CONTEXT)
+        results = predictor.predict(OPTION_TEXTS, **options)
     except InputError as exc:
         assert str(exc)
         return
-    merged = {**CONTEXT.config, **config}
-    logits = np.array([[0.3, -1.0, 2.0], [0.0, 0.0, 0.0]], dtype=np.float32)
-    results = post.multi_label({"logits": logits}, post.Context(manifest=MANIFEST, config=merged))
+    thresholds = options.get("thresholds", options.get("threshold", 0.5))
     for result in results:
-        assert set(result["labels"]) <= set(CONTEXT.labels)
+        assert set(result["labels"]) <= set(predictor.labels)
         assert all(math.isfinite(score) for score in result["scores"].values())
+        for label, score in result["scores"].items():
+            bar = thresholds.get(label, 0.5) if isinstance(thresholds, dict) else \
+                thresholds[predictor.labels.index(label)] if isinstance(thresholds, list) else thresholds
+            assert (label in result["labels"]) == (score > bar), (label, score, bar)  # at the threshold: off
 
 
 @FUZZ
 @given(options=st.dictionaries(option_names, option_values, max_size=3))
-def test_token_options_are_checked_too(options):
+def test_token_options_are_an_input_error_or_used_by_predict(predictors, options):
+    predictor = predictors["token_cls"]
     try:
-        config, _ = check_options(options, TOKEN_CONTEXT)
+        results = predictor.predict(OPTION_TEXTS, **options)
     except InputError:
         return
-    if "aggregation" in config:
-        assert config["aggregation"] in post.AGGREGATIONS
-    if "ignore_labels" in config:
-        assert set(config["ignore_labels"]) <= {"O", "PER", "B-PER", "I-PER"}  # entity types or labels of the model
+    types = {label.split("-", 1)[-1] for label in predictor.labels}  # B-PER -> PER; O -> O
+    ignored = set(options.get("ignore_labels", ["O"]))
+    for result in results:
+        for entity in result["entities"]:
+            assert entity["label"] in types | set(predictor.labels)
+            assert entity["label"] not in ignored and math.isfinite(entity["score"])
 
 
 # --- saved-model config ------------------------------------------------------------------------------------------
@@ -201,3 +258,41 @@ def test_any_saved_config_change_is_accepted_or_a_save_load_error(saved_dir, pat
         read_saved_config(saved_dir)
     except SaveLoadError as exc:
         assert "headreg_model.json" in str(exc)
+
+
+@pytest.fixture(scope="module")
+def real_saved(tmp_path_factory) -> tuple[Path, dict]:
+    """A real tiny saved model (seq_cls, 2 labels) in a directory each example rewrites the config of."""
+    from headreg import attach_head
+    from headreg.files import MODEL_CONFIG
+    from headreg.testing import load_tokenizer, tiny_backbone
+
+    saved = attach_head(tiny_backbone("bert"), "seq_cls", num_labels=2).save_pretrained(
+        tmp_path_factory.mktemp("fuzz-saved") / "model", tokenizer=load_tokenizer())
+    return saved, json.loads((saved / MODEL_CONFIG).read_text())
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), value=json_value, delete=st.booleans())
+def test_a_saved_config_the_check_accepts_loads_and_runs_or_is_a_save_load_error(real_saved, data, value, delete):
+    """What the saved-model check lets through reaches load_model: a model that runs, or a SaveLoadError."""
+    import torch
+
+    from headreg import load_model
+    from headreg.errors import SaveLoadError
+    from headreg.files import MODEL_CONFIG
+    from headreg.saved import read_saved_config
+
+    directory, reference = real_saved
+    path = data.draw(st.sampled_from([path for path in _paths(reference) if path]), label="path")
+    (directory / MODEL_CONFIG).write_text(json.dumps(_mutated(reference, path, value, delete), allow_nan=True))
+    try:
+        read_saved_config(directory)
+        model = load_model(directory)
+    except SaveLoadError as exc:
+        assert str(exc)
+        return
+    ids = torch.tensor([[101, 2023, 2003, 102]])
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert logits.shape[0] == 1 and torch.isfinite(logits).all()

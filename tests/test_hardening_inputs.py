@@ -71,7 +71,7 @@ def test_unknown_options_are_named_with_the_valid_ones(seq, multi, ner):
         ner.predict(["x"], thresholds=0.5, x=1)
     with pytest.raises(InputError, match="unknown option 'aggregation'"):
         seq.prepare(["x"], aggregation="max")  # the step headreg serve and the integrations call
-    assert seq.valid_options() == ["long_text", "max_windows", "window_overlap", "window_reduce", "window_stride"]
+    assert seq.valid_options() == ["long_text", "max_windows", "window_reduce", "window_stride"]
 
 
 @pytest.mark.parametrize(
@@ -115,9 +115,9 @@ def test_bad_token_options_are_input_errors(ner, options, message):
         ner.predict(["Angela Merkel went to Paris"], **options)
 
 
-def test_quantized_with_another_variant_is_refused():
-    with pytest.raises(InputError, match="quantized=True asks for the int8 variant but variant='fp32'"):
-        Predictor(tiny_bundle("seq_cls"), quantized=True, variant="fp32")
+def test_bad_predictor_arguments_are_refused():
+    with pytest.raises(TypeError, match="quantized"):  # the 0.1 alias of variant="int8" is gone
+        Predictor(tiny_bundle("seq_cls"), quantized=True)
     with pytest.raises(InputError, match="batch_size must be a positive integer"):
         Predictor(tiny_bundle("seq_cls"), batch_size=0)
 

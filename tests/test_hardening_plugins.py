@@ -14,6 +14,8 @@ import pytest
 from conftest import pip_install, run_headreg, write_plugin
 from test_runtime_predictor import tiny_bundle
 
+pytestmark = pytest.mark.slow  # pip installs a site of hostile plugins (~2 min here) and runs the CLI in subprocesses
+
 BUILTINS = {"seq_cls", "multi_label", "regression", "token_cls"}
 
 EXITS_AT_IMPORT = """
@@ -207,5 +209,7 @@ def test_a_real_ctrl_c_while_a_plugin_imports_is_honoured(site, marker, tmp_path
     assert (tmp_path / "marker").exists(), "the plugin never started importing"
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode != 0, "Ctrl-C stopped the command instead of being recorded as a plugin failure"
-    assert any(word in stderr for word in (b"interrupted", b"Aborted", b"KeyboardInterrupt")) and stdout == b"", stderr
+    # The README's exit codes: 130 for Ctrl-C, with the one-line error and nothing on stdout (not a plugin failure).
+    assert process.returncode == 130, (process.returncode, stderr)
+    assert stderr.strip().splitlines()[-1] == b"error: interrupted" and b"Traceback" not in stderr, stderr
+    assert stdout == b""

@@ -15,11 +15,25 @@ def test_import_and_listing_do_not_import_torch_or_transformers():
     assert out.stdout.strip() == ""
 
 
+PUBLIC = {
+    "HeadOutput", "HeadSpec", "HeadedModel", "MultiHeadCollator", "MultiHeadModel", "MultiHeadOutput", "__version__",
+    "attach_head", "attach_heads", "from_transformers", "get_head", "hookimpl", "is_head", "list_heads", "load_model",
+}
+
+
 def test_public_names_are_exactly_the_documented_ones():
+    import re
+    from pathlib import Path
+
     import headreg
 
-    assert set(headreg.__all__) >= {"attach_head", "load_model", "list_heads", "get_head", "hookimpl"}
+    assert set(headreg.__all__) == PUBLIC and len(headreg.__all__) == len(PUBLIC)
+    assert dir(headreg) == sorted(PUBLIC)
     assert all(hasattr(headreg, name) for name in headreg.__all__)
+    root = Path(__file__).resolve().parents[1]
+    docs = "\n".join(path.read_text() for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    undocumented = sorted(name for name in PUBLIC if not re.search(rf"(?<!\w){re.escape(name)}\b", docs))
+    assert not undocumented, f"public names the README and docs/ never mention: {undocumented}"
 
 
 def test_integrations_import_neither_their_engine_nor_torch():

@@ -23,6 +23,8 @@ ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'head
 
 from headreg.integrations.ray import BundlePredictor, deployment, run_requests  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts a local Ray cluster
+
 TEXTS = [f"{SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]} {'and more words ' * (i % 7)}row {i}" for i in range(240)]
 
 

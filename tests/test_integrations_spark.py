@@ -20,6 +20,8 @@ pytest.importorskip("pandas", reason="pandas is not installed: pip install 'head
 
 from headreg.integrations.spark import predict_udf  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts a local Spark session
+
 TEXTS = [f"{SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]} {'and more words ' * (i % 7)}row {i}" for i in range(200)]
 BATCH_ROWS = 16  # rows per Arrow batch: many batches per task, so a per-batch load would show
 

@@ -51,24 +51,22 @@ def _batch(seed: int = 0, batch: int = 3, length: int = 7):
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory):
     """(multi-head bundle dir, {head: single-head bundle dir}, the model that was saved and loaded)."""
-    from headreg.export import export_onnx
+    from headreg.export import ExportOptions, export_onnx
 
     root = tmp_path_factory.mktemp("multi")
     original = _tiny_multi()
     original.save_pretrained(root / "saved")
     model = load_model(root / "saved")
     tokenizer = load_tokenizer()
-    multi = export_onnx(
-        model, root / "multi", tokenizer, max_length=MAX_LENGTH, quantize="int8", min_agreement=0.0, max_error=1e9,
-        exporter="torchscript",
-    )
+    multi = export_onnx(model, root / "multi", tokenizer,
+                        options=ExportOptions(max_length=MAX_LENGTH, quantize="int8", min_agreement=0.0, max_error=1e9,
+                                              exporter="torchscript"))
     singles = {}
     for member in model.members():
         pooler = model.poolers[model.head_pooling[member.name]]
         single = HeadedModel(model.backbone, member.head, pooler, member.spec).eval()
-        singles[member.name] = export_onnx(
-            single, root / member.name, tokenizer, max_length=MAX_LENGTH, exporter="torchscript"
-        ).path
+        singles[member.name] = export_onnx(single, root / member.name, tokenizer,
+                                           options=ExportOptions(max_length=MAX_LENGTH, exporter="torchscript")).path
     return multi, singles, model
 
 
@@ -277,7 +275,7 @@ def test_one_graph_with_every_heads_outputs_verified_per_head(bundles):
 
 
 def test_the_dynamo_exporter_writes_one_verified_multi_head_graph(tmp_path):
-    from headreg.export import export_onnx
+    from headreg.export import ExportOptions, export_onnx
     from headreg.export.trace import graph_signature
 
     torch.manual_seed(0)
@@ -285,7 +283,8 @@ def test_the_dynamo_exporter_writes_one_verified_multi_head_graph(tmp_path):
         tiny_backbone("bert", num_hidden_layers=1),
         {"sentiment": HEADS["sentiment"], "chain": HEADS["chain"]},
     ).eval()
-    bundle = export_onnx(model, tmp_path / "b", load_tokenizer(), max_length=16, exporter="dynamo")
+    bundle = export_onnx(model, tmp_path / "b", load_tokenizer(),
+                         options=ExportOptions(max_length=16, exporter="dynamo"))
     assert bundle.report.passed
     _, outputs, _ = graph_signature(bundle.path / "model.onnx")
     assert list(outputs) == [

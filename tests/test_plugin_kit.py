@@ -21,6 +21,8 @@ from headreg import __version__, attach_head, get_head, list_heads, plugins
 from headreg.errors import HeadImportError
 from headreg.testing import HeadCheckError, check_head, check_postprocess_torch_free, tiny_backbone
 
+pytestmark = pytest.mark.slow  # pip installs the repo's plugins and a renamed template copy
+
 TEMPLATE = REPO / "plugins" / "template"
 
 BAD_HEADS = """

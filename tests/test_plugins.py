@@ -7,6 +7,8 @@ import pytest
 
 from conftest import pip_install, run_headreg, write_plugin
 
+pytestmark = pytest.mark.slow  # pip installs a site of test plugins and runs the CLI (and a server) in subprocesses
+
 GOOD = """
 from headreg import hookimpl
 

@@ -104,8 +104,8 @@ def test_predict_usage_errors_exit_2_and_broken_bundles_exit_1(tmp_path):
     bad.write_text('{"txt": "typo"}\n')
     typo = run_headreg("predict", bundle, "--file", str(bad))
     assert typo.returncode == 2 and "'text' field" in typo.stderr
-    both = run_headreg("predict", bundle, "hi", "--quantized", "--variant", "fp32")
-    assert both.returncode == 2 and "give one of them" in both.stderr
+    retired = run_headreg("predict", bundle, "hi", "--quantized")  # the 0.1 alias of --variant int8 is gone
+    assert retired.returncode == 2 and "no such option '--quantized'" in retired.stderr
     empty = tmp_path / "empty-bundle"
     empty.mkdir()
     not_a_bundle = run_headreg("predict", str(empty), "hello")

@@ -22,7 +22,7 @@ TEXTS = [
 ]
 # torchscript traces MiniLM in ~4 s against dynamo's ~15-25 s here; the texts fit in 128 tokens. The exporter's
 # own tests cover the dynamo graph against PyTorch, and PyTorch against onnxruntime is checked at every export.
-EXPORT = dict(exporter="torchscript", max_length=128)
+EXPORT = dict(exporter="torchscript", max_length=128)  # ExportOptions fields
 
 
 def _scaled(model, factor: float = 30.0):
@@ -41,7 +41,7 @@ def text_classification(minilm_path, minilm_tokenizer, tmp_path_factory):
     from transformers import AutoModelForSequenceClassification, pipeline
 
     from headreg import from_transformers
-    from headreg.export.pipeline import export_onnx
+    from headreg.export.pipeline import ExportOptions, export_onnx
     from headreg.model import quiet_transformers
 
     torch.manual_seed(0)
@@ -50,7 +50,7 @@ def text_classification(minilm_path, minilm_tokenizer, tmp_path_factory):
             minilm_path, num_labels=3, id2label={0: "negative", 1: "neutral", 2: "positive"}
         ))
     out = tmp_path_factory.mktemp("minilm") / "seq_cls"
-    export_onnx(from_transformers(hf), out, tokenizer=minilm_tokenizer, **EXPORT)
+    export_onnx(from_transformers(hf), out, tokenizer=minilm_tokenizer, options=ExportOptions(**EXPORT))
     return pipeline("text-classification", model=hf, tokenizer=minilm_tokenizer, device="cpu"), Predictor(out)
 
 
@@ -60,7 +60,7 @@ def token_classification(minilm_path, minilm_tokenizer, tmp_path_factory):
     from transformers import AutoModelForTokenClassification, pipeline
 
     from headreg import from_transformers
-    from headreg.export.pipeline import export_onnx
+    from headreg.export.pipeline import ExportOptions, export_onnx
     from headreg.model import quiet_transformers
 
     torch.manual_seed(1)
@@ -69,7 +69,7 @@ def token_classification(minilm_path, minilm_tokenizer, tmp_path_factory):
             minilm_path, num_labels=len(NER_LABELS), id2label=NER_LABELS
         ))
     out = tmp_path_factory.mktemp("minilm") / "token_cls"
-    export_onnx(from_transformers(hf), out, tokenizer=minilm_tokenizer, **EXPORT)
+    export_onnx(from_transformers(hf), out, tokenizer=minilm_tokenizer, options=ExportOptions(**EXPORT))
     return pipeline("token-classification", model=hf, tokenizer=minilm_tokenizer, device="cpu"), Predictor(out)
 
 

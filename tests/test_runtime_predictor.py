@@ -54,14 +54,14 @@ def tiny_model(head: str):
 @functools.lru_cache(maxsize=None)
 def tiny_bundle(head: str) -> Path:
     """Export once per test session (shared by the runtime and predict-CLI tests)."""
-    from headreg.export.pipeline import export_onnx
+    from headreg.export.pipeline import ExportOptions, export_onnx
     from headreg.testing import load_tokenizer
 
     from conftest import session_dir
 
     out = session_dir("runtime-bundles") / head
     # torchscript traces in under a second; the dynamo path is what the MiniLM parity tests use.
-    export_onnx(tiny_model(head), out, tokenizer=load_tokenizer(), exporter="torchscript")
+    export_onnx(tiny_model(head), out, tokenizer=load_tokenizer(), options=ExportOptions(exporter="torchscript"))
     return out
 
 
@@ -266,7 +266,7 @@ def test_a_changed_tokenizer_is_refused(bundle_copy):
 
 def test_asking_for_a_variant_the_bundle_lacks_is_a_clear_error(bundle_copy):
     with pytest.raises(BundleError, match="no 'int8' variant.*--quantize int8"):
-        Predictor(bundle_copy, quantized=True)
+        Predictor(bundle_copy, variant="int8")
 
 
 def test_an_uninstalled_plugin_postprocess_names_the_plugin(bundle_copy):

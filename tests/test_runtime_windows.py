@@ -71,12 +71,12 @@ def _one_torch_thread():
 
 
 def _export(model, name: str) -> Path:
-    from headreg.export.pipeline import export_onnx
+    from headreg.export.pipeline import ExportOptions, export_onnx
 
     from conftest import session_dir
 
     out = session_dir("window-bundles") / name
-    export_onnx(model, out, tokenizer=tokenizer(), exporter="torchscript", max_length=MAX)
+    export_onnx(model, out, tokenizer=tokenizer(), options=ExportOptions(exporter="torchscript", max_length=MAX))
     return out
 
 
@@ -283,14 +283,12 @@ def entity_rows(entities, *, group="label"):
 def test_options_are_checked_with_clear_errors():
     assert window_options({}).long_text == "truncate"
     assert window_options({"long_text": "window", "window_stride": 8}).overlap == 8
-    assert window_options({"long_text": "window", "window_overlap": 8, "window_stride": 8}).overlap == 8
     for bad, words in [
         ({"long_text": "chunks"}, "long_text must be one of"),
         ({"long_text": "window", "window_stride": -1}, "integer >= 0"),
         ({"long_text": "window", "window_stride": 2.5}, "integer >= 0"),
         ({"long_text": "window", "window_reduce": "median"}, "window_reduce must be one of"),
         ({"window_stride": 8}, "only appl(y|ies) with long_text='window'"),
-        ({"long_text": "window", "window_stride": 4, "window_overlap": 8}, "name the same thing"),
         ({"long_text": "window", "max_windows": 0}, "max_windows must be an integer >= 1"),
         ({"max_windows": 4}, "only appl(y|ies) with long_text='window'"),
     ]:

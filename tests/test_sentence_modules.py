@@ -147,12 +147,13 @@ def test_real_minilm_embed_equals_sentence_transformers_encode(minilm_path, tmp_
 
 @pytest.mark.slow
 def test_dense_and_max_pooling_exported(minilm_path, tmp_path):
-    from headreg.export import export_onnx
+    from headreg.export import ExportOptions, export_onnx
     from headreg.runtime import Predictor
 
     st = write_checkpoint(tmp_path / "st", minilm_path, "max", normalize=False)
     source = load_source(tmp_path / "st", head="seq_cls", num_labels=2)
-    export_onnx(source.model, tmp_path / "bundle", source.tokenizer, exporter="torchscript", max_length=source.max_length)
+    export_onnx(source.model, tmp_path / "bundle", source.tokenizer,
+                ExportOptions(exporter="torchscript", max_length=source.max_length))
     predictor = Predictor(tmp_path / "bundle")
     expected = st.encode(TEXTS, convert_to_numpy=True)
     got = predictor.embed(TEXTS)

@@ -149,14 +149,14 @@ def crf_bundle() -> Path:
         import torch
 
         from headreg import attach_head
-        from headreg.export.pipeline import export_onnx
+        from headreg.export.pipeline import ExportOptions, export_onnx
         from headreg.testing import load_tokenizer, tiny_backbone
 
         model = attach_head(tiny_backbone("bert"), "crf", num_labels=5, id2label=NER_LABELS).eval()
         with torch.no_grad():
             for parameter in model.head.parameters():
                 parameter.mul_(20.0)
-        export_onnx(model, out, tokenizer=load_tokenizer(), exporter="torchscript")
+        export_onnx(model, out, tokenizer=load_tokenizer(), options=ExportOptions(exporter="torchscript"))
     return out
 
 

@@ -29,7 +29,31 @@ def test_int8_serves_where_the_cpu_has_int8_dot_products_and_fp32_elsewhere():
     assert select_variant(bundle, flags=VNNI)[0] == "int8"
     name, reason = select_variant(bundle, flags=["avx2"])
     assert name == "fp32" and "int8: this CPU has none of avx512_vnni, avx_vnni" in reason
-    assert select_variant(bundle, flags=VNNI) == select_variant(bundle, flags=VNNI), "no timing, no randomness"
+
+
+def test_the_rule_takes_no_timing_at_export_or_now():
+    """Speeds recorded at export change nothing, and choosing calls no clock and runs no model."""
+    import sys
+
+    fast = manifest(int8={**INT8, "speedup_vs_fp32": {"onnxruntime": 3.0}})
+    slow = manifest(int8={**INT8, "speedup_vs_fp32": {"onnxruntime": 0.2}})
+    plain = manifest(int8=INT8)
+    timings: list[str] = []
+
+    def watch(frame, event, arg):  # every C call (time.perf_counter & co.) and every onnxruntime Python frame
+        if event == "c_call" and getattr(arg, "__module__", None) == "time":
+            timings.append(f"time.{arg.__name__}")
+        elif event == "call" and "onnxruntime" in frame.f_code.co_filename:
+            timings.append(f"onnxruntime {frame.f_code.co_name}")
+
+    sys.setprofile(watch)
+    try:
+        chosen = [select_variant(bundle, flags=flags) for bundle in (fast, slow, plain) for flags in (VNNI, ["avx2"])]
+    finally:
+        sys.setprofile(None)
+    assert not timings, timings
+    assert [name for name, _ in chosen] == ["int8", "fp32"] * 3
+    assert chosen[0] == chosen[2] == chosen[4], "the recorded speeds changed the choice or its reason"
 
 
 def test_a_variant_that_failed_acceptance_or_invariance_is_never_chosen_by_the_rule():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from .bundles import load_predictor
@@ -37,32 +39,57 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
     Synthetic rows by default; --texts measures your corpus, with length bucketing against arrival order.
     Progress is shown on stderr when it is a terminal (not with --json).
     """
-    from ..errors import HeadregError
-    from ..runtime.bench import Engine, measure, source_model_dir, synthetic_texts
-    from ..runtime.inputs import InputError, read_texts
-    from ..runtime.predictor import DEFAULT_MAX_BATCH_TOKENS, Predictor
-    from ..runtime.variants import cpu_flags
-
-    if texts_file is not None:
-        try:
-            corpus = read_texts(texts_file)
-        except (OSError, UnicodeDecodeError, InputError) as exc:
-            usage_error(f"cannot read --texts {texts_file}: {exc}")
-        if not corpus:
-            usage_error(f"--texts {texts_file} has no texts")
-    else:
-        seq_len = seq_len or 128
-        corpus = synthetic_texts(rows or 4 * batch_size)
-    import os
-
-    # Both engines get the same thread count: their own defaults differ and would skew the ratio.
     from ..runtime.cpus import available_cpus
+    from ..runtime.predictor import DEFAULT_MAX_BATCH_TOKENS
 
+    corpus = _corpus(texts_file, rows or 4 * batch_size)
+    if texts_file is None:
+        seq_len = seq_len or 128
+    # Both engines get the same thread count: their own defaults differ and would skew the ratio.
     threads = threads or available_cpus()
     # A synthetic run measures exactly --batch-size rows per batch, so its token budget must hold them.
     budget = max_batch_tokens or (batch_size * seq_len if texts_file is None else DEFAULT_MAX_BATCH_TOKENS)
     options = dict(threads=threads, batch_size=batch_size, max_length=seq_len, max_batch_tokens=budget)
     default = load_predictor(bundle, **options)
+    engines = _variant_engines(bundle, default, options, arrival_order=texts_file is not None)
+    if compare_torch:
+        engines += _torch_engines(model_dir, default, threads, quiet=as_json)
+    from ..progress import CountProgress
+    from ..runtime.bench import measure
+
+    warmup = 1
+    with CountProgress(f"benchmarking {len(engines)} engine(s) on {len(corpus)} rows", (warmup + passes) * len(engines),
+                       enabled=False if as_json else None) as bar:
+        results = measure(engines, corpus, batch_size=batch_size, passes=passes, warmup=warmup, on_pass=bar.advance)
+    report = _report(bundle, default, results, batch_size=batch_size, budget=budget, threads=threads)
+    if as_json:
+        emit_json(report)
+    else:
+        _print_report(report, results, default.head, batch_size=batch_size, passes=passes, threads=threads)
+
+
+def _corpus(texts_file: str | None, synthetic_rows: int) -> list[Any]:
+    """The texts of --texts (exit 2 when unreadable or empty), else ``synthetic_rows`` synthetic ones."""
+    from ..runtime.bench import synthetic_texts
+    from ..runtime.inputs import InputError, read_texts
+
+    if texts_file is None:
+        return synthetic_texts(synthetic_rows)
+    try:
+        corpus = read_texts(texts_file)
+    except (OSError, UnicodeDecodeError, InputError) as exc:
+        usage_error(f"cannot read --texts {texts_file}: {exc}")
+    if not corpus:
+        usage_error(f"--texts {texts_file} has no texts")
+    return corpus
+
+
+def _variant_engines(bundle: str, default: Any, options: dict[str, Any], *, arrival_order: bool) -> list[Any]:
+    """The default variant, every other variant that loads here, and (a corpus) the default in arrival order."""
+    from ..errors import HeadregError
+    from ..runtime.bench import Engine
+    from ..runtime.predictor import Predictor
+
     engines = [Engine(f"{default.variant} ({default.backend.name}, default)", default)]
     for variant in sorted(k for k, v in (default.manifest.get("variants") or {}).items() if isinstance(v, dict)):
         if variant != default.variant:
@@ -72,32 +99,37 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
                 click.echo(f"skipping variant {variant}: {exc}", err=True)
                 continue
             engines.append(Engine(f"{variant} ({other.backend.name})", other))
-    if texts_file is not None:
+    if arrival_order:
         engines.append(Engine(f"{default.variant} ({default.backend.name}), arrival order", default, bucket=False))
-    if compare_torch:
-        source = model_dir or source_model_dir(default)
-        if source is None:
-            usage_error("--compare-torch needs the PyTorch model: the manifest names none that exists here; pass --model DIR")
-        from ..errors import MissingExtraError, SaveLoadError
-        from ..export.torch_bench import torch_runner
-        from ..runtime.backends import bf16_cpu
+    return engines
 
-        from ..progress import status
 
-        # PyTorch's fastest CPU configuration: bf16 autocast where the CPU has native bf16, else fp32
-        torch_modes = [("torch fp32", False)] + ([("torch bf16 autocast", True)] if bf16_cpu(cpu_flags()) else [])
-        try:
-            with status(f"loading the PyTorch model in {source} ...", enabled=False if as_json else None):
-                for name, bf16 in torch_modes:
-                    engines.append(Engine(name, default, runner=torch_runner(source, threads=threads, bf16=bf16)))
-        except (MissingExtraError, SaveLoadError, OSError, ValueError) as exc:
-            usage_error(f"--compare-torch cannot load the PyTorch model in {source}: {exc}")
-    from ..progress import CountProgress
+def _torch_engines(model_dir: str | None, default: Any, threads: int, *, quiet: bool) -> list[Any]:
+    """PyTorch's fastest CPU configurations (fp32; bf16 autocast where the CPU has native bf16), or exit 2."""
+    from ..errors import MissingExtraError, SaveLoadError
+    from ..export.torch_bench import torch_runner
+    from ..progress import status
+    from ..runtime.backends import bf16_cpu
+    from ..runtime.bench import Engine, source_model_dir
+    from ..runtime.variants import cpu_flags
 
-    warmup = 1
-    with CountProgress(f"benchmarking {len(engines)} engine(s) on {len(corpus)} rows", (warmup + passes) * len(engines),
-                       enabled=False if as_json else None) as bar:
-        results = measure(engines, corpus, batch_size=batch_size, passes=passes, warmup=warmup, on_pass=bar.advance)
+    source = model_dir or source_model_dir(default)
+    if source is None:
+        usage_error("--compare-torch needs the PyTorch model: the manifest names none that exists here; pass --model DIR")
+    modes = [("torch fp32", False)] + ([("torch bf16 autocast", True)] if bf16_cpu(cpu_flags()) else [])
+    try:
+        with status(f"loading the PyTorch model in {source} ...", enabled=False if quiet else None):
+            return [Engine(name, default, runner=torch_runner(source, threads=threads, bf16=bf16)) for name, bf16 in modes]
+    except (MissingExtraError, SaveLoadError, OSError, ValueError) as exc:
+        usage_error(f"--compare-torch cannot load the PyTorch model in {source}: {exc}")
+
+
+def _report(bundle: str, default: Any, results: list[Any], *, batch_size: int, budget: int, threads: int) -> dict[str, Any]:
+    """What --json prints: every engine's figures, its ratio to the faster PyTorch, and the machine."""
+    import os
+
+    from ..runtime.variants import cpu_flags
+
     torch_results = [r for r in results if r.engine.startswith("torch ")]
     torch_result = max(torch_results, key=lambda r: r.throughput) if torch_results else None
     arrival = next((r for r in results if r.engine.endswith("arrival order")), None)
@@ -113,30 +145,33 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
             entry["vs_torch"] = result.throughput / torch_result.throughput
     if arrival is not None:
         report["bucketing_speedup"] = results[0].throughput / arrival.throughput
-    if as_json:
-        emit_json(report)
-        return
+    return report
+
+
+def _print_report(report: dict[str, Any], results: list[Any], head: str, *, batch_size: int, passes: int,
+                  threads: int) -> None:
     from rich.table import Table
 
+    with_torch = report["torch_baseline"] is not None
     mean_tokens = results[0].tokens / max(results[0].rows, 1)
     table = Table(
-        title=f"{default.head} · batch {batch_size} · {mean_tokens:.0f} tokens/row on average · {passes} passes",
+        title=f"{head} · batch {batch_size} · {mean_tokens:.0f} tokens/row on average · {passes} passes",
         title_justify="left",
     )
-    columns = ("engine", "p50 ms", "p90 ms", "p99 ms", "rows/s", "padding") + (("vs torch",) if torch_result else ())
+    columns = ("engine", "p50 ms", "p90 ms", "p99 ms", "rows/s", "padding") + (("vs torch",) if with_torch else ())
     for column in columns:
         table.add_column(column, justify="left" if column == "engine" else "right")
     for entry, result in zip(report["engines"], results):
         table.add_row(
             result.engine, f"{result.percentile(50):.1f}", f"{result.percentile(90):.1f}", f"{result.percentile(99):.1f}",
             f"{result.throughput:.1f}", f"{result.padded_tokens / max(result.tokens, 1) - 1:.0%}",
-            *([f"{entry['vs_torch']:.2f}x" if "vs_torch" in entry else ""] if torch_result else []),
+            *([f"{entry['vs_torch']:.2f}x" if "vs_torch" in entry else ""] if with_torch else []),
         )
     out = console()
     out.print(table)
     machine = report["machine"]
     out.print(f"{threads} threads · CPU {' '.join(machine['isa']) or 'baseline x86-64'} · load average "
-              f"{machine['load_average'][0]:.1f}" + (f" · vs torch: against {torch_result.engine}, the faster PyTorch"
-                                                      if torch_result is not None else ""))
-    if arrival is not None:
+              f"{machine['load_average'][0]:.1f}" + (f" · vs torch: against {report['torch_baseline']}, the faster "
+                                                      "PyTorch" if with_torch else ""))
+    if "bucketing_speedup" in report:
         out.print(f"length bucketing vs arrival order: {report['bucketing_speedup']:.2f}x throughput")

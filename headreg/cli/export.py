@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 verification failure (report printed, nothing written), 2 us
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -128,7 +129,7 @@ def _label_names(labels: str | None, id2label_file: str | None) -> Any:
     import json
 
     if labels is not None and id2label_file is not None:
-        _fail("--labels and --id2label both name the labels; pass one of them", EXIT_USAGE)
+        fail("--labels and --id2label both name the labels; pass one of them", EXIT_USAGE)
     if labels is not None:
         return [name.strip() for name in labels.split(",")]
     if id2label_file is None:
@@ -140,11 +141,11 @@ def _label_names(labels: str | None, id2label_file: str | None) -> Any:
             raise ValueError("it is larger than 1 MB")
         data = json.loads(Path(id2label_file).read_text("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        _fail(f"cannot read --id2label {id2label_file}: {exc}; give a JSON list of names or {{\"0\": \"neg\", ...}}",
-              EXIT_USAGE)
+        fail(f"cannot read --id2label {id2label_file}: {exc}; give a JSON list of names or {{\"0\": \"neg\", ...}}",
+             EXIT_USAGE)
     if not isinstance(data, (list, dict)):
-        _fail(f"--id2label {id2label_file} holds a {type(data).__name__}; give a JSON list of names or "
-              '{"0": "neg", ...}', EXIT_USAGE)
+        fail(f"--id2label {id2label_file} holds a {type(data).__name__}; give a JSON list of names or "
+             '{"0": "neg", ...}', EXIT_USAGE)
     return data
 
 
@@ -186,7 +187,7 @@ Examples:
                    "is accepted on the held-out rest [default: headreg's built-in texts].")
 @click.option("--calibration-method", default="percentile", show_default=True,
               type=click.Choice(["percentile", "minmax", "entropy"]), help="How int8 activation ranges are set.")
-@click.option("--min-agreement", "--int8-min-agreement", "min_agreement", default=0.99, show_default=True,
+@click.option("--min-agreement", "min_agreement", default=0.99, show_default=True,
               type=click.FloatRange(0, 1),
               help="Fraction of held-out texts whose result (label, label set, entity set) must equal PyTorch's.")
 @click.option("--near-tie", default=0.05, show_default=True, type=click.FloatRange(0, 1),
@@ -214,59 +215,87 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     head, or a backbone with --head NAME --num-labels N (a fresh, untrained head). Nothing is written unless
     onnxruntime reproduces PyTorch on every verification case. Steps are shown on stderr on a terminal.
     """
+    # Everything that can be checked from the files is checked before torch is imported (about a second).
+    plan = _checked_source(source, out_dir, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin,
+                           overwrite=overwrite, pooling=pooling, id2label=_label_names(labels, id2label_file))
+    calibration_texts = _calibration_texts(calibration_file, reduced_precision=quantize is not None or bf16)
+    _require_export_extra("headreg export", ("torch", "transformers", "onnx"))
+    from ..export.pipeline import ExportOptions
+
+    options = ExportOptions(
+        exporter=exporter, opset=opset, max_length=max_length, atol=atol, rtol=rtol, optimize=optimize,
+        quantize=quantize, bf16=bf16, calibration_texts=calibration_texts, calibration_method=calibration_method,
+        min_agreement=min_agreement, near_tie=near_tie, max_error=max_error,
+    )
+    bundle = _export_or_exit(plan, out_dir, options, overwrite=overwrite, as_json=as_json)
+    if as_json:
+        emit_json(bundle.summary())
+    else:
+        print_summary(bundle)
+
+
+def _checked_source(source: str, out_dir: str, *, head: str | None, num_labels: int | None, tokenizer: str | None,
+                    allow_bin: bool, overwrite: bool, pooling: str | None, id2label: Any) -> Any:
+    """What SOURCE holds (a SourcePlan), or exit 2: the output place, the source's files, a tokenizer (no torch)."""
     from pathlib import Path
 
     from ..atomic import check_target
     from ..errors import SaveLoadError, UnknownHeadError
-    from ..manifest import BUNDLE_KIND, is_bundle
     from ..export.source import SourceError, inspect_source
+    from ..manifest import BUNDLE_KIND, is_bundle
 
-    # Everything that can be checked from the files is checked before torch is imported (about a second).
     try:
         check_target(Path(out_dir), overwrite=overwrite, replaceable=is_bundle, what=BUNDLE_KIND, protect=[source])
     except SaveLoadError as exc:
         fail(str(exc), EXIT_USAGE)
     try:
         plan = inspect_source(source, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin,
-                              pooling=pooling, id2label=_label_names(labels, id2label_file))
+                              pooling=pooling, id2label=id2label)
     except (SourceError, UnknownHeadError) as exc:
         fail(str(exc), EXIT_USAGE)
     if plan.tokenizer is None:
         fail(f"no tokenizer found in {source}; pass --tokenizer DIR_OR_TOKENIZER_JSON", EXIT_USAGE)
-    calibration_texts = None
-    if calibration_file is not None:
-        from ..runtime.inputs import InputError, read_texts
-
-        if quantize is None and not bf16:
-            fail("--calibration-texts calibrates and accepts a reduced-precision variant: add --quantize int8 "
-                 "and/or --bf16", EXIT_USAGE)
-        from ..export.acceptance import AcceptanceError, split_texts
-
-        try:
-            calibration_texts = read_texts(calibration_file)
-            split_texts(calibration_texts, source="user")  # too few texts: said before torch loads
-        except (OSError, UnicodeDecodeError, InputError, AcceptanceError) as exc:
-            fail(f"cannot use --calibration-texts {calibration_file}: {exc}", EXIT_USAGE)
     if plan.pickled:
         click.echo(f"note: loading {plan.path}/pytorch_model.bin with torch.load(weights_only=True) (--allow-bin): "
                    "tensors only, no arbitrary objects", err=True)
+    return plan
 
-    _require_export_extra("headreg export", ("torch", "transformers", "onnx"))
+
+def _calibration_texts(path: str | None, *, reduced_precision: bool) -> list[Any] | None:
+    """The texts of --calibration-texts, or exit 2 (unreadable, too few, or no variant to calibrate)."""
+    if path is None:
+        return None
+    from ..export.acceptance import AcceptanceError, split_texts
+    from ..runtime.inputs import InputError, read_texts
+
+    if not reduced_precision:
+        fail("--calibration-texts calibrates and accepts a reduced-precision variant: add --quantize int8 "
+             "and/or --bf16", EXIT_USAGE)
+    try:
+        texts = read_texts(path)
+        split_texts(texts, source="user")  # too few texts: said before torch loads
+    except (OSError, UnicodeDecodeError, InputError, AcceptanceError) as exc:
+        fail(f"cannot use --calibration-texts {path}: {exc}", EXIT_USAGE)
+    return texts
+
+
+def _export_or_exit(plan: Any, out_dir: str, options: Any, *, overwrite: bool, as_json: bool) -> Any:
+    """Load the source and export it: the Bundle, or exit with the report (1), a usage error (2) or 130."""
     from ..atomic import Terminated
-    from ..errors import HeadConfigError, VerificationError
-    from ..progress import StepProgress
+    from ..errors import HeadConfigError, SaveLoadError, VerificationError
     from ..export.pipeline import ExportOptionError, Step, export_onnx, peak_rss_mb
-    from ..export.source import load_source
+    from ..export.source import SourceError, load_source
     from ..export.tokenizer import TokenizerError
     from ..export.trace import ExportError
     from ..export.verify import VerificationFailed
+    from ..progress import StepProgress
 
     progress = StepProgress(enabled=False if as_json else None)
     try:
         progress("load", "start", {})
         start = time.perf_counter()
         try:
-            loaded = load_source(source, plan=plan)
+            loaded = load_source(plan.path, plan=plan)
         except (SourceError, SaveLoadError, HeadConfigError) as exc:
             progress.stop()
             fail(str(exc), EXIT_USAGE)
@@ -275,13 +304,12 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
         if loaded.untrained:
             click.echo(f"warning: head {loaded.model.head_name!r} is freshly initialised (untrained): the bundle's "
                        "predictions are random until you train it", err=True)
-        bundle = export_onnx(
-            loaded.model, out_dir, loaded.tokenizer, opset=opset, optimize=optimize, quantize=quantize,
-            atol=atol, rtol=rtol, max_length=max_length or loaded.max_length, overwrite=overwrite, exporter=exporter,
-            calibration_texts=calibration_texts, calibration_method=calibration_method, min_agreement=min_agreement,
-            near_tie=near_tie, max_error=max_error, bf16=bf16, source=loaded.info, progress=progress,
-        )
+        if options.max_length is None and loaded.max_length is not None:  # a sentence-transformers max_seq_length
+            options = dataclasses.replace(options, max_length=loaded.max_length)
+        bundle = export_onnx(loaded.model, out_dir, loaded.tokenizer, options, overwrite=overwrite,
+                             source=loaded.info, progress=progress)
         bundle.steps.insert(0, load_step)
+        return bundle
     except VerificationFailed as exc:
         progress.stop()
         if as_json:
@@ -301,10 +329,6 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
         if getattr(exc, "written", None) is not None:
             fail(f"interrupted after the export had finished: the bundle in {out_dir} is complete and verified", 130)
         fail(f"interrupted; no bundle was written to {out_dir}", 130)
-    if as_json:
-        emit_json(bundle.summary())
-    else:
-        print_summary(bundle)
 
 
 @click.command("verify", short_help="Re-check a bundle with the installed onnxruntime (no torch needed).",

@@ -64,13 +64,12 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only (scores in label-id order).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Most rows per model run.")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
-@click.option("--quantized", is_flag=True, help="Use the bundle's int8 variant.")
 @click.option("--variant", type=click.Choice(VARIANT_CHOICES), default=None,
               help="Model variant [default: auto, the rule of docs/runtime.md for this bundle on this machine].")
 @click.option("--long-text", type=click.Choice(["truncate", "window"]), default=None,
               help="Texts longer than the bundle's max_length: cut them, or predict over overlapping windows "
                    "[default: truncate].")
-@click.option("--window-stride", "--window-overlap", "window_stride", type=click.IntRange(min=0), default=None,
+@click.option("--window-stride", "window_stride", type=click.IntRange(min=0), default=None,
               help="With --long-text window: tokens neighbouring windows share (the overlap, not the step) "
                    "[default: a quarter of a window].")
 @click.option("--window-reduce", type=click.Choice(["mean", "max", "first"]), default=None,
@@ -85,7 +84,7 @@ Examples:
 @click.option("--verify-files", is_flag=True,
               help="Also check the model file's sha256 against the manifest (small files always are).")
 def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json: bool, batch_size: int,
-            threads: int | None, quantized: bool, variant: str | None, long_text: str | None,
+            threads: int | None, variant: str | None, long_text: str | None,
             window_stride: int | None, window_reduce: str | None, max_windows: int | None,
             per_call: tuple[str, ...], verify_files: bool) -> None:
     """Predict with an exported BUNDLE: labels and scores per text (onnxruntime only; torch is not imported).
@@ -107,16 +106,14 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
         items += from_file
     if not items:
         usage_error("give texts as arguments or with --file")
-    if quantized and variant not in (None, "int8"):
-        usage_error(f"--quantized asks for int8 but --variant asks for {variant}; give one of them")
     extra = _per_call_options(per_call)
-    for name in {"long_text", "window_stride", "window_overlap", "window_reduce", "max_windows"} & set(extra):
+    for name in {"long_text", "window_stride", "window_reduce", "max_windows"} & set(extra):
         usage_error(f"give {name} as --{name.replace('_', '-')}, not --option")
     from ..isolation import stdout_to_stderr
 
     # A head's postprocess is plugin code: whatever it prints goes to stderr, so stdout holds only the results.
     with stdout_to_stderr():
-        predictor = load_predictor(bundle, threads=threads, quantized=quantized, variant=variant,
+        predictor = load_predictor(bundle, threads=threads, variant=variant,
                                     batch_size=batch_size, verify_files=verify_files)
         try:
             options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce,

@@ -1,8 +1,8 @@
 """Export a HeadedModel to a verified ONNX bundle, and re-verify bundles.
 
->>> from headreg.export import export_onnx, verify_bundle
->>> bundle = export_onnx(model, "bundle/", tokenizer=tokenizer)   # doctest: +SKIP
->>> verify_bundle("bundle/").passed                               # doctest: +SKIP
+>>> from headreg.export import ExportOptions, export_onnx, verify_bundle
+>>> bundle = export_onnx(model, "bundle/", tokenizer, ExportOptions(quantize="int8"))   # doctest: +SKIP
+>>> verify_bundle("bundle/").passed                                                     # doctest: +SKIP
 True
 
 One module per job: ``trace`` (torch.onnx.export), ``cases`` (verification inputs), ``verify``
@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_getattr
 
-__all__ = ["Bundle", "Report", "VerificationFailed", "export_onnx", "verify_bundle"]
+__all__ = ["Bundle", "ExportOptions", "Report", "VerificationFailed", "export_onnx", "verify_bundle"]
 
 _LAZY = {
     "Bundle": "headreg.export.pipeline",
+    "ExportOptions": "headreg.export.pipeline",
     "export_onnx": "headreg.export.pipeline",
     "Report": "headreg.export.verify",
     "VerificationFailed": "headreg.export.verify",
@@ -28,7 +29,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .pipeline import Bundle, export_onnx
+    from .pipeline import Bundle, ExportOptions, export_onnx
     from .recheck import verify_bundle
     from .verify import Report, VerificationFailed
 

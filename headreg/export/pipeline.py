@@ -52,7 +52,7 @@ class Bundle:
     sizes: dict[str, int] = field(default_factory=dict)
     optimization: dict[str, Any] | None = None
     int8: dict[str, Any] | None = None
-    bf16: dict[str, Any] | None = None  # the bf16 record (export_onnx(bf16=True))
+    bf16: dict[str, Any] | None = None  # the bf16 record (ExportOptions(bf16=True))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -388,27 +388,65 @@ def _keep_training_mode(model: Any) -> Iterator[None]:
         model.train(training)
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``export_onnx`` traces, verifies and adds to a bundle: one field per ``headreg export`` flag, checked
+    when built (ExportOptionError).
+
+    ``exporter``: "auto" (TorchScript, then dynamo when TorchScript cannot trace the model or its graph does not
+    verify; dynamo first with ``optimize=True``), "torchscript" or "dynamo". ``max_length``: the longest input the
+    bundle accepts and is verified at (default: what the backbone's position table allows). ``atol`` / ``rtol``:
+    the verification tolerances. ``optimize``: fuse for onnxruntime, kept only if it verifies and is not slower.
+
+    ``quantize="int8"`` adds a static int8 variant, calibrated on part of ``calibration_texts`` (strings or
+    ``(text, text_pair)``; default: headreg's built-in texts) with ``calibration_method``, and accepted on the
+    disjoint rest when at least ``min_agreement`` of those texts get the same user-visible result as PyTorch
+    (regression: max abs error within ``max_error`` x max(std of the values, 1)) and its outputs move by at most
+    ``invariance_tolerance`` between a text alone and in any batch. ``near_tie`` only sets what the report counts
+    as a near-tie. ``bf16=True`` adds an OpenVINO bf16 variant (the same ``model.onnx``), judged like int8; it
+    needs a CPU with AVX-512 BF16 or AMX and ``headreg[openvino]``.
+
+    >>> ExportOptions(quantize="int8", min_agreement=0.98, max_length=256)   # doctest: +SKIP
+    """
+
+    exporter: str = "auto"
+    opset: int | None = None
+    max_length: int | None = None
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    optimize: bool = False
+    quantize: str | None = None
+    bf16: bool = False
+    calibration_texts: Sequence[Any] | None = None
+    calibration_method: str = DEFAULT_METHOD
+    min_agreement: float = acc.MIN_AGREEMENT
+    near_tie: float = acc.NEAR_TIE
+    max_error: float = acc.MAX_ERROR
+    invariance_tolerance: float = acc.INVARIANCE_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if self.quantize not in (None, *QUANTIZE_MODES):
+            raise ExportOptionError(f"unknown quantization {self.quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+        if self.exporter not in ("auto", *EXPORTERS):
+            raise ExportOptionError(f"unknown exporter {self.exporter!r}; choose one of auto, {', '.join(EXPORTERS)}")
+        if self.calibration_method not in METHODS:
+            raise ExportOptionError(
+                f"unknown calibration method {self.calibration_method!r}; choose one of {', '.join(METHODS)}"
+            )
+
+    def acceptance(self) -> "acc.AcceptanceOptions":
+        """The thresholds a reduced-precision variant is held to."""
+        return acc.AcceptanceOptions(min_agreement=self.min_agreement, near_tie=self.near_tie,
+                                     max_error=self.max_error, invariance_tolerance=self.invariance_tolerance)
+
+
 def export_onnx(
     model: Any,
     out_dir: str | Path,
     tokenizer: Any = None,
+    options: ExportOptions | None = None,
     *,
-    opset: int | None = None,
-    optimize: bool = False,
-    quantize: str | None = None,
-    atol: float = 1e-4,
-    rtol: float = 1e-3,
-    max_length: int | None = None,
     overwrite: bool = False,
-    exporter: str = "auto",
-    int8_min_agreement: float | None = None,
-    calibration_texts: Sequence[Any] | None = None,
-    calibration_method: str = DEFAULT_METHOD,
-    min_agreement: float = acc.MIN_AGREEMENT,
-    near_tie: float = acc.NEAR_TIE,
-    max_error: float = acc.MAX_ERROR,
-    invariance_tolerance: float = acc.INVARIANCE_TOLERANCE,
-    bf16: bool = False,
     source: dict[str, Any] | None = None,
     progress: Progress | bool | None = None,
 ) -> Bundle:
@@ -416,38 +454,22 @@ def export_onnx(
 
     Raises VerificationFailed (with ``.report``) when onnxruntime disagrees with PyTorch; nothing is
     written then. ``tokenizer`` is a transformers tokenizer, a ``tokenizers.Tokenizer`` or a path; it
-    defaults to the backbone's own directory. ``exporter``: "auto" (TorchScript, then dynamo when TorchScript
-    cannot trace the model or its graph does not verify; dynamo first with ``optimize=True``), "torchscript"
-    or "dynamo". ``progress``: None shows
-    each step on stderr when stderr is a terminal, True/False force it on/off, a callable
-    ``progress(step, state, info)`` receives the steps ("start", "done" or "failed"). ``bf16=True`` adds an OpenVINO bf16 variant (the same ``model.onnx``),
-    judged like int8; it needs a CPU with AVX-512 BF16 or AMX and ``headreg[openvino]``.
+    defaults to the backbone's own directory. ``options``: how to trace, verify and which variants to add
+    (:class:`ExportOptions`; default: fp32 only, verified at the default tolerances). ``overwrite``: replace a
+    bundle already in ``out_dir`` (never another directory). ``source``: where the model came from, recorded in
+    the manifest. ``progress``: None shows each step on stderr when stderr is a terminal, True/False force it
+    on/off, a callable ``progress(step, state, info)`` receives the steps ("start", "done" or "failed").
 
-    ``quantize="int8"`` adds a static int8 variant, calibrated on part of ``calibration_texts`` (strings or
-    ``(text, text_pair)``; default: headreg's built-in texts) and accepted on the disjoint rest when at least
-    ``min_agreement`` of those texts get the same user-visible result as PyTorch (regression: max abs error
-    within ``max_error`` x max(std of the values, 1)) and its outputs move by at most ``invariance_tolerance``
-    between a text alone and in any batch. ``near_tie`` only sets what the report counts as a near-tie.
-    ``int8_min_agreement`` is the former name of ``min_agreement``.
-
-    >>> bundle = export_onnx(model, "bundle/", tokenizer=tokenizer)   # doctest: +SKIP
-    >>> bundle.report.worst()["logits"]                                # doctest: +SKIP
+    >>> bundle = export_onnx(model, "bundle/", tokenizer, ExportOptions(quantize="int8"))   # doctest: +SKIP
+    >>> bundle.report.worst()["logits"]                                                     # doctest: +SKIP
     {'abs': 2.4e-07, 'rel': 3.1e-06}
     """
+    options = options if options is not None else ExportOptions()
     out_dir = Path(out_dir)
     target = dict(overwrite=overwrite, replaceable=is_bundle, what=BUNDLE_KIND, protect=_protected(model, tokenizer, source))
     check_target(out_dir, **target)
-    if quantize not in (None, *QUANTIZE_MODES):
-        raise ExportOptionError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
-    if exporter not in ("auto", *EXPORTERS):
-        raise ExportOptionError(f"unknown exporter {exporter!r}; choose one of auto, {', '.join(EXPORTERS)}")
-    if calibration_method not in METHODS:
-        raise ExportOptionError(f"unknown calibration method {calibration_method!r}; choose one of {', '.join(METHODS)}")
-    if int8_min_agreement is not None:
-        min_agreement = int8_min_agreement
-    options = acc.AcceptanceOptions(min_agreement=min_agreement, near_tie=near_tie, max_error=max_error,
-                                    invariance_tolerance=invariance_tolerance)
-    max_length = resolve_max_length(model, max_length)
+    acceptance = options.acceptance()
+    max_length = resolve_max_length(model, options.max_length)
     if not callable(progress):
         from ..progress import StepProgress
 
@@ -457,7 +479,7 @@ def export_onnx(
     padding_side = "left" if model._decoder else "right"
     decide = acc.head_checks(model)
     token_outputs = acc.token_outputs_of(model)
-    checks = dict(decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol)
+    checks = dict(decide=decide, token_outputs=token_outputs, atol=options.atol, rtol=options.rtol)
 
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ExportOptionError("export traces and verifies on the CPU: move the model there first (model.cpu())")
@@ -475,23 +497,23 @@ def export_onnx(
                 padding_side=padding_side,
                 tokenizer=tok.tokenizer,
                 pairs="token_type_ids" in input_names,
-                decision_corpus=quantize == "int8",
+                decision_corpus=options.quantize == "int8",
             )
             _check_tokenizer(tok, cases, max_length)
             info["cases"] = len(cases)
         wrapper = ExportWrapper(model, input_names).eval()
-        trace_args = dict(opset=opset, wrapper=wrapper, checks=checks, atol=atol, padding_side=padding_side,
-                          optimize=optimize)
+        trace_args = dict(opset=options.opset, wrapper=wrapper, checks=checks, atol=options.atol,
+                          padding_side=padding_side, optimize=options.optimize)
         batch_padding: dict[str, Any] = {"allowed": True}
         try:
             with _naming_architecture(model):
                 traced, report, expected, fp32_invariance = _trace_and_verify(
-                    model, staging / MODEL_FILE, step, exporter=exporter, cases=cases, **trace_args)
+                    model, staging / MODEL_FILE, step, exporter=options.exporter, cases=cases, **trace_args)
         except PaddingDependent as found:
             # Served exactly all the same: rows are batched only with rows of their own length (no padding), and
             # verification checks the graph the way it will run, on the same cases split into equal-length batches.
             batch_padding = _padding_record(model, found.record)
-            if quantize or bf16:
+            if options.quantize or options.bf16:
                 raise ExportOptionError(
                     f"{model.config.model_type}: {batch_padding['reason']}; int8 and bf16 acceptance compare "
                     "padded batches, so such a model exports in fp32 only: export again without --quantize / --bf16"
@@ -515,16 +537,18 @@ def export_onnx(
             """Held-out texts and PyTorch's outputs on them, built once for every reduced-precision variant."""
             if not built:
                 with step("acceptance texts") as info:
-                    built.append(_acceptance_set(model, tok, wrapper, calibration_texts, input_names=input_names,
-                                                 max_length=max_length, padding_side=padding_side, options=options))
+                    built.append(_acceptance_set(model, tok, wrapper, options.calibration_texts,
+                                                 input_names=input_names, max_length=max_length,
+                                                 padding_side=padding_side, options=acceptance))
                     info.update(calibration=built[0].split.record["calibration_rows"],
                                 held_out=built[0].split.record["acceptance_rows"])
             return built[0]
 
-        if quantize == "int8":
-            int8 = _variant_int8(staging, acceptance_set(), tok, cases, expected, decide, model, calibration_method, step)
+        if options.quantize == "int8":
+            int8 = _variant_int8(staging, acceptance_set(), tok, cases, expected, decide, model,
+                                 options.calibration_method, step)
             variants["int8"] = bundle_mod.int8_record(int8)
-        if optimize:
+        if options.optimize:
             from .optimize import optimize_graph
 
             with step("optimize") as info:
@@ -540,7 +564,7 @@ def export_onnx(
                 report.target = MODEL_FILE
 
         bf16_record = None
-        if bf16:
+        if options.bf16:
             bf16_record = _variant_bf16(staging, acceptance_set, step, fused=bool(optimization and optimization["accepted"]))
             variants["bf16"] = bf16_record
 
@@ -606,4 +630,4 @@ def _variant_bf16(staging: Path, acceptance_set: Callable[[], "acc.AcceptanceSet
                     invariant=judged["batch_invariance"]["passed"])
     return bf16_record(judged, backend)
 
-__all__ = ["Bundle", "ExportError", "ExportOptionError", "VerificationFailed", "export_onnx"]
+__all__ = ["Bundle", "ExportError", "ExportOptionError", "ExportOptions", "VerificationFailed", "export_onnx"]

@@ -26,6 +26,12 @@ def torch_runner(model_dir: str | os.PathLike, threads: int | None = None, *, bf
     model = load_torch_model(model_dir)
     if threads:
         torch.set_num_threads(int(threads))
+    return torch_model_runner(model, bf16=bf16)
+
+
+def torch_model_runner(model: Any, *, bf16: bool = False) -> Runner:
+    """``run(feed) -> logits`` for a model already in memory (``benchmarks/`` times it the same way)."""
+    import torch
 
     def run(feed: dict[str, np.ndarray]) -> Any:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

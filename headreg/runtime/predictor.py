@@ -76,8 +76,8 @@ class Predictor:
     ``threads``: the backend's threads (onnxruntime intra-op, OpenVINO INFERENCE_NUM_THREADS; default: the
     backend's choice). ``providers``: onnxruntime execution providers (default CPU). ``variant``: a variant of
     the bundle ("fp32", "int8", "bf16"); by default the one :func:`headreg.runtime.variants.select_variant`
-    picks for this bundle on this machine (``self.variant`` says which, ``self.variant_reason`` why;
-    ``quantized=True`` is short for ``variant="int8"``). The variant record names its backend
+    picks for this bundle on this machine (``self.variant`` says which, ``self.variant_reason`` why). The
+    variant record names its backend
     (:mod:`headreg.runtime.backends`: onnxruntime, or OpenVINO for bf16); ``self.backend`` runs it.
     ``max_batch_tokens`` / ``batch_size``: caps per batch (rows are length-bucketed, see batching.py).
     ``max_length``: truncate shorter than the bundle's ``max_length`` (never longer). ``max_windows``: with
@@ -98,7 +98,6 @@ class Predictor:
         bundle_dir: str | os.PathLike,
         threads: int | None = None,
         providers: Sequence[Any] | None = None,
-        quantized: bool = False,
         max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_length: int | None = None,
@@ -107,8 +106,6 @@ class Predictor:
         verify_files: bool = False,
         max_windows: int = _windows.MAX_WINDOWS,
     ):
-        if quantized and variant not in (None, "int8"):
-            raise InputError(f"quantized=True asks for the int8 variant but variant={variant!r}; pass one of them")
         for name, value in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens),
                             ("max_length", max_length), ("threads", threads), ("max_windows", max_windows)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -119,7 +116,7 @@ class Predictor:
         # long_text="window": the most windows one input may take; a call's max_windows may only lower it
         self.max_windows = int(max_windows)
         self.max_batch_tokens = max_batch_tokens
-        self.variant, self.variant_reason = select_variant(manifest, "int8" if quantized else variant)
+        self.variant, self.variant_reason = select_variant(manifest, variant)
         self.variant_record = variant_records(manifest)[self.variant]
         model_file = str(self.variant_record["file"])
         if not os.path.lexists(self.bundle_dir / model_file):

@@ -50,8 +50,8 @@ from .postprocess import entity_type
 
 LONG_TEXT = ("truncate", "window")
 WINDOW_REDUCE = ("mean", "max", "first")
-# The per-call options this module reads; "window_overlap" is the plain name of "window_stride".
-OPTIONS = ("long_text", "window_stride", "window_overlap", "window_reduce", "max_windows")
+# The per-call options this module reads.
+OPTIONS = ("long_text", "window_stride", "window_reduce", "max_windows")
 # Windowed reading has no length cut, so its work per input is bounded here instead: at most MAX_WINDOWS
 # windows (MiniLM at 512 tokens: ~130k tokens, a few seconds) unless whoever runs the model sets another
 # ceiling (Predictor(max_windows=...), headreg serve --max-windows); a call may ask for fewer, never more.
@@ -80,19 +80,13 @@ class WindowOptions:
 
 
 def window_options(options: Mapping[str, Any], ceiling: int | None = None) -> WindowOptions:
-    """Check a call's ``long_text`` / ``window_stride`` (alias ``window_overlap``) / ``window_reduce`` /
-    ``max_windows``; ``ceiling``: the most ``max_windows`` may be (also its default; None: MAX_WINDOWS, unchecked)."""
+    """Check a call's ``long_text`` / ``window_stride`` / ``window_reduce`` / ``max_windows``; ``ceiling``: the
+    most ``max_windows`` may be (also its default; None: MAX_WINDOWS, unchecked)."""
     long_text = options.get("long_text")
     long_text = "truncate" if long_text is None else long_text
     if long_text not in LONG_TEXT:
         raise InputError(f"long_text must be one of {', '.join(map(repr, LONG_TEXT))}, got {long_text!r}")
-    stride, overlap = options.get("window_stride"), options.get("window_overlap")
-    if stride is not None and overlap is not None and stride != overlap:
-        raise InputError(
-            f"window_stride={stride!r} and window_overlap={overlap!r} name the same thing (tokens shared by "
-            "neighbouring windows); pass one of them"
-        )
-    overlap = overlap if overlap is not None else stride
+    overlap = options.get("window_stride")
     if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0):
         raise InputError(f"window_stride (the overlap in tokens) must be an integer >= 0, got {overlap!r}")
     reduce = options.get("window_reduce")
@@ -110,7 +104,7 @@ def window_options(options: Mapping[str, Any], ceiling: int | None = None) -> Wi
         )
     if long_text != "window":
         given = [
-            name for name in ("window_stride", "window_overlap", "window_reduce", "max_windows")
+            name for name in ("window_stride", "window_reduce", "max_windows")
             if options.get(name) is not None
         ]
         if given:
@@ -130,11 +124,10 @@ def _checked(name: str):
 
 
 # The Predictor accepts these per call (runtime options, not postprocess config); window_options checks how
-# they combine (window_* only with long_text="window", window_stride and window_overlap agreeing).
+# they combine (window_* only with long_text="window").
 for _name, _description in (
     ("long_text", "truncate | window: texts past max_length are cut, or read in overlapping windows"),
     ("window_stride", "with long_text='window': tokens neighbouring windows share (the overlap, not the step)"),
-    ("window_overlap", "the same as window_stride"),
     ("window_reduce", "with long_text='window', sequence heads: mean | max | first over the windows' logits"),
     ("max_windows", f"with long_text='window': the most windows one input may need (default {MAX_WINDOWS}); "
                     "a longer input is refused, not cut"),
