@@ -136,6 +136,7 @@ def minilm_bf16(tmp_path_factory):
     return out, bundle, model
 
 
+@pytest.mark.slow
 @needs_bf16
 def test_minilm_bf16_record_is_verified_and_served_by_default(minilm_bf16):
     out, bundle, _ = minilm_bf16
@@ -154,6 +155,7 @@ def test_minilm_bf16_record_is_verified_and_served_by_default(minilm_bf16):
     assert bundle.serves_here()[0] == "bf16"
 
 
+@pytest.mark.slow
 @needs_bf16
 def test_minilm_bf16_predictor_is_batch_invariant_and_agrees_with_fp32(minilm_bf16):
     from benchmarks.corpus import mixed_corpus
@@ -175,6 +177,7 @@ def test_minilm_bf16_predictor_is_batch_invariant_and_agrees_with_fp32(minilm_bf
 
 
 @needs_bf16
+@pytest.mark.slow  # the MiniLM bf16 export it shares with the two tests above
 def test_bf16_without_its_padding_multiple_is_caught_by_the_invariance_check(minilm_bf16):
     """Without the padding multiple, a row's bf16 result moves with the batch's padded length; the check says so."""
     from benchmarks.corpus import mixed_corpus

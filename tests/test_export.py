@@ -133,6 +133,7 @@ def test_bundle_has_the_documented_files_and_manifest(exported):
 # --- verification that fails ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_graph_that_differs_from_pytorch_fails_with_exit_1_and_no_bundle(tmp_path, plugin_site, backbone_dir):
     site = plugin_site(write_plugin(tmp_path / "src", "misbehaving-plugin", "misbehaving_plugin", MISBEHAVING_PLUGIN))
     out_parent = tmp_path / "out"
@@ -179,6 +180,7 @@ def test_extra_outputs_custom_decisions_and_an_int8_model_that_disagrees(tmp_pat
     assert entries(tmp_path) == set()
 
 
+@pytest.mark.slow
 def test_verification_failure_in_the_api_carries_the_report(tmp_path):
     from headreg.heads.regression import RegressionHead
 
@@ -337,6 +339,7 @@ def test_transformers_checkpoint_with_a_task_head_exports_its_own_logits(tmp_pat
         assert np.allclose(hf(**inputs).logits.numpy(), golden["5.output.logits"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_saved_headreg_model_with_optimize_and_int8(tmp_path):
     model = tiny_model("bert", "seq_cls")
     model.save_pretrained(tmp_path / "saved", tokenizer=load_tokenizer())
@@ -380,6 +383,7 @@ def test_saved_headreg_model_with_optimize_and_int8(tmp_path):
     assert f"(at export: {golden})" in " ".join(rerun.output.split())
 
 
+@pytest.mark.slow
 def test_real_minilm_backbone_with_a_fresh_head(tmp_path, minilm_path, capsys, monkeypatch):
     from headreg.cli import main
 
@@ -422,6 +426,7 @@ def _start_export(backbone_dir: Path, out: Path) -> subprocess.Popen:
     pytest.fail(f"the export never started staging: {process.communicate()[1].decode()[-2000:]}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_an_interrupted_export_leaves_no_bundle(tmp_path, backbone_dir, sig):
     out_parent = tmp_path / "out"

@@ -124,6 +124,7 @@ def test_verify_of_a_folder_that_is_not_a_bundle_exits_2(tmp_path, saved_model):
 # --- 2. progress on a terminal, never under --json or in a pipe -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_shows_its_steps_on_a_terminal_and_not_under_json(tmp_path, saved_model):
     code, stdout, terminal = run_on_terminal("export", str(saved_model), "-o", str(tmp_path / "a"))
     assert code == 0, terminal
@@ -163,6 +164,7 @@ def test_export_onnx_from_python_is_silent_unless_asked(tmp_path, capfd):
 # --- 4. verification output reads right -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_verify_shows_the_rule_the_bound_ratio_and_the_int8_threshold(tmp_path, saved_model):
     from headreg.export import ExportOptions, export_onnx
     from headreg.export import verify_bundle
@@ -218,6 +220,7 @@ def bin_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_bin_checkpoint_is_refused_with_the_way_forward_then_loaded_on_request(tmp_path, bin_checkpoint):
     refused = run_headreg("export", str(bin_checkpoint), "-o", str(tmp_path / "refused"))
     assert refused.returncode == 2
@@ -229,6 +232,7 @@ def test_a_bin_checkpoint_is_refused_with_the_way_forward_then_loaded_on_request
     assert "torch.load(weights_only=True)" in allowed.stderr and json.loads(allowed.stdout)["passed"]
 
 
+@pytest.mark.slow
 def test_convert_writes_safetensors_that_export_takes_without_unpickling(tmp_path, bin_checkpoint):
     converted = tmp_path / "converted"
     done = run_headreg("convert", str(bin_checkpoint), str(converted))
@@ -292,6 +296,7 @@ def test_heads_at_80_columns_breaks_no_word():
 # --- 9. a checkout named headreg in the working directory -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_folder_named_headreg_beside_a_script_does_not_shadow_the_package(tmp_path):
     """A checkout named headreg, with a script run from its parent: Python sees a folder ``headreg/`` without
     ``__init__.py`` first. The install puts the package's directory on sys.path (no import hook), so the real
@@ -330,6 +335,7 @@ def register_heads(register):
 """
 
 
+@pytest.mark.slow
 def test_auto_falls_back_to_dynamo_when_the_torchscript_graph_does_not_verify(tmp_path, plugin_site, backbone_dir):
     site = plugin_site(write_plugin(tmp_path / "src", "tracing-plugin", "tracing_plugin", TRACING_PLUGIN))
     result = run_headreg("export", str(backbone_dir), "-o", str(tmp_path / "bundle"), "--head", "traced_different",

@@ -274,6 +274,7 @@ def test_one_graph_with_every_heads_outputs_verified_per_head(bundles):
     assert {name for case in report.cases for name in case.head_agreement} == set(HEADS)
 
 
+@pytest.mark.slow
 def test_the_dynamo_exporter_writes_one_verified_multi_head_graph(tmp_path):
     from headreg.export import ExportOptions, export_onnx
     from headreg.export.trace import graph_signature
@@ -352,6 +353,7 @@ def test_cli_predict_shows_every_head(bundles):
         assert name in table.stdout
 
 
+@pytest.mark.slow
 def test_a_format_1_bundle_written_by_the_previous_code_still_loads(tmp_path):
     """Export with headreg as it was before format 2 (git history), then load and verify with today's."""
     old = tmp_path / "old"

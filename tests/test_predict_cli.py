@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from click.testing import CliRunner
 from conftest import run_headreg
 from test_runtime_predictor import tiny_bundle, tiny_model
@@ -56,6 +57,7 @@ def test_predict_reads_one_text_per_line_and_shows_entities(tmp_path):
     assert entities and f"{entities[0]['word']} [{entities[0]['label']}]" in table.stdout
 
 
+@pytest.mark.slow
 def test_predict_takes_the_heads_per_call_options(tmp_path):
     """--option NAME=VALUE reaches Predictor.predict (JSON values, or plain strings), checked the same way; a
     per-call option typed as a flag of its own is pointed at --option."""
@@ -190,6 +192,7 @@ def register_heads(register):
 """
 
 
+@pytest.mark.slow
 def test_predict_json_stays_json_when_a_plugin_postprocess_prints(tmp_path, plugin_site):
     from conftest import write_plugin
 

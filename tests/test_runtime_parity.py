@@ -11,6 +11,8 @@ import pytest
 from headreg.runtime import Predictor
 from headreg.testing import SAMPLE_TEXTS
 
+pytestmark = pytest.mark.slow  # the real MiniLM against transformers' pipelines
+
 NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "B-ORG", 6: "I-ORG"}
 TEXTS = [
     *SAMPLE_TEXTS,

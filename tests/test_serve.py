@@ -27,6 +27,8 @@ from test_runtime_predictor import NER_LABELS, tiny_bundle
 
 from headreg.runtime import Predictor
 
+pytestmark = pytest.mark.slow  # real `headreg serve` processes over HTTP, five exported bundles
+
 API_KEY = "test-key-3f9a"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HEADS = ("seq_cls", "multi_label", "regression", "token_cls", "crf")

@@ -19,6 +19,8 @@ from test_serve import Server
 
 from benchmarks import attacks
 
+pytestmark = pytest.mark.slow  # real `headreg serve` processes under hostile clients
+
 PATH = "/v1/models/seq_cls/predict"
 # 4 x 211 windows of the tiny bundle (max_length 128): about a second to tokenize and two to run at batch 1.
 HEAVY = attacks.predict_body(["word " * 20_000] * 4, long_text="window")

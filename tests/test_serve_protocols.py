@@ -18,6 +18,8 @@ from test_serve import API_KEY, AUTH, TEXTS, Server, _samples, post
 
 from headreg.runtime import Predictor
 
+pytestmark = pytest.mark.slow  # real `headreg serve` processes answering each protocol
+
 HEADS = ("seq_cls", "multi_label", "regression", "token_cls")
 SHORT = [text for text in TEXTS if text.strip()][:6]  # the HF and OpenAI clients refuse empty strings themselves
 PAIRS = [("A man plays the guitar.", "Someone plays music."), ("The cat sleeps.", "A stock market crash.")]
