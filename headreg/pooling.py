@@ -107,7 +107,7 @@ def resolve_pooling(pooling: str | PoolingConfig | dict, backbone: Any, level: s
     """Resolve a user's ``pooling=`` option against a backbone.
 
     ``auto``: the sentence-transformers modules of the checkpoint the backbone was loaded from, when it has a
-    ``modules.json`` (:func:`headreg.sentence_modules.authored_pooling`), else :func:`transformers_pooling`.
+    ``modules.json`` (:func:`authored_pooling`), else :func:`transformers_pooling`.
     """
     if isinstance(pooling, PoolingConfig):
         return pooling
@@ -117,13 +117,26 @@ def resolve_pooling(pooling: str | PoolingConfig | dict, backbone: Any, level: s
     if pooling not in STRATEGIES:
         raise HeadConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(STRATEGIES)}")
     if pooling == "auto":
-        from .sentence_modules import authored_pooling, checkpoint_directory
+        from .sentence_modules import checkpoint_directory
 
         directory = checkpoint_directory(backbone)
         authored = authored_pooling(directory) if directory is not None else None
         if authored is not None:
             return authored
     return transformers_pooling(pooling, backbone, level)
+
+
+def authored_pooling(directory: Any, *, allow_bin: bool = False) -> PoolingConfig | None:
+    """The PoolingConfig (with its Dense weights) of the sentence-transformers checkpoint in ``directory``, or None
+    (:mod:`headreg.sentence_modules` reads the modules; this module owns what they become)."""
+    from .sentence_modules import dense_weights, read_modules
+
+    modules = read_modules(directory)
+    if modules is None:
+        return None
+    weights = dense_weights(modules, allow_bin=allow_bin)
+    return PoolingConfig(strategy=modules.strategy, dense=tuple(DenseLayer(**layer) for _, layer in modules.dense),
+                         normalize=modules.normalize, weights=weights or None)
 
 
 def transformers_pooling(pooling: str, backbone: Any, level: str = "sequence") -> PoolingConfig:

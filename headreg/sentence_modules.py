@@ -9,7 +9,7 @@ types and activations are matched against the known names below, and anything el
 message that says so (``--pooling NAME`` / ``pooling=`` chooses a pooling yourself).
 
 :func:`read_modules` reads the json files only (no torch), so ``headreg export`` reports a problem before
-loading anything; :func:`authored_pooling` also loads the Dense weights (safetensors; a ``pytorch_model.bin``
+loading anything; :func:`dense_weights` loads the Dense weights (safetensors; a ``pytorch_model.bin``
 only with ``allow_bin=True``, through ``torch.load(weights_only=True)``).
 """
 
@@ -163,20 +163,15 @@ def read_modules(directory: str | Path) -> Modules | None:
     return Modules(directory, _MODES[modes[0]], tuple(dense), normalize)
 
 
-def authored_pooling(directory: str | Path, *, allow_bin: bool = False) -> Any:
-    """The PoolingConfig (with its Dense weights) of the sentence-transformers checkpoint in ``directory``, or None.
+def dense_weights(modules: Modules, *, allow_bin: bool = False) -> dict[str, Any]:
+    """The Dense modules' weights, keyed ``"{index}.weight"`` / ``"{index}.bias"`` (what PoolingConfig holds).
 
     A Dense saved only as ``pytorch_model.bin`` is loaded with ``torch.load(weights_only=True)`` when
     ``allow_bin``; otherwise ModulesError, since headreg never unpickles by default.
     """
-    modules = read_modules(directory)
-    if modules is None:
-        return None
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from .pooling import DenseLayer, PoolingConfig
 
     weights: dict[str, Any] = {}
     for index, (path, layer) in enumerate(modules.dense):
@@ -206,8 +201,7 @@ def authored_pooling(directory: str | Path, *, allow_bin: bool = False) -> Any:
             raise ModulesError(f"the Dense weight in {path} has shape {shape}; its config.json says "
                                f"{(layer['out_features'], layer['in_features'])}")
         weights.update({f"{index}.{name.removeprefix('linear.')}": tensor for name, tensor in state.items()})
-    return PoolingConfig(strategy=modules.strategy, dense=tuple(DenseLayer(**layer) for _, layer in modules.dense),
-                         normalize=modules.normalize, weights=weights or None)
+    return weights
 
 
 def max_seq_length(directory: str | Path) -> int | None:

@@ -262,7 +262,8 @@ def load_source(
             raise SourceError(f"cannot load a backbone from {path}: {exc}") from exc
     if backbone.base_model is not backbone:
         backbone = backbone.base_model
-    from ..sentence_modules import authored_pooling, max_seq_length
+    from ..pooling import authored_pooling
+    from ..sentence_modules import max_seq_length
 
     pooling: Any = plan.pooling or "auto"
     options: dict[str, Any] = {"num_labels": plan.num_labels}
