@@ -555,7 +555,7 @@ def test_an_input_needing_more_windows_than_allowed_is_refused_whole_not_cut():
     needed = len(predictor.prepare([text], long_text="window", window_stride=8).rows)
     assert needed > 2
     ok = predictor.predict(["short one", text], long_text="window", window_stride=8, max_windows=needed)
-    with pytest.raises(InputError, match=rf"input 1 needs {needed} windows; .*max_windows={needed - 1}"):
+    with pytest.raises(InputError, match=rf"input 1 (needs|has \d+ characters \(at least) {needed} windows.*max_windows={needed - 1}"):
         predictor.predict(["short one", text], long_text="window", window_stride=8, max_windows=needed - 1)
     # Refused before tokenizing when the characters alone cannot fit: no time or memory spent on the tokenizer.
     with pytest.raises(InputError, match=r"input 0 has \d+ characters .*max_windows=1 "):
@@ -656,10 +656,10 @@ def test_the_window_ceiling_is_set_where_the_model_runs_and_a_call_may_only_lowe
     assert len(predictor.prepare([text], long_text="window").rows) == needed
     with pytest.raises(InputError, match=rf"max_windows={needed + 2} is above the ceiling of {needed + 1} .*pass at most"):
         predictor.predict([text], long_text="window", max_windows=needed + 2)
-    with pytest.raises(InputError, match=rf"needs {needed} windows; .*max_windows={needed - 1} .*Pass max_windows up to {needed + 1}"):
+    with pytest.raises(InputError, match=rf"(needs|at least) {needed} windows.*max_windows={needed - 1} .*Pass max_windows up to {needed + 1}"):
         predictor.predict([text], long_text="window", max_windows=needed - 1)
     at_ceiling = load_predictor(bundle, 1, predictor_options={"max_windows": needed - 1})
-    with pytest.raises(InputError, match=rf"needs {needed} windows; .*max_windows={needed - 1} windows per input\. Split"):
+    with pytest.raises(InputError, match=rf"(needs|at least) {needed} windows.*max_windows={needed - 1} windows per input\. Split"):
         at_ceiling.predict([text], long_text="window")
     with pytest.raises(InputError, match="max_windows must be a positive integer"):
         Predictor(bundle, max_windows=0)
@@ -674,12 +674,16 @@ def test_a_text_that_needs_too_many_windows_is_refused_before_its_windows_are_cu
 
     _, bundle = headed("seq_cls")
     predictor = Predictor(bundle)
-    # 1 token per 2 characters: the character bound (16 per token) lets it through, the exact count does not.
-    dense = "a " * 5_000
+    # One "word" of 5,000 tokens: neither its characters (16 per token) nor its words say enough; its tokens are
+    # counted piece by piece, only until the count is past the budget.
+    dense = "a," * 2_500
     start = time.perf_counter()
-    with pytest.raises(InputError, match=r"input 0 needs \d+ windows"):
+    with pytest.raises(InputError, match=r"input 0 needs more than 256 windows"):
         predictor.prepare([dense], long_text="window", window_stride=54)
+    # Words: at least one token each, so 5,000 words refuse at once.
+    with pytest.raises(InputError, match=r"input 0 has 10000 characters \(at least \d+ windows\)"):
+        predictor.prepare(["a " * 5_000], long_text="window", window_stride=54)
     # A pair's second text is checked against the room its first text leaves.
-    with pytest.raises(InputError, match=r"input 0 needs \d+ windows"):
-        predictor.prepare([("word " * 50, "a " * 4000)], long_text="window")
+    with pytest.raises(InputError, match=r"input 0 needs more than 256 windows"):
+        predictor.prepare([("word " * 50, "a," * 2_000)], long_text="window")
     assert time.perf_counter() - start < 5

@@ -40,7 +40,7 @@ text of a pair) advances by ``room - overlap`` tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -63,6 +63,8 @@ CHARS_PER_TOKEN_WINDOWED = 16
 # Neighbouring windows advance by at least 1/MIN_STEP_DIVISOR of a window's room, so a token is read by at most
 # this many windows (an overlap of room - 1 would read a 10k-token text as 10k windows).
 MIN_STEP_DIVISOR = 8
+# The exact count before windows are cut tokenizes this many characters at a time and stops once past the budget.
+COUNT_CHUNK_CHARS = 32_768
 
 
 @dataclass(frozen=True)
@@ -197,20 +199,36 @@ def _check_overlap(overlap: int, room: int, what: str) -> None:
 def _check_input_windows(tokenizer: Any, index: int, text: str, room: int, overlap: int, max_windows: int | None,
                          ceiling: int | None) -> None:
     """Refuse a text that would need more than ``max_windows`` windows, before its windows are cut: from its
-    characters when that is certain, else from its tokens counted once without the overflow's copies."""
+    characters and words when that is certain, else from its tokens, counted piece by piece without the
+    overflow's copies and only until the count is past the budget."""
     if max_windows is None or len(text) <= room:
         return
-    # At least one token per CHARS_PER_TOKEN_WINDOWED characters; at most two per UTF-8 byte (byte-level BPE gives
-    # one per byte, SentencePiece adds a word-start piece).
-    least = windows_needed(-(-len(text) // CHARS_PER_TOKEN_WINDOWED), room, overlap)
+    # At least one token per CHARS_PER_TOKEN_WINDOWED characters and one per whitespace-separated word; at most
+    # two per UTF-8 byte (byte-level BPE gives one per byte, SentencePiece adds a word-start piece).
+    least = windows_needed(max(-(-len(text) // CHARS_PER_TOKEN_WINDOWED), len(text.split())), room, overlap)
     if least > max_windows:
         raise _too_many_windows(index, f"has {len(text)} characters (at least {least} windows)", max_windows, ceiling)
     if windows_needed(2 * len(text.encode("utf-8")), room, overlap) <= max_windows:
         return
     tokenizer.no_truncation()
-    count = windows_needed(len(tokenizer.encode(text, add_special_tokens=False)), room, overlap)
-    if count > max_windows:
-        raise _too_many_windows(index, f"needs {count} windows", max_windows, ceiling)
+    counted = 0
+    for pieces, chunk in enumerate(_chunks(text, COUNT_CHUNK_CHARS)):
+        counted += len(tokenizer.encode(chunk, add_special_tokens=False))
+        # A cut between two chunks may split what would be one token: count one fewer per cut.
+        if windows_needed(counted - pieces, room, overlap) > max_windows:
+            raise _too_many_windows(index, f"needs more than {max_windows} windows", max_windows, ceiling)
+
+
+def _chunks(text: str, size: int) -> Iterator[str]:
+    """``text`` in pieces of about ``size`` characters, cut after whitespace where there is some."""
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            space = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
+            end = space + 1 if space > start else end
+        yield text[start:end]
+        start = end
 
 
 def default_overlap(room: int) -> int:

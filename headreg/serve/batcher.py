@@ -175,6 +175,7 @@ class Batcher:
                 outputs = await request.future
             except asyncio.CancelledError:
                 request.done = True  # the client is gone: its rows still queued are skipped
+                self._drop(request)
                 raise
         else:
             outputs = []
@@ -186,6 +187,14 @@ class Batcher:
             raise
         except Exception as exc:
             raise InferenceError(f"postprocess failed: {type(exc).__name__}: {exc}") from exc
+
+    def _drop(self, request: _Request) -> None:
+        """Remove a cancelled request's queued rows now: behind a busy model they would hold its tokenized job
+        (windows: megabytes) until they reached the head of the queue."""
+        with self._cond:
+            if any(queued is request for queued, _ in self._queue):
+                self._queue = deque(item for item in self._queue if item[0] is not request)
+                self._queued_rows.set(len(self._queue))
 
     # --- the model thread -------------------------------------------------------------------------------------
 
