@@ -149,6 +149,13 @@ def tiny_backbone(model_type: str, seed: int = 0, **overrides: Any):
         model = AutoModel.from_config(config)
     if model_type == "xmod":  # X-MOD routes through a language adapter and has no default language
         model.set_default_language(config.languages[0])
+    # Some initialisations leave a matrix at zero (AFMoE's router): every expert then ties, and which of the tied
+    # experts a top-k picks is the kernel's choice, not the model's. A trained model has no such ties.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2 and not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
     return model.eval()
 
 
@@ -321,10 +328,15 @@ def round_trip(model_type: str, head: str, workdir: str | Path, *, tokenizer: An
         torch.manual_seed(0)
         model = attach_head(backbone, head, **HEAD_OPTIONS[head]).eval()
         step = "export"
+        from .export.bundle import position_limit
+
+        # a model without a position limit (ALiBi, no table) needs --max-length, as its refusal says
+        max_length = None if position_limit(model) else MAX_POSITIONS
         try:
             with _quiet():
                 bundle = export_onnx(model, Path(workdir) / f"{model_type}-{head}", tokenizer,
-                                     ExportOptions(exporter=exporter), overwrite=True, progress=False)
+                                     ExportOptions(exporter=exporter, max_length=max_length), overwrite=True,
+                                     progress=False)
         except HeadregError as exc:
             named = model_type in str(exc) or type(backbone).__name__ in str(exc)
             result.status = "refused" if named else "failed"

@@ -197,3 +197,40 @@ def test_padding_dependent_model_refuses_int8_with_a_reason(tmp_path, tokenizer,
     with pytest.raises(ExportOptionError, match="convbert.*padding.*without --quantize"):
         export_onnx(model, tmp_path / "b", tokenizer, progress=False, options=ExportOptions(quantize="int8"))
     assert not (tmp_path / "b").exists()
+
+
+def test_torchscript_symbolics_for_ops_backbones_use(tmp_path):
+    """expm1 (Apertus' xIELU) and rms_norm (DiffLlama) have no TorchScript ONNX symbolic of torch's own."""
+    import onnxruntime
+    import torch
+
+    from headreg.export.trace import _torchscript_symbolics
+
+    class Ops(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.linspace(0.5, 1.5, 8))
+
+        def forward(self, x):
+            return torch.expm1(x) + torch.rms_norm(x, (8,), self.weight, 1e-6)
+
+    x = torch.randn(2, 3, 8)
+    with _torchscript_symbolics(17):
+        torch.onnx.export(Ops(), (x,), str(tmp_path / "ops.onnx"), input_names=["x"], dynamo=False, opset_version=17,
+                          dynamic_axes={"x": {0: "batch", 1: "sequence"}})
+    session = onnxruntime.InferenceSession(str(tmp_path / "ops.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 5, 8)
+    (got,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        assert np.abs(got - Ops()(x).numpy()).max() <= 1e-5
+
+
+def test_a_model_without_a_token_vocabulary_is_refused_by_name(tmp_path, tokenizer, single_torch_thread):
+    from headreg import attach_head
+    from headreg.export import export_onnx
+    from headreg.export.pipeline import ExportOptionError
+
+    model = attach_head(A.tiny_backbone("canine"), "seq_cls", num_labels=2).eval()
+    with pytest.raises(ExportOptionError, match=r"canine \(CanineModel\) has no token vocabulary"):
+        export_onnx(model, tmp_path / "b", tokenizer, progress=False)
+    assert not (tmp_path / "b").exists()

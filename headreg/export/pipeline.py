@@ -486,12 +486,18 @@ def export_onnx(
 
     with _keep_training_mode(model), atomic_directory(out_dir, **target) as staging:
         with step("tokenizer"):
-            tok = bundle_tokenizer(_tokenizer_for(model, tokenizer), pad_token_id=model.config.pad_token_id)
+            # some configs (CodeGen) have no pad_token_id attribute at all
+            pad_token_id = getattr(model.config, "pad_token_id", None)
+            tok = bundle_tokenizer(_tokenizer_for(model, tokenizer), pad_token_id=pad_token_id)
             tok.save(staging / TOKENIZER_FILE)
         with step("cases") as info:
+            vocab_size = getattr(model.config, "vocab_size", None)
+            if not isinstance(vocab_size, int):  # CANINE reads code points, not token ids
+                raise ExportOptionError(f"{_architecture(model)} has no token vocabulary (its config has no "
+                                        "vocab_size): bundles are served with a tokenizer's ids")
             cases = make_cases(
                 input_names=input_names,
-                vocab_size=model.config.vocab_size,
+                vocab_size=vocab_size,
                 max_length=max_length,
                 pad_id=tok.pad_token_id,
                 padding_side=padding_side,

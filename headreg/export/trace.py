@@ -126,6 +126,39 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
+def _expm1(g, x):
+    return g.op("Sub", g.op("Exp", x), g.op("Constant", value_t=torch.tensor(1.0)))
+
+
+def _rms_norm(g, x, normalized_shape, weight, eps):
+    from torch.onnx import symbolic_helper as helper
+
+    axes = list(range(-len(helper._get_const(normalized_shape, "is", "normalized_shape")), 0))
+    eps = torch.finfo(torch.float32).eps if helper._is_none(eps) else helper._get_const(eps, "f", "eps")
+    mean_square = g.op("ReduceMean", g.op("Mul", x, x), axes_i=axes, keepdims_i=1)
+    normed = g.op("Div", x, g.op("Sqrt", g.op("Add", mean_square, g.op("Constant", value_t=torch.tensor(eps)))))
+    return normed if helper._is_none(weight) else g.op("Mul", normed, weight)
+
+
+# ONNX symbolics TorchScript lacks for ops text backbones use (Apertus' xIELU activation: expm1; DiffLlama's
+# torch.rms_norm), registered only while a TorchScript export runs. exp(x) - 1 is within 1e-7 of expm1 in
+# float32, far inside verification's atol; rms_norm is its definition, x / sqrt(mean(x^2) + eps) * weight.
+TORCHSCRIPT_SYMBOLICS = {"aten::expm1": _expm1, "aten::rms_norm": _rms_norm}
+
+
+@contextlib.contextmanager
+def _torchscript_symbolics(opset: int):
+    from torch.onnx import register_custom_op_symbolic, unregister_custom_op_symbolic
+
+    for name, symbolic in TORCHSCRIPT_SYMBOLICS.items():
+        register_custom_op_symbolic(name, symbolic, opset)
+    try:
+        yield
+    finally:
+        for name in TORCHSCRIPT_SYMBOLICS:
+            unregister_custom_op_symbolic(name, opset)
+
+
 @dataclass
 class TraceResult:
     path: Path
@@ -170,16 +203,17 @@ def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: s
             else:
                 axes = {name: {0: BATCH, 1: SEQUENCE} for name in input_names}
                 axes.update({name: dict(zip((0, 1), (BATCH, SEQUENCE)[:count])) for name, count in symbolic.items()})
-                torch.onnx.export(
-                    wrapper,
-                    tuple(inputs[name] for name in input_names),
-                    str(path),
-                    input_names=list(input_names),
-                    output_names=list(output_names),
-                    opset_version=opset or 17,
-                    dynamo=False,
-                    dynamic_axes=axes,
-                )
+                with _torchscript_symbolics(opset or 17):
+                    torch.onnx.export(
+                        wrapper,
+                        tuple(inputs[name] for name in input_names),
+                        str(path),
+                        input_names=list(input_names),
+                        output_names=list(output_names),
+                        opset_version=opset or 17,
+                        dynamo=False,
+                        dynamic_axes=axes,
+                    )
         except ExportError:
             raise
         except Exception as exc:  # the exporters raise many types; say which step failed and how to go on
