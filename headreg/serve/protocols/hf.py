@@ -25,6 +25,7 @@ Errors: ``{"error": "..."}``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
@@ -67,18 +68,20 @@ def _only(parameters: dict[str, Any], allowed: tuple[str, ...], task: str) -> No
                                 f"{', '.join(allowed)}")
 
 
+@dataclass
 class Task:
     """One request's task: the call to make and how to shape its result."""
 
-    def __init__(self, name: str, call: Call, single: bool, options: dict[str, Any]):
-        self.name, self.call, self.single, self.options = name, call, single, options
+    name: str
+    call: Call
+    single: bool  # one text in: one answer out (not a list of them)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def plan(state: Any, model: str, payload: Any, task: str | None) -> Task:
     """The task a ``/models/{model}`` body asks for (``task`` fixed by a ``/pipeline/...`` route)."""
     inputs, parameters = _body(payload)
     predictor = state.batcher(model).predictor
-    limit = state.config.max_input_texts
     if task is None:
         if isinstance(inputs, dict) and "source_sentence" in inputs:
             task = "sentence-similarity"
@@ -86,48 +89,66 @@ def plan(state: Any, model: str, payload: Any, task: str | None) -> Task:
             task = "feature-extraction"
         else:
             task = "token-classification" if predictor.level == "token" else "text-classification"
-    if task == "sentence-similarity":
-        _only(parameters, ("truncate", "truncation_direction", "prompt_name"), task)
-        check_truncation(parameters)
-        if not isinstance(inputs, dict) or not isinstance(inputs.get("source_sentence"), str):
-            raise RequestError(422, 'sentence-similarity takes {"inputs": {"source_sentence": "...", "sentences": [...]}}')
-        others = text_list(inputs.get("sentences"), "sentences", limit - 1)
-        return Task(task, Call(model, "embed", [inputs["source_sentence"], *others]), False, {})
-    if task == "feature-extraction":
-        _only(parameters, FEATURE_PARAMETERS, task)
-        check_truncation(parameters)
-        if parameters.get("encoding_format") not in (None, "float"):
-            raise RequestError(422, "feature-extraction answers floats; encoding_format base64 is for /v1/embeddings")
-        dimensions = parameters.get("dimensions")
-        if dimensions is not None and dimensions != embedding_width(predictor):
-            raise RequestError(422, f"this model gives {embedding_width(predictor)}-dimensional vectors and cannot "
-                                    "shorten them; leave 'dimensions' out")
-        texts = text_list(inputs, "inputs", limit)
-        return Task(task, Call(model, "embed", texts), isinstance(inputs, str),
-                    {"normalize": check_flag(parameters, "normalize", False)})
+    planner = {"sentence-similarity": _similarity, "feature-extraction": _features,
+               "token-classification": _tokens, "text-classification": _classification}[task]
+    return planner(model, inputs, parameters, predictor, state.config.max_input_texts)
+
+
+def _similarity(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Task:
+    _only(parameters, ("truncate", "truncation_direction", "prompt_name"), "sentence-similarity")
+    check_truncation(parameters)
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("source_sentence"), str):
+        raise RequestError(422, 'sentence-similarity takes {"inputs": {"source_sentence": "...", "sentences": [...]}}')
+    others = text_list(inputs.get("sentences"), "sentences", limit - 1)
+    return Task("sentence-similarity", Call(model, "embed", [inputs["source_sentence"], *others]), False)
+
+
+def _features(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Task:
+    _only(parameters, FEATURE_PARAMETERS, "feature-extraction")
+    check_truncation(parameters)
+    if parameters.get("encoding_format") not in (None, "float"):
+        raise RequestError(422, "feature-extraction answers floats; encoding_format base64 is for /v1/embeddings")
+    dimensions = parameters.get("dimensions")
+    if dimensions is not None and dimensions != embedding_width(predictor):
+        raise RequestError(422, f"this model gives {embedding_width(predictor)}-dimensional vectors and cannot "
+                                "shorten them; leave 'dimensions' out")
+    return Task("feature-extraction", Call(model, "embed", text_list(inputs, "inputs", limit)), isinstance(inputs, str),
+                {"normalize": check_flag(parameters, "normalize", False)})
+
+
+def _texts(inputs: Any, limit: int) -> tuple[list[Any], bool]:
+    """Classification inputs: (texts and pairs, whether one was sent alone)."""
     single = isinstance(inputs, (str, dict))
     texts = [_text(item) for item in ([inputs] if single else inputs if isinstance(inputs, list) else [None])]
     if not texts or len(texts) > limit:
         raise RequestError(422, f"'inputs' must hold 1 to {limit} texts (--max-input-texts)")
-    if task == "token-classification":
-        _only(parameters, TOKEN_PARAMETERS, task)
-        call_parameters: dict[str, Any] = {}
-        aggregation = parameters.get("aggregation_strategy")
-        if aggregation is not None:
-            if aggregation not in AGGREGATIONS:
-                raise RequestError(422, f"aggregation_strategy must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r:.40}")
-            call_parameters["aggregation"] = aggregation
-        if parameters.get("ignore_labels") is not None:
-            call_parameters["ignore_labels"] = parameters["ignore_labels"]
-        if parameters.get("stride") is not None:
-            call_parameters.update(long_text="window", window_stride=parameters["stride"])
-        return Task(task, Call(model, "predict", texts, call_parameters), single,
-                    {"tokens": aggregation == "none", "ignore": parameters.get("ignore_labels") or ["O"]})
-    _only(parameters, CLASSIFICATION_PARAMETERS, task)
+    return texts, single
+
+
+def _tokens(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Task:
+    _only(parameters, TOKEN_PARAMETERS, "token-classification")
+    texts, single = _texts(inputs, limit)
+    options: dict[str, Any] = {}
+    aggregation = parameters.get("aggregation_strategy")
+    if aggregation is not None:
+        if aggregation not in AGGREGATIONS:
+            raise RequestError(422, f"aggregation_strategy must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r:.40}")
+        options["aggregation"] = aggregation
+    if parameters.get("ignore_labels") is not None:
+        options["ignore_labels"] = parameters["ignore_labels"]
+    if parameters.get("stride") is not None:  # transformers' stride: the tokens neighbouring windows share
+        options.update(long_text="window", window_stride=parameters["stride"])
+    return Task("token-classification", Call(model, "predict", texts, options), single,
+                {"tokens": aggregation == "none", "ignore": parameters.get("ignore_labels") or ["O"]})
+
+
+def _classification(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Task:
+    _only(parameters, CLASSIFICATION_PARAMETERS, "text-classification")
+    texts, single = _texts(inputs, limit)
     top_k = parameters.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise RequestError(422, f"top_k must be a positive integer, got {top_k!r:.40}")
-    return Task(task, Call(model, "predict", texts), single,
+    return Task("text-classification", Call(model, "predict", texts), single,
                 {"top_k": top_k, "function": parameters.get("function_to_apply")})
 
 
