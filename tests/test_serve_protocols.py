@@ -133,7 +133,7 @@ def test_huggingface_client_feature_extraction_and_sentence_similarity(server, p
 
     vectors = InferenceClient(model=f"{server.url}/models/seq_cls/pipeline/feature-extraction", api_key=API_KEY)
     close(vectors.feature_extraction(SHORT[0]), predictors["seq_cls"].embed([SHORT[0]]))
-    close(vectors.feature_extraction(SHORT[0], normalize=True), unit(predictors["seq_cls"].embed([SHORT[0]])))
+    close(vectors.feature_extraction(SHORT[0], normalize=True), predictors["seq_cls"].embed([SHORT[0]], normalize=True))
     expected = predictors["seq_cls"].embed(SHORT)
     cosines = unit(expected[1:]) @ unit(expected[0])
     for url in (f"{server.url}/models/seq_cls", f"{server.url}/models/seq_cls/pipeline/sentence-similarity"):
@@ -200,7 +200,7 @@ def test_llamaindex_tei_integration_embeds_like_predictor(server, predictors):
     from llama_index.embeddings.text_embeddings_inference import TextEmbeddingsInference
 
     embedder = TextEmbeddingsInference(model_name="seq_cls", base_url=f"{server.url}/tei/seq_cls", auth_token=API_KEY)
-    close(embedder.get_text_embedding_batch(SHORT), unit(predictors["seq_cls"].embed(SHORT)))  # TEI normalizes
+    close(embedder.get_text_embedding_batch(SHORT), predictors["seq_cls"].embed(SHORT, normalize=True))  # TEI normalizes
 
 
 def test_tei_url_alone_answers_what_the_body_asks(server, predictors):
@@ -208,7 +208,7 @@ def test_tei_url_alone_answers_what_the_body_asks(server, predictors):
     from huggingface_hub import InferenceClient
 
     client = InferenceClient(model=f"{server.url}/tei/seq_cls", api_key=API_KEY)
-    close(client.feature_extraction(SHORT[0], normalize=True, truncate=True), unit(predictors["seq_cls"].embed([SHORT[0]])))
+    close(client.feature_extraction(SHORT[0], normalize=True, truncate=True), predictors["seq_cls"].embed([SHORT[0]], normalize=True))
     predicted = post(f"{server.url}/tei/seq_cls", {"inputs": SHORT[0]}).json()  # a classifier predicts
     assert predicted[0]["label"] == predictors["seq_cls"].predict(SHORT[0])["label"]
     ranks = post(f"{server.url}/tei/regression", {"query": "q", "texts": ["a", "b"]}).json()

@@ -35,7 +35,7 @@ from starlette.routing import Route
 from ..responses import FastJSONResponse
 from ..schema import Call, RequestError
 from .common import (
-    check_flag, check_truncation, cosine_similarity, embedding_width, endpoint, json_error, l2_normalize, text_list,
+    check_flag, check_truncation, cosine_similarity, embedding_width, endpoint, json_error, text_list,
 )
 
 FEATURE_PARAMETERS = ("normalize", "truncate", "truncation_direction", "prompt_name", "dimensions", "encoding_format")
@@ -112,8 +112,9 @@ def _features(model: str, inputs: Any, parameters: dict[str, Any], predictor: An
     if dimensions is not None and dimensions != embedding_width(predictor):
         raise RequestError(422, f"this model gives {embedding_width(predictor)}-dimensional vectors and cannot "
                                 "shorten them; leave 'dimensions' out")
-    return Task("feature-extraction", Call(model, "embed", text_list(inputs, "inputs", limit)), isinstance(inputs, str),
-                {"normalize": check_flag(parameters, "normalize", False)})
+    options = {"normalize": True} if check_flag(parameters, "normalize", False) else {}  # Predictor.embed's own
+    return Task("feature-extraction", Call(model, "embed", text_list(inputs, "inputs", limit), options),
+                isinstance(inputs, str))
 
 
 def _texts(inputs: Any, limit: int) -> tuple[list[Any], bool]:
@@ -166,7 +167,7 @@ def answer(task: Task, result: list[Any]) -> Any:
     if task.name == "sentence-similarity":
         return cosine_similarity(result[0], result[1:])
     if task.name == "feature-extraction":
-        return list(l2_normalize(result) if task.options["normalize"] else result)
+        return list(result)
     if task.name == "text-classification":
         return [_labels(item, task.options) for item in result]  # a list per text, for one text too
     shaped = [_entities(item, task.options) for item in result]

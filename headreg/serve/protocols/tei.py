@@ -34,7 +34,7 @@ from starlette.routing import Route
 from ... import __version__
 from ..responses import FastJSONResponse
 from ..schema import Call, RequestError, json_object
-from .common import check_flag, check_truncation, cosine_similarity, endpoint, json_error, l2_normalize, text_list
+from .common import check_flag, check_truncation, cosine_similarity, endpoint, json_error, text_list
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
 ROUTES = ("embed", "predict", "rerank", "similarity", "tokenize")
@@ -139,7 +139,8 @@ def plan(state: Any, model: str, route: str, payload: Any) -> tuple[Call, Any]:
         body = json_object(payload, ("inputs", "normalize", "truncate", "truncation_direction", "prompt_name"),
                        '{"inputs": "some text"}')
         check_truncation(body)
-        return Call(model, "embed", _texts(body.get("inputs"), limit)), check_flag(body, "normalize", True)
+        normalize = check_flag(body, "normalize", True)  # TEI's default; Predictor.embed(normalize=True) does it
+        return Call(model, "embed", _texts(body.get("inputs"), limit), {"normalize": True} if normalize else {}), None
     if route == "predict":
         body = json_object(payload, ("inputs", "raw_scores", "truncate", "truncation_direction"), '{"inputs": "some text"}')
         check_truncation(body)
@@ -188,7 +189,7 @@ def compat_route(state: Any, model: str, payload: Any) -> str:
 
 def answer(route: str, result: list[Any], shape: Any) -> Any:
     if route == "embed":
-        return list(l2_normalize(result) if shape else result)
+        return list(result)
     if route == "predict":
         batch, raw = shape
         answers = [_predictions(item, raw) for item in result]
