@@ -18,9 +18,11 @@ HEADS = tuple(A.HEAD_OPTIONS)
 # Refused at export, with the reason in the error (docs/architectures.md says why each one is).
 REFUSED = {
     "longformer": "its sliding-window attention pads to the window in Python: neither exporter keeps the sequence axis",
+    "canine": "it reads code points, not token ids: no vocabulary for a tokenizer's ids",
 }
 # Fail in the runtime today, not at export: the engine issue (#19) fixes these at the root.
 RUNTIME_BUGS = {
+    "gpt_bigcode": "windows.merge_windows indexes past a window's rows (IndexError), engine issue #19",
     "gpt2": "windows.merge_windows indexes past a window's rows (IndexError), engine issue #19",
     "gpt_neo": "windows.merge_windows indexes past a window's rows (IndexError), engine issue #19",
     "gpt-sw3": "windows.merge_windows indexes past a window's rows (IndexError), engine issue #19",

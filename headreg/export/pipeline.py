@@ -231,32 +231,43 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
                 raise ExportError("; ".join([*earlier, str(exc)])) from exc
             earlier.append(f"{name} exporter: {exc}")
             continue
-        with step("verify") as info:
+        try:
+            with step("verify") as info:
 
-            def onnxruntime_side():  # the session is made here too, beside the reference
-                session = create_session(path)
-                actual = run_cases(session, cases)
-                return actual, acc.alone_outputs(_session_run(session), cases, padding_side=padding_side)
+                def onnxruntime_side():  # the session is made here too, beside the reference
+                    try:
+                        session = create_session(path)
+                    except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidGraph, ...)
+                        first = (str(exc).strip().splitlines() or [""])[0]
+                        raise ExportError(
+                            f"onnxruntime cannot load the {name} graph: {type(exc).__name__}: {first}") from exc
+                    actual = run_cases(session, cases)
+                    return actual, acc.alone_outputs(_session_run(session), cases, padding_side=padding_side)
 
-            if expected is None:
-                expected, (actual, alone) = _reference_beside(wrapper, cases, onnxruntime_side)
-            else:
-                actual, alone = onnxruntime_side()
-            report = compare_cases(cases, expected, actual, **checks)
-            if report.passed:
-                invariance = acc.case_invariance(cases, actual, alone, padding_side=padding_side,
-                                                 token_outputs=checks["token_outputs"], decide=checks["decide"],
-                                                 tolerance=atol)
-                info["batch_invariance"] = f"{invariance['max_abs_diff']:.1e} over {invariance['checks']} rows"
-                if not invariance["passed"] and padding_check and not invariance.get("errors"):
-                    own = _torch_invariance(wrapper, cases, expected, padding_side=padding_side, checks=checks,
-                                            atol=atol)
-                    if not own["passed"]:
-                        raise PaddingDependent(own, name)
-                if not invariance["passed"]:
-                    report.problems.append(_not_invariant(invariance))
-                    report.problems_are = "onnxruntime agrees with PyTorch, but the model is not batch-invariant"
-            info.update(cases=len(cases), passed=report.passed)
+                if expected is None:
+                    expected, (actual, alone) = _reference_beside(wrapper, cases, onnxruntime_side)
+                else:
+                    actual, alone = onnxruntime_side()
+                report = compare_cases(cases, expected, actual, **checks)
+                if report.passed:
+                    invariance = acc.case_invariance(cases, actual, alone, padding_side=padding_side,
+                                                     token_outputs=checks["token_outputs"], decide=checks["decide"],
+                                                     tolerance=atol)
+                    info["batch_invariance"] = f"{invariance['max_abs_diff']:.1e} over {invariance['checks']} rows"
+                    if not invariance["passed"] and padding_check and not invariance.get("errors"):
+                        own = _torch_invariance(wrapper, cases, expected, padding_side=padding_side, checks=checks,
+                                                atol=atol)
+                        if not own["passed"]:
+                            raise PaddingDependent(own, name)
+                    if not invariance["passed"]:
+                        report.problems.append(_not_invariant(invariance))
+                        report.problems_are = "onnxruntime agrees with PyTorch, but the model is not batch-invariant"
+                info.update(cases=len(cases), passed=report.passed)
+        except ExportError as exc:  # a graph onnxruntime cannot load: the next exporter may give one it can
+            if last:
+                raise ExportError("; ".join([*earlier, str(exc)])) from exc
+            earlier.append(f"{name} exporter: {exc}")
+            continue
         if report.passed or last:
             report.notes.extend(f"tried first: {failure}" for failure in earlier)
             report.raise_for_failure()

@@ -223,7 +223,27 @@ def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: s
     if data_file.exists() and not external:
         raise ExportError(f"the exporter wrote {data_file.name} for a model below 2 GB; expected one self-contained file")
     opset_used, output_dims = check_graph(path, input_names, output_names, symbolic=symbolic)
+    if not external and any(isinstance(d, str) for name, dims in output_dims.items() for d in dims[symbolic.get(name, 0):]):
+        output_dims = _fix_trailing_dims(path, wrapper, inputs, symbolic)
     return TraceResult(path, input_names, output_names, opset_used, exporter, external, output_dims)
+
+
+def _fix_trailing_dims(path: Path, wrapper: ExportWrapper, inputs: dict[str, torch.Tensor],
+                       symbolic: dict[str, int]) -> dict[str, list]:
+    """Write the fixed sizes PyTorch gives into output axes the exporter left symbolic (FlauBERT's pooled_output
+    came out as ``["batch", "Gatherpooled_output_dim_1"]``, which onnxruntime resolves to the hidden size: the
+    manifest and the graph must say the same)."""
+    import onnx
+
+    with export_mode(wrapper.model), torch.no_grad():
+        shapes = {name: tuple(value.shape) for name, value in zip(wrapper.output_names, wrapper(**inputs))}
+    graph = onnx.load(str(path))
+    for value in graph.graph.output:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if axis >= symbolic.get(value.name, 0) and dim.dim_param and axis < len(shapes[value.name]):
+                dim.dim_value = shapes[value.name][axis]  # clears dim_param (a oneof)
+    onnx.save(graph, str(path))
+    return {v.name: _dims(v) for v in graph.graph.output}
 
 
 def _dims(value: Any) -> list[str | int]:
