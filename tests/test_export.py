@@ -47,6 +47,7 @@ def register_heads(register):
 """
 
 
+@pytest.mark.slow
 def test_a_model_whose_rows_depend_on_their_batchmates_is_not_exported(tmp_path):
     """onnxruntime reproduces PyTorch exactly, but each row's logits depend on the rest of its batch: the export
     fails (nothing written) and says what to fix, rather than writing a bundle no variant of which can serve."""

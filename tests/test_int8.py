@@ -176,6 +176,7 @@ def test_calibration_texts_from_a_jsonl_file_and_bad_ones(tmp_path):
     assert not (tmp_path / "b3").exists()
 
 
+@pytest.mark.slow
 def test_real_minilm_int8_end_to_end(minilm_path, minilm_tokenizer, tmp_path):
     """Real MiniLM: int8 batch-invariant at the export's check and at the Predictor, its held-out figures recorded,
     and served here exactly when the rule says so. (An untrained head's scores are near-ties everywhere, so its
@@ -226,6 +227,7 @@ def test_a_format_1_bundle_with_a_dynamic_int8_default_loads_and_serves_fp32(int
     assert asked.predict(TEXTS[0])["entities"] is not None
 
 
+@pytest.mark.slow
 def test_int8_export_json_is_json_only(tmp_path):
     """onnxruntime's histogram calibrators print to stdout; under --json nothing but the summary may reach it."""
     from click.testing import CliRunner
@@ -275,6 +277,7 @@ def test_calibration_batches_keep_a_left_padded_rows_last_token_last():
     assert batches[0]["attention_mask"][2:].tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [1, 7, 9])
 def test_too_few_calibration_texts_is_a_one_line_usage_error_before_torch_loads(count, minilm_path, tmp_path):
     """16 distinct texts at least: half calibrate, half are held out to accept int8. Said in one line, exit 2,

@@ -267,6 +267,7 @@ def test_plain_torch_loop_reduces_the_loss():
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.slow
 def test_transformers_trainer_fine_tunes_a_headed_model(tmp_path, minilm_path, minilm_tokenizer):
     from transformers import AutoModel, Trainer, TrainingArguments
 

@@ -170,6 +170,7 @@ def test_a_transformers_task_checkpoint_becomes_a_one_head_model_that_grows():
     assert model(input_ids=ids, attention_mask=mask).logits["entities"].shape == (3, 7, 5)
 
 
+@pytest.mark.slow
 def test_trainer_lowers_both_losses_and_predicts_by_head(tmp_path):
     from transformers import Trainer, TrainingArguments
 
