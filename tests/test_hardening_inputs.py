@@ -63,7 +63,7 @@ def test_a_bad_input_in_a_later_chunk_names_its_index_in_the_whole_call(seq, mon
 
 def test_unknown_options_are_named_with_the_valid_ones(seq, multi, ner):
     with pytest.raises(InputError, match=r"unknown option 'treshold' for head 'multi_label'; valid options: "
-                                         r"long_text, max_windows, threshold, thresholds, window_"):
+                                         r"long_text, max_windows, normalize, return_logits, threshold, thresholds, window_"):
         multi.predict(["x"], treshold=0.3)
     with pytest.raises(InputError, match=r"unknown option 'aggregation' for head 'seq_cls'; valid options: long_text, "):
         seq.predict(["x"], aggregation="max")
@@ -71,7 +71,7 @@ def test_unknown_options_are_named_with_the_valid_ones(seq, multi, ner):
         ner.predict(["x"], thresholds=0.5, x=1)
     with pytest.raises(InputError, match="unknown option 'aggregation'"):
         seq.prepare(["x"], aggregation="max")  # the step headreg serve and the integrations call
-    assert seq.valid_options() == ["long_text", "max_windows", "window_reduce", "window_stride"]
+    assert seq.valid_options() == ["long_text", "max_windows", "normalize", "return_logits", "window_reduce", "window_stride"]
 
 
 @pytest.mark.parametrize(

@@ -375,3 +375,17 @@ def test_predict_works_through_large_calls_in_chunks(monkeypatch):
     monkeypatch.setattr(predictor_module, "PREDICT_CHUNK", 3)
     assert predictor.predict(iter(TEXTS)) == expected
     np.testing.assert_allclose(predictor.embed(TEXTS), Predictor(tiny_bundle("seq_cls")).embed(TEXTS), atol=1e-6)
+
+
+def test_return_logits_adds_the_raw_scores_the_probabilities_came_from():
+    """TEI's raw_scores and Hugging Face's function_to_apply need them (headreg/serve/protocols)."""
+    seq = Predictor(tiny_bundle("seq_cls"), threads=1)
+    plain, with_logits = seq.predict(TEXTS[:4]), seq.predict(TEXTS[:4], return_logits=True)
+    for result, extended in zip(plain, with_logits):
+        assert "logits" not in result and {k: v for k, v in extended.items() if k != "logits"} == result
+        np.testing.assert_allclose(softmax(np.asarray(extended["logits"])), list(result["scores"].values()), atol=1e-6)
+    ner = Predictor(tiny_bundle("token_cls"), threads=1)
+    with pytest.raises(InputError, match="unknown option 'return_logits'"):
+        ner.predict(["x"], return_logits=True)
+    with pytest.raises(InputError, match="return_logits must be true or false"):
+        seq.predict(["x"], return_logits="yes")

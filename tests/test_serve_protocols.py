@@ -110,8 +110,13 @@ def test_huggingface_client_text_classification(server, predictors):
     assert {e["label"]: pytest.approx(e["score"], abs=1e-5) for e in multi} == predictors["multi_label"].predict(SHORT[0])["scores"]
     values = post(f"{server.url}/models/regression", {"inputs": [SHORT[0]]}).json()[0]
     close(sorted(e["score"] for e in values), sorted(predictors["regression"].predict(SHORT[0])["values"]))
-    refused = post(f"{server.url}/models/seq_cls", {"inputs": "x", "parameters": {"function_to_apply": "none"}})
-    assert refused.status_code == 400 and "softmax" in refused.json()["error"]
+    logits = np.asarray(predictors["seq_cls"].predict(SHORT[0], return_logits=True)["logits"])
+    labels = predictors["seq_cls"].labels
+    for function, expected in (("sigmoid", 1 / (1 + np.exp(-logits))), ("none", logits)):
+        answer = {e.label: e.score for e in client.text_classification(SHORT[0], function_to_apply=function)}
+        close([answer[label] for label in labels], expected)
+    refused = post(f"{server.url}/models/seq_cls", {"inputs": "x", "parameters": {"function_to_apply": "tanh"}})
+    assert refused.status_code == 400 and "softmax, sigmoid, none" in refused.json()["error"]
 
 
 @pytest.mark.parametrize("strategy", [None, "simple", "max"])
@@ -224,7 +229,9 @@ def test_tei_predict_rerank_tokenize_and_info(server, predictors):
     assert [b[0]["label"] for b in batch] == [e["label"] for e in predictors["seq_cls"].predict([SHORT[0], PAIRS[0]])]
     raw = post(f"{url}/regression/predict", {"inputs": list(PAIRS[0]), "raw_scores": True}).json()
     close(sorted(r["score"] for r in raw), sorted(predictors["regression"].predict([PAIRS[0]])[0]["values"]))
-    assert post(f"{url}/seq_cls/predict", {"inputs": "x", "raw_scores": True}).status_code == 424
+    raw_logits = post(f"{url}/seq_cls/predict", {"inputs": SHORT[0], "raw_scores": True}).json()
+    expected_logits = predictors["seq_cls"].predict(SHORT[0], return_logits=True)["logits"]
+    close([{r["label"]: r["score"] for r in raw_logits}[label] for label in predictors["seq_cls"].labels], expected_logits)
 
     texts = [b for _, b in PAIRS] + ["A guitar and a man.", "Music is played."]
     three_labels = post(f"{url}/seq_cls/rerank", {"query": PAIRS[0][0], "texts": texts})

@@ -204,6 +204,21 @@ register_option(RuntimeOption("ignore_labels", _check_ignore_labels, lambda cont
                               "entity labels to drop (default ['O'])"))
 
 
+def _check_return_logits(value: Any, context: OptionContext) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(f"return_logits must be true or false, got {value!r:.40}")
+    return value
+
+
+# The protocols that ask for a head's raw scores (TEI's raw_scores, Hugging Face's function_to_apply) need the
+# logits the postprocess turned into probabilities; a sequence head's result carries them on request.
+register_option(RuntimeOption(
+    "return_logits", _check_return_logits,
+    lambda context: context.level == "sequence" and not context.manifest.get("multi_head"),
+    "predict only: add the head's raw 'logits' (before softmax or sigmoid) to each result", runtime=True,
+))
+
+
 def _same_kind(value: Any, default: Any, name: str) -> Any:
     """A plugin head's own config key: the value must be JSON of the kind its exported default is."""
     kinds = [(bool,), (int, float), (str,), (list, tuple), (dict,)]

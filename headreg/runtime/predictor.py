@@ -283,7 +283,9 @@ class Predictor:
                 texts=[job.inputs[row.item] for row in rows],
                 padding_side=self.padding_side,
             )
-            for row, result in zip(rows, self.postprocess(batch, context)):
+            for index, row, result in zip(group, rows, self.postprocess(batch, context)):
+                if job.options.get("return_logits"):
+                    result = {**result, "logits": np.asarray(outputs[index]["logits"], dtype=np.float32).tolist()}
                 results[row.item] = result
         return results
 

@@ -11,7 +11,7 @@ anything else is the head's own task:
 - a sequence head: text-classification, ``[[{"label", "score"}, ...]]`` per text, every label by descending
   score (``top_k`` keeps the first k). Softmax heads (seq_cls) answer softmax probabilities, multi-label heads
   their per-label sigmoids, regression heads their values (``LABEL_i`` or the target names): the closest HF
-  shapes. ``function_to_apply`` may name that head's own function only (the raw logits are not kept).
+  shapes. ``function_to_apply`` (softmax | sigmoid | none) other than the head's own is applied to its logits.
 - a token head: token-classification, ``[{"entity_group", "score", "word", "start", "end"}, ...]`` per text;
   ``aggregation_strategy`` none | simple | first | average | max (``none``: ``[{"entity", "score", "index",
   "word", "start", "end"}]`` per token, like transformers' pipeline), ``ignore_labels``, ``stride`` (long
@@ -28,10 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ...runtime.postprocess import sigmoid, softmax
 from ..responses import FastJSONResponse
 from ..schema import Call, RequestError
 from .common import (
@@ -149,8 +151,13 @@ def _classification(model: str, inputs: Any, parameters: dict[str, Any], predict
     top_k = parameters.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise RequestError(422, f"top_k must be a positive integer, got {top_k!r:.40}")
-    return Task("text-classification", Call(model, "predict", texts), single,
-                {"top_k": top_k, "function": parameters.get("function_to_apply")})
+    function = parameters.get("function_to_apply")
+    if function is not None and function not in FUNCTIONS:
+        raise RequestError(422, f"function_to_apply must be one of {', '.join(FUNCTIONS)}, got {function!r:.40}")
+    # another function than the head's own is computed from its logits, which a result carries on request
+    options = {"return_logits": True} if function is not None and "return_logits" in predictor.valid_options() else {}
+    return Task("text-classification", Call(model, "predict", texts, options), single,
+                {"top_k": top_k, "function": function})
 
 
 def _text(item: Any) -> Any:
@@ -174,23 +181,28 @@ def answer(task: Task, result: list[Any]) -> Any:
     return shaped[0] if task.single else shaped
 
 
-# the function each result shape already applied
-_FUNCTIONS = {"scores": "softmax", "multi": "sigmoid", "values": "none"}
+FUNCTIONS = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda logits: logits}
 
 
 def _labels(item: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
-    if isinstance(item, dict) and "values" in item:
-        kind, scores = "values", {f"LABEL_{i}": v for i, v in enumerate(item["values"])}
+    """Every label by descending score: the head's own scores, or ``function_to_apply`` over its logits."""
+    if isinstance(item, dict) and "values" in item:  # regression: its values are its logits
+        names, own, logits = [f"LABEL_{i}" for i in range(len(item["values"]))], ("none", item["values"]), item["values"]
     elif isinstance(item, dict) and isinstance(item.get("scores"), dict):
-        kind, scores = ("multi" if "labels" in item else "scores"), item["scores"]
+        own = ("sigmoid" if "labels" in item else "softmax", list(item["scores"].values()))
+        names, logits = list(item["scores"]), item.get("logits")
     else:
         raise RequestError(422, "this head's results have no text-classification format; use the native route "
                                 "POST /v1/models/{name}/predict")
     function = options["function"]
-    if function is not None and function != _FUNCTIONS[kind]:
-        raise RequestError(422, f"function_to_apply {function!r:.20}: this model answers {_FUNCTIONS[kind]} scores "
-                                "(its raw logits are not kept); leave function_to_apply out")
-    ranked = sorted(({"label": label, "score": float(score)} for label, score in scores.items()),
+    if function is None or function == own[0]:
+        scores = own[1]
+    elif logits is None:
+        raise RequestError(422, f"function_to_apply {function!r:.20}: this model does not give its logits; leave "
+                                "function_to_apply out")
+    else:
+        scores = FUNCTIONS[function](np.asarray(logits, dtype=np.float32)).tolist()
+    ranked = sorted(({"label": name, "score": float(score)} for name, score in zip(names, scores)),
                     key=lambda entry: -entry["score"])
     return ranked[: options["top_k"]] if options["top_k"] else ranked
 

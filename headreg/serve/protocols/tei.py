@@ -18,7 +18,7 @@ or ``--default-model NAME``); the root ``GET /info`` is the native one with TEI'
 - ``/tokenize``: ``[[{"id", "text", "special", "start", "stop"}, ...], ...]`` with the model's own tokenizer.
 
 Inputs longer than the model's max_length are always cut on the right (``/info``: ``auto_truncate`` true).
-``raw_scores`` of a softmax or multi-label head is refused: their logits are not kept. Errors: ``{"error",
+``raw_scores`` are the head's logits (``Predictor.predict(..., return_logits=True)``). Errors: ``{"error",
 "error_type"}`` with TEI's statuses (413 batch too large, 422 validation, 424 a model that cannot do the route).
 """
 
@@ -83,11 +83,10 @@ def _head_scores(item: Any, raw: bool) -> list[tuple[str, float]]:
         if len(values) == 1 and not raw:
             values = [1.0 / (1.0 + math.exp(-values[0]))]
         return [(f"LABEL_{i}", v) for i, v in enumerate(values)]
-    if raw:
-        raise RequestError(424, "raw_scores: this model answers probabilities and does not keep its logits; "
-                                "leave raw_scores out")
     if isinstance(item, dict) and isinstance(item.get("scores"), dict):
-        return [(label, float(score)) for label, score in item["scores"].items()]
+        if raw and "logits" not in item:
+            raise RequestError(424, "raw_scores: this model does not give its logits; leave raw_scores out")
+        return list(zip(item["scores"], map(float, item["logits"] if raw else item["scores"].values())))
     if isinstance(item, dict) and "entities" in item:
         return []
     raise RequestError(424, "this head's results have no TEI predict format; use POST /v1/models/{name}/predict")
@@ -145,7 +144,8 @@ def plan(state: Any, model: str, route: str, payload: Any) -> tuple[Call, Any]:
         body = json_object(payload, ("inputs", "raw_scores", "truncate", "truncation_direction"), '{"inputs": "some text"}')
         check_truncation(body)
         inputs, batch = _predict_inputs(body.get("inputs"), limit)
-        return Call(model, "predict", inputs), (batch, check_flag(body, "raw_scores", False))
+        raw = check_flag(body, "raw_scores", False)
+        return Call(model, "predict", inputs, _logits_option(state, model, raw)), (batch, raw)
     if route == "rerank":
         body = json_object(payload, ("query", "texts", "raw_scores", "return_text", "truncate", "truncation_direction"),
                        '{"query": "...", "texts": ["...", ...]}')
@@ -157,8 +157,9 @@ def plan(state: Any, model: str, route: str, payload: Any) -> tuple[Call, Any]:
         texts = text_list(body.get("texts"), "texts", limit)
         if not state.predictors[model].supports_pairs:
             raise RequestError(424, f"model {model!r} does not take sentence pairs; rerank needs a cross-encoder")
-        return (Call(model, "predict", [(body["query"], text) for text in texts]),
-                (texts, check_flag(body, "raw_scores", False), check_flag(body, "return_text", False)))
+        raw = check_flag(body, "raw_scores", False)
+        return (Call(model, "predict", [(body["query"], text) for text in texts], _logits_option(state, model, raw)),
+                (texts, raw, check_flag(body, "return_text", False)))
     body = json_object(payload, ("inputs", "parameters"), '{"inputs": {"source_sentence": "...", "sentences": [...]}}')
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
@@ -185,6 +186,11 @@ def compat_route(state: Any, model: str, payload: Any) -> str:
     if "raw_scores" in body:
         return "predict"
     return "predict" if "classifier" in info(state, model)["model_type"] else "embed"
+
+
+def _logits_option(state: Any, model: str, raw: bool) -> dict[str, Any]:
+    """``raw_scores`` are the logits, which a sequence head's result carries on request."""
+    return {"return_logits": True} if raw and "return_logits" in state.predictors[model].valid_options() else {}
 
 
 def answer(route: str, result: list[Any], shape: Any) -> Any:
