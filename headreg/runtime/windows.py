@@ -9,28 +9,34 @@ Three steps, each a pure function the Predictor calls:
 2. The windows run as ordinary rows (length-bucketed with every other row).
 3. :func:`merge_windows` turns one input's window outputs back into one row over a :class:`WholeEncoding` of
    the whole text, so postprocess (``aggregate_tokens``, a CRF's Viterbi) runs once over the whole text.
-   Token-level outputs switch from one window to the next once per overlap, at a switch point chosen so that
-   no word and no entity is cut (:func:`switch_points`, the rule below); row-level outputs (sequence logits,
+   Token-level outputs take each token from one of the windows that read it, chosen so that no word and no
+   entity is cut (:func:`window_sources`, the rule below); row-level outputs (sequence logits,
    ``pooled_output``) are reduced over the windows with :func:`reduce_windows` (``mean`` | ``max`` | ``first``).
 
-Where a token output switches windows. Neighbouring windows A and B share the tokens ``[s, e)`` (B starts at
-``s``, A ends at ``e``); tokens before the switch point ``m`` come from A, from ``m`` on from B, ``s <= m <= e``.
-Each window's own decisions (the argmax label of each token, in the head's labels) say where its entities
-are: a token's label continues the entity of the token before it when it is ``I-X`` or a bare ``X`` after an
-``X`` (``B-X`` starts one, ``O`` is outside). A switch point ``m`` *cuts* a window when, in that window's
-decisions, token ``m`` continues token ``m - 1``. At a window's own edge it cannot see across: ``m = s`` cuts B
-when B's first token continues something (``I-X``: B saw the entity's start nowhere), and ``m = e`` cuts A when
-A's last token is in an entity that B, reading on, continues past A's end.
-``m`` is chosen by, in order: not inside a word; fewest windows cut; nearest to the central point (where a
-token's distance to the nearest cut is largest in both windows, the rule before entities were considered);
-earliest. So when some switch point cuts neither window, every merged entity is an entity one window found
-whole, with that window's context: an entity that straddles the centre comes whole from the window that
-contains it (``12-3456789`` is no longer ``-3456789``). Only when every point of the overlap cuts an entity
-(an entity longer than the overlap, or windows that disagree everywhere in it) does an entity come from two
-windows; a larger ``window_stride`` avoids it. Outputs without labels (no ``id2label``, or not one score per
-label) still never switch inside a word. transformers' ``pipeline("token-classification", stride=...)``
-instead merges *entities*: it decodes each window alone and, where entities of different windows overlap,
-keeps the longest (docs/runtime.md compares them).
+Which window a token comes from. Each window's own decisions (the argmax label of each token, in the head's
+labels) say where its entities are: a label continues the entity of the token before it when it is ``I-X`` or a
+bare ``X`` after an ``X`` (``B-X`` starts one, ``O`` is outside). Neighbouring windows A and B share the tokens
+``[s, e)``; before ``s`` tokens are A's, from ``e`` on B's, and in between each token is taken from A or B. A
+change of window between tokens ``m - 1`` and ``m`` *cuts* an entity for each of: the two tokens' labels (one
+from each window) join into one entity; the window left behind reads its entity on past ``m``; the window
+switched to read its entity as begun before ``m``. At a window's own edge it cannot see across: B's first token
+cuts when it says it continues something (``I-X``), A's last when it is in an entity that B reads going on.
+Among all assignments of the shared tokens (dynamic programming over the overlap), headreg takes the one that,
+in strict priority: changes window inside no word; cuts the fewest entities; takes the fewest tokens from the
+window whose entity around them is shorter, outside counting as length 0 (so an entity either window reads whole
+is kept, and of two overlapping readings the longer); takes the most tokens from their most central window (where
+their distance to the nearest cut is largest, the rule before entities were considered); changes window the
+fewest times; on a tie, keeps the earlier window. So where the overlap holds a point that cuts nothing, every merged entity is an entity one
+window read whole (``12-3456789`` no longer comes out as ``-3456789``). An entity longer than the overlap and
+astride it is read whole by no window, and no merge can recover it: a larger ``window_stride`` does. With an
+overlap over half a window a token is chosen between its two neighbouring windows only. Outputs without labels
+(no ``id2label``, or not one score per label) still never change window inside a word.
+
+transformers' ``pipeline("token-classification", stride=...)`` merges *entities* instead: it decodes each window
+alone and, where entities of different windows overlap, keeps the longest: like the rule above it keeps an
+entity either window reads whole, and the longer of overlapping readings. But
+headreg decodes once over the whole text, so a CRF's Viterbi and word aggregation see one sequence, and scores
+come from the window each token was taken from (docs/runtime.md compares them on a trained tagger).
 
 "Overlap" is the number of tokens two neighbouring windows share; transformers and tokenizers call it
 ``stride``. A window of ``room`` tokens for the text (``max_length`` minus special tokens, minus the first
@@ -417,53 +423,110 @@ def _continues(previous: str, label: str, outside: frozenset[str]) -> bool:
     return kind not in outside and not label.startswith("B-") and entity_type(previous) == kind
 
 
-def switch_points(
+# The costs window_sources minimises, in strict priority: a window switch inside a word, then each entity a
+# switch cuts, then each token taken from the window whose entity around it is shorter (outside: length 0),
+# then each token not taken from its most central window, then each switch, then each token taken from the
+# later window (a tie keeps the earlier). Each weight exceeds any total of the ones below it for overlaps of up
+# to 2**20 tokens (Python integers do not overflow).
+_WORD, _CUT, _ENTITY, _OFF_CENTRE, _SWITCH, _LATER = 1 << 125, 1 << 100, 1 << 75, 1 << 50, 1 << 25, 1
+
+
+def window_sources(
     starts: Sequence[int],
     lengths: Sequence[int],
-    central: Sequence[int],
+    central: np.ndarray,
     words: Sequence[Any],
     decisions: Sequence[Sequence[str]] | None = None,
     outside: frozenset[str] = frozenset({"O"}),
-) -> list[int]:
-    """Per pair of neighbouring windows, the first whole-text content position taken from the later one.
+) -> np.ndarray:
+    """Per whole-text content token, the window its outputs are taken from (the rule in the module docstring).
 
-    ``starts``/``lengths``: each window's content span in whole-text positions; ``central``: the switch points
-    of the central rule (:func:`central_windows`); ``words``: the whole text's word ids (None: a word of its
-    own); ``decisions``: per window, the label of each of its content tokens (None: no labels known). The rule
-    is in this module's docstring.
+    ``starts``/``lengths``: each window's content span in whole-text positions; ``central``: each token's most
+    central window (:func:`central_windows`); ``words``: the whole text's word ids (None: a word of its own);
+    ``decisions``: per window, the label of each of its content tokens (None: no labels known: then only
+    words are kept whole).
     """
-
-    def same_word(position: int) -> bool:
-        return words[position] is not None and words[position] == words[position - 1]
+    source = np.asarray(central, dtype=np.int64).copy()
 
     def label(window: int, position: int) -> str:
         return decisions[window][position - starts[window]]
 
-    def cuts(window: int, position: int, edge: int) -> bool:
-        if position != edge:
-            return _continues(label(window, position - 1), label(window, position), outside)
-        if edge == starts[window]:  # B's own first token: cut when it says it continues what B cannot see
-            here = label(window, position)
-            return _continues(here, here, outside)
-        # A's own end: cut when A's last token is in an entity that B, which reads on, sees going on past it
-        later = window + 1
-        return (entity_type(label(window, position - 1)) not in outside
-                and _continues(label(later, position - 1), label(later, position), outside))
+    def inside(window: int, position: int) -> bool:
+        return entity_type(label(window, position)) not in outside
 
-    points: list[int] = []
+    # per window, the length in tokens of the entity each of its tokens is in, as that window reads it (0: outside)
+    extent: list[np.ndarray] = []
+    for window in range(len(starts) if decisions is not None else 0):
+        runs = np.zeros(lengths[window], dtype=np.int64)
+        begin = 0
+        for i in range(1, lengths[window] + 1):
+            if i == lengths[window] or not _continues(decisions[window][i - 1], decisions[window][i], outside):
+                if entity_type(decisions[window][begin]) not in outside:
+                    runs[begin:i] = i - begin
+                begin = i
+        extent.append(runs)
+
+    def cuts(m: int, left: int, right: int, first: int, end: int) -> int:
+        """Entities cut by taking token m - 1 from ``left`` and token m from ``right`` (overlap [first, end))."""
+        if decisions is None:
+            return 0
+        count = _continues(label(left, m - 1), label(right, m), outside)
+        # the left window's entity goes on past m (at its own end, when the right window reads it going on)
+        if m < starts[left] + lengths[left]:
+            count += _continues(label(left, m - 1), label(left, m), outside)
+        else:
+            count += inside(left, m - 1) and _continues(label(right, m - 1), label(right, m), outside)
+        # the right window's entity began before m (at its own start: it says it continues what it cannot see)
+        if m > starts[right]:
+            count += _continues(label(right, m - 1), label(right, m), outside)
+        else:
+            count += _continues(label(right, m), label(right, m), outside)
+        return count
+
+    done = 0  # tokens before this are assigned
     for a in range(len(starts) - 1):
         b = a + 1
-        low = max(starts[b], points[-1] if points else 0)
-        high = starts[a] + lengths[a]
-        best: tuple | None = None
-        for m in range(low, max(high, low) + 1):
-            inside_word = 0 < m < len(words) and same_word(m)
-            cut = 0 if decisions is None else cuts(a, m, high) + cuts(b, m, starts[b])
-            key = (inside_word, cut, abs(m - central[a]), m)
-            if best is None or key < best:
-                best = key
-        points.append(best[-1])
-    return points
+        end = starts[a] + lengths[a]  # A's end: tokens from here on are B's
+        # position ``done`` is A's: the previous pair's last switch was judged into A there
+        first = max(starts[b], done + 1)
+        source[done:first] = a
+        region = range(first, end)
+        if not region:
+            done = end
+            continue
+        # Dynamic programming over the region, two states (A, B); position first - 1 is A's, position end B's.
+        states = (a, b)
+        cost = [[0, 0] for _ in region]
+        back = [[0, 0] for _ in region]
+
+        def switch(m: int, u: int, v: int) -> int:
+            if u == v:
+                return 0
+            word = 0 < m < len(words) and words[m] is not None and words[m] == words[m - 1]
+            return _WORD * bool(word) + _CUT * int(cuts(m, u, v, first, end)) + _SWITCH
+
+        def token(p: int, w: int) -> int:
+            other = a if w == b else b
+            shorter = decisions is not None and bool(extent[w][p - starts[w]] < extent[other][p - starts[other]])
+            return _ENTITY * shorter + _OFF_CENTRE * bool(w != central[p]) + _LATER * (w == b)
+
+        for i, p in enumerate(region):
+            for j, w in enumerate(states):
+                if i == 0:
+                    options = [(switch(p, a, w), 0, 0)]
+                else:
+                    options = [(cost[i - 1][k] + switch(p, states[k], w), k != j, k) for k in (j, 1 - j)]
+                best = min(options)
+                cost[i][j] = best[0] + token(p, w)
+                back[i][j] = best[2]
+        totals = [cost[-1][j] + (switch(end, w, b) if end < len(words) else 0) for j, w in enumerate(states)]
+        j = 1 if totals[1] < totals[0] else 0
+        for i in range(len(region) - 1, -1, -1):
+            source[region[i]] = states[j]
+            j = back[i][j]
+        done = end
+    source[done:] = len(starts) - 1
+    return source
 
 
 def reduce_windows(values: Sequence[np.ndarray] | np.ndarray, how: str) -> np.ndarray:
@@ -491,7 +554,7 @@ def merge_windows(
 
     ``axes`` says per output name whether it is per ``token`` (``[tokens, ...]``, cut to the row),
     per ``row`` (``[...]``) or ``shared`` by every row. Token outputs switch windows once per overlap, where no
-    word and no entity is cut (:func:`switch_points`); ``labels`` names, per token output, the label of each
+    word and no entity is cut (:func:`window_sources`); ``labels`` names, per token output, the label of each
     of its scores (a token head's ``id2label`` in order), from which each window's entities are read. Tokens
     outside the windowed sequence (special tokens, the first text of a pair) come from the first window, the
     trailing special tokens from the last. Row outputs are reduced with :func:`reduce_windows`. A single
@@ -541,7 +604,6 @@ def merge_windows(
         windows=[(int(s) + head_end, int(s) + head_end + n) for s, n in zip(starts, lengths)],
     )
     words = whole.word_ids[head_end : head_end + len(chosen)]
-    central = [int(np.searchsorted(chosen, w, side="right")) for w in range(len(windows) - 1)]
     merged: dict[str, np.ndarray] = {}
     for name in outputs[0]:
         kind = axes.get(name, "row")
@@ -553,8 +615,7 @@ def merge_windows(
             decisions = None
             if names and all(v.ndim == 2 and v.shape[-1] == len(names) for v in values):
                 decisions = [[names[i] for i in v[a:b].argmax(-1)] for v, (a, b) in zip(values, spans)]
-            points = switch_points(starts.tolist(), lengths, central, words, decisions)
-            window_of = np.searchsorted(np.asarray(points, np.int64), np.arange(len(chosen)), side="right")
+            window_of = window_sources(starts.tolist(), lengths, chosen, words, decisions)
             rows, positions = sources(window_of)
             merged[name] = np.concatenate(values)[first_row[rows] + positions]
         else:
