@@ -16,11 +16,8 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .errors import HeadConfigError
+from .pooling_names import ALIASES, STRATEGIES
 
-STRATEGIES = ("auto", "cls", "pooler", "mean", "max", "mean_sqrt_len", "last")
-# sentence-transformers' name for a pooling -> headreg's
-ALIASES = {"lasttoken": "last", "cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max",
-           "mean_sqrt_len_tokens": "mean_sqrt_len"}
 
 # model_type -> the first-token projection its *ForSequenceClassification applies before the classifier.
 _FIRST_TOKEN_PROJECTION = {

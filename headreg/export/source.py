@@ -189,7 +189,7 @@ def _label_names(id2label: Sequence[str] | Mapping[Any, str] | None, num_labels:
 
 def _check_pooling(path: Path, pooling: str | None, allow_bin: bool) -> None:
     """A fresh head's pooling: a known name, or the checkpoint's own modules, which must be reproducible."""
-    from ..pooling import ALIASES, STRATEGIES
+    from ..pooling_names import ALIASES, STRATEGIES
     from ..sentence_modules import ModulesError, read_modules
 
     if pooling is not None:
