@@ -45,6 +45,7 @@ text of a pair) advances by ``room - overlap`` tokens.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -417,10 +418,16 @@ def central_windows(lengths: Sequence[int], overlap: int) -> tuple[np.ndarray, n
     return best, np.arange(total) - starts[best]
 
 
+@functools.lru_cache(maxsize=4096)  # a head has few labels: the same pairs come back for every token
 def _continues(previous: str, label: str, outside: frozenset[str]) -> bool:
     """Whether a token labelled ``label`` continues the entity of a token labelled ``previous`` before it."""
     kind = entity_type(label)
     return kind not in outside and not label.startswith("B-") and entity_type(previous) == kind
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_inside(label: str, outside: frozenset[str]) -> bool:
+    return entity_type(label) not in outside
 
 
 # The costs window_sources minimises, in strict priority: a window switch inside a word, then each entity a
@@ -452,7 +459,7 @@ def window_sources(
         return decisions[window][position - starts[window]]
 
     def inside(window: int, position: int) -> bool:
-        return entity_type(label(window, position)) not in outside
+        return _is_inside(label(window, position), outside)
 
     # per window, the length in tokens of the entity each of its tokens is in, as that window reads it (0: outside)
     extent: list[np.ndarray] = []
@@ -461,7 +468,7 @@ def window_sources(
         begin = 0
         for i in range(1, lengths[window] + 1):
             if i == lengths[window] or not _continues(decisions[window][i - 1], decisions[window][i], outside):
-                if entity_type(decisions[window][begin]) not in outside:
+                if _is_inside(decisions[window][begin], outside):
                     runs[begin:i] = i - begin
                 begin = i
         extent.append(runs)
