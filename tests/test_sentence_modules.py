@@ -161,3 +161,46 @@ def test_dense_and_max_pooling_exported(minilm_path, tmp_path):
     unit = predictor.embed(TEXTS, normalize=True)
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(unit, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=TOLERANCE)
+
+
+def test_fresh_head_label_and_pooling_flags_are_checked_before_torch(minilm_path, tmp_path):
+    from click.testing import CliRunner
+
+    from headreg.cli import cli
+
+    (tmp_path / "labels.json").write_text('{"0": "neg", "1": "pos"}')
+    (tmp_path / "broken.json").write_text('{"0": "neg",')
+    (tmp_path / "gap.json").write_text('{"0": "neg", "2": "pos"}')
+    base = ["export", str(minilm_path), "-o", str(tmp_path / "bundle"), "--head", "seq_cls"]
+    for extra, message in (
+        (["--labels", "a,b,a"], "'a' given more than once"),
+        (["--labels", "a,b", "--num-labels", "3"], "--num-labels 3 but 2 label names"),
+        (["--labels", "a,b", "--id2label", str(tmp_path / "labels.json")], "pass one of them"),
+        (["--id2label", str(tmp_path / "broken.json")], "cannot read --id2label"),
+        (["--id2label", str(tmp_path / "gap.json")], "label indices 0..1"),
+        (["--labels", "a,", "--pooling", "mean"], "non-empty strings"),
+        (["--num-labels", "2", "--pooling", "avg"], "unknown pooling 'avg'"),
+    ):
+        result = CliRunner().invoke(cli, base + extra)
+        assert result.exit_code == 2 and message in result.output, (extra, result.output)
+        assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    plan = inspect_source(minilm_path, head="seq_cls", id2label={"1": "pos", "0": "neg"}, pooling="lasttoken")
+    assert (plan.num_labels, plan.id2label, plan.pooling) == (2, {0: "neg", 1: "pos"}, "lasttoken")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_embed_normalize_is_per_row_and_embed_only():
+    from headreg.runtime.embedding import check_embed_options, embedding
+    from headreg.runtime.inputs import InputError
+
+    vector = np.array([3.0, 4.0], dtype=np.float64)
+    assert embedding(vector, {}).dtype == np.float32 and embedding(vector, {}).tolist() == [3.0, 4.0]
+    np.testing.assert_allclose(embedding(vector, {"normalize": True}), [0.6, 0.8], rtol=1e-6)
+    assert embedding(np.zeros(2), {"normalize": True}).tolist() == [0.0, 0.0], "a zero vector stays zero"
+    check_embed_options("embed", {"normalize": True})
+    from headreg.runtime.inputs import RUNTIME_OPTIONS
+
+    with pytest.raises(InputError, match="normalize must be True or False"):
+        RUNTIME_OPTIONS["normalize"].check("yes", None)
+    with pytest.raises(InputError, match="applies to embed only"):
+        check_embed_options("predict", {"normalize": True})
