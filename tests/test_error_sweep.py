@@ -84,3 +84,13 @@ def test_verify_reports_a_token_head_named_over_a_sequence_graph_instead_of_cras
         assert "token-level head" in str(exc)
     else:
         raise AssertionError("the Predictor loaded a token head over a sequence graph")
+
+
+def test_predict_max_windows_sets_the_ceiling_on_ones_own_machine():
+    bundle = str(tiny_bundle("seq_cls"))
+    text = "word " * 25_000  # 263 windows of the tiny bundle's 128 tokens
+    refused = run_headreg("predict", bundle, text, "--long-text", "window", "--json")
+    assert refused.returncode == 2 and "at least 263 windows" in refused.stderr and "max_windows=256" in refused.stderr
+    allowed = run_headreg("predict", bundle, text, "--long-text", "window", "--max-windows", "300", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)[0]["result"]["label"] in ("neg", "neu", "pos")

@@ -165,6 +165,23 @@ def test_a_built_in_bundle_loads_without_importing_any_plugin(site, marker, tmp_
     assert "hello from a plugin" not in out.stderr
 
 
+def test_serving_a_built_in_bundle_imports_no_plugin(site, marker, tmp_path):
+    """headreg serve, its /v1/models (which names each head's task) and a prediction: no plugin is imported."""
+    import httpx
+    from test_serve import Server
+
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), **marker,
+           "HEADREG_TEST_SLEEP": "30"}
+    server = Server(tmp_path, str(tiny_bundle("seq_cls")), env=env, port=0)
+    try:
+        models = httpx.get(f"{server.url}/v1/models", timeout=30).json()["models"]
+        assert models[0]["task"] == "sequence-classification"
+        assert httpx.post(f"{server.url}/v1/models/seq_cls/predict", json={"inputs": ["x"]}, timeout=30).status_code == 200
+    finally:
+        assert server.stop() == 0
+    assert not (tmp_path / "marker").exists(), "a plugin was imported by a server of a built-in head"
+
+
 def test_a_plugin_head_constructor_error_names_head_and_plugin(site, marker):
     script = (
         "from headreg import attach_head\nfrom headreg.testing import tiny_backbone\n"

@@ -116,6 +116,20 @@ def test_header_tricklers_are_answered_408_and_closed(server):
     assert b"--header-timeout" in tricklers[0].body
 
 
+def test_headers_past_64_kb_are_431_and_closed_not_buffered(server):
+    async def attack() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000)
+        answer = await asyncio.wait_for(reader.read(), 10)  # the server answers and closes
+        writer.close()
+        return answer
+
+    answer = run(attack())
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    assert b"larger than 65536 bytes" in answer
+    assert run(legit(server.port)) == [200]
+
+
 def test_an_idle_connection_is_closed_after_the_keep_alive_and_one_that_sends_nothing_too(server):
     async def idle_after_request() -> float:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

@@ -17,14 +17,20 @@ from .output import EXIT_FAILURE, EXIT_USAGE, console, emit_json, fail
 
 
 def _require_export_extra(command: str, modules: tuple[str, ...]) -> None:
-    """Exit 2 with one line naming the extra when a module the command needs is missing (a runtime-only install)."""
-    from ..errors import require
+    """Exit 2 with one line naming the extra when a module the command needs is missing (a runtime-only install).
+
+    Looked up, not imported: the file checks that follow stay fast, torch is imported when the model loads.
+    """
+    import importlib.util
 
     for module in modules:
         try:
-            require(module, "export", command)
-        except ImportError as exc:
-            fail(str(exc), EXIT_USAGE)
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+            found = False
+        if not found:
+            fail(f"{command} needs {module!r}, which is not installed. Install it with: pip install 'headreg[export]'",
+                 EXIT_USAGE)
 
 
 def _mb(size: int) -> str:
@@ -215,11 +221,11 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     head, or a backbone with --head NAME --num-labels N (a fresh, untrained head). Nothing is written unless
     onnxruntime reproduces PyTorch on every verification case. Steps are shown on stderr on a terminal.
     """
-    # Everything that can be checked from the files is checked before torch is imported (about a second).
+    _require_export_extra("headreg export", ("torch", "transformers", "onnx"))  # reading the source may need torch
+    # Everything that can be checked from the files is checked before the model is loaded.
     plan = _checked_source(source, out_dir, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin,
                            overwrite=overwrite, pooling=pooling, id2label=_label_names(labels, id2label_file))
     calibration_texts = _calibration_texts(calibration_file, reduced_precision=quantize is not None or bf16)
-    _require_export_extra("headreg export", ("torch", "transformers", "onnx"))
     from ..export.pipeline import ExportOptions
 
     options = ExportOptions(

@@ -113,8 +113,10 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
 
     # A head's postprocess is plugin code: whatever it prints goes to stderr, so stdout holds only the results.
     with stdout_to_stderr():
+        # On one's own machine --max-windows is also the ceiling (a server's --max-windows caps its clients).
+        ceiling = {"max_windows": max_windows} if max_windows is not None else {}
         predictor = load_predictor(bundle, threads=threads, variant=variant,
-                                    batch_size=batch_size, verify_files=verify_files)
+                                    batch_size=batch_size, verify_files=verify_files, **ceiling)
         try:
             options = dict(long_text=long_text, window_stride=window_stride, window_reduce=window_reduce,
                            max_windows=max_windows)

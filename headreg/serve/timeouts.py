@@ -29,6 +29,10 @@ from typing import Any
 from .errors import RequestError
 
 HEADER_TIMEOUT = 60.0
+# Bytes of request line and headers a request may have (nginx takes 8 kB lines in 32 kB of buffers, h11 16 kB):
+# the httptools parser buffers a header value whole, so without a cap a client could send gigabytes of one
+# header within the header timeout.
+MAX_HEADER_BYTES = 65_536
 BODY_TIMEOUT = 60.0
 BODY_TOTAL_TIMEOUT = 300.0
 KEEP_ALIVE = 75.0
@@ -61,14 +65,18 @@ def _base_protocol() -> type:
 
 def guarded_protocol(header_timeout: float, base: type | None = None) -> type:
     """A uvicorn HTTP protocol class (for ``uvicorn.Config(http=...)``) that closes a connection whose request
-    headers take longer than ``header_timeout`` seconds, answering 408."""
+    headers take longer than ``header_timeout`` seconds (answering 408) or pass MAX_HEADER_BYTES (431)."""
     base = base or _base_protocol()
     message = (b'{"error":"the request headers did not arrive within %d seconds (--header-timeout)","status":408}'
                % int(header_timeout))
     answer = _TIMEOUT_RESPONSE % (len(message), message)
+    too_large = (b'{"error":"the request line and headers are larger than %d bytes","status":431}' % MAX_HEADER_BYTES)
+    too_large = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(too_large), too_large))
 
     class HeaderDeadlineProtocol(base):  # type: ignore[misc, valid-type]
         _header_deadline: asyncio.TimerHandle | None = None
+        _header_bytes = 0
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -78,9 +86,16 @@ def guarded_protocol(header_timeout: float, base: type | None = None) -> type:
             cycle = self.cycle
             if self._header_deadline is None and (cycle is None or cycle.response_complete):
                 self._arm()  # the first byte of the next request on a kept-alive connection
+            if self._header_deadline is not None:
+                self._header_bytes += len(data)
             super().data_received(data)
             if self.cycle is not cycle:  # the parser completed a request's headers: the handler runs now
                 self._disarm()
+            elif self._header_deadline is not None and self._header_bytes > MAX_HEADER_BYTES:
+                self._disarm()
+                if not self.transport.is_closing():
+                    self.transport.write(too_large)
+                    self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -88,6 +103,7 @@ def guarded_protocol(header_timeout: float, base: type | None = None) -> type:
 
         def _arm(self) -> None:
             self._disarm()
+            self._header_bytes = 0
             self._header_deadline = self.loop.call_later(header_timeout, self._headers_too_slow)
 
         def _disarm(self) -> None:
