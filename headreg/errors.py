@@ -51,6 +51,10 @@ class BundleError(HeadregError, ValueError):
     """An export bundle that is missing files or whose files disagree."""
 
 
+class PredictionError(HeadregError, RuntimeError):
+    """Running the model, or a head's postprocess, failed for one call or request (its batchmates are unaffected)."""
+
+
 class VerificationError(HeadregError, AssertionError):
     """onnxruntime does not reproduce PyTorch within tolerance."""
 

@@ -399,3 +399,16 @@ def head_output_problems(manifest: dict[str, Any], graph_outputs: Mapping[str, S
 def is_multi_head(manifest: dict[str, Any]) -> bool:
     """Whether results come back as a dict by head name (a bundle exported from a MultiHeadModel)."""
     return bool(manifest.get("multi_head"))
+
+
+OUTPUT_AXES = ("token", "row", "shared")
+
+
+def axes_from_dims(dims: Any) -> str:
+    """An output's axes from its graph dims: "token" ([batch, sequence, ...]), "row" ([batch, ...]) or "shared"
+    (no batch axis). Symbolic (named or unknown) dims are the dynamic batch and sequence axes."""
+    dims = dims or ["batch"]
+    dynamic = [not (isinstance(d, int) and d > 0) for d in dims]
+    if not dynamic or not dynamic[0]:
+        return "shared"
+    return "token" if len(dims) >= 2 and dynamic[1] else "row"

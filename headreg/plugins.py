@@ -295,9 +295,17 @@ def _make_register(info: PluginInfo, staged: list[tuple[HeadSpec, bool]]):
         description: str = "",
         level: str = "sequence",
         override: bool = False,
+        postprocess_contract: int = 1,
+        result_fields: dict[str, str] | None = None,
     ) -> HeadSpec:
-        """Register one head. ``cls`` and ``postprocess`` are ``"module:attr"`` strings, imported on use."""
+        """Register one head. ``cls`` and ``postprocess`` are ``"module:attr"`` strings, imported on use.
+
+        ``postprocess_contract=2``: the postprocess takes each row's own outputs (the current contract).
+        ``result_fields``: the fields of its result dicts, name -> Spark DDL type (``{"label": "string"}``).
+        """
         _check_fields(aliases=aliases, override=override)
+        if result_fields is not None and not isinstance(result_fields, dict):
+            raise TypeError(f"register(result_fields=...) must be a dict of field name -> type, got {result_fields!r:.60}")
         spec = HeadSpec(
             name=name,
             cls=cls,
@@ -306,6 +314,8 @@ def _make_register(info: PluginInfo, staged: list[tuple[HeadSpec, bool]]):
             aliases=tuple(aliases),
             postprocess=postprocess,
             level=level,
+            postprocess_contract=postprocess_contract,
+            result_fields=None if result_fields is None else tuple(result_fields.items()),
             plugin=info.distribution,
             version=info.version,
         )

@@ -18,6 +18,11 @@ from .errors import HeadCollisionError, HeadImportError, UnknownHeadError
 from .isolation import is_user_interrupt, plugin_code
 
 LEVELS = ("sequence", "token")
+# The postprocess contract the runtime calls: 2 = ``postprocess(rows, context)``, ``rows[i]`` row i's own outputs
+# (no padding); 1 (headreg 0.1) took padded batch arrays and an attention mask.
+POSTPROCESS_CONTRACT = 2
+# Types a head may declare for its result fields (Spark DDL; Ray and the server read the names).
+_FIELD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_<>,: ]*$")
 
 # A name is what users type on the command line and what manifests store, so keep it shell- and file-safe.
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
@@ -37,6 +42,10 @@ class HeadSpec:
     level: str = "sequence"
     plugin: str = "headreg"
     version: str = ""
+    postprocess_contract: int = 1
+    # result field -> Spark DDL type of the postprocess's result dicts (what become columns in Spark and Ray);
+    # None: the head declares none (integrations then keep the whole result as JSON)
+    result_fields: tuple[tuple[str, str], ...] | None = None
 
     @property
     def builtin(self) -> bool:
@@ -51,8 +60,26 @@ class HeadSpec:
         return import_attr(self.cls, self, "cls")
 
     def load_postprocess(self) -> Callable[..., Any] | None:
-        """Import the numpy postprocess function, or None when the head has none."""
-        return None if self.postprocess is None else import_attr(self.postprocess, self, "postprocess")
+        """Import the numpy postprocess function, or None when the head has none.
+
+        A postprocess registered for an older contract is refused with what to change (it would misread rows).
+        """
+        if self.postprocess is None:
+            return None
+        if self.postprocess_contract != POSTPROCESS_CONTRACT:
+            raise HeadImportError(
+                f"head {self.name!r} from {self.origin!r} registers postprocess {self.postprocess!r} for postprocess "
+                f"contract {self.postprocess_contract}; this headreg calls contract {POSTPROCESS_CONTRACT}: "
+                "postprocess(rows, context) where rows[i] holds row i's own outputs (token outputs already cut to the "
+                "row's tokens, no attention mask). Upgrade the plugin, or port it (drop the padding handling, read "
+                "rows[i][name]) and register it with postprocess_contract=2; see docs/plugins.md."
+            )
+        return import_attr(self.postprocess, self, "postprocess")
+
+    @property
+    def fields(self) -> dict[str, str] | None:
+        """The declared result fields, name -> Spark DDL type (None when the head declares none)."""
+        return None if self.result_fields is None else dict(self.result_fields)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +92,8 @@ class HeadSpec:
             "version": self.version,
             "cls": self.cls,
             "postprocess": self.postprocess,
+            "postprocess_contract": self.postprocess_contract,
+            "result_fields": self.fields,
         }
 
 
@@ -102,6 +131,14 @@ def validate_spec(spec: HeadSpec) -> None:
     for what, value in (("task", spec.task), ("description", spec.description)):
         if not isinstance(value, str) or len(value) > 4096:
             raise TypeError(f"head {spec.name!r}: {what} must be a string (up to 4096 characters), got {value!r:.60}")
+    if isinstance(spec.postprocess_contract, bool) or spec.postprocess_contract not in (1, POSTPROCESS_CONTRACT):
+        raise ValueError(f"head {spec.name!r}: postprocess_contract must be 1 or {POSTPROCESS_CONTRACT}, "
+                         f"got {spec.postprocess_contract!r:.40}")
+    for field_name, field_type in spec.result_fields or ():
+        if not (isinstance(field_name, str) and _NAME_RE.match(field_name) and isinstance(field_type, str)
+                and _FIELD_RE.match(field_type) and len(field_type) < 1024):
+            raise ValueError(f"head {spec.name!r}: result_fields maps names to Spark DDL types ('label': 'string'), "
+                             f"got {field_name!r:.40}: {field_type!r:.60}")
     if not isinstance(spec.level, str) or spec.level not in LEVELS:
         raise ValueError(f"head {spec.name!r}: level must be one of {LEVELS}, got {spec.level!r:.40}")
 

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import pytest
 
 ARCHITECTURES = ("bert", "roberta", "distilbert", "electra", "deberta-v2", "xlm-roberta", "modernbert", "llama")
-DECODERS = ("llama", "qwen2")
+DECODERS = ("llama", "qwen2", "gpt2", "gpt_neo")
 VOCAB_SIZE = 30522  # MiniLM's WordPiece vocabulary
 PAD_ID = 0
 
@@ -60,6 +60,9 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     ),
     "llama": dict(_COMMON, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=PAD_ID),
     "qwen2": dict(_COMMON, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=PAD_ID),
+    "gpt2": dict(vocab_size=VOCAB_SIZE, n_embd=32, n_layer=2, n_head=4, n_positions=128, pad_token_id=PAD_ID),
+    "gpt_neo": dict(vocab_size=VOCAB_SIZE, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=128,
+                    attention_types=[[["global", "local"], 1]], window_size=16, pad_token_id=PAD_ID),
 }
 
 

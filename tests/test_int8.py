@@ -116,19 +116,15 @@ def test_dynamic_int8_fails_the_invariance_check_that_static_passes(int8_bundle,
 
     bundle = int8_bundle("bert", "token_cls")
     quantize_dynamic_int8(bundle.path / "model.onnx", tmp_path / "dynamic.onnx")
-    from tokenizers import Tokenizer
+    from headreg.runtime import Predictor
+    from headreg.runtime.backends import open_backend
 
-    tokenizer = Tokenizer.from_file(str(bundle.path / "tokenizer.json"))
-    manifest = bundle.manifest
-    batches = acc.make_batches(tokenizer, TEXTS, input_names=manifest["inputs"], max_length=manifest["max_length"],
-                               pad_id=0, padding_side="right")
+    predictor = Predictor(bundle.path, variant="int8")
+    job = predictor.prepare(TEXTS)
 
     def checked(path):
-        session = create_session(path)
-        names = [o.name for o in session.get_outputs()]
-        return acc.batch_invariance(lambda feed: dict(zip(names, session.run(names, feed))), batches.encodings,
-                                    input_names=manifest["inputs"], pad_id=0, padding_side="right",
-                                    max_length=manifest["max_length"], token_outputs={"logits"})
+        engine = predictor.engine.with_backend(open_backend({"backend": "onnxruntime"}, path))
+        return acc.engine_invariance(engine, job, max_length=bundle.manifest["max_length"])
 
     dynamic, static = checked(tmp_path / "dynamic.onnx"), checked(bundle.path / "model.int8.onnx")
     assert not dynamic["passed"] and dynamic["max_abs_diff"] > 1e-4

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 
 from headreg.runtime import Context, aggregate_tokens
 from headreg.runtime.batching import pad_batch, plan_batches
+from headreg.runtime.engine import Engine, Layout
 from headreg.runtime.postprocess import multi_label, regression, seq_cls, token_cls
 
 LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
@@ -35,9 +36,14 @@ def one_hot(ids: list[int], confidence: float = 0.9) -> np.ndarray:
     return probs
 
 
+def rows_of(**batch):
+    """Batch arrays as the rows a postprocess receives: row i's own outputs (contract 2)."""
+    return [{name: value[i] for name, value in batch.items()} for i in range(len(next(iter(batch.values()))))]
+
+
 def test_seq_cls_gives_label_score_and_every_score_as_plain_floats():
     context = Context(manifest={}, config={"id2label": {"0": "neg", "1": "pos"}})
-    result = seq_cls({"logits": np.array([[0.0, 2.0], [3.0, 1.0]], dtype=np.float32)}, context)
+    result = seq_cls(rows_of(logits=np.array([[0.0, 2.0], [3.0, 1.0]], dtype=np.float32)), context)
     assert [row["label"] for row in result] == ["pos", "neg"]
     assert result[0]["score"] == pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-6)
     assert sum(result[1]["scores"].values()) == pytest.approx(1.0, abs=1e-6)
@@ -47,7 +53,7 @@ def test_seq_cls_gives_label_score_and_every_score_as_plain_floats():
 
 def test_multi_label_thresholds_default_list_and_per_label_override():
     manifest = {"postprocess_config": {"thresholds": [0.5, 0.5, 0.5]}}
-    logits = {"logits": np.array([[2.0, 0.0, -2.0]], dtype=np.float32)}  # sigmoid: 0.88, 0.5, 0.12
+    logits = rows_of(logits=np.array([[2.0, 0.0, -2.0]], dtype=np.float32))  # sigmoid: 0.88, 0.5, 0.12
     base = {"id2label": {"0": "a", "1": "b", "2": "c"}, "thresholds": [0.5, 0.5, 0.5]}
 
     def labels(**config):
@@ -64,7 +70,7 @@ def test_multi_label_thresholds_default_list_and_per_label_override():
 
 
 def test_regression_returns_values():
-    result = regression({"logits": np.array([[1.5, -2.0]], dtype=np.float32)}, Context(manifest={}, config={}))
+    result = regression(rows_of(logits=np.array([[1.5, -2.0]], dtype=np.float32)), Context(manifest={}, config={}))
     assert result == [{"values": [1.5, -2.0]}]
 
 
@@ -127,21 +133,23 @@ def test_pair_entities_point_into_their_own_side(tokenizer):
     ]
 
 
-def test_token_cls_postprocess_strips_padding_on_either_side(tokenizer):
+def test_the_engine_cuts_padding_on_either_side_before_a_token_postprocess(tokenizer):
+    """Padding is the engine's business alone: a postprocess gets each row's own tokens (contract 2)."""
     encodings = tokenizer.encode_batch(["Cupertino", "Angela Merkel visited"])
-    logits = np.full((2, 6, 5), -5.0, dtype=np.float32)
-    logits[..., 0] = 5.0  # O everywhere ...
-    width = 6
+    names = ("input_ids", "attention_mask", "token_type_ids")
     for side in ("right", "left"):
-        marked = logits.copy()
-        # ... except "cup" of row 0, at position 1 after [CLS], wherever its padding goes
-        start = width - len(encodings[0]) if side == "left" else 0
-        marked[0, start + 1, 3] = 10.0
-        context = Context(
-            manifest={}, config={"id2label": LABELS, "aggregation": "first"}, encodings=encodings,
-            texts=["Cupertino", "Angela Merkel visited"], padding_side=side,
-        )
-        result = token_cls({"logits": marked}, context)
+        layout = Layout(input_names=names, output_names=("logits",), output_axes={"logits": "token"}, padding_side=side)
+        engine = Engine(None, layout, [], batch_size=2, max_batch_tokens=None)
+        mask = engine.pad(encodings, width=6)["attention_mask"]
+        logits = np.full((2, 6, 5), -5.0, dtype=np.float32)
+        logits[..., 0] = 5.0  # O everywhere ...
+        start = 6 - len(encodings[0]) if side == "left" else 0
+        logits[0, start + 1, 3] = 10.0  # ... except "cup" of row 0, at position 1 after [CLS], wherever its padding goes
+        rows = engine.cut(mask, [logits], ["logits"])
+        assert [len(row["logits"]) for row in rows] == [len(e) for e in encodings], side
+        context = Context(manifest={}, config={"id2label": LABELS, "aggregation": "first"}, encodings=encodings,
+                          texts=["Cupertino", "Angela Merkel visited"])
+        result = token_cls(rows, context)
         assert [e["word"] for e in result[0]["entities"]] == ["Cupertino"], side
         assert result[1]["entities"] == [] and len(result[1]["tokens"]) == 4
 

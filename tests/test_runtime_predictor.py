@@ -149,11 +149,31 @@ def test_results_come_back_in_input_order_whatever_the_batching():
             np.testing.assert_allclose([t["score"] for t in got["tokens"]], [t["score"] for t in want["tokens"]], atol=1e-5)
 
 
-def test_batches_pad_only_to_their_own_longest_row():
+class RecordingBackend:
+    """The bundle's real backend, recording the width of every batch predict hands it."""
+
+    def __init__(self, backend):
+        self.backend, self.widths = backend, []
+
+    def run(self, feed, names):
+        self.widths.append(feed["attention_mask"].shape[1])
+        return self.backend.run(feed, names)
+
+
+def test_predict_pads_each_batch_only_to_its_own_longest_row():
     predictor = Predictor(tiny_bundle("seq_cls"), batch_size=4)
-    texts = ["a"] * 4 + ["word " * 100] * 4
-    widths = [context.attention_mask.shape[1] for _, _, context in predictor.batches(texts)]
-    assert widths == [3, 102]  # [CLS] a [SEP], then 100 words + 2 specials
+    predictor.engine.backend = recording = RecordingBackend(predictor.engine.backend)
+    texts = ["word " * 100, "a", "word " * 100, "a", "a", "word " * 100, "a", "word " * 100]
+    predictor.predict(texts)
+    assert sorted(recording.widths) == [3, 102]  # [CLS] a [SEP], then 100 words + 2 specials: sorted by length
+
+
+def test_predict_in_arrival_order_would_pad_every_batch_to_the_long_rows():
+    """The baseline bucketing beats: the same texts in arrival order, as headreg bench compares them."""
+    predictor = Predictor(tiny_bundle("seq_cls"), batch_size=4)
+    lengths = [len(e) for e in predictor.encode(["word " * 100, "a", "word " * 100, "a", "a", "word " * 100, "a", "word " * 100])]
+    assert [max(lengths[i] for i in batch) for batch in predictor.engine.plan(lengths, bucket=False)] == [102, 102]
+    assert [max(lengths[i] for i in batch) for batch in predictor.engine.plan(lengths)] == [3, 102]
 
 
 def test_one_predictor_serves_many_threads_with_identical_results():
@@ -303,16 +323,17 @@ def test_threshold_option_is_accepted_under_the_heads_config_name():
 
 
 def test_a_plugin_heads_own_postprocess_runs(bundle_copy, tmp_path, monkeypatch):
-    """The manifest names the plugin's numpy postprocess; the Predictor imports and calls it per batch."""
+    """The manifest names the plugin's numpy postprocess; the Predictor imports it and calls it once per call with
+    every row's own outputs (contract 2), whatever the batches were."""
     (tmp_path / "my_post.py").write_text(textwrap.dedent("""
-        def top_two(outputs, context):
-            order = outputs["logits"].argsort(-1)[:, ::-1][:, :2]
+        def top_two(rows, context):
+            order = [row["logits"].argsort()[::-1][:2] for row in rows]
             return [{"top": [context.label(i) for i in row], "rows": len(context.texts)} for row in order]
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     edit_manifest(bundle_copy, lambda m: m["head"].update(postprocess="my_post:top_two"))
     results = Predictor(bundle_copy, batch_size=2, trust_remote_code=True).predict(["a", "b", "c"])
-    assert [r["rows"] for r in results] == [2, 2, 1]
+    assert [r["rows"] for r in results] == [3, 3, 3]
     assert all(len(r["top"]) == 2 and set(r["top"]) <= {"neg", "neu", "pos"} for r in results)
 
 
@@ -357,14 +378,18 @@ def test_rows_of_different_jobs_share_a_batch_without_changing_results(head):
     pending = [(job, index) for job in jobs for index in range(len(job.rows))]
     outputs = {id(job): [None] * len(job.rows) for job in jobs}
     mixed = 0
-    for indices in predictor.plan([len(job.rows[i].encoding) for job, i in pending], batch_size=3):
+    engine = predictor.engine
+    for indices in engine.plan([len(job.rows[i].encoding) for job, i in pending], batch_size=3):
         batch = [pending[i] for i in indices]
         mixed += len({id(job) for job, _ in batch}) == 2
-        for (job, i), out in zip(batch, predictor.run_rows([job.rows[i] for job, i in batch])):
+        results, failed = engine.execute(batch)
+        assert not failed
+        for (job, i), out in zip(batch, results):
             outputs[id(job)][i] = out
     assert mixed, "the plan never put rows of both jobs in one batch; the test would prove nothing"
-    assert predictor.finish(jobs[0], outputs[id(jobs[0])]) == predictor.predict(first)
-    assert predictor.finish(jobs[1], outputs[id(jobs[1])]) == predictor.predict(second, **options)
+    assert engine.finish(jobs[0], outputs[id(jobs[0])]) == predictor.predict(first)
+    assert engine.finish(jobs[1], outputs[id(jobs[1])]) == predictor.predict(second, **options)
+    assert engine.run(jobs, batch_size=3) == [predictor.predict(first), predictor.predict(second, **options)]
 
 
 def test_predict_works_through_large_calls_in_chunks(monkeypatch):

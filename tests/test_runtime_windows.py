@@ -563,7 +563,7 @@ def test_windows_of_all_texts_share_batches_and_results_keep_input_order():
     job = predictor.prepare(items, long_text="window", window_stride=8)
     assert [row.item for row in job.rows] == sorted(row.item for row in job.rows)
     assert len(job.rows) > 10 and max(len(row.encoding) for row in job.rows) <= MAX
-    batches = predictor.plan([len(row.encoding) for row in job.rows])
+    batches = predictor.engine.plan([len(row.encoding) for row in job.rows])
     assert any(len({job.rows[i].item for i in batch}) > 1 for batch in batches)  # windows of different texts mix
     together = predictor.predict(items, long_text="window", window_stride=8)
     alone = [predictor.predict([item], long_text="window", window_stride=8)[0] for item in items]

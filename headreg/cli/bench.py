@@ -87,10 +87,10 @@ def _corpus(texts_file: str | None, synthetic_rows: int) -> list[Any]:
 def _variant_engines(bundle: str, default: Any, options: dict[str, Any], *, arrival_order: bool) -> list[Any]:
     """The default variant, every other variant that loads here, and (a corpus) the default in arrival order."""
     from ..errors import HeadregError
-    from ..runtime.bench import Engine
+    from ..runtime.bench import Contender
     from ..runtime.predictor import Predictor
 
-    engines = [Engine(f"{default.variant} ({default.backend.name}, default)", default)]
+    engines = [Contender(f"{default.variant} ({default.backend.name}, default)", default)]
     for variant in sorted(k for k, v in (default.manifest.get("variants") or {}).items() if isinstance(v, dict)):
         if variant != default.variant:
             try:
@@ -98,19 +98,19 @@ def _variant_engines(bundle: str, default: Any, options: dict[str, Any], *, arri
             except HeadregError as exc:  # e.g. bf16 on a CPU without it, or OpenVINO not installed
                 click.echo(f"skipping variant {variant}: {exc}", err=True)
                 continue
-            engines.append(Engine(f"{variant} ({other.backend.name})", other))
+            engines.append(Contender(f"{variant} ({other.backend.name})", other))
     if arrival_order:
-        engines.append(Engine(f"{default.variant} ({default.backend.name}), arrival order", default, bucket=False))
+        engines.append(Contender(f"{default.variant} ({default.backend.name}), arrival order", default, bucket=False))
     return engines
 
 
 def _torch_engines(model_dir: str | None, default: Any, threads: int, *, quiet: bool) -> list[Any]:
     """PyTorch's fastest CPU configurations (fp32; bf16 autocast where the CPU has native bf16), or exit 2."""
     from ..errors import MissingExtraError, SaveLoadError
-    from ..export.torch_bench import torch_runner
+    from ..export.torch_bench import torch_backend
     from ..progress import status
     from ..runtime.backends import bf16_cpu
-    from ..runtime.bench import Engine, source_model_dir
+    from ..runtime.bench import Contender, source_model_dir
     from ..runtime.variants import cpu_flags
 
     source = model_dir or source_model_dir(default)
@@ -119,7 +119,7 @@ def _torch_engines(model_dir: str | None, default: Any, threads: int, *, quiet: 
     modes = [("torch fp32", False)] + ([("torch bf16 autocast", True)] if bf16_cpu(cpu_flags()) else [])
     try:
         with status(f"loading the PyTorch model in {source} ...", enabled=False if quiet else None):
-            return [Engine(name, default, runner=torch_runner(source, threads=threads, bf16=bf16)) for name, bf16 in modes]
+            return [Contender(name, default, backend=torch_backend(source, threads=threads, bf16=bf16)) for name, bf16 in modes]
     except (MissingExtraError, SaveLoadError, OSError, ValueError) as exc:
         usage_error(f"--compare-torch cannot load the PyTorch model in {source}: {exc}")
 

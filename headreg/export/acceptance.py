@@ -4,16 +4,19 @@ Texts come from the user (``calibration_texts=`` / ``--calibration-texts FILE``)
 (``headreg.data.builtin_texts``). They are de-duplicated and split once, with a fixed seed, into a calibration
 part (int8 activation ranges) and a disjoint, held-out acceptance part. On the acceptance texts:
 
-- PyTorch's outputs are computed once (:func:`reference`), in length-sorted batches padded like the runtime;
-- a variant's outputs go through the head's own runtime postprocess, and texts are compared on what a user
+- the held-out texts are one job of the staged bundle's own Predictor; PyTorch's row outputs are computed once,
+  by the runtime engine with PyTorch as its backend (the same plan, padding and slicing as production);
+- a variant runs the same job through *its* production engine (``Predictor(bundle, variant=...)``: its backend,
+  its padding), and each head's runtime postprocess turns both sides' rows into results compared on what a user
   reads: the label (seq_cls), the set of labels over their thresholds (multi_label), the exact set of entity
   spans (token_cls; the token rate is reported beside it), max/mean abs error of the values (regression);
 - every disagreement gets the reference's margin (top-2 probability gap, or distance to the threshold), and
   the number below ``near_tie`` is reported: flips of near-ties are expected from any reduced precision.
 
-:func:`batch_invariance` checks that a variant's answer for a text does not depend on its batch: each text
-alone vs in batches of mixed lengths, in two orders, and padded to max_length. :func:`case_invariance` does the
-same for fp32 on the verification batches, whose batched outputs verification has computed already.
+:func:`engine_invariance` checks that a variant's answer for a text does not depend on its batch: each text
+alone vs in batches of mixed lengths, in two orders, and padded to max_length, all through the variant's engine.
+:func:`case_invariance` does the same for fp32 on the verification batches, whose batched outputs verification
+has computed already.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 
 from ..errors import HeadregError
 from ..runtime.batching import pad_batch, plan_batches, real_span
+from .production import user_view
 from .verify import HeadCheck, as_checks
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -132,25 +136,7 @@ def make_batches(tokenizer: Any, texts: Sequence[Any], *, input_names: Sequence[
     return Batches(list(texts), list(encodings), plan, feeds, padding_side)
 
 
-def reference(run: Run, batches: Batches) -> list[dict[str, np.ndarray]]:
-    """PyTorch's (or any engine's) outputs per batch: computed once, shared by every variant's acceptance."""
-    return [run(feed) for feed in batches.feeds]
-
-
 # --- what a user sees -------------------------------------------------------------------------------------------------
-
-
-def user_view(result: Any) -> Any:
-    """The part of a postprocessed result a user acts on (scores aside), or None when it is numeric only."""
-    if not isinstance(result, Mapping):
-        return None
-    if "entities" in result:
-        return frozenset((e.get("label"), e.get("start"), e.get("end"), e.get("sequence", 0)) for e in result["entities"])
-    if "labels" in result:
-        return frozenset(result["labels"])
-    if "label" in result:
-        return result["label"]
-    return None
 
 
 def _softmax_margin(logits: np.ndarray) -> np.ndarray:
@@ -170,63 +156,25 @@ def _rows(value: np.ndarray, mask: np.ndarray, padding_side: str) -> list[np.nda
     return [value[r, real_span(width, n, padding_side)] for r, n in enumerate(lengths)]
 
 
-@dataclass
-class Judge:
-    """How to turn outputs into what a user sees, for one head."""
-
-    postprocess: Callable[..., list] | None  # the head's runtime postprocess (None: compare decisions only)
-    context: Callable[[Batches, list[int], np.ndarray], Any]  # (batches, row indices, mask) -> postprocess Context
-    decide: Decide | None
-    token_level: bool
-    multi_label: bool = False
-    thresholds: Callable[[int], np.ndarray] | None = None
+def _is_multi_label(head: Any) -> bool:
+    return (head.manifest.get("head") or {}).get("problem_type") == "multi_label_classification"
 
 
-def agreement(judge: Judge, batches: Batches, expected: list[dict[str, np.ndarray]],
-              actual: list[dict[str, np.ndarray]], *, near_tie: float = NEAR_TIE) -> dict[str, Any]:
-    """Figures of one variant against the reference over the acceptance texts (see the module docstring)."""
-    texts = same = 0
-    tokens = tokens_same = 0
-    errors: list[np.ndarray] = []
-    ref_values: list[np.ndarray] = []
-    margins: list[float] = []
-    numeric = False
-    for rows, feed, want, got in zip(batches.plan, batches.feeds, expected, actual):
-        mask = feed["attention_mask"]
-        ctx = judge.context(batches, rows, mask)
-        views_want = views_got = None
-        if judge.postprocess is not None:
-            views_want = [user_view(r) for r in judge.postprocess(want, ctx)]
-            views_got = [user_view(r) for r in judge.postprocess(got, ctx)]
-            if all(v is None for v in views_want):
-                views_want = views_got = None
-        dec_want = judge.decide(want, mask) if judge.decide is not None else None
-        dec_got = judge.decide(got, mask) if judge.decide is not None else None
-        if views_want is None and dec_want is None:  # regression: numbers are what users see
-            numeric = True
-            errors.append(np.abs(got["logits"].astype(np.float64) - want["logits"].astype(np.float64)).reshape(len(rows), -1))
-            ref_values.append(want["logits"].astype(np.float64).reshape(len(rows), -1))
-            continue
-        if judge.token_level and dec_want is not None:
-            for a, b in zip(_rows(np.asarray(dec_want), mask, batches.padding_side),
-                            _rows(np.asarray(dec_got), mask, batches.padding_side)):
-                tokens += a.size
-                tokens_same += int((a == b).sum())
-        for r in range(len(rows)):
-            if views_want is not None:
-                equal = views_want[r] == views_got[r]
-            else:
-                a, b = np.asarray(dec_want)[r], np.asarray(dec_got)[r]
-                if judge.token_level:
-                    a, b = _rows(np.asarray(dec_want), mask, batches.padding_side)[r], _rows(np.asarray(dec_got), mask, batches.padding_side)[r]
-                equal = bool(np.array_equal(a, b))
-            texts += 1
-            same += int(equal)
-            if not equal:
-                margins.append(_margin(judge, want, got, mask, r, batches.padding_side))
-    if numeric:
-        err = np.concatenate(errors) if errors else np.zeros((0, 1))
-        ref = np.concatenate(ref_values) if ref_values else np.zeros((0, 1))
+def head_results(head: Any, job: Any, rows: Sequence[Mapping[str, np.ndarray]]) -> list[Any]:
+    """One head's runtime postprocess on a truncated job's rows (one row per input), with the bundle's config."""
+    return head.run(rows, [row.encoding for row in job.rows], job.inputs, head.config)
+
+
+def agreement(head: Any, job: Any, expected: Sequence[Mapping[str, np.ndarray]],
+              actual: Sequence[Mapping[str, np.ndarray]], *, near_tie: float = NEAR_TIE) -> dict[str, Any]:
+    """Figures of one variant's rows against the reference's over the acceptance texts, for one head."""
+    logits = head.outputs["logits"]
+    want_views = [user_view(r) for r in head_results(head, job, expected)]
+    got_views = [user_view(r) for r in head_results(head, job, actual)]
+    if all(view is None for view in want_views):  # regression: numbers are what users see
+        err = np.stack([np.abs(np.asarray(b[logits], np.float64) - np.asarray(a[logits], np.float64)).ravel()
+                        for a, b in zip(expected, actual)]) if expected else np.zeros((0, 1))
+        ref = np.stack([np.asarray(a[logits], np.float64).ravel() for a in expected]) if expected else np.zeros((0, 1))
         return {
             "metric": "abs error of values",
             "texts": int(err.shape[0]),
@@ -234,10 +182,25 @@ def agreement(judge: Judge, batches: Batches, expected: list[dict[str, np.ndarra
             "mean_abs_error": float(err.mean()) if err.size else 0.0,
             "reference_std": float(ref.std()) if ref.size else 0.0,
         }
+    token_level = head.level == "token"
+    tokens = tokens_same = 0
+    margins: list[float] = []
+    same = 0
+    for want, got, a, b in zip(expected, actual, want_views, got_views):
+        if token_level:
+            decided = np.asarray(want[logits]).argmax(-1) == np.asarray(got[logits]).argmax(-1)
+            tokens += decided.size
+            tokens_same += int(decided.sum())
+        if a == b:
+            same += 1
+        else:
+            margins.append(_margin(head, np.asarray(want[logits], np.float64), np.asarray(got[logits], np.float64)))
+    texts = len(want_views)
     margins.sort()
+    multi_label = _is_multi_label(head)
     figures = {
-        "metric": "identical entity sets per text" if judge.token_level and judge.postprocess is not None else
-                  "identical label sets per text" if judge.multi_label else "identical decisions per text",
+        "metric": "identical entity sets per text" if token_level else
+                  "identical label sets per text" if multi_label else "identical decisions per text",
         "texts": texts,
         "identical": same,
         "agreement": round(same / texts, 6) if texts else 1.0,
@@ -246,29 +209,26 @@ def agreement(judge: Judge, batches: Batches, expected: list[dict[str, np.ndarra
         "near_tie": near_tie,
         "disagreement_margins": [round(m, 4) for m in margins[:20]],
     }
-    if judge.token_level:
+    if token_level:
         figures["token_agreement"] = round(tokens_same / tokens, 6) if tokens else 1.0
         figures["tokens"] = tokens
     return figures
 
 
-def _margin(judge: Judge, want: dict[str, np.ndarray], got: dict[str, np.ndarray], mask: np.ndarray, row: int,
-            padding_side: str) -> float:
+def _margin(head: Any, want: np.ndarray, got: np.ndarray) -> float:
     """How far the reference was from changing its answer on this text (smallest over the changed decisions)."""
-    logits = np.asarray(want["logits"], dtype=np.float64)
-    if judge.multi_label and judge.thresholds is not None:
-        probs = 1 / (1 + np.exp(-logits[row]))
-        other = 1 / (1 + np.exp(-np.asarray(got["logits"], dtype=np.float64)[row]))
-        thresholds = judge.thresholds(probs.shape[-1])
+    from ..runtime import postprocess as post
+
+    if _is_multi_label(head):
+        probs, other = 1 / (1 + np.exp(-want)), 1 / (1 + np.exp(-got))
+        thresholds = post.thresholds_for(post.Context(manifest=head.manifest, config=head.config), probs.shape[-1])
         flipped = (probs > thresholds) != (other > thresholds)
         return float(np.abs(probs - thresholds)[flipped].min()) if flipped.any() else 0.0
-    if judge.token_level and logits.ndim == 3:
-        mine = _rows(logits, mask, padding_side)[row]
-        theirs = _rows(np.asarray(got["logits"], dtype=np.float64), mask, padding_side)[row]
-        changed = mine.argmax(-1) != theirs.argmax(-1)
-        gaps = _softmax_margin(mine)
-        return float(gaps[changed].min()) if changed.any() else float(gaps.min())
-    return float(_softmax_margin(logits[row]))
+    if head.level == "token" and want.ndim == 2:
+        changed = want.argmax(-1) != got.argmax(-1)
+        gaps = _softmax_margin(want)
+        return float(gaps[changed].min()) if changed.any() else float(gaps.min()) if gaps.size else 0.0
+    return float(_softmax_margin(want))
 
 
 def accepted(figures: Mapping[str, Any], *, min_agreement: float, max_error: float) -> tuple[bool, str]:
@@ -340,29 +300,49 @@ class _Invariance:
         }
 
 
-def batch_invariance(run: Run, encodings: Sequence[Any], *, input_names: Sequence[str], pad_id: int,
-                     padding_side: str, max_length: int, token_outputs: set[str], decide: Any = None,
-                     tolerance: float = INVARIANCE_TOLERANCE, batch_size: int = 8) -> dict[str, Any]:
-    """Each text alone vs the same text in batches: mixed lengths (two orders) and padded to max_length.
-
-    Passes when every output of every text is within ``tolerance`` (max abs) of its batch-1 value and every
-    decision is identical.
+def engine_invariance(engine: Any, job: Any, *, max_length: int, tolerance: float = INVARIANCE_TOLERANCE,
+                      batch_size: int = 8) -> dict[str, Any]:
+    """Each row of a truncated ``job`` alone vs the same row in batches, through ``engine`` (the variant's
+    production engine: its padding to a block multiple included): mixed lengths (two orders) and padded to
+    max_length. Passes when every output of every row is within ``tolerance`` (max abs) of its value alone and
+    every head's result (as a user reads it) is identical.
     """
-    encodings = list(encodings)
-    alone = [run(pad_batch([e], input_names, pad_id, padding_side)) for e in encodings]
+    rows = list(job.rows)
+    alone = [engine.run_rows([row])[0] for row in rows]
+    groups = [list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)]
+    reverse = list(range(len(rows)))[::-1]
     layouts = {
-        "mixed lengths": [list(range(i, min(i + batch_size, len(encodings)))) for i in range(0, len(encodings), batch_size)],
-        "mixed lengths, reversed": [list(range(len(encodings)))[::-1][i : i + batch_size] for i in range(0, len(encodings), batch_size)],
+        "mixed lengths": (groups, None),
+        "mixed lengths, reversed": ([reverse[i : i + batch_size] for i in range(0, len(rows), batch_size)], None),
+        "padded to max_length": (groups, max_length),
     }
-    tally = _Invariance(token_outputs=token_outputs, decide=decide, padding_side=padding_side, tolerance=tolerance)
-    for name, plan in [*layouts.items(), ("padded to max_length", layouts["mixed lengths"])]:
-        width = max_length if name == "padded to max_length" else None
-        for rows in plan:
-            feed = pad_batch([encodings[i] for i in rows], input_names, pad_id, padding_side, width=width)
-            outputs = run(feed)
-            for position, index in enumerate(rows):
-                tally.compare(alone[index], outputs, feed["attention_mask"], position, len(encodings[index]))
-    return tally.record(texts=len(encodings), layouts=[*layouts, "padded to max_length"], padding_side=padding_side)
+    worst, worst_output, checks = 0.0, None, 0
+    batched: list[dict[str, np.ndarray] | None] = [None] * len(rows)
+    for plan, width in layouts.values():
+        for group in plan:
+            for index, out in zip(group, engine.run_rows([rows[i] for i in group], width=width)):
+                checks += 1
+                batched[index] = out
+                for name, value in out.items():
+                    diff = float(np.abs(np.asarray(value, np.float64) - np.asarray(alone[index][name], np.float64)).max()
+                                 ) if np.size(value) else 0.0
+                    if diff > worst:
+                        worst, worst_output = diff, name
+    decisions_differ = 0
+    for head in engine.heads:
+        for a, b in zip(head_results(head, job, alone), head_results(head, job, batched)):
+            decisions_differ += int(user_view(a) != user_view(b))
+    return {
+        "passed": worst <= tolerance and decisions_differ == 0,
+        "tolerance": tolerance,
+        "max_abs_diff": worst,
+        "worst_output": worst_output,
+        "texts": len(rows),
+        "layouts": list(layouts),
+        "padding_side": engine.layout.padding_side,
+        "checks": checks,
+        "decisions_differ": decisions_differ,
+    }
 
 
 def alone_outputs(run: Run, cases: Sequence[Any], *, padding_side: str) -> list[list[Any] | None]:
@@ -448,43 +428,6 @@ def token_outputs_of(model: Any) -> set[str]:
 # --- one acceptance set per export, shared by every reduced-precision variant ------------------------------------------
 
 
-def build_judge(model: Any, padding_side: str, member: Any = None) -> Judge:
-    """A head's runtime postprocess and decisions, as acceptance compares them (``member``: one head of a
-    multi-head model; the judge then reads that head's outputs under its own names)."""
-    from ..runtime import postprocess as post
-
-    member = member or model.members()[0]
-    head, spec = member.head, member.spec
-    config = dict(head.manifest())
-    labels = {str(k): v for k, v in head.config.labels().items()}
-    manifest = {"id2label": labels, "postprocess_config": config}
-    try:
-        postprocess = spec.load_postprocess()
-    except Exception:  # a plugin head whose postprocess cannot load here: compare decisions only
-        postprocess = None
-
-    def context(batches: Batches, rows: list[int], mask: np.ndarray) -> Any:
-        return post.Context(manifest=manifest, config=config, attention_mask=mask,
-                            encodings=[batches.encodings[i] for i in rows], texts=[batches.texts[i] for i in rows],
-                            padding_side=padding_side)
-
-    multi = head.problem_type == "multi_label_classification"
-    thresholds = (lambda n: post.thresholds_for(post.Context(manifest=manifest, config=config), n)) if multi else None
-    return Judge(postprocess, context, lambda outputs, mask: head.decisions(outputs, mask), head.level == "token",
-                 multi, thresholds)
-
-
-def build_judges(model: Any, padding_side: str) -> dict[str, tuple[dict[str, str] | None, Judge]]:
-    """One judge per head: name -> (the head's output names -> the graph's, or None for a single head; judge)."""
-    if not model.multi_head:
-        return {"": (None, build_judge(model, padding_side))}
-    return {m.name: (dict(m.outputs), build_judge(model, padding_side, m)) for m in model.members()}
-
-
-def _own(outputs: dict[str, np.ndarray], mapping: dict[str, str] | None) -> dict[str, np.ndarray]:
-    return outputs if mapping is None else {local: outputs[graph] for local, graph in mapping.items() if graph in outputs}
-
-
 @dataclass
 class AcceptanceOptions:
     """The thresholds a reduced-precision variant must meet (export_onnx keywords; docs/export.md)."""
@@ -498,41 +441,39 @@ class AcceptanceOptions:
 
 @dataclass
 class AcceptanceSet:
-    """Held-out texts, PyTorch's outputs on them (computed once) and the judge: what every variant is held to."""
+    """Held-out texts as one job of the staged bundle, PyTorch's rows for it (computed once, through the engine)
+    and the thresholds: what every reduced-precision variant is held to."""
 
     split: TextSplit
-    batches: Batches
-    expected: list[dict[str, np.ndarray]]
-    judges: dict[str, tuple[dict[str, str] | None, Judge]]  # per head (one "" entry for a single-head model)
+    job: Any  # the held-out texts, prepared by the staged bundle's Predictor (truncated: one row per text)
+    expected: list[dict[str, np.ndarray]]  # PyTorch's row outputs, aligned with job.rows
     options: AcceptanceOptions
-    invariance_args: dict[str, Any]
-    checks: list[Any] | None = None  # per-head decisions for batch invariance (verify.HeadCheck)
-
-    @property
-    def judge(self) -> Judge:
-        """The judge of a single-head model (its only head)."""
-        return next(iter(self.judges.values()))[1]
+    max_length: int
+    calibration_args: dict[str, Any]
 
     def calibration_feeds(self, tokenizer: Any) -> list[dict[str, np.ndarray]]:
-        args = self.invariance_args
+        args = self.calibration_args
         cal = make_batches(tokenizer, self.split.calibration, input_names=args["input_names"],
                            max_length=args["max_length"], pad_id=args["pad_id"], padding_side=args["padding_side"],
                            batch_size=8)
         return cal.feeds
 
-    def judge_variant(self, name: str, run: Run) -> dict[str, Any]:
-        """``{"acceptance": ..., "batch_invariance": ...}`` for a variant; VerificationError when it fails either."""
+    def judge_variant(self, name: str, engine: Any) -> dict[str, Any]:
+        """``{"acceptance": ..., "batch_invariance": ...}`` for a variant run by ``engine`` (its production engine:
+        ``Predictor(bundle, variant=name).engine``); VerificationError when it fails either."""
         from ..errors import VerificationError
 
-        actual = reference(run, self.batches)
+        outputs, failed = engine.compute([self.job], batch_size=REFERENCE_BATCH)
+        if self.job in failed:
+            raise VerificationError(f"{name} failed on the held-out texts: {failed[self.job]}; it is not shipped")
+        actual = outputs[self.job]
         per_head = {}
-        for head, (mapping, judge) in self.judges.items():
-            figures = agreement(judge, self.batches, [_own(o, mapping) for o in self.expected],
-                                [_own(o, mapping) for o in actual], near_tie=self.options.near_tie)
+        for head in engine.heads:
+            figures = agreement(head, self.job, self.expected, actual, near_tie=self.options.near_tie)
             ok, detail = accepted(figures, min_agreement=self.options.min_agreement, max_error=self.options.max_error)
-            per_head[head] = {**figures, "passed": ok, "summary": detail}
-        if "" in per_head:  # a single head: its figures are the record
-            figures = per_head[""]
+            per_head[head.name] = {**figures, "passed": ok, "summary": detail}
+        if len(per_head) == 1:  # a single head: its figures are the record
+            figures = next(iter(per_head.values()))
             ok, detail = figures["passed"], figures["summary"]
             acceptance = dict(figures)
         else:  # every head must pass; the record keeps each head's figures and the lowest agreement
@@ -543,14 +484,8 @@ class AcceptanceSet:
                           **({"agreement": min(agreements)} if agreements else {})}
         acceptance.update(min_agreement=self.options.min_agreement, max_error=self.options.max_error,
                           texts_split=self.split.record)
-        # the texts most likely to move: mixed lengths from the held-out part, shortest and longest included
-        encodings = self.batches.encodings
-        by_length = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
-        count = min(self.options.invariance_texts, len(by_length))
-        picks = sorted({by_length[round(k * (len(by_length) - 1) / max(count - 1, 1))] for k in range(count)})
-        decide = self.checks if self.checks is not None else self.judge.decide
-        invariance = batch_invariance(run, [encodings[i] for i in picks], decide=decide,
-                                      tolerance=self.options.invariance_tolerance, **self.invariance_args)
+        invariance = engine_invariance(engine, self.invariance_job(), max_length=self.max_length,
+                                       tolerance=self.options.invariance_tolerance)
         if not invariance["passed"]:
             raise VerificationError(
                 f"{name} is not batch-invariant: a text's outputs move by up to {invariance['max_abs_diff']:.3g} "
@@ -566,17 +501,29 @@ class AcceptanceSet:
             )
         return {"acceptance": acceptance, "batch_invariance": invariance}
 
+    def invariance_job(self) -> Any:
+        """The held-out texts most likely to move: mixed lengths, shortest and longest included."""
+        from ..runtime.engine import Job
 
-def build_acceptance_set(model: Any, tokenizer: Any, texts: Sequence[Any], *, source: str, input_names: Sequence[str],
-                         max_length: int, pad_id: int, padding_side: str, reference_run: Run,
+        rows = self.job.rows
+        by_length = sorted(range(len(rows)), key=lambda i: len(rows[i].encoding))
+        count = min(self.options.invariance_texts, len(by_length))
+        picks = sorted({by_length[round(k * (len(by_length) - 1) / max(count - 1, 1))] for k in range(count)})
+        chosen = [rows[i] for i in picks]
+        return Job([self.job.inputs[row.item] for row in chosen],
+                   [type(row)(position, row.encoding) for position, row in enumerate(chosen)],
+                   self.job.config, self.job.kind, self.job.options)
+
+
+def build_acceptance_set(predictor: Any, reference: Any, texts: Sequence[Any], *, source: str,
                          options: AcceptanceOptions) -> AcceptanceSet:
-    """Split the texts, tokenize the held-out part like the runtime and compute PyTorch's outputs once."""
+    """Split the texts, prepare the held-out part as the staged bundle's Predictor does and compute PyTorch's rows
+    once through ``reference`` (the predictor's engine over PyTorch)."""
     split = split_texts(texts, source=source)
-    batches = make_batches(tokenizer, split.acceptance, input_names=input_names, max_length=max_length, pad_id=pad_id,
-                           padding_side=padding_side)
-    expected = reference(reference_run, batches)
-
-    invariance_args = dict(input_names=list(input_names), pad_id=pad_id, padding_side=padding_side,
-                           max_length=max_length, token_outputs=token_outputs_of(model))
-    return AcceptanceSet(split, batches, expected, build_judges(model, padding_side), options, invariance_args,
-                         head_checks(model))
+    job = predictor.prepare(split.acceptance)
+    outputs, failed = reference.compute([job], batch_size=REFERENCE_BATCH)
+    if job in failed:
+        raise HeadregError(f"PyTorch failed on the held-out texts: {failed[job]}")
+    calibration_args = dict(input_names=list(predictor.input_names), pad_id=predictor.pad_id,
+                            padding_side=predictor.padding_side, max_length=predictor.max_length)
+    return AcceptanceSet(split, job, outputs[job], options, predictor.max_length, calibration_args)

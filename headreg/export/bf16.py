@@ -62,9 +62,13 @@ def bf16_run(model_path: Path, *, pad_id: int = 0, padding_side: str = "right", 
     return run, backend
 
 
-def bf16_record(judged: dict[str, Any], backend: OpenVINOBackend) -> dict[str, Any]:
-    """The manifest record of an accepted bf16 variant (format: docs/bundle-format.md, runtime/variants.py)."""
+def bf16_record(judged: dict[str, Any], backend: OpenVINOBackend | None) -> dict[str, Any]:
+    """The manifest record of a bf16 variant (format: docs/bundle-format.md, runtime/variants.py): accepted with
+    ``judged`` figures, or (``backend=None``) the record a staged bundle is opened with while it is judged."""
     flags = cpu_flags()
+    if backend is None:
+        return {"file": MODEL_FILE, "precision": "bf16", "backend": "openvino", "quantization": None,
+                "requires_cpu": list(BF16_CPU_FLAGS), "pad_to_multiple_of": PAD_MULTIPLE}
     return {
         "file": MODEL_FILE,
         "precision": "bf16",

@@ -222,6 +222,7 @@ def build_manifest(
         "backbone": backbone_info(model.config),
         "inputs": list(input_names),
         "outputs": graph_outputs,
+        "output_axes": output_axes(model, graph_outputs),
         "opset": opset,
         "exporter": exporter,
         "max_length": max_length,
@@ -264,8 +265,29 @@ def head_entry(member: Any, verification: dict[str, Any] | None) -> dict[str, An
         "id2label": {str(k): v for k, v in head.config.labels().items()},
         "pooling": member.pooling.as_dict(),
         "outputs": dict(member.outputs),
+        "result_fields": spec.fields,
         "verification": verification,
     }
+
+
+def output_axes(model: Any, graph_outputs: dict[str, list]) -> dict[str, str]:
+    """Per graph output: "token", "row" or "shared" (what the runtime engine slices per row).
+
+    A head's logits and pooled features follow its export contract (symbolic_axes); any other output (a plugin's
+    extra) follows its traced dims: a leading symbolic axis is the batch, a second one the sequence. Recorded, so
+    the runtime never has to guess from dims an exporter may leave symbolic (GPT-2's pooled width after a Reshape).
+    """
+    from ..manifest import axes_from_dims
+    from .trace import symbolic_axes
+
+    declared = {name: ("token" if count == 2 else "row") for name, count in symbolic_axes(model).items()}
+    axes = {}
+    for name, dims in graph_outputs.items():
+        if name in declared:
+            axes[name] = declared[name]
+            continue
+        axes[name] = axes_from_dims(dims)
+    return axes
 
 
 def file_sizes(directory: Path) -> dict[str, int]:

@@ -27,6 +27,7 @@ from .cases import Case, equal_length_cases, make_cases
 from .tokenizer import TokenizerError, bundle_tokenizer
 from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, ExportWrapper, graph_signature, input_names_for, trace
 from . import acceptance as acc
+from . import production as prod
 from .quantize import DEFAULT_METHOD, INT8_REQUIRES_CPU, METHODS
 from .verify import HeadCheck, Report, VerificationFailed, compare_cases, run_cases, run_onnx, save_golden
 
@@ -300,30 +301,27 @@ def _session_run(session: Any) -> Callable[[dict[str, np.ndarray]], dict[str, np
     return lambda feed: run_onnx(session, feed)
 
 
-def _acceptance_set(model: Any, tok: Any, wrapper: ExportWrapper, texts: Sequence[Any] | None, *, input_names,
-                    max_length: int, padding_side: str, options: "acc.AcceptanceOptions") -> "acc.AcceptanceSet":
-    """Held-out texts and PyTorch's outputs on them: computed once, every reduced-precision variant is judged on them."""
+def _acceptance_set(twin: "_Twin", texts: Sequence[Any] | None, *, pairs: bool,
+                    options: "acc.AcceptanceOptions") -> "acc.AcceptanceSet":
+    """Held-out texts and PyTorch's rows on them: computed once, every reduced-precision variant is judged on them."""
     from ..data import builtin_texts
 
-    pairs = "token_type_ids" in input_names
     if texts is None:
         texts, source = builtin_texts(with_pairs=pairs), "builtin"
     else:
         source = "user"
     try:
         texts = acc.normalize_texts(list(texts), pairs=True)
-        return acc.build_acceptance_set(
-            model, tok.tokenizer, texts, source=source, input_names=input_names, max_length=max_length,
-            pad_id=tok.pad_token_id, padding_side=padding_side, reference_run=_torch_run(wrapper), options=options,
-        )
+        return acc.build_acceptance_set(twin.predictor, twin.reference, texts, source=source, options=options)
     except acc.AcceptanceError as exc:
         raise ExportOptionError(str(exc)) from exc
 
 
 def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, cases: list[Case],
                   expected: list[dict[str, np.ndarray]], decide: list[HeadCheck], model: Any, method: str,
-                  step: "_Steps") -> dict[str, Any]:
-    """Quantize the unfused fp32 graph (static QDQ int8), then accept it on held-out texts and batch invariance."""
+                  step: "_Steps", stage: Callable[..., Any]) -> dict[str, Any]:
+    """Quantize the unfused fp32 graph (static QDQ int8), then accept it on held-out texts and batch invariance,
+    run by the int8 variant's own production engine."""
     from .quantize import golden_agreements, quantize_static_int8
 
     with step("quantize") as info:
@@ -332,9 +330,10 @@ def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, case
         quantization["calibration_source"] = acceptance.split.record["source"]
         info.update(method=method, calibration_rows=quantization["calibration_rows"])
     with step("accept int8") as info:
-        session = create_session(staging / INT8_FILE)
-        judged = acceptance.judge_variant("int8", _session_run(session))
-        golden = golden_agreements(session, cases, expected, decide)
+        predictor = stage("int8", {"file": INT8_FILE, "precision": "int8", "backend": "onnxruntime",
+                                   "quantization": quantization})
+        judged = acceptance.judge_variant("int8", predictor.engine)
+        golden = golden_agreements(create_session(staging / INT8_FILE), cases, expected, decide)
         figures = judged["acceptance"]
         info.update(agreement=figures.get("agreement", figures.get("max_abs_error")),
                     invariant=judged["batch_invariance"]["passed"])
@@ -370,6 +369,14 @@ def _padding_record(model: Any, own: dict[str, Any]) -> dict[str, Any]:
               f"({own['worst_output']} moves by up to {own['max_abs_diff']:.2g} between a row alone and padded in "
               f"a batch; {own['decisions_differ']} of {own['checks']} rows decide differently)")
     return {"allowed": False, "reason": reason, "pytorch": own}
+
+
+@dataclass
+class _Twin:
+    """The staged bundle's Predictor (a variant's production engine) and its engine over PyTorch."""
+
+    predictor: Any
+    reference: Any
 
 
 class ExportOptionError(HeadregError, ValueError):
@@ -549,21 +556,52 @@ def export_onnx(
         variants = {"fp32": bundle_mod.fp32_record()}
         variants["fp32"]["batch_invariance"] = fp32_invariance
         built: list[acc.AcceptanceSet] = []
+        fused = [False]
+
+        def manifest_for(variants: dict[str, Any], verification: dict[str, Any]) -> dict[str, Any]:
+            graph_outputs = graph_signature(staging / MODEL_FILE)[1] if fused[0] else traced.output_dims
+            return bundle_mod.build_manifest(
+                model, graph_outputs=graph_outputs, input_names=input_names, opset=traced.opset,
+                max_length=max_length, padding_side=padding_side, tokenizer=tok, staging=staging, variants=variants,
+                verification=verification, source=_source_info(source), exporter=exporter,
+                batch_padding=batch_padding["allowed"],
+                head_verification=lambda member: report.head_summary(
+                    member.name if model.multi_head else "", member.outputs
+                ),
+            )
+
+        def stage(variant: str = "fp32", record: dict[str, Any] | None = None) -> Any:
+            """The staged bundle opened as production opens it, serving ``variant`` (``record``: its record so far)."""
+            from ..runtime.predictor import Predictor
+
+            write_json(staging / MANIFEST_FILE, manifest_for({**variants, **({variant: record} if record else {})},
+                                                             report.summary()))
+            return Predictor(staging, variant=variant)
+
+        twins: list[_Twin] = []
+
+        def twin() -> _Twin:
+            """The staged fp32 Predictor and its engine over PyTorch (made once; only prepare is read from it)."""
+            if not twins:
+                from .torch_backend import TorchBackend
+
+                predictor = stage()
+                twins.append(_Twin(predictor, predictor.engine.with_backend(TorchBackend(model))))
+            return twins[0]
 
         def acceptance_set() -> acc.AcceptanceSet:
             """Held-out texts and PyTorch's outputs on them, built once for every reduced-precision variant."""
             if not built:
                 with step("acceptance texts") as info:
-                    built.append(_acceptance_set(model, tok, wrapper, options.calibration_texts,
-                                                 input_names=input_names, max_length=max_length,
-                                                 padding_side=padding_side, options=acceptance))
+                    built.append(_acceptance_set(twin(), options.calibration_texts,
+                                                 pairs="token_type_ids" in input_names, options=acceptance))
                     info.update(calibration=built[0].split.record["calibration_rows"],
                                 held_out=built[0].split.record["acceptance_rows"])
             return built[0]
 
         if options.quantize == "int8":
             int8 = _variant_int8(staging, acceptance_set(), tok, cases, expected, decide, model,
-                                 options.calibration_method, step)
+                                 options.calibration_method, step, stage)
             variants["int8"] = bundle_mod.int8_record(int8)
         if options.optimize:
             from .optimize import optimize_graph
@@ -574,6 +612,7 @@ def export_onnx(
                 info.update(accepted=optimization["accepted"], fused=optimization["fused"])
             variants["fp32"]["optimized"] = optimization["accepted"]
             fused_report = optimization.pop("report", None)
+            fused[0] = bool(optimization["accepted"])
             if optimization["accepted"]:
                 variants["fp32"]["batch_invariance"] = optimization["batch_invariance"]  # the graph that ships
                 optimization["unfused_verification"] = report.summary()
@@ -582,31 +621,23 @@ def export_onnx(
 
         bf16_record = None
         if options.bf16:
-            bf16_record = _variant_bf16(staging, acceptance_set, step, fused=bool(optimization and optimization["accepted"]))
+            bf16_record = _variant_bf16(staging, acceptance_set, step, fused=fused[0], stage=stage)
             variants["bf16"] = bf16_record
 
+        with step("verify predict") as info:
+            production = _verify_production(stage, twin, variants, max_length=max_length,
+                                            pairs="token_type_ids" in input_names, atol=options.atol,
+                                            rtol=options.rtol)
+            info.update(cases=len(production["record"]["cases"]), passed=production["record"]["passed"])
+            if not production["record"]["passed"]:
+                report.problems.extend(prod.failures(production["record"]))
+                report.problems_are = ("the graph verified, but the bundle's own Predictor (its batching, padding and "
+                                       "postprocess) does not reproduce PyTorch or crashes")
+                report.raise_for_failure()
+
         with step("write bundle"):
-            save_golden(staging / GOLDEN_FILE, cases, expected)
-            graph_outputs = (graph_signature(staging / MODEL_FILE)[1] if optimization and optimization["accepted"]
-                             else traced.output_dims)
-            manifest = bundle_mod.build_manifest(
-                model,
-                graph_outputs=graph_outputs,
-                input_names=input_names,
-                opset=traced.opset,
-                max_length=max_length,
-                padding_side=padding_side,
-                tokenizer=tok,
-                staging=staging,
-                variants=variants,
-                verification=report.summary(),
-                source=_source_info(source),
-                exporter=exporter,
-                batch_padding=batch_padding["allowed"],
-                head_verification=lambda member: report.head_summary(
-                    member.name if model.multi_head else "", member.outputs
-                ),
-            )
+            save_golden(staging / GOLDEN_FILE, cases, expected, extra=prod.golden_arrays(production["expected"]))
+            manifest = manifest_for(variants, {**report.summary(), "production": _production_summary(production["record"])})
             write_json(staging / MANIFEST_FILE, manifest)
             write_json(
                 staging / VERIFICATION_FILE,
@@ -618,6 +649,7 @@ def export_onnx(
                     "bf16": bf16_record,
                     "variants": variants,
                     "batch_padding": batch_padding,
+                    "production": {**production["record"], "described": prod.describe(production["cases"])},
                 },
             )
             sizes = bundle_mod.file_sizes(staging)
@@ -625,12 +657,13 @@ def export_onnx(
 
 
 def _variant_bf16(staging: Path, acceptance_set: Callable[[], "acc.AcceptanceSet"], step: "_Steps", *,
-                  fused: bool) -> dict[str, Any]:
-    """The OpenVINO bf16 record, judged like int8 on the held-out texts and batch invariance.
+                  fused: bool, stage: Callable[..., Any]) -> dict[str, Any]:
+    """The OpenVINO bf16 record, judged like int8 on the held-out texts and batch invariance, run by the bf16
+    variant's own production engine (OpenVINO, padded to the block multiple).
 
     ExportOptionError where this machine cannot check it; VerificationError when it fails a check.
     """
-    from .bf16 import bf16_record, bf16_run, bf16_unavailable
+    from .bf16 import bf16_record, bf16_unavailable
 
     reason = bf16_unavailable()
     if reason is None and fused:
@@ -639,12 +672,42 @@ def _variant_bf16(staging: Path, acceptance_set: Callable[[], "acc.AcceptanceSet
         raise ExportOptionError(f"cannot verify a bf16 variant here: {reason}")
     acceptance = acceptance_set()
     with step("accept bf16") as info:
-        args = acceptance.invariance_args
-        run, backend = bf16_run(staging / MODEL_FILE, pad_id=args["pad_id"], padding_side=args["padding_side"])
-        judged = acceptance.judge_variant("bf16", run)
+        predictor = stage("bf16", bf16_record({}, None))
+        judged = acceptance.judge_variant("bf16", predictor.engine)
         figures = judged["acceptance"]
         info.update(agreement=figures.get("agreement", figures.get("max_abs_error")),
                     invariant=judged["batch_invariance"]["passed"])
-    return bf16_record(judged, backend)
+    return bf16_record(judged, predictor.backend)
+
+
+def _verify_production(stage: Callable[..., Any], twin: Callable[[], "_Twin"], variants: dict[str, Any], *,
+                       max_length: int, pairs: bool, atol: float, rtol: float) -> dict[str, Any]:
+    """The staged bundle's own Predictor on the production cases (production.py) against its engine over PyTorch;
+    every other verified variant must run them too (its answers were judged by acceptance)."""
+    cases = prod.production_cases(max_length, pairs=pairs)
+    reference = twin()
+    predictor = stage()  # the final fp32 graph (fused when --optimize kept it)
+    expected = prod.reference_rows(reference.predictor, reference.reference, cases)
+    record = prod.verify_production(predictor, cases, expected, atol=atol, rtol=rtol)
+    for name in variants:
+        if name == "fp32":
+            continue
+        other = stage(name)
+        for case in cases:
+            failure = prod.rows_of(other.engine, prod.job_for(other, case), case.batch_size)
+            if isinstance(failure, BaseException):
+                record["passed"] = False
+                record["cases"].append({"name": f"{name}: {case.name}", "passed": False,
+                                        "problems": [f"the {name} variant's engine failed: {failure}"]})
+    return {"record": record, "cases": cases, "expected": expected}
+
+
+def _production_summary(record: dict[str, Any]) -> dict[str, Any]:
+    worst: dict[str, float] = {}
+    for case in record["cases"]:
+        for name, figures in (case.get("worst") or {}).items():
+            worst[name] = max(worst.get(name, 0.0), figures["abs"])
+    return {"passed": record["passed"], "cases": len(record["cases"]), "worst_abs": worst}
+
 
 __all__ = ["Bundle", "ExportError", "ExportOptionError", "ExportOptions", "VerificationFailed", "export_onnx"]

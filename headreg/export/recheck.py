@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import BundleError
 from .acceptance import session_invariance
 from .cases import Case
-from .verify import HeadCheck, Report, compare_cases, load_golden, run_cases, run_onnx
+from .verify import HeadCheck, Report, compare_cases, load_golden, read_golden, run_cases, run_onnx
 
 
 def _head_checks(manifest: dict[str, Any], graph_outputs: dict[str, list]) -> tuple[list[HeadCheck] | None, list[str]]:
@@ -155,6 +155,35 @@ def _recheck_invariance(report: Report, session: Any, cases: list[Case], actual:
         report.problems_are = "the bundle is no longer batch-invariant here"
 
 
+def _recheck_production(report: Report, bundle_dir: Path, recorded: dict[str, Any], arrays: dict[str, np.ndarray], *,
+                        threads: int | None, atol: float, rtol: float) -> None:
+    """The production cases again, through the bundle's own Predictor (fp32), against the PyTorch rows recorded
+    at export: what predict runs, torch-free. A bundle written before they were recorded says so in a note."""
+    from ..errors import HeadregError
+    from ..runtime.predictor import Predictor
+    from .production import failures, read_cases, verify_production
+
+    described = (recorded.get("production") or {}).get("described")
+    if described is None:
+        report.notes.append("no production cases recorded (exported by an older headreg): the bundle's Predictor "
+                            "was not re-run on them; export again to record them")
+        return
+    try:
+        cases, expected = read_cases(described, arrays)
+        predictor = Predictor(bundle_dir, variant="fp32", threads=threads)
+        record = verify_production(predictor, cases, expected, atol=atol, rtol=rtol)
+    except HeadregError as exc:
+        report.problems.append(f"the bundle's Predictor cannot run its production cases: {exc}")
+        report.problems_are = "the bundle's own Predictor fails where export verified it"
+        return
+    verdict = "passes" if record["passed"] else "FAILS"
+    report.notes.append(f"the bundle's Predictor (fp32) on {len(cases)} production cases (mixed-length batches, "
+                        f"windows, pairs, embed) against PyTorch's recorded rows: {verdict}")
+    if not record["passed"]:
+        report.problems.extend(failures(record))
+        report.problems_are = "the bundle's own Predictor no longer reproduces PyTorch"
+
+
 def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Report:
     """Re-run a bundle's golden cases with the installed onnxruntime and re-check files and manifest.
 
@@ -196,7 +225,8 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
     mismatched = head_output_problems(manifest, _session_signature(session)[1])
     if mismatched:  # a head over a graph of another kind: its checks and postprocess would not run on these outputs
         return Report([], atol, rtol, model_file, problems=problems + mismatched)
-    cases, expected = load_golden(bundle_dir / GOLDEN_FILE, descriptions)
+    arrays = read_golden(bundle_dir / GOLDEN_FILE)
+    cases, expected = load_golden(bundle_dir / GOLDEN_FILE, descriptions, arrays)
     decide, notes = _head_checks(manifest, _session_signature(session)[1])
     token_outputs = token_outputs_of(manifest)
     actual = run_cases(session, cases)
@@ -206,6 +236,8 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
     report.notes.extend(notes)
     if report.passed:
         _recheck_invariance(report, session, cases, actual, manifest, decide, token_outputs, atol)
+    if report.passed:
+        _recheck_production(report, bundle_dir, recorded, arrays, threads=threads, atol=atol, rtol=rtol)
     int8 = manifest.get("variants", {}).get("int8")
     if int8 and decide is not None:
         from .quantize import golden_agreement

@@ -1,7 +1,7 @@
-"""The PyTorch side of ``headreg bench --compare-torch``: the exported model run by torch on the runtime's feeds.
+"""The PyTorch side of ``headreg bench --compare-torch``: the exported model as an engine backend.
 
 It lives on the export side (torch, transformers) so that nothing under ``headreg/runtime/`` names torch-side code;
-``headreg.runtime.bench.Engine`` takes the runner built here like any other.
+``headreg.runtime.bench.Contender`` runs the backend built here through the runtime engine like any other.
 """
 
 from __future__ import annotations
@@ -10,35 +10,30 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from ..runtime.bench import Runner
-
-
-def torch_runner(model_dir: str | os.PathLike, threads: int | None = None, *, bf16: bool = False) -> Runner:
-    """A runner for the PyTorch model the bundle was exported from (needs ``headreg[torch]``).
+def torch_backend(model_dir: str | os.PathLike, threads: int | None = None, *, bf16: bool = False) -> Any:
+    """An engine backend for the PyTorch model the bundle was exported from (needs ``headreg[torch]``).
 
     ``bf16``: under ``torch.autocast("cpu", dtype=torch.bfloat16)``, PyTorch's own fast path on CPUs with bf16.
     """
     from ..errors import require
 
     torch = require("torch", "torch", "bench --compare-torch")
+    from .torch_backend import TorchBackend
+
     model = load_torch_model(model_dir)
     if threads:
         torch.set_num_threads(int(threads))
-    return torch_model_runner(model, bf16=bf16)
+    return TorchBackend(model, bf16=bf16)
 
 
-def torch_model_runner(model: Any, *, bf16: bool = False) -> Runner:
-    """``run(feed) -> logits`` for a model already in memory (``benchmarks/`` times it the same way)."""
-    import torch
+def torch_model_runner(model: Any, *, bf16: bool = False) -> Any:
+    """``run(feed) -> logits`` for a model already in memory (``benchmarks/`` times shapes with it): the same
+    :class:`TorchBackend` the engine runs, fetching ``logits`` only."""
+    from .torch_backend import TorchBackend
 
-    def run(feed: dict[str, np.ndarray]) -> Any:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            output = model(**{name: torch.from_numpy(value) for name, value in feed.items()})
-            return output.logits.float().numpy()
-
-    return run
+    backend = TorchBackend(model, bf16=bf16)
+    return lambda feed: backend.run(feed, ["logits"])["logits"]
 
 
 def load_torch_model(model_dir: str | os.PathLike):

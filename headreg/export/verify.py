@@ -314,8 +314,10 @@ def verify_session(session: Any, cases: list[Case], expected: list[dict[str, np.
 # --- golden cases: written at export, re-checked by `headreg verify` -------------------------------------------
 
 
-def save_golden(path: str | Path, cases: list[Case], expected: list[dict[str, np.ndarray]]) -> None:
-    arrays = {}
+def save_golden(path: str | Path, cases: list[Case], expected: list[dict[str, np.ndarray]],
+                extra: dict[str, np.ndarray] | None = None) -> None:
+    """The verification cases' inputs and PyTorch's outputs (``extra``: more arrays, e.g. production.py's rows)."""
+    arrays = dict(extra or {})
     for index, (case, outputs) in enumerate(zip(cases, expected)):
         arrays.update({f"{index}.input.{k}": v for k, v in case.inputs.items()})
         arrays.update({f"{index}.output.{k}": v for k, v in outputs.items()})
@@ -351,15 +353,21 @@ def _check_golden_size(path: str | Path, max_bytes: int) -> None:
         raise BundleError(f"{path} is not a readable golden file: {exc}") from exc
 
 
-def load_golden(path: str | Path, descriptions: list[dict[str, Any]]) -> tuple[list[Case], list[dict[str, np.ndarray]]]:
+def read_golden(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of a golden file, after its size is checked (never unpickled)."""
     from ..manifest import GOLDEN_MAX_BYTES
 
     _check_golden_size(path, GOLDEN_MAX_BYTES)
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+            return {key: data[key] for key in data.files}
     except (OSError, ValueError) as exc:
         raise BundleError(f"{path} is not a readable golden file: {exc}") from exc
+
+
+def load_golden(path: str | Path, descriptions: list[dict[str, Any]],
+                arrays: dict[str, np.ndarray] | None = None) -> tuple[list[Case], list[dict[str, np.ndarray]]]:
+    arrays = read_golden(path) if arrays is None else arrays
     if not isinstance(descriptions, list) or not all(isinstance(info, dict) and isinstance(info.get("name"), str)
                                                      and isinstance(info.get("kind"), str) for info in descriptions):
         raise BundleError(f"{path}: the verification record's case list is malformed; export the bundle again")

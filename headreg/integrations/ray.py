@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import require
 from ..runtime import InputError, Predictor
-from . import HEAD_FIELDS, head_layout, load_predictor, pick_fields
+from . import head_layout, load_predictor, pick_fields
 
 OUTPUTS = ("predict", "embed")
 
@@ -106,12 +106,12 @@ class BundlePredictor:
         except InputError as exc:
             raise InputError(f"column {self.text_column!r}: {exc}") from exc
         if None in self.layout:  # one head: a column per field
-            kind = self.layout[None]
-            rows = [pick_fields(r, kind) for r in results]
-            fields = dict.fromkeys(field for row in rows for field in row) or HEAD_FIELDS.get(kind or "", ())
+            declared = self.layout[None]
+            rows = [pick_fields(r, declared) for r in results]
+            fields = declared or dict.fromkeys(field for row in rows for field in row)
             new = {field: [row.get(field) for row in rows] for field in fields}
         else:  # several heads: a column per head, holding that head's fields
-            new = {head: [pick_fields(r[head], kind) for r in results] for head, kind in self.layout.items()}
+            new = {head: [pick_fields(r[head], declared) for r in results] for head, declared in self.layout.items()}
         return self._put(batch, columns, {name: _array(values) for name, values in new.items()} if numpy else new)
 
     def _texts(self, batch: Any, columns: list[str]) -> list[Any]:
@@ -222,11 +222,12 @@ class BundleServer:
 
 
 def run_requests(predictor: Predictor, requests: Sequence[tuple[str, list[Any], dict]]) -> list[Any]:
-    """Run several ``(kind, inputs, parameters)`` requests as one stream of length-planned batches.
+    """Run several ``(kind, inputs, parameters)`` requests through the Predictor's engine in one go.
 
     Results equal ``predictor.predict(inputs, **parameters)`` (embed: ``predictor.embed(inputs).tolist()``)
-    per request: the Predictor's results depend only on a request's own rows. An error in one request's
-    inputs or parameters is returned in that request's place; the others are answered.
+    per request: the engine's results depend only on a request's own rows, and a request that fails (bad
+    inputs or parameters, the model or its postprocess failing on its rows) gets its exception in its place
+    while the others are answered.
     """
     answers: list[Any] = [None] * len(requests)
     jobs: list[tuple[int, Any]] = []
@@ -235,23 +236,10 @@ def run_requests(predictor: Predictor, requests: Sequence[tuple[str, list[Any], 
             jobs.append((index, predictor.prepare(inputs, kind=kind, **parameters)))
         except Exception as exc:  # noqa: BLE001 - answered to that request alone
             answers[index] = exc
-    rows = [(j, r) for j, (_, job) in enumerate(jobs) for r in range(len(job.rows))]
-    outputs: list[list[Any]] = [[None] * len(job.rows) for _, job in jobs]
-    try:
-        for batch in predictor.plan([len(jobs[j][1].rows[r].encoding) for j, r in rows]):
-            for k, out in zip(batch, predictor.run_rows([jobs[rows[k][0]][1].rows[rows[k][1]] for k in batch])):
-                j, r = rows[k]
-                outputs[j][r] = out
-    except Exception as exc:  # noqa: BLE001 - the model failed on this batch: every request in it gets the error
-        for index, _ in jobs:
-            answers[index] = exc
-        return answers
-    for (index, job), out in zip(jobs, outputs):
-        try:
-            result = predictor.finish(job, out)
-            answers[index] = np.stack(result).tolist() if job.kind == "embed" else result
-        except Exception as exc:  # noqa: BLE001
-            answers[index] = exc
+    for (index, job), answer in zip(jobs, predictor.engine.run([job for _, job in jobs])):
+        if job.kind == "embed" and not isinstance(answer, BaseException):
+            answer = np.stack(answer).tolist() if answer else []
+        answers[index] = answer
     return answers
 
 

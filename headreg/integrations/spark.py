@@ -26,23 +26,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..errors import HeadregError, require
-from . import HEAD_FIELDS, head_layout, load_predictor, pick_fields
+from . import head_layout, load_predictor, pick_fields
 
 OUTPUTS = ("label", "struct", "embedding", "json")
-# output="label": the head's decision alone.
-LABEL_FIELD = {"seq_cls": "label", "multi_label": "labels", "regression": "values", "token_cls": "entities"}
-
-ENTITY = "struct<label:string,score:double,start:int,end:int,word:string,sequence:int>"
-SCHEMAS = {  # Spark DDL per head kind and output
-    ("seq_cls", "label"): "string",
-    ("seq_cls", "struct"): "struct<label:string,score:double,scores:map<string,double>>",
-    ("multi_label", "label"): "array<string>",
-    ("multi_label", "struct"): "struct<labels:array<string>,scores:map<string,double>>",
-    ("regression", "label"): "array<double>",
-    ("regression", "struct"): "struct<values:array<double>>",
-    ("token_cls", "label"): f"array<{ENTITY}>",
-    ("token_cls", "struct"): f"struct<entities:array<{ENTITY}>>",
-}
+# output="label": the head's decision alone, its first declared result field; output="struct": every declared field.
 
 
 @dataclass(frozen=True)
@@ -52,7 +39,7 @@ class _Spec:
     bundle: str  # the path on the driver
     shipped: str | None  # SparkFiles name when the bundle was shipped with addFile
     output: str
-    layout: tuple  # ((head name or None, kind), ...): see head_layout
+    layout: tuple  # ((head name or None, ((field, type), ...) or None), ...): see head_layout
     threads: int
     variant: str | None
     predictor_options: tuple = ()
@@ -162,24 +149,33 @@ def predict_udf(
     if ship is None:
         ship = not sc.master.startswith("local")
     shipped = _ship(sc, path) if ship else None
-    spec = _Spec(str(path), shipped, output, tuple(layout.items()), int(threads), variant,
+    spec = _Spec(str(path), shipped, output,
+                 tuple((name, None if fields is None else tuple(fields.items())) for name, fields in layout.items()),
+                 int(threads), variant,
                  tuple(sorted((predictor_options or {}).items())), json.dumps(options, sort_keys=True))
     return BundleUDF(spec, return_type, sc.accumulator([], _Loads()))
 
 
 def _return_type(output: str, layout: dict, head: str) -> str:
-    """The UDF's Spark DDL: see SCHEMAS; a multi-head bundle's is a struct with one field per head."""
+    """The UDF's Spark DDL from the heads' declared result fields; a multi-head bundle's is a struct with one
+    field per head."""
     if output == "embedding":
         return "array<float>"
     if output == "json":
         return "string"
-    unknown = [name or head for name, kind in layout.items() if (kind, output) not in SCHEMAS]
-    if unknown:
-        raise HeadregError(f"head {', '.join(map(repr, unknown))} returns results of its own shape, which has no fixed "
-                           "Spark schema here: use output='json' (or 'embedding')")
+    undeclared = [name or head for name, fields in layout.items() if not fields]
+    if undeclared:
+        raise HeadregError(f"head {', '.join(map(repr, undeclared))} declares no result fields, so its results have no "
+                           "fixed Spark schema: use output='json' (or 'embedding')")
+
+    def ddl(fields: dict[str, str]) -> str:
+        if output == "label":
+            return next(iter(fields.values()))
+        return "struct<" + ",".join(f"`{name}`:{kind}" for name, kind in fields.items()) + ">"
+
     if None in layout:
-        return SCHEMAS[(layout[None], output)]
-    return "struct<" + ",".join(f"`{name}`:{SCHEMAS[(kind, output)]}" for name, kind in layout.items()) + ">"
+        return ddl(layout[None])
+    return "struct<" + ",".join(f"`{name}`:{ddl(fields)}" for name, fields in layout.items()) + ">"
 
 
 def _ship(sc: Any, path: Path) -> str:
@@ -238,14 +234,15 @@ def _predict_batch(predictor: Any, spec: _Spec, texts: list):
         results[i] = result
     if spec.output == "json":
         return pd.Series([None if r is None else json.dumps(r) for r in results], dtype=object)
-    layout = dict(spec.layout)
+    layout = {name: dict(fields) for name, fields in spec.layout}
     if None in layout:
-        kind = layout[None]
+        fields = layout[None]
         if spec.output == "label":
-            return pd.Series([None if r is None else r[LABEL_FIELD[kind]] for r in results], dtype=object)
-        return pd.DataFrame({name: [None if r is None else r[name] for r in results] for name in HEAD_FIELDS[kind]})
+            decision = next(iter(fields))
+            return pd.Series([None if r is None else r[decision] for r in results], dtype=object)
+        return pd.DataFrame({name: [None if r is None else r.get(name) for r in results] for name in fields})
     if spec.output == "label":
-        return pd.DataFrame({head: [None if r is None else r[head][LABEL_FIELD[kind]] for r in results]
-                             for head, kind in layout.items()})
-    return pd.DataFrame({head: [None if r is None else pick_fields(r[head], kind) for r in results]
-                         for head, kind in layout.items()})
+        return pd.DataFrame({head: [None if r is None else r[head][next(iter(fields))] for r in results]
+                             for head, fields in layout.items()})
+    return pd.DataFrame({head: [None if r is None else pick_fields(r[head], fields) for r in results]
+                         for head, fields in layout.items()})

@@ -1,8 +1,9 @@
 """Side-by-side throughput and latency: onnxruntime variants, length bucketing vs arrival order, PyTorch eager.
 
-Every engine gets the same texts, the same tokenization and the same batches, so the ratios compare the
-model runs and the batching, not the inputs. Nothing here names torch: the PyTorch side of a comparison
-(``headreg bench --compare-torch``) lives in :mod:`headreg.export.torch_bench` and plugs in as a ``runner``.
+Every contender runs what ``Predictor.predict`` runs — the runtime engine over the same texts, tokenization and
+batches — so the ratios compare the model runs and the batching, not the inputs. Nothing here names torch: the
+PyTorch side of a comparison (``headreg bench --compare-torch``) lives in :mod:`headreg.export.torch_bench` and
+plugs into the engine as a backend.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .batching import pad_batch
 from .predictor import Predictor
 
 # A paragraph long enough to fill 512 tokens; synthetic rows are truncated to --seq-len.
@@ -62,71 +62,64 @@ def synthetic_texts(rows: int) -> list[str]:
     return [f"Report {i}: " + _FILLER * 4 for i in range(rows)]
 
 
-Runner = Callable[[dict[str, np.ndarray]], Any]
-
-
 @dataclass
-class Engine:
-    """One contender: a Predictor's session (``runner=None``) or another model on the Predictor's feeds."""
+class Contender:
+    """One contender: a Predictor's engine, over another backend when ``backend`` is given (PyTorch, for
+    ``--compare-torch``). ``bucket=False`` plans batches in arrival order (the baseline bucketing is compared with)."""
 
     name: str
     predictor: Predictor
-    bucket: bool = True  # length-bucketed batches; False = arrival-order chunks of batch_size (the baseline)
-    runner: Runner | None = None
+    bucket: bool = True
+    backend: Any = None
+
+    @property
+    def engine(self) -> Any:
+        engine = self.predictor.engine
+        return engine if self.backend is None else engine.with_backend(self.backend)
 
 
 def measure(
-    engines: Sequence[Engine], texts: Sequence[Any], *, batch_size: int, passes: int, warmup: int = 1,
+    contenders: Sequence[Contender], texts: Sequence[Any], *, batch_size: int, passes: int, warmup: int = 1,
     on_pass: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
-    """Time full passes over ``texts`` (tokenize, batch, run, postprocess) for every engine.
+    """Time full passes over ``texts`` for every contender: exactly what ``Predictor.predict`` runs (prepare, then
+    the engine's plan, run and postprocess), with the latency of each batch.
 
-    Passes are interleaved engine by engine, so a noisy neighbour slows every engine alike.
-    ``on_pass(description)`` is called after each engine's pass ((warmup + passes) x engines calls).
+    Passes are interleaved contender by contender, so a noisy neighbour slows every one alike.
+    ``on_pass(description)`` is called after each contender's pass ((warmup + passes) x contenders calls).
     """
     results = []
-    for engine in engines:
-        lengths = [len(encoding) for encoding in engine.predictor.encode(texts)]
-        plan = engine.predictor.plan(lengths, batch_size=batch_size, bucket=engine.bucket)
+    for contender in contenders:
+        lengths = [len(encoding) for encoding in contender.predictor.encode(texts)]
+        plan = contender.engine.plan(lengths, batch_size=batch_size, bucket=contender.bucket)
         results.append(
             BenchResult(
-                engine=engine.name,
+                engine=contender.name,
                 rows=len(texts),
                 tokens=sum(lengths),
                 padded_tokens=sum(len(batch) * max(lengths[i] for i in batch) for batch in plan),
             )
         )
     for attempt in range(warmup + passes):
-        for engine, result in zip(engines, results):
-            seconds, latencies = _one_pass(engine, texts, batch_size)
+        for contender, result in zip(contenders, results):
+            seconds, latencies = _one_pass(contender, texts, batch_size)
             if on_pass is not None:
-                on_pass(f"{'warm-up' if attempt < warmup else f'pass {attempt - warmup + 1}/{passes}'} {engine.name}")
+                on_pass(f"{'warm-up' if attempt < warmup else f'pass {attempt - warmup + 1}/{passes}'} {contender.name}")
             if attempt >= warmup:
                 result.seconds.append(seconds)
                 result.latencies.extend(latencies)
     return results
 
 
-def _one_pass(engine: Engine, texts: Sequence[Any], batch_size: int) -> tuple[float, list[float]]:
-    predictor = engine.predictor
+def _one_pass(contender: Contender, texts: Sequence[Any], batch_size: int) -> tuple[float, list[float]]:
+    engine = contender.engine
+    latencies: list[float] = []
     start = time.perf_counter()
-    encodings = predictor.encode(texts)
-    latencies = []
-    tick = time.perf_counter()
-    if engine.runner is None:
-        for _, outputs, context in predictor.batches(texts, batch_size=batch_size, bucket=engine.bucket, encodings=encodings):
-            predictor.postprocess(outputs, context)
-            now = time.perf_counter()
-            latencies.append(now - tick)
-            tick = now
-    else:
-        lengths = [len(encoding) for encoding in encodings]
-        for indices in predictor.plan(lengths, batch_size=batch_size, bucket=engine.bucket):
-            feed = pad_batch([encodings[i] for i in indices], predictor.input_names, predictor.pad_id, predictor.padding_side)
-            engine.runner(feed)
-            now = time.perf_counter()
-            latencies.append(now - tick)
-            tick = now
+    job = contender.predictor.prepare(texts)
+    (answer,) = engine.run([job], batch_size=batch_size, bucket=contender.bucket,
+                           on_batch=lambda rows, seconds: latencies.append(seconds))
+    if isinstance(answer, BaseException):
+        raise answer
     return time.perf_counter() - start, latencies
 
 

@@ -9,7 +9,7 @@ bundle, and returns exactly that.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import HeadregError
@@ -26,20 +26,23 @@ class RuntimeHead:
     outputs: dict[str, str]  # the head's own output names -> the graph's
     manifest: dict[str, Any]  # the bundle manifest as a single-head bundle of this head would have it
     labels: list[str] = field(default_factory=list)  # label names in id order
+    fields: dict[str, str] | None = None  # declared result fields (name -> Spark DDL type), the decision first
 
     @property
     def options(self) -> OptionContext:
         """What this head's per-call options are checked against (as in its own single-head bundle)."""
         return OptionContext(self.manifest, self.labels, self.config)
 
-    def run(self, outputs: Mapping[str, Any], context: _post.Context, config: Mapping[str, Any]) -> list[Any]:
-        own = {local: outputs[graph] for local, graph in self.outputs.items() if graph in outputs}
-        rows = self.postprocess(own, replace(context, manifest=self.manifest, config=config))
-        if len(rows) != len(context.encodings):
-            raise HeadregError(
-                f"postprocess of head {self.name!r} returned {len(rows)} results for a batch of {len(context.encodings)}"
-            )
-        return rows
+    def run(self, rows: Sequence[Mapping[str, Any]], encodings: Sequence[Any], texts: Sequence[Any],
+            config: Mapping[str, Any]) -> list[Any]:
+        """The head's postprocess on rows' own outputs, renamed to the head's names; one result per row."""
+        own = [{local: row[graph] for local, graph in self.outputs.items() if graph in row} for row in rows]
+        context = _post.Context(manifest=self.manifest, config=config, encodings=encodings, texts=texts)
+        results = self.postprocess(own, context)
+        if not isinstance(results, (list, tuple)) or len(results) != len(rows):
+            got = f"{len(results)} results" if isinstance(results, (list, tuple)) else f"a {type(results).__name__}"
+            raise HeadregError(f"postprocess of head {self.name!r} returned {got} for {len(rows)} rows")
+        return list(results)
 
 
 def head_manifest(manifest: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,16 @@
-"""Numpy-only postprocessing: turn a batch of ONNX outputs into one plain, JSON-serialisable dict per input.
+"""Numpy-only postprocessing: turn each row's ONNX outputs into one plain, JSON-serialisable dict per input.
 
 Each head names its postprocess as ``"module:attr"`` in the registry and in the bundle manifest; the
-runtime calls it once per batch as ``postprocess(outputs, context) -> list[dict]``. The built-in ones are
-here; a plugin head writes its own and may reuse :func:`aggregate_tokens` (a CRF head decodes Viterbi tags
-in numpy and hands them to it to get words, entities and character offsets).
+runtime engine calls it as ``postprocess(rows, context) -> list[dict]`` (postprocess contract 2): ``rows[i]``
+holds row i's own outputs by name — a per-token output already cut to the row's tokens (no padding to undo),
+a per-row output as a vector, an output without a batch axis (a CRF's transitions) as is — aligned with
+``context.encodings[i]`` and ``context.texts[i]``. The built-in ones are here; a plugin head writes its own and
+may reuse :func:`aggregate_tokens` (a CRF head decodes Viterbi tags in numpy and hands them to it to get words,
+entities and character offsets).
 
 >>> import numpy as np
 >>> ctx = Context(manifest={}, config={"id2label": {"0": "neg", "1": "pos"}})
->>> seq_cls({"logits": np.array([[0.0, 2.0]], dtype=np.float32)}, ctx)[0]["label"]
+>>> seq_cls([{"logits": np.array([0.0, 2.0], dtype=np.float32)}], ctx)[0]["label"]
 'pos'
 """
 
@@ -19,6 +22,8 @@ from typing import Any, Mapping, Sequence, TypedDict
 import numpy as np
 
 AGGREGATIONS = ("none", "simple", "first", "average", "max")  # "simple" is transformers' name for "none" + grouping
+
+Rows = Sequence[Mapping[str, np.ndarray]]
 
 
 # --- result types: plain dicts (JSON as is), typed for readers and type checkers ---------------------------------
@@ -68,19 +73,17 @@ class TokenClassification(TypedDict):
 
 @dataclass
 class Context:
-    """What a postprocess knows about its batch besides the ONNX outputs.
+    """What a postprocess knows about its rows besides their outputs.
 
     ``config`` is the manifest's ``postprocess_config`` merged with the caller's overrides;
-    ``encodings`` are the rows' ``tokenizers.Encoding`` (truncated, unpadded); ``texts`` the original
-    inputs (a string or a ``(text, text_pair)`` tuple per row); ``attention_mask`` the padded batch mask.
+    ``encodings`` are the rows' ``tokenizers.Encoding`` (truncated, unpadded; a long text read in windows gets
+    one encoding of the whole text); ``texts`` the original inputs (a string or a ``(text, text_pair)`` tuple).
     """
 
     manifest: Mapping[str, Any]
     config: Mapping[str, Any]
-    attention_mask: np.ndarray | None = None
     encodings: Sequence[Any] = ()
     texts: Sequence[str | tuple[str, str]] = ()
-    padding_side: str = "right"
     _labels: dict[int, str] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -95,14 +98,10 @@ class Context:
     def label(self, index: int) -> str:
         return self.id2label.get(int(index), f"LABEL_{int(index)}")
 
-    def token_rows(self, array: np.ndarray) -> list[np.ndarray]:
-        """Per-row views of a ``[batch, sequence, ...]`` output without padding, aligned with each encoding."""
-        width = array.shape[1]
-        rows = []
-        for row, encoding in enumerate(self.encodings):
-            n = len(encoding)
-            rows.append(array[row, width - n :] if self.padding_side == "left" else array[row, :n])
-        return rows
+
+def stack(rows: Rows, name: str, dtype: Any = np.float32) -> np.ndarray:
+    """One per-row output of every row as a ``[rows, ...]`` array (per-row outputs have the same shape)."""
+    return np.stack([np.asarray(row[name], dtype=dtype) for row in rows]) if rows else np.zeros((0, 0), dtype=dtype)
 
 
 # --- numeric helpers -------------------------------------------------------------------------------------------------
@@ -120,9 +119,9 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 # --- built-in heads ----------------------------------------------------------------------------------------------
 
 
-def seq_cls(outputs: Mapping[str, np.ndarray], context: Context) -> list[Classification]:
+def seq_cls(rows: Rows, context: Context) -> list[Classification]:
     """Softmax over the labels; the argmax is ``label``."""
-    probs = softmax(np.asarray(outputs["logits"], dtype=np.float32))
+    probs = softmax(stack(rows, "logits"))
     results: list[Classification] = []
     for row in probs:
         best = int(row.argmax())
@@ -156,9 +155,11 @@ def thresholds_for(context: Context, num_labels: int) -> np.ndarray:
     return thresholds
 
 
-def multi_label(outputs: Mapping[str, np.ndarray], context: Context) -> list[MultiLabel]:
-    """A sigmoid per label; ``labels`` are those at or above their threshold (default 0.5)."""
-    probs = sigmoid(np.asarray(outputs["logits"], dtype=np.float32))
+def multi_label(rows: Rows, context: Context) -> list[MultiLabel]:
+    """A sigmoid per label; ``labels`` are those above their threshold (default 0.5)."""
+    probs = sigmoid(stack(rows, "logits"))
+    if not len(probs):
+        return []
     thresholds = thresholds_for(context, probs.shape[-1])
     results: list[MultiLabel] = []
     for row in probs:
@@ -172,20 +173,18 @@ def multi_label(outputs: Mapping[str, np.ndarray], context: Context) -> list[Mul
     return results
 
 
-def regression(outputs: Mapping[str, np.ndarray], context: Context) -> list[Regression]:
+def regression(rows: Rows, context: Context) -> list[Regression]:
     """The raw outputs, one float per target."""
-    return [{"values": [float(v) for v in row]} for row in np.asarray(outputs["logits"], dtype=np.float32)]
+    return [{"values": [float(v) for v in np.asarray(row["logits"], dtype=np.float32)]} for row in rows]
 
 
-def token_cls(outputs: Mapping[str, np.ndarray], context: Context) -> list[TokenClassification]:
+def token_cls(rows: Rows, context: Context) -> list[TokenClassification]:
     """Softmax per token, then words and entity spans (``aggregation``: none | first | average | max)."""
     aggregation = context.config.get("aggregation", "first")
     ignore = context.config.get("ignore_labels", ("O",))
     results = []
-    for logits, encoding, text in zip(
-        context.token_rows(np.asarray(outputs["logits"], dtype=np.float32)), context.encodings, context.texts
-    ):
-        probs = softmax(logits)
+    for row, encoding, text in zip(rows, context.encodings, context.texts):
+        probs = softmax(np.asarray(row["logits"], dtype=np.float32))
         results.append(
             aggregate_tokens(
                 probs.argmax(-1), probs, encoding, text, context.id2label, aggregation=aggregation, ignore_labels=ignore
@@ -194,10 +193,9 @@ def token_cls(outputs: Mapping[str, np.ndarray], context: Context) -> list[Token
     return results
 
 
-def raw(outputs: Mapping[str, np.ndarray], context: Context) -> list[dict[str, Any]]:
-    """For heads that register no postprocess: every output's row as lists of floats."""
-    n = len(next(iter(outputs.values()))) if outputs else 0
-    return [{name: np.asarray(value[i]).tolist() for name, value in outputs.items()} for i in range(n)]
+def raw(rows: Rows, context: Context) -> list[dict[str, Any]]:
+    """For heads that register no postprocess: every output of the row as lists of floats."""
+    return [{name: np.asarray(value).tolist() for name, value in row.items()} for row in rows]
 
 
 # --- token aggregation, reusable by plugin heads -----------------------------------------------------------------------

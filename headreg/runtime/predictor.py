@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import BundleError, HeadregError
+from ..errors import BundleError, HeadregError, PredictionError
 from . import heads as _heads
 from ..manifest import (
-    bundle_heads, head_output_problems, is_multi_head, SMALL_FILE_BYTES, TOKENIZER_FILE, TOKENIZER_MAX_BYTES, bundle_path, read_bounded, read_manifest, sha256_file,
+    OUTPUT_AXES, axes_from_dims, bundle_heads, head_output_problems, is_multi_head, SMALL_FILE_BYTES, TOKENIZER_FILE,
+    TOKENIZER_MAX_BYTES, bundle_path, read_bounded, read_manifest, sha256_file,
 )
 from . import postprocess as _post
-from .batching import pad_batch, plan_batches
 from . import windows as _windows
-from .embedding import EMBED_OPTIONS, check_embed_options, embedding
+from .embedding import EMBED_OPTIONS, check_embed_options
+from .engine import Engine, Job, Layout, Row
 from .backends import open_backend
 from .inputs import (
     InputError, OptionContext, as_input_list, char_limit, check_inputs, check_options, cut, valid_options,
@@ -43,31 +43,6 @@ DEFAULT_MAX_BATCH_TOKENS = 2048
 PREDICT_CHUNK = 2048
 
 Text = str | tuple[str, str]
-
-
-@dataclass
-class Row:
-    """One model row: an input, or one window of a long input."""
-
-    item: int  # index of the input within its job
-    encoding: Any  # tokenizers.Encoding, unpadded
-    window: int = 0  # window number within its input
-    overlap: int = 0  # tokens this input's neighbouring windows share (long_text="window")
-
-
-@dataclass
-class Job:
-    """One call's worth of work: the inputs, their rows, and how to turn the rows' outputs into results.
-
-    Rows of many jobs may share a batch (``headreg serve`` batches across requests); a job's results are
-    computed in :meth:`Predictor.finish` from its own rows' outputs only, so they never depend on batchmates.
-    """
-
-    inputs: list[Text]
-    rows: list[Row]
-    config: dict[str, Any]  # the bundle's postprocess config merged with the call's options
-    kind: str = "predict"  # "predict" | "embed"
-    options: dict[str, Any] = field(default_factory=dict)  # the call's runtime options (not postprocess config)
 
 
 class Predictor:
@@ -153,17 +128,16 @@ class Predictor:
         # to a multiple at which a row's result no longer depends on the batch's longest row
         self.pad_to_multiple_of = int(record.get("pad_to_multiple_of") or 1)
         self.input_names, self.output_names, self._input_dtype = _check_model(self.backend, manifest, self.model_path)
-        self._output_axes = _output_axes(manifest, self.backend.output_dims, self.output_names)
         self._local = threading.local()
         self.multi_head = is_multi_head(manifest)
         self.heads = [_runtime_head(manifest, entry, trust_remote_code) for entry in bundle_heads(manifest)]
         if not self.heads:
             raise BundleError(f"{self.bundle_dir / 'headreg.json'} lists no heads; export the bundle again")
         first = self.heads[0]
+        self.output_axes = _output_axes(manifest, self.backend.output_dims, self.output_names, self.heads)
         # A multi-head bundle answers with a dict by head name; these describe a single-head bundle's head.
         self.head = "+".join(head.name for head in self.heads) if self.multi_head else first.name
         self.level = "multi" if self.multi_head else first.level
-        self._postprocess = first.postprocess
         self.config: dict[str, Any] = {} if self.multi_head else dict(first.config)
         self.labels: list[str] = [] if self.multi_head else first.labels
         _check_widths(self.backend, manifest, self.labels, self.model_path)
@@ -173,6 +147,14 @@ class Predictor:
             _check_head_width(self.backend, head, self.model_path)
         _check_vocab(self.tokenizer, manifest, self.pad_id, self.bundle_dir)
         self._options = OptionContext(manifest, self.labels, self.config)
+        layout = Layout(
+            input_names=tuple(self.input_names), output_names=tuple(self.output_names), output_axes=self.output_axes,
+            pad_id=self.pad_id, padding_side=self.padding_side, pad_to_multiple_of=self.pad_to_multiple_of,
+            input_dtype=self._input_dtype, batch_padding=self.batch_padding,
+        )
+        # The one engine every front door runs through (see runtime/engine.py).
+        self.engine = Engine(self.backend, layout, self.heads, batch_size=self.batch_size,
+                             max_batch_tokens=self.max_batch_tokens)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.bundle_dir)!r}, head={self.head!r}, variant={self.variant!r})"
@@ -196,7 +178,7 @@ class Predictor:
         See runtime/windows.py and docs/runtime.md.
         """
         texts, single = as_input_list(inputs)
-        results = self._run_jobs(texts, "predict", batch_size, options)
+        results = self._run(texts, "predict", batch_size, options)
         return results[0] if single else results
 
     def embed(self, inputs: Text | Iterable[Text], *, batch_size: int | None = None, **options: Any) -> np.ndarray:
@@ -208,24 +190,18 @@ class Predictor:
         texts, single = as_input_list(inputs)
         if single:
             return self.embed(texts, batch_size=batch_size, **options)[0]
-        vectors = self._run_jobs(texts, "embed", batch_size, options)
+        vectors = self._run(texts, "embed", batch_size, options)
         if not vectors:
             return np.zeros((0, self._pooled_width() or 0), dtype=np.float32)
         return np.stack(vectors).astype(np.float32, copy=False)
 
-    # --- the row pipeline: prepare -> plan -> run_rows -> finish (headreg serve drives the same steps) -----------
-
     def prepare(self, inputs: Iterable[Text], *, kind: str = "predict", **options: Any) -> Job:
-        """Check and tokenize a call's inputs into a :class:`Job` of rows (raises InputError on bad input)."""
+        """Check and tokenize a call's inputs into a :class:`~headreg.runtime.engine.Job` of rows (raises
+        InputError on bad input). ``self.engine`` runs it (``headreg serve`` and the integrations do)."""
         if kind not in ("predict", "embed"):
             raise ValueError(f"kind must be 'predict' or 'embed', got {kind!r}")
         items = list(inputs)
-        if self.multi_head:
-            # Job.config of a multi-head job: each selected head's config by head name (its keys say who answers).
-            config, runtime = _heads.check_head_options(options, self.heads, self._options)
-        else:
-            overrides, runtime = check_options(options, self._options)
-            config = {**self.config, **overrides}
+        config, runtime = self._check_call_options(options)
         check_embed_options(kind, runtime)
         if _windows.window_options(runtime).windowed:
             rows = self._window_rows(items, runtime)
@@ -233,66 +209,10 @@ class Predictor:
             rows = [Row(index, encoding) for index, encoding in enumerate(self.encode(items))]
         return Job(items, rows, config, kind, runtime)
 
-    def run_rows(self, rows: Sequence[Row], names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
-        """Run one batch of rows (any jobs) and return each row's own outputs, padding cut away.
-
-        Token-level outputs keep the row's attended positions only; outputs without a batch axis (a CRF's
-        transition matrix) are shared by every row. ``names``: fetch only these graph outputs (default: all;
-        :meth:`output_names_for` says what a job needs).
-        """
-        if not rows:
-            return []
-        names = list(names) if names is not None else self.output_names
-        feed, values = self._run([row.encoding for row in rows], names)
-        attended = feed["attention_mask"].sum(axis=1)
-        left = self.padding_side == "left"
-        width = feed["attention_mask"].shape[1]
-        per_row: list[dict[str, np.ndarray]] = [{} for _ in rows]
-        for name, value in zip(names, values):
-            axes = self._output_axes.get(name, "row")
-            for index, out in enumerate(per_row):
-                if axes == "shared":
-                    out[name] = value
-                elif axes == "token":
-                    n = int(attended[index])
-                    out[name] = value[index, width - n :] if left else value[index, :n]
-                else:
-                    out[name] = value[index]
-        return per_row
-
-    def finish(self, job: Job, outputs: Sequence[dict[str, np.ndarray]]) -> list[Any]:
-        """Turn the outputs of a job's rows (aligned with ``job.rows``) into one result per input, in order."""
-        if len(outputs) != len(job.rows):
-            raise HeadregError(f"finish got {len(outputs)} row outputs for a job of {len(job.rows)} rows")
-        if not job.rows:
-            return []
-        if len(job.rows) != len(job.inputs):
-            job, outputs = self._merge_windows(job, outputs)
-        if job.kind == "embed":
-            return [embedding(out["pooled_output"], job.options) for out in outputs]
-        # Postprocess in length-sorted groups: a token head's re-padded arrays stay as small as the batches were.
-        results: list[Any] = [None] * len(job.inputs)
-        for group in self.plan([len(row.encoding) for row in job.rows]):
-            rows = [job.rows[i] for i in group]
-            batch, mask = self._rebatch([outputs[i] for i in group], [len(row.encoding) for row in rows])
-            context = _post.Context(
-                manifest=self.manifest,
-                config=job.config,
-                attention_mask=mask,
-                encodings=[row.encoding for row in rows],
-                texts=[job.inputs[row.item] for row in rows],
-                padding_side=self.padding_side,
-            )
-            for index, row, result in zip(group, rows, self.postprocess(batch, context)):
-                if job.options.get("return_logits"):
-                    result = {**result, "logits": np.asarray(outputs[index]["logits"], dtype=np.float32).tolist()}
-                results[row.item] = result
-        return results
-
-    def _run_jobs(self, inputs: Iterable[Text], kind: str, batch_size: int | None, options: dict[str, Any]) -> list[Any]:
-        """prepare -> plan -> run_rows -> finish over ``inputs``, :data:`PREDICT_CHUNK` inputs at a time."""
+    def _run(self, inputs: Iterable[Text], kind: str, batch_size: int | None, options: dict[str, Any]) -> list[Any]:
+        """prepare -> engine.run over ``inputs``, :data:`PREDICT_CHUNK` inputs at a time (memory bounded by a chunk)."""
+        batch_size = _positive("batch_size", batch_size)
         results: list[Any] = []
-        chunk: list[Text] = []
         iterator = iter(inputs)
         self._check_call_options(options)  # a bad option fails before any work, even for no inputs
         while True:
@@ -301,12 +221,19 @@ class Predictor:
                 return results
             check_inputs(chunk, self.supports_pairs, start=len(results))  # errors name the index in the whole call
             job = self.prepare(chunk, kind=kind, **options)
-            names = self.output_names_for(job)
-            outputs: list[dict[str, np.ndarray]] = [{}] * len(job.rows)
-            for indices in self.plan([len(row.encoding) for row in job.rows], batch_size=batch_size):
-                for index, out in zip(indices, self.run_rows([job.rows[i] for i in indices], names)):
-                    outputs[index] = out
-            results.extend(self.finish(job, outputs))
+            (answer,) = self.engine.run([job], batch_size=batch_size)
+            if isinstance(answer, BaseException):
+                raise answer
+            results.extend(answer)
+
+    def encode(self, texts: Sequence[Text]) -> list[Any]:
+        """Check the inputs and tokenize them (truncated to ``max_length``, unpadded).
+
+        Each text is first cut to ``max_chars`` characters (truncate mode only: windows need the whole text),
+        so a huge input costs no more than a long one.
+        """
+        check_inputs(texts, self.supports_pairs)
+        return self.tokenizer.encode_batch([cut(text, self.max_chars) for text in texts])
 
     def _window_rows(self, items: list[Text], runtime: dict[str, Any]) -> list[Row]:
         """Rows for ``long_text="window"``: each input's windows, in order (an input that fits: one row)."""
@@ -328,29 +255,6 @@ class Predictor:
             rows.extend(Row(index, encoding, w, windows.overlap) for w, encoding in enumerate(windows.encodings))
         return rows
 
-    def _merge_windows(self, job: Job, outputs: Sequence[dict[str, np.ndarray]]) -> tuple[Job, list[dict[str, np.ndarray]]]:
-        """The job with one row per input: windows merged over the whole text (see runtime/windows.py)."""
-        reduce = _windows.window_options(job.options).reduce
-        by_item: dict[int, list[int]] = {}
-        for index, row in enumerate(job.rows):
-            by_item.setdefault(row.item, []).append(index)
-        rows: list[Row] = []
-        merged: list[dict[str, np.ndarray]] = []
-        # each token head's labels, so the merge can see where each window's entities are
-        labels = {head.outputs["logits"]: head.labels for head in self.heads if head.level == "token" and head.labels}
-        for item in range(len(job.inputs)):
-            members = sorted(by_item.get(item, []), key=lambda i: job.rows[i].window)
-            if not members:
-                raise HeadregError(f"finish got no rows for input {item}")
-            sequence = 0 if isinstance(job.inputs[item], str) else 1
-            whole, out = _windows.merge_windows(
-                [job.rows[i].encoding for i in members], [outputs[i] for i in members], self._output_axes,
-                job.rows[members[0]].overlap, sequence, reduce, labels,
-            )
-            rows.append(Row(item, whole))
-            merged.append(out)
-        return Job(job.inputs, rows, job.config, job.kind, job.options), merged
-
     def valid_options(self) -> list[str]:
         """The per-call option names this bundle takes (its head's postprocess options and the runtime's; a
         multi-head bundle's: ``heads``, each head's name and every head's options)."""
@@ -358,136 +262,23 @@ class Predictor:
             return _heads.valid_head_options(self.heads, self._options)
         return valid_options(self._options)
 
-    def _check_call_options(self, options: dict[str, Any]) -> None:
+    def _check_call_options(self, options: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """(postprocess config by answering head's name, runtime options); InputError for a bad option."""
         if self.multi_head:
-            _heads.check_head_options(options, self.heads, self._options)
-        else:
-            check_options(options, self._options)
-
-    def output_names_for(self, job: Job) -> list[str]:
-        """The graph outputs a job needs: a multi-head predict call fetches only its heads' outputs (onnxruntime
-        then skips the other heads' layers and poolings; the backbone runs either way)."""
-        if self.multi_head and job.kind == "predict":
-            return _heads.graph_outputs([head for head in self.heads if head.name in job.config])
-        return list(self.output_names)
-
-    def _rebatch(
-        self, outputs: Sequence[dict[str, np.ndarray]], lengths: Sequence[int]
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Rows' own outputs back into padded batch arrays (and the matching attention mask) for postprocess.
-
-        The mask is the one the rows would have had in a batch of their own (an empty row keeps its single
-        attended pad token, as in :func:`pad_batch`).
-        """
-        attended = [max(int(n), 1) for n in lengths]
-        width = max(attended)
-        left = self.padding_side == "left"
-        mask = np.zeros((len(outputs), width), dtype=np.int64)
-        for index, n in enumerate(attended):
-            if left:
-                mask[index, width - n :] = 1
-            else:
-                mask[index, :n] = 1
-        batch: dict[str, np.ndarray] = {}
-        for name in outputs[0]:
-            axes = self._output_axes.get(name, "row")
-            if axes == "shared":
-                batch[name] = outputs[0][name]
-            elif axes == "token":
-                first = outputs[0][name]
-                array = np.zeros((len(outputs), width, *first.shape[1:]), dtype=first.dtype)
-                for index, out in enumerate(outputs):
-                    n = len(out[name])
-                    if left:
-                        array[index, width - n :] = out[name]
-                    else:
-                        array[index, :n] = out[name]
-                batch[name] = array
-            else:
-                batch[name] = np.stack([out[name] for out in outputs])
-        return batch, mask
-
-    def encode(self, texts: Sequence[Text]) -> list[Any]:
-        """Check the inputs and tokenize them (truncated to ``max_length``, unpadded).
-
-        Each text is first cut to ``max_chars`` characters (truncate mode only: windows need the whole text),
-        so a huge input costs no more than a long one.
-        """
-        check_inputs(texts, self.supports_pairs)
-        return self.tokenizer.encode_batch([cut(text, self.max_chars) for text in texts])
-
-    def batches(
-        self,
-        texts: Sequence[Text],
-        *,
-        batch_size: int | None = None,
-        bucket: bool = True,
-        encodings: Sequence[Any] | None = None,
-        config: dict[str, Any] | None = None,
-        names: list[str] | None = None,
-    ) -> Iterator[tuple[list[int], dict[str, np.ndarray], _post.Context]]:
-        """Run the model batch by batch: ``(input indices, outputs by name, postprocess Context)`` per batch.
-
-        What ``predict`` and ``embed`` are built on; benchmarks time it per batch. ``bucket=False`` is the
-        baseline they compare with: chunks of ``batch_size`` rows in arrival order, each padded to its own
-        longest row, no token budget. ``encodings`` skips tokenizing again.
-        """
-        if not texts:
-            return
-        if encodings is None:
-            encodings = self.encode(texts)
-        batches = self.plan([len(encoding) for encoding in encodings], batch_size=batch_size, bucket=bucket)
-        output_names = names or self.output_names
-        for indices in batches:
-            batch = [encodings[i] for i in indices]
-            feed, values = self._run(batch, output_names)
-            context = _post.Context(
-                manifest=self.manifest,
-                config=config if config is not None else (_heads.check_head_options({}, self.heads, self._options)[0] if self.multi_head else self.config),
-                attention_mask=feed["attention_mask"],
-                encodings=batch,
-                texts=[texts[i] for i in indices],
-                padding_side=self.padding_side,
-            )
-            yield indices, dict(zip(output_names, values)), context
-
-    def pad(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
-        """Model inputs for one batch of encodings, padded the way this variant needs."""
-        return pad_batch(encodings, self.input_names, self.pad_id, self.padding_side, self._input_dtype,
-                         multiple=self.pad_to_multiple_of)
-
-    def plan(self, lengths: Sequence[int], *, batch_size: int | None = None, bucket: bool = True) -> list[list[int]]:
-        """Row indices per batch for rows of these token ``lengths`` (see :meth:`batches` for ``bucket``)."""
-        size = int(batch_size or self.batch_size)
-        equal = not self.batch_padding
-        return (plan_batches(lengths, size, self.max_batch_tokens, equal_lengths=equal) if bucket
-                else plan_batches(lengths, size, sort=False, equal_lengths=equal))
-
-    def postprocess(self, outputs: dict[str, np.ndarray], context: _post.Context) -> list[Any]:
-        """The head's postprocess on one batch (checked to return one result per row); a multi-head bundle's
-        is each selected head's (``context.config`` holds their configs by head name), merged per row."""
-        if self.multi_head:
-            by_head = {head.name: head.run(outputs, context, context.config[head.name])
-                       for head in self.heads if head.name in context.config}
-            return [{name: rows[i] for name, rows in by_head.items()} for i in range(len(context.encodings))]
-        rows = self._postprocess(outputs, context)
-        if len(rows) != len(context.encodings):
-            raise HeadregError(
-                f"postprocess of head {self.head!r} returned {len(rows)} results for a batch of {len(context.encodings)}"
-            )
-        return rows
-
-    # --- internals --------------------------------------------------------------------------------------------
-
-    def _run(self, encodings: Sequence[Any], names: Sequence[str]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-        """Pad one batch and run the model: the one place every front door reaches the backend."""
-        feed = self.pad(encodings)
-        outputs = self.backend.run(feed, list(names))
-        return feed, [outputs[name] for name in names]
+            return _heads.check_head_options(options, self.heads, self._options)
+        overrides, runtime = check_options(options, self._options)
+        return {self.heads[0].name: {**self.config, **overrides}}, runtime
 
     def _pooled_width(self) -> int | None:
         shape = (self.manifest.get("outputs") or {}).get("pooled_output") or [None, None]
         return shape[-1] if isinstance(shape[-1], int) else None
+
+
+def _positive(name: str, value: Any) -> int | None:
+    """A per-call size is checked like the constructor's: a positive integer, or None for the default."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 # Per-call options that steer the runtime itself rather than a head's postprocess config (registered with
@@ -495,27 +286,35 @@ class Predictor:
 RUNTIME_OPTIONS: tuple[str, ...] = (*_windows.OPTIONS, *EMBED_OPTIONS)
 
 
-def _output_axes(manifest: dict[str, Any], model_dims: dict[str, list], names: Sequence[str]) -> dict[str, str]:
+def _output_axes(manifest: dict[str, Any], model_dims: dict[str, list], names: Sequence[str],
+                 heads: Sequence[_heads.RuntimeHead]) -> dict[str, str]:
     """Per output: "token" ([batch, sequence, ...]), "row" ([batch, ...]) or "shared" (no batch axis).
 
-    Read from the graph dims the manifest recorded at export (else the model's own): symbolic (named or
-    unknown) dims are the dynamic batch and sequence axes.
+    The export records them (``output_axes``). A bundle written before that: a head's ``logits`` are per token
+    for a token head and per row otherwise, its ``pooled_output`` per row — its export contract says so; any other
+    output by the graph dims recorded at export (symbolic dims are the dynamic batch and sequence axes). The dims
+    alone cannot tell: an exporter may leave a fixed hidden size symbolic (GPT-2's pooled_output after a Reshape).
     """
-    recorded = manifest.get("outputs")
+    known: dict[str, str] = {}
+    for head in heads:
+        known[head.outputs["logits"]] = "token" if head.level == "token" else "row"
+        if "pooled_output" in head.outputs:
+            known[head.outputs["pooled_output"]] = "row"
+    recorded = manifest.get("output_axes")
     if isinstance(recorded, dict):
-        dims_by_name = recorded
-    else:
-        dims_by_name = model_dims
+        bad = {name: recorded.get(name) for name in names
+               if recorded.get(name) not in OUTPUT_AXES or recorded.get(name) != known.get(name, recorded.get(name))}
+        if bad:
+            raise BundleError(f"the manifest's output_axes give {bad}, which do not fit its heads' outputs (a token "
+                              "head's logits are per token, pooled outputs per row); export the bundle again")
+        return {name: recorded[name] for name in names}
+    dims_by_name = manifest.get("outputs") if isinstance(manifest.get("outputs"), dict) else model_dims
     axes = {}
     for name in names:
-        dims = dims_by_name.get(name) or ["batch"]
-        dynamic = [not (isinstance(d, int) and d > 0) for d in dims]
-        if not dynamic or not dynamic[0]:
-            axes[name] = "shared"
-        elif len(dims) >= 2 and dynamic[1]:
-            axes[name] = "token"
-        else:
-            axes[name] = "row"
+        if name in known or name == "pooled_output":
+            axes[name] = known.get(name, "row")
+            continue
+        axes[name] = axes_from_dims(dims_by_name.get(name))
     return axes
 
 
@@ -611,10 +410,15 @@ def _runtime_head(manifest: dict[str, Any], entry: dict[str, Any], trust_remote_
     if missing:
         raise BundleError(f"head {entry.get('name')!r} names outputs {missing} the bundle does not have; export it again")
     id2label = entry.get("id2label") or {}
+    postprocess, fields = _load_postprocess(identity, trust_remote_code)
+    recorded = entry.get("result_fields")
+    if isinstance(recorded, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in recorded.items()):
+        fields = dict(recorded)
     return _heads.RuntimeHead(
         name=str(entry.get("name")),
         level=str(entry.get("level", "sequence")),
-        postprocess=_load_postprocess(identity, trust_remote_code),
+        postprocess=postprocess,
+        fields=fields,
         config=dict(entry.get("postprocess_config") or {}),
         outputs=dict(outputs),
         manifest=_heads.head_manifest(manifest, entry) if is_multi_head(manifest) else manifest,
@@ -633,8 +437,9 @@ def _check_head_width(backend: Any, head: _heads.RuntimeHead, path: Path) -> Non
             )
 
 
-def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> Callable[..., list[dict]]:
-    """The postprocess of the installed head the bundle names; the manifest's path is only a cross-check.
+def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> tuple[Callable[..., list[dict]], dict | None]:
+    """The postprocess of the installed head the bundle names, and the result fields it declares; the manifest's
+    path is only a cross-check.
 
     A bundle is data: importing whatever module its manifest names would let a crafted file run code, so the
     function comes from the registry (built-ins and installed plugins) unless ``trust_remote_code=True``.
@@ -650,7 +455,7 @@ def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> Callable
         spec = builtin_registry().get(str(name)) if plugin == "headreg" else get_head(str(name))
     except LookupError as exc:
         if trust_remote_code and path:
-            return _import_postprocess(path, head)
+            return _import_postprocess(path, head), None
         raise BundleError(
             f"the bundle's head {name!r} comes from {plugin} {head.get('plugin_version', '')}, which is not installed "
             f"here. Install that plugin: pip install {plugin}"
@@ -662,9 +467,9 @@ def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> Callable
                 f"registers {spec.postprocess!r}. headreg does not import code a bundle names; pass "
                 "trust_remote_code=True if you trust this bundle, or export it again with the installed head."
             )
-        return _import_postprocess(path, head)
+        return _import_postprocess(path, head), spec.fields
     try:
-        return spec.load_postprocess() or _post.raw
+        return spec.load_postprocess() or _post.raw, spec.fields
     except HeadImportError as exc:
         raise BundleError(f"{exc}") from exc
 

@@ -1,12 +1,14 @@
-"""Cross-request batching: one queue and one model thread per bundle, in front of the Predictor's row pipeline.
+"""Cross-request batching: one queue and one model thread per bundle, in front of the runtime engine.
 
-A request is tokenized on its own (``Predictor.prepare``: on the event loop when small, else in a thread
-pool); its rows join the bundle's queue. The bundle's model thread takes queued rows in arrival order (FIFO
-across requests) up to the token budget and the row cap, orders them by length with ``Predictor.plan``, runs
-the planned batch that holds the oldest row with ``Predictor.run_rows`` (the plan's other rows go back to the
-head of the queue) and hands each row's output to its request. A request whose rows are all back is finished
-(``Predictor.finish``: the head's postprocess on that request's rows alone) while the model thread already
-runs the next batch.
+This module is the server's queueing policy only; the engine (runtime/engine.py) runs and finishes the work,
+as it does for ``Predictor.predict``. A request is tokenized on its own (``Predictor.prepare``: on the event
+loop when small, else in a thread pool); its rows join the bundle's queue. The bundle's model thread takes
+queued rows in arrival order (FIFO across requests) up to the token budget and the row cap, orders them by
+length with ``Engine.plan``, runs the planned batch that holds the oldest row with ``Engine.execute`` (the
+plan's other rows go back to the head of the queue) and hands each row's output to its request; a request the
+engine failed (its batchmates are not affected) gets its error. A request whose rows are all back is finished
+(``Engine.finish``: the head's postprocess on that request's rows alone) while the model thread already runs
+the next batch.
 
 Why a thread per bundle and not the event loop or a pool: onnxruntime already spreads one batch over the
 intra-op threads, two batches at once would only fight for the same cores, and a thread that takes the next
@@ -24,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..errors import PredictionError
 from ..runtime.inputs import InputError
 from .metrics import ServeMetrics
 
@@ -46,7 +49,7 @@ def _chars(item: Any) -> int:
     return sum(len(side) for side in item if isinstance(side, str)) if isinstance(item, (tuple, list)) else 0
 
 
-class InferenceError(RuntimeError):
+class InferenceError(PredictionError):
     """Running the model (or the head's postprocess) failed for one request; the server keeps serving."""
 
 
@@ -120,6 +123,7 @@ class Batcher:
                  metrics: ServeMetrics | None = None):
         self.name = name
         self.predictor = predictor
+        self.engine = predictor.engine
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_batch_size = int(max_batch_size)
         self.metrics = metrics or ServeMetrics()
@@ -181,8 +185,8 @@ class Batcher:
             outputs = []
         try:
             if sum(len(row.encoding) for row in job.rows) <= INLINE_TOKENS:
-                return self.predictor.finish(job, outputs)
-            return await loop.run_in_executor(None, self.predictor.finish, job, outputs)
+                return self.engine.finish(job, outputs)
+            return await loop.run_in_executor(None, self.engine.finish, job, outputs)
         except InputError:
             raise
         except Exception as exc:
@@ -228,7 +232,7 @@ class Batcher:
         if len(taken) <= 1:
             return taken
         lengths = [len(request.job.rows[index].encoding) for request, index in taken]
-        plan = [part for batch in self.predictor.plan(lengths, batch_size=self.max_batch_size)
+        plan = [part for batch in self.engine.plan(lengths, batch_size=self.max_batch_size)
                 for part in split_padding(batch, lengths)]
         # The batch holding the oldest row runs now, so no row waits forever behind newer rows of other
         # lengths; the plan's other batches go back to the head of the queue, in arrival order.
@@ -240,27 +244,16 @@ class Batcher:
     def _run(self, batch: list[tuple[_Request, int]]) -> None:
         rows = [request.job.rows[index] for request, index in batch]
         start = time.perf_counter()
-        try:
-            outputs = self.predictor.run_rows(rows)
-        except Exception as exc:  # noqa: BLE001 - any failure of the model is answered, never kills the thread
-            self._isolate(batch, exc)
-            return
+        outputs, failed = self.engine.execute([(request.job, index) for request, index in batch])
         self._record(rows, time.perf_counter() - start)
-        finished = [(request, None) for (request, index), output in zip(batch, outputs) if request.deliver(index, output)]
+        for request in dict.fromkeys(request for request, _ in batch):
+            if request.job in failed:
+                exc = failed[request.job]
+                request.fail(InferenceError(f"{exc}"))
+        finished = [(request, None) for (request, index), output in zip(batch, outputs)
+                    if request.job not in failed and request.deliver(index, output)]
         if finished:
             finished[0][0].loop.call_soon_threadsafe(_resolve, finished)
-
-    def _isolate(self, batch: list[tuple[_Request, int]], exc: Exception) -> None:
-        """A failed batch of several requests runs again request by request, so only the culprit fails."""
-        groups: dict[_Request, list[int]] = {}
-        for request, index in batch:
-            groups.setdefault(request, []).append(index)
-        if len(groups) == 1:
-            request = next(iter(groups))
-            request.fail(InferenceError(f"the model failed on this request: {type(exc).__name__}: {exc}"))
-            return
-        for request, indices in groups.items():
-            self._run([(request, index) for index in indices])
 
     def _record(self, rows: list[Any], seconds: float) -> None:
         lengths = [len(row.encoding) for row in rows]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from headreg import hookimpl
 
 __version__ = "0.1.0"
+ENTITY = "struct<label:string,score:double,start:int,end:int,word:string,sequence:int>"
 
 
 @hookimpl
@@ -16,5 +17,7 @@ def register_heads(register):
         level="token",
         cls="headreg_plugin_crf.head:CRFHead",
         postprocess="headreg_plugin_crf.postprocess:crf",
+        postprocess_contract=2,
+        result_fields={"entities": f"array<{ENTITY}>", "path": "array<int>"},
         description="Linear-chain CRF token classification: emissions + transitions, NLL loss, Viterbi decoding.",
     )

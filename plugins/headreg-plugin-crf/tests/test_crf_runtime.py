@@ -87,17 +87,17 @@ def _merkel_case(transition_penalty: float):
     emissions[0, 2, 4] = 5.5  # I-LOC beats I-PER on "mer" by emissions alone
     transitions = np.zeros((len(BIO), len(BIO)), dtype=np.float32)
     transitions[1, 4] = -transition_penalty  # B-PER -> I-LOC
-    outputs = {
-        "logits": emissions,
+    # One row as the engine hands it to a postprocess (contract 2): its own emissions, the shared transitions.
+    outputs = [{
+        "logits": emissions[0],
         "transitions": transitions,
         "start_transitions": np.zeros(len(BIO), dtype=np.float32),
         "end_transitions": np.zeros(len(BIO), dtype=np.float32),
-        "pooled_output": np.zeros((1, 4), dtype=np.float32),
-    }
+        "pooled_output": np.zeros(4, dtype=np.float32),
+    }]
     context = Context(
         manifest={},
         config={"id2label": dict(enumerate(BIO)), "aggregation": "first"},
-        attention_mask=np.ones((1, len(wanted)), dtype=np.int64),
         encodings=[encoding],
         texts=[text],
     )

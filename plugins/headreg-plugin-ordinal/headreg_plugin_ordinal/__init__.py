@@ -15,5 +15,8 @@ def register_heads(register):
         task="ordinal-regression",
         cls="headreg_plugin_ordinal.head:OrdinalHead",
         postprocess="headreg_plugin_ordinal.postprocess:ordinal",
+        postprocess_contract=2,
+        result_fields={"label": "string", "rank": "int", "score": "double", "expected_rank": "double",
+                       "exceed_probabilities": "array<double>", "probabilities": "map<string,double>"},
         description="Ordinal regression (ratings): K-1 rank-consistent cumulative logits, CORAL loss.",
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -19,11 +19,15 @@ def rank_probabilities(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return exceed, np.clip(bounds[:, :-1] - bounds[:, 1:], 0.0, 1.0)
 
 
-def ordinal(outputs: dict[str, np.ndarray], context: Any) -> list[dict[str, Any]]:
+def ordinal(rows: Sequence[Mapping[str, np.ndarray]], context: Any) -> list[dict[str, Any]]:
     """One dict per row: ``rank`` (0-based), its ``label``, ``score`` = P(rank), ``expected_rank``,
-    ``exceed_probabilities`` = P(rank > k) per threshold and ``probabilities`` = P(rank = r) by label."""
+    ``exceed_probabilities`` = P(rank > k) per threshold and ``probabilities`` = P(rank = r) by label.
+
+    ``rows[i]["logits"]`` is row i's K-1 cumulative logits (postprocess contract 2)."""
+    if not rows:
+        return []
     config = context.config
-    logits = np.asarray(outputs["logits"])
+    logits = np.stack([np.asarray(row["logits"]) for row in rows])
     id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
     labels = [id2label.get(r, f"LABEL_{r}") for r in range(logits.shape[1] + 1)]
     exceed, per_rank = rank_probabilities(logits)

@@ -49,7 +49,7 @@ def test_loss_is_coral_binary_cross_entropy_summed_over_thresholds(tiny_backbone
 def test_postprocess_gives_rank_label_and_probabilities():
     logits = np.array([[3.0, 1.0, -1.0, -3.0], [-4.0, -5.0, -6.0, -7.0]], dtype=np.float32)
     context = Context(manifest={}, config={"id2label": {str(i): s for i, s in enumerate(STARS)}})
-    first, second = ordinal({"logits": logits}, context)
+    first, second = ordinal([{"logits": row} for row in logits], context)
     assert (first["rank"], first["label"]) == (2, "3 stars")
     assert (second["rank"], second["label"]) == (0, "1 star")
     assert list(first["probabilities"]) == STARS

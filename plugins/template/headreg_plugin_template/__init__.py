@@ -15,6 +15,8 @@ def register_heads(register):
         name="template_head",
         cls="headreg_plugin_template.head:TemplateHead",
         postprocess="headreg_plugin_template.postprocess:template_head",
+        postprocess_contract=2,
+        result_fields={"label": "string", "score": "double", "cosine": "array<double>"},
         task="sequence-classification",
         level="sequence",
         description="Cosine-similarity classifier: scaled cosine between the pooled text and one vector per label.",

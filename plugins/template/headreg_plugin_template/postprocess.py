@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def template_head(outputs, context):
-    """One dict per row. ``outputs`` are the ONNX outputs by name; ``context.label(i)`` names label ``i``."""
-    logits = np.asarray(outputs["logits"], dtype=np.float64)
+def template_head(rows, context):
+    """One dict per row. ``rows[i]`` holds row i's own ONNX outputs by name (a per-token output is already cut to
+    the row's tokens: postprocess contract 2); ``context.label(i)`` names label ``i``."""
+    if not rows:
+        return []
+    logits = np.stack([np.asarray(row["logits"], dtype=np.float64) for row in rows])
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     return [

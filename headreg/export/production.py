@@ -1,0 +1,207 @@
+"""Verification of what production runs: a bundle's own Predictor against the same engine over PyTorch.
+
+Export stages the bundle, opens it with :class:`headreg.runtime.Predictor` exactly as production does (the
+variant's backend and session options, its padding, length-bucketed batches, windows, the heads' postprocess)
+and runs the cases below through ``predictor.engine``; the PyTorch reference runs the *same jobs* through the
+same engine with PyTorch as its backend (``engine.with_backend``). Every row's outputs must agree within
+atol AND rtol, and every input's result must be the same as a user reads it (labels, label sets, entity spans).
+A case that crashes in the engine fails the export: a bundle that verifies cannot crash at predict time on the
+shapes verification ran.
+
+The PyTorch rows are kept in ``golden.npz`` (``production.<case>.<row>.<output>``) and the cases in
+``verification.json``, so ``headreg verify`` re-runs them torch-free with the installed runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .cases import LONG_TEXT, PAIRS, TEXTS
+
+PREFIX = "production"
+
+
+@dataclass
+class ProductionCase:
+    """One call as a user makes it: ``predictor.predict(inputs, **options)`` (or ``embed``), in batches of ``batch_size``."""
+
+    name: str
+    kind: str  # "predict" | "embed"
+    inputs: list[Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 3
+
+
+def production_cases(max_length: int, *, pairs: bool) -> list[ProductionCase]:
+    """Mixed lengths over several multi-row batches, a long text read in windows beside a short one, sentence
+    pairs, and embeddings: each through the whole predict path."""
+    # about 2.5 x max_length tokens of English: three or four windows at the default overlap
+    long_text = LONG_TEXT[: max(400, 10 * max_length)]
+    cases = [
+        ProductionCase("predict: mixed lengths, batches of 3", "predict", [*TEXTS, LONG_TEXT]),
+        ProductionCase("predict: long text in windows", "predict", [TEXTS[0], long_text, TEXTS[2]],
+                       {"long_text": "window"}, batch_size=4),
+        ProductionCase("embed: mixed lengths", "embed", list(TEXTS[:9]) + [LONG_TEXT]),
+    ]
+    if pairs:
+        cases.append(ProductionCase("predict: sentence pairs", "predict", [list(pair) for pair in PAIRS], batch_size=2))
+    return cases
+
+
+def user_view(result: Any) -> Any:
+    """The part of a postprocessed result a user acts on (scores aside), or None when it is numeric only."""
+    if not isinstance(result, Mapping):
+        return None
+    if "entities" in result:
+        return frozenset((e.get("label"), e.get("start"), e.get("end"), e.get("sequence", 0)) for e in result["entities"])
+    if "labels" in result:
+        return frozenset(result["labels"])
+    if "label" in result:
+        return result["label"]
+    return None
+
+
+def views(result: Any, multi_head: bool) -> Any:
+    """:func:`user_view` of one input's result; a multi-head result's, head by head."""
+    if multi_head and isinstance(result, Mapping):
+        return tuple(sorted((name, user_view(value)) for name, value in result.items()))
+    return user_view(result)
+
+
+def job_for(predictor: Any, case: ProductionCase) -> Any:
+    inputs = [tuple(item) if isinstance(item, list) else item for item in case.inputs]
+    return predictor.prepare(inputs, kind=case.kind, **case.options)
+
+
+def rows_of(engine: Any, job: Any, batch_size: int) -> list[dict[str, np.ndarray]] | BaseException:
+    """A job's row outputs as the engine computes them for ``predict`` (planned, padded, cut), or its failure."""
+    outputs, failed = engine.compute([job], batch_size=batch_size)
+    return failed[job] if job in failed else outputs[job]
+
+
+def compare_rows(expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]], *,
+                 atol: float, rtol: float) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Worst |diff| per output over the rows, and what fails: non-finite values, shapes, |diff| > atol + rtol|ref|."""
+    worst: dict[str, dict[str, float]] = {}
+    problems: list[str] = []
+    if len(expected) != len(actual):
+        return worst, [f"{len(actual)} rows, the reference has {len(expected)}"]
+    for index, (want, got) in enumerate(zip(expected, actual)):
+        for name, reference in want.items():
+            value = got.get(name)
+            if value is None:
+                problems.append(f"row {index}: output {name!r} is missing")
+                continue
+            reference, value = np.asarray(reference, dtype=np.float64), np.asarray(value, dtype=np.float64)
+            if reference.shape != value.shape:
+                problems.append(f"row {index}: {name} has shape {list(value.shape)}, the reference {list(reference.shape)}")
+                continue
+            if not np.isfinite(value).all():
+                problems.append(f"row {index}: {name} has NaN/Inf")
+                continue
+            err = np.abs(value - reference)
+            allowed = atol + rtol * np.abs(reference)
+            entry = worst.setdefault(name, {"abs": 0.0, "bound_ratio": 0.0})
+            if err.size:
+                entry["abs"] = max(entry["abs"], float(err.max()))
+                entry["bound_ratio"] = max(entry["bound_ratio"], float((err / allowed).max()))
+                if not (err <= allowed).all():
+                    problems.append(f"row {index}: {name} differs by up to {float(err.max()):.3g} "
+                                    f"({float((err / allowed).max()):.3g}x the allowed atol + rtol*|ref|)")
+    return worst, problems
+
+
+def check_case(predictor: Any, engine: Any, case: ProductionCase, expected: Sequence[Mapping[str, np.ndarray]],
+               *, atol: float, rtol: float) -> dict[str, Any]:
+    """Run ``case`` through ``engine`` (the production engine of ``predictor``'s variant) and hold it to the
+    reference rows ``expected``: outputs row by row, then results as a user reads them."""
+    record: dict[str, Any] = {"name": case.name, "kind": case.kind, "inputs": len(case.inputs)}
+    try:
+        job = job_for(predictor, case)
+    except Exception as exc:  # noqa: BLE001 - reported as the case's failure
+        return {**record, "passed": False, "problems": [f"prepare failed: {type(exc).__name__}: {exc}"]}
+    record["rows"] = len(job.rows)
+    actual = rows_of(engine, job, case.batch_size)
+    if isinstance(actual, BaseException):
+        return {**record, "passed": False, "problems": [f"the engine failed: {actual}"]}
+    worst, problems = compare_rows(expected, actual, atol=atol, rtol=rtol)
+    record["worst"] = worst
+    if not problems:
+        want, got = engine.finish_safely(job, expected), engine.finish_safely(job, actual)
+        for side, result in (("reference", want), ("production", got)):
+            if isinstance(result, BaseException):
+                problems.append(f"postprocess of the {side} rows failed: {result}")
+        if not problems and case.kind == "predict":
+            multi = len(predictor.heads) > 1
+            differ = [index for index, (a, b) in enumerate(zip(want, got)) if views(a, multi) != views(b, multi)]
+            record["decisions_equal"] = f"{len(want) - len(differ)}/{len(want)}"
+            if differ:
+                problems.append(f"inputs {differ[:8]} get a different result than PyTorch's")
+    return {**record, "passed": not problems, "problems": problems}
+
+
+def reference_rows(predictor: Any, reference: Any, cases: Sequence[ProductionCase]) -> list[list[dict[str, np.ndarray]]]:
+    """The reference engine's (PyTorch's) row outputs for every case; a failure there is the model's own."""
+    from .trace import ExportError
+
+    rows = []
+    for case in cases:
+        computed = rows_of(reference, job_for(predictor, case), case.batch_size)
+        if isinstance(computed, BaseException):
+            raise ExportError(f"PyTorch failed on the verification case {case.name!r}: {computed}")
+        rows.append(computed)
+    return rows
+
+
+def verify_production(predictor: Any, cases: Sequence[ProductionCase], expected: Sequence[Sequence[Mapping[str, np.ndarray]]],
+                      *, atol: float, rtol: float, engine: Any = None) -> dict[str, Any]:
+    """Every case through ``engine`` (default: the predictor's own) against the reference rows: the record the
+    bundle keeps (``passed``, per case its figures and problems)."""
+    engine = engine if engine is not None else predictor.engine
+    results = [check_case(predictor, engine, case, rows, atol=atol, rtol=rtol) for case, rows in zip(cases, expected)]
+    return {"passed": all(result["passed"] for result in results), "variant": predictor.variant,
+            "atol": atol, "rtol": rtol, "cases": results}
+
+
+def failures(record: Mapping[str, Any]) -> list[str]:
+    return [f"{case['name']}: {problem}" for case in record.get("cases", []) for problem in case.get("problems", [])]
+
+
+# --- kept in the bundle, for headreg verify ---------------------------------------------------------------------------
+
+
+def describe(cases: Sequence[ProductionCase]) -> list[dict[str, Any]]:
+    return [asdict(case) for case in cases]
+
+
+def golden_arrays(expected: Sequence[Sequence[Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    return {f"{PREFIX}.{c}.{r}.{name}": np.asarray(value) for c, rows in enumerate(expected)
+            for r, row in enumerate(rows) for name, value in row.items()}
+
+
+def read_cases(described: Any, arrays: Mapping[str, np.ndarray]) -> tuple[list[ProductionCase], list[list[dict]]]:
+    """The cases ``verification.json`` describes and their reference rows from ``golden.npz`` (BundleError if malformed)."""
+    from ..errors import BundleError
+
+    if not isinstance(described, list):
+        raise BundleError("the verification record's production cases are malformed; export the bundle again")
+    cases, expected = [], []
+    for c, info in enumerate(described):
+        try:
+            case = ProductionCase(str(info["name"]), str(info["kind"]), list(info["inputs"]), dict(info.get("options") or {}),
+                                  int(info.get("batch_size") or 3))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"production case {c} of the verification record is malformed ({exc}); export again") from exc
+        if case.kind not in ("predict", "embed") or not 1 <= case.batch_size <= 1024 or len(case.inputs) > 1024:
+            raise BundleError(f"production case {c} of the verification record is malformed; export the bundle again")
+        rows: dict[int, dict[str, np.ndarray]] = {}
+        for key, value in arrays.items():
+            parts = key.split(".", 3)
+            if len(parts) == 4 and parts[0] == PREFIX and parts[1] == str(c) and parts[2].isdigit():
+                rows.setdefault(int(parts[2]), {})[parts[3]] = value
+        cases.append(case)
+        expected.append([rows[r] for r in sorted(rows)])
+    return cases, expected
