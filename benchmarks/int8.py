@@ -66,33 +66,31 @@ def build_variants(model_dir: Path, out: Path, rebuild: bool) -> tuple[Any, Path
 
 
 def acceptance_set(model: Any, bundle: Path, manifest: dict[str, Any]) -> Any:
-    """The export's own held-out texts and PyTorch's outputs on them."""
-    from tokenizers import Tokenizer
-
+    """The export's own held-out texts and PyTorch's rows on them (the runtime engine over PyTorch)."""
     from headreg.data import builtin_texts
     from headreg.export import acceptance as acc
-    from headreg.export.pipeline import _torch_run
-    from headreg.export.trace import ExportWrapper
+    from headreg.export.torch_backend import TorchBackend
+    from headreg.runtime import Predictor
 
-    tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
-    names = manifest["inputs"]
-    wrapper = ExportWrapper(model, tuple(names)).eval()
-    return acc.build_acceptance_set(
-        model, tokenizer, acc.normalize_texts(builtin_texts("token_type_ids" in names), pairs=True), source="builtin",
-        input_names=names, max_length=manifest["max_length"], pad_id=manifest["tokenizer"]["pad_token_id"],
-        padding_side=manifest["padding_side"], reference_run=_torch_run(wrapper), options=acc.AcceptanceOptions(),
-    )
+    predictor = Predictor(bundle, variant="fp32")
+    reference = predictor.engine.with_backend(TorchBackend(model))
+    texts = acc.normalize_texts(builtin_texts("token_type_ids" in manifest["inputs"]), pairs=True)
+    accept = acc.build_acceptance_set(predictor, reference, texts, source="builtin", options=acc.AcceptanceOptions())
+    accept.predictor = predictor
+    return accept
 
 
-def fidelity(accept: Any, run: Callable) -> dict[str, Any]:
+def fidelity(accept: Any, path: Path, threads: int) -> dict[str, Any]:
+    """One model file run by the fp32 bundle's engine (same plan, padding and postprocess) against PyTorch's rows."""
     from headreg.export import acceptance as acc
+    from headreg.runtime.backends import open_backend
 
-    figures = acc.agreement(accept.judge, accept.batches, accept.expected, acc.reference(run, accept.batches))
-    encodings = accept.batches.encodings
-    invariance = acc.batch_invariance(run, encodings[:: max(1, len(encodings) // 24)][:24], decide=accept.judge.decide,
-                                      tolerance=acc.INVARIANCE_TOLERANCE, **accept.invariance_args)
-    drift = max(float(np.abs(acc_row["logits"] - ref_row["logits"]).max())
-                for acc_row, ref_row in zip(acc.reference(run, accept.batches), accept.expected))
+    engine = accept.predictor.engine.with_backend(open_backend({"backend": "onnxruntime"}, path, threads=threads))
+    outputs, _ = engine.compute([accept.job])
+    actual = outputs[accept.job]
+    figures = acc.agreement(engine.heads[0], accept.job, accept.expected, actual)
+    invariance = acc.engine_invariance(engine, accept.invariance_job(), max_length=accept.max_length)
+    drift = max(float(np.abs(got["logits"] - want["logits"]).max()) for got, want in zip(actual, accept.expected))
     return {"agreement": figures, "batch_invariance": invariance, "max_logit_drift": drift}
 
 
@@ -141,10 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "serves_here": dict(zip(("variant", "reason"), select_variant(manifest))),
         "held_out_texts": accept.split.record, "variants": {},
     }
-    for name, session in sessions.items():
-        outputs = [o.name for o in session.get_outputs()]
-        run = lambda feed, s=session, o=outputs: dict(zip(o, s.run(o, feed)))  # noqa: E731
-        report["variants"][name] = fidelity(accept, run)
+    for name in sessions:
+        report["variants"][name] = fidelity(accept, files[name], args.threads)
         fig = report["variants"][name]
         print(f"  {name:<32} {fig['agreement']['agreement']:.2%} identical held-out decisions "
               f"({fig['agreement']['disagreements']} differ, {fig['agreement']['near_ties']} near-ties), "

@@ -76,7 +76,7 @@ def work(predictor: Any, texts: list[str], options: dict[str, Any]) -> dict[str,
     """Rows, attended tokens and padded tokens (what the model computes) of one pass."""
     job = predictor.prepare(texts, **options)
     lengths = [len(row.encoding) for row in job.rows]
-    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in predictor.plan(lengths))
+    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in predictor.engine.plan(lengths))
     return {"rows": len(lengths), "tokens": sum(lengths), "padded_tokens": padded}
 
 
@@ -117,12 +117,9 @@ def prepare_finish_seconds(predictor: Any, texts: list[str], options: dict[str, 
     started = time.perf_counter()
     job = predictor.prepare(texts, **options)
     prepared = time.perf_counter()
-    outputs: list[Any] = [None] * len(job.rows)
-    for batch in predictor.plan([len(row.encoding) for row in job.rows]):
-        for index, out in zip(batch, predictor.run_rows([job.rows[i] for i in batch])):
-            outputs[index] = out
+    outputs, _ = predictor.engine.compute([job])
     ran = time.perf_counter()
-    predictor.finish(job, outputs)
+    predictor.engine.finish(job, outputs[job])
     return {"prepare_s": prepared - started, "finish_s": time.perf_counter() - ran}
 
 

@@ -6,6 +6,8 @@ OpenVINO tests skip where OpenVINO is not installed; bf16 tests skip where the C
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import sys
 import threading
@@ -27,7 +29,7 @@ needs_bf16 = pytest.mark.skipif(BF16_MISSING is not None, reason=f"bf16 cannot b
 
 
 def _feeds(predictor: Predictor, texts) -> dict[str, np.ndarray]:
-    return predictor.pad(predictor.encode(texts))
+    return predictor.engine.pad(predictor.encode(texts))
 
 
 # --- the adapters -------------------------------------------------------------------------------------------
@@ -181,18 +183,15 @@ def test_minilm_bf16_predictor_is_batch_invariant_and_agrees_with_fp32(minilm_bf
 def test_bf16_without_its_padding_multiple_is_caught_by_the_invariance_check(minilm_bf16):
     """Without the padding multiple, a row's bf16 result moves with the batch's padded length; the check says so."""
     from benchmarks.corpus import mixed_corpus
-    from headreg.export.acceptance import batch_invariance
-    from headreg.export.bf16 import bf16_run
+    from headreg.export.acceptance import engine_invariance
 
     out, _, _ = minilm_bf16
-    fp32 = Predictor(out, variant="fp32")
-    encodings = fp32.encode(mixed_corpus(16, seed=5))
-    args = dict(input_names=fp32.input_names, pad_id=fp32.pad_id, padding_side="right", max_length=128,
-                token_outputs=set())
-    padded, _ = bf16_run(out / "model.onnx", multiple=32)
-    unpadded, _ = bf16_run(out / "model.onnx", multiple=1)
-    assert batch_invariance(padded, encodings, **args)["max_abs_diff"] == 0.0
-    loose = batch_invariance(unpadded, encodings, **args)
+    bf16 = Predictor(out, variant="bf16")
+    job = bf16.prepare(mixed_corpus(16, seed=5))
+    padded = engine_invariance(bf16.engine, job, max_length=128)
+    assert bf16.engine.layout.pad_to_multiple_of == 32 and padded["max_abs_diff"] == 0.0
+    bf16.engine.layout = dataclasses.replace(bf16.engine.layout, pad_to_multiple_of=1)
+    loose = engine_invariance(bf16.engine, job, max_length=128)
     if "amx_bf16" not in cpu_flags():  # measured on AVX-512 BF16 (and AMX, benchmarks/backend_probe.py)
         assert not loose["passed"] and loose["max_abs_diff"] > 1e-5
 

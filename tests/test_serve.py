@@ -58,16 +58,16 @@ TORCH_FREE_MAIN = (
 FRAGILE_PLUGIN = """
 from headreg import hookimpl
 
-def post(outputs, context):
+def post(rows, context):
     from headreg.runtime.postprocess import seq_cls
     if any("explode" in str(text) for text in context.texts):
         raise RuntimeError("this postprocess fails on purpose")
-    return seq_cls(outputs, context)
+    return seq_cls(rows, context)
 
 @hookimpl
 def register_heads(register):
     register(name="fragile", cls="fragile_plugin.head:Head", task="sequence-classification",
-             postprocess="fragile_plugin:post")
+             postprocess="fragile_plugin:post", postprocess_contract=2)
 """
 
 
