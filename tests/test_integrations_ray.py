@@ -160,9 +160,17 @@ def test_serve_deployment_over_http(ray_cluster):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(deployment(bundle, name="sentiment", max_batch_size=8), name="headreg", route_prefix="/")
+        config = {"max_batch_size": 8, "max_input_texts": 12, "api_key": "s3cret"}
+        serve.run(deployment(bundle, name="sentiment", serve_config=config), name="headreg", route_prefix="/")
         base = f"http://127.0.0.1:{port}/v1/models"
         predictor = Predictor(bundle)
+        auth = {"Authorization": "Bearer s3cret"}
+        # headreg serve's own app: its API key, limits, errors and metrics names
+        refused = httpx.post(f"{base}/sentiment/predict", json={"inputs": ["a"]}, timeout=60)
+        assert refused.status_code == 401 and "error" in refused.json()
+        too_many = httpx.post(f"{base}/sentiment/predict", json={"inputs": ["a"] * 13}, headers=auth, timeout=60)
+        assert too_many.status_code == 422 and "12" in too_many.json()["error"]
+        httpx = _Authorized(httpx, auth)
 
         def call(start: int):
             inputs = TEXTS[start : start + 5] + [[TEXTS[start], TEXTS[start + 1]]]
@@ -197,8 +205,23 @@ def test_serve_deployment_over_http(ray_cluster):
 
         assert listed == [model_info("sentiment", predictor)]  # the same entry headreg serve lists
         assert listed[0]["task"] == "sequence-classification"
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=60).text
+        assert "headreg_requests_total" in metrics and 'model="sentiment"' in metrics
     finally:
         serve.shutdown()
+
+
+class _Authorized:
+    """httpx's module-level calls with the API key header added."""
+
+    def __init__(self, module, headers):
+        self.module, self.headers = module, headers
+
+    def post(self, url, **kwargs):
+        return self.module.post(url, headers=self.headers, **kwargs)
+
+    def get(self, url, **kwargs):
+        return self.module.get(url, headers=self.headers, **kwargs)
 
 
 

@@ -8,7 +8,7 @@ Ray Data, one Predictor per actor, threads from the actor's ``num_cpus``:
 >>> ds.map_batches(BundlePredictor, fn_constructor_kwargs={"bundle": "bundle/"},             # doctest: +SKIP
 ...                concurrency=2, num_cpus=1, batch_size=256, batch_format="pandas").take_all()
 
-Ray Serve, the JSON API of ``headreg serve``'s predict and embed routes, batched across requests:
+Ray Serve, ``headreg serve``'s own app (every route, limit and error), batched across requests:
 
 >>> from ray import serve
 >>> from headreg.integrations.ray import deployment
@@ -19,10 +19,8 @@ Ray is imported only when these are used. See docs/scale-out.md.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -159,66 +157,24 @@ def _array(values: list[Any]) -> np.ndarray:
 
 # --- Ray Serve -------------------------------------------------------------------------------------------------------
 
-ROUTE = re.compile(r"/v1/models/(?P<name>[^/]+)/(?P<route>predict|embed)/?$")
-LIST_ROUTE = re.compile(r"/v1/models/?$")
-DEFAULT_MAX_INPUT_TEXTS = 1024
-
 
 class BundleServer:
-    """One Ray Serve replica: a Predictor (threads = the replica's ``num_cpus``) behind ``@serve.batch``.
+    """One Ray Serve replica: ``headreg serve``'s own ASGI app (``headreg.serve.app.create_app``) over one bundle.
 
-    Requests are parsed and answered exactly as by ``headreg serve`` (``headreg.serve.schema``). Requests
-    that arrive together are run as one stream of rows through the Predictor's row pipeline: each request is
-    checked and tokenized on its own (a bad one fails alone), the rows of all of them are planned into
-    length-bucketed batches, and each request is finished from its own rows only. Use :func:`deployment`.
+    The routes, protocols, limits, API key, errors, metrics names and the cross-request queue are those of
+    ``headreg serve``, because it is the same app: Ray Serve mounts it with ``serve.ingress`` and runs its
+    lifespan (the model thread starts, the warm-up runs, /health turns 200). Use :func:`deployment`.
     """
 
     def __init__(self, bundle: str, name: str, threads: int | None, variant: str | None,
-                 max_batch_size: int, batch_wait_timeout_s: float, max_input_texts: int,
-                 predictor_options: Mapping[str, Any] | None):
-        from ray import serve
-
-        self.name, self.max_input_texts = name, max_input_texts
+                 config: Mapping[str, Any], predictor_options: Mapping[str, Any] | None):
+        self.name, self.config = name, dict(config)
         self.predictor = load_predictor(bundle, threads or worker_cpus(), variant, predictor_options)
-        self._batched = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)(self._run)
 
-    async def __call__(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse
+    def __serve_build_asgi_app__(self) -> Any:  # noqa: N802 - Ray Serve's hook
+        from ..serve.app import ServeConfig, create_app
 
-        from ..serve.schema import RequestError, model_info, parse_embed_request, parse_json, parse_predict_request
-
-        path, method = request.url.path, request.method
-        match = ROUTE.search(path)
-        try:
-            if match is None:
-                if LIST_ROUTE.search(path) and method == "GET":
-                    return JSONResponse({"models": [model_info(self.name, self.predictor)]})
-                raise RequestError(404, f"no route {method} {path}; this service answers POST "
-                                        f"/v1/models/{self.name}/predict and /v1/models/{self.name}/embed")
-            if match["name"] != self.name:
-                raise RequestError(404, f"no model named {match['name']!r}; this service serves: {self.name}")
-            if method != "POST":
-                raise RequestError(405, f"{path} takes POST, not {method}")
-            payload = parse_json(await request.body())
-            kind = match["route"]
-            if kind == "predict":
-                inputs, parameters = parse_predict_request(payload, max_inputs=self.max_input_texts)
-            else:
-                inputs, parameters = parse_embed_request(payload, max_inputs=self.max_input_texts)
-            result = await self._batched((kind, inputs, parameters))
-            if isinstance(result, InputError):
-                raise RequestError(422, str(result))
-            if isinstance(result, Exception):
-                raise RequestError(500, f"inference failed for this request: {type(result).__name__}: {result}")
-        except RequestError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-        if kind == "embed":
-            return JSONResponse({"model": self.name, "embeddings": result})
-        return JSONResponse({"model": self.name, "outputs": result})
-
-    async def _run(self, requests: list[tuple[str, list[Any], dict]]) -> list[Any]:
-        """One answer per request, in order: its result, or the exception that request alone raised."""
-        return await asyncio.to_thread(run_requests, self.predictor, requests)
+        return create_app({self.name: self.predictor}, ServeConfig(**self.config))
 
 
 def run_requests(predictor: Predictor, requests: Sequence[tuple[str, list[Any], dict]]) -> list[Any]:
@@ -251,32 +207,37 @@ def deployment(
     variant: str | None = None,
     num_replicas: int | str = 1,
     num_cpus: float = 1,
-    max_batch_size: int = 32,
-    batch_wait_timeout_s: float = 0.005,
-    max_input_texts: int = DEFAULT_MAX_INPUT_TEXTS,
+    serve_config: Mapping[str, Any] | None = None,
     predictor_options: Mapping[str, Any] | None = None,
     **deployment_options: Any,
 ):
-    """A Ray Serve application serving ``bundle`` with ``headreg serve``'s predict/embed JSON; ``serve.run`` it.
+    """A Ray Serve application serving ``bundle`` with ``headreg serve``'s own app; ``serve.run`` it.
 
-    Routes (under the application's ``route_prefix``): ``POST /v1/models/{name}/predict`` with
-    ``{"inputs": [...], "parameters": {...}}`` -> ``{"model": name, "outputs": [...]}``;
-    ``POST /v1/models/{name}/embed`` -> ``{"model": name, "embeddings": [...]}``; ``GET /v1/models``.
-    ``name`` defaults to the bundle directory's name. Each of ``num_replicas`` replicas reserves ``num_cpus``
-    and runs onnxruntime on that many threads (``threads`` overrides). Up to ``max_batch_size`` requests
-    that arrive within ``batch_wait_timeout_s`` of each other are batched. ``deployment_options`` go to
-    ``serve.deployment`` (``max_ongoing_requests``, ``autoscaling_config``, ...).
+    Every route of ``headreg serve`` answers under the application's ``route_prefix`` (``/v1/models/{name}/predict``
+    and ``/embed``, ``/v1/models``, the OpenAI, Hugging Face, TEI and v2 routes, ``/health``, ``/metrics``), with the
+    same limits, API key and errors: ``serve_config`` takes :class:`headreg.serve.app.ServeConfig`'s fields (the
+    ``headreg serve`` options: ``max_batch_tokens``, ``max_batch_size``, ``max_concurrent_requests``,
+    ``max_input_texts``, ``payload_limit``, ``api_key``, ...). ``name`` defaults to the bundle directory's name. Each
+    of ``num_replicas`` replicas reserves ``num_cpus`` and runs the model on that many threads (``threads``
+    overrides). ``deployment_options`` go to ``serve.deployment`` (``max_ongoing_requests``, ``autoscaling_config``...).
     """
     require("ray.serve", "ray", "the Ray Serve deployment")
     from ray import serve
 
+    from ..serve.app import ServeConfig
+
     path = Path(bundle).resolve()
     name = name or path.name
+    config = dict(serve_config or {})
+    unknown = sorted(set(config) - set(ServeConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"serve_config has unknown field(s) {', '.join(unknown)}; fields: "
+                         f"{', '.join(ServeConfig.__dataclass_fields__)}")
     options = dict(deployment_options)
-    # Ray Serve's default (5 requests in flight per replica) would cap every batch at 5 requests.
-    options.setdefault("max_ongoing_requests", 2 * max_batch_size)
+    # Ray Serve's default (5 requests in flight per replica) would starve the app's own queue, which batches
+    # across requests and answers 429 past max_concurrent_requests.
+    options.setdefault("max_ongoing_requests", ServeConfig(**config).max_concurrent_requests)
     actor_options = {"num_cpus": num_cpus, **options.pop("ray_actor_options", {})}
-    app = serve.deployment(BundleServer, name=f"headreg-{name}", num_replicas=num_replicas,
+    app = serve.deployment(serve.ingress()(BundleServer), name=f"headreg-{name}", num_replicas=num_replicas,
                            ray_actor_options=actor_options, **options)
-    return app.bind(str(path), name, threads, variant, max_batch_size, batch_wait_timeout_s, max_input_texts,
-                    dict(predictor_options or {}))
+    return app.bind(str(path), name, threads, variant, config, dict(predictor_options or {}))
