@@ -188,7 +188,8 @@ def post(outputs, context):
 
 @hookimpl
 def register_heads(register):
-    register(name="noisy", cls="noisy_plugin.head:Head", task="sequence-classification", postprocess="noisy_plugin:post")
+    register(name="noisy", cls="noisy_plugin.head:Head", task="sequence-classification", postprocess="noisy_plugin:post",
+             postprocess_contract=2)
 """
 
 

@@ -135,7 +135,7 @@ def check_case(predictor: Any, engine: Any, case: ProductionCase, expected: Sequ
             if isinstance(result, BaseException):
                 problems.append(f"postprocess of the {side} rows failed: {result}")
         if not problems and case.kind == "predict":
-            multi = len(predictor.heads) > 1
+            multi = engine.by_head
             differ = [index for index, (a, b) in enumerate(zip(want, got)) if views(a, multi) != views(b, multi)]
             record["decisions_equal"] = f"{len(want) - len(differ)}/{len(want)}"
             if differ:

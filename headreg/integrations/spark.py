@@ -171,11 +171,16 @@ def _return_type(output: str, layout: dict, head: str) -> str:
     def ddl(fields: dict[str, str]) -> str:
         if output == "label":
             return next(iter(fields.values()))
-        return "struct<" + ",".join(f"`{name}`:{kind}" for name, kind in fields.items()) + ">"
+        return "struct<" + ",".join(f"{_quoted(name)}:{kind}" for name, kind in fields.items()) + ">"
 
     if None in layout:
         return ddl(layout[None])
     return "struct<" + ",".join(f"`{name}`:{ddl(fields)}" for name, fields in layout.items()) + ">"
+
+
+def _quoted(name: str) -> str:
+    """A struct field name as Spark DDL takes it: plain identifiers as is, others (``a-b``, ``a.b``) in backticks."""
+    return name if name.isidentifier() else f"`{name}`"
 
 
 def _ship(sc: Any, path: Path) -> str:

@@ -83,20 +83,23 @@ class Engine:
     """Batches, runs and finishes jobs for one model (a backend) and its heads.
 
     ``heads``: the bundle's :class:`headreg.runtime.heads.RuntimeHead` list (a single-head bundle is the
-    one-member case). ``batch_size`` / ``max_batch_tokens``: the plan's caps.
+    one-member case). ``by_head``: results are dicts by head name (a multi-head bundle, whatever its number of
+    heads); otherwise the only head's result itself. ``batch_size`` / ``max_batch_tokens``: the plan's caps.
     """
 
     def __init__(self, backend: Backend, layout: Layout, heads: Sequence[Any], *, batch_size: int,
-                 max_batch_tokens: int | None):
+                 max_batch_tokens: int | None, by_head: bool = False):
         self.backend = backend
         self.layout = layout
         self.heads = list(heads)
+        self.by_head = by_head
         self.batch_size = int(batch_size)
         self.max_batch_tokens = max_batch_tokens
 
     def with_backend(self, backend: Backend) -> "Engine":
         """The same engine over another backend (verification runs PyTorch through the engine this way)."""
-        return Engine(backend, self.layout, self.heads, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens)
+        return Engine(backend, self.layout, self.heads, batch_size=self.batch_size,
+                      max_batch_tokens=self.max_batch_tokens, by_head=self.by_head)
 
     # --- plan -----------------------------------------------------------------------------------------------
 
@@ -219,11 +222,11 @@ class Engine:
             return [embedding(out["pooled_output"], job.options) for out in outputs]
         encodings = [row.encoding for row in rows]
         texts = [job.inputs[row.item] for row in rows]
-        by_head = {head.name: head.run(outputs, encodings, texts, job.config[head.name])
+        answers = {head.name: head.run(outputs, encodings, texts, job.config[head.name])
                    for head in self.heads if head.name in job.config}
-        if len(self.heads) == 1:
-            return by_head[self.heads[0].name]
-        return [{name: results[i] for name, results in by_head.items()} for i in range(len(rows))]
+        if not self.by_head:  # the one place a single-head bundle's bare result is decided
+            return answers[self.heads[0].name]
+        return [{name: results[i] for name, results in answers.items()} for i in range(len(rows))]
 
     def _merge_windows(self, job: Job, outputs: Sequence[Mapping[str, np.ndarray]]) -> tuple[list[Row], list[dict]]:
         """One row per input: its windows merged over the whole text (see runtime/windows.py)."""

@@ -154,7 +154,7 @@ class Predictor:
         )
         # The one engine every front door runs through (see runtime/engine.py).
         self.engine = Engine(self.backend, layout, self.heads, batch_size=self.batch_size,
-                             max_batch_tokens=self.max_batch_tokens)
+                             max_batch_tokens=self.max_batch_tokens, by_head=self.multi_head)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.bundle_dir)!r}, head={self.head!r}, variant={self.variant!r})"
