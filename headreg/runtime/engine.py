@@ -305,8 +305,3 @@ class NonFiniteRows(HeadregError):
         self.rows = rows
         self.outputs = outputs
 
-
-def rows_context(manifest: Mapping[str, Any], config: Mapping[str, Any], encodings: Sequence[Any],
-                 texts: Sequence[Text]) -> _post.Context:
-    """The context a postprocess gets beside its rows' outputs."""
-    return _post.Context(manifest=manifest, config=config, encodings=encodings, texts=texts)
