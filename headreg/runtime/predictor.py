@@ -134,7 +134,6 @@ class Predictor:
         if not self.heads:
             raise BundleError(f"{self.bundle_dir / 'headreg.json'} lists no heads; export the bundle again")
         first = self.heads[0]
-        self.output_axes = _output_axes(manifest, self.backend.output_dims, self.output_names, self.heads)
         # A multi-head bundle answers with a dict by head name; these describe a single-head bundle's head.
         self.head = "+".join(head.name for head in self.heads) if self.multi_head else first.name
         self.level = "multi" if self.multi_head else first.level
@@ -143,6 +142,7 @@ class Predictor:
         _check_widths(self.backend, manifest, self.labels, self.model_path)
         for problem in head_output_problems(manifest, self.backend.output_dims):
             raise BundleError(f"{self.model_path}: {problem}")
+        self.output_axes = _output_axes(manifest, self.backend.output_dims, self.output_names, self.heads)
         for head in self.heads if self.multi_head else ():
             _check_head_width(self.backend, head, self.model_path)
         _check_vocab(self.tokenizer, manifest, self.pad_id, self.bundle_dir)
