@@ -122,17 +122,28 @@ def build_bundle(name: str, model: Any, out: Path, rebuild: bool) -> Path:
 # --- runners -------------------------------------------------------------------------------------------------
 
 
+class FeedRow:
+    """One row of a ready feed as the engine takes rows: its real tokens (right padding), ids and type ids."""
+
+    def __init__(self, feed: dict[str, np.ndarray], row: int):
+        real = feed["attention_mask"][row].astype(bool)
+        self.ids = feed["input_ids"][row][real].tolist()
+        self.type_ids = (feed["token_type_ids"][row][real].tolist() if "token_type_ids" in feed
+                         else [0] * len(self.ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def predictor_runner(predictor: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """A variant's backend on a ready feed, padded to the variant's token multiple as the Predictor pads."""
-    multiple = predictor.pad_to_multiple_of
+    """A variant's production engine on a ready feed: the engine pads it (to the variant's token multiple too),
+    runs the backend and cuts each row's logits, exactly as predict does."""
+    from headreg.runtime.engine import Row
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        width = feed["input_ids"].shape[1]
-        extra = -width % multiple
-        if extra:
-            feed = {k: np.pad(v, ((0, 0), (0, extra)), constant_values=predictor.pad_id if k == "input_ids" else 0)
-                    for k, v in feed.items()}
-        return predictor.backend.run(feed, ["logits"])["logits"]
+        rows = [Row(i, FeedRow(feed, i)) for i in range(len(feed["input_ids"]))]
+        outputs = predictor.engine.run_rows(rows, ["logits"], width=feed["input_ids"].shape[1])
+        return np.stack([out["logits"] for out in outputs])
 
     return run
 
