@@ -225,7 +225,12 @@ class Engine:
         answers = {head.name: head.run(outputs, encodings, texts, job.config[head.name])
                    for head in self.heads if head.name in job.config}
         if not self.by_head:  # the one place a single-head bundle's bare result is decided
-            return answers[self.heads[0].name]
+            results = answers[self.heads[0].name]
+            if job.options.get("return_logits"):  # the raw scores some protocols ask for (sequence heads)
+                logits = self.heads[0].outputs["logits"]
+                results = [{**result, "logits": np.asarray(out[logits], dtype=np.float32).tolist()}
+                           for result, out in zip(results, outputs)]
+            return results
         return [{name: results[i] for name, results in answers.items()} for i in range(len(rows))]
 
     def _merge_windows(self, job: Job, outputs: Sequence[Mapping[str, np.ndarray]]) -> tuple[list[Row], list[dict]]:
