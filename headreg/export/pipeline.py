@@ -627,7 +627,7 @@ def export_onnx(
         with step("verify predict") as info:
             production = _verify_production(stage, twin, variants, max_length=max_length,
                                             pairs="token_type_ids" in input_names, atol=options.atol,
-                                            rtol=options.rtol)
+                                            rtol=options.rtol, fused=fused[0])
             info.update(cases=len(production["record"]["cases"]), passed=production["record"]["passed"])
             if not production["record"]["passed"]:
                 report.problems.extend(prod.failures(production["record"]))
@@ -681,14 +681,30 @@ def _variant_bf16(staging: Path, acceptance_set: Callable[[], "acc.AcceptanceSet
 
 
 def _verify_production(stage: Callable[..., Any], twin: Callable[[], "_Twin"], variants: dict[str, Any], *,
-                       max_length: int, pairs: bool, atol: float, rtol: float) -> dict[str, Any]:
+                       max_length: int, pairs: bool, atol: float, rtol: float, fused: bool) -> dict[str, Any]:
     """The staged bundle's own Predictor on the production cases (production.py) against its engine over PyTorch;
     every other verified variant must run them too (its answers were judged by acceptance)."""
     cases = prod.production_cases(max_length, pairs=pairs)
     reference = twin()
-    predictor = stage()  # the final fp32 graph (fused when --optimize kept it)
-    expected = prod.reference_rows(reference.predictor, reference.reference, cases)
-    record = prod.verify_production(predictor, cases, expected, atol=atol, rtol=rtol)
+    # the final fp32 graph: the twin's own unless --optimize kept a fused one (opening a bundle again costs a session)
+    predictor = stage() if fused else reference.predictor
+    # PyTorch on one thread in a worker beside onnxruntime (which releases the GIL), as the graph verification
+    # runs it: OpenMP's busy-waiting threads stall on a busy machine (MiniLM here: 13 s in turns at load 16)
+    import concurrent.futures
+
+    def pytorch_rows() -> list[list[dict[str, np.ndarray]]]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return prod.reference_rows(reference.predictor, reference.reference, cases)
+        finally:
+            torch.set_num_threads(threads)
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="headreg-reference") as pool:
+        pending = pool.submit(pytorch_rows)
+        actual = [prod.rows_of(predictor.engine, prod.job_for(predictor, case), case.batch_size) for case in cases]
+        expected = pending.result()
+    record = prod.verify_production(predictor, cases, expected, atol=atol, rtol=rtol, actual=actual)
     for name in variants:
         if name == "fp32":
             continue

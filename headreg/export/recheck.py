@@ -178,7 +178,7 @@ def _recheck_production(report: Report, bundle_dir: Path, recorded: dict[str, An
         return
     verdict = "passes" if record["passed"] else "FAILS"
     report.notes.append(f"the bundle's Predictor (fp32) on {len(cases)} production cases (mixed-length batches, "
-                        f"windows, pairs, embed) against PyTorch's recorded rows: {verdict}")
+                        f"windows, pairs) against PyTorch's recorded rows: {verdict}")
     if not record["passed"]:
         report.problems.extend(failures(record))
         report.problems_are = "the bundle's own Predictor no longer reproduces PyTorch"
