@@ -66,10 +66,13 @@ def read(results: Path) -> list[dict]:
     return list(latest.values())
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], candidates: list[str] | None = None) -> str:
+    """The markdown table of ``rows``; ``candidates`` (the model types the matrix should hold) adds a line for
+    those not run yet."""
     by_type: dict[str, dict[str, dict]] = {}
     for row in rows:
         by_type.setdefault(row["model_type"], {})[row["head"]] = row
+    not_run = sorted(set(candidates or ()) - set(by_type))
     matrix = {t: heads for t, heads in by_type.items() if any(r["status"] != "not in matrix" for r in heads.values())}
     outside = {t: heads for t, heads in by_type.items() if t not in matrix}
     served = [t for t, heads in matrix.items() if all(heads.get(h, {}).get("status") == "served" for h in HEADS)]
@@ -97,6 +100,8 @@ def table(rows: list[dict]) -> str:
     for model_type in sorted(outside):
         reason = next(iter(outside[model_type].values()))["reason"]
         lines.append(f"- `{model_type}`: {reason[:160]}")
+    if not_run:
+        lines += ["", f"Not run yet ({len(not_run)}): " + ", ".join(f"`{t}`" for t in not_run)]
     return "\n".join(lines)
 
 
@@ -117,7 +122,9 @@ def main() -> None:
     if args.command == "run":
         run(args.results, args.types)
         return
-    text = table(read(args.results))
+    from headreg.architectures import candidate_model_types
+
+    text = table(read(args.results), candidate_model_types())
     if args.write is None:
         print(text)
         return

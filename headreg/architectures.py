@@ -3,7 +3,7 @@ each, and the round trip every one must survive (attach -> export -> verify -> p
 
 Which model types: those transformers gives a sequence-classification, token-classification, causal-LM or
 masked-LM model and an ``AutoModel`` backbone, whose config is a plain text config (not a composite of
-vision/audio sub-configs, not an encoder-decoder). A type is in the matrix when its tiny config runs in
+vision/audio/text sub-models, not an encoder-decoder). A type is in the matrix when its tiny config runs in
 PyTorch on ``input_ids`` + ``attention_mask`` alone; :func:`probe` says so or why not.
 
 Tiny configs are derived, not listed: :func:`tiny_config` shrinks whichever size fields the config class
@@ -17,6 +17,7 @@ benchmarks/architectures.py (regenerates the table in docs/architectures.md).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import io
 import logging
@@ -92,7 +93,41 @@ def _quiet():
     return stack
 
 
-def candidate_model_types() -> list[str]:
+# candidate_model_types() of transformers 5.25, kept here because computing it imports every config module (about
+# a minute on a busy machine): the matrix test parametrizes over this, a slow test checks it is still current.
+MODEL_TYPES = (
+    "afmoe", "albert", "apertus", "apertus1p5_text", "arcee", "aria_text", "axk1", "axk2", "bailing_hybrid",
+    "bamba", "beam", "bert", "bert-generation", "big_bird", "biogpt", "bitnet", "bloom", "bros", "camembert",
+    "canine", "codegen", "cohere", "cohere2", "cohere2_moe", "cohere_compass_text", "convbert", "cpmant", "ctrl",
+    "cwm", "data2vec-text", "dbrx", "deberta", "deberta-v2", "deepseek_v2", "deepseek_v3", "deepseek_v32",
+    "deepseek_v4", "diffllama", "distilbert", "doge", "dory", "dots1", "dots3_note_text", "electra", "ergo",
+    "ernie", "ernie4_5", "ernie4_5_moe", "esm", "esmc", "eurobert", "exaone", "exaone4", "exaone_moe", "falcon",
+    "falcon_h1", "falcon_mamba", "flaubert", "flex_olmo", "flint", "fnet", "funnel", "gemma", "gemma2",
+    "gemma3_text", "gemma3n_text", "gemma4_text", "gemma4_unified_text", "glm", "glm4", "glm4_moe", "glm4_moe_lite",
+    "glm_moe_dsa", "gpt-sw3", "gpt2", "gpt_bigcode", "gpt_neo", "gpt_neox", "gpt_neox_japanese", "gpt_oss", "gptj",
+    "granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared", "gte",
+    "helium", "hrm_text", "hunyuan_v1_dense", "hunyuan_v1_moe", "hy_v3", "hy_v4", "hyperclovax", "ibert",
+    "inkling2_loop_text", "inkling2_text", "inkling_text", "internlm3", "iquestcoder", "jais2", "jamba", "jetmoe",
+    "jina_embeddings_v3", "kimi_linear", "kolibri1", "kolibri1_1", "laguna", "lara_mini", "layoutlm", "layoutlmv2",
+    "layoutlmv3", "lfm2", "lfm2_moe", "lfm3", "lilt", "llama", "llama4_text", "longcat_flash", "longformer", "luke",
+    "mamba", "mamba2", "markuplm", "megatron-bert", "mellum", "mimo_v2_flash", "minicpm3", "minicpm5_moe",
+    "minimax", "minimax_m2", "minimax_m3_vl_text", "ministral", "ministral3", "mistral", "mistral4", "mixtral",
+    "mobilebert", "modernbert", "modernbert-decoder", "mpnet", "mpt", "mra", "nanochat", "nemotron", "nemotron_h",
+    "neomme", "nomic_bert", "nystromformer", "olmo", "olmo2", "olmo3", "olmo_hybrid", "olmoe", "openai-gpt",
+    "openai_privacy_filter", "opt", "param2moe", "perceiver", "persimmon", "phi", "phi3", "phimoe", "qwen2",
+    "qwen2_moe", "qwen3", "qwen3_5_moe_text", "qwen3_5_text", "qwen3_moe", "qwen3_next", "qwen4_exp_text",
+    "recurrent_gemma", "reformer", "rembert", "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "rwkv",
+    "sarvam_mla", "sarvam_moe", "seed_oss", "smollm3", "solar_open", "squeezebert", "stablelm", "starcoder2",
+    "tapas", "ultrabert", "vaultgemma", "xglm", "xlm", "xlm-roberta", "xlm-roberta-xl", "xlnet", "xlstm", "xmod",
+    "yoso", "youtu", "zamba", "zamba2", "zaya",
+)
+# A config with a sub-config named like one of these wraps another model or modality (Gemma 3's vision tower,
+# T5Gemma's encoder); ESM's folding trunk and DBRX's / MPT's attention and FFN settings are parts of a text model.
+_OTHER_MODALITY = ("text", "vision", "audio", "encoder", "decoder", "vq", "patcher")
+
+
+@functools.lru_cache(maxsize=1)
+def candidate_model_types() -> tuple[str, ...]:
     """Text model types of the installed transformers (see the module docstring), sorted."""
     from transformers import CONFIG_MAPPING
     from transformers.models.auto import modeling_auto as auto
@@ -102,20 +137,13 @@ def candidate_model_types() -> list[str]:
     found = []
     for model_type in sorted(set().union(*tasks) & set(auto.MODEL_MAPPING_NAMES)):
         config_class = CONFIG_MAPPING[model_type] if model_type in CONFIG_MAPPING else None
-        if config_class is None or getattr(config_class, "sub_configs", None):
+        if config_class is None or any(part in name for name in getattr(config_class, "sub_configs", None) or ()
+                                       for part in _OTHER_MODALITY):
             continue
-        if getattr(config_class, "is_encoder_decoder", False) or _default(config_class, "is_encoder_decoder"):
+        if getattr(config_class, "is_encoder_decoder", False):  # the class default: instances cost seconds each
             continue
         found.append(model_type)
-    return found
-
-
-def _default(config_class: Any, name: str) -> Any:
-    try:
-        with _quiet():
-            return getattr(config_class(), name, None)
-    except Exception:
-        return None
+    return tuple(found)
 
 
 def tiny_config(model_type: str, **overrides: Any):
