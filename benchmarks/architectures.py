@@ -93,7 +93,7 @@ def table(rows: list[dict], candidates: list[str] | None = None) -> str:
         lines.append(
             f"| {model_type} | {first.get('backbone', '')} | {_status(heads.get('seq_cls'))} | "
             f"{_status(heads.get('token_cls'))} | {', '.join(exporters)} | {first.get('max_length') or ''} | {padding} | "
-            f"{'yes' if model_type in OPTIMUM_ONNX else ''} | {'; '.join(notes).replace('|', '/')} |"
+            f"{'yes' if model_type in OPTIMUM_ONNX else ''} | {'; '.join(notes).replace('|', '/').replace(chr(10), ' ')} |"
         )
     lines += ["", f"Not in the matrix: {len(outside)} model types whose tiny config does not run in PyTorch on "
               "`input_ids` + `attention_mask` alone (the reason the probe gave):", ""]

@@ -44,7 +44,7 @@ def backbone_info(config: Any) -> dict[str, Any]:
         "num_hidden_layers": _attr(normalized, "num_layers"),
         "num_attention_heads": _attr(normalized, "num_attention_heads"),
         "vocab_size": _attr(normalized, "vocab_size"),
-        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        "max_position_embeddings": _declared_positions(config),
         "is_decoder": is_decoder(config),
     }
 
@@ -59,9 +59,7 @@ def position_limit(model: Any) -> int | None:
     fixed offset, nystromformer's at 2; a table of ``n`` rows starting at ``k`` holds ``n - k`` positions.
     The declared ``max_position_embeddings`` caps the result (rotary models have no table, only that).
     """
-    config = model.config
-    declared = getattr(config, "max_position_embeddings", None)
-    declared = declared if isinstance(declared, int) and not isinstance(declared, bool) and declared > 0 else None
+    declared = _declared_positions(model.config)
     tables = _position_tables(model.backbone)
     if not tables:
         return declared
@@ -80,6 +78,12 @@ def position_limit(model: Any) -> int | None:
         low, high = (middle, high) if _runs(model, middle) else (low, middle - 1)
     # nothing runs: not a position problem; verification reports what does fail
     return low if _runs(model, low) else limit
+
+
+def _declared_positions(config: Any) -> int | None:
+    """``max_position_embeddings`` when it is a limit (XLNet declares -1: none)."""
+    declared = getattr(config, "max_position_embeddings", None)
+    return declared if isinstance(declared, int) and not isinstance(declared, bool) and declared > 0 else None
 
 
 _POSITION_NAMES = ("position_embeddings", "positions_embed", "embed_positions", "wpe")
