@@ -145,7 +145,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
     lengths = sorted({row["length"] for _, m in models for row in m["shapes"]})
     fig, axes = plt.subplots(len(models), len(lengths), figsize=(4.2 * len(lengths), 3.4 * len(models)), squeeze=False)
     styles = {"pytorch": ("tab:gray", "o"), "ort-fp32": ("tab:blue", "s"), "ort-fp32-fused": ("tab:cyan", "^"),
-              "ort-int8": ("tab:red", "D"), "ov-bf16": ("tab:green", "v"), "ov-fp32": ("tab:olive", "x")}
+              "ort-int8": ("tab:red", "D"), "ov-bf16": ("tab:green", "v"), "ov-int8": ("tab:cyan", "P"), "ov-fp32": ("tab:olive", "x")}
     for (name, model), row_axes in zip(models, axes):
         for length, ax in zip(lengths, row_axes):
             rows = [r for r in model["shapes"] if r["length"] == length]

@@ -8,7 +8,8 @@ engine alike:
 - engines: PyTorch (``sdpa`` and ``eager`` attention in fp32, ``inference_mode``, and, where the CPU has native
   bf16, ``torch.autocast("cpu", dtype=torch.bfloat16)``; the fastest one per shape is the baseline, named in
   the output), and every headreg variant of the bundle: fp32 (onnxruntime; also the onnxscript-fused graph),
-  int8 (onnxruntime), bf16 (OpenVINO, padded to the variant's token multiple as the Predictor pads), plus
+  int8 (onnxruntime), bf16 and int8-ov (OpenVINO; NNCF int8 where the CPU has VNNI + bf16), each padded to the
+  variant's token multiple as the Predictor pads, plus
   OpenVINO fp32 for reference (not a variant); the bundle's default variant on this machine is marked;
 - batch sizes 1, 8, 32 x lengths 16, 128, 512 (BERT-base: fewer, said in the output);
 - the mixed-length real-text corpus (``benchmarks/corpus.py``): arrival-order batches against headreg's

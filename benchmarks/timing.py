@@ -169,7 +169,7 @@ def bench_corpus(model: Any, bundle: Path, engines: dict[str, Callable], peak: M
 
     texts = mixed_corpus(args.corpus_rows)
     variants = {"fp32": Predictor(bundle, variant="fp32", threads=args.threads)}
-    for name, engine in (("int8", "ort-int8"), ("bf16", "ov-bf16")):
+    for name, engine in (("int8", "ort-int8"), ("bf16", "ov-bf16"), ("int8-ov", "ov-int8")):
         if engine in engines:
             variants[name] = Predictor(bundle, variant=name, threads=args.threads)
     default = Predictor(bundle, threads=args.threads)

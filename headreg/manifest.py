@@ -157,6 +157,7 @@ HEAD_SCHEMA = S.obj(
 VARIANT_SCHEMA = S.obj(
     {
         "file": S.relative_path,
+        "weights": S.relative_path,  # a weights file beside ``file`` (OpenVINO IR: model.xml + model.bin)
         "precision": S.string(max_len=32),
         "backend": S.string(max_len=64),
         "requires_cpu": S.sequence(S.string(max_len=64), max_items=64),

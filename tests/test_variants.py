@@ -77,6 +77,23 @@ def test_bf16_is_preferred_only_with_its_backend_installed_and_bf16_in_the_cpu(m
         select_variant(bundle, "bf16", flags=["avx512_bf16"])
 
 
+def test_int8_ov_comes_first_where_accepted_and_the_cpu_has_bf16_and_vnni():
+    int8_ov = {**BF16, "file": "model.int8-ov.xml", "weights": "model.int8-ov.bin", "precision": "int8",
+               "quantization": {"kind": "static", "tool": "nncf"}}
+    bundle = manifest(int8=INT8, bf16=BF16, **{"int8-ov": int8_ov})
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("OpenVINO is not installed")
+    assert select_variant(bundle, flags=[*VNNI, "avx512_bf16"])[0] == "int8-ov"
+    assert select_variant(bundle, flags=VNNI)[0] == "int8"  # no bf16: neither OpenVINO variant
+    refused = manifest(bf16=BF16, **{"int8-ov": {**int8_ov, "acceptance": {"passed": False}}})
+    name, reason = select_variant(refused, flags=[*VNNI, "avx512_bf16"])
+    assert name == "bf16" and "int8-ov: not accepted at export" in reason
+    with pytest.raises(BundleError, match="Export it with --quantize int8-ov"):
+        select_variant(manifest(bf16=BF16), "int8-ov")
+
+
 def test_a_requested_variant_runs_or_fails_clearly_never_a_silent_substitute():
     bundle = manifest(int8=INT8)
     name, reason = select_variant(bundle, "fp32", flags=VNNI)

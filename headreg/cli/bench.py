@@ -90,15 +90,22 @@ def _variant_engines(bundle: str, default: Any, options: dict[str, Any], *, arri
     from ..runtime.bench import Contender
     from ..runtime.predictor import Predictor
 
-    engines = [Contender(f"{default.variant} ({default.backend.name}, default)", default)]
-    for variant in sorted(k for k, v in (default.manifest.get("variants") or {}).items() if isinstance(v, dict)):
+    records = {k: v for k, v in (default.manifest.get("variants") or {}).items() if isinstance(v, dict)}
+
+    def held_out(variant: str) -> str:
+        """A reduced-precision variant's held-out agreement at export, shown beside its speed."""
+        figures = records.get(variant, {}).get("acceptance") or {}
+        return f", {figures['agreement']:.1%} held-out" if isinstance(figures.get("agreement"), (int, float)) else ""
+
+    engines = [Contender(f"{default.variant} ({default.backend.name}{held_out(default.variant)}, default)", default)]
+    for variant in sorted(records):
         if variant != default.variant:
             try:
                 other = Predictor(bundle, variant=variant, **options)
             except HeadregError as exc:  # e.g. bf16 on a CPU without it, or OpenVINO not installed
                 click.echo(f"skipping variant {variant}: {exc}", err=True)
                 continue
-            engines.append(Contender(f"{variant} ({other.backend.name})", other))
+            engines.append(Contender(f"{variant} ({other.backend.name}{held_out(variant)})", other))
     if arrival_order:
         engines.append(Contender(f"{default.variant} ({default.backend.name}), arrival order", default, bucket=False))
     return engines

@@ -8,7 +8,7 @@ from .output import EXIT_FAILURE, fail, usage_error
 
 # What --variant accepts on every command (a name outside it is a usage error, exit 2); whether the bundle has
 # it is the Predictor's check (exit 1). runtime.variants.PREFERENCE lists them without "auto".
-VARIANT_CHOICES = ["auto", "fp32", "int8", "bf16"]
+VARIANT_CHOICES = ["auto", "fp32", "int8", "bf16", "int8-ov"]
 
 
 def check_bundle(path: str) -> None:

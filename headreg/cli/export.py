@@ -126,6 +126,8 @@ def print_summary(bundle: Any) -> None:
             f"batch-invariant: max abs diff {bf16['batch_invariance']['max_abs_diff']:.1e} over "
             f"{bf16['batch_invariance']['checks']} checks (tolerance {bf16['batch_invariance']['tolerance']:g})"
         )
+    if bundle.int8_ov is not None:
+        out.print(int8_ov_line(bundle.int8_ov))
     variant, reason = bundle.serves_here()
     out.print(f"serves here: {variant} ({reason})")
 
@@ -153,6 +155,22 @@ def _label_names(labels: str | None, id2label_file: str | None) -> Any:
         fail(f"--id2label {id2label_file} holds a {type(data).__name__}; give a JSON list of names or "
              '{"0": "neg", ...}', EXIT_USAGE)
     return data
+
+
+def int8_ov_line(result: dict) -> str:
+    """One line on the OpenVINO int8 variant: accepted with its figures, or refused with them."""
+    record = result.get("record")
+    quant = (record or result)["quantization"]
+    search = quant["search"]
+    tried = ", ".join(f"{t['smooth_quant_alpha']:g}: {t['kept']:.1%}" for t in search["tried"])
+    made = (f"NNCF {quant['nncf']}, calibrated on {quant['calibration_rows']} texts, SmoothQuant alpha "
+            f"{quant['smooth_quant_alpha']:g} chosen by the calibration texts kept ({tried})")
+    if record is None:
+        return f"int8-ov NOT written ({made}): {result['refused']}"
+    inv = record["batch_invariance"]
+    return (f"int8-ov (OpenVINO, {made}, padded to {record['pad_to_multiple_of']}-token multiples): "
+            f"{record['acceptance']['summary']}; batch-invariant: max abs diff {inv['max_abs_diff']:.1e} over "
+            f"{inv['checks']} checks (tolerance {inv['tolerance']:g})")
 
 
 EXPORT_EPILOG = """\b
@@ -187,7 +205,10 @@ Examples:
                    "[default: a sentence-transformers checkpoint's max_seq_length, else what the backbone's "
                    "position table allows, e.g. 512].")
 @click.option("--optimize", is_flag=True, help="Fuse for onnxruntime; kept only if it verifies and is not slower.")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write model.int8.onnx.")
+@click.option("--quantize", type=click.Choice(["int8", "int8-ov"]), multiple=True,
+              help="Also write an int8 variant (repeat for both): int8 (onnxruntime static, model.int8.onnx) or "
+                   "int8-ov (OpenVINO, NNCF post-training int8, model.int8-ov.xml; needs a CPU with VNNI and "
+                   "bf16 and headreg[openvino]; left out, with the figures, where it cannot keep --min-agreement).")
 @click.option("--calibration-texts", "calibration_file", default=None, type=click.Path(dir_okay=False),
               help="Texts like your traffic (one per line, or JSONL with text/text_pair): int8 calibrates on part, "
                    "is accepted on the held-out rest [default: headreg's built-in texts].")
@@ -212,7 +233,7 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only (no progress).")
 def export(source: str, out_dir: str, head: str | None, num_labels: int | None, labels: str | None,
            id2label_file: str | None, pooling: str | None, tokenizer: str | None,
-           opset: int | None, atol: float, rtol: float, max_length: int | None, optimize: bool, quantize: str | None,
+           opset: int | None, atol: float, rtol: float, max_length: int | None, optimize: bool, quantize: tuple[str, ...],
            calibration_file: str | None, calibration_method: str, min_agreement: float, near_tie: float,
            max_error: float, bf16: bool, exporter: str, allow_bin: bool, overwrite: bool, as_json: bool) -> None:
     """Export SOURCE to a verified ONNX bundle in DIR (-o).
@@ -225,7 +246,7 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     # Everything that can be checked from the files is checked before the model is loaded.
     plan = _checked_source(source, out_dir, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin,
                            overwrite=overwrite, pooling=pooling, id2label=_label_names(labels, id2label_file))
-    calibration_texts = _calibration_texts(calibration_file, reduced_precision=quantize is not None or bf16)
+    calibration_texts = _calibration_texts(calibration_file, reduced_precision=bool(quantize) or bf16)
     from ..export.pipeline import ExportOptions
 
     options = ExportOptions(

@@ -201,7 +201,8 @@ def build_manifest(
     heads = [head_entry(member, head_verification(member)) for member in model.members()]
     files = {
         name: sha256_file(staging / name)
-        for name in {variant["file"] for variant in variants.values() if isinstance(variant, dict)}
+        for variant in variants.values() if isinstance(variant, dict)
+        for name in (variant["file"], variant.get("weights")) if name
     }
     single = {}
     if not model.multi_head:

@@ -32,7 +32,7 @@ from .quantize import DEFAULT_METHOD, INT8_REQUIRES_CPU, METHODS
 from .verify import HeadCheck, Report, VerificationFailed, compare_cases, run_cases, run_onnx, save_golden
 
 Progress = Callable[[str, str, dict], None]
-QUANTIZE_MODES = ("int8",)
+QUANTIZE_MODES = ("int8", "int8-ov")
 
 
 @dataclass
@@ -54,6 +54,7 @@ class Bundle:
     optimization: dict[str, Any] | None = None
     int8: dict[str, Any] | None = None
     bf16: dict[str, Any] | None = None  # the bf16 record (ExportOptions(bf16=True))
+    int8_ov: dict[str, Any] | None = None  # quantize="int8-ov": {"record": ...} or {"refused": why, ...}
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -66,6 +67,7 @@ class Bundle:
             "optimization": self.optimization,
             "int8": self.int8,
             "bf16": self.bf16,
+            "int8_ov": self.int8_ov,
             "variants": self.manifest.get("variants"),
             "serves_here": dict(zip(("variant", "reason"), self.serves_here())),
         }
@@ -424,6 +426,10 @@ class ExportOptions:
     as a near-tie. ``bf16=True`` adds an OpenVINO bf16 variant (the same ``model.onnx``), judged like int8; it
     needs a CPU with AVX-512 BF16 or AMX and ``headreg[openvino]``.
 
+    ``quantize="int8-ov"`` (or both: ``quantize=("int8", "int8-ov")``) adds OpenVINO int8 made by NNCF with a
+    search over SmoothQuant alphas (:mod:`headreg.export.openvino_int8`), held to the same acceptance; where it
+    cannot pass, it is left out and ``Bundle.int8_ov`` says why with the figures (the export does not fail).
+
     >>> ExportOptions(quantize="int8", min_agreement=0.98, max_length=256)   # doctest: +SKIP
     """
 
@@ -433,7 +439,7 @@ class ExportOptions:
     atol: float = 1e-4
     rtol: float = 1e-3
     optimize: bool = False
-    quantize: str | None = None
+    quantize: str | Sequence[str] | None = None
     bf16: bool = False
     calibration_texts: Sequence[Any] | None = None
     calibration_method: str = DEFAULT_METHOD
@@ -443,14 +449,20 @@ class ExportOptions:
     invariance_tolerance: float = acc.INVARIANCE_TOLERANCE
 
     def __post_init__(self) -> None:
-        if self.quantize not in (None, *QUANTIZE_MODES):
-            raise ExportOptionError(f"unknown quantization {self.quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+        for mode in self.modes:
+            if mode not in QUANTIZE_MODES:
+                raise ExportOptionError(f"unknown quantization {mode!r}; choose one of {', '.join(QUANTIZE_MODES)}")
         if self.exporter not in ("auto", *EXPORTERS):
             raise ExportOptionError(f"unknown exporter {self.exporter!r}; choose one of auto, {', '.join(EXPORTERS)}")
         if self.calibration_method not in METHODS:
             raise ExportOptionError(
                 f"unknown calibration method {self.calibration_method!r}; choose one of {', '.join(METHODS)}"
             )
+
+    @property
+    def modes(self) -> list[str]:
+        """The quantizations asked for ("int8", "int8-ov"), whether ``quantize`` named one or several."""
+        return [self.quantize] if isinstance(self.quantize, str) else list(self.quantize or ())
 
     def acceptance(self) -> "acc.AcceptanceOptions":
         """The thresholds a reduced-precision variant is held to."""
@@ -488,6 +500,12 @@ def export_onnx(
     check_target(out_dir, **target)
     acceptance = options.acceptance()
     max_length = resolve_max_length(model, options.max_length)
+    if "int8-ov" in options.modes:
+        from .openvino_int8 import int8_ov_unavailable
+
+        reason = int8_ov_unavailable()
+        if reason is not None:
+            raise ExportOptionError(f"cannot make an OpenVINO int8 variant here: {reason}")
     if not callable(progress):
         from ..progress import StepProgress
 
@@ -521,7 +539,7 @@ def export_onnx(
                 padding_side=padding_side,
                 tokenizer=tok.tokenizer,
                 pairs="token_type_ids" in input_names,
-                decision_corpus=options.quantize == "int8",
+                decision_corpus=bool(options.modes),
             )
             _check_tokenizer(tok, cases, max_length)
             info["cases"] = len(cases)
@@ -599,10 +617,15 @@ def export_onnx(
                                 held_out=built[0].split.record["acceptance_rows"])
             return built[0]
 
-        if options.quantize == "int8":
+        if "int8" in options.modes:
             int8 = _variant_int8(staging, acceptance_set(), tok, cases, expected, decide, model,
                                  options.calibration_method, step, stage)
             variants["int8"] = bundle_mod.int8_record(int8)
+        int8_ov = None
+        if "int8-ov" in options.modes:
+            int8_ov = _variant_int8_ov(staging, acceptance_set(), tok, step, stage)
+            if "record" in int8_ov:
+                variants["int8-ov"] = int8_ov["record"]
         if options.optimize:
             from .optimize import optimize_graph
 
@@ -647,13 +670,30 @@ def export_onnx(
                     "optimization": optimization,
                     "int8": int8,
                     "bf16": bf16_record,
+                    "int8_ov": int8_ov,
                     "variants": variants,
                     "batch_padding": batch_padding,
                     "production": {**production["record"], "described": prod.describe(production["cases"])},
                 },
             )
             sizes = bundle_mod.file_sizes(staging)
-    return Bundle(out_dir, manifest, report, step.done, sizes, optimization, int8, bf16_record)
+    return Bundle(out_dir, manifest, report, step.done, sizes, optimization, int8, bf16_record, int8_ov)
+
+
+def _variant_int8_ov(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, step: "_Steps",
+                     stage: Callable[..., Any]) -> dict[str, Any]:
+    """OpenVINO int8 by NNCF (headreg.export.openvino_int8), judged by its own production engine; a refusal is
+    kept, not raised."""
+    from .openvino_int8 import quantize_int8_ov
+
+    with step("quantize int8-ov") as info:
+        result = quantize_int8_ov(staging / MODEL_FILE, staging, acceptance, tok.tokenizer, stage)
+        search = result.get("record", result)["quantization"]["search"]
+        info.update(smooth_quant_alpha=search["chosen"], kept=search["kept"], accepted="record" in result)
+        if "record" in result:
+            figures = result["record"]["acceptance"]
+            info["agreement"] = figures.get("agreement", figures.get("max_abs_error"))
+    return result
 
 
 def _variant_bf16(staging: Path, acceptance_set: Callable[[], "acc.AcceptanceSet"], step: "_Steps", *,

@@ -165,7 +165,8 @@ def golden_agreement(session: Any, cases: list, expected: list[dict[str, np.ndar
 
 def golden_agreements(session: Any, cases: list, expected: list[dict[str, np.ndarray]], decide: Any,
                       *, token_level: bool = False) -> dict[str, float]:
-    """Per head (``decide``: one callable or verify.HeadCheck per head; a single head's key is ""): fraction of
+    """Per head (``decide``: one callable or verify.HeadCheck per head; a single head's key is ""; ``session``: an
+    onnxruntime session or any ``run(feeds) -> outputs``): fraction of
     its decisions equal to PyTorch's (rows; token heads: non-padding tokens; heads without decisions: rows whose
     pooled_output points the same way)."""
     from .verify import as_checks, decision_agreement, run_onnx
@@ -175,7 +176,7 @@ def golden_agreements(session: Any, cases: list, expected: list[dict[str, np.nda
     for case, want in zip(cases, expected):
         if case.kind not in ("text", "pair"):
             continue
-        got = run_onnx(session, case.inputs)
+        got = session(case.inputs) if callable(session) else run_onnx(session, case.inputs)
         for check in checks:
             tally = counts[check.name]
             want_d, got_d = check.decisions(want, case.mask), check.decisions(got, case.mask)

@@ -22,7 +22,9 @@ from ..errors import BundleError, require
 
 BACKENDS = ("onnxruntime", "openvino")
 # OpenVINO's names for the precisions a variant record may name.
-OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+# int8: the graph's own FakeQuantize operations run in int8 and everything between them in bf16 (its accepted
+# configuration: 1.5-1.7x bf16 alone, where f32 between them gave 1.45x; it needs a bf16 CPU, see openvino_int8).
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "bf16"}
 # CPU flags with native bf16 matmuls (x86: AVX-512 BF16 dot products, AMX tiles).
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 

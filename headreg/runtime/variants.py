@@ -11,9 +11,15 @@ The rule (no timing, nothing random; the same bundle on the same machine always 
 
 1. ``requested`` (``Predictor(variant=...)``, ``--variant``) is used when the bundle has it, its backend is
    installed and the CPU has what it needs; otherwise it is an error, never a silent substitute.
-2. Otherwise the first of ``PREFERENCE`` (bf16, int8, fp32) that is *eligible*: accepted at export,
+2. Otherwise the first of ``PREFERENCE`` (int8-ov, bf16, int8, fp32) that is *eligible*: accepted at export,
    batch-invariant, its backend importable here, and (when its record names ``requires_cpu``) at least one
    of those CPU flags present. fp32 is always eligible, so the rule always ends somewhere.
+
+   ``int8-ov`` (OpenVINO int8 by NNCF, ``--quantize int8-ov``) comes first: it is held to the same acceptance
+   as bf16 (the same held-out texts, the same ``--min-agreement``), an export writes it only when it passed,
+   and where it runs at all (a VNNI / AMX CPU with OpenVINO) it was the fastest (docs/performance.md). bf16
+   comes before onnxruntime's int8, which keeps its down-projections in fp32 and was slower than bf16 on every
+   CPU that has bf16.
 
 Bundles written before variant records (format 1 with a ``"default"`` key) keep loading: their int8 file is
 onnxruntime *dynamic* int8, whose scores depend on the rest of the batch, so it is never chosen by the rule
@@ -34,7 +40,7 @@ from ..errors import BundleError
 from ..manifest import MODEL_FILE
 
 # Most preferred first: bf16 and int8 are the fast ones on the CPUs that have the instructions for them.
-PREFERENCE = ("bf16", "int8", "fp32")
+PREFERENCE = ("int8-ov", "bf16", "int8", "fp32")
 # A backend is usable when this module imports.
 BACKEND_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 # What the runtime assumes a record lacking a field means (records from format-1 bundles).
@@ -144,7 +150,7 @@ def select_variant(
     if requested not in (None, "auto"):
         record = records.get(requested)
         if record is None:
-            hint = " Export it with --quantize int8." if requested == "int8" else ""
+            hint = f" Export it with --quantize {requested}." if requested in ("int8", "int8-ov") else ""
             raise BundleError(f"bundle has no {requested!r} variant (it has: {', '.join(sorted(records)) or 'none'}).{hint}")
         if not backend_available(str(record.get("backend"))):
             raise BundleError(

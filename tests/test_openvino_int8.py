@@ -1,0 +1,130 @@
+"""The OpenVINO int8 variant (``--quantize int8-ov``): NNCF's graph, accepted or refused, served by the rule.
+
+Tiny random backbones (one layer) keep the export short; what the variant achieves on a trained MiniLM is
+measured by ``benchmarks/run.py --only int8-ov`` (docs/performance.md), not asserted here. Skips where the
+CPU has no VNNI + bf16 or OpenVINO / NNCF are missing: the variant cannot be made or checked there.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_export_matrix import tiny_model
+
+from headreg.export.openvino_int8 import BIN_FILE, SMOOTH_QUANT_ALPHAS, XML_FILE, int8_ov_unavailable
+from headreg.runtime import Predictor
+from headreg.runtime.variants import cpu_flags, select_variant
+from headreg.testing import SAMPLE_TEXTS, load_tokenizer
+
+MISSING = int8_ov_unavailable()
+needs_int8_ov = pytest.mark.skipif(MISSING is not None, reason=f"int8-ov cannot be made here: {MISSING}")
+TEXTS = [*SAMPLE_TEXTS, "ok", "Angela Merkel met Emmanuel Macron in Strasbourg. " * 4, "Emoji 🎉 and CJK 東京 in one line"]
+
+
+def test_int8_ov_needs_int8_and_bf16_instructions():
+    assert "avx512_vnni" in int8_ov_unavailable(frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert "avx512_bf16" in int8_ov_unavailable(frozenset({"avx2", "avx512f", "avx512_vnni"}))
+    if MISSING is None:
+        assert int8_ov_unavailable(frozenset({"avx512_vnni", "avx512_bf16"})) is None
+        assert int8_ov_unavailable(frozenset({"amx_int8", "amx_bf16"})) is None
+
+
+def test_export_int8_ov_where_the_cpu_cannot_is_a_usage_error(monkeypatch, tmp_path):
+    from headreg.export import ExportOptions, export_onnx
+    from headreg.export.pipeline import ExportOptionError
+
+    monkeypatch.setenv("HEADREG_CPU_FLAGS", "avx2 avx512f avx512_bf16")  # bf16 without VNNI
+    cpu_flags.cache_clear()
+    try:
+        with pytest.raises(ExportOptionError, match="no int8 dot-product"):
+            export_onnx(tiny_model("bert", "seq_cls"), tmp_path / "b", load_tokenizer(), ExportOptions(quantize="int8-ov"))
+    finally:
+        cpu_flags.cache_clear()
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.fixture(scope="module")
+def token_bundle(tmp_path_factory):
+    """A tiny token_cls model with bf16 and int8-ov; the random head's scores are near-ties everywhere, so the
+    agreement bar is off here (what is checked is how the variant is made, recorded and served)."""
+    if MISSING is not None:
+        pytest.skip(f"int8-ov cannot be made here: {MISSING}")
+    from headreg.export import ExportOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("int8ov") / "bert-token"
+    bundle = export_onnx(tiny_model("bert", "token_cls"), out, load_tokenizer(),
+                         ExportOptions(quantize="int8-ov", bf16=True, min_agreement=0.0, exporter="torchscript"))
+    return out, bundle
+
+
+@pytest.mark.slow
+@needs_int8_ov
+def test_int8_ov_record_files_and_selection(token_bundle, monkeypatch):
+    out, bundle = token_bundle
+    manifest = json.loads((out / "headreg.json").read_text())
+    record = manifest["variants"]["int8-ov"]
+    assert bundle.int8_ov == {"record": record}
+    assert (record["file"], record["weights"], record["backend"], record["precision"]) == (
+        XML_FILE, BIN_FILE, "openvino", "int8")
+    assert (out / XML_FILE).is_file() and (out / BIN_FILE).is_file()
+    assert {XML_FILE, BIN_FILE} <= set(manifest["files"])  # both hashed: a swapped weights file is caught
+    quant = record["quantization"]
+    assert quant["tool"] == "nncf" and quant["model_type"] == "transformer" and quant["fake_quantize_ops"] > 0
+    search = quant["search"]  # min_agreement 0: NNCF's default alpha keeps enough, the search stops there
+    assert search["tried"] == [{"smooth_quant_alpha": 0.95, "kept": search["kept"]}] and search["chosen"] == 0.95
+    assert quant["calibration_rows"] == 64 and quant["size_ratio"] > 0
+    assert record["acceptance"]["metric"] == "identical entity sets per text" and "token_agreement" in record["acceptance"]
+    invariance = record["batch_invariance"]
+    assert invariance["passed"] and invariance["max_abs_diff"] <= 1e-5 and invariance["checks"] > 0
+    assert record["verified_on"]["inference_precision"] == "bf16"
+    # the rule: int8-ov first, where the CPU has bf16 (which implies VNNI) and OpenVINO is installed
+    assert bundle.serves_here()[0] == "int8-ov"
+    assert select_variant(manifest, flags={"avx2", "avx512f", "avx512_vnni"})[0] == "fp32"  # no bf16: neither
+    assert select_variant(manifest, "int8-ov")[0] == "int8-ov"
+    assert json.loads((out / "verification.json").read_text())["int8_ov"] == {"record": record}
+
+
+@pytest.mark.slow
+@needs_int8_ov
+def test_int8_ov_predictor_is_batch_invariant(token_bundle):
+    out, _ = token_bundle
+    predictor = Predictor(out, threads=2)
+    assert predictor.variant == "int8-ov" and predictor.pad_to_multiple_of == 32
+    alone = [predictor.predict([text])[0] for text in TEXTS]
+    together = predictor.predict(TEXTS, batch_size=len(TEXTS))
+    reversed_ = predictor.predict(TEXTS[::-1], batch_size=3)[::-1]
+    assert together == alone and reversed_ == alone  # entities, tags and every score, exactly
+
+
+@pytest.mark.slow
+@needs_int8_ov
+def test_verify_passes_a_bundle_with_int8_ov(token_bundle):
+    from headreg.export import verify_bundle
+
+    out, _ = token_bundle
+    assert verify_bundle(out).passed
+
+
+@pytest.mark.slow
+@needs_int8_ov
+def test_int8_ov_that_cannot_keep_the_results_is_refused_and_the_bundle_written_without_it(tmp_path):
+    """A regression head allowed no error at all: no int8 graph can pass, so the search tries every alpha, the
+    export writes the bundle without int8-ov, says why with the figures, and the rule serves what it would have
+    served without it (fp32 here: bf16 could not pass a zero error either)."""
+    from headreg.export import ExportOptions, export_onnx
+
+    out = tmp_path / "bert-regression"
+    bundle = export_onnx(tiny_model("bert", "regression"), out, load_tokenizer(),
+                         ExportOptions(quantize=("int8-ov",), max_error=0.0, exporter="torchscript"))
+    refusal = bundle.int8_ov
+    assert "record" not in refusal and "changes too many held-out results" in refusal["refused"]
+    held_out = refusal["held_out"][""]
+    assert held_out["passed"] is False and held_out["max_abs_error"] > 0
+    search = refusal["quantization"]["search"]
+    assert [t["smooth_quant_alpha"] for t in search["tried"]] == list(SMOOTH_QUANT_ALPHAS)  # every alpha tried
+    assert search["kept"] == max(t["kept"] for t in search["tried"])
+    assert set(bundle.manifest["variants"]) == {"fp32"}
+    assert not (out / XML_FILE).exists() and not (out / BIN_FILE).exists()
+    assert bundle.serves_here()[0] == "fp32"
+    assert json.loads((out / "verification.json").read_text())["int8_ov"]["refused"] == refusal["refused"]
