@@ -39,7 +39,7 @@ from .engines import predictor_runner
 from .timing import interleaved, random_feed
 
 ROOT = Path(__file__).resolve().parent
-SHAPES = ((1, 128), (32, 128))
+SHAPES = ((1, 128, 8), (32, 128, 1))  # batch, length, calls per timed sample (a 1x128 call is a few ms)
 STEPS = 60
 TOKEN_LABELS = {0: "O", 1: "B-ENT", 2: "I-ENT"}
 
@@ -161,12 +161,12 @@ def speed(model_dir: Path, ov_bundle: Path, ort_bundle: Path, threads: int, roun
     engines["pytorch bf16 autocast"] = torch_model_runner(model, bf16=True)
     names = Predictor(ort_bundle, variant="fp32").input_names
     rows = []
-    for batch, length in SHAPES:
+    for batch, length, repeat in SHAPES:
         feed = random_feed(batch, length, names)
-        calls = {name: (lambda run=run: run(feed)) for name, run in engines.items()}
+        calls = {name: (lambda run=run: [run(feed) for _ in range(repeat)]) for name, run in engines.items()}
         load = os.getloadavg()[0]
         times = interleaved(calls, budget_s=0, min_reps=rounds, max_reps=rounds)
-        p50 = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+        p50 = {name: float(np.median(t)) * 1e3 / repeat for name, t in times.items()}
         base = p50.get("bf16")
         rows.append({"shape": f"{batch}x{length}", "p50_ms": p50, "load_before": load, "load_after": os.getloadavg()[0],
                      "vs_bf16": {name: base / v for name, v in p50.items()} if base else None})
@@ -178,11 +178,15 @@ def speed(model_dir: Path, ov_bundle: Path, ort_bundle: Path, threads: int, roun
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.int8_ov", description=__doc__.splitlines()[0])
     parser.add_argument("--heads", default="seq_cls,token_cls")
+    parser.add_argument("--no-speed", action="store_true", help="agreement only (exports, no timing)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7, help="round-robin rounds per shape (default 7)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "int8_ov")
     parser.add_argument("--rebuild", action="store_true", help="export the bundles again")
     args = parser.parse_args(argv)
+    # PyTorch's OpenMP threads busy-wait by default; interleaved with other engines on a shared machine they steal
+    # the next engine's cores (benchmarks/run.py measured 1x16 at 978 ms vs 11 ms under load). Set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from headreg.export.openvino_int8 import int8_ov_unavailable
 
     reason = int8_ov_unavailable()
@@ -202,11 +206,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             token = f", tokens {row['token_agreement']:.2%}" if row.get("token_agreement") is not None else ""
             variance = f"{row['batch_variance']:.1e}" if row["batch_variance"] is not None else "-"
             print(f"  {row['variant']:<28} {row['metric']}: {row['identical']}/{row['texts']} = "
-                  f"{row['agreement']:.2%}{token}; accepted {row['passed']}; batch variance {variance}")
+                  f"{row['agreement']:.2%}{token}; meets 0.99: {row['agreement'] >= 0.99}; batch variance {variance}")
         search = (int8_ov.get("record") or int8_ov)["quantization"]
         print(f"  int8-ov search: {json.dumps(search['search'])}; NNCF {search['seconds']} s")
         report["heads"][head] = {"agreement": agreement, "int8_ov_quantization": search,
-                                 "speed": speed(model_dir, ov_bundle, ort_bundle, args.threads, args.rounds)}
+                                 "speed": None if args.no_speed else speed(model_dir, ov_bundle, ort_bundle,
+                                                                           args.threads, args.rounds)}
     report["load_average_after"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "int8_ov.json").write_text(json.dumps(report, indent=1, default=str))
