@@ -186,11 +186,12 @@ def test_serve_deployment_over_http(ray_cluster):
             assert body["outputs"] == predictor.predict([tuple(i) if isinstance(i, list) else i for i in inputs])
 
         embedded = httpx.post(f"{base}/sentiment/embed", json={"inputs": TEXTS[:3]}, timeout=60).json()
-        assert embedded == {"model": "sentiment", "embeddings": predictor.embed(TEXTS[:3]).tolist()}
+        assert embedded["model"] == "sentiment"  # float32 values, written as float32 (orjson) by the server
+        assert np.array_equal(np.asarray(embedded["embeddings"], np.float32), predictor.embed(TEXTS[:3]))
         windowed = {"long_text": "window", "window_stride": 16}
         embedded = httpx.post(f"{base}/sentiment/embed", json={"inputs": ["word " * 300], "parameters": windowed},
                               timeout=60).json()
-        assert embedded["embeddings"] == predictor.embed(["word " * 300], **windowed).tolist()
+        assert np.array_equal(np.asarray(embedded["embeddings"], np.float32), predictor.embed(["word " * 300], **windowed))
 
         bad = httpx.post(f"{base}/sentiment/predict", content=b'{"inputs": ["a", 3]}', timeout=60)
         assert bad.status_code == 422 and "inputs[1]" in bad.json()["error"]
