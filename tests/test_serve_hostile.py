@@ -190,7 +190,9 @@ def test_window_abuse_is_refused_before_tokenizing(server):
 
 @pytest.mark.slow
 def test_a_request_past_its_deadline_is_504_and_its_work_is_dropped(tmp_path):
-    srv = Server(tmp_path, f"seq_cls={tiny_bundle('seq_cls')}", "--request-timeout", "1", "--max-batch-size", "1")
+    # 0.2 s: the heavy request's ~840 one-row batches take several times that even on an idle machine (with 1 s it
+    # finished in time there and got 200)
+    srv = Server(tmp_path, f"seq_cls={tiny_bundle('seq_cls')}", "--request-timeout", "0.2", "--max-batch-size", "1")
     try:
         start = time.monotonic()
         late = httpx.post(f"{srv.url}{PATH}", content=HEAVY, timeout=30)
