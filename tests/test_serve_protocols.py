@@ -25,6 +25,14 @@ SHORT = [text for text in TEXTS if text.strip()][:6]  # the HF and OpenAI client
 PAIRS = [("A man plays the guitar.", "Someone plays music."), ("The cat sleeps.", "A stock market crash.")]
 
 
+@pytest.fixture(autouse=True)
+def hub_client_reaches_the_local_server(monkeypatch):
+    """CI runs with HF_HUB_OFFLINE=1 (no model hub at run time), which makes huggingface_hub refuse every request,
+    the local server's too; these clients talk to 127.0.0.1 only."""
+    hub = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+
+
 @pytest.fixture(scope="module")
 def bundles():
     return {head: tiny_bundle(head) for head in HEADS}
