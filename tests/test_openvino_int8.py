@@ -8,11 +8,14 @@ CPU has no VNNI + bf16 or OpenVINO / NNCF are missing: the variant cannot be mad
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 from test_export_matrix import tiny_model
 
 from headreg.export.openvino_int8 import BIN_FILE, SMOOTH_QUANT_ALPHAS, XML_FILE, int8_ov_unavailable
+from headreg.export.production import variant_prefix
 from headreg.runtime import Predictor
 from headreg.runtime.variants import cpu_flags, select_variant
 from headreg.testing import SAMPLE_TEXTS, load_tokenizer
@@ -99,32 +102,74 @@ def test_int8_ov_predictor_is_batch_invariant(token_bundle):
 
 @pytest.mark.slow
 @needs_int8_ov
-def test_verify_passes_a_bundle_with_int8_ov(token_bundle):
+def test_verify_reruns_int8_ov_production_cases(token_bundle):
     from headreg.export import verify_bundle
 
     out, _ = token_bundle
-    assert verify_bundle(out).passed
+    recorded = json.loads((out / "verification.json").read_text())["production"]
+    assert recorded["variant_rows"] == ["bf16", "int8-ov"]
+    golden = np.load(out / "golden.npz")
+    assert any(key.startswith(variant_prefix("int8-ov") + ".") for key in golden.files)
+    report = verify_bundle(out)
+    assert report.passed, report.failures
+    note = next(n for n in report.notes if "Predictor (int8-ov)" in n)
+    assert "against its own rows recorded at export: passes" in note
+
+
+def _copy(bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    return copy
 
 
 @pytest.mark.slow
 @needs_int8_ov
-def test_int8_ov_that_cannot_keep_the_results_is_refused_and_the_bundle_written_without_it(tmp_path):
-    """A regression head allowed no error at all: no int8 graph can pass, so the search tries every alpha, the
-    export writes the bundle without int8-ov, says why with the figures, and the rule serves what it would have
-    served without it (fp32 here: bf16 could not pass a zero error either)."""
-    from headreg.export import ExportOptions, export_onnx
+def test_verify_fails_where_int8_ov_rows_changed_in_golden(token_bundle, tmp_path):
+    """golden.npz is not hashed: what catches a changed row is the re-run of the int8-ov engine against it."""
+    from headreg.export import verify_bundle
 
-    out = tmp_path / "bert-regression"
-    bundle = export_onnx(tiny_model("bert", "regression"), out, load_tokenizer(),
-                         ExportOptions(quantize=("int8-ov",), max_error=0.0, exporter="torchscript"))
-    refusal = bundle.int8_ov
-    assert "record" not in refusal and "changes too many held-out results" in refusal["refused"]
-    held_out = refusal["held_out"][""]
-    assert held_out["passed"] is False and held_out["max_abs_error"] > 0
-    search = refusal["quantization"]["search"]
-    assert [t["smooth_quant_alpha"] for t in search["tried"]] == list(SMOOTH_QUANT_ALPHAS)  # every alpha tried
-    assert search["kept"] == max(t["kept"] for t in search["tried"])
-    assert set(bundle.manifest["variants"]) == {"fp32"}
-    assert not (out / XML_FILE).exists() and not (out / BIN_FILE).exists()
-    assert bundle.serves_here()[0] == "fp32"
-    assert json.loads((out / "verification.json").read_text())["int8_ov"]["refused"] == refusal["refused"]
+    copy = _copy(token_bundle[0], tmp_path)
+    arrays = dict(np.load(copy / "golden.npz"))
+    key = f"{variant_prefix('int8-ov')}.0.0.logits"
+    arrays[key] = arrays[key] + 0.5
+    np.savez_compressed(copy / "golden.npz", **arrays)
+    report = verify_bundle(copy)
+    assert not report.passed
+    assert any(p.startswith("int8-ov: predict: mixed lengths") and "logits differs" in p for p in report.problems)
+    assert "int8-ov variant no longer gives the answers it was accepted with" in report.problems_are
+
+
+@pytest.mark.slow
+@needs_int8_ov
+def test_verify_fails_where_int8_ov_weights_changed_even_with_the_hashes_updated(token_bundle, tmp_path):
+    """A changed .bin fails on its hash; with the manifest's hashes rewritten to match, the re-run of the int8-ov
+    production cases still catches it (the other variants' rows are untouched and pass)."""
+    from headreg.export import verify_bundle
+    from headreg.manifest import sha256_file
+
+    copy = _copy(token_bundle[0], tmp_path)
+    assert not verify_bundle(_tamper(copy)).passed  # the hashes alone
+    manifest = json.loads((copy / "headreg.json").read_text())
+    manifest["files"].update({name: sha256_file(copy / name) for name in (XML_FILE, BIN_FILE)})
+    (copy / "headreg.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    verification = json.loads((copy / "verification.json").read_text())
+    verification["manifest_sha256"] = sha256_file(copy / "headreg.json")
+    (copy / "verification.json").write_text(json.dumps(verification))
+    report = verify_bundle(copy)
+    assert not report.passed
+    assert report.problems and all(p.startswith("int8-ov: ") for p in report.problems), report.problems
+    assert any("Predictor (bf16)" in n and n.endswith("passes") for n in report.notes)
+
+
+def _tamper(bundle):
+    """One int8 weight of the IR with its rows in reverse order (finite, different answers); the IR rewritten."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(bundle / XML_FILE))
+    weight = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8][-1]
+    weight.output(0).replace(ov.op.Constant(np.ascontiguousarray(np.array(weight.get_data())[::-1])).output(0))
+    ov.save_model(model, str(bundle / "tampered.xml"), compress_to_fp16=False)
+    del model, weight  # the .bin read above is mapped until the model is gone
+    (bundle / "tampered.xml").replace(bundle / XML_FILE)
+    (bundle / "tampered.bin").replace(bundle / BIN_FILE)
+    return bundle

@@ -182,13 +182,20 @@ def describe(cases: Sequence[ProductionCase]) -> list[dict[str, Any]]:
     return [asdict(case) for case in cases]
 
 
-def golden_arrays(expected: Sequence[Sequence[Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
-    return {f"{PREFIX}.{c}.{r}.{name}": np.asarray(value) for c, rows in enumerate(expected)
+def variant_prefix(variant: str) -> str:
+    """Where a variant's own rows on the production cases are kept in ``golden.npz`` (PyTorch's: ``PREFIX``)."""
+    return f"{PREFIX}[{variant}]"
+
+
+def golden_arrays(expected: Sequence[Sequence[Mapping[str, np.ndarray]]], prefix: str = PREFIX) -> dict[str, np.ndarray]:
+    return {f"{prefix}.{c}.{r}.{name}": np.asarray(value) for c, rows in enumerate(expected)
             for r, row in enumerate(rows) for name, value in row.items()}
 
 
-def read_cases(described: Any, arrays: Mapping[str, np.ndarray]) -> tuple[list[ProductionCase], list[list[dict]]]:
-    """The cases ``verification.json`` describes and their reference rows from ``golden.npz`` (BundleError if malformed)."""
+def read_cases(described: Any, arrays: Mapping[str, np.ndarray],
+               prefix: str = PREFIX) -> tuple[list[ProductionCase], list[list[dict]]]:
+    """The cases ``verification.json`` describes and their reference rows from ``golden.npz`` (BundleError if
+    malformed); ``prefix``: whose rows (:func:`variant_prefix`)."""
     from ..errors import BundleError
 
     if not isinstance(described, list):
@@ -205,7 +212,7 @@ def read_cases(described: Any, arrays: Mapping[str, np.ndarray]) -> tuple[list[P
         rows: dict[int, dict[str, np.ndarray]] = {}
         for key, value in arrays.items():
             parts = key.split(".", 3)
-            if len(parts) == 4 and parts[0] == PREFIX and parts[1] == str(c) and parts[2].isdigit():
+            if len(parts) == 4 and parts[0] == prefix and parts[1] == str(c) and parts[2].isdigit():
                 rows.setdefault(int(parts[2]), {})[parts[3]] = value
         cases.append(case)
         expected.append([rows[r] for r in sorted(rows)])

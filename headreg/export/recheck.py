@@ -156,32 +156,51 @@ def _recheck_invariance(report: Report, session: Any, cases: list[Case], actual:
 
 
 def _recheck_production(report: Report, bundle_dir: Path, recorded: dict[str, Any], arrays: dict[str, np.ndarray], *,
-                        threads: int | None, atol: float, rtol: float) -> None:
+                        manifest: dict[str, Any], threads: int | None, atol: float, rtol: float) -> None:
     """The production cases again, through the bundle's own Predictor (fp32), against the PyTorch rows recorded
-    at export: what predict runs, torch-free. A bundle written before they were recorded says so in a note."""
-    from ..errors import HeadregError
-    from ..runtime.predictor import Predictor
-    from .production import failures, read_cases, verify_production
-
-    described = (recorded.get("production") or {}).get("described")
-    if described is None:
+    at export: what predict runs, torch-free. A bundle written before they were recorded says so in a note.
+    Variants whose own rows were recorded (``variant_rows``: OpenVINO's) run them again too, held to those rows."""
+    production = recorded.get("production") or {}
+    if production.get("described") is None:
         report.notes.append("no production cases recorded (exported by an older headreg): the bundle's Predictor "
                             "was not re-run on them; export again to record them")
         return
+    for variant in ("fp32", *(production.get("variant_rows") or [])):
+        _recheck_variant(report, bundle_dir, manifest, production["described"], arrays, str(variant),
+                         threads=threads, atol=atol, rtol=rtol)
+
+
+def _recheck_variant(report: Report, bundle_dir: Path, manifest: dict[str, Any], described: Any,
+                     arrays: dict[str, np.ndarray], variant: str, *, threads: int | None, atol: float, rtol: float) -> None:
+    from ..errors import HeadregError
+    from ..runtime.predictor import Predictor
+    from ..runtime.variants import variant_records, why_not
+    from .production import PREFIX, failures, read_cases, variant_prefix, verify_production
+
+    fp32 = variant == "fp32"
+    against = "PyTorch's recorded rows" if fp32 else "its own rows recorded at export"
+    if not fp32:
+        record = variant_records(manifest).get(variant)
+        reason = "the manifest has no such variant" if record is None else why_not(record)
+        if reason is not None:
+            report.notes.append(f"the {variant} variant's production cases were not re-run here: {reason}")
+            return
     try:
-        cases, expected = read_cases(described, arrays)
-        predictor = Predictor(bundle_dir, variant="fp32", threads=threads)
-        record = verify_production(predictor, cases, expected, atol=atol, rtol=rtol)
+        cases, expected = read_cases(described, arrays, prefix=PREFIX if fp32 else variant_prefix(variant))
+        predictor = Predictor(bundle_dir, variant=variant, threads=threads)
+        result = verify_production(predictor, cases, expected, atol=atol, rtol=rtol)
     except HeadregError as exc:
-        report.problems.append(f"the bundle's Predictor cannot run its production cases: {exc}")
+        report.problems.append(f"the bundle's Predictor ({variant}) cannot run its production cases: {exc}")
         report.problems_are = "the bundle's own Predictor fails where export verified it"
         return
-    verdict = "passes" if record["passed"] else "FAILS"
-    report.notes.append(f"the bundle's Predictor (fp32) on {len(cases)} production cases (mixed-length batches, "
-                        f"windows, pairs) against PyTorch's recorded rows: {verdict}")
-    if not record["passed"]:
-        report.problems.extend(failures(record))
-        report.problems_are = "the bundle's own Predictor no longer reproduces PyTorch"
+    verdict = "passes" if result["passed"] else "FAILS"
+    report.notes.append(f"the bundle's Predictor ({variant}) on {len(cases)} production cases (mixed-length batches, "
+                        f"windows, pairs) against {against}: {verdict}")
+    if not result["passed"]:
+        report.problems.extend(problem if fp32 else f"{variant}: {problem}" for problem in failures(result))
+        report.problems_are = ("the bundle's own Predictor no longer reproduces PyTorch" if fp32 else
+                               f"the {variant} variant no longer gives the answers it was accepted with (another "
+                               "OpenVINO or CPU than at export, or changed files): export again here")
 
 
 def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Report:
@@ -237,7 +256,8 @@ def verify_bundle(bundle_dir: str | Path, *, threads: int | None = None) -> Repo
     if report.passed:
         _recheck_invariance(report, session, cases, actual, manifest, decide, token_outputs, atol)
     if report.passed:
-        _recheck_production(report, bundle_dir, recorded, arrays, threads=threads, atol=atol, rtol=rtol)
+        _recheck_production(report, bundle_dir, recorded, arrays, manifest=manifest, threads=threads, atol=atol,
+                            rtol=rtol)
     int8 = manifest.get("variants", {}).get("int8")
     if int8 and decide is not None:
         from .quantize import golden_agreement
