@@ -245,15 +245,29 @@ def aggregate_tokens(
         )
     texts = (text,) if isinstance(text, str) else tuple(text)
     pair = len(texts) > 1
+    tokens, words = _token_predictions(label_ids, scores, encoding, id2label, pair)
+    if aggregation in ("none", "simple"):
+        units = [(t["label"], t["score"], t["start"], t["end"], t.get("sequence", 0)) for t in tokens]
+    else:
+        units = [_word_unit(positions, sequence, label_ids, scores, encoding, id2label, aggregation)
+                 for sequence, positions in words]
+    entities = [entity for entity in _group_entities(units, texts, pair) if entity["label"] not in ignore_labels]
+    return {"entities": entities, "tokens": tokens}
 
-    def name(idx: int) -> str:
-        return id2label.get(int(idx), f"LABEL_{int(idx)}")
 
-    def confidence(position: int, label_id: int) -> float:
-        return float(scores[position, label_id] if scores.ndim == 2 else scores[position])
+# One (label, score, start, end, sequence) per unit of grouping: a token (aggregation "none") or a word.
+Unit = tuple[str, float, int, int, int]
 
+
+def _label_name(id2label: Mapping[int, str], idx: int) -> str:
+    return id2label.get(int(idx), f"LABEL_{int(idx)}")
+
+
+def _token_predictions(label_ids: np.ndarray, scores: np.ndarray, encoding: Any,
+                       id2label: Mapping[int, str], pair: bool) -> tuple[list[TokenPrediction], list[tuple[int, list[int]]]]:
+    """Each real token's prediction, and the words as ``(sequence, token positions)``: sub-words of one word id
+    group together, a token without a word id is a word of its own; special tokens are skipped."""
     tokens: list[TokenPrediction] = []
-    # (sequence, word id) -> positions; tokens without a word id are words of their own.
     words: list[tuple[int, list[int]]] = []
     last_key: Any = None
     special = encoding.special_tokens_mask
@@ -263,13 +277,10 @@ def aggregate_tokens(
         if special[position] or sequence is None:
             continue
         label_id = int(label_ids[position])
+        score = scores[position, label_id] if scores.ndim == 2 else scores[position]
         prediction: TokenPrediction = {
-            "index": position,
-            "token": token,
-            "label": name(label_id),
-            "score": confidence(position, label_id),
-            "start": int(start),
-            "end": int(end),
+            "index": position, "token": token, "label": _label_name(id2label, label_id), "score": float(score),
+            "start": int(start), "end": int(end),
         }
         if pair:
             prediction["sequence"] = int(sequence)
@@ -280,19 +291,20 @@ def aggregate_tokens(
         else:
             words.append((sequence, [position]))
         last_key = key
+    return tokens, words
 
-    # One (label, score, start, end, sequence) per unit: a token ("none") or a word.
-    units: list[tuple[str, float, int, int, int]] = []
-    if aggregation in ("none", "simple"):
-        units = [(t["label"], t["score"], t["start"], t["end"], t.get("sequence", 0)) for t in tokens]
-    else:
-        for sequence, positions in words:
-            label_id, score = _word_label(positions, label_ids, scores, aggregation)
-            start, end = encoding.offsets[positions[0]][0], encoding.offsets[positions[-1]][1]
-            units.append((name(label_id), score, int(start), int(end), int(sequence)))
 
+def _word_unit(positions: list[int], sequence: int, label_ids: np.ndarray, scores: np.ndarray, encoding: Any,
+               id2label: Mapping[int, str], aggregation: str) -> Unit:
+    label_id, score = _word_label(positions, label_ids, scores, aggregation)
+    start, end = encoding.offsets[positions[0]][0], encoding.offsets[positions[-1]][1]
+    return _label_name(id2label, label_id), score, int(start), int(end), int(sequence)
+
+
+def _group_entities(units: Sequence[Unit], texts: tuple[str, ...], pair: bool) -> list[Entity]:
+    """Adjacent units of one entity type make an entity; ``B-X`` starts a new one, and so does a new sequence."""
     entities: list[Entity] = []
-    group: list[tuple[str, float, int, int, int]] = []
+    group: list[Unit] = []
     for unit in units:
         if group:
             bi, tag = _split_tag(unit[0])
@@ -303,8 +315,7 @@ def aggregate_tokens(
         group = [unit]
     if group:
         entities.append(_entity(group, texts, pair))
-    entities = [entity for entity in entities if entity["label"] not in ignore_labels]
-    return {"entities": entities, "tokens": tokens}
+    return entities
 
 
 def _word_label(positions: list[int], label_ids: np.ndarray, scores: np.ndarray, aggregation: str) -> tuple[int, float]:
@@ -329,7 +340,7 @@ def _word_label(positions: list[int], label_ids: np.ndarray, scores: np.ndarray,
     return label, float(mean[label])
 
 
-def _entity(group: list[tuple[str, float, int, int, int]], texts: tuple[str, ...], pair: bool) -> Entity:
+def _entity(group: list[Unit], texts: tuple[str, ...], pair: bool) -> Entity:
     start, end, sequence = group[0][2], group[-1][3], group[0][4]
     entity: Entity = {
         "label": _split_tag(group[0][0])[1],
