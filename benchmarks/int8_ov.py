@@ -165,7 +165,7 @@ def speed(model_dir: Path, ov_bundle: Path, ort_bundle: Path, threads: int, roun
     model = load_model(model_dir).eval()
     engines["pytorch fp32"] = torch_model_runner(model)
     engines["pytorch bf16 autocast"] = torch_model_runner(model, bf16=True)
-    names = Predictor(ort_bundle, variant="fp32").input_names
+    names = Predictor(ort_bundle, variant="fp32").layout.input_names
     rows = []
     for batch, length, repeat in SHAPES:
         feed = random_feed(batch, length, names)

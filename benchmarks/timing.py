@@ -181,7 +181,7 @@ def bench_corpus(model: Any, bundle: Path, engines: dict[str, Callable], peak: M
         "bucketed": plan_batches(lengths, args.batch_size, fp32.max_batch_tokens, sort=True),
     }
     feeds = {
-        order: [(idx, pad_batch([encodings[i] for i in idx], fp32.input_names, fp32.pad_id, fp32.padding_side)) for idx in plan]
+        order: [(idx, pad_batch([encodings[i] for i in idx], fp32.layout.input_names, fp32.layout.pad_id, fp32.layout.padding_side)) for idx in plan]
         for order, plan in plans.items()
     }
     padded = {order: sum(len(idx) * max(lengths[i] for i in idx) for idx in plan) for order, plan in plans.items()}

@@ -309,25 +309,15 @@ def padding_sides_disagree(predictor: Any, texts: Sequence[str], tolerance: floa
     (position ids and the last-token pooling are computed from the attention mask, not from the layout)."""
     import numpy as np
 
-    from .runtime.batching import pad_batch, real_span
+    from .runtime.engine import Row
 
-    encodings = predictor.encode(list(texts))
-    outputs = {}
-    for side in ("left", "right"):
-        feed = pad_batch(encodings, predictor.input_names, predictor.pad_id, side, predictor._input_dtype)
-        values = predictor.session.run(None, feed)
-        outputs[side] = dict(zip([o.name for o in predictor.session.get_outputs()], values)), feed
-    (left, left_feed), (right, _) = outputs["left"], outputs["right"]
-    width = left_feed["attention_mask"].shape[1]
-    for name, value in left.items():
-        for row, encoding in enumerate(encodings):
-            n = max(len(encoding), 1)
-            a, b = value[row], right[name][row]
-            if value.ndim == 3:  # per token: compare the real positions
-                a, b = a[real_span(width, n, "left")], b[real_span(width, n, "right")]
-            diff = float(np.abs(a - b).max())
+    rows = [Row(index, encoding) for index, encoding in enumerate(predictor.encode(list(texts)))]
+    left, right = (predictor.engine.with_layout(padding_side=side).run_rows(rows) for side in ("left", "right"))
+    for index, (a, b) in enumerate(zip(left, right)):
+        for name, value in a.items():
+            diff = float(np.abs(value - b[name]).max()) if np.size(value) else 0.0
             if diff > tolerance:
-                return f"{name} of text {row} moves by {diff:.2g} between left and right padding"
+                return f"{name} of text {index} moves by {diff:.2g} between left and right padding"
     return None
 
 

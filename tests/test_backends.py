@@ -166,7 +166,7 @@ def test_minilm_bf16_predictor_is_batch_invariant_and_agrees_with_fp32(minilm_bf
     texts = mixed_corpus(48, seed=3)
     bf16 = Predictor(out, variant="bf16", threads=2)
     fp32 = Predictor(out, variant="fp32", threads=2)
-    assert bf16.pad_to_multiple_of == 32 and fp32.pad_to_multiple_of == 1
+    assert bf16.layout.pad_to_multiple_of == 32 and fp32.layout.pad_to_multiple_of == 1
     assert _feeds(bf16, texts[:3])["input_ids"].shape[1] % 32 == 0
     batched = bf16.predict(texts, batch_size=16)
     alone = [bf16.predict(text) for text in texts]

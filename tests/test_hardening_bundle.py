@@ -77,9 +77,9 @@ def test_a_tokenizer_that_is_a_device_or_directory_is_refused_before_reading(bun
 
 
 def test_an_oversized_tokenizer_is_refused_by_size_before_it_is_parsed(bundle, monkeypatch):
-    import headreg.runtime.predictor as predictor_module
+    import headreg.runtime.bundle as bundle_module
 
-    monkeypatch.setattr(predictor_module, "TOKENIZER_MAX_BYTES", 1000)  # the real file is ~700 kB
+    monkeypatch.setattr(bundle_module, "TOKENIZER_MAX_BYTES", 1000)  # the real file is ~700 kB
     with pytest.raises(BundleError, match="more than a tokenizer.json may be"):
         Predictor(bundle)
 
@@ -94,9 +94,9 @@ def test_a_changed_file_is_caught_by_its_hash(bundle):
 
 
 def test_verify_files_checks_the_model_hash_on_request(bundle, monkeypatch):
-    import headreg.runtime.predictor as predictor_module
+    import headreg.runtime.bundle as bundle_module
 
-    monkeypatch.setattr(predictor_module, "SMALL_FILE_BYTES", 0)  # as if model.onnx were a big file
+    monkeypatch.setattr(bundle_module, "SMALL_FILE_BYTES", 0)  # as if model.onnx were a big file
     data = bytearray((bundle / "model.onnx").read_bytes())
     data[-1] ^= 1  # the last byte of a protobuf string field: still loadable
     (bundle / "model.onnx").write_bytes(bytes(data))
@@ -156,7 +156,7 @@ def test_logits_wider_than_the_labels_are_refused_not_invented(bundle):
         manifest["outputs"]["logits"] = ["batch", 3]
 
     edit(bundle, change)
-    with pytest.raises(BundleError, match="logits are 3 wide but the manifest has 2 labels"):
+    with pytest.raises(BundleError, match="are 3 wide but the manifest has 2 labels"):
         Predictor(bundle)
 
 

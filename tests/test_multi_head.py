@@ -316,7 +316,7 @@ def test_a_subset_of_heads_fetches_only_their_outputs(bundles):
     job = predictor.prepare(TEXTS, heads=["quality", "sentiment"])
     names = predictor.engine.output_names_for([job])
     assert sorted(names) == sorted(["sentiment.logits", "pooled_output", "quality.logits", "pooled_output.mean"])
-    assert len(names) < len(predictor.output_names)
+    assert len(names) < len(predictor.layout.output_names)
     assert len(predictor.engine.run_rows(job.rows[:2], names)[0]) == 4
     subset = predictor.predict(TEXTS, heads=["quality", "sentiment"])
     full = predictor.predict(TEXTS)

@@ -524,6 +524,7 @@ def build_acceptance_set(predictor: Any, reference: Any, texts: Sequence[Any], *
     outputs, failed = reference.compute([job], batch_size=REFERENCE_BATCH)
     if job in failed:
         raise HeadregError(f"PyTorch failed on the held-out texts: {failed[job]}")
-    calibration_args = dict(input_names=list(predictor.input_names), pad_id=predictor.pad_id,
-                            padding_side=predictor.padding_side, max_length=predictor.max_length)
+    layout = predictor.layout
+    calibration_args = dict(input_names=list(layout.input_names), pad_id=layout.pad_id,
+                            padding_side=layout.padding_side, max_length=predictor.max_length)
     return AcceptanceSet(split, job, outputs[job], options, predictor.max_length, calibration_args)

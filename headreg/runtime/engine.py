@@ -22,7 +22,7 @@ row with non-finite outputs fails its job only, and a postprocess that raises fa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -32,6 +32,7 @@ from . import postprocess as _post
 from . import windows as _windows
 from .batching import pad_batch, plan_batches, real_span
 from .embedding import embedding
+from .heads import graph_outputs
 
 Text = str | tuple[str, str]
 
@@ -99,6 +100,12 @@ class Engine:
     def with_backend(self, backend: Backend) -> "Engine":
         """The same engine over another backend (verification runs PyTorch through the engine this way)."""
         return Engine(backend, self.layout, self.heads, batch_size=self.batch_size,
+                      max_batch_tokens=self.max_batch_tokens, by_head=self.by_head)
+
+    def with_layout(self, **changes: Any) -> "Engine":
+        """The same engine with some layout fields changed (checks and benchmarks: another padding side, equal-length
+        batches), e.g. ``engine.with_layout(padding_side="right")``."""
+        return Engine(self.backend, replace(self.layout, **changes), self.heads, batch_size=self.batch_size,
                       max_batch_tokens=self.max_batch_tokens, by_head=self.by_head)
 
     # --- plan -----------------------------------------------------------------------------------------------
@@ -197,8 +204,6 @@ class Engine:
     def output_names_for(self, jobs: Sequence[Job]) -> list[str]:
         """The graph outputs these jobs need (a multi-head predict call fetches only its heads' outputs:
         onnxruntime then skips the other heads' layers and poolings)."""
-        from .heads import graph_outputs
-
         if any(job.kind == "embed" for job in jobs) or len(self.heads) == 1:
             return list(self.layout.output_names)
         wanted = {name for job in jobs for name in job.config}

@@ -62,7 +62,7 @@ def test_runtime_tags_equal_pytorch_viterbi_on_padded_batches(exported, arch, pa
     with torch.no_grad():
         tags = model.head.decode(model(**batch).logits, batch["attention_mask"])
     predictor = Predictor(report.bundle_dir)
-    assert predictor.padding_side == padding_side
+    assert predictor.layout.padding_side == padding_side
     # Batches of 4 rows of different lengths: the runtime pads them differently from the batch above.
     runtime = predictor.predict(TEXTS, batch_size=4)
     expected = [row[mask.bool()].tolist() for row, mask in zip(tags, batch["attention_mask"])]
