@@ -402,7 +402,7 @@ def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8080, graceful_timeo
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, log_level="warning", lifespan="on",
         timeout_graceful_shutdown=graceful_timeout, timeout_keep_alive=keep_alive, server_header=False,
-        http=guarded_protocol(header_timeout),
+        http=guarded_protocol(header_timeout, metrics=getattr(app, "metrics", None)),
     )
     server = uvicorn.Server(config)
     stopped: list[int] = []

@@ -19,7 +19,8 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "headreg_requests", "HTTP requests answered, by route, model, status and protocol (native, openai, hf, tei, v2).",
+            "headreg_requests", "HTTP requests answered, by route, model, status and protocol (native, openai, hf, tei, v2; http for the "
+            "408/431 answered before a request's headers were complete, route (headers)).",
             ["route", "model", "status", "protocol"], registry=registry,
         )
         self.request_seconds = Histogram(

@@ -63,10 +63,23 @@ def _base_protocol() -> type:
         return H11Protocol
 
 
-def guarded_protocol(header_timeout: float, base: type | None = None) -> type:
+# The route label of answers given before a request's headers were complete (no route was known yet).
+HEADERS_ROUTE = "(headers)"
+
+
+def guarded_protocol(header_timeout: float, base: type | None = None, metrics: Any = None) -> type:
     """A uvicorn HTTP protocol class (for ``uvicorn.Config(http=...)``) that closes a connection whose request
-    headers take longer than ``header_timeout`` seconds (answering 408) or pass MAX_HEADER_BYTES (431)."""
+    headers take longer than ``header_timeout`` seconds (answering 408) or pass MAX_HEADER_BYTES (431).
+
+    ``metrics`` (a :class:`~headreg.serve.metrics.ServeMetrics`): each such answer is counted in
+    ``headreg_requests_total`` with the route ``(headers)``; no ASGI middleware ever sees these requests.
+    """
     base = base or _base_protocol()
+
+    def count(status: int) -> None:
+        if metrics is not None:
+            metrics.requests.labels(HEADERS_ROUTE, "", str(status), "http").inc()
+
     message = (b'{"error":"the request headers did not arrive within %d seconds (--header-timeout)","status":408}'
                % int(header_timeout))
     answer = _TIMEOUT_RESPONSE % (len(message), message)
@@ -96,6 +109,7 @@ def guarded_protocol(header_timeout: float, base: type | None = None) -> type:
                 if not self.transport.is_closing():
                     self.transport.write(too_large)
                     self.transport.close()
+                    count(431)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -117,6 +131,7 @@ def guarded_protocol(header_timeout: float, base: type | None = None) -> type:
                 return
             if self.cycle is None or self.cycle.response_complete:
                 self.transport.write(answer)
+                count(408)
             self.transport.close()
 
     HeaderDeadlineProtocol.__name__ = HeaderDeadlineProtocol.__qualname__ = f"HeaderDeadline{base.__name__}"
