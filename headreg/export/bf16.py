@@ -14,10 +14,7 @@ AMX (``benchmarks/backend_probe.py``: 0.0 with padding to 16, 32 or 64; up to 2.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import numpy as np
+from typing import Any, Sequence
 
 from ..manifest import MODEL_FILE
 from ..runtime.backends import BF16_CPU_FLAGS, OpenVINOBackend, bf16_cpu, openvino_version
@@ -35,31 +32,6 @@ def bf16_unavailable(flags: Sequence[str] | frozenset[str] | None = None) -> str
     if openvino_version() is None:
         return "OpenVINO is not installed (pip install 'headreg[openvino]')"
     return None
-
-
-def bf16_run(model_path: Path, *, pad_id: int = 0, padding_side: str = "right", threads: int | None = None,
-             multiple: int | None = None) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], OpenVINOBackend]:
-    """``run(feeds) -> outputs`` of OpenVINO bf16, padding each batch as the Predictor does for this variant.
-
-    Token-level outputs are cut back to the feed's own width, so acceptance compares them position by position.
-    """
-    multiple = PAD_MULTIPLE if multiple is None else multiple
-    backend = OpenVINOBackend(model_path, threads=threads, precision="bf16")
-
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        width = feeds["attention_mask"].shape[1]
-        extra = -width % multiple
-        if extra:
-            before, after = (extra, 0) if padding_side == "left" else (0, extra)
-            feeds = {name: np.pad(value, ((0, 0), (before, after)), constant_values=pad_id if name == "input_ids" else 0)
-                     for name, value in feeds.items()}
-        outputs = backend.run(feeds)
-        if extra:
-            keep = slice(extra, None) if padding_side == "left" else slice(0, width)
-            outputs = {name: value[:, keep] if name in backend.token_outputs else value for name, value in outputs.items()}
-        return outputs
-
-    return run, backend
 
 
 def bf16_record(judged: dict[str, Any], backend: OpenVINOBackend | None) -> dict[str, Any]:

@@ -303,14 +303,6 @@ def compare_cases(
     return Report(results, atol, rtol, target)
 
 
-def verify_session(session: Any, cases: list[Case], expected: list[dict[str, np.ndarray]], **checks: Any) -> Report:
-    """Run every case through an onnxruntime session and compare with PyTorch's ``expected`` outputs.
-
-    ``checks``: ``decide``, ``token_outputs``, ``atol``, ``rtol`` and optionally ``target``, as in compare_cases.
-    """
-    return compare_cases(cases, expected, run_cases(session, cases), **checks)
-
-
 # --- golden cases: written at export, re-checked by `headreg verify` -------------------------------------------
 
 

@@ -28,7 +28,6 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import HeadregError, PredictionError
-from . import postprocess as _post
 from . import windows as _windows
 from .batching import pad_batch, plan_batches, real_span
 from .embedding import embedding
