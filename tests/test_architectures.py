@@ -17,7 +17,6 @@ from headreg import architectures as A
 HEADS = tuple(A.HEAD_OPTIONS)
 # Refused at export, with the reason in the error (docs/architectures.md says why each one is).
 REFUSED = {
-    "longformer": "its sliding-window attention pads to the window in Python: neither exporter keeps the sequence axis",
     "canine": "it reads code points, not token ids: no vocabulary for a tokenizer's ids",
     # the refusals the matrix found (docs/architectures.md): both exporters tried, the error names the type
     "cpmant": "TorchScript cannot export a bitwise OR on integers and dynamo's graph fails verification",
@@ -30,13 +29,10 @@ REFUSED = {
     "falcon_mamba": "the TorchScript graph is sized at the trace shape; dynamo's graph fails verification",
     "olmo_hybrid": "aten::linalg_solve_triangular has no ONNX symbolic",
 }
-# Fail in the runtime today, not at export: the engine issue (#19) fixes these at the root.
-_WINDOW_BUG = "windows.merge_windows indexes past a window's rows (IndexError), engine issue #19"
-RUNTIME_BUGS = dict.fromkeys(
-    ("gpt2", "gpt-sw3", "gpt_neo", "gpt_bigcode", "gpt_neox_japanese", "openai-gpt", "hrm_text"), _WINDOW_BUG)
 # One per kind of fix: an encoder, a position table offset (mpnet: 2), a model whose outputs depend on padding
-# (batch_padding false), mixture-of-experts routing, a decoder (last-token pooling, left and right padding).
-FAST = ("bert", "mpnet", "convbert", "qwen3_moe", "qwen2")
+# (batch_padding false), mixture-of-experts routing, a decoder (last-token pooling, left and right padding),
+# Longformer's sliding window traced as a banded mask.
+FAST = ("bert", "mpnet", "convbert", "qwen3_moe", "qwen2", "longformer")
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +47,6 @@ def check_round_trip(model_type: str, head: str, workdir, tokenizer) -> A.Result
     if not probe.runs:
         pytest.skip(f"{model_type}: the tiny config does not run in PyTorch ({probe.reason})")
     result = A.round_trip(model_type, head, workdir, tokenizer=tokenizer)
-    if model_type in RUNTIME_BUGS and not result.served:
-        pytest.xfail(f"{RUNTIME_BUGS[model_type]}: {result.reason}")
     if model_type in REFUSED:
         assert result.status == "refused", f"{model_type} is listed as refused but was {result.status}: {result.reason}"
         assert model_type in result.reason
@@ -259,3 +253,32 @@ def test_a_model_without_a_token_vocabulary_is_refused_by_name(tmp_path, tokeniz
     with pytest.raises(ExportOptionError, match=r"canine \(CanineModel\) has no token vocabulary"):
         export_onnx(model, tmp_path / "b", tokenizer, progress=False)
     assert not (tmp_path / "b").exists()
+
+
+def test_longformer_sliding_window_is_traced_for_every_length(tmp_path, tokenizer, single_torch_thread):
+    """Longformer pads to its window and reshapes by the padded length in Python; the export traces its local
+    attention as a banded mask instead, so one graph serves lengths below, at and across the window (8 here), in
+    one padded batch, as PyTorch gives each row alone; the model itself is left unpatched."""
+    import onnxruntime
+    import torch
+
+    from headreg import attach_head
+    from headreg.export import export_onnx
+
+    torch.manual_seed(0)
+    model = attach_head(A.tiny_backbone("longformer"), "token_cls", num_labels=3).eval()
+    bundle = export_onnx(model, tmp_path / "b", tokenizer, progress=False)
+    assert bundle.manifest["exporter"] == "torchscript"
+    assert not any("forward" in vars(m) for m in model.modules()), "the trace-time attention is not left behind"
+    session = onnxruntime.InferenceSession(str(tmp_path / "b" / "model.onnx"), providers=["CPUExecutionProvider"])
+    lengths, width = [1, 5, 8, 9, 31], 31
+    ids = torch.randint(1000, 2000, (len(lengths), width))
+    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    types = torch.zeros_like(ids)
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
+    logits = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))["logits"]
+    for row, n in enumerate(lengths):
+        one = slice(row, row + 1), slice(0, n)
+        with torch.no_grad():
+            alone = model(input_ids=ids[one], attention_mask=mask[one], token_type_ids=types[one]).logits[0].numpy()
+        assert np.abs(logits[row, :n] - alone).max() <= 1e-4, (n, np.abs(logits[row, :n] - alone).max())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,13 +81,69 @@ def export_mode(model: nn.Module):
         backbone.set_experts_implementation("batched_mm")
     model.eval()
     try:
-        yield
+        with _traceable_longformer(backbone):
+            yield
     finally:
         if switch:
             backbone.set_attn_implementation(previous)
         if switch_experts:
             backbone.set_experts_implementation(experts)
         model.train(was_training)
+
+
+def _banded_attention(self, hidden_states, attention_mask=None, is_index_masked=None, is_index_global_attn=None,
+                      is_global_attn=None, output_attentions=False):
+    """LongformerSelfAttention's local attention as one masked (batch, heads, length, length) product: each query
+    sees the keys within ``one_sided_attn_window_size`` of it, padded keys get the same ``finfo.min`` and padded
+    queries the same zero probabilities as in the sliding-chunk kernel, so the sums are the model's own."""
+    if is_global_attn or output_attentions:  # global tokens need the chunked kernel's data-dependent indexing
+        return type(self).forward(self, hidden_states, attention_mask, is_index_masked, is_index_global_attn,
+                                  is_global_attn, output_attentions)
+    batch, length, _ = hidden_states.shape
+    heads, dim = self.num_heads, self.head_dim
+
+    def split(states):
+        return states.view(batch, length, heads, dim).transpose(1, 2)
+
+    query = split(self.query(hidden_states) / math.sqrt(dim))
+    scores = query @ split(self.key(hidden_states)).transpose(-1, -2)
+    masked_key = (attention_mask != 0)[:, None, None, :]
+    scores = scores + masked_key.to(scores.dtype) * torch.finfo(scores.dtype).min
+    positions = torch.arange(length, device=hidden_states.device)
+    outside = (positions[:, None] - positions[None, :]).abs() > self.one_sided_attn_window_size
+    probs = torch.softmax(scores.masked_fill(outside, float("-inf")), dim=-1, dtype=torch.float32)
+    probs = probs.masked_fill(is_index_masked[:, None, :, None], 0.0).type_as(scores)
+    output = probs @ split(self.value(hidden_states))
+    return (output.transpose(1, 2).reshape(batch, length, heads * dim),)
+
+
+def _no_window_padding(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, pad_token_id):
+    return 0, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
+
+
+@contextlib.contextmanager
+def _traceable_longformer(backbone: nn.Module):
+    """Longformer pads every input to a multiple of its window in Python and reshapes its sliding chunks by that
+    padded length: a TorchScript trace bakes the trace length in (the graph failed at batch 1 length 1), and
+    dynamo stops on the data-dependent padding. While tracing, the window padding is skipped and the local
+    attention runs as a banded mask over the whole length (:func:`_banded_attention`): the same function of the
+    real tokens, verified against the unpatched model afterwards like every export, at the price of memory
+    quadratic in the length instead of linear (length x length scores per head)."""
+    from transformers.models.longformer import modeling_longformer as longformer
+
+    if not isinstance(backbone, longformer.LongformerModel):
+        yield
+        return
+    layers = [m for m in backbone.modules() if isinstance(m, longformer.LongformerSelfAttention)]
+    for layer in layers:
+        layer.forward = _banded_attention.__get__(layer)
+    backbone._pad_to_window_size = _no_window_padding.__get__(backbone)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+        del backbone._pad_to_window_size
 
 
 def dummy_inputs(model: Any, input_names: tuple[str, ...], *, padded_row: bool = False) -> dict[str, torch.Tensor]:
