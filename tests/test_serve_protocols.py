@@ -258,6 +258,55 @@ def test_tei_predict_rerank_tokenize_and_info(server, predictors):
     assert post(f"{server.url}/embed", {"inputs": "x"}).status_code == 404  # four models, no --default-model
 
 
+def test_tei_truncate_false_refuses_overlong_inputs_in_teis_shape(server, predictors, bundles):
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import HfHubHTTPError
+    from tokenizers import Tokenizer
+
+    limit = predictors["seq_cls"].max_length
+    long = "word " * (2 * limit)
+    counter = Tokenizer.from_file(str(bundles["seq_cls"] / "tokenizer.json"))
+    counter.no_truncation()
+    given = len(counter.encode(long).ids)
+    client = InferenceClient(model=f"{server.url}/tei/seq_cls", api_key=API_KEY)
+    with pytest.raises(HfHubHTTPError) as refused:
+        client.feature_extraction(long, normalize=True, truncate=False)
+    assert refused.value.response.status_code == 413
+    assert refused.value.response.json() == {
+        "error": f"Input validation error: `inputs` must have less than {limit} tokens. Given: {given}",
+        "error_type": "validation"}
+    # truncate left out (or true) cuts the input at max_length, as before
+    close(client.feature_extraction(long, normalize=True), predictors["seq_cls"].embed([long], normalize=True))
+    url = f"{server.url}/tei"
+    fits = post(f"{url}/seq_cls/embed", {"inputs": SHORT, "truncate": False})
+    assert fits.status_code == 200
+    close(fits.json(), predictors["seq_cls"].embed(SHORT, normalize=True))
+    # a pair is counted whole, in predict and in rerank's (query, text) pairs
+    half = "word " * (limit // 2 + 2)
+    assert post(f"{url}/seq_cls/predict", {"inputs": [half, half], "truncate": False}).status_code == 413
+    assert post(f"{url}/seq_cls/predict", {"inputs": [half, half]}).status_code == 200
+    reranked = post(f"{url}/regression/rerank", {"query": half, "texts": ["a", half], "truncate": False})
+    assert reranked.status_code == 413 and reranked.json()["error_type"] == "validation"
+
+
+def test_tei_decode_and_embed_all(server, predictors):
+    url = f"{server.url}/tei/seq_cls"
+    tokenizer = predictors["seq_cls"].tokenizer
+    ids = tokenizer.encode("Hello world, again").ids
+    assert post(f"{url}/decode", {"ids": ids}).json() == [tokenizer.decode(ids)]
+    both = post(f"{url}/decode", {"ids": [ids, ids[1:3]], "skip_special_tokens": False}).json()
+    assert both == [tokenizer.decode(ids, skip_special_tokens=False), tokenizer.decode(ids[1:3], skip_special_tokens=False)]
+    assert "[CLS]" in both[0] and "[CLS]" not in post(f"{url}/decode", {"ids": [ids]}).json()[0]
+    for bad in ({"ids": [10**9]}, {"ids": [-1]}, {"ids": ["a"]}, {"ids": []}, {"ids": [1.5]}):
+        answer = post(f"{url}/decode", bad)
+        assert answer.status_code == 422 and answer.json()["error_type"] == "validation", (bad, answer.text)
+    assert post(f"{url}/decode", {"ids": [ids] * 17}).status_code == 413  # --max-input-texts 16
+    everything = post(f"{url}/embed_all", {"inputs": ["a fine day"]})
+    assert everything.status_code == 424 and everything.json()["error_type"] == "backend"
+    assert "per-token embeddings" in everything.json()["error"] and "/embed" in everything.json()["error"]
+    assert post(f"{url}/embed_all", {"inputs": 3}).status_code == 422  # the body is checked first
+
+
 @pytest.mark.slow  # a server of its own
 def test_tei_root_routes_answer_for_the_default_model(bundles, tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("tei-root"), f"sentiment={bundles['seq_cls']}", f"ner={bundles['token_cls']}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Awaitable, Callable
 
 import numpy as np
@@ -77,10 +78,11 @@ def check_flag(parameters: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def check_truncation(parameters: dict[str, Any]) -> None:
-    """``truncate`` is accepted either way (inputs are always cut at the model's max_length, like TEI's
-    --auto-truncate); only right-side truncation and no prompt templates exist here."""
-    check_flag(parameters, "truncate", True)
+def check_truncation(parameters: dict[str, Any]) -> bool:
+    """``truncate`` (default true: inputs are cut at the model's max_length, like TEI's --auto-truncate; false:
+    TEI's refusal of longer inputs, see :func:`refuse_overlong`); only right-side truncation and no prompt
+    templates exist here. Returns ``truncate``."""
+    truncate = check_flag(parameters, "truncate", True)
     direction = parameters.get("truncation_direction")
     if direction is not None and str(direction).lower() != "right":
         raise RequestError(422, f"truncation_direction {direction!r:.20} is not supported; inputs longer than the "
@@ -88,3 +90,26 @@ def check_truncation(parameters: dict[str, Any]) -> None:
     if parameters.get("prompt_name") is not None:
         raise RequestError(422, "prompt_name is not supported: this server applies no prompt templates; "
                                 "put the prompt in the text")
+    return truncate
+
+
+_untruncated: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def refuse_overlong(predictor: Any, inputs: list[Any]) -> None:
+    """TEI's answer to ``truncate: false``: 413 (its "validation" error) for the first input (text or pair) of more
+    tokens than the model takes, special tokens counted, with TEI's own message."""
+    tokenizer = _untruncated.get(predictor)
+    if tokenizer is None:
+        # a copy: the Predictor's tokenizer truncates, and is shared with requests tokenizing meanwhile
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(predictor.tokenizer.to_str())
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        _untruncated[predictor] = tokenizer
+    limit = predictor.max_length
+    for encoding in tokenizer.encode_batch(list(inputs)):
+        if len(encoding.ids) > limit:
+            raise RequestError(413, f"Input validation error: `inputs` must have less than {limit} tokens. "
+                                    f"Given: {len(encoding.ids)}")

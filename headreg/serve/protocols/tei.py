@@ -1,7 +1,8 @@
 """text-embeddings-inference's routes, so TEI clients and the LangChain / LlamaIndex / Haystack TEI integrations
 work unchanged, for every head (token classification included, which TEI itself does not serve).
 
-Under ``/tei/{name}``: ``POST /embed``, ``/predict``, ``/rerank``, ``/similarity``, ``/tokenize``, ``GET /info``
+Under ``/tei/{name}``: ``POST /embed``, ``/predict``, ``/rerank``, ``/similarity``, ``/tokenize``, ``/decode``,
+``/embed_all``, ``GET /info``
 and ``POST /tei/{name}`` itself (TEI's ``POST /``: the route the body calls for, see :func:`compat_route`, so
 clients given the URL alone, like Haystack's TEI embedder, work); the same at the root (``/embed``, ``/predict``, ...) for the default model (the only one served,
 or ``--default-model NAME``); the root ``GET /info`` is the native one with TEI's fields added.
@@ -15,9 +16,13 @@ or ``--default-model NAME``); the root ``GET /info`` is the native one with TEI'
   descending score; each (query, text) pair goes through the model as a sentence pair. The score is the
   sigmoid of a one-value head (its value with ``raw_scores``), or the probability of label 1 of a two-label
   softmax head.
-- ``/tokenize``: ``[[{"id", "text", "special", "start", "stop"}, ...], ...]`` with the model's own tokenizer.
+- ``/tokenize``: ``[[{"id", "text", "special", "start", "stop"}, ...], ...]`` with the model's own tokenizer;
+  ``/decode``: ``{"ids", "skip_special_tokens"}`` -> ``["text", ...]``.
+- ``/embed_all``: a bundle has no per-token embeddings to give; a valid request is a 424 that says so.
 
-Inputs longer than the model's max_length are always cut on the right (``/info``: ``auto_truncate`` true).
+Inputs longer than the model's max_length are cut on the right (``/info``: ``auto_truncate`` true) unless the body
+says ``"truncate": false``: then the first over-long input (text or pair, special tokens counted) is TEI's 413
+``Input validation error: `inputs` must have less than N tokens. Given: M``.
 ``raw_scores`` are the head's logits (``Predictor.predict(..., return_logits=True)``). Errors: ``{"error",
 "error_type"}`` with TEI's statuses (413 batch too large, 422 validation, 424 a model that cannot do the route).
 """
@@ -33,11 +38,12 @@ from starlette.routing import Route
 
 from ... import __version__
 from ..responses import FastJSONResponse
-from ..schema import Call, RequestError, json_object
-from .common import check_flag, check_truncation, cosine_similarity, endpoint, json_error, text_list
+from ..schema import Call, RequestError, json_object, parse_json
+from .common import check_flag, check_truncation, cosine_similarity, endpoint, json_error, refuse_overlong, text_list
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
-ROUTES = ("embed", "predict", "rerank", "similarity", "tokenize")
+ROUTES = ("embed", "predict", "rerank", "similarity", "tokenize", "decode", "embed_all")
+EMBED_FIELDS = ("inputs", "normalize", "truncate", "truncation_direction", "prompt_name")
 
 
 def render_error(exc: RequestError) -> Response:
@@ -131,12 +137,19 @@ def info(state: Any, name: str) -> dict[str, Any]:
     }
 
 
+def truncates(route: str, payload: Any) -> bool:
+    """Whether the body leaves over-long inputs to be cut (TEI's ``truncate``, default true here)."""
+    if not isinstance(payload, dict):
+        return True
+    options = payload.get("parameters") if route == "similarity" else payload
+    return not (isinstance(options, dict) and options.get("truncate") is False)
+
+
 def plan(state: Any, model: str, route: str, payload: Any) -> tuple[Call, Any]:
     """One TEI request -> (the call, what shaping its result needs)."""
     limit = state.config.max_input_texts
     if route == "embed":
-        body = json_object(payload, ("inputs", "normalize", "truncate", "truncation_direction", "prompt_name"),
-                       '{"inputs": "some text"}')
+        body = json_object(payload, EMBED_FIELDS, '{"inputs": "some text"}')
         check_truncation(body)
         normalize = check_flag(body, "normalize", True)  # TEI's default; Predictor.embed(normalize=True) does it
         return Call(model, "embed", _texts(body.get("inputs"), limit), {"normalize": True} if normalize else {}), None
@@ -210,6 +223,32 @@ def answer(route: str, result: list[Any], shape: Any) -> Any:
     return cosine_similarity(result[0], result[1:])
 
 
+def decode(state: Any, model: str, payload: Any) -> list[str]:
+    """TEI's ``/decode``: ``{"ids": [id, ...] or [[id, ...], ...], "skip_special_tokens": true}`` -> texts."""
+    body = json_object(payload, ("ids", "skip_special_tokens"), '{"ids": [101, 7592, 102]}')
+    ids = body.get("ids")
+    batch = ids if isinstance(ids, list) and ids and all(isinstance(row, list) for row in ids) else [ids]
+    _batch(len(batch), state.config.max_input_texts)
+    tokenizer = state.batcher(model).predictor.tokenizer
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    for index, row in enumerate(batch):
+        if not isinstance(row, list) or not row or not all(type(i) is int and 0 <= i < vocab for i in row):
+            raise RequestError(422, f"'ids'{f'[{index}]' if len(batch) > 1 else ''} must be a non-empty list of token ids "
+                                    f"from 0 to {vocab - 1} (this model's vocabulary)")
+    return tokenizer.decode_batch(batch, skip_special_tokens=check_flag(body, "skip_special_tokens", True))
+
+
+def embed_all(state: Any, model: str, payload: Any) -> None:
+    """TEI's ``/embed_all`` (every token's vector): a bundle gives its head's outputs and one pooled vector per
+    input, never the encoder's per-token states, so a valid request is TEI's 424 saying so."""
+    body = json_object(payload, EMBED_FIELDS, '{"inputs": "some text"}')
+    check_truncation(body)
+    _texts(body.get("inputs"), state.config.max_input_texts)
+    outputs = ", ".join(state.predictors[model].manifest.get("output_axes") or {}) or "none"
+    raise RequestError(424, f"model {model!r} does not expose per-token embeddings (its bundle's outputs: {outputs}); "
+                            "use /embed for one pooled vector per input")
+
+
 def tokenize(state: Any, model: str, payload: Any) -> list[list[dict[str, Any]]]:
     body = json_object(payload, ("inputs", "add_special_tokens", "prompt_name"), '{"inputs": "some text"}')
     check_truncation({"prompt_name": body.get("prompt_name")})
@@ -240,9 +279,19 @@ def routes(state: Any) -> list[Route]:
     def handler(route: str):
         async def run(request: Request) -> Response:
             model = _model(state, request)
-            if route == "tokenize":
-                return FastJSONResponse(tokenize(state, model, await state.body(request)))
+            if route in ("tokenize", "decode", "embed_all"):
+                run_route = {"tokenize": tokenize, "decode": decode, "embed_all": embed_all}[route]
+                return FastJSONResponse(run_route(state, model, await state.body(request)))
             shapes: list[Any] = []
+
+            def checked(body: bytes) -> Any:
+                """The JSON body; with ``truncate: false``, over-long inputs refused here (in a worker thread when
+                the body is big: tokenizing it all costs what the request's own tokenization does)."""
+                payload = parse_json(body)
+                actual = compat_route(state, model, payload) if route == "compat" else route
+                if not truncates(actual, payload):
+                    refuse_overlong(state.predictors[model], plan(state, model, actual, payload)[0].inputs)
+                return payload
 
             def call(payload: Any) -> Call:
                 actual = compat_route(state, model, payload) if route == "compat" else route
@@ -250,7 +299,7 @@ def routes(state: Any) -> list[Route]:
                 shapes.append((actual, shape))
                 return planned
 
-            _, result, stats = await state.infer(request, call)
+            _, result, stats = await state.infer(request, call, checked)
             actual, shape = shapes[0]
             return FastJSONResponse(answer(actual, result, shape),
                                     headers={"x-total-tokens": str(stats.get("tokens", 0)), "x-model-id": model})
