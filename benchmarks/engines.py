@@ -84,14 +84,50 @@ MODELS: dict[str, tuple[str, Callable[[], Any], list[tuple[int, int]], list[tupl
 }
 
 
+HEAD_STEPS = 30  # steps of training the head alone (backbone frozen) on the quickstart's sentences
+
+
 def build_model(name: str):
+    """The backbone with a seq_cls head trained briefly (``HEAD_STEPS``, backbone frozen): an untrained head's
+    scores are near-ties everywhere, which makes the variants' agreement figures meaningless."""
     import torch
 
     from headreg import attach_head
 
     torch.manual_seed(0)  # the same head (and random backbone) every run, so a cached bundle stays valid
     backbone = MODELS[name][1]().eval()
-    return attach_head(backbone, "seq_cls", num_labels=2, id2label={0: "negative", 1: "positive"}).eval()
+    model = attach_head(backbone, "seq_cls", num_labels=2, id2label={0: "negative", 1: "positive"})
+    if name != "tiny":
+        _train_head(model, HEAD_STEPS)
+    return model.eval()
+
+
+def _train_head(model: Any, steps: int) -> None:
+    import importlib.util
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from headreg.testing import minilm_path
+
+    spec = importlib.util.spec_from_file_location("quickstart", Path(__file__).resolve().parent.parent / "examples" / "quickstart.py")
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    TRAIN = quickstart.TRAIN
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    batch = tokenizer([text for text, _ in TRAIN], padding=True, return_tensors="pt")
+    labels = torch.tensor([1 if label == "pos" else 0 for _, label in TRAIN])
+    model.backbone.requires_grad_(False)
+    head = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(head, lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.backbone.requires_grad_(True)
+    print(f"  head trained {steps} steps (backbone frozen): loss {loss.item():.3f}", flush=True)
 
 
 def build_bundle(name: str, model: Any, out: Path, rebuild: bool) -> Path:

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--corpus-rows", type=int, default=None, help="texts in the mixed-length corpus (default 256, --quick 128)")
     parser.add_argument("--batch-size", type=int, default=32, help="corpus batch size (default 32)")
     parser.add_argument("--rebuild", action="store_true", help="export the bundles again")
+    parser.add_argument("--shapes", default=None,
+                        help="batch x length shapes instead of each model's own, e.g. 1x128,32x128 (no corpus)")
     parser.add_argument(
         "--omp-wait-policy", choices=("PASSIVE", "ACTIVE", "default"), default=None,
         help=f"PyTorch's OMP_WAIT_POLICY (default: $OMP_WAIT_POLICY, else {DEFAULT_OMP_WAIT_POLICY}; see run.py)",
@@ -109,6 +111,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"  engines: {', '.join(engines)}; Predictor(bundle) serves {variant} here ({reason})", flush=True)
         config = model.backbone.config
         max_len = int(getattr(config, "max_position_embeddings", 512))
+        if args.shapes:
+            shapes = quick_shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
+            with_corpus = False
         chosen = [(b, n) for b, n in (quick_shapes if args.quick else shapes) if n <= max_len]
         entry: dict[str, Any] = {
             "description": description,

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from test_export_matrix import tiny_model
 
-from headreg.export.openvino_int8 import BIN_FILE, SMOOTH_QUANT_ALPHAS, XML_FILE, int8_ov_unavailable
+from headreg.export.openvino_int8 import (ACCURACY_CONTROL_ITERATIONS, BIN_FILE, SMOOTH_QUANT_ALPHAS, XML_FILE,
+                                         int8_ov_unavailable)
 from headreg.export.production import variant_prefix
 from headreg.runtime import Predictor
 from headreg.runtime.variants import cpu_flags, select_variant
@@ -78,8 +79,12 @@ def test_int8_ov_record_files_and_selection(token_bundle, monkeypatch):
     assert search["tried"] == [{"smooth_quant_alpha": 0.95, "kept": search["kept"]}] and search["chosen"] == 0.95
     assert quant["calibration_rows"] == 64 and quant["size_ratio"] > 0
     assert record["acceptance"]["metric"] == "identical entity sets per text" and "token_agreement" in record["acceptance"]
+    assert quant["method"] == "quantize" and "accuracy_control" not in quant  # the first alpha kept enough
+    # proven at export through the variant's own engine (padded to 32-token multiples): exactly 0.0, every layout
     invariance = record["batch_invariance"]
-    assert invariance["passed"] and invariance["max_abs_diff"] <= 1e-5 and invariance["checks"] > 0
+    assert invariance["passed"] and invariance["max_abs_diff"] == 0.0 and invariance["decisions_differ"] == 0
+    assert invariance["layouts"] == ["mixed lengths", "mixed lengths, reversed", "padded to max_length"]
+    assert invariance["checks"] == 3 * invariance["texts"] > 0
     assert record["verified_on"]["inference_precision"] == "bf16"
     # the rule: int8-ov first, where the CPU has bf16 (which implies VNNI) and OpenVINO is installed
     assert bundle.serves_here()[0] == "int8-ov"
@@ -173,3 +178,34 @@ def _tamper(bundle):
     (bundle / "tampered.xml").replace(bundle / XML_FILE)
     (bundle / "tampered.bin").replace(bundle / BIN_FILE)
     return bundle
+
+
+@pytest.mark.slow
+@needs_int8_ov
+def test_int8_ov_that_cannot_keep_the_results_is_refused_and_the_bundle_written_without_it(tmp_path):
+    """A regression head allowed no error at all: no int8 graph can pass, so the search tries every alpha, the
+    export writes the bundle without int8-ov, says why with the figures, and the rule serves what it would have
+    served without it (fp32 here: bf16 could not pass a zero error either)."""
+    from headreg.export import ExportOptions, export_onnx
+
+    out = tmp_path / "bert-regression"
+    bundle = export_onnx(tiny_model("bert", "regression"), out, load_tokenizer(),
+                         ExportOptions(quantize=("int8-ov",), max_error=0.0, exporter="torchscript"))
+    refusal = bundle.int8_ov
+    assert "record" not in refusal and "changes too many held-out results" in refusal["refused"]
+    held_out = refusal["held_out"][""]
+    assert held_out["passed"] is False and held_out["max_abs_error"] > 0
+    search = refusal["quantization"]["search"]
+    assert [t["smooth_quant_alpha"] for t in search["tried"]] == list(SMOOTH_QUANT_ALPHAS)  # every alpha tried
+    assert search["kept"] == max(t["kept"] for t in search["tried"])
+    # then NNCF's accuracy control, with the search's measure as its validation function, bounded
+    control = refusal["quantization"]["accuracy_control"]
+    assert control["tool"] == "nncf.quantize_with_accuracy_control" and control["smooth_quant_alpha"] == search["chosen"]
+    assert control["validations"] > 0 and control["max_iterations"] == ACCURACY_CONTROL_ITERATIONS
+    assert control["used"] is False and control["kept"] == 0.0  # nothing keeps a zero error
+    assert "max abs error" in control["plain_held_out"][""] and "max abs error" in control["held_out"][""]
+    assert refusal["quantization"]["method"] == "quantize"
+    assert set(bundle.manifest["variants"]) == {"fp32"}
+    assert not (out / XML_FILE).exists() and not (out / BIN_FILE).exists()
+    assert bundle.serves_here()[0] == "fp32"
+    assert json.loads((out / "verification.json").read_text())["int8_ov"]["refused"] == refusal["refused"]
