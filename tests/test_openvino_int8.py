@@ -209,3 +209,16 @@ def test_int8_ov_that_cannot_keep_the_results_is_refused_and_the_bundle_written_
     assert not (out / XML_FILE).exists() and not (out / BIN_FILE).exists()
     assert bundle.serves_here()[0] == "fp32"
     assert json.loads((out / "verification.json").read_text())["int8_ov"]["refused"] == refusal["refused"]
+
+
+def test_export_line_names_the_accuracy_control_and_its_outcome():
+    from headreg.cli.export import int8_ov_line
+
+    quantization = {"nncf": "3.4.0", "calibration_rows": 64, "smooth_quant_alpha": 0.85,
+                    "search": {"tried": [{"smooth_quant_alpha": 0.85, "kept": 0.984375}]},
+                    "accuracy_control": {"used": False, "seconds": 647.0, "reverted": ["a", "b", "c", "d"],
+                                         "held_out": {"": "97.38% identical entity sets per text"}}}
+    line = int8_ov_line({"refused": "the int8 graph changes too many held-out results", "quantization": quantization})
+    assert line.startswith("int8-ov NOT written (NNCF 3.4.0, calibrated on 64 texts, SmoothQuant alpha 0.85")
+    assert ("NNCF accuracy control reverted 4 operations to floating point in 647 s (not used: held-out 97.38% "
+            "identical entity sets per text)") in line

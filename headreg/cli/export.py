@@ -165,6 +165,12 @@ def int8_ov_line(result: dict) -> str:
     tried = ", ".join(f"{t['smooth_quant_alpha']:g}: {t['kept']:.1%}" for t in search["tried"])
     made = (f"NNCF {quant['nncf']}, calibrated on {quant['calibration_rows']} texts, SmoothQuant alpha "
             f"{quant['smooth_quant_alpha']:g} chosen by the calibration texts kept ({tried})")
+    control = quant.get("accuracy_control")
+    if control is not None:
+        outcome = ("used" if control["used"] else control.get("stopped") or
+                   f"not used: held-out {'; '.join(control.get('held_out', {}).values())}")
+        made += (f"; NNCF accuracy control reverted {len(control.get('reverted', []))} operations to floating point in "
+                 f"{control['seconds']:g} s ({outcome})")
     if record is None:
         return f"int8-ov NOT written ({made}): {result['refused']}"
     inv = record["batch_invariance"]
