@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         "server_5xx": server_errors,
         "rss_mb": {"start": rss[0], "after_first_minute": settled, "max": max(rss), "end": rss[-1],
                    "growth": rss[-1] - rss[0], "growth_after_first_minute": rss[-1] - settled,
-                   "per_minute": [round(mb) for t, mb in samples if int(t) % 60 < 5]},
+                   "per_minute": [round(mb) for t, mb in samples if int(t) % 60 < 5],
+                   "samples": [(round(t), round(mb)) for t, mb in samples]},
         "disconnects_counted": next((float(line.split()[-1]) for line in metrics.splitlines()
                                      if line.startswith("headreg_client_disconnects_total")), None),
         "server_alive_at_end": alive,

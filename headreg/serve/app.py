@@ -65,6 +65,9 @@ class ServeConfig:
     request_timeout: float = REQUEST_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
     body_total_timeout: float = BODY_TOTAL_TIMEOUT
+    # glibc's free memory handed back after big batches (headreg.serve.memory); what onnxruntime's arena would
+    # keep anyway gains nothing from it, so headreg serve sets it when the arena is off (--no-cpu-arena)
+    trim_memory: bool = False
 
 
 class _State:
@@ -74,7 +77,7 @@ class _State:
         self.predictors = dict(predictors)
         self.batchers = {
             name: Batcher(name, predictor, max_batch_tokens=config.max_batch_tokens,
-                          max_batch_size=config.max_batch_size, metrics=metrics)
+                          max_batch_size=config.max_batch_size, metrics=metrics, trim_memory=config.trim_memory)
             for name, predictor in self.predictors.items()
         }
         self.models = [model_info(name, p) for name, p in self.predictors.items()]

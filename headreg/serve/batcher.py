@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from ..errors import PredictionError
 from ..runtime.inputs import InputError
+from .memory import Trimmer
 from .metrics import ServeMetrics
 
 
@@ -120,7 +121,7 @@ class Batcher:
     """
 
     def __init__(self, name: str, predictor: Any, *, max_batch_tokens: int, max_batch_size: int,
-                 metrics: ServeMetrics | None = None):
+                 metrics: ServeMetrics | None = None, trim_memory: bool = False):
         self.name = name
         self.predictor = predictor
         self.engine = predictor.engine
@@ -134,6 +135,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name=f"headreg-model-{name}", daemon=True)
         self.batches = 0
         self.rows = 0
+        self.trimmer = Trimmer(trim_memory)
 
     def start(self) -> None:
         self._thread.start()
@@ -204,15 +206,19 @@ class Batcher:
 
     def _work(self) -> None:
         while True:
+            batch: list[tuple[_Request, int]] = []
             with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
+                while not self._queue and not self._closed and self.trimmer.due_in() != 0:
+                    self._cond.wait(self.trimmer.due_in())
+                if self._queue:
+                    batch = self._take()
+                    self._queued_rows.set(len(self._queue))
+                elif self._closed:
                     return
-                batch = self._take()
-                self._queued_rows.set(len(self._queue))
             if batch:
                 self._run(batch)
+            elif not self._closed:
+                self.trimmer.idle()  # idle with freed memory still held: hand it back (outside the lock: ms)
 
     def _take(self) -> list[tuple[_Request, int]]:
         """The next batch: queued rows in arrival order up to the caps, then the batch of their length plan
@@ -246,6 +252,7 @@ class Batcher:
         start = time.perf_counter()
         outputs, failed = self.engine.execute([(request.job, index) for request, index in batch])
         self._record(rows, time.perf_counter() - start)
+        self.trimmer.after_batch(len(rows), max(len(row.encoding) for row in rows))
         for request in dict.fromkeys(request for request, _ in batch):
             if request.job in failed:
                 exc = failed[request.job]
