@@ -69,6 +69,11 @@ FIXES: dict[str, dict[str, Any]] = {
     "funnel": {"num_hidden_layers": None, "block_sizes": [1, 1], "num_decoder_layers": 1},
     # Longformer's sliding window must be even and is what a short text sees
     "longformer": {"attention_window": 8},
+    # Mamba-2 mixers (hybrids): their own head count, head and state sizes and scan chunk, none of them shared
+    # with attention's names; at the defaults one chunk's segment sums alone are 800 MB
+    "falcon_h1": {"mamba_n_heads": 4, "mamba_d_head": 8, "mamba_d_ssm": 32, "mamba_d_state": 16,
+                  "mamba_chunk_size": 16},
+    "nemotron_h": {"mamba_num_heads": 4, "mamba_head_dim": 8, "ssm_state_size": 16, "n_groups": 1, "chunk_size": 16},
     # multi-head latent attention: ranks and the rope/nope split of a head
     **dict.fromkeys(("deepseek_v2", "deepseek_v3", "minicpm3", "mistral4", "axk1", "axk2"), {
         "kv_lora_rank": 16, "q_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 8,
@@ -200,6 +205,7 @@ class Probe:
 MAX_TINY_PARAMETERS = 20_000_000
 
 
+@functools.lru_cache(maxsize=None)
 def probe(model_type: str) -> Probe:
     """Whether the tiny ``model_type`` runs in PyTorch on input_ids + attention_mask, or why not."""
     import torch
@@ -223,6 +229,14 @@ def probe(model_type: str) -> Probe:
         return Probe(model_type, True, backbone=type(backbone).__name__, parameters=count)
     except Exception as exc:  # noqa: BLE001 - the probe reports whatever stops an architecture
         return Probe(model_type, False, f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def result_rows(probe: Probe, results: dict[str, "Result"], heads: Sequence[str]) -> list[dict[str, Any]]:
+    """One JSON row per head for the table in docs/architectures.md (benchmarks/architectures.py reads them)."""
+    if not probe.runs:
+        return [{"model_type": probe.model_type, "head": head, "status": "not in matrix", "reason": probe.reason}
+                for head in heads]
+    return [dict(vars(results[head]), backbone=probe.backbone) for head in heads]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -267,29 +281,40 @@ class Result:
         return self.status == "served"
 
 
-def torch_labels(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, padding_side: str) -> list[Any]:
-    """PyTorch's argmax labels, each text run alone (truncated like the runtime): what every front door must give."""
+def _head_labels(model: Any) -> dict[str, dict[int, str]]:
+    """Each head's labels by head name (a HeadedModel's one head is named by its head type)."""
+    heads = getattr(model, "heads", None)
+    if heads is not None:
+        return {name: head.config.labels() for name, head in heads.items()}
+    return {model.spec.name: model.head.config.labels()}
+
+
+def torch_labels(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, list[Any]]:
+    """PyTorch's argmax labels per head, each text run alone (truncated like the runtime): what every front door
+    must give."""
     import torch
 
-    labels = model.head.config.labels()
-    found = []
+    labels = _head_labels(model)
+    found: dict[str, list[Any]] = {name: [] for name in labels}
     for text in texts:
         encoded = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
         feed = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         if model.accepts_token_type_ids:
             feed["token_type_ids"] = encoded["token_type_ids"]
         with torch.inference_mode():
-            logits = model(**feed).logits[0]
-        found.append([labels[int(i)] for i in logits.argmax(-1)] if logits.dim() == 2 else labels[int(logits.argmax())])
+            logits = model(**feed).logits
+        for name, head_logits in (logits if isinstance(logits, dict) else {next(iter(labels)): logits}).items():
+            row, names = head_logits[0], labels[name]
+            found[name].append([names[int(i)] for i in row.argmax(-1)] if row.dim() == 2 else names[int(row.argmax())])
     return found
 
 
-def runtime_labels(predictor: Any, texts: Sequence[str], **options: Any) -> list[Any]:
-    """The labels a Predictor gives: sequence heads the label, token heads ``{token index: label}``."""
+def runtime_labels(predictor: Any, texts: Sequence[str], heads: Sequence[str], **options: Any) -> dict[str, list[Any]]:
+    """The labels a Predictor gives per head: sequence heads the label, token heads ``{token index: label}``."""
     rows = predictor.predict(list(texts), **options)
-    if predictor.level == "token":
-        return [{token["index"]: token["label"] for token in row["tokens"]} for row in rows]
-    return [row["label"] for row in rows]
+    by_head = {name: [row[name] for row in rows] for name in heads} if predictor.multi_head else {heads[0]: rows}
+    return {name: [{token["index"]: token["label"] for token in row["tokens"]} if "tokens" in row else row["label"]
+                   for row in results] for name, results in by_head.items()}
 
 
 def disagreement(got: Sequence[Any], want: Sequence[Any]) -> str | None:
@@ -329,22 +354,41 @@ def round_trip(model_type: str, head: str, workdir: str | Path, *, tokenizer: An
     ``status``: "served" when all of it holds, "refused" when export refused the model with an error that
     names the architecture, "failed" for anything else (a crash, a wrong label, an unnamed refusal).
     """
+    return round_trip_heads(model_type, (head,), workdir, tokenizer=tokenizer, texts=texts, exporter=exporter)[head]
+
+
+def round_trip_heads(model_type: str, heads: Sequence[str], workdir: str | Path, *, tokenizer: Any = None,
+                     texts: Sequence[str] = TEXTS, exporter: str = "auto") -> dict[str, Result]:
+    """:func:`round_trip` for several heads at once: one head is a HeadedModel and its bundle; several are one
+    MultiHeadModel exported as one multi-head bundle (one trace and one verification for all of them, the matrix's
+    way of halving its time), each head's labels checked against PyTorch's. A step that fails for the bundle
+    fails every head."""
     import torch
 
-    from . import attach_head
+    from . import attach_head, attach_heads
     from .errors import HeadregError
     from .export import ExportOptions, export_onnx, verify_bundle
     from .runtime import Predictor
     from .testing import load_tokenizer
 
     tokenizer = tokenizer or load_tokenizer()
-    result = Result(model_type, head, "failed")
+    heads = tuple(heads)
+    results = {head: Result(model_type, head, "failed") for head in heads}
+
+    def fail(reason: str, status: str = "failed", only: Sequence[str] = heads) -> dict[str, Result]:
+        for head in only:
+            results[head].status, results[head].reason = status, reason
+        return results
+
     start = time.perf_counter()
     step = "attach"
     try:
         backbone = tiny_backbone(model_type)
         torch.manual_seed(0)
-        model = attach_head(backbone, head, **HEAD_OPTIONS[head]).eval()
+        if len(heads) == 1:
+            model = attach_head(backbone, heads[0], **HEAD_OPTIONS[heads[0]]).eval()
+        else:
+            model = attach_heads(backbone, {head: (head, HEAD_OPTIONS[head]) for head in heads}).eval()
         step = "export"
         from .export.bundle import position_limit
 
@@ -352,52 +396,51 @@ def round_trip(model_type: str, head: str, workdir: str | Path, *, tokenizer: An
         max_length = None if position_limit(model) else MAX_POSITIONS
         try:
             with _quiet():
-                bundle = export_onnx(model, Path(workdir) / f"{model_type}-{head}", tokenizer,
+                bundle = export_onnx(model, Path(workdir) / f"{model_type}-{'+'.join(heads)}", tokenizer,
                                      ExportOptions(exporter=exporter, max_length=max_length), overwrite=True,
                                      progress=False)
         except HeadregError as exc:
-            named = model_type in str(exc) or type(backbone).__name__ in str(exc)
-            result.status = "refused" if named else "failed"
-            result.reason = _first_line(exc) if named else f"export error without the architecture's name: {_first_line(exc)}"
-            return result
+            if model_type in str(exc) or type(backbone).__name__ in str(exc):
+                return fail(_first_line(exc), "refused")
+            return fail(f"export error without the architecture's name: {_first_line(exc)}")
         manifest = bundle.manifest
-        result.exporter = manifest["exporter"]
-        result.max_length = manifest["max_length"]
-        result.batch_padding = manifest.get("batch_padding", True)
+        for result in results.values():
+            result.exporter = manifest["exporter"]
+            result.max_length = manifest["max_length"]
+            result.batch_padding = manifest.get("batch_padding", True)
         step = "verify"
         rerun = verify_bundle(bundle.path)
         if not rerun.passed:
-            result.reason = f"verify_bundle: {rerun.message()[:300]}"
-            return result
+            return fail(f"verify_bundle: {rerun.message()[:300]}")
         step = "predict"
         predictor = Predictor(bundle.path)
-        side = manifest["padding_side"]
-        want = torch_labels(model, tokenizer, texts, manifest["max_length"], side)
-        problem = disagreement(runtime_labels(predictor, texts), want)
-        if problem:
-            result.reason = f"truncate: {problem}"
-            return result
-        if side == "left" and result.batch_padding:
+        want = torch_labels(model, tokenizer, texts, manifest["max_length"])
+        got = runtime_labels(predictor, texts, heads)
+        for head in heads:
+            problem = disagreement(got[head], want[head])
+            if problem:
+                fail(f"truncate: {problem}", only=[head])
+        if manifest["padding_side"] == "left" and manifest.get("batch_padding", True):
             step = "right padding"
             problem = padding_sides_disagree(predictor, texts[:-1])
             if problem:
-                result.reason = f"right padding: {problem}"
-                return result
+                return fail(f"right padding: {problem}")
         step = "window"
         # every text in one call: the long one's windows share batches with the short texts
-        windowed = runtime_labels(predictor, texts, long_text="window")
-        problem = disagreement(windowed[:-1], want[:-1])
-        if problem:
-            result.reason = f"window: {problem}"
-            return result
-        if head == "token_cls" and len(windowed[-1]) <= len(want[-1]):
-            result.reason = "window: the long text got no more tokens than one window holds"
-            return result
-        result.status = "served"
+        windowed = runtime_labels(predictor, texts, heads, long_text="window")
+        for head in (head for head in heads if not results[head].reason):
+            problem = disagreement(windowed[head][:-1], want[head][:-1])
+            if problem:
+                fail(f"window: {problem}", only=[head])
+            elif head == "token_cls" and len(windowed[head][-1]) <= len(want[head][-1]):
+                fail("window: the long text got no more tokens than one window holds", only=[head])
+        for result in results.values():
+            if not result.reason:
+                result.status = "served"
     except Exception as exc:  # noqa: BLE001 - the matrix records every failure with its step
         frame = traceback.extract_tb(exc.__traceback__)[-1]
-        result.reason = (f"{step}: {type(exc).__name__}: {_first_line(exc)} "
-                         f"({Path(frame.filename).name}:{frame.lineno})")
+        fail(f"{step}: {type(exc).__name__}: {_first_line(exc)} ({Path(frame.filename).name}:{frame.lineno})")
     finally:
-        result.seconds = round(time.perf_counter() - start, 2)
-    return result
+        for result in results.values():
+            result.seconds = round((time.perf_counter() - start) / len(heads), 2)
+    return results
