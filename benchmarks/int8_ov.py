@@ -18,7 +18,8 @@ its figures are reported). Then:
   variant named, padded as it serves) and PyTorch fp32 / bf16 autocast, called round-robin (A, B, C, A, B, C...)
   in this one process, p50 and ratios to bf16.
 
-Prints the CPU ISA and the load average (the machine may be shared) and writes ``int8_ov.json`` to ``--out``.
+``--bert-base DIR`` times the BERT-base-size bundle of ``benchmarks.run`` the same way (speed only: its
+backbone is random). Prints the CPU ISA and the load average (the machine may be shared) and writes ``int8_ov.json`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -150,8 +151,7 @@ def agreement_rows(ov_bundle: Path, ort_bundle: Path, int8_ov: dict[str, Any]) -
     return rows
 
 
-def speed(model_dir: Path, ov_bundle: Path, ort_bundle: Path, threads: int, rounds: int) -> list[dict[str, Any]]:
-    from headreg import load_model
+def speed(model: Any, ov_bundle: Path, ort_bundle: Path, threads: int, rounds: int) -> list[dict[str, Any]]:
     from headreg.export.torch_bench import torch_model_runner
     from headreg.runtime import Predictor
 
@@ -162,7 +162,6 @@ def speed(model_dir: Path, ov_bundle: Path, ort_bundle: Path, threads: int, roun
             engines[variant] = predictor_runner(Predictor(ov_bundle, variant=variant, threads=threads))
     engines["int8 (onnxruntime)"] = predictor_runner(Predictor(ort_bundle, variant="int8", threads=threads))
     engines["fp32 (onnxruntime)"] = predictor_runner(Predictor(ort_bundle, variant="fp32", threads=threads))
-    model = load_model(model_dir).eval()
     engines["pytorch fp32"] = torch_model_runner(model)
     engines["pytorch bf16 autocast"] = torch_model_runner(model, bf16=True)
     names = Predictor(ort_bundle, variant="fp32").layout.input_names
@@ -181,14 +180,22 @@ def speed(model_dir: Path, ov_bundle: Path, ort_bundle: Path, threads: int, roun
     return rows
 
 
+def _loaded(model_dir: Path) -> Any:
+    from headreg import load_model
+
+    return load_model(model_dir).eval()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.int8_ov", description=__doc__.splitlines()[0])
-    parser.add_argument("--heads", default="seq_cls,token_cls")
+    parser.add_argument("--heads", default="seq_cls,token_cls", help="MiniLM heads (\"\" for none)")
     parser.add_argument("--no-speed", action="store_true", help="agreement only (exports, no timing)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7, help="round-robin rounds per shape (default 7)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "int8_ov")
     parser.add_argument("--rebuild", action="store_true", help="export the bundles again")
+    parser.add_argument("--bert-base", type=Path, default=None, metavar="DIR",
+                        help="also time the BERT-base-size bundle of benchmarks.run (its --out DIR; exported if missing)")
     args = parser.parse_args(argv)
     # PyTorch's OpenMP threads busy-wait by default; interleaved with other engines on a shared machine they steal
     # the next engine's cores (benchmarks/run.py measured 1x16 at 978 ms vs 11 ms under load). Set before torch loads.
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"cpu": cpu_name(), "isa": isa(), "threads": args.threads,
                               "load_average_before": os.getloadavg(), "heads": {}}
     print(f"{report['cpu']} ({' '.join(report['isa'])}); {args.threads} threads; load {report['load_average_before']}")
-    for head in args.heads.split(","):
+    for head in [name for name in args.heads.split(",") if name]:  # --heads "": BERT-base only
         out = args.out / head
         out.mkdir(parents=True, exist_ok=True)
         print(f"\n== MiniLM {head}", flush=True)
@@ -216,8 +223,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         search = (int8_ov.get("record") or int8_ov)["quantization"]
         print(f"  int8-ov search: {json.dumps(search['search'])}; NNCF {search['seconds']} s")
         report["heads"][head] = {"agreement": agreement, "int8_ov_quantization": search,
-                                 "speed": None if args.no_speed else speed(model_dir, ov_bundle, ort_bundle,
+                                 "speed": None if args.no_speed else speed(_loaded(model_dir), ov_bundle, ort_bundle,
                                                                            args.threads, args.rounds)}
+    if args.bert_base is not None and not args.no_speed:
+        from .engines import build_bundle, build_model
+
+        print("\n== BERT-base size (random backbone, head trained 30 steps): benchmarks/run.py's bundle", flush=True)
+        model = build_model("bert-base")
+        bundle = build_bundle("bert-base", model, args.bert_base, False)
+        report["bert-base"] = {"bundle": str(bundle), "speed": speed(model, bundle, bundle, args.threads, args.rounds)}
     report["load_average_after"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "int8_ov.json").write_text(json.dumps(report, indent=1, default=str))

@@ -1,7 +1,7 @@
 """The OpenVINO int8 variant (``--quantize int8-ov``): NNCF's graph, accepted or refused, served by the rule.
 
 Tiny random backbones (one layer) keep the export short; what the variant achieves on a trained MiniLM is
-measured by ``benchmarks/run.py --only int8-ov`` (docs/performance.md), not asserted here. Skips where the
+measured by ``python -m benchmarks.int8_ov`` (docs/performance.md), not asserted here. Skips where the
 CPU has no VNNI + bf16 or OpenVINO / NNCF are missing: the variant cannot be made or checked there.
 """
 
