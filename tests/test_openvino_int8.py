@@ -166,6 +166,28 @@ def test_verify_fails_where_int8_ov_weights_changed_even_with_the_hashes_updated
     assert any("Predictor (bf16)" in n and n.endswith("passes") for n in report.notes)
 
 
+@pytest.mark.slow
+@needs_int8_ov
+def test_int8_ov_weights_are_read_from_inside_the_bundle(token_bundle, tmp_path):
+    """The IR's .bin is the file the variant record names, checked like every bundle path: a symlink that leads out
+    of the bundle is refused before OpenVINO reads anything, even in a crafted manifest whose hash list leaves the
+    .bin out (OpenVINO would otherwise find it by the .xml's name, unchecked)."""
+    from headreg.errors import BundleError
+    from headreg.runtime import Predictor
+
+    copy = _copy(token_bundle[0], tmp_path)
+    manifest = json.loads((copy / "headreg.json").read_text())
+    del manifest["files"][BIN_FILE]
+    (copy / "headreg.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    assert Predictor(copy, variant="int8-ov").variant == "int8-ov"
+    outside = tmp_path / "elsewhere.bin"
+    (copy / BIN_FILE).replace(outside)
+    (copy / BIN_FILE).symlink_to(outside)
+    with pytest.raises(BundleError, match=r"int8-ov weights file 'model.int8-ov.bin' leads out of the bundle"):
+        Predictor(copy, variant="int8-ov")
+    assert Predictor(copy, variant="bf16").variant == "bf16"  # the other variants do not read it
+
+
 def _tamper(bundle):
     """One int8 weight of the IR with its rows in reverse order (finite, different answers); the IR rewritten."""
     import openvino as ov

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..aggregation_names import AGGREGATIONS
 from ..errors import HeadConfigError
-from ..runtime.postprocess import AGGREGATIONS
 from .base import MLP, Head, HeadConfig, check_class_range, expect_labels
 
 

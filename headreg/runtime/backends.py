@@ -72,13 +72,14 @@ class OpenVINOBackend:
 
     name = "openvino"
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str = "bf16"):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, precision: str = "bf16",
+                 weights: str | os.PathLike | None = None):
         ov = require("openvino", "openvino", f"the {precision} variant (OpenVINO backend)")
         if precision not in OPENVINO_PRECISIONS:
             raise BundleError(f"the OpenVINO backend runs {', '.join(OPENVINO_PRECISIONS)}, not {precision!r}")
         self.precision = precision
         core = ov.Core()
-        model = core.read_model(str(path))
+        model = core.read_model(str(path)) if weights is None else core.read_model(str(path), str(weights))
         # Every input gets dynamic batch and sequence axes, whatever the file's annotations say.
         model.reshape({port.get_any_name(): ov.PartialShape([-1, -1]) for port in model.inputs})
         config: dict[str, Any] = {
@@ -123,16 +124,18 @@ class OpenVINOBackend:
 
 
 def open_backend(
-    record: Mapping[str, Any], path: str | os.PathLike, *, threads: int | None = None, providers: Sequence[Any] | None = None
+    record: Mapping[str, Any], path: str | os.PathLike, *, threads: int | None = None, providers: Sequence[Any] | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> Backend:
-    """The backend a variant record names (``backend``, ``precision``), loaded from ``path``."""
+    """The backend a variant record names (``backend``, ``precision``), loaded from ``path`` (and an OpenVINO IR's
+    ``weights`` file, when given)."""
     backend = str(record.get("backend") or "onnxruntime")
     precision = str(record.get("precision") or "fp32")
     if backend == "onnxruntime":
         # int8 files carry their own (quantized) operators; the session runs whatever the file holds
         return OnnxruntimeBackend(path, threads=threads, providers=providers, precision=precision)
     if backend == "openvino":
-        return OpenVINOBackend(path, threads=threads, precision=precision)
+        return OpenVINOBackend(path, threads=threads, precision=precision, weights=weights)
     raise BundleError(f"unknown backend {backend!r} in the bundle's variant record; this headreg knows {', '.join(BACKENDS)}")
 
 

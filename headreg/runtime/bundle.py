@@ -34,10 +34,20 @@ def model_file(bundle_dir: Path, variant: str, record: dict[str, Any]) -> Path:
     return bundle_path(bundle_dir, name, what=f"{variant} model file")
 
 
-def open_model(record: dict[str, Any], path: Path, *, threads: int | None, providers: Sequence[Any] | None) -> Any:
+def weights_file(bundle_dir: Path, variant: str, record: dict[str, Any]) -> Path | None:
+    """The variant's separate weights file (an OpenVINO IR's ``.bin``), inside the bundle, or None.
+
+    OpenVINO would otherwise find it by the ``.xml``'s name, a path no check has seen (a symlink there could
+    lead out of the bundle)."""
+    name = record.get("weights")
+    return None if name is None else bundle_path(bundle_dir, name, what=f"{variant} weights file")
+
+
+def open_model(record: dict[str, Any], path: Path, *, threads: int | None, providers: Sequence[Any] | None,
+               weights: Path | None = None) -> Any:
     """The variant's backend (onnxruntime, or OpenVINO), any failure to load it a BundleError."""
     try:
-        return open_backend(record, path, threads=threads, providers=providers)
+        return open_backend(record, path, threads=threads, providers=providers, weights=weights)
     except HeadregError:
         raise
     except Exception as exc:  # onnxruntime / OpenVINO raise their own types (InvalidProtobuf, NoSuchFile, Fail)

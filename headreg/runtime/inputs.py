@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..aggregation_names import AGGREGATIONS
 from ..errors import HeadregError
 
 
@@ -168,8 +169,6 @@ def _check_thresholds(value: Any, context: OptionContext) -> Any:
 
 
 def _check_aggregation(value: Any, context: OptionContext) -> str:
-    from .postprocess import AGGREGATIONS
-
     if value not in AGGREGATIONS:
         raise InputError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {value!r:.40}")
     return value

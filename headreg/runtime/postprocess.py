@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence, TypedDict
 
 import numpy as np
 
-AGGREGATIONS = ("none", "simple", "first", "average", "max")  # "simple" is transformers' name for "none" + grouping
+from ..aggregation_names import AGGREGATIONS
 
 Rows = Sequence[Mapping[str, np.ndarray]]
 

@@ -88,9 +88,10 @@ class Predictor:
         self.variant, self.variant_reason = select_variant(manifest, variant)
         self.variant_record = record = variant_records(manifest)[self.variant]
         self.model_path = _bundle.model_file(self.bundle_dir, self.variant, record)
+        weights = _bundle.weights_file(self.bundle_dir, self.variant, record)
         _bundle.check_file_hashes(self.bundle_dir, manifest, str(record["file"]) if verify_files else None)
         self._open_tokenizer(max_length)
-        self.backend = _bundle.open_model(record, self.model_path, threads=threads, providers=providers)
+        self.backend = _bundle.open_model(record, self.model_path, threads=threads, providers=providers, weights=weights)
         # onnxruntime variants: the session itself (benchmarks time it directly)
         self.session = getattr(self.backend, "session", None)
         _bundle.check_io(self.backend, manifest, self.model_path)  # a swapped model file fails before heads are read

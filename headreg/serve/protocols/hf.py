@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ...aggregation_names import AGGREGATIONS
 from ...runtime.postprocess import sigmoid, softmax
 from ..responses import FastJSONResponse
 from ..schema import Call, RequestError
@@ -43,7 +44,6 @@ from .common import (
 FEATURE_PARAMETERS = ("normalize", "truncate", "truncation_direction", "prompt_name", "dimensions", "encoding_format")
 CLASSIFICATION_PARAMETERS = ("top_k", "function_to_apply")
 TOKEN_PARAMETERS = ("aggregation_strategy", "ignore_labels", "stride")
-AGGREGATIONS = ("none", "simple", "first", "average", "max")
 
 
 def render_error(exc: RequestError) -> Response:
