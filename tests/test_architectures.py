@@ -82,10 +82,11 @@ def rotation(day: int, count: int = 2) -> list[str]:
     return [t for t in pool[start:] + pool[:start] if A.probe(t).runs][:count]
 
 
-@pytest.mark.slow
+# Not marked slow: the rotation belongs to the inner loop too (about 10 s for two TorchScript types; a day that
+# picks a dynamo-only type takes up to about two minutes).
 def test_matrix_rotation(tmp_path, tokenizer, single_torch_thread):
-    """Two more of the matrix's types each day, both heads in one bundle, in the default run (the whole matrix is
-    -m matrix). HEADREG_MATRIX_ROTATION=<day ordinal> reruns another day's pick."""
+    """Two more of the matrix's types each day, both heads in one bundle, in the fast subset and the default run
+    (the whole matrix is -m matrix). HEADREG_MATRIX_ROTATION=<day ordinal> reruns another day's pick."""
     import datetime
 
     day = int(os.environ.get("HEADREG_MATRIX_ROTATION") or datetime.date.today().toordinal())
