@@ -575,6 +575,33 @@ def test_rows_of_concurrent_requests_share_batches_and_each_gets_its_own(predict
         assert_same(json.loads(json.dumps(result)), json.loads(json.dumps(predictor.predict(inputs))))
 
 
+def test_batches_of_long_rows_are_held_to_the_attention_cap_and_answers_do_not_change(predictors):
+    from headreg.serve.batcher import Batcher, cap_attention
+
+    assert cap_attention([0, 1, 2, 3], [100, 200, 256, 256], cells=2 * 256 * 256) == [[0, 1], [2, 3]]
+    assert cap_attention([0, 1], [40, 600], cells=2 * 256 * 256) == [[0], [1]]  # a row past the cap runs alone
+    assert cap_attention([0, 1, 2], [10, 11, 12], cells=2 * 256 * 256) == [[0, 1, 2]]  # short rows: untouched
+    predictor = predictors["regression"]
+    inputs = ["word " * 900, "short one"]
+    shapes: list[tuple[int, int]] = []
+
+    async def run():
+        batcher = Batcher("regression", predictor, max_batch_tokens=4096, max_batch_size=32,
+                          max_batch_cells=2 * 128 * 128)
+        record = batcher._record
+        batcher._record = lambda rows, seconds: (shapes.append((len(rows), max(len(r.encoding) for r in rows))),
+                                                 record(rows, seconds))
+        batcher.start()
+        result = await batcher.submit(inputs, parameters={"long_text": "window"})
+        await batcher.close()
+        return result
+
+    result = asyncio.run(run())
+    assert sum(rows for rows, _ in shapes) > 4 and max(length for _, length in shapes) == 128
+    assert all(rows * length * length <= 2 * 128 * 128 for rows, length in shapes)
+    assert_same(json.loads(json.dumps(result)), json.loads(json.dumps(predictor.predict(inputs, long_text="window"))))
+
+
 def test_schema_imports_without_a_web_framework():
     script = (
         "import sys\n"

@@ -59,3 +59,70 @@ def test_an_owed_trim_runs_when_the_model_goes_idle():
     assert trimmer.due_in() == 0
     trimmer.idle()
     assert trimmer.trims == 2 and trimmer.due_in() is None
+
+
+def test_hung_up_and_refused_requests_leave_no_cycles_holding_their_work():
+    """A cancelled or refused request's frames (its texts, its tokenized windows) are freed when it ends, not at the
+    garbage collector's next full collection (rare with a big heap; the tokenizer's memory is invisible to it)."""
+    import asyncio
+    import gc
+    import threading
+
+    import httpx
+    import uvicorn
+    from test_runtime_predictor import tiny_bundle
+
+    from benchmarks import attacks
+    from headreg.runtime import Predictor
+    from headreg.runtime.engine import Job
+    from headreg.serve.app import ServeConfig, create_app, listen
+
+    # one row per batch: the windows of a request take seconds, so the client hangs up on work in progress
+    app = create_app({"seq_cls": Predictor(tiny_bundle("seq_cls"))}, ServeConfig(max_batch_size=1))
+    sock = listen("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+
+    def metric(name: str) -> float:
+        for line in httpx.get(f"{url}/metrics").text.splitlines():
+            if line.startswith(name):
+                return float(line.split()[-1])
+        raise AssertionError(name)
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and httpx.get(f"{url}/health").status_code != 200:
+            time.sleep(0.1)
+        gc.collect()
+        # A busy server's requests outlive several young collections and reach the old generation, which is
+        # collected rarely; here, no collection at all until the end shows whatever a cycle would keep.
+        gc.disable()
+        heavy = attacks.predict_body(["word " * 20_000] * 2, long_text="window")
+        refused = {"inputs": ["word " * 2_000], "parameters": {"long_text": "window", "max_windows": 3}}
+
+        async def attack() -> None:
+            await asyncio.gather(*(attacks.hang_up(sock.getsockname()[1], "/v1/models/seq_cls/predict", heavy,
+                                                   after=0.3) for _ in range(3)))
+
+        asyncio.run(asyncio.wait_for(attack(), 60))
+        assert httpx.post(f"{url}/v1/models/seq_cls/predict", json=refused).status_code == 422
+        while time.monotonic() < deadline and metric('headreg_queue_rows{model="seq_cls"}') > 0:
+            time.sleep(0.1)
+        assert metric("headreg_client_disconnects_total") >= 1
+        time.sleep(0.5)  # the batch that ran when the last client left
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+            held = [obj for obj in gc.garbage if isinstance(obj, (Job, asyncio.CancelledError))
+                    or type(obj).__name__ == "frame" and "headreg/serve" in obj.f_code.co_filename]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert held == []
+    finally:
+        gc.enable()
+        server.should_exit = True
+        thread.join(30)

@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -222,10 +223,17 @@ async def infer(request: Request, state: _State, parse: Callable[[Any], Call],
         stats = request.scope.setdefault("headreg.log", {})
         timeout = state.config.request_timeout
         try:
-            # Past the deadline the awaiting task is cancelled: the Batcher drops the request's queued rows.
-            result = await asyncio.wait_for(
-                batcher.submit(call.inputs, kind=call.kind, parameters=call.parameters, stats=stats), timeout
-            )
+            try:
+                # Past the deadline the awaiting task is cancelled: the Batcher drops the request's queued rows.
+                result = await asyncio.wait_for(
+                    batcher.submit(call.inputs, kind=call.kind, parameters=call.parameters, stats=stats), timeout
+                )
+            except BaseException as exc:
+                # wait_for's finished frame holds its inner task, which holds this error, whose traceback holds
+                # that frame: a cycle keeping the request's texts and tokenized job until a full collection
+                # (rare with a big heap). Clearing the finished frames breaks it (timeouts.release_task's twin).
+                traceback.clear_frames(exc.__traceback__)
+                raise
         except TimeoutError:
             raise RequestError(
                 504, f"the request was not answered within {timeout:g} seconds (--request-timeout) and was dropped; "

@@ -42,6 +42,13 @@ INLINE_TOKENS = 512  # tokens of a job's rows, for its postprocess
 # ~60 tokens. A few queued rows of very different lengths run cheaper as two calls than as one padded to the
 # longest; offline, sorting thousands of inputs makes neighbours alike, the server sees a handful at a time.
 CALL_COST_TOKENS = 60
+# The most attention cells (rows x longest row squared) one batch may hold. The token budget alone lets rows of
+# 256-token windows run 8 at a time, and a batch's working memory grows with its attention scores: MiniLM
+# fp32, 2 threads, arena off, RSS above the loaded model while such batches run back to back: 8 x 256 +76-93 MB,
+# 4 x 256 +35-41 MB, 2 x 256 +19 MB, at the same time per row (84-90 ms per row in all three, load 2.5). A
+# server whose clients send windowed texts holds that much for as long as they do. Under the default token
+# budget only rows longer than 128 tokens meet this cap first (2048 tokens x 128 = 4 x 256 x 256).
+ATTENTION_CELLS = 4 * 256 * 256
 
 
 def _chars(item: Any) -> int:
@@ -113,20 +120,39 @@ def split_padding(batch: list[int], lengths: Sequence[int], call_cost: int = CAL
     return parts[::-1]
 
 
+def cap_attention(batch: list[int], lengths: Sequence[int], cells: int = ATTENTION_CELLS) -> list[list[int]]:
+    """Cut a length-sorted batch into runs of at most ``cells`` attention cells (rows x longest row squared;
+    a row longer than that runs alone).
+
+    >>> cap_attention([0, 1, 2, 3], [100, 200, 256, 256], cells=2 * 256 * 256)
+    [[0, 1], [2, 3]]
+    """
+    parts: list[list[int]] = []
+    for index in batch:
+        if parts and (len(parts[-1]) + 1) * max(max(int(lengths[index]), 1), int(lengths[parts[-1][-1]])) ** 2 <= cells:
+            parts[-1].append(index)
+        else:
+            parts.append([index])
+    return parts
+
+
 class Batcher:
     """The queue and model thread of one bundle. ``await submit(inputs, ...)`` answers one request.
 
     ``max_batch_tokens``: tokens (without padding) taken from the queue per batch; the plan then also keeps
     ``rows x longest row`` within it (the Predictor's own rule). ``max_batch_size``: rows per batch.
+    ``max_batch_cells``: rows x longest row squared per batch (see ``ATTENTION_CELLS``).
     """
 
     def __init__(self, name: str, predictor: Any, *, max_batch_tokens: int, max_batch_size: int,
-                 metrics: ServeMetrics | None = None, trim_memory: bool = False):
+                 metrics: ServeMetrics | None = None, trim_memory: bool = False,
+                 max_batch_cells: int = ATTENTION_CELLS):
         self.name = name
         self.predictor = predictor
         self.engine = predictor.engine
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_batch_size = int(max_batch_size)
+        self.max_batch_cells = int(max_batch_cells)
         self.metrics = metrics or ServeMetrics()
         self._queue: deque[tuple[_Request, int]] = deque()
         self._queued_rows = self.metrics.queue_rows.labels(name)
@@ -238,8 +264,8 @@ class Batcher:
         if len(taken) <= 1:
             return taken
         lengths = [len(request.job.rows[index].encoding) for request, index in taken]
-        plan = [part for batch in self.engine.plan(lengths, batch_size=self.max_batch_size)
-                for part in split_padding(batch, lengths)]
+        plan = [capped for batch in self.engine.plan(lengths, batch_size=self.max_batch_size)
+                for part in split_padding(batch, lengths) for capped in cap_attention(part, lengths, self.max_batch_cells)]
         # The batch holding the oldest row runs now, so no row waits forever behind newer rows of other
         # lengths; the plan's other batches go back to the head of the queue, in arrival order.
         chosen = next(batch for batch in plan if 0 in batch)

@@ -25,11 +25,13 @@ import os
 import time
 from typing import Callable
 
-# rows x longest row squared: the size of a batch's attention scores, the largest tensors of an encoder's run
-# (8 x 256-token windows, 2 x 512). Short texts stay under it (32 rows of 119 tokens, the longest of the
-# benchmark corpus: 453k), so ordinary traffic never pays for a trim; measured at 32 clients with a threshold
-# of 512 x 512 instead, trims at most once a second cost 0.5-0.8 ms of CPU per request (6 %).
-TRIM_AT = 8 * 256 * 256
+# rows x longest row squared: the size of a batch's attention scores, the largest tensors of an encoder's run.
+# The batcher holds every batch to 4 x 256 x 256 of them (batcher.ATTENTION_CELLS), so this is a full batch of
+# 256-token windows; under the default token budget (2048) a batch of short rows reaches it only when its
+# longest row has 128 tokens or more (the benchmark corpus's longest has 119: ordinary traffic never trims).
+# Measured at 32 clients with a threshold met by ordinary batches, trims at most once a second cost 0.5-0.8 ms
+# of CPU per request (6 %).
+TRIM_AT = 4 * 256 * 256
 TRIM_INTERVAL = 5.0
 HEAPS = 2
 _M_ARENA_MAX = -8  # glibc's malloc.h

@@ -23,6 +23,7 @@ raises them; none of them bounds how long the model may take (that is ``--reques
 from __future__ import annotations
 
 import asyncio
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,7 +222,27 @@ class ClientWatch:
                 raise
             if not gone.is_set():
                 raise
+            release_task(handler)
         finally:
             body_in()
             if watcher is not None:
                 watcher.cancel()
+
+
+def release_task(task: asyncio.Task) -> None:
+    """Free what a handler cancelled mid-request still holds, now rather than at the garbage collector's next full
+    collection.
+
+    A cancelled task keeps its ``CancelledError``; the error's traceback keeps every frame of the request (its
+    body, its parsed texts, the Batcher's tokenized job), and those frames reach the task again through this
+    middleware's closures: a reference cycle. Full collections are rare in a process with a big heap, and the
+    tokenizer's encodings live in native memory the collector does not count: the chaos benchmark's hang-ups
+    (4 clients sending 8 windowed texts each) left ~100 MB of such cycles per 30 s, all freed by one
+    ``gc.collect()``. Taking the error out of the task and clearing its frames breaks the cycle.
+    """
+    try:
+        task.result()
+    except asyncio.CancelledError as exc:
+        traceback.clear_frames(exc.__traceback__)
+    except BaseException:  # noqa: BLE001 - answered or failed on its own: nothing is held
+        pass
