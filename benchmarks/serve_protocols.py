@@ -13,6 +13,9 @@ load generator) at 1, 8 and 32 clients, interleaved round by round on one ``head
   apart, it pins its own dependencies: ``python -m venv /tmp/infinity-venv &&
   /tmp/infinity-venv/bin/pip install torch==2.13.0 'infinity-emb[server,torch]'``.
 
+``--model-workers N`` passes the same option to ``headreg serve`` (N batches at once, the threads split among
+them); the peer keeps its own defaults.
+
 Reported per level: req/s, p50/p99 and server CPU time per request per route (the median round), each protocol's overhead against native
 (target: at most 10 % fewer req/s at 32 clients) and headreg's OpenAI route against infinity's (target: at least
 2.5x the req/s at 32 clients with a lower p99). The machine's load average is printed before and after: on a
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=384, help="requests per measurement (default 384)")
     parser.add_argument("--seconds", type=float, default=10.0, help="time cap per measurement (default 10)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per client count (default 2)")
+    parser.add_argument("--model-workers", type=int, default=1,
+                        help="headreg serve --model-workers: its batches running at once, --threads split among them")
     parser.add_argument("--routes", default=",".join(ROUTES), help=f"headreg routes to load (default {','.join(ROUTES)})")
     parser.add_argument("--infinity-venv", type=Path, default=Path("/tmp/infinity-venv"),
                         help="a virtualenv with infinity-emb installed (default /tmp/infinity-venv)")
@@ -93,13 +98,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bundle = bf16_bundle(args.out, args.rebuild) if args.bf16 else ensure_bundle(args.out, args.rebuild)
     dtype = "bfloat16" if args.bf16 else "float32"
     texts = corpus(max(args.requests, 4 * max(levels)))
-    report: dict[str, Any] = {"machine": machine(), "load_average_before": os.getloadavg(), "threads": args.threads,
+    report: dict[str, Any] = {"machine": machine(), "load_average_before": os.getloadavg(), "threads": args.threads, "model_workers": args.model_workers,
                               "dtype": dtype,
                               "requests_per_measurement": args.requests, "rounds": args.rounds, "levels": []}
     print(f"{report['machine']['cpus_available']} CPUs available; load average "
           f"{' '.join(f'{v:.2f}' for v in report['load_average_before'])}", flush=True)
     headreg = Process("headreg serve", [sys.executable, "-m", "headreg.cli", "serve", f"{MODEL}={bundle}",
                                         "--threads", str(args.threads), "--no-access-log",
+                                        "--model-workers", str(args.model_workers),
                                         *(["--variant", "bf16"] if args.bf16 else [])])
     peer = None
     try:

@@ -545,6 +545,26 @@ def test_port_0_serves_on_a_free_port_and_names_it(bundles, tmp_path):
         assert server.stop() == 0
 
 
+@pytest.mark.slow
+def test_model_workers_serve_concurrent_clients_with_the_predictors_answers(bundles, predictors, tmp_path):
+    srv = Server(tmp_path, f"seq_cls={bundles['seq_cls']}", "--model-workers", "2")
+    try:
+        texts = [TEXTS[i % len(TEXTS)] + f" {i}" for i in range(24)]
+
+        async def send() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+                return await asyncio.gather(*(client.post("/v1/models/seq_cls/predict", json={"inputs": [text]})
+                                              for text in texts))
+
+        answers = asyncio.run(send())
+        assert [answer.status_code for answer in answers] == [200] * len(texts)
+        for text, answer in zip(texts, answers):
+            assert_same(answer.json()["outputs"], json.loads(json.dumps(predictors["seq_cls"].predict([text]))))
+        assert "2 batches at once (1 thread(s) each)" in srv.log.read_text()
+    finally:
+        assert srv.stop() == 0
+
+
 # --- the batcher in this process: cross-request batches, made deterministic by queueing before the model starts ----
 
 
@@ -600,6 +620,32 @@ def test_batches_of_long_rows_are_held_to_the_attention_cap_and_answers_do_not_c
     assert sum(rows for rows, _ in shapes) > 4 and max(length for _, length in shapes) == 128
     assert all(rows * length * length <= 2 * 128 * 128 for rows, length in shapes)
     assert_same(json.loads(json.dumps(result)), json.loads(json.dumps(predictor.predict(inputs, long_text="window"))))
+
+
+def test_several_model_workers_run_batches_at_once_and_answer_like_the_predictor(predictors):
+    import threading
+
+    from headreg.serve.batcher import ATTENTION_CELLS, Batcher
+
+    predictor = predictors["regression"]
+    requests = [[TEXTS[i % len(TEXTS)], f"request {i}"] for i in range(24)]
+    ran_on: list[str] = []
+
+    async def run():
+        batcher = Batcher("regression", predictor, max_batch_tokens=4096, max_batch_size=2, workers=2)
+        record = batcher._record
+        batcher._record = lambda rows, seconds: (ran_on.append(threading.current_thread().name), record(rows, seconds))
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(inputs) for inputs in requests))
+        await batcher.close()
+        return batcher, results
+
+    batcher, results = asyncio.run(run())
+    assert batcher.max_batch_cells == ATTENTION_CELLS // 2  # the workers' batches share one attention budget
+    assert batcher.rows == 48 and set(ran_on) == {"headreg-model-regression-0", "headreg-model-regression-1"}
+    assert not any(thread.is_alive() for thread in batcher._threads)
+    for inputs, result in zip(requests, results):
+        assert_same(json.loads(json.dumps(result)), json.loads(json.dumps(predictor.predict(inputs))))
 
 
 def test_schema_imports_without_a_web_framework():

@@ -46,6 +46,9 @@ Examples:
 @click.option("--max-windows", default=256, show_default=True, type=click.IntRange(min=1),
               help="Most windows one input may be read in with long_text='window'; a request may ask for fewer.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
+@click.option("--model-workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Batches of one model that run at once, each on --threads / N onnxruntime threads (see "
+                   "docs/serving.md, 'How batching works').")
 @click.option("--cpu-arena/--no-cpu-arena", default=False, show_default=True, envvar="HEADREG_ORT_CPU_ARENA",
               help="onnxruntime's CPU memory arena. Off, every batch's tensors go back to the allocator, which is "
                    "trimmed after big batches: a server's memory does not keep the high-water mark of every batch "
@@ -56,7 +59,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
           max_concurrent_requests: int, max_input_texts: int, payload_limit: int, threads: int | None,
           variant: str | None, api_key: str | None, keep_alive: float, header_timeout: float, body_timeout: float,
           body_total_timeout: float, request_timeout: float, max_windows: int, access_log: bool,
-          cpu_arena: bool, default_model: str | None) -> None:
+          model_workers: int, cpu_arena: bool, default_model: str | None) -> None:
     """Serve bundles over HTTP with batching across requests (see docs/serving.md).
 
     A bundle is served under its directory name, or under NAME when given as NAME=PATH.
@@ -72,6 +75,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
     from ..serve.app import ServeConfig, configure_logging, create_app, listen, serve as run_server
     from ..serve.memory import limit_heaps
     from ..serve.names import parse_bundle_args
+    from ..runtime.backends import STREAMS_ENV
     from ..runtime.session import ARENA_ENV
 
     try:
@@ -91,9 +95,10 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
     configure_logging(access=access_log)
     # before the sessions and their threads exist: every session reads it, glibc's heaps are made per thread
     os.environ[ARENA_ENV] = "1" if cpu_arena else "0"
+    os.environ[STREAMS_ENV] = str(model_workers)  # an OpenVINO variant runs each worker's batch in its own stream
     limit_heaps()
     predictors = {
-        name: load_predictor(path, threads=threads, variant=variant, max_batch_tokens=max_batch_tokens,
+        name: load_predictor(path, threads=max(threads // model_workers, 1), variant=variant, max_batch_tokens=max_batch_tokens,
                               batch_size=max_batch_size, max_windows=max_windows)
         for name, path in named.items()
     }
@@ -101,10 +106,12 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
                          max_concurrent_requests=max_concurrent_requests, max_input_texts=max_input_texts,
                          payload_limit=payload_limit, api_key=api_key or None, default_model=default_model,
                          request_timeout=request_timeout, body_timeout=body_timeout,
-                         body_total_timeout=body_total_timeout, trim_memory=not cpu_arena)
+                         body_total_timeout=body_total_timeout, trim_memory=not cpu_arena,
+                         workers=model_workers)
     click.echo(
         f"serving {', '.join(f'{n} ({plain(p.head)}, {p.variant})' for n, p in predictors.items())} on http://{host}:{port} "
-        f"with {threads} thread(s) per model",
+        f"with {threads} thread(s) per model"
+        + (f", {model_workers} batches at once ({max(threads // model_workers, 1)} thread(s) each)" if model_workers > 1 else ""),
         err=True,
     )
     sys.exit(run_server(create_app(predictors, config), host=host, port=port, keep_alive=keep_alive,

@@ -69,6 +69,8 @@ class ServeConfig:
     # glibc's free memory handed back after big batches (headreg.serve.memory); what onnxruntime's arena would
     # keep anyway gains nothing from it, so headreg serve sets it when the arena is off (--no-cpu-arena)
     trim_memory: bool = False
+    # batches of one model running at once (headreg serve --workers), each on its own session threads
+    workers: int = 1
 
 
 class _State:
@@ -78,7 +80,8 @@ class _State:
         self.predictors = dict(predictors)
         self.batchers = {
             name: Batcher(name, predictor, max_batch_tokens=config.max_batch_tokens,
-                          max_batch_size=config.max_batch_size, metrics=metrics, trim_memory=config.trim_memory)
+                          max_batch_size=config.max_batch_size, metrics=metrics, trim_memory=config.trim_memory,
+                          workers=config.workers)
             for name, predictor in self.predictors.items()
         }
         self.models = [model_info(name, p) for name, p in self.predictors.items()]

@@ -10,9 +10,12 @@ engine failed (its batchmates are not affected) gets its error. A request whose 
 (``Engine.finish``: the head's postprocess on that request's rows alone) while the model thread already runs
 the next batch.
 
-Why a thread per bundle and not the event loop or a pool: onnxruntime already spreads one batch over the
-intra-op threads, two batches at once would only fight for the same cores, and a thread that takes the next
-batch the moment the previous one returns keeps the model busy without an event-loop round trip. There is
+Why a thread per bundle and not the event loop: a thread that takes the next batch the moment the previous one
+returns keeps the model busy without an event-loop round trip. By default one: onnxruntime spreads its batch
+over the intra-op threads, the lowest latency for a lone request. ``workers=N`` (``headreg serve
+--model-workers``) runs N such threads on one queue, each batch on its share of the threads: on shared cores
+that answers more requests per second (a batch's threads no longer wait for each other at every operator when
+another process takes a core; docs/serving.md has the figures). There is
 no waiting for a batch to fill: an idle model runs whatever is queued at once, and while it runs, the rows of
 new requests gather into the next batch.
 """
@@ -68,7 +71,7 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     outputs: list[Any] = field(default_factory=list)
     remaining: int = 0
-    done: bool = False  # answered or failed: its rows still queued are skipped (touched by the model thread only)
+    done: bool = False  # answered or failed: its rows still queued are skipped (model threads: under Batcher._counts)
 
     def deliver(self, index: int, output: Any) -> bool:
         """Store one row's output; True when that was the request's last row."""
@@ -146,32 +149,37 @@ class Batcher:
 
     def __init__(self, name: str, predictor: Any, *, max_batch_tokens: int, max_batch_size: int,
                  metrics: ServeMetrics | None = None, trim_memory: bool = False,
-                 max_batch_cells: int = ATTENTION_CELLS):
+                 max_batch_cells: int = ATTENTION_CELLS, workers: int = 1):
         self.name = name
         self.predictor = predictor
         self.engine = predictor.engine
         self.max_batch_tokens = int(max_batch_tokens)
         self.max_batch_size = int(max_batch_size)
-        self.max_batch_cells = int(max_batch_cells)
+        # batches running at once share the attention budget: together they hold what one batch may
+        self.max_batch_cells = max(int(max_batch_cells) // max(int(workers), 1), 1)
         self.metrics = metrics or ServeMetrics()
         self._queue: deque[tuple[_Request, int]] = deque()
         self._queued_rows = self.metrics.queue_rows.labels(name)
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name=f"headreg-model-{name}", daemon=True)
+        self._threads = [threading.Thread(target=self._work, name=f"headreg-model-{name}-{index}", daemon=True)
+                         for index in range(max(int(workers), 1))]
+        self._counts = threading.Lock()  # the workers' shared counters and deliveries
         self.batches = 0
         self.rows = 0
         self.trimmer = Trimmer(trim_memory)
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     async def close(self) -> None:
         """Run what is queued, then stop the model thread (requests still in flight get their answers)."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._cond.notify_all()
+        for thread in self._threads:
+            await asyncio.get_running_loop().run_in_executor(None, thread.join)
 
     @property
     def mean_batch_size(self) -> float:
@@ -239,6 +247,8 @@ class Batcher:
                 if self._queue:
                     batch = self._take()
                     self._queued_rows.set(len(self._queue))
+                    if self._queue:  # rows the plan left for another batch: an idle worker may run them now
+                        self._cond.notify()
                 elif self._closed:
                     return
             if batch:
@@ -279,12 +289,13 @@ class Batcher:
         outputs, failed = self.engine.execute([(request.job, index) for request, index in batch])
         self._record(rows, time.perf_counter() - start)
         self.trimmer.after_batch(len(rows), max(len(row.encoding) for row in rows))
-        for request in dict.fromkeys(request for request, _ in batch):
-            if request.job in failed:
-                exc = failed[request.job]
-                request.fail(InferenceError(f"{exc}"))
-        finished = [(request, None) for (request, index), output in zip(batch, outputs)
-                    if request.job not in failed and request.deliver(index, output)]
+        with self._counts:  # a request's rows may run in two workers' batches at once: one delivers at a time
+            for request in dict.fromkeys(request for request, _ in batch):
+                if request.job in failed:
+                    exc = failed[request.job]
+                    request.fail(InferenceError(f"{exc}"))
+            finished = [(request, None) for (request, index), output in zip(batch, outputs)
+                        if request.job not in failed and request.deliver(index, output)]
         if finished:
             finished[0][0].loop.call_soon_threadsafe(_resolve, finished)
 
@@ -296,5 +307,6 @@ class Batcher:
         metrics.inference_seconds.labels(name).observe(seconds)
         metrics.rows.labels(name).inc(len(rows))
         metrics.tokens.labels(name).inc(sum(lengths))
-        self.batches += 1
-        self.rows += len(rows)
+        with self._counts:
+            self.batches += 1
+            self.rows += len(rows)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
 import time
 from typing import Callable
 
@@ -74,6 +75,7 @@ class Trimmer:
         self.min_interval = min_interval
         self._pending = False
         self._last = 0.0
+        self._lock = threading.Lock()  # several model workers call in: one trim at a time
         self.trims = 0
         self.seconds = 0.0
 
@@ -98,10 +100,15 @@ class Trimmer:
         self._run_if_due()
 
     def _run_if_due(self) -> None:
-        now = time.monotonic()
-        if self._pending and now - self._last >= self.min_interval:
-            self._trim(0)
-            self._pending = False
-            self._last = time.monotonic()
-            self.trims += 1
-            self.seconds += self._last - now
+        if not self._lock.acquire(blocking=False):  # another worker is trimming right now
+            return
+        try:
+            now = time.monotonic()
+            if self._pending and now - self._last >= self.min_interval:
+                self._trim(0)
+                self._pending = False
+                self._last = time.monotonic()
+                self.trims += 1
+                self.seconds += self._last - now
+        finally:
+            self._lock.release()
