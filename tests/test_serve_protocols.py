@@ -289,7 +289,7 @@ def test_tei_truncate_false_refuses_overlong_inputs_in_teis_shape(server, predic
     assert reranked.status_code == 413 and reranked.json()["error_type"] == "validation"
 
 
-def test_tei_decode_and_embed_all(server, predictors):
+def test_tei_decode_embed_all_and_embed_sparse(server, predictors):
     url = f"{server.url}/tei/seq_cls"
     tokenizer = predictors["seq_cls"].tokenizer
     ids = tokenizer.encode("Hello world, again").ids
@@ -305,6 +305,10 @@ def test_tei_decode_and_embed_all(server, predictors):
     assert everything.status_code == 424 and everything.json()["error_type"] == "backend"
     assert "per-token embeddings" in everything.json()["error"] and "/embed" in everything.json()["error"]
     assert post(f"{url}/embed_all", {"inputs": 3}).status_code == 422  # the body is checked first
+    sparse = post(f"{url}/embed_sparse", {"inputs": ["a fine day"]})
+    assert sparse.status_code == 424 and sparse.json()["error_type"] == "backend"
+    assert "sparse" in sparse.json()["error"] and "/embed" in sparse.json()["error"]
+    assert post(f"{url}/embed_sparse", {"inputs": 3}).status_code == 422
 
 
 @pytest.mark.slow  # a server of its own

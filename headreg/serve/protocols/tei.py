@@ -2,7 +2,7 @@
 work unchanged, for every head (token classification included, which TEI itself does not serve).
 
 Under ``/tei/{name}``: ``POST /embed``, ``/predict``, ``/rerank``, ``/similarity``, ``/tokenize``, ``/decode``,
-``/embed_all``, ``GET /info``
+``/embed_all``, ``/embed_sparse``, ``GET /info``
 and ``POST /tei/{name}`` itself (TEI's ``POST /``: the route the body calls for, see :func:`compat_route`, so
 clients given the URL alone, like Haystack's TEI embedder, work); the same at the root (``/embed``, ``/predict``, ...) for the default model (the only one served,
 or ``--default-model NAME``); the root ``GET /info`` is the native one with TEI's fields added.
@@ -19,6 +19,7 @@ or ``--default-model NAME``); the root ``GET /info`` is the native one with TEI'
 - ``/tokenize``: ``[[{"id", "text", "special", "start", "stop"}, ...], ...]`` with the model's own tokenizer;
   ``/decode``: ``{"ids", "skip_special_tokens"}`` -> ``["text", ...]``.
 - ``/embed_all``: a bundle has no per-token embeddings to give; a valid request is a 424 that says so.
+- ``/embed_sparse``: no head gives sparse (SPLADE) vectors; a valid request is a 424 that says so.
 
 Inputs longer than the model's max_length are cut on the right (``/info``: ``auto_truncate`` true) unless the body
 says ``"truncate": false``: then the first over-long input (text or pair, special tokens counted) is TEI's 413
@@ -42,7 +43,7 @@ from ..schema import Call, RequestError, json_object, parse_json
 from .common import check_flag, check_truncation, cosine_similarity, endpoint, json_error, refuse_overlong, text_list
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
-ROUTES = ("embed", "predict", "rerank", "similarity", "tokenize", "decode", "embed_all")
+ROUTES = ("embed", "predict", "rerank", "similarity", "tokenize", "decode", "embed_all", "embed_sparse")
 EMBED_FIELDS = ("inputs", "normalize", "truncate", "truncation_direction", "prompt_name")
 
 
@@ -249,6 +250,16 @@ def embed_all(state: Any, model: str, payload: Any) -> None:
                             "use /embed for one pooled vector per input")
 
 
+def embed_sparse(state: Any, model: str, payload: Any) -> None:
+    """TEI's ``/embed_sparse`` (SPLADE: a weight per vocabulary entry): no headreg head produces those, so a valid
+    request is TEI's 424 saying so, not a 404 a TEI client would read as a wrong URL."""
+    body = json_object(payload, EMBED_FIELDS, '{"inputs": "some text"}')
+    check_truncation(body)
+    _texts(body.get("inputs"), state.config.max_input_texts)
+    raise RequestError(424, f"model {model!r} has no sparse (SPLADE) head, so it gives no sparse embeddings; "
+                            "use /embed for one dense vector per input")
+
+
 def tokenize(state: Any, model: str, payload: Any) -> list[list[dict[str, Any]]]:
     body = json_object(payload, ("inputs", "add_special_tokens", "prompt_name"), '{"inputs": "some text"}')
     check_truncation({"prompt_name": body.get("prompt_name")})
@@ -279,8 +290,9 @@ def routes(state: Any) -> list[Route]:
     def handler(route: str):
         async def run(request: Request) -> Response:
             model = _model(state, request)
-            if route in ("tokenize", "decode", "embed_all"):
-                run_route = {"tokenize": tokenize, "decode": decode, "embed_all": embed_all}[route]
+            direct = {"tokenize": tokenize, "decode": decode, "embed_all": embed_all, "embed_sparse": embed_sparse}
+            if route in direct:
+                run_route = direct[route]
                 return FastJSONResponse(run_route(state, model, await state.body(request)))
             shapes: list[Any] = []
 
