@@ -97,8 +97,9 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
     os.environ[ARENA_ENV] = "1" if cpu_arena else "0"
     os.environ[STREAMS_ENV] = str(model_workers)  # an OpenVINO variant runs each worker's batch in its own stream
     limit_heaps()
+    worker_threads = max(threads // model_workers, 1)  # each batch running at once gets its share of the threads
     predictors = {
-        name: load_predictor(path, threads=max(threads // model_workers, 1), variant=variant, max_batch_tokens=max_batch_tokens,
+        name: load_predictor(path, threads=worker_threads, variant=variant, max_batch_tokens=max_batch_tokens,
                               batch_size=max_batch_size, max_windows=max_windows)
         for name, path in named.items()
     }
@@ -111,7 +112,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
     click.echo(
         f"serving {', '.join(f'{n} ({plain(p.head)}, {p.variant})' for n, p in predictors.items())} on http://{host}:{port} "
         f"with {threads} thread(s) per model"
-        + (f", {model_workers} batches at once ({max(threads // model_workers, 1)} thread(s) each)" if model_workers > 1 else ""),
+        + (f", {model_workers} batches at once ({worker_threads} thread(s) each)" if model_workers > 1 else ""),
         err=True,
     )
     sys.exit(run_server(create_app(predictors, config), host=host, port=port, keep_alive=keep_alive,

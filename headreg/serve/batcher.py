@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from ..errors import PredictionError
 from ..runtime.inputs import InputError
-from .memory import Trimmer
+from .memory import ATTENTION_CELLS, Trimmer
 from .metrics import ServeMetrics
 
 
@@ -45,13 +45,6 @@ INLINE_TOKENS = 512  # tokens of a job's rows, for its postprocess
 # ~60 tokens. A few queued rows of very different lengths run cheaper as two calls than as one padded to the
 # longest; offline, sorting thousands of inputs makes neighbours alike, the server sees a handful at a time.
 CALL_COST_TOKENS = 60
-# The most attention cells (rows x longest row squared) one batch may hold. The token budget alone lets rows of
-# 256-token windows run 8 at a time, and a batch's working memory grows with its attention scores: MiniLM
-# fp32, 2 threads, arena off, RSS above the loaded model while such batches run back to back: 8 x 256 +76-93 MB,
-# 4 x 256 +35-41 MB, 2 x 256 +19 MB, at the same time per row (84-90 ms per row in all three, load 2.5). A
-# server whose clients send windowed texts holds that much for as long as they do. Under the default token
-# budget only rows longer than 128 tokens meet this cap first (2048 tokens x 128 = 4 x 256 x 256).
-ATTENTION_CELLS = 4 * 256 * 256
 
 
 def _chars(item: Any) -> int:
