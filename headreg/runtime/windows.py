@@ -19,8 +19,10 @@ bare ``X`` after an ``X`` (``B-X`` starts one, ``O`` is outside). Neighbouring w
 ``[s, e)``; before ``s`` tokens are A's, from ``e`` on B's, and in between each token is taken from A or B. A
 change of window between tokens ``m - 1`` and ``m`` *cuts* an entity for each of: the two tokens' labels (one
 from each window) join into one entity; the window left behind reads its entity on past ``m``; the window
-switched to read its entity as begun before ``m``. At a window's own edge it cannot see across: B's first token
-cuts when it says it continues something (``I-X``), A's last when it is in an entity that B reads going on.
+switched to read its entity as begun before ``m``. At a window's own edge it cannot see across: A's last token
+cuts when it is in an entity that B reads going on; B's first token cuts only through the first case (it says
+``I-X`` after a token A reads in an ``X``). A first token that says ``I-X`` after a token A reads as outside
+continues nothing any window sees: it is a fragment both readings have to choose between, like any other.
 Among all assignments of the shared tokens (dynamic programming over the overlap), headreg takes the one that,
 in strict priority: changes window inside no word; cuts the fewest entities; takes the fewest tokens from the
 window whose entity around them is shorter, outside counting as length 0 (so an entity either window reads whole
@@ -483,11 +485,9 @@ def window_sources(
             count += _continues(label(left, m - 1), label(left, m), outside)
         else:
             count += inside(left, m - 1) and _continues(label(right, m - 1), label(right, m), outside)
-        # the right window's entity began before m (at its own start: it says it continues what it cannot see)
+        # the right window's entity began before m (at its own start, only the first term can tell: A alone sees m - 1)
         if m > starts[right]:
             count += _continues(label(right, m - 1), label(right, m), outside)
-        else:
-            count += _continues(label(right, m), label(right, m), outside)
         return count
 
     done = 0  # tokens before this are assigned
