@@ -647,6 +647,36 @@ def test_threads_share_a_predictor_with_different_window_options():
         assert [[t["index"] for t in r["tokens"]] for r in a] == [[t["index"] for t in r["tokens"]] for r in b]
 
 
+def test_window_tokenizer_copies_are_kept_per_core_not_per_thread():
+    """encode_windows reconfigures the tokenizer it gets, so each call borrows a private copy (~6 MB for MiniLM's
+    vocabulary): threads that window one after another share one copy, a burst makes what it needs and only
+    ``keep`` copies stay (a server's every worker thread used to keep its own)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, bundle = headed("token_cls")
+    predictor = Predictor(bundle)
+    copies = predictor._window_tokenizers
+    text = long_texts((3,), seed=13)[0]
+    expected = predictor.predict([text], long_text="window", window_stride=0)
+    for _ in range(6):  # six threads, one at a time
+        thread = threading.Thread(target=predictor.predict, args=([text],), kwargs=dict(long_text="window"))
+        thread.start()
+        thread.join()
+    assert copies.made == 1
+    barrier = threading.Barrier(6)
+
+    def burst(stride: int):
+        with copies.borrowed():  # every thread holds a copy at once
+            barrier.wait(timeout=30)
+        return predictor.predict([text], long_text="window", window_stride=stride)
+
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(burst, [0, 5, 0, 5, 0, 5]))
+    assert copies.made == 6 and len(copies._free) == copies.keep < 6
+    assert [entity_rows(r[0]["entities"]) for r in got[::2]] == [entity_rows(expected[0]["entities"])] * 3
+
+
 def test_multi_head_bundles_window_every_head_like_its_single_head_bundle():
     from headreg import HeadedModel, attach_heads
     from headreg.testing import tiny_backbone

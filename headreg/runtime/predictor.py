@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -114,7 +113,7 @@ class Predictor:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
         self.supports_pairs = bool((manifest.get("tokenizer") or {}).get("pair", True))
-        self._local = threading.local()
+        self._window_tokenizers = _windows.TokenizerCopies(self.tokenizer)
 
     def _describe_heads(self) -> None:
         """What callers read about the heads. A multi-head bundle answers with a dict by head name (whatever its
@@ -216,16 +215,10 @@ class Predictor:
         check_inputs(items, self.supports_pairs)
         options = _windows.window_options(runtime, ceiling=self.max_windows)
         _windows.check_window_budget(items, self.max_length, options.max_windows, ceiling=self.max_windows)
-        overlap = options.overlap
-        local = self._local
-        if getattr(local, "window_tokenizer", None) is None:
-            # encode_windows reconfigures truncation per call: each thread gets a private copy to do it on.
-            from tokenizers import Tokenizer
-
-            local.window_tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
         rows: list[Row] = []
-        encoded = _windows.encode_windows(local.window_tokenizer, items, self.max_length, overlap,
-                                          max_windows=options.max_windows, ceiling=self.max_windows)
+        with self._window_tokenizers.borrowed() as tokenizer:  # encode_windows reconfigures its truncation
+            encoded = _windows.encode_windows(tokenizer, items, self.max_length, options.overlap,
+                                              max_windows=options.max_windows, ceiling=self.max_windows)
         _windows.check_window_budget(items, self.max_length, options.max_windows, encoded, ceiling=self.max_windows)
         for index, windows in enumerate(encoded):
             rows.extend(Row(index, encoding, w, windows.overlap) for w, encoding in enumerate(windows.encodings))
