@@ -728,6 +728,21 @@ def test_the_window_ceiling_is_set_where_the_model_runs_and_a_call_may_only_lowe
     assert predictor.predict(["word " * 100], long_text="window", window_stride=54)
 
 
+def test_the_word_count_behind_a_window_refusal_is_str_split_s():
+    """The cheap count that refuses a text before tokenizing (at least one token per word) equals
+    len(text.split()) for ASCII and Unicode whitespace alike: never more words than the text has."""
+    import random
+
+    from headreg.runtime.windows import _words_at_least
+
+    rng = random.Random(0)
+    alphabet = ["a", "bc", " ", "  ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "é", "\u00a0", "\u3000", "\x85"]
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
+        assert _words_at_least(text) == len(text.split()), repr(text)
+    assert _words_at_least("word " * 190_000) == 190_000
+
+
 def test_a_text_that_needs_too_many_windows_is_refused_before_its_windows_are_cut():
     import time
 

@@ -83,6 +83,44 @@ def test_a_string_past_the_limit_is_refused_by_the_shared_parser_naming_where():
     assert parse_json_body(b'{"a": "[[[[", "b": [[1]]}', max_depth=3) == {"a": "[[[[", "b": [[1]]}
 
 
+def _depth_by_hand(body: bytes) -> int:
+    depth = deepest = 0
+    inside = escaped = False
+    for byte in body:
+        if inside:
+            inside, escaped = (escaped or byte != 34), (not escaped and byte == 92)
+        elif byte == 34:
+            inside = True
+        elif byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
+
+
+def test_the_vectorized_depth_count_skips_strings_and_escaped_quotes_like_a_json_scanner():
+    import random
+
+    from headreg.serve.limits import nesting_depth
+
+    rng = random.Random(3)
+
+    def value(depth: int = 0) -> str:
+        if depth > 6 or rng.random() < 0.3:
+            return rng.choice(['"a\\\\"', '"[{\\"]"', '"x\\\\\\"]"', "1", '"]]}"', '"' + '\\"' * rng.randrange(300) + '"'])
+        if rng.random() < 0.5:
+            return "[" + ",".join(value(depth + 1) for _ in range(rng.randrange(4))) + "]"
+        return "{" + ",".join(f'"k{i}\\\\": {value(depth + 1)}' for i in range(rng.randrange(4))) + "}"
+
+    for _ in range(3000):
+        body = value().encode()
+        json.loads(body)
+        assert nesting_depth(body) == _depth_by_hand(body), body
+    many = b"[" + b",".join([b'"q"'] * 700) + b"]"  # more quotes than a uint8 counts: parity is what matters
+    assert nesting_depth(many) == _depth_by_hand(many) == 1
+
+
 def test_body_tricklers_take_no_slot_and_get_408(server):
     async def attack():
         tricklers = [asyncio.ensure_future(attacks.trickle_body(server.port, PATH, seconds=8, interval=0.5))

@@ -42,7 +42,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def _check_text(value: Any, index: int, side: str | None = None) -> None:
     where = f"input {index}" + (f" ({side})" if side else "")
     if isinstance(value, str):
-        bad = _SURROGATE.search(value)
+        bad = None if value.isascii() else _SURROGATE.search(value)  # isascii is O(1) for an ASCII str
         if bad:
             raise InputError(
                 f"{where} is not valid Unicode text: a lone surrogate {bad.group()!r} at character {bad.start()} "
