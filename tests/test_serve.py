@@ -579,10 +579,10 @@ def test_rows_of_concurrent_requests_share_batches_and_each_gets_its_own(predict
         tasks = [asyncio.create_task(batcher.submit(inputs)) for inputs in requests]
         rows = sum(len(inputs) for inputs in requests)
         for _ in range(2000):  # every request tokenized and queued before the model thread starts
-            if len(batcher._queue) == rows:
+            if batcher._rows == rows:
                 break
             await asyncio.sleep(0.005)
-        assert len(batcher._queue) == rows
+        assert batcher._rows == rows
         batcher.start()
         results = await asyncio.gather(*tasks)
         await batcher.close()
@@ -681,6 +681,42 @@ def test_default_threads_follow_the_container_cpu_quota(tmp_path):
     if quota is not None:
         expected = min(expected, math.ceil(quota))
     assert available_cpus() == expected
+
+
+def test_a_request_of_many_rows_takes_turns_with_the_requests_queued_behind_it(predictors):
+    """A long document read in windows queued first does not make a one-text request behind it wait for all its
+    windows: queued requests take turns, one row each per turn. Both answers equal the Predictor's."""
+    from headreg.serve.batcher import Batcher
+
+    predictor = predictors["regression"]
+    document = " ".join(TEXTS) * 12
+    windowed = dict(long_text="window")
+    expected_long = predictor.predict([document], **windowed)
+    expected_short = predictor.predict(["short text"])
+
+    async def run():
+        batcher = Batcher("regression", predictor, max_batch_tokens=4096, max_batch_size=4)
+        first = asyncio.create_task(batcher.submit([document], parameters=windowed))
+        for _ in range(2000):
+            if batcher._rows:
+                break
+            await asyncio.sleep(0.005)
+        windows = batcher._rows
+        second = asyncio.create_task(batcher.submit(["short text"]))
+        while batcher._rows == windows:
+            await asyncio.sleep(0.005)
+        batcher.start()
+        short = await second
+        batches_before_short = batcher.batches
+        long = await first
+        await batcher.close()
+        return windows, batches_before_short, batcher.batches, short, long
+
+    windows, before_short, total, short, long = asyncio.run(run())
+    assert windows >= 12 and total >= windows // 4
+    assert before_short <= 2 < total  # in arrival order it would have waited for every window's batch
+    assert_same(short, expected_short)
+    assert_same(long, expected_long)
 
 
 def test_queued_rows_of_very_different_lengths_are_split_where_padding_costs_more_than_a_call():

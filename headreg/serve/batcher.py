@@ -3,9 +3,10 @@
 This module is the server's queueing policy only; the engine (runtime/engine.py) runs and finishes the work,
 as it does for ``Predictor.predict``. A request is tokenized on its own (``Predictor.prepare``: on the event
 loop when small, else in a thread pool); its rows join the bundle's queue. The bundle's model thread takes
-queued rows in arrival order (FIFO across requests) up to the token budget and the row cap, orders them by
-length with ``Engine.plan``, runs the planned batch that holds the oldest row with ``Engine.execute`` (the
-plan's other rows go back to the head of the queue) and hands each row's output to its request; a request the
+queued rows with the requests taking turns (one row from each queued request, in rotation order, then a second
+from each, ...) up to the token budget and the row cap, orders them by length with ``Engine.plan``, runs the
+planned batch that holds the first of them with ``Engine.execute`` (the plan's other rows stay queued and lead
+the next batch) and hands each row's output to its request; a request the
 engine failed (its batchmates are not affected) gets its error. A request whose rows are all back is finished
 (``Engine.finish``: the head's postprocess on that request's rows alone) while the model thread already runs
 the next batch.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -151,7 +152,9 @@ class Batcher:
         # batches running at once share the attention budget: together they hold what one batch may
         self.max_batch_cells = max(int(max_batch_cells) // max(int(workers), 1), 1)
         self.metrics = metrics or ServeMetrics()
-        self._queue: deque[tuple[_Request, int]] = deque()
+        # Each queued request's rows still to run, in rotation order (see _take); _rows counts them all.
+        self._queue: OrderedDict[_Request, deque[int]] = OrderedDict()
+        self._rows = 0
         self._queued_rows = self.metrics.queue_rows.labels(name)
         self._cond = threading.Condition()
         self._closed = False
@@ -201,8 +204,9 @@ class Batcher:
             with self._cond:
                 if self._closed:
                     raise InferenceError(f"model {self.name!r} is shutting down")
-                self._queue.extend((request, index) for index in range(len(job.rows)))
-                self._queued_rows.set(len(self._queue))
+                self._queue[request] = deque(range(len(job.rows)))
+                self._rows += len(job.rows)
+                self._queued_rows.set(self._rows)
                 self._cond.notify()
             try:
                 outputs = await request.future
@@ -225,9 +229,10 @@ class Batcher:
         """Remove a cancelled request's queued rows now: behind a busy model they would hold its tokenized job
         (windows: megabytes) until they reached the head of the queue."""
         with self._cond:
-            if any(queued is request for queued, _ in self._queue):
-                self._queue = deque(item for item in self._queue if item[0] is not request)
-                self._queued_rows.set(len(self._queue))
+            rows = self._queue.pop(request, None)
+            if rows:
+                self._rows -= len(rows)
+                self._queued_rows.set(self._rows)
 
     # --- the model thread -------------------------------------------------------------------------------------
 
@@ -239,7 +244,7 @@ class Batcher:
                     self._cond.wait(self.trimmer.due_in())
                 if self._queue:
                     batch = self._take()
-                    self._queued_rows.set(len(self._queue))
+                    self._queued_rows.set(self._rows)
                     if self._queue:  # rows the plan left for another batch: an idle worker may run them now
                         self._cond.notify()
                 elif self._closed:
@@ -250,31 +255,49 @@ class Batcher:
                 self.trimmer.idle()  # idle with freed memory still held: hand it back (outside the lock: ms)
 
     def _take(self) -> list[tuple[_Request, int]]:
-        """The next batch: queued rows in arrival order up to the caps, then the batch of their length plan
-        that holds the oldest of them."""
+        """The next batch. Queued requests take turns: one row from each, in rotation order, then a second from
+        each that has more, ..., up to the caps; of the length plan of those rows, the batch that holds the first
+        one runs. A request that had a row in it moves to the back of the rotation; the others keep their place
+        and their rows, so they lead the next batch. A request of many rows (a long document's windows) thus
+        shares the model with every request queued behind it instead of making them wait for all its rows."""
         taken: list[tuple[_Request, int]] = []
         tokens = 0
-        while self._queue and len(taken) < self.max_batch_size:
-            request, index = self._queue[0]
-            if request.done:  # failed or abandoned: nothing to compute for it
-                self._queue.popleft()
-                continue
-            length = max(len(request.job.rows[index].encoding), 1)
-            if taken and tokens + length > self.max_batch_tokens:
+        for request in [request for request in self._queue if request.done]:  # failed or abandoned
+            self._rows -= len(self._queue.pop(request))
+        depth, full = 0, False
+        while not full and len(taken) < self.max_batch_size:
+            before = len(taken)
+            for request, rows in self._queue.items():
+                if depth >= len(rows):
+                    continue
+                index = rows[depth]
+                length = max(len(request.job.rows[index].encoding), 1)
+                if len(taken) >= self.max_batch_size or (taken and tokens + length > self.max_batch_tokens):
+                    full = True
+                    break
+                taken.append((request, index))
+                tokens += length
+            if len(taken) == before:
                 break
-            taken.append(self._queue.popleft())
-            tokens += length
+            depth += 1
         if len(taken) <= 1:
-            return taken
-        lengths = [len(request.job.rows[index].encoding) for request, index in taken]
-        plan = [capped for batch in self.engine.plan(lengths, batch_size=self.max_batch_size)
-                for part in split_padding(batch, lengths) for capped in cap_attention(part, lengths, self.max_batch_cells)]
-        # The batch holding the oldest row runs now, so no row waits forever behind newer rows of other
-        # lengths; the plan's other batches go back to the head of the queue, in arrival order.
-        chosen = next(batch for batch in plan if 0 in batch)
-        rest = sorted(i for batch in plan if batch is not chosen for i in batch)
-        self._queue.extendleft(taken[i] for i in reversed(rest))
-        return [taken[i] for i in chosen]
+            chosen = list(range(len(taken)))
+        else:
+            lengths = [len(request.job.rows[index].encoding) for request, index in taken]
+            plan = [capped for batch in self.engine.plan(lengths, batch_size=self.max_batch_size)
+                    for part in split_padding(batch, lengths)
+                    for capped in cap_attention(part, lengths, self.max_batch_cells)]
+            chosen = next(batch for batch in plan if 0 in batch)
+        batch = [taken[i] for i in sorted(chosen)]
+        for request, index in batch:
+            self._queue[request].remove(index)
+        self._rows -= len(batch)
+        for request in dict.fromkeys(request for request, _ in batch):
+            if self._queue[request]:
+                self._queue.move_to_end(request)
+            else:
+                del self._queue[request]
+        return batch
 
     def _run(self, batch: list[tuple[_Request, int]]) -> None:
         rows = [request.job.rows[index] for request, index in batch]
