@@ -29,15 +29,17 @@ from typing import Callable
 # The most attention cells (rows x longest row squared) one batch may hold. The token budget alone lets rows of
 # 256-token windows run 8 at a time, and a batch's working memory grows with its attention scores: MiniLM
 # fp32, 2 threads, arena off, RSS above the loaded model while such batches run back to back: 8 x 256 +76-93 MB,
-# 4 x 256 +35-41 MB, 2 x 256 +19 MB, at the same time per row (84-90 ms per row in all three, load 2.5). A
-# server whose clients send windowed texts holds that much for as long as they do. Under the default token
-# budget only rows longer than 128 tokens meet this cap first (2048 tokens x 128 = 4 x 256 x 256).
-ATTENTION_CELLS = 4 * 256 * 256
-# The trim threshold, in the same cells: a full batch of 256-token windows (the batcher's cap above). A batch of
-# short rows reaches it only when its longest row has 128 tokens or more (the benchmark corpus's longest has 119: ordinary traffic never trims).
-# Measured at 32 clients with a threshold met by ordinary batches, trims at most once a second cost 0.5-0.8 ms
-# of CPU per request (6 %).
-TRIM_AT = ATTENTION_CELLS
+# 4 x 256 +35-41 MB, 2 x 256 +19 MB, at the same time per row (84-90 ms per row in all three, load 2.5; again
+# on 2026-12-07 at load ~3, the session alone: 2 x 256 32.8 ms per row, 4 x 256 33.6). A server whose clients
+# send windowed texts holds that much for as long as they do. Under the default token budget only rows longer
+# than 64 tokens meet this cap first (2048 tokens x 64 = 2 x 256 x 256): 13 rows of 100 tokens instead of 20,
+# 12.1 vs 11.8 ms per row (2.5 % more; the benchmark corpus's median row has 23 tokens).
+ATTENTION_CELLS = 2 * 256 * 256
+# The trim threshold, in the same cells: two full batches' worth of 256-token windows. A batch of short rows
+# reaches it only when its longest row has 128 tokens or more (the benchmark corpus's longest has 119: ordinary
+# traffic never trims). Measured at 32 clients with a threshold met by ordinary batches, trims at most once a
+# second cost 0.5-0.8 ms of CPU per request (6 %).
+TRIM_AT = 4 * 256 * 256
 TRIM_INTERVAL = 5.0
 HEAPS = 2
 _M_ARENA_MAX = -8  # glibc's malloc.h
