@@ -131,3 +131,17 @@ def test_hung_up_and_refused_requests_leave_no_cycles_holding_their_work():
         gc.enable()
         server.should_exit = True
         thread.join(30)
+
+
+def test_a_batch_at_the_attention_cap_makes_a_trim_owed():
+    """The batcher never runs a batch of more cells than ATTENTION_CELLS: a trim threshold above it would never
+    be met by windowed traffic, and the server would keep its freed memory until it goes idle with one owed."""
+    from headreg.serve.memory import ATTENTION_CELLS, TRIM_AT
+
+    assert TRIM_AT <= ATTENTION_CELLS
+    trimmer = Trimmer(min_interval=0.0)
+    if not trimmer.active:
+        pytest.skip("malloc_trim is glibc's")
+    rows = max(ATTENTION_CELLS // 256**2, 1)
+    trimmer.after_batch(rows, 256)  # the biggest batch of 256-token windows the batcher runs
+    assert trimmer.trims == 1

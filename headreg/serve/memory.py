@@ -35,11 +35,11 @@ from typing import Callable
 # than 64 tokens meet this cap first (2048 tokens x 64 = 2 x 256 x 256): 13 rows of 100 tokens instead of 20,
 # 12.1 vs 11.8 ms per row (2.5 % more; the benchmark corpus's median row has 23 tokens).
 ATTENTION_CELLS = 2 * 256 * 256
-# The trim threshold, in the same cells: two full batches' worth of 256-token windows. A batch of short rows
-# reaches it only when its longest row has 128 tokens or more (the benchmark corpus's longest has 119: ordinary
-# traffic never trims). Measured at 32 clients with a threshold met by ordinary batches, trims at most once a
-# second cost 0.5-0.8 ms of CPU per request (6 %).
-TRIM_AT = 4 * 256 * 256
+# The trim threshold, in the same cells: a full batch of 256-token windows (the batcher's cap above). A batch of
+# short rows reaches it when its longest row has 64 tokens or more. Measured at 32 clients with a threshold
+# met by ordinary batches, trims at most once a second cost 0.5-0.8 ms of CPU per request (6 %); at most once
+# per TRIM_INTERVAL, a fifth of that.
+TRIM_AT = ATTENTION_CELLS
 TRIM_INTERVAL = 5.0
 HEAPS = 2
 _M_ARENA_MAX = -8  # glibc's malloc.h
