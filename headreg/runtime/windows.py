@@ -275,11 +275,11 @@ class TokenizerCopies:
     def borrowed(self) -> Iterator[Any]:
         with self._lock:
             copy = self._free.pop() if self._free else None
+            self.made += copy is None
         if copy is None:
             from tokenizers import Tokenizer
 
             copy = Tokenizer.from_str(self._json)
-            self.made += 1
         try:
             yield copy
         finally:

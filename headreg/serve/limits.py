@@ -102,10 +102,10 @@ def nesting_depth(body: bytes) -> int:
     if quotes.any():
         slashes = chars == 92
         if slashes.any():
-            index = np.arange(len(chars), dtype=np.int64)
+            index = np.arange(len(chars), dtype=np.int32)  # bodies are megabytes: half the memory of int64
             # before each position, the index of the last byte that is not a backslash (-1: none)
             last = np.maximum.accumulate(np.where(slashes, -1, index))
-            run = index - 1 - np.concatenate(([-1], last[:-1]))  # backslashes right before each position
+            run = index - 1 - np.concatenate((np.array([-1], np.int32), last[:-1]))  # backslashes right before each position
             quotes &= run % 2 == 0
         # odd quotes so far (a bracket is never itself a quote); uint8 wraps at 256, which keeps the parity
         inside = (np.cumsum(quotes, dtype=np.uint8) & 1).astype(bool)
