@@ -145,3 +145,17 @@ def test_a_batch_at_the_attention_cap_makes_a_trim_owed():
     rows = max(ATTENTION_CELLS // 256**2, 1)
     trimmer.after_batch(rows, 256)  # the biggest batch of 256-token windows the batcher runs
     assert trimmer.trims == 1
+
+
+def test_each_workers_full_batch_makes_a_trim_owed():
+    """With N model workers each batch holds 1/N of the attention budget: the batcher's trimmer must be met by
+    such a batch, or windowed traffic on a multi-worker server would never hand its freed memory back."""
+    from test_runtime_predictor import tiny_bundle
+
+    from headreg.runtime import Predictor
+    from headreg.serve.batcher import Batcher
+
+    predictor = Predictor(tiny_bundle("seq_cls"), threads=1)
+    for workers in (1, 2, 4):
+        batcher = Batcher("m", predictor, max_batch_tokens=2048, max_batch_size=64, trim_memory=True, workers=workers)
+        assert batcher.trimmer.threshold <= batcher.max_batch_cells, workers

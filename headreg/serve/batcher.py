@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 from ..errors import PredictionError
 from ..runtime.inputs import InputError
-from .memory import ATTENTION_CELLS, Trimmer
+from .memory import ATTENTION_CELLS, TRIM_AT, Trimmer
 from .metrics import ServeMetrics
 
 
@@ -163,7 +163,8 @@ class Batcher:
         self._counts = threading.Lock()  # the workers' shared counters and deliveries
         self.batches = 0
         self.rows = 0
-        self.trimmer = Trimmer(trim_memory)
+        # a full batch, at this batcher's cap, makes a trim owed (with N workers each batch holds 1/N of it)
+        self.trimmer = Trimmer(trim_memory, threshold=min(TRIM_AT, self.max_batch_cells))
 
     def start(self) -> None:
         for thread in self._threads:
