@@ -77,6 +77,23 @@ def test_bf16_is_preferred_only_with_its_backend_installed_and_bf16_in_the_cpu(m
         select_variant(bundle, "bf16", flags=["avx512_bf16"])
 
 
+def test_bf16_is_not_chosen_where_the_cpu_runs_it_slower_than_fp32(monkeypatch):
+    import headreg.runtime.variants as variants
+
+    monkeypatch.setattr(variants, "backend_available", lambda backend: True)
+    intel = [*VNNI, "avx512_bf16", "GenuineIntel"]  # a Xeon whose AMX is absent or hidden: bf16 0.6x fp32
+    name, reason = select_variant(manifest(int8=INT8, bf16=BF16), flags=intel)
+    assert name == "int8" and "bf16: this CPU runs bf16 slower than fp32" in reason
+    assert select_variant(manifest(bf16=BF16), flags=intel)[0] == "fp32"
+    assert select_variant(manifest(int8=INT8, bf16=BF16), flags=[*intel, "amx_bf16"])[0] == "bf16"
+    assert select_variant(manifest(int8=INT8, bf16=BF16), flags=[*VNNI, "avx512_bf16", "AuthenticAMD"])[0] == "bf16"
+    name, reason = select_variant(manifest(bf16=BF16), "bf16", flags=intel)  # asked for by name, it runs
+    assert name == "bf16" and reason.startswith("requested")
+    assert variants.why_not(BF16, intel, runs=True) is None  # what `headreg verify` re-runs there
+    int8_ov = {**BF16, "file": "model.int8-ov.xml", "precision": "int8", "quantization": {"kind": "static"}}
+    assert select_variant(manifest(bf16=BF16, **{"int8-ov": int8_ov}), flags=intel)[0] == "int8-ov"  # 2.3x fp32 there
+
+
 def test_int8_ov_comes_first_where_accepted_and_the_cpu_has_bf16_and_vnni():
     int8_ov = {**BF16, "file": "model.int8-ov.xml", "weights": "model.int8-ov.bin", "precision": "int8",
                "quantization": {"kind": "static", "tool": "nncf"}}
@@ -134,4 +151,7 @@ def test_cpu_flags_come_from_the_machine_or_the_override(monkeypatch):
     real = cpu_flags()
     cpu_flags.cache_clear()
     with open("/proc/cpuinfo") as handle:
-        assert ("avx2" in handle.read()) == ("avx2" in real)
+        text = handle.read()
+    assert ("avx2" in text) == ("avx2" in real)
+    for vendor in ("GenuineIntel", "AuthenticAMD"):  # the vendor joins the flags: bf16's speed depends on it
+        assert (f": {vendor}" in text) == (vendor in real)

@@ -181,7 +181,7 @@ def _recheck_variant(report: Report, bundle_dir: Path, manifest: dict[str, Any],
     against = "PyTorch's recorded rows" if fp32 else "its own rows recorded at export"
     if not fp32:
         record = variant_records(manifest).get(variant)
-        reason = "the manifest has no such variant" if record is None else why_not(record)
+        reason = "the manifest has no such variant" if record is None else why_not(record, runs=True)
         if reason is not None:
             report.notes.append(f"the {variant} variant's production cases were not re-run here: {reason}")
             return

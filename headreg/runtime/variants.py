@@ -13,13 +13,14 @@ The rule (no timing, nothing random; the same bundle on the same machine always 
    installed and the CPU has what it needs; otherwise it is an error, never a silent substitute.
 2. Otherwise the first of ``PREFERENCE`` (int8-ov, bf16, int8, fp32) that is *eligible*: accepted at export,
    batch-invariant, its backend importable here, and (when its record names ``requires_cpu``) at least one
-   of those CPU flags present. fp32 is always eligible, so the rule always ends somewhere.
+   of those CPU flags present. fp32 is always eligible, so the rule always ends somewhere. bf16 is also skipped
+   on a CPU that computes it slower than fp32 (:func:`slow_bf16`: Intel AVX-512 BF16 without AMX).
 
    ``int8-ov`` (OpenVINO int8 by NNCF, ``--quantize int8-ov``) comes first: it is held to the same acceptance
    as bf16 (the same held-out texts, the same ``--min-agreement``), an export writes it only when it passed,
    and where it runs at all (a VNNI / AMX CPU with OpenVINO) it was the fastest (docs/performance.md). bf16
    comes before onnxruntime's int8, which keeps its down-projections in fp32 and was slower than bf16 on every
-   CPU that has bf16.
+   CPU where bf16 is fast.
 
 Bundles written before variant records (format 1 with a ``"default"`` key) keep loading: their int8 file is
 onnxruntime *dynamic* int8, whose scores depend on the rest of the batch, so it is never chosen by the rule
@@ -49,27 +50,42 @@ LEGACY_FP32 = {"file": MODEL_FILE, "precision": "fp32", "backend": "onnxruntime"
 
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags (x86 ``flags`` / arm ``Features`` of /proc/cpuinfo); empty where unreadable.
+    """This CPU's feature flags (x86 ``flags`` / arm ``Features`` of /proc/cpuinfo) and, on x86, its vendor
+    (``GenuineIntel``, ``AuthenticAMD``: the same instructions run at different speeds on the two); empty where
+    unreadable.
 
     ``HEADREG_CPU_FLAGS`` (space separated) replaces them: to check what another machine would serve.
     """
     override = os.environ.get("HEADREG_CPU_FLAGS")
     if override is not None:
         return frozenset(override.split())
+    found: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
+                if key.strip() == "vendor_id":
+                    found.add(value.strip())
+                elif key.strip() in ("flags", "Features"):
+                    return frozenset(found | set(value.split()))
     except OSError:
         pass
-    return frozenset()
+    return frozenset(found)
+
+
+def slow_bf16(flags: Iterable[str]) -> str | None:
+    """Why this CPU computes bf16 slower than fp32, or None: an Intel CPU with AVX-512 BF16 but no AMX (a Xeon
+    whose AMX the hypervisor hides, or one without it). There OpenVINO bf16 ran MiniLM at 0.68x the speed of
+    onnxruntime fp32 and a bf16 matmul at 0.62x fp32 (docs/performance.md). AMX, and AVX-512 BF16 on AMD, are faster than fp32 (1.6-1.9x)."""
+    flags = frozenset(flags)
+    if "GenuineIntel" in flags and "avx512_bf16" in flags and "amx_bf16" not in flags:
+        return "this CPU runs bf16 slower than fp32 (Intel AVX-512 BF16 without AMX)"
+    return None
 
 
 def machine() -> dict[str, Any]:
     """What selection looked at, for reports: architecture and the CPU flags that matter to variants."""
-    interesting = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
+    interesting = ("GenuineIntel", "AuthenticAMD", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
                    "asimddp", "bf16", "i8mm")
     flags = cpu_flags()
     return {"arch": platform.machine(), "cpu_flags": [f for f in interesting if f in flags]}
@@ -117,8 +133,9 @@ def _invariant(record: Mapping[str, Any]) -> bool:
     return isinstance(invariance, Mapping) and bool(invariance.get("passed"))
 
 
-def why_not(record: Mapping[str, Any], flags: Iterable[str] | None = None) -> str | None:
-    """Why the rule would skip this variant here, or None when it is eligible."""
+def why_not(record: Mapping[str, Any], flags: Iterable[str] | None = None, *, runs: bool = False) -> str | None:
+    """Why the rule would skip this variant here, or None when it is eligible (``runs``: only what stops it from
+    running here at all, as for a variant asked for by name)."""
     flags = cpu_flags() if flags is None else frozenset(flags)
     if not _accepted(record):
         return "not accepted at export"
@@ -129,6 +146,9 @@ def why_not(record: Mapping[str, Any], flags: Iterable[str] | None = None) -> st
         return f"backend {record.get('backend')} is not installed{extra}"
     if not _flags_ok(record, flags):
         return f"this CPU has none of {', '.join(record.get('requires_cpu') or [])}"
+    if not runs and record.get("backend") == "openvino" and record.get("precision") == "bf16" and slow_bf16(flags):
+        # int8-ov stays eligible there: its int8 products (VNNI) outweigh the bf16 between them (2.3x fp32 measured)
+        return f"{slow_bf16(flags)}; ask for it by name to run it anyway"
     return None
 
 
