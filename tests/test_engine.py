@@ -193,3 +193,18 @@ def test_bench_times_what_predict_runs(bert_bundle):
                                                      or predictor.backend.run(feed, names)})()
     (result,) = measure([Contender("default", predictor)], TEXTS, batch_size=2, passes=1, warmup=0)
     assert sorted(calls) == [1, 2, 2] and len(result.latencies) == 3
+
+
+def test_plans_count_the_padded_width_a_variant_runs():
+    """A variant padded to 16-token blocks computes 16 tokens for a 10-token row: the token budget and the
+    server's cost model see that, not the raw length."""
+    from headreg.runtime.engine import Engine, Layout
+
+    layout = Layout(input_names=("input_ids", "attention_mask"), output_names=("logits",), output_axes={},
+                    pad_to_multiple_of=16)
+    engine = Engine(None, layout, [], batch_size=32, max_batch_tokens=64)
+    assert engine.widths([1, 10, 16, 17]) == [16, 16, 16, 32]
+    assert engine.plan([10] * 5) == [[0, 1, 2, 3], [4]]  # 5 x 16 = 80 tokens run, over the budget of 64
+    assert engine.with_layout(pad_to_multiple_of=1).plan([10] * 5) == [[0, 1, 2, 3, 4]]  # 5 x 10 = 50
+    equal = engine.with_layout(batch_padding=False)  # rows of one length only: no rounding, no padding
+    assert equal.widths([10, 12]) == [10, 12] and equal.plan([10, 12]) == [[0], [1]]

@@ -98,7 +98,7 @@ def test_int8_ov_record_files_and_selection(token_bundle, monkeypatch):
 def test_int8_ov_predictor_is_batch_invariant(token_bundle):
     out, _ = token_bundle
     predictor = Predictor(out, threads=2)
-    assert predictor.variant == "int8-ov" and predictor.layout.pad_to_multiple_of == 32
+    assert predictor.variant == "int8-ov" and predictor.layout.pad_to_multiple_of == 16
     alone = [predictor.predict([text])[0] for text in TEXTS]
     together = predictor.predict(TEXTS, batch_size=len(TEXTS))
     reversed_ = predictor.predict(TEXTS[::-1], batch_size=3)[::-1]

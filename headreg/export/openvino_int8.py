@@ -52,6 +52,7 @@ from ..errors import VerificationError
 from ..runtime.backends import BF16_CPU_FLAGS, OpenVINOBackend, openvino_version
 from ..runtime.variants import cpu_flags
 from . import acceptance as acc
+from .bf16 import PAD_MULTIPLE  # the bf16 operations between the int8 ones need bf16's padding (0.0 measured at 16)
 
 VARIANT = "int8-ov"
 XML_FILE = "model.int8-ov.xml"
@@ -61,8 +62,6 @@ BIN_FILE = "model.int8-ov.bin"  # the IR's weights, beside the .xml (OpenVINO re
 # (Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later) or AMX also has AVX-512 VNNI; the export checks both.
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 REQUIRES_CPU = BF16_CPU_FLAGS
-# Batches are padded to a multiple of this many tokens, as for bf16 (see _measured_pad_multiple in the tests).
-PAD_MULTIPLE = 32
 # SmoothQuant alphas tried, in order (NNCF's default first); each try is one nncf.quantize (MiniLM: ~25 s).
 SMOOTH_QUANT_ALPHAS = (0.95, 0.9, 0.85, 0.8, 0.75)
 # Where no alpha keeps min_agreement: NNCF's accuracy control, bounded (its ranking compiles one candidate per group

@@ -117,9 +117,18 @@ class Engine:
         """
         size = int(batch_size or self.batch_size)
         equal = not self.layout.batch_padding
+        lengths = self.widths(lengths)
         if bucket:
             return plan_batches(lengths, size, self.max_batch_tokens, equal_lengths=equal)
         return plan_batches(lengths, size, sort=False, equal_lengths=equal)
+
+    def widths(self, lengths: Sequence[int]) -> list[int]:
+        """Each row's padded width: its length rounded up to the variant's multiple (rows of one block cost alike,
+        so plans and cost models see what runs). Lengths as they are for a bundle that batches equal lengths only."""
+        multiple = self.layout.pad_to_multiple_of
+        if multiple <= 1 or not self.layout.batch_padding:
+            return list(lengths)
+        return [-(-max(int(n), 1) // multiple) * multiple for n in lengths]
 
     # --- run ------------------------------------------------------------------------------------------------
 

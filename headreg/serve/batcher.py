@@ -284,7 +284,7 @@ class Batcher:
         if len(taken) <= 1:
             chosen = list(range(len(taken)))
         else:
-            lengths = [len(request.job.rows[index].encoding) for request, index in taken]
+            lengths = self.engine.widths([len(request.job.rows[index].encoding) for request, index in taken])
             plan = [capped for batch in self.engine.plan(lengths, batch_size=self.max_batch_size)
                     for part in split_padding(batch, lengths)
                     for capped in cap_attention(part, lengths, self.max_batch_cells)]
