@@ -1,4 +1,8 @@
-"""HeadedModel: a transformers backbone + pooling + a registered head, with save/load that never pickles.
+"""A transformers backbone + pooling + registered heads, with save/load that never pickles.
+
+``MultiHeadModel`` runs N named heads in one pass; ``HeadedModel`` (``attach_head``) is its one-member case,
+which keeps the format-1 names: modules ``head`` / ``pooler``, graph outputs ``logits`` / ``pooled_output``.
+Building several heads (``attach_heads``), loading them and their collator are in :mod:`headreg.multihead`.
 
 >>> from transformers import AutoModel
 >>> backbone = AutoModel.from_pretrained("path/to/encoder")          # doctest: +SKIP
@@ -15,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import require
 
@@ -29,14 +33,14 @@ from transformers.utils import ModelOutput  # noqa: E402
 
 from ._version import __version__  # noqa: E402
 from .atomic import atomic_directory  # noqa: E402
-from .errors import BackboneError, HeadConfigError, HeadregError, SaveLoadError  # noqa: E402
+from .errors import BackboneError, HeadConfigError, HeadregError, LabelError, SaveLoadError  # noqa: E402
 from .heads.base import Head, build_config  # noqa: E402
 from .pooling import Pooler, PoolingConfig, is_decoder, resolve_pooling  # noqa: E402
 from .plugins import builtin_registry  # noqa: E402
 from .installed import get_head  # noqa: E402
 from .registry import HeadSpec  # noqa: E402
 from .files import BACKBONE_DIR, HEAD_WEIGHTS, MODEL_CONFIG  # noqa: E402
-from .saved import FORMAT, MODEL_KIND, is_saved_model  # noqa: E402
+from .saved import FORMAT, MEMBER_NAME, MODEL_KIND, is_saved_model  # noqa: E402
 
 
 @dataclass
@@ -126,16 +130,275 @@ class Member:
         return {self.outputs["logits"]} if self.head.level == "token" else set()
 
 
-class HeadedModel(BackboneModel):
-    """A backbone, a pooler and a head. ``forward`` returns :class:`HeadOutput` (loss, logits, pooled_output)."""
+POOLED = "pooled_output"
+
+
+@dataclass
+class MultiHeadOutput(ModelOutput):
+    """What a MultiHeadModel returns: the weighted loss and each head's logits and pooled features by head name.
+
+    Dicts of tensors are what transformers' Trainer gathers and concatenates in its prediction loop.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: dict[str, torch.Tensor] | None = None
+    pooled_output: dict[str, torch.Tensor] | None = None
+
+
+def pooling_key(config: PoolingConfig) -> str:
+    """A readable module name for a pooling: ``cls``, ``mean``, ``pooler``, ``cls_tanh`` ..."""
+    key = config.strategy
+    if config.projection:
+        key = f"{key}_{config.activation or 'linear'}{'_norm' if config.norm else ''}"
+    return key + ("_dense" if config.dense else "") + ("_normalize" if config.normalize else "")
+
+
+class MultiHeadModel(BackboneModel):
+    """A backbone with named heads. ``forward`` returns :class:`MultiHeadOutput`.
+
+    ``poolers`` holds one pooler per distinct pooling (heads with the same pooling share it, so it is
+    computed once per pass); ``heads`` holds the heads by name, in the order they were added.
+    """
+
+    multi_head = True
+
+    def __init__(self, backbone: PreTrainedModel):
+        super().__init__(backbone)
+        self.poolers = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self.specs: dict[str, HeadSpec] = {}
+        self.head_pooling: dict[str, str] = {}
+        self.loss_weights: dict[str, float] = {}
+
+    @property
+    def head_names(self) -> list[str]:
+        return list(self.heads)
+
+    # --- building -------------------------------------------------------------------------------------------------
+
+    def add_head(
+        self,
+        name: str,
+        head: str,
+        *,
+        pooling: str | dict | PoolingConfig = "auto",
+        loss_weight: float = 1.0,
+        **options: Any,
+    ) -> "MultiHeadModel":
+        """Add the registered head ``head`` under ``name`` (``options``: its config fields); returns the model."""
+        spec, module, pooling_config = build_head(self.backbone, head, pooling, options)
+        # A fresh head shares the pooler of its pooling (and so its projection, trained jointly) when there is one.
+        pooler = next((p for p in self.poolers.values() if p.config == pooling_config), None)
+        return self._add(name, module, spec, pooler or Pooler(pooling_config, hidden_size_of(self.backbone.config)),
+                         loss_weight)
+
+    def add_model(self, name: str, model: HeadedModel, *, loss_weight: float = 1.0) -> "MultiHeadModel":
+        """Add a (fine-tuned) single-head model's head and pooler under ``name``; it must share this backbone."""
+        if not isinstance(model, HeadedModel):
+            raise TypeError(f"add_model takes a HeadedModel, got {type(model).__name__}")
+        if model.backbone is not self.backbone:
+            raise HeadConfigError(
+                f"head {name!r}: that model has its own backbone; heads joining a model must share its backbone "
+                "(attach_heads(model, {...}) starts a multi-head model from a single-head one)"
+            )
+        return self._add(name, model.head, model.spec, model.pooler, loss_weight)
+
+    def _add(self, name: str, head: Head, spec: HeadSpec, pooler: Pooler, loss_weight: float) -> "MultiHeadModel":
+        if not isinstance(name, str) or not MEMBER_NAME.match(name) or name == POOLED:
+            raise HeadConfigError(
+                f"head name {name!r} must start with a letter and hold only letters, digits, '_' and '-' (at most "
+                "64 characters): it names the head's ONNX outputs ('{name}.logits')"
+            )
+        if name in self.heads:
+            raise HeadConfigError(f"this model already has a head named {name!r}; its heads are {self.head_names}")
+        weight = float(loss_weight)
+        if not weight >= 0:
+            raise HeadConfigError(f"loss weight of head {name!r} must be >= 0, got {loss_weight!r}")
+        self.head_pooling[name] = self._pooler_key(pooler)
+        self.heads[name] = head
+        self.specs[name] = spec
+        self.loss_weights[name] = weight
+        device = next(self.backbone.parameters()).device
+        self.to(device)
+        head.train(self.backbone.training)
+        return self
+
+    def _pooler_key(self, pooler: Pooler) -> str:
+        """The key of this pooler or an equal one already here (same config and weights), else a new key.
+
+        A trained pooler with a projection keeps its own weights unless they equal an existing pooler's.
+        """
+        for key, existing in self.poolers.items():
+            if existing is pooler:
+                return key
+            if existing.config == pooler.config and _same_weights(existing, pooler):
+                return key
+        base = pooling_key(pooler.config)
+        key, n = base, 2
+        while key in self.poolers:
+            key, n = f"{base}_{n}", n + 1
+        self.poolers[key] = pooler
+        return key
+
+    # --- running ----------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> MultiHeadOutput:
+        """Every head's logits (and pooled features) by name; ``labels`` by head name give the weighted loss."""
+        if labels is not None and not isinstance(labels, Mapping):
+            raise LabelError(
+                f"a multi-head model takes labels as a dict by head name, e.g. labels={{{self.head_names[0]!r}: y}}; "
+                f"got {type(labels).__name__}. Its heads are {self.head_names}."
+            )
+        unknown = sorted(set(labels or {}) - set(self.heads))
+        if unknown:
+            raise LabelError(f"labels for unknown head(s) {unknown}; this model's heads are {self.head_names}")
+        pooled, logits, mask = self._run(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
+        loss = None
+        for name, target in (labels or {}).items():
+            if target is None or _all_ignored(target) or self.loss_weights[name] == 0:
+                continue
+            term = self.loss_weights[name] * self.heads[name].loss(logits[name], target, mask)
+            loss = term if loss is None else loss + term
+        if loss is None and labels is not None:
+            # Trainer needs a tensor loss even when no head has labels in this batch; zero keeps the graph.
+            loss = sum(value.sum() * 0.0 for value in logits.values())
+        by_head = {name: pooled[self.head_pooling[name]] for name in self.heads}
+        return MultiHeadOutput(loss=loss, logits=logits, pooled_output=by_head)
+
+    def _run(self, *args: Any, **kwargs: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+        if not self.heads:
+            raise HeadConfigError("this multi-head model has no heads yet; add one with model.add_head(name, head, ...)")
+        sequence_output, mask, backbone_pooled = self.encode(*args, **kwargs)
+        pooled = {
+            key: self.poolers[key](sequence_output, mask, backbone_pooled)
+            for key in dict.fromkeys(self.head_pooling[name] for name in self.heads)
+        }
+        logits = {
+            name: head(pooled[self.head_pooling[name]], sequence_output, mask) for name, head in self.heads.items()
+        }
+        return pooled, logits, mask
+
+    # --- export -----------------------------------------------------------------------------------------------------
+
+    def pooled_output_names(self) -> dict[str, str]:
+        """Pooling key -> graph output: ``pooled_output`` for the first pooling, ``pooled_output.<key>`` after."""
+        # Order of first use by the heads (not of the ModuleDict), so a saved and reloaded model names them alike.
+        keys = list(dict.fromkeys(self.head_pooling[name] for name in self.heads))
+        return {key: POOLED if i == 0 else f"{POOLED}.{key}" for i, key in enumerate(keys)}
+
+    def output_name(self, head: str, output: str) -> str:
+        """The graph output carrying one head's ``output`` (``logits`` or an extra): ``{head}.{output}``."""
+        return f"{head}.{output}"
+
+    def members(self) -> list[Member]:
+        pooled_names = self.pooled_output_names()
+        members = []
+        for name, head in self.heads.items():
+            key = self.head_pooling[name]
+            outputs = {"logits": self.output_name(name, "logits"), "pooled_output": pooled_names[key]}
+            outputs.update({extra: self.output_name(name, extra) for extra in head.export_extras()})
+            members.append(Member(name, head, self.specs[name], self.poolers[key].config, outputs))
+        return members
+
+    def graph_output_names(self) -> list[str]:
+        return list(self.graph_outputs_of(None))
+
+    def graph_outputs(self, input_ids, attention_mask, token_type_ids=None) -> dict[str, torch.Tensor]:
+        """The exported graph's outputs by name, in graph order: pooled outputs, then each head's."""
+        return self.graph_outputs_of(self._run(input_ids, attention_mask, token_type_ids))
+
+    def graph_outputs_of(self, run: tuple[Any, Any, Any] | None) -> dict[str, Any]:
+        """Graph output name -> value from ``_run``'s result (``None``: names only, values None)."""
+        pooled, logits = (run[0], run[1]) if run is not None else ({}, {})
+        names = self.pooled_output_names()
+        outputs = {names[key]: pooled.get(key) for key in names}
+        for name, head in self.heads.items():
+            outputs[self.output_name(name, "logits")] = logits.get(name)
+            outputs.update({self.output_name(name, extra): value for extra, value in head.export_extras().items()})
+        return outputs
+
+    # --- save / load ------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory, *, overwrite: bool = False, tokenizer: Any = None) -> Path:
+        """Backbone (transformers' format), heads and poolers (json + one safetensors file); never pickle."""
+        config = {
+            "format_version": 2,
+            "heads": [
+                {
+                    "name": name,
+                    "head": self.specs[name].name,
+                    "plugin": self.specs[name].plugin,
+                    "plugin_version": self.specs[name].version,
+                    "head_config": head.config.to_dict(),
+                    "pooling": self.head_pooling[name],
+                    "loss_weight": self.loss_weights[name],
+                }
+                for name, head in self.heads.items()
+            ],
+            "poolings": {key: pooler.config.as_dict() for key, pooler in self.poolers.items()},
+        }
+        return save_model(self, save_directory, config, overwrite=overwrite, tokenizer=tokenizer)
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
+
+
+def _all_ignored(labels: Any) -> bool:
+    """Integer labels that are all -100 (a batch where no row is labelled for this head): no loss, not NaN."""
+    labels = torch.as_tensor(labels)
+    return not torch.is_floating_point(labels) and labels.numel() > 0 and bool((labels == -100).all())
+
+
+
+class HeadedModel(MultiHeadModel):
+    """A backbone, a pooler and a head: the one-member case of :class:`MultiHeadModel`. ``forward`` returns
+    :class:`HeadOutput` (loss, logits, pooled_output) and takes ``labels`` as a tensor.
+
+    What differs from the general case is only naming, kept since format 1: the head and pooler are the modules
+    ``head`` and ``pooler`` (their state-dict keys), and the graph outputs are ``logits``, ``pooled_output`` and
+    the head's extras, without the head's name.
+    """
 
     multi_head = False
 
     def __init__(self, backbone: PreTrainedModel, head: Head, pooler: Pooler, spec: HeadSpec):
-        super().__init__(backbone)
+        BackboneModel.__init__(self, backbone)
         self.pooler = pooler
         self.head = head
         self.spec = spec
+
+    # MultiHeadModel's code reads these; they are views of the two registered modules, so torch registers (and
+    # names in the state dict) each once, as ``head`` / ``pooler``, and a replaced ``model.head`` is what runs.
+    @property
+    def heads(self) -> dict[str, Head]:
+        return {self.spec.name: self.head}
+
+    @property
+    def poolers(self) -> dict[str, Pooler]:
+        return {pooling_key(self.pooler.config): self.pooler}
+
+    @property
+    def head_pooling(self) -> dict[str, str]:
+        return {self.spec.name: pooling_key(self.pooler.config)}
+
+    @property
+    def specs(self) -> dict[str, HeadSpec]:
+        return {self.spec.name: self.spec}
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        return {self.spec.name: 1.0}
 
     @property
     def head_config(self):
@@ -144,6 +407,13 @@ class HeadedModel(BackboneModel):
     @property
     def head_name(self) -> str:
         return self.spec.name
+
+    def _add(self, name: str, *args: Any) -> "MultiHeadModel":
+        raise HeadConfigError(f"a HeadedModel has one head; attach_heads(model, {{{name!r}: ...}}) makes a multi-head "
+                              "model that keeps this one")
+
+    def output_name(self, head: str, output: str) -> str:
+        return output
 
     def forward(
         self,
@@ -155,26 +425,10 @@ class HeadedModel(BackboneModel):
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> HeadOutput:
-        sequence_output, attention_mask, backbone_pooled = self.encode(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs
-        )
-        pooled_output = self.pooler(sequence_output, attention_mask, backbone_pooled)
-        logits = self.head(pooled_output, sequence_output, attention_mask)
-        loss = self.head.loss(logits, labels, attention_mask) if labels is not None else None
+        pooled, logits, mask = self._run(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
+        (logits,), (pooled_output,) = logits.values(), pooled.values()
+        loss = self.head.loss(logits, labels, mask) if labels is not None else None
         return HeadOutput(loss=loss, logits=logits, pooled_output=pooled_output)
-
-    def graph_output_names(self) -> list[str]:
-        return ["logits", "pooled_output", *self.head.export_extras()]
-
-    def members(self) -> list[Member]:
-        """The one head; its graph outputs keep the single-head names (``logits``, ``pooled_output``, extras)."""
-        names = self.graph_output_names()
-        return [Member(self.spec.name, self.head, self.spec, self.pooler.config, {n: n for n in names})]
-
-    def graph_outputs(self, input_ids, attention_mask, token_type_ids=None) -> dict[str, torch.Tensor]:
-        """The exported graph's outputs by name, in graph order."""
-        out = self(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return {"logits": out.logits, "pooled_output": out.pooled_output, **self.head.export_extras()}
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False, tokenizer: Any = None):
         """Write the backbone (transformers' format), the head config (json) and head weights (safetensors).

@@ -386,3 +386,32 @@ def test_a_format_1_bundle_written_by_the_previous_code_still_loads(tmp_path):
     result = predictor.predict("a short text")
     assert set(result) == {"label", "score", "scores"}
     assert verify_bundle(tmp_path / "v1").passed
+
+
+def test_a_single_head_model_is_the_one_member_case_with_its_format_1_names():
+    torch.manual_seed(0)
+    single = attach_head(tiny_backbone("bert", num_hidden_layers=1), "token_cls", num_labels=4).eval()
+    assert isinstance(single, MultiHeadModel) and single.head_names == ["token_cls"]
+    # format-1 state-dict keys (saved models, Trainer checkpoints): the head and pooler, each once
+    assert {key.split(".")[0] for key in single.state_dict()} == {"backbone", "head"}  # cls pooling: no weights
+    projected = attach_head(tiny_backbone("bert", num_hidden_layers=1), "seq_cls", num_labels=2,
+                            pooling={"strategy": "cls", "projection": True, "activation": "tanh"})
+    assert {key.split(".")[0] for key in projected.state_dict()} == {"backbone", "head", "pooler"}
+    ids, mask = _batch()
+    out = single(input_ids=ids, attention_mask=mask, labels=torch.zeros_like(ids))
+    assert out.logits.shape == (3, 7, 4) and out.loss is not None
+    assert single.graph_output_names() == ["pooled_output", "logits"]
+    (member,) = single.members()
+    assert member.outputs == {"logits": "logits", "pooled_output": "pooled_output"}
+    # the same head in a multi-head model runs the same code and gives the same numbers under prefixed names
+    multi = attach_heads(single, {}, keep_as="tags")
+    graph, same = single.graph_outputs(ids, mask), multi.graph_outputs(ids, mask)
+    torch.testing.assert_close(graph["logits"], same["tags.logits"])
+    torch.testing.assert_close(graph["pooled_output"], same["pooled_output"])
+    with pytest.raises(HeadConfigError, match=r"has one head; attach_heads\(model"):
+        single.add_head("extra", "seq_cls", num_labels=2)
+    from headreg.model import hidden_size_of
+
+    replaced = type(single.head)(single.head.config, hidden_size_of(single.config))
+    single.head = replaced  # what runs is the registered module, whatever was assigned
+    assert single.heads["token_cls"] is replaced
