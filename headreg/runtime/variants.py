@@ -148,7 +148,7 @@ def why_not(record: Mapping[str, Any], flags: Iterable[str] | None = None, *, ru
         return f"this CPU has none of {', '.join(record.get('requires_cpu') or [])}"
     if not runs and record.get("backend") == "openvino" and record.get("precision") == "bf16" and slow_bf16(flags):
         # int8-ov stays eligible there: its int8 products (VNNI) outweigh the bf16 between them (2.3x fp32 measured)
-        return f"{slow_bf16(flags)}; ask for it by name to run it anyway"
+        return f"{slow_bf16(flags)}; ask for it by name (--variant bf16) to run it anyway"
     return None
 
 
