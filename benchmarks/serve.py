@@ -38,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+import aiohttp
 import httpx
 
 from .corpus import mixed_corpus
@@ -137,23 +138,29 @@ async def closed_loop(url: str, clients: int, texts: list[str], requests: int, s
     next_index = 0
     start = time.perf_counter()
     deadline = start + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+    # aiohttp, not httpx: the load generator shares the servers' cores, and at 32 clients it cost 0.36 ms of CPU
+    # per request against httpx's 2.3 (infinity-emb alone, interleaved: 67.0 vs 57.8 req/s; headreg gains alike)
+    connector = aiohttp.TCPConnector(limit=clients)
+    headers = {"content-type": "application/json"}
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
 
         async def send(payload: dict[str, Any]) -> tuple[Any, float]:
             """(final status or the transport error's name, when the answered attempt was sent); retries 429s if asked."""
             nonlocal retries
+            data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
             while True:
                 sent = time.perf_counter()
                 try:
-                    response = await client.post(path, json=payload)
-                except httpx.TransportError as exc:  # counted as an error of its own, never hidden
+                    async with client.post(path, data=data, headers=headers) as response:
+                        await response.read()
+                        status, retry_after = response.status, response.headers.get("retry-after", 1)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # counted as an error of its own, never hidden
                     return type(exc).__name__, sent
-                if response.status_code != 429 or not retry_429:
-                    return response.status_code, sent
+                if status != 429 or not retry_429:
+                    return status, sent
                 statuses[429] += 1
                 retries += 1
-                await asyncio.sleep(float(response.headers.get("retry-after", 1)) * random.uniform(*RETRY_JITTER))
+                await asyncio.sleep(float(retry_after) * random.uniform(*RETRY_JITTER))
 
         async def one_client() -> None:
             nonlocal next_index
