@@ -76,7 +76,8 @@ def cpu_flags() -> frozenset[str]:
 def slow_bf16(flags: Iterable[str]) -> str | None:
     """Why this CPU computes bf16 slower than fp32, or None: an Intel CPU with AVX-512 BF16 but no AMX (a Xeon
     whose AMX the hypervisor hides, or one without it). There OpenVINO bf16 ran MiniLM at 0.68x the speed of
-    onnxruntime fp32 and a bf16 matmul at 0.62x fp32 (docs/performance.md). AMX, and AVX-512 BF16 on AMD, are faster than fp32 (1.6-1.9x)."""
+    onnxruntime fp32 and a bf16 matmul at 0.62x fp32 (docs/performance.md). AMX, and AVX-512 BF16 on AMD, ran
+    bf16 faster than fp32 (1.6-1.9x)."""
     flags = frozenset(flags)
     if "GenuineIntel" in flags and "avx512_bf16" in flags and "amx_bf16" not in flags:
         return "this CPU runs bf16 slower than fp32 (Intel AVX-512 BF16 without AMX)"
