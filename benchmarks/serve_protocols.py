@@ -14,7 +14,8 @@ load generator) at 1, 8 and 32 clients, interleaved round by round on one ``head
   /tmp/infinity-venv/bin/pip install torch==2.13.0 'infinity-emb[server,torch]'``.
 
 ``--model-workers N`` passes the same option to ``headreg serve`` (N batches at once, the threads split among
-them); the peer keeps its own defaults.
+them; without it the server's default: an fp32 bundle runs two batches at once that share the threads); the
+peer keeps its own defaults.
 
 Reported per level: req/s, p50/p99 and server CPU time per request per route (the median round), each protocol's overhead against native
 (target: at most 10 % fewer req/s at 32 clients) and headreg's OpenAI route against infinity's (target: at least
@@ -82,8 +83,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=384, help="requests per measurement (default 384)")
     parser.add_argument("--seconds", type=float, default=10.0, help="time cap per measurement (default 10)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per client count (default 2)")
-    parser.add_argument("--model-workers", type=int, default=1,
-                        help="headreg serve --model-workers: its batches running at once, --threads split among them")
+    parser.add_argument("--model-workers", type=int, default=None,
+                        help="headreg serve --model-workers: its batches running at once, --threads split among them "
+                             "(default: the server's own, two sharing the threads for fp32)")
     parser.add_argument("--routes", default=",".join(ROUTES), help=f"headreg routes to load (default {','.join(ROUTES)})")
     parser.add_argument("--infinity-venv", type=Path, default=Path("/tmp/infinity-venv"),
                         help="a virtualenv with infinity-emb installed (default /tmp/infinity-venv)")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{' '.join(f'{v:.2f}' for v in report['load_average_before'])}", flush=True)
     headreg = Process("headreg serve", [sys.executable, "-m", "headreg.cli", "serve", f"{MODEL}={bundle}",
                                         "--threads", str(args.threads), "--no-access-log",
-                                        "--model-workers", str(args.model_workers),
+                                        *(["--model-workers", str(args.model_workers)] if args.model_workers else []),
                                         *(["--variant", "bf16"] if args.bf16 else [])])
     peer = None
     try:

@@ -560,7 +560,7 @@ def test_model_workers_serve_concurrent_clients_with_the_predictors_answers(bund
         assert [answer.status_code for answer in answers] == [200] * len(texts)
         for text, answer in zip(texts, answers):
             assert_same(answer.json()["outputs"], json.loads(json.dumps(predictors["seq_cls"].predict([text]))))
-        assert "2 batches at once (1 thread(s) each)" in srv.log.read_text()
+        assert "2 batches at once, 1 thread(s) each" in srv.log.read_text()
     finally:
         assert srv.stop() == 0
 
@@ -646,6 +646,26 @@ def test_several_model_workers_run_batches_at_once_and_answer_like_the_predictor
     assert not any(thread.is_alive() for thread in batcher._threads)
     for inputs, result in zip(requests, results):
         assert_same(json.loads(json.dumps(result)), json.loads(json.dumps(predictor.predict(inputs))))
+
+
+def test_by_default_two_batches_share_an_onnxruntime_sessions_threads(bundles, predictors):
+    """Without --model-workers: two workers on one onnxruntime session with more than one thread (a lone batch
+    keeps all of them); one on a one-thread session, and one on OpenVINO, whose streams would split the threads."""
+    import types
+
+    from headreg.runtime.backends import OpenVINOBackend
+    from headreg.serve.batcher import ATTENTION_CELLS, Batcher, auto_workers
+
+    shared = Predictor(bundles["regression"], threads=2)
+    assert shared.session.get_session_options().intra_op_num_threads == 2  # not split between the workers
+    batcher = Batcher("regression", shared, max_batch_tokens=4096, max_batch_size=8)
+    assert batcher.workers == 2 and len(batcher._threads) == 2
+    assert batcher.max_batch_cells == ATTENTION_CELLS // 2  # the two batches share one attention budget
+    assert Batcher("regression", predictors["regression"], max_batch_tokens=4096, max_batch_size=8).workers == 1
+    assert Batcher("regression", shared, max_batch_tokens=4096, max_batch_size=8, workers=3).workers == 3
+    pytest.importorskip("openvino", reason="the serve extra installs OpenVINO; this checks the OpenVINO rule")
+    openvino = OpenVINOBackend(bundles["regression"] / "model.onnx", threads=2, precision="fp32")
+    assert auto_workers(types.SimpleNamespace(backend=openvino)) == 1
 
 
 def test_schema_imports_without_a_web_framework():

@@ -46,9 +46,10 @@ Examples:
 @click.option("--max-windows", default=256, show_default=True, type=click.IntRange(min=1),
               help="Most windows one input may be read in with long_text='window'; a request may ask for fewer.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
-@click.option("--model-workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Batches of one model that run at once, each on --threads / N onnxruntime threads (see "
-                   "docs/serving.md, 'How batching works').")
+@click.option("--model-workers", default=None, type=click.IntRange(min=1),
+              help="Batches of one model that run at once, each on --threads / N threads [default: an onnxruntime "
+                   "bundle runs up to 2 that share all --threads; an OpenVINO variant 1] (docs/serving.md, "
+                   "'How batching works').")
 @click.option("--cpu-arena/--no-cpu-arena", default=False, show_default=True, envvar="HEADREG_ORT_CPU_ARENA",
               help="onnxruntime's CPU memory arena. Off, every batch's tensors go back to the allocator, which is "
                    "trimmed after big batches: a server's memory does not keep the high-water mark of every batch "
@@ -59,7 +60,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
           max_concurrent_requests: int, max_input_texts: int, payload_limit: int, threads: int | None,
           variant: str | None, api_key: str | None, keep_alive: float, header_timeout: float, body_timeout: float,
           body_total_timeout: float, request_timeout: float, max_windows: int, access_log: bool,
-          model_workers: int, cpu_arena: bool, default_model: str | None) -> None:
+          model_workers: int | None, cpu_arena: bool, default_model: str | None) -> None:
     """Serve bundles over HTTP with batching across requests (see docs/serving.md).
 
     A bundle is served under its directory name, or under NAME when given as NAME=PATH.
@@ -73,6 +74,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
             usage_error(str(exc))
     from ..runtime.cpus import available_cpus
     from ..serve.app import ServeConfig, configure_logging, create_app, listen, serve as run_server
+    from ..serve.batcher import auto_workers
     from ..serve.memory import limit_heaps
     from ..serve.names import parse_bundle_args
     from ..runtime.backends import STREAMS_ENV
@@ -95,9 +97,10 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
     configure_logging(access=access_log)
     # before the sessions and their threads exist: every session reads it, glibc's heaps are made per thread
     os.environ[ARENA_ENV] = "1" if cpu_arena else "0"
-    os.environ[STREAMS_ENV] = str(model_workers)  # an OpenVINO variant runs each worker's batch in its own stream
+    os.environ[STREAMS_ENV] = str(model_workers or 1)  # an OpenVINO variant runs each worker's batch in its own stream
     limit_heaps()
-    worker_threads = max(threads // model_workers, 1)  # each batch running at once gets its share of the threads
+    # asked for, each batch running at once gets its share of the threads; by default they share them all
+    worker_threads = max(threads // model_workers, 1) if model_workers else threads
     predictors = {
         name: load_predictor(path, threads=worker_threads, variant=variant, max_batch_tokens=max_batch_tokens,
                               batch_size=max_batch_size, max_windows=max_windows)
@@ -109,11 +112,17 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
                          request_timeout=request_timeout, body_timeout=body_timeout,
                          body_total_timeout=body_total_timeout, trim_memory=not cpu_arena,
                          workers=model_workers)
-    click.echo(
-        f"serving {', '.join(f'{n} ({plain(p.head)}, {p.variant})' for n, p in predictors.items())} on http://{host}:{port} "
-        f"with {threads} thread(s) per model"
-        + (f", {model_workers} batches at once ({worker_threads} thread(s) each)" if model_workers > 1 else ""),
-        err=True,
-    )
+    served = ", ".join(f"{name} ({plain(p.head)}, {p.variant}"
+                       f"{_at_once(model_workers or auto_workers(p), model_workers and worker_threads)})"
+                       for name, p in predictors.items())
+    click.echo(f"serving {served} on http://{host}:{port} with {threads} thread(s) per model", err=True)
     sys.exit(run_server(create_app(predictors, config), host=host, port=port, keep_alive=keep_alive,
                         header_timeout=header_timeout, sock=sock))
+
+
+
+def _at_once(workers: int, split_threads: int | None) -> str:
+    if workers == 1:
+        return ""
+    share = f"{split_threads} thread(s) each" if split_threads else "sharing the threads"
+    return f", {workers} batches at once, {share}"

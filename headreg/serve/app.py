@@ -69,8 +69,8 @@ class ServeConfig:
     # glibc's free memory handed back after big batches (headreg.serve.memory); what onnxruntime's arena would
     # keep anyway gains nothing from it, so headreg serve sets it when the arena is off (--no-cpu-arena)
     trim_memory: bool = False
-    # batches of one model running at once (headreg serve --model-workers), each on its own session threads
-    workers: int = 1
+    # batches of one model running at once (headreg serve --model-workers); None: Batcher's auto_workers
+    workers: int | None = None
 
 
 class _State:
