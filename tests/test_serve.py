@@ -663,6 +663,17 @@ def test_by_default_two_batches_share_an_onnxruntime_sessions_threads(bundles, p
     assert batcher.max_batch_cells == ATTENTION_CELLS // 2  # the two batches share one attention budget
     assert Batcher("regression", predictors["regression"], max_batch_tokens=4096, max_batch_size=8).workers == 1
     assert Batcher("regression", shared, max_batch_tokens=4096, max_batch_size=8, workers=3).workers == 3
+    requests = [[TEXTS[i % len(TEXTS)], f"request {i}"] for i in range(16)]
+
+    async def run():  # both workers running at once on the one pool, each request answered as alone
+        batcher = Batcher("regression", shared, max_batch_tokens=4096, max_batch_size=2)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(inputs) for inputs in requests))
+        await batcher.close()
+        return results
+
+    for inputs, result in zip(requests, asyncio.run(run())):
+        assert_same(json.loads(json.dumps(result)), json.loads(json.dumps(shared.predict(inputs))))
     pytest.importorskip("openvino", reason="the serve extra installs OpenVINO; this checks the OpenVINO rule")
     openvino = OpenVINOBackend(bundles["regression"] / "model.onnx", threads=2, precision="fp32")
     assert auto_workers(types.SimpleNamespace(backend=openvino)) == 1
