@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import PredictionError
+from ..runtime.cpus import available_cpus
 from ..runtime.inputs import InputError
 from .memory import ATTENTION_CELLS, TRIM_AT, Trimmer
 from .metrics import ServeMetrics
@@ -70,7 +71,8 @@ def auto_workers(predictor: Any) -> int:
     session = getattr(backend, "session", None)
     if getattr(backend, "name", None) != "onnxruntime" or session is None:
         return 1
-    return AUTO_WORKERS if session.get_session_options().intra_op_num_threads != 1 else 1
+    threads = session.get_session_options().intra_op_num_threads or available_cpus()  # 0: onnxruntime's own choice
+    return AUTO_WORKERS if threads > 1 else 1
 
 
 class InferenceError(PredictionError):
