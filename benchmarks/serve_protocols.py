@@ -14,7 +14,7 @@ load generator) at 1, 8 and 32 clients, interleaved round by round on one ``head
   /tmp/infinity-venv/bin/pip install torch==2.13.0 'infinity-emb[server,torch]'``.
 
 ``--model-workers N`` passes the same option to ``headreg serve`` (N batches at once, the threads split among
-them; without it the server's default: an fp32 bundle runs two batches at once that share the threads); the
+them; without it the server's default: an onnxruntime bundle runs two batches at once that share the threads); the
 peer keeps its own defaults.
 
 Reported per level: req/s, p50/p99 and server CPU time per request per route (the median round), each protocol's overhead against native
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per client count (default 2)")
     parser.add_argument("--model-workers", type=int, default=None,
                         help="headreg serve --model-workers: its batches running at once, --threads split among them "
-                             "(default: the server's own, two sharing the threads for fp32)")
+                             "(default: the server's own, two sharing the threads for an onnxruntime bundle)")
     parser.add_argument("--routes", default=",".join(ROUTES), help=f"headreg routes to load (default {','.join(ROUTES)})")
     parser.add_argument("--infinity-venv", type=Path, default=Path("/tmp/infinity-venv"),
                         help="a virtualenv with infinity-emb installed (default /tmp/infinity-venv)")

@@ -120,7 +120,6 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
                         header_timeout=header_timeout, sock=sock))
 
 
-
 def _at_once(workers: int, split_threads: int | None) -> str:
     if workers == 1:
         return ""
