@@ -1,15 +1,15 @@
-"""Cross-request batching: one queue and one model thread per bundle, in front of the runtime engine.
+"""Cross-request batching: one queue and its model threads per bundle, in front of the runtime engine.
 
 This module is the server's queueing policy only; the engine (runtime/engine.py) runs and finishes the work,
 as it does for ``Predictor.predict``. A request is tokenized on its own (``Predictor.prepare``: on the event
-loop when small, else in a thread pool); its rows join the bundle's queue. The bundle's model thread takes
+loop when small, else in a thread pool); its rows join the bundle's queue. A free model thread takes
 queued rows with the requests taking turns (one row from each queued request, in rotation order, then a second
 from each, ...) up to the token budget and the row cap, orders them by length with ``Engine.plan``, runs the
 planned batch that holds the first of them with ``Engine.execute`` (the plan's other rows stay queued and lead
 the next batch) and hands each row's output to its request; a request the
 engine failed (its batchmates are not affected) gets its error. A request whose rows are all back is finished
 (``Engine.finish``: the head's postprocess on that request's rows alone) while the model thread already runs
-the next batch.
+its next batch.
 
 Why a thread per bundle and not the event loop: a thread that takes the next batch the moment the previous one
 returns keeps the model busy without an event-loop round trip. ``workers=N`` (``headreg serve
