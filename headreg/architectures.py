@@ -24,7 +24,7 @@ import logging
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -274,7 +274,6 @@ class Result:
     batch_padding: bool = True
     max_length: int | None = None
     seconds: float = 0.0
-    steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def served(self) -> bool:
@@ -346,23 +345,18 @@ def padding_sides_disagree(predictor: Any, texts: Sequence[str], tolerance: floa
     return None
 
 
-def round_trip(model_type: str, head: str, workdir: str | Path, *, tokenizer: Any = None,
-               texts: Sequence[str] = TEXTS, exporter: str = "auto") -> Result:
-    """attach ``head`` to the tiny ``model_type`` -> export (verified) -> verify_bundle -> predict in truncate
+def round_trip_heads(model_type: str, heads: Sequence[str], workdir: str | Path, *, tokenizer: Any = None,
+                     texts: Sequence[str] = TEXTS, exporter: str = "auto") -> dict[str, Result]:
+    """Attach ``heads`` to the tiny ``model_type`` -> export (verified) -> verify_bundle -> predict in truncate
     and window mode, mixed lengths in one call; labels must equal PyTorch's argmax for each text alone.
+
+    One head is a HeadedModel and its bundle; several are one MultiHeadModel exported as one multi-head bundle
+    (one trace and one verification for all of them, the matrix's way of halving its time), each head's labels
+    checked against PyTorch's. A step that fails for the bundle fails every head.
 
     ``status``: "served" when all of it holds, "refused" when export refused the model with an error that
     names the architecture, "failed" for anything else (a crash, a wrong label, an unnamed refusal).
     """
-    return round_trip_heads(model_type, (head,), workdir, tokenizer=tokenizer, texts=texts, exporter=exporter)[head]
-
-
-def round_trip_heads(model_type: str, heads: Sequence[str], workdir: str | Path, *, tokenizer: Any = None,
-                     texts: Sequence[str] = TEXTS, exporter: str = "auto") -> dict[str, Result]:
-    """:func:`round_trip` for several heads at once: one head is a HeadedModel and its bundle; several are one
-    MultiHeadModel exported as one multi-head bundle (one trace and one verification for all of them, the matrix's
-    way of halving its time), each head's labels checked against PyTorch's. A step that fails for the bundle
-    fails every head."""
     import torch
 
     from . import attach_head, attach_heads
