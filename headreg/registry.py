@@ -153,32 +153,23 @@ class Registry:
     def __contains__(self, label: str) -> bool:
         return label in self._labels
 
-    def check(self, spec: HeadSpec, override: bool = False) -> None:
-        """Raise HeadCollisionError if the spec takes a name or alias that another head owns."""
+    def add(self, spec: HeadSpec, override: bool = False) -> None:
+        """Register ``spec``; HeadCollisionError if it takes a name or alias that another head owns, unless
+        ``override`` (then the other head is removed, with a warning)."""
         validate_spec(spec)
-        if override:
-            return
         for label in (spec.name, *spec.aliases):
             owner = self._labels.get(label)
-            if owner is not None:
-                other = self._heads[owner]
+            if owner is None:
+                continue
+            other = self._heads[owner]
+            if not override:
                 raise HeadCollisionError(
                     f"head name {label!r} from {spec.origin!r} is already registered by {other.origin!r} "
                     f"(head {other.name!r}). Uninstall one of the two distributions, disable one with "
                     f"HEADREG_DISABLE_PLUGINS, or register with override=True to replace it on purpose."
                 )
-
-    def add(self, spec: HeadSpec, override: bool = False) -> None:
-        self.check(spec, override)
-        if override:
-            for label in (spec.name, *spec.aliases):
-                owner = self._labels.get(label)
-                if owner is not None:
-                    warnings.warn(
-                        f"head {label!r} from {spec.origin!r} overrides the one from {self._heads[owner].origin!r}",
-                        stacklevel=3,
-                    )
-                    self._remove(owner)
+            warnings.warn(f"head {label!r} from {spec.origin!r} overrides the one from {other.origin!r}", stacklevel=3)
+            self._remove(owner)
         self._heads[spec.name] = spec
         for label in (spec.name, *spec.aliases):
             self._labels[label] = spec.name
