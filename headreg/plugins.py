@@ -69,16 +69,18 @@ def builtin_registry() -> Registry:
     with _lock:
         if _builtins is None:
             registry = Registry()
-            _register_plugin(_manager(), registry, PluginInfo("headreg", "headreg", __version__, "loaded"),
-                             _builtin_module(), requirement=None)
+            _register_builtins(_manager(), registry)
             _builtins = registry
         return _builtins
 
 
-def _builtin_module() -> Any:
+def _register_builtins(pm: pluggy.PluginManager, registry: Registry) -> PluginInfo:
+    """Register the built-in heads; their failing is a headreg bug, never a plugin's, so it raises."""
     from . import heads as builtin_heads
 
-    return builtin_heads
+    info = PluginInfo("headreg", "headreg", __version__, "loaded")
+    _register_plugin(pm, registry, info, builtin_heads, requirement=None)
+    return info
 
 
 def _manager() -> pluggy.PluginManager:
@@ -123,10 +125,7 @@ def _load_all() -> tuple[Registry, list[PluginInfo]]:
     strict = os.environ.get(ENV_STRICT, "") not in ("", "0")
     pm = _manager()
 
-    builtin = PluginInfo("headreg", "headreg", __version__, "loaded")
-    # The built-ins failing is a headreg bug, never a plugin's: let it raise.
-    _register_plugin(pm, registry, builtin, _builtin_module(), requirement=None)
-    infos.append(builtin)
+    infos.append(_register_builtins(pm, registry))
 
     allow, deny = _env_set(ENV_LOAD), _env_set(ENV_DISABLE) or set()
     names: set[str] = set()
