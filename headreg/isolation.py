@@ -26,8 +26,21 @@ def plugin_code() -> Iterator[None]:
     neither ``print`` nor output from C extensions lands in ``--json`` output.
     """
     with _output_lock:
-        with _redirected():
-            yield
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            def on_sigint(signum, frame):
+                raise _UserInterrupt()
+
+            with contextlib.suppress(ValueError, TypeError):
+                previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            with stdout_to_stderr():
+                yield
+        except _UserInterrupt:
+            raise KeyboardInterrupt from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
 
 _output_lock = threading.RLock()  # fd 1 is process-wide: two threads redirecting at once could lose stdout
@@ -56,25 +69,6 @@ def stdout_to_stderr() -> Iterator[None]:
             if saved_fd is not None:
                 os.dup2(saved_fd, 1)
                 os.close(saved_fd)
-
-
-@contextlib.contextmanager
-def _redirected() -> Iterator[None]:
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        def on_sigint(signum, frame):
-            raise _UserInterrupt()
-
-        with contextlib.suppress(ValueError, TypeError):
-            previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        with stdout_to_stderr():
-            yield
-    except _UserInterrupt:
-        raise KeyboardInterrupt from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
 def is_user_interrupt(exc: BaseException) -> bool:
