@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any, Callable, Iterator
-
-StepCallback = Callable[[str, str, dict], None]
+from typing import Any, Iterator
 
 
 def wanted(requested: bool | None = None) -> bool:
