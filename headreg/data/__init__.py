@@ -10,10 +10,14 @@ from functools import lru_cache
 from importlib import resources
 
 
+def _lines(name: str) -> list[str]:
+    text = resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 @lru_cache(maxsize=1)
 def sentences() -> tuple[str, ...]:
-    text = resources.files(__name__).joinpath("sentences.txt").read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    return tuple(_lines("sentences.txt"))
 
 
 @lru_cache(maxsize=1)
@@ -21,8 +25,7 @@ def varied() -> tuple[str, ...]:
     """More varied text: reviews, news with names, questions, support tickets, chat, other languages, numbers,
     code, domain prose, sarcasm, one-word replies and long paragraphs. With :func:`sentences` it is the built-in
     calibration and acceptance set of ``headreg export`` (when no ``--calibration-texts`` are given)."""
-    text = resources.files(__name__).joinpath("varied.txt").read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    return tuple(_lines("varied.txt"))
 
 
 @lru_cache(maxsize=1)
@@ -30,8 +33,7 @@ def pairs() -> tuple[tuple[str, str], ...]:
     """Sentence pairs (entailment, contradiction, unrelated, question/answer, empty) for models that take pairs."""
     import json
 
-    text = resources.files(__name__).joinpath("pairs.jsonl").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in _lines("pairs.jsonl")]
     return tuple((row["text"], row["text_pair"]) for row in rows)
 
 
