@@ -139,17 +139,24 @@ _SHA256 = S.matches(r"^[0-9a-f]{64}$", "a sha256 hex digest")
 _ID2LABEL = S.mapping(S.index_key(MAX_LABELS), S.string(), max_items=MAX_LABELS)
 _DIM = S.any_of(S.integer(0, None), S.string(max_len=256), S.null)
 
+# A head's description: a single-head manifest's ``head``, and each entry of ``heads``.
+_HEAD_FIELDS = {
+    "task": S.optional(S.string(max_len=4096)),
+    "level": S.one_of("sequence", "token"),
+    "problem_type": S.optional(S.string(max_len=256)),
+    "postprocess": S.optional(_ENTRY),
+    "config": S.obj({"num_labels": S.integer(1, MAX_LABELS), "id2label": S.optional(_ID2LABEL)}, extra=True),
+}
+# A head's labels and pooling: top level in a single-head manifest, in each entry of ``heads`` (see bundle_heads).
+_HEAD_SETTINGS = {
+    "postprocess_config": S.obj({"id2label": S.optional(_ID2LABEL)}, extra=True),
+    "num_labels": S.integer(1, MAX_LABELS),
+    "id2label": _ID2LABEL,
+    "pooling": S.obj({}, extra=True),
+}
+
 HEAD_SCHEMA = S.obj(
-    {
-        "name": _HEAD_NAME,
-        "plugin": S.string(max_len=256),
-        "plugin_version": S.string(max_len=256),
-        "task": S.optional(S.string(max_len=4096)),
-        "level": S.one_of("sequence", "token"),
-        "problem_type": S.optional(S.string(max_len=256)),
-        "postprocess": S.optional(_ENTRY),
-        "config": S.obj({"num_labels": S.integer(1, MAX_LABELS), "id2label": S.optional(_ID2LABEL)}, extra=True),
-    },
+    {"name": _HEAD_NAME, "plugin": S.string(max_len=256), "plugin_version": S.string(max_len=256), **_HEAD_FIELDS},
     required=("name", "level"),
 )
 
@@ -178,15 +185,8 @@ HEADS_ENTRY_SCHEMA = S.obj(
         "head": _HEAD_NAME,
         "plugin": S.optional(S.string(max_len=256)),
         "plugin_version": S.optional(S.string(max_len=256)),
-        "task": S.optional(S.string(max_len=4096)),
-        "level": S.one_of("sequence", "token"),
-        "problem_type": S.optional(S.string(max_len=256)),
-        "postprocess": S.optional(_ENTRY),
-        "config": S.obj({"num_labels": S.integer(1, MAX_LABELS), "id2label": S.optional(_ID2LABEL)}, extra=True),
-        "postprocess_config": S.obj({"id2label": S.optional(_ID2LABEL)}, extra=True),
-        "num_labels": S.integer(1, MAX_LABELS),
-        "id2label": _ID2LABEL,
-        "pooling": S.obj({}, extra=True),
+        **_HEAD_FIELDS,
+        **_HEAD_SETTINGS,
         "outputs": S.mapping(S.string(max_len=256), S.string(max_len=256), min_items=1, max_items=64),
     },
     required=("name", "head", "level", "outputs"),
@@ -199,10 +199,7 @@ MANIFEST_SCHEMA = S.obj(
         "format_version": S.integer(1, None),
         "headreg_version": S.string(max_len=64),
         "head": HEAD_SCHEMA,
-        "postprocess_config": S.obj({"id2label": S.optional(_ID2LABEL)}, extra=True),
-        "num_labels": S.integer(1, MAX_LABELS),
-        "id2label": _ID2LABEL,
-        "pooling": S.obj({}, extra=True),
+        **_HEAD_SETTINGS,
         "backbone": S.obj(
             {
                 "hidden_size": S.optional(S.integer(1, 1 << 20)),
