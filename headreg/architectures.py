@@ -20,7 +20,6 @@ import contextlib
 import functools
 import inspect
 import io
-import logging
 import time
 import traceback
 import warnings
@@ -82,20 +81,14 @@ FIXES: dict[str, dict[str, Any]] = {
 }
 
 
+@contextlib.contextmanager
 def _quiet():
     """transformers warns about token ids, rope scaling and fallbacks for random configs; none of it matters here."""
     from .model import quiet_transformers
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(quiet_transformers())
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    logger = logging.getLogger("transformers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    stack.callback(logger.setLevel, level)
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    return stack
+    with quiet_transformers(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
 
 
 # candidate_model_types() of transformers 5.25, kept here because computing it imports every config module (about
