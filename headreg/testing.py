@@ -251,7 +251,7 @@ def _check_architecture(
     seconds: dict[str, float] = {}
 
     def step(what: str):
-        return _Step(f"check_head({name!r}) on {arch}", what, seconds)
+        return _step(f"check_head({name!r}) on {arch}", what, seconds)
 
     with step("attach"):
         model = attach_head(tiny_backbone(arch), name, **dict(options))
@@ -313,22 +313,17 @@ def _check_architecture(
     return report
 
 
-class _Step:
-    """Re-raise anything a step raises as HeadCheckError prefixed with the step, keeping the cause."""
-
-    def __init__(self, where: str, what: str, seconds: dict[str, float]):
-        self.where, self.what, self.seconds = where, what, seconds
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        self.seconds[self.what] = round(time.perf_counter() - self.start, 3)
-        if exc is None or not isinstance(exc, Exception):
-            return False
+@contextlib.contextmanager
+def _step(where: str, what: str, seconds: dict[str, float]):
+    """Re-raise anything the block raises as HeadCheckError prefixed with the step, keeping the cause."""
+    start = time.perf_counter()
+    try:
+        yield
+    except Exception as exc:
         cause = str(exc) if isinstance(exc, HeadCheckError) else f"{type(exc).__name__}: {exc}"
-        raise HeadCheckError(f"{self.where}: {self.what}: {cause}") from exc
+        raise HeadCheckError(f"{where}: {what}: {cause}") from exc
+    finally:
+        seconds[what] = round(time.perf_counter() - start, 3)
 
 
 def _expect(condition: bool, message: str) -> None:
