@@ -175,15 +175,11 @@ def _failed(info: PluginInfo, exc: BaseException, strict: bool) -> None:
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
-    seen: set[tuple[str, str]] = set()
-    unique = []
+    unique: dict[tuple[str, str], metadata.EntryPoint] = {}
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        # A distribution visible through two sys.path entries lists its entry points twice.
-        key = (ep.name, ep.value)
-        if key not in seen:
-            seen.add(key)
-            unique.append(ep)
-    return sorted(unique, key=lambda ep: (ep.name, ep.value))
+        # A distribution visible through two sys.path entries lists its entry points twice: the first one counts.
+        unique.setdefault((ep.name, ep.value), ep)
+    return [unique[key] for key in sorted(unique)]
 
 
 def _headreg_requirement(ep: metadata.EntryPoint) -> str | None:
