@@ -223,19 +223,14 @@ def _swap(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _apply_umask(root: Path, root_fd: int) -> None:
     """Give every file and directory the mode a plain open()/mkdir() would (mkdtemp and some writers use 0600).
 
     A bundle or model written by one user (a Docker build as root) must be readable by the user that serves it.
     The root (``root_fd``: the staging directory as created) opens up last, right before the move.
     """
-    mask = _umask()
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
     for folder, dirs, files in os.walk(root):
         for name in dirs:
             with contextlib.suppress(OSError):
