@@ -298,7 +298,11 @@ def _make_register(info: PluginInfo, staged: list[tuple[HeadSpec, bool]]):
         ``postprocess_contract=2``: the postprocess takes each row's own outputs (the current contract).
         ``result_fields``: the fields of its result dicts, name -> Spark DDL type (``{"label": "string"}``).
         """
-        _check_fields(aliases=aliases, override=override)
+        # Checked before the spec is built: a string for aliases would become one alias per character.
+        if not isinstance(aliases, (list, tuple)) or not all(isinstance(alias, str) for alias in aliases):
+            raise TypeError(f"register(aliases=...) must be a list or tuple of strings, got {aliases!r:.60}")
+        if not isinstance(override, bool):
+            raise TypeError(f"register(override=...) must be True or False, got {override!r:.40}")
         if result_fields is not None and not isinstance(result_fields, dict):
             raise TypeError(f"register(result_fields=...) must be a dict of field name -> type, got {result_fields!r:.60}")
         spec = HeadSpec(
@@ -320,10 +324,3 @@ def _make_register(info: PluginInfo, staged: list[tuple[HeadSpec, bool]]):
 
     return register
 
-
-def _check_fields(*, aliases: Any, override: Any) -> None:
-    """Checked before the spec is built: a string for aliases would become one alias per character."""
-    if not isinstance(aliases, (list, tuple)) or not all(isinstance(alias, str) for alias in aliases):
-        raise TypeError(f"register(aliases=...) must be a list or tuple of strings, got {aliases!r:.60}")
-    if not isinstance(override, bool):
-        raise TypeError(f"register(override=...) must be True or False, got {override!r:.40}")
