@@ -242,10 +242,6 @@ def _apply_umask(root: Path, root_fd: int) -> None:
     os.fchmod(root_fd, 0o777 & ~mask)
 
 
-def _contains(outer: Path, inner: Path) -> bool:
-    return outer == inner or outer in inner.parents
-
-
 def check_target(
     target: str | os.PathLike,
     *,
@@ -263,9 +259,12 @@ def check_target(
     target = Path(target).absolute()
     real = Path(os.path.realpath(target))
     for source in protect:
-        if source is not None and _contains(real, Path(os.path.realpath(source))):
+        if source is None:
+            continue
+        real_source = Path(os.path.realpath(source))
+        if real == real_source or real in real_source.parents:
             raise SaveLoadError(
-                f"{target} is {'' if real == Path(os.path.realpath(source)) else 'a directory containing '}the "
+                f"{target} is {'' if real == real_source else 'a directory containing '}the "
                 f"source being written from ({source}); writing there would destroy it. Choose another output directory."
             )
     if target.is_symlink() or (os.path.lexists(target) and not target.is_dir()):
