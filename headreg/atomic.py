@@ -133,8 +133,7 @@ def filesystem_error(exc: BaseException) -> OSError | None:
 def _fs_message(error: OSError, where: Path) -> str:
     reason = _FS_ERRORS.get(error.errno or 0, error.strerror or str(error))
     advice = {
-        errno.ENOSPC: "free some space there or write somewhere else",
-        errno.EDQUOT: "free some space there or write somewhere else",
+        **dict.fromkeys((errno.ENOSPC, errno.EDQUOT), "free some space there or write somewhere else"),
         errno.EFBIG: "raise the file-size limit (ulimit -f) or write somewhere else",
     }.get(error.errno or 0, "choose a directory you can write to")
     return f"cannot write {where}: {reason} ({error.filename or where}); nothing was written. {advice.capitalize()}."
