@@ -358,9 +358,7 @@ def example_labels(head: Any, logits: Any, attention_mask: Any):
 
 def _subprocess_env() -> dict[str, str]:
     """This interpreter's sys.path for a child Python, so it sees the same (test-installed) plugins."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    return env
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
 _IMPORT_PROBE = """
