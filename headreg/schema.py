@@ -206,5 +206,4 @@ def obj(fields: dict[str, Check], *, required: Iterable[str] = (), extra: bool =
             if name in data:
                 field_check(data[name], _join(path, name))
 
-    check.fields = fields  # type: ignore[attr-defined]  # lets a later format extend a schema
     return check
