@@ -4,7 +4,7 @@ Every front door that speaks this API (the Starlette server here, the Ray Serve 
 with these functions, so the same body gets the same answer or the same error everywhere. A request that
 cannot be served raises :class:`RequestError` with the HTTP status and a message that says what to fix.
 
->>> parse_predict_request({"inputs": ["great film", ["A man plays.", "Someone plays music."]]}, max_inputs=8)
+>>> parse_request({"inputs": ["great film", ["A man plays.", "Someone plays music."]]}, max_inputs=8)
 (['great film', ('A man plays.', 'Someone plays music.')], {})
 """
 
@@ -15,10 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .errors import RequestError
-from .limits import parse_json_body
-
-PREDICT_FIELDS = ("inputs", "parameters")
-EMBED_FIELDS = ("inputs", "parameters")
 
 
 @dataclass
@@ -29,26 +25,14 @@ class Call:
     kind: str  # "predict" | "embed"
     inputs: list[Any]
     parameters: dict[str, Any] = field(default_factory=dict)
+    shape: Any = None  # what a protocol adapter needs to shape the result into its answer
 
 
-def parse_json(body: bytes) -> Any:
-    """The request body as JSON within the default limits (:func:`~headreg.serve.limits.parse_json_body`), or a 422
-    that says what was wrong."""
-    return parse_json_body(body)
-
-
-def parse_predict_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
-    """``{"inputs": [...], "parameters": {...}}`` -> (inputs, parameters); pairs come back as tuples."""
-    return _inputs_and_parameters(json_object(payload, PREDICT_FIELDS), max_inputs)
-
-
-def parse_embed_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
-    """``{"inputs": [...], "parameters": {...}}`` -> (inputs, parameters), as for predict; what an embedding
-    uses of them is the long-text options (``long_text``, ``window_stride``, ``window_reduce``, ``max_windows``)."""
-    return _inputs_and_parameters(json_object(payload, EMBED_FIELDS), max_inputs)
-
-
-def _inputs_and_parameters(body: dict[str, Any], max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
+def parse_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
+    """``{"inputs": [...], "parameters": {...}}`` (the native predict and embed routes) -> (inputs, parameters);
+    pairs come back as tuples. What an embedding uses of the parameters is the long-text options (``long_text``,
+    ``window_stride``, ``window_reduce``, ``max_windows``)."""
+    body = json_object(payload, ("inputs", "parameters"))
     parameters = body.get("parameters")
     parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):

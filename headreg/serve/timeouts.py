@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import RequestError
@@ -44,15 +43,6 @@ _TIMEOUT_RESPONSE = (
 )
 
 
-@dataclass(frozen=True)
-class ClientTimeouts:
-    """Seconds a client may take to send its headers, between two body reads, and for its whole body."""
-
-    header: float = HEADER_TIMEOUT
-    body: float = BODY_TIMEOUT
-    body_total: float = BODY_TOTAL_TIMEOUT
-
-
 def _base_protocol() -> type:
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -68,14 +58,14 @@ def _base_protocol() -> type:
 HEADERS_ROUTE = "(headers)"
 
 
-def guarded_protocol(header_timeout: float, base: type | None = None, metrics: Any = None) -> type:
+def guarded_protocol(header_timeout: float, metrics: Any = None) -> type:
     """A uvicorn HTTP protocol class (for ``uvicorn.Config(http=...)``) that closes a connection whose request
     headers take longer than ``header_timeout`` seconds (answering 408) or pass MAX_HEADER_BYTES (431).
 
     ``metrics`` (a :class:`~headreg.serve.metrics.ServeMetrics`): each such answer is counted in
     ``headreg_requests_total`` with the route ``(headers)``; no ASGI middleware ever sees these requests.
     """
-    base = base or _base_protocol()
+    base = _base_protocol()
 
     def count(status: int) -> None:
         if metrics is not None:
@@ -142,22 +132,25 @@ def guarded_protocol(header_timeout: float, base: type | None = None, metrics: A
 class ClientWatch:
     """ASGI middleware: body read timeouts (408), and a handler cancelled when its client hangs up.
 
+    ``body``, ``body_total``: seconds a client may take between two body reads, and for its whole body.
     ``metrics`` (a :class:`~headreg.serve.metrics.ServeMetrics`): counts the requests whose client went away
     before its answer started, and shows the bodies still arriving. A cancelled request's access-log status is
     499 (nginx's "client closed request").
     """
 
-    def __init__(self, app: Any, timeouts: ClientTimeouts, metrics: Any = None):
+    def __init__(self, app: Any, metrics: Any = None, *, body: float = BODY_TIMEOUT,
+                 body_total: float = BODY_TOTAL_TIMEOUT):
         self.app = app
-        self.timeouts = timeouts
         self.metrics = metrics
+        self.body = body
+        self.body_total = body_total
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeouts.body_total
+        deadline = loop.time() + self.body_total
         gone = asyncio.Event()
         state = {"body_done": False, "answered": False}
         handler: asyncio.Task | None = None
@@ -180,15 +173,15 @@ class ClientWatch:
                 # the connection's receive now, so wait for its verdict.
                 await gone.wait()
                 return {"type": "http.disconnect"}
-            wait = min(self.timeouts.body, deadline - loop.time())
+            wait = min(self.body, deadline - loop.time())
             try:
                 message = await asyncio.wait_for(receive(), max(wait, 0.0))
             except asyncio.TimeoutError:
                 total = deadline - loop.time() <= 0
                 raise RequestError(
-                    408, f"the request body did not arrive within {self.timeouts.body_total:g} seconds "
+                    408, f"the request body did not arrive within {self.body_total:g} seconds "
                     "(--body-total-timeout)" if total else
-                    f"no part of the request body arrived for {self.timeouts.body:g} seconds (--body-timeout)",
+                    f"no part of the request body arrived for {self.body:g} seconds (--body-timeout)",
                     {"Connection": "close"},
                 ) from None
             if message["type"] == "http.disconnect":

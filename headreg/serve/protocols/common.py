@@ -35,6 +35,19 @@ def json_error(exc: RequestError, body: dict[str, Any], status: int | None = Non
     return JSONResponse(body, status_code=status or exc.status, headers=exc.headers)
 
 
+def error_400(exc: RequestError) -> Response:
+    """``{"error": message}``, a client mistake as 400 (the Hugging Face Inference API's and Triton's shape)."""
+    return json_error(exc, {"error": exc.message}, 400 if exc.status == 422 else exc.status)
+
+
+def parameters_of(body: dict[str, Any]) -> dict[str, Any]:
+    """The body's ``parameters`` object (none: empty)."""
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise RequestError(422, "'parameters' must be a JSON object")
+    return parameters
+
+
 def text_list(value: Any, field: str, max_inputs: int) -> list[str]:
     """A string or a non-empty list of at most ``max_inputs`` strings (422 naming ``field`` otherwise)."""
     texts = [value] if isinstance(value, str) else value
