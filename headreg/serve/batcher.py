@@ -220,9 +220,10 @@ class Batcher:
             job = self.predictor.prepare(inputs, kind=kind, **parameters)
         else:
             job = await loop.run_in_executor(None, lambda: self.predictor.prepare(inputs, kind=kind, **parameters))
+        tokens = sum(len(row.encoding) for row in job.rows)
         if stats is not None:
             stats["rows"] = len(job.rows)
-            stats["tokens"] = sum(len(row.encoding) for row in job.rows)  # OpenAI's usage, TEI's headers
+            stats["tokens"] = tokens  # OpenAI's usage, TEI's headers
         request = _Request(job, loop.create_future(), loop, [None] * len(job.rows), len(job.rows))
         if job.rows:
             with self._cond:
@@ -241,7 +242,7 @@ class Batcher:
         else:
             outputs = []
         try:
-            if sum(len(row.encoding) for row in job.rows) <= INLINE_TOKENS:
+            if tokens <= INLINE_TOKENS:
                 return self.engine.finish(job, outputs)
             return await loop.run_in_executor(None, self.engine.finish, job, outputs)
         except InputError:
@@ -332,8 +333,7 @@ class Batcher:
         with self._counts:  # a request's rows may run in two workers' batches at once: one delivers at a time
             for request in dict.fromkeys(request for request, _ in batch):
                 if request.job in failed:
-                    exc = failed[request.job]
-                    request.fail(InferenceError(f"{exc}"))
+                    request.fail(InferenceError(str(failed[request.job])))
             finished = [(request, None) for (request, index), output in zip(batch, outputs)
                         if request.job not in failed and request.deliver(index, output)]
         if finished:

@@ -23,6 +23,7 @@ raises them; none of them bounds how long the model may take (that is ``--reques
 from __future__ import annotations
 
 import asyncio
+import json
 import traceback
 from typing import Any
 
@@ -37,10 +38,12 @@ BODY_TIMEOUT = 60.0
 BODY_TOTAL_TIMEOUT = 300.0
 KEEP_ALIVE = 75.0
 
-_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b"content-length: %d\r\n\r\n%s"
-)
+
+def _closing_answer(status: int, reason: str, error: str) -> bytes:
+    """A whole HTTP answer that closes the connection, with the server's JSON error body."""
+    body = json.dumps({"error": error, "status": status}, separators=(",", ":")).encode()
+    head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    return f"{head}content-length: {len(body)}\r\n\r\n".encode() + body
 
 
 def _base_protocol() -> type:
@@ -71,12 +74,10 @@ def guarded_protocol(header_timeout: float, metrics: Any = None) -> type:
         if metrics is not None:
             metrics.requests.labels(HEADERS_ROUTE, "", str(status), "http").inc()
 
-    message = (b'{"error":"the request headers did not arrive within %d seconds (--header-timeout)","status":408}'
-               % int(header_timeout))
-    answer = _TIMEOUT_RESPONSE % (len(message), message)
-    too_large = (b'{"error":"the request line and headers are larger than %d bytes","status":431}' % MAX_HEADER_BYTES)
-    too_large = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(too_large), too_large))
+    answer = _closing_answer(408, "Request Timeout",
+                             f"the request headers did not arrive within {int(header_timeout)} seconds (--header-timeout)")
+    too_large = _closing_answer(431, "Request Header Fields Too Large",
+                                f"the request line and headers are larger than {MAX_HEADER_BYTES} bytes")
 
     class HeaderDeadlineProtocol(base):  # type: ignore[misc, valid-type]
         _header_deadline: asyncio.TimerHandle | None = None
