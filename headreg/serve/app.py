@@ -105,9 +105,14 @@ class _State:
         """Fields for this request's access-log line and metrics labels (see AccessLog)."""
         request.scope.setdefault("headreg.log", {}).update(fields)
 
-    async def body(self, request: Request) -> Any:
-        """The JSON body of a request that runs no model, within the body limit."""
-        return await decode_body(parse_json_body, await _read_body(request, self.config.payload_limit))
+    async def body(self, request: Request, decode: Callable[[bytes], Any] = parse_json_body) -> Any:
+        """The body within ``--payload-limit``, decoded (JSON within limits:
+        :func:`~headreg.serve.limits.parse_json_body`); a big body in a worker thread, so the event loop keeps
+        answering other clients meanwhile (a 2 MB body takes tens of milliseconds)."""
+        body = await _read_body(request, self.config.payload_limit)
+        if len(body) <= INLINE_BODY_BYTES:
+            return decode(body)
+        return await asyncio.get_running_loop().run_in_executor(None, decode, body)
 
     async def infer(self, request: Request, parse: Callable[[Any], Call],
                     decode: Callable[[bytes], Any] = parse_json_body) -> tuple[Call, Any, dict[str, Any]]:
@@ -123,7 +128,7 @@ class _State:
         """
         # A request takes a slot only once its body is in: a client trickling its body holds a connection (bounded
         # by the body timeouts), never a slot an honest client could use.
-        call = parse(await decode_body(decode, await _read_body(request, self.config.payload_limit)))
+        call = parse(await self.body(request, decode))
         batcher = self.batcher(call.model)
         self.note(request, model=call.model, inputs=len(call.inputs))
         if self.in_flight >= self.config.max_concurrent_requests:
@@ -237,14 +242,6 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
     )
     watched = ClientWatch(app, metrics, body=state.config.body_timeout, body_total=state.config.body_total_timeout)
     return AccessLog(watched, metrics)
-
-
-async def decode_body(decode: Callable[[bytes], Any], body: bytes) -> Any:
-    """``decode(body)`` (JSON within limits: :func:`~headreg.serve.limits.parse_json_body`); a big body in a worker
-    thread, so the event loop keeps answering other clients meanwhile (a 2 MB body takes tens of milliseconds)."""
-    if len(body) <= INLINE_BODY_BYTES:
-        return decode(body)
-    return await asyncio.get_running_loop().run_in_executor(None, decode, body)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -112,6 +112,8 @@ def model_info(name: str, predictor: Any) -> dict[str, Any]:
     task = head_task(manifest)
     parameters = predictor.valid_options()
     variants = sorted(k for k, v in (manifest.get("variants") or {"fp32": {}}).items() if isinstance(v, dict))
+    unless = (", unless the request's parameters ask for long_text='window' (overlapping windows over the whole text)"
+              if "long_text" in parameters else "")
     return {
         "name": name,
         "head": predictor.head,
@@ -124,11 +126,7 @@ def model_info(name: str, predictor: Any) -> dict[str, Any]:
         "max_length": predictor.max_length,
         "truncation": (
             f"inputs longer than {predictor.max_length} tokens (special tokens included) are truncated to "
-            f"{predictor.max_length}; the rest of the text is not seen by the model, unless the request's "
-            "parameters ask for long_text='window' (overlapping windows over the whole text)"
-            if "long_text" in parameters else
-            f"inputs longer than {predictor.max_length} tokens (special tokens included) are truncated to "
-            f"{predictor.max_length}; the rest of the text is not seen by the model"
+            f"{predictor.max_length}; the rest of the text is not seen by the model{unless}"
         ),
         "pairs": bool(predictor.supports_pairs),
         "parameters": list(parameters),
