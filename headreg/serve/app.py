@@ -340,16 +340,13 @@ class AccessLog:
 
 def configure_logging(access: bool = True, level: int = logging.INFO) -> None:
     """JSON access lines and server messages on stderr (uvicorn's own access log stays off)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access_log.handlers[:] = [handler]
-    access_log.propagate = False
-    access_log.setLevel(logging.INFO if access else logging.WARNING)
-    server = logging.StreamHandler(sys.stderr)
-    server.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    log.handlers[:] = [server]
-    log.propagate = False
-    log.setLevel(level)
+    for logger, form, logger_level in ((access_log, "%(message)s", logging.INFO if access else logging.WARNING),
+                                       (log, "%(levelname)s %(name)s: %(message)s", level)):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(form))
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logger_level)
 
 
 def listen(host: str, port: int) -> socket.socket:
