@@ -48,11 +48,7 @@ def parse_inputs(inputs: Any, *, max_inputs: int) -> list[Any]:
         raise RequestError(422, f"'inputs' must be a list of texts or [text, text_pair] pairs, got {_kind(inputs)}")
     if not inputs:
         raise RequestError(422, "'inputs' is empty: send at least one text")
-    if len(inputs) > max_inputs:
-        raise RequestError(
-            422, f"'inputs' has {len(inputs)} texts; this server takes at most {max_inputs} per request "
-            "(--max-input-texts): split the request"
-        )
+    check_count("'inputs'", len(inputs), max_inputs)
     parsed: list[Any] = []
     for index, item in enumerate(inputs):
         if isinstance(item, str):
@@ -65,6 +61,13 @@ def parse_inputs(inputs: Any, *, max_inputs: int) -> list[Any]:
                 "pair of two strings"
             )
     return parsed
+
+
+def check_count(what: str, count: int, max_inputs: int) -> None:
+    """422 for a request of more than ``max_inputs`` texts (``--max-input-texts``); ``what`` names where they are."""
+    if count > max_inputs:
+        raise RequestError(422, f"{what} has {count} texts; this server takes at most {max_inputs} per request "
+                                "(--max-input-texts): split the request")
 
 
 def check_api_key(authorization: str | None, expected: str | None) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..schema import RequestError, check_api_key
+from ..schema import RequestError, check_api_key, check_count
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -53,11 +53,7 @@ def text_list(value: Any, field: str, max_inputs: int) -> list[str]:
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, list) or not texts:
         raise RequestError(422, f"'{field}' must be a string or a non-empty list of strings")
-    if len(texts) > max_inputs:
-        raise RequestError(
-            422, f"'{field}' has {len(texts)} texts; this server takes at most {max_inputs} per request "
-            "(--max-input-texts): split the request"
-        )
+    check_count(f"'{field}'", len(texts), max_inputs)
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise RequestError(422, f"'{field}'[{index}] is not a string; this server takes text only")

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from ... import __version__
 from ..limits import parse_json_body
 from ..responses import FastJSONResponse
-from ..schema import Call, RequestError
+from ..schema import Call, RequestError, check_count
 from .common import embedding_width, endpoint, error_400, parameters_of
 
 TRITON_PARAMETERS = ("binary_data_output", "binary_data", "binary_data_size", "sequence_id", "sequence_start",
@@ -118,9 +118,7 @@ def _flat_texts(tensor: Any, limit: int) -> list[str]:
         data = [item for row in data for item in row]  # [N, 1] and other shapes: row-major
     if not isinstance(data, list) or not data or not all(isinstance(item, str) for item in data):
         raise RequestError(422, f"input {tensor.get('name')!r} must hold one or more texts")
-    if len(data) > limit:
-        raise RequestError(422, f"input {tensor.get('name')!r} has {len(data)} texts; this server takes at most "
-                                f"{limit} per request (--max-input-texts): split the request")
+    check_count(f"input {tensor.get('name')!r}", len(data), limit)
     return data
 
 
