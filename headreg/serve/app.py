@@ -38,7 +38,7 @@ from .metrics import ServeMetrics
 from .responses import FastJSONResponse
 from .limits import parse_json_body
 from .protocols.common import endpoint, json_error
-from .schema import Call, RequestError, model_info, parse_request, unknown_model
+from .schema import Call, RequestError, model_info, parse_request
 from .timeouts import BODY_TIMEOUT, BODY_TOTAL_TIMEOUT, HEADER_TIMEOUT, KEEP_ALIVE, ClientWatch, guarded_protocol
 
 access_log = logging.getLogger("headreg.serve.access")
@@ -97,7 +97,7 @@ class _State:
         """The model's queue, or the 404 that lists what is served."""
         batcher = self.batchers.get(name)
         if batcher is None:
-            raise unknown_model(name, list(self.batchers))
+            raise RequestError(404, f"no model named {name!r}; this server serves: {', '.join(self.batchers)}")
         return batcher
 
     @staticmethod
@@ -266,7 +266,8 @@ def _too_large(size: int, limit: int) -> RequestError:
 
 
 def _render_error(exc: RequestError) -> Response:
-    return json_error(exc, exc.body())
+    """The native routes' error shape, which :func:`_http_error` gives Starlette's own 404 and 405 too."""
+    return json_error(exc, {"error": exc.message, "status": exc.status})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -82,10 +82,6 @@ def check_api_key(authorization: str | None, expected: str | None) -> None:
         raise RequestError(401, "the API key is wrong", {"WWW-Authenticate": "Bearer"})
 
 
-def unknown_model(name: str, served: Sequence[str]) -> RequestError:
-    return RequestError(404, f"no model named {name!r}; this server serves: {', '.join(served)}")
-
-
 def head_task(manifest: dict[str, Any]) -> str | None:
     """The task of a single-head bundle's head, as its manifest records it (None for a multi-head bundle).
 
