@@ -117,8 +117,7 @@ def _rank_score(item: Any, raw: bool) -> float:
     if len(scores) == 2:
         return scores[1][1]
     raise RequestError(424, "rerank needs a sentence-pair model with one score (a one-value regression head or a "
-                            "two-label classifier); this one has "
-                            f"{len(scores)} labels")
+                            f"two-label classifier); this one has {len(scores)} labels")
 
 
 def info(state: Any, name: str) -> dict[str, Any]:
