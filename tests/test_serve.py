@@ -684,9 +684,9 @@ def test_schema_imports_without_a_web_framework():
         "import sys\n"
         "for name in ('starlette', 'uvicorn', 'prometheus_client', 'torch', 'transformers'):\n"
         "    sys.modules[name] = None\n"
-        "from headreg.serve.schema import RequestError, parse_predict_request\n"
+        "from headreg.serve.schema import RequestError, parse_request\n"
         "try:\n"
-        "    parse_predict_request({'inputs': []}, max_inputs=4)\n"
+        "    parse_request({'inputs': []}, max_inputs=4)\n"
         "except RequestError as exc:\n"
         "    print(exc.status, exc.message)\n"
     )

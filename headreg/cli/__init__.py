@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(_click_error(exc), exc.exit_code)
     except click.Abort:
         fail("interrupted", 130)
-    except UnknownHeadError as exc:
-        usage_error(str(exc))
-    except PluginSettingError as exc:  # the environment names a plugin that is not installed: the user's to fix
+    except (UnknownHeadError, PluginSettingError) as exc:  # the user's to fix (a setting: a plugin not installed)
         usage_error(str(exc))
     except PluginError as exc:
         fail(str(exc), EXIT_FAILURE)

@@ -118,9 +118,10 @@ class BundlePredictor:
                 option = "text_column" if column == self.text_column else "pair_column"
                 raise KeyError(f"the batch has no column {column!r} (columns: {', '.join(map(str, columns))}); "
                                f"pass {option}=... to BundlePredictor")
-        texts = _values(batch[self.text_column])
+        # plain Python values of a pandas Series or numpy array (numpy scalars become str / float)
+        texts = batch[self.text_column].tolist()
         if self.pair_column:
-            return list(zip(texts, _values(batch[self.pair_column])))
+            return list(zip(texts, batch[self.pair_column].tolist()))
         return texts
 
     def _put(self, batch: Any, columns: list[str], new: dict[str, Any]) -> Any:
@@ -137,11 +138,6 @@ class BundlePredictor:
         for name, value in named.items():
             batch[name] = value
         return batch
-
-
-def _values(column: Any) -> list[Any]:
-    """Plain Python values of a pandas Series or numpy array (numpy scalars become str / float)."""
-    return column.tolist()
 
 
 def _array(values: list[Any]) -> np.ndarray:

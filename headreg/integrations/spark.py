@@ -229,14 +229,12 @@ def _predict_batch(predictor: Any, spec: _Spec, texts: list):
 
     rows = [i for i, text in enumerate(texts) if not _is_null(text)]
     inputs = [texts[i] for i in rows]
-    if spec.output == "embedding":
-        values: list[Any] = [None] * len(texts)
-        for i, vector in zip(rows, predictor.embed(inputs, **json.loads(spec.options)) if inputs else []):
-            values[i] = vector
-        return pd.Series(values, dtype=object)
+    run = predictor.embed if spec.output == "embedding" else predictor.predict
     results: list[Any] = [None] * len(texts)
-    for i, result in zip(rows, predictor.predict(inputs, **json.loads(spec.options)) if inputs else []):
+    for i, result in zip(rows, run(inputs, **json.loads(spec.options)) if inputs else []):
         results[i] = result
+    if spec.output == "embedding":
+        return pd.Series(results, dtype=object)
     if spec.output == "json":
         return pd.Series([None if r is None else json.dumps(r) for r in results], dtype=object)
     layout = {name: dict(fields) for name, fields in spec.layout}

@@ -7,7 +7,7 @@
 Routes (JSON): ``GET /health``, ``GET /info``, ``GET /metrics`` (Prometheus text), ``GET /v1/models``,
 ``POST /v1/models/{name}/predict``, ``POST /v1/models/{name}/embed``; and the routes of the protocols clients
 already speak (OpenAI, Hugging Face Inference, TEI, Open Inference Protocol v2: ``headreg.serve.protocols``),
-each a thin adapter over :func:`infer`. See docs/serving.md.
+each a thin adapter over the one inference path (``_State.infer``). See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from . import protocols
 from .batcher import Batcher, InferenceError
 from .metrics import ServeMetrics
 from .responses import FastJSONResponse
-from .schema import (
-    Call, RequestError, check_api_key, model_info, parse_embed_request, parse_json, parse_predict_request, unknown_model,
-)
-from .timeouts import BODY_TIMEOUT, BODY_TOTAL_TIMEOUT, HEADER_TIMEOUT, KEEP_ALIVE, ClientTimeouts, ClientWatch, guarded_protocol
+from .limits import parse_json_body
+from .protocols.common import endpoint, json_error
+from .schema import Call, RequestError, model_info, parse_request
+from .timeouts import BODY_TIMEOUT, BODY_TOTAL_TIMEOUT, HEADER_TIMEOUT, KEEP_ALIVE, ClientWatch, guarded_protocol
 
 access_log = logging.getLogger("headreg.serve.access")
 log = logging.getLogger("headreg.serve")
@@ -97,20 +97,79 @@ class _State:
         """The model's queue, or the 404 that lists what is served."""
         batcher = self.batchers.get(name)
         if batcher is None:
-            raise unknown_model(name, list(self.batchers))
+            raise RequestError(404, f"no model named {name!r}; this server serves: {', '.join(self.batchers)}")
         return batcher
 
-    # what the protocol adapters (headreg.serve.protocols) use, so they need not import this module
+    @staticmethod
+    def note(request: Request, **fields: Any) -> None:
+        """Fields for this request's access-log line and metrics labels (see AccessLog)."""
+        request.scope.setdefault("headreg.log", {}).update(fields)
+
+    async def body(self, request: Request, decode: Callable[[bytes], Any] = parse_json_body) -> Any:
+        """The body within ``--payload-limit``, decoded (JSON within limits:
+        :func:`~headreg.serve.limits.parse_json_body`); a big body in a worker thread, so the event loop keeps
+        answering other clients meanwhile (a 2 MB body takes tens of milliseconds)."""
+        body = await _read_body(request, self.config.payload_limit)
+        if len(body) <= INLINE_BODY_BYTES:
+            return decode(body)
+        return await asyncio.get_running_loop().run_in_executor(None, decode, body)
+
     async def infer(self, request: Request, parse: Callable[[Any], Call],
-                    decode: Callable[[bytes], Any] = parse_json) -> tuple[Call, Any, dict[str, Any]]:
-        return await infer(request, self, parse, decode)
+                    decode: Callable[[bytes], Any] = parse_json_body) -> tuple[Call, Any, dict[str, Any]]:
+        """The one path of every inference request, native or protocol, behind the route's API key check
+        (:func:`~headreg.serve.protocols.common.endpoint`): the body (``--payload-limit``; the body timeouts are
+        ClientWatch's), ``decode`` (JSON within limits; v2's binary tensors), ``parse`` (the route's own request
+        shape -> :class:`Call`), then the concurrency limit (a slot is taken only once the body is in), the
+        model's queue within ``--request-timeout``.
 
-    def note(self, request: Request, **fields: Any) -> None:
-        _log(request, **fields)
-
-    async def body(self, request: Request) -> Any:
-        """The JSON body of a request that runs no model, within the body limit."""
-        return await decode_body(parse_json, await _read_body(request, self.config.payload_limit))
+        Returns the call, ``Predictor.predict``/``embed``'s result for it and the request's stats (``rows``,
+        ``tokens``). Raises :class:`RequestError`; each protocol renders it in its own error shape. A new
+        per-request limit or timeout belongs here: every protocol adapter then has it too.
+        """
+        # A request takes a slot only once its body is in: a client trickling its body holds a connection (bounded
+        # by the body timeouts), never a slot an honest client could use.
+        call = parse(await self.body(request, decode))
+        batcher = self.batcher(call.model)
+        self.note(request, model=call.model, inputs=len(call.inputs))
+        if self.in_flight >= self.config.max_concurrent_requests:
+            raise RequestError(
+                429, f"the server is at its limit of {self.config.max_concurrent_requests} concurrent requests "
+                "(--max-concurrent-requests); retry shortly", {"Retry-After": "1"},
+            )
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            stats = request.scope.setdefault("headreg.log", {})
+            timeout = self.config.request_timeout
+            try:
+                try:
+                    # Past the deadline the awaiting task is cancelled: the Batcher drops the request's queued rows.
+                    result = await asyncio.wait_for(
+                        batcher.submit(call.inputs, kind=call.kind, parameters=call.parameters, stats=stats), timeout
+                    )
+                except BaseException as exc:
+                    # wait_for's finished frame holds its inner task, which holds this error, whose traceback holds
+                    # that frame: a cycle keeping the request's texts and tokenized job until a full collection
+                    # (rare with a big heap). Clearing the finished frames breaks it (timeouts.release_task's twin).
+                    traceback.clear_frames(exc.__traceback__)
+                    raise
+            except TimeoutError:
+                raise RequestError(
+                    504, f"the request was not answered within {timeout:g} seconds (--request-timeout) and was "
+                    "dropped; send fewer or shorter texts per request, or retry when the server is less busy"
+                ) from None
+            except InputError as exc:
+                raise RequestError(422, str(exc)) from exc
+            except InferenceError as exc:
+                log.error("model %s: %s", call.model, exc)
+                raise RequestError(500, f"inference failed for this request: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - one request's failure is that request's 500, nothing more
+                log.exception("model %s: unexpected failure", call.model)
+                raise RequestError(500, f"inference failed for this request: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+        return call, result, stats
 
 
 def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None) -> Any:
@@ -133,14 +192,11 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
             await asyncio.gather(*(batcher.close() for batcher in state.batchers.values()))
 
     async def health(request: Request) -> Response:
-        _log(request, route="/health")
         if state.ready:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
 
     async def info(request: Request) -> Response:
-        _log(request, route="/info")
-        check_api_key(request.headers.get("authorization"), state.config.api_key)
         return JSONResponse({
             **protocols.root_info(state),
             "headreg_version": __version__,
@@ -151,117 +207,41 @@ def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None)
         })
 
     async def metrics_route(request: Request) -> Response:
-        _log(request, route="/metrics")
         return Response(metrics.render(), media_type=metrics.content_type)
 
     async def models(request: Request) -> Response:
-        _log(request, route="/v1/models")
-        check_api_key(request.headers.get("authorization"), state.config.api_key)
         return JSONResponse({"models": state.models, **protocols.model_list(state)})
 
-    async def predict(request: Request) -> Response:
-        return await _infer(request, state, "predict")
+    def handler(kind: str):
+        async def run(request: Request) -> Response:
+            name = request.path_params["name"]
+            state.batcher(name)  # an unknown model is a 404 before the body is read
 
-    async def embed(request: Request) -> Response:
-        return await _infer(request, state, "embed")
+            def call(payload: Any) -> Call:
+                return Call(name, kind, *parse_request(payload, max_inputs=state.config.max_input_texts))
 
+            _, result, _ = await state.infer(request, call)
+            if kind == "embed":
+                return FastJSONResponse({"model": name, "embeddings": result})
+            return JSONResponse({"model": name, "outputs": result})
+
+        return run
+
+    table = [("/health", health, "GET"), ("/info", info, "GET"), ("/metrics", metrics_route, "GET"),
+             ("/v1/models", models, "GET"), ("/v1/models/{name}/predict", handler("predict"), "POST"),
+             ("/v1/models/{name}/embed", handler("embed"), "POST")]
+    public = (health, metrics_route)
     app = Starlette(
         routes=[
-            Route("/health", health, methods=["GET"]),
-            Route("/info", info, methods=["GET"]),
-            Route("/metrics", metrics_route, methods=["GET"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/v1/models/{name}/predict", predict, methods=["POST"]),
-            Route("/v1/models/{name}/embed", embed, methods=["POST"]),
+            *(Route(path, endpoint(state, "native", path, run, _render_error, public=run in public), methods=[method])
+              for path, run, method in table),
             *protocols.routes(state),
         ],
-        exception_handlers={RequestError: _request_error, HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
-    timeouts = ClientTimeouts(body=state.config.body_timeout, body_total=state.config.body_total_timeout)
-    return AccessLog(ClientWatch(app, timeouts, metrics), metrics)
-
-
-async def _infer(request: Request, state: _State, kind: str) -> Response:
-    name = request.path_params["name"]
-    _log(request, route=f"/v1/models/{{name}}/{kind}", protocol="native")
-    check_api_key(request.headers.get("authorization"), state.config.api_key)
-    state.batcher(name)  # an unknown model is a 404 before the body is read
-    parse = parse_predict_request if kind == "predict" else parse_embed_request
-
-    def call(payload: Any) -> Call:
-        return Call(name, kind, *parse(payload, max_inputs=state.config.max_input_texts))
-
-    _, result, _ = await infer(request, state, call)
-    if kind == "embed":
-        return FastJSONResponse({"model": name, "embeddings": result})
-    return JSONResponse({"model": name, "outputs": result})
-
-
-async def infer(request: Request, state: _State, parse: Callable[[Any], Call],
-                decode: Callable[[bytes], Any] = parse_json) -> tuple[Call, Any, dict[str, Any]]:
-    """The one path of every inference request, native or protocol: API key, the body (``--payload-limit``; the
-    body timeouts are ClientWatch's), ``decode`` (JSON within limits; v2's binary tensors), ``parse`` (the route's
-    own request shape -> :class:`Call`), then the concurrency limit (a slot is taken only once the body is in),
-    the model's queue within ``--request-timeout``.
-
-    Returns the call, ``Predictor.predict``/``embed``'s result for it and the request's stats (``rows``,
-    ``tokens``). Raises :class:`RequestError`; each protocol renders it in its own error shape. A new
-    per-request limit or timeout belongs here: every protocol adapter then has it too.
-    """
-    check_api_key(request.headers.get("authorization"), state.config.api_key)
-    # A request takes a slot only once its body is in: a client trickling its body holds a connection (bounded
-    # by the body timeouts), never a slot an honest client could use.
-    call = parse(await decode_body(decode, await _read_body(request, state.config.payload_limit)))
-    batcher = state.batcher(call.model)
-    _log(request, model=call.model, inputs=len(call.inputs))
-    if state.in_flight >= state.config.max_concurrent_requests:
-        raise RequestError(
-            429, f"the server is at its limit of {state.config.max_concurrent_requests} concurrent requests "
-            "(--max-concurrent-requests); retry shortly", {"Retry-After": "1"},
-        )
-    state.in_flight += 1
-    state.metrics.in_flight.set(state.in_flight)
-    try:
-        stats = request.scope.setdefault("headreg.log", {})
-        timeout = state.config.request_timeout
-        try:
-            try:
-                # Past the deadline the awaiting task is cancelled: the Batcher drops the request's queued rows.
-                result = await asyncio.wait_for(
-                    batcher.submit(call.inputs, kind=call.kind, parameters=call.parameters, stats=stats), timeout
-                )
-            except BaseException as exc:
-                # wait_for's finished frame holds its inner task, which holds this error, whose traceback holds
-                # that frame: a cycle keeping the request's texts and tokenized job until a full collection
-                # (rare with a big heap). Clearing the finished frames breaks it (timeouts.release_task's twin).
-                traceback.clear_frames(exc.__traceback__)
-                raise
-        except TimeoutError:
-            raise RequestError(
-                504, f"the request was not answered within {timeout:g} seconds (--request-timeout) and was dropped; "
-                "send fewer or shorter texts per request, or retry when the server is less busy"
-            ) from None
-        except InputError as exc:
-            raise RequestError(422, str(exc)) from exc
-        except InferenceError as exc:
-            log.error("model %s: %s", call.model, exc)
-            raise RequestError(500, f"inference failed for this request: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - one request's failure is that request's 500, nothing more
-            log.exception("model %s: unexpected failure", call.model)
-            raise RequestError(500, f"inference failed for this request: {type(exc).__name__}: {exc}") from exc
-    finally:
-        state.in_flight -= 1
-        state.metrics.in_flight.set(state.in_flight)
-    return call, result, stats
-
-
-async def decode_body(decode: Callable[[bytes], Any], body: bytes) -> Any:
-    """``decode(body)`` (JSON within limits: :func:`~headreg.serve.limits.parse_json_body`); a big body in a worker
-    thread, so the event loop keeps answering other clients meanwhile (a 2 MB body takes tens of milliseconds)."""
-    if len(body) <= INLINE_BODY_BYTES:
-        return decode(body)
-    return await asyncio.get_running_loop().run_in_executor(None, decode, body)
+    watched = ClientWatch(app, metrics, body=state.config.body_timeout, body_total=state.config.body_total_timeout)
+    return AccessLog(watched, metrics)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -285,9 +265,9 @@ def _too_large(size: int, limit: int) -> RequestError:
     )
 
 
-async def _request_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestError)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+def _render_error(exc: RequestError) -> Response:
+    """The native routes' error shape, which :func:`_http_error` gives Starlette's own 404 and 405 too."""
+    return json_error(exc, {"error": exc.message, "status": exc.status})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -313,11 +293,6 @@ async def _warm_up(state: _State) -> None:
             return
     state.ready = True
     log.info("ready: %s", ", ".join(state.batchers))
-
-
-def _log(request: Request, **fields: Any) -> None:
-    """Fields for this request's access-log line and metrics labels (see AccessLog)."""
-    request.scope.setdefault("headreg.log", {}).update(fields)
 
 
 class AccessLog:
@@ -366,16 +341,13 @@ class AccessLog:
 
 def configure_logging(access: bool = True, level: int = logging.INFO) -> None:
     """JSON access lines and server messages on stderr (uvicorn's own access log stays off)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access_log.handlers[:] = [handler]
-    access_log.propagate = False
-    access_log.setLevel(logging.INFO if access else logging.WARNING)
-    server = logging.StreamHandler(sys.stderr)
-    server.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    log.handlers[:] = [server]
-    log.propagate = False
-    log.setLevel(level)
+    for logger, form, logger_level in ((access_log, "%(message)s", logging.INFO if access else logging.WARNING),
+                                       (log, "%(levelname)s %(name)s: %(message)s", level)):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(form))
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logger_level)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -83,7 +83,6 @@ class InferenceError(PredictionError):
 class _Request:
     job: Any
     future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
     outputs: list[Any] = field(default_factory=list)
     remaining: int = 0
     done: bool = False  # answered or failed: its rows still queued are skipped (model threads: under Batcher._counts)
@@ -102,7 +101,7 @@ class _Request:
     def fail(self, exc: BaseException) -> None:
         if not self.done:
             self.done = True
-            self.loop.call_soon_threadsafe(_resolve, [(self, exc)])
+            self.future.get_loop().call_soon_threadsafe(_resolve, [(self, exc)])
 
 
 def _resolve(answers: list[tuple[_Request, BaseException | None]]) -> None:
@@ -220,10 +219,11 @@ class Batcher:
             job = self.predictor.prepare(inputs, kind=kind, **parameters)
         else:
             job = await loop.run_in_executor(None, lambda: self.predictor.prepare(inputs, kind=kind, **parameters))
+        tokens = sum(len(row.encoding) for row in job.rows)
         if stats is not None:
             stats["rows"] = len(job.rows)
-            stats["tokens"] = sum(len(row.encoding) for row in job.rows)  # OpenAI's usage, TEI's headers
-        request = _Request(job, loop.create_future(), loop, [None] * len(job.rows), len(job.rows))
+            stats["tokens"] = tokens  # OpenAI's usage, TEI's headers
+        request = _Request(job, loop.create_future(), [None] * len(job.rows), len(job.rows))
         if job.rows:
             with self._cond:
                 if self._closed:
@@ -241,7 +241,7 @@ class Batcher:
         else:
             outputs = []
         try:
-            if sum(len(row.encoding) for row in job.rows) <= INLINE_TOKENS:
+            if tokens <= INLINE_TOKENS:
                 return self.engine.finish(job, outputs)
             return await loop.run_in_executor(None, self.engine.finish, job, outputs)
         except InputError:
@@ -332,12 +332,11 @@ class Batcher:
         with self._counts:  # a request's rows may run in two workers' batches at once: one delivers at a time
             for request in dict.fromkeys(request for request, _ in batch):
                 if request.job in failed:
-                    exc = failed[request.job]
-                    request.fail(InferenceError(f"{exc}"))
+                    request.fail(InferenceError(str(failed[request.job])))
             finished = [(request, None) for (request, index), output in zip(batch, outputs)
                         if request.job not in failed and request.deliver(index, output)]
         if finished:
-            finished[0][0].loop.call_soon_threadsafe(_resolve, finished)
+            finished[0][0].future.get_loop().call_soon_threadsafe(_resolve, finished)
 
     def _record(self, rows: list[Any], seconds: float) -> None:
         lengths = [len(row.encoding) for row in rows]

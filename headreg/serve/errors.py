@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 
 class RequestError(Exception):
@@ -13,6 +13,3 @@ class RequestError(Exception):
         self.status = int(status)
         self.message = message
         self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.message, "status": self.status}

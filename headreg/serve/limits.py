@@ -1,7 +1,7 @@
 """Request-body parsing with limits, shared by every route and protocol adapter (no web framework imported).
 
-Every route that takes a JSON body parses it with :func:`parse_json_body` (``schema.parse_json`` is this
-function with the defaults): a body a client can send is either JSON this server can work with or a 422 that
+Every route that takes a JSON body parses it with :func:`parse_json_body` (the server's ``infer`` and ``body``,
+with the defaults): a body a client can send is either JSON this server can work with or a 422 that
 names the problem, never a 500. What Python's ``json`` alone lets through:
 
 - an integer of more than 4,300 digits raises ``ValueError`` (CPython's int conversion limit), and shorter
@@ -15,10 +15,6 @@ is longer than ``max_string_chars`` (the error names where: ``inputs[3]``).
 
 >>> parse_json_body(b'{"inputs": ["great film"], "parameters": {"top_k": 2}}')
 {'inputs': ['great film'], 'parameters': {'top_k': 2}}
-
-For a new route (an OpenAI, Hugging Face or v2 adapter)::
-
-    payload = parse_json_body(await read_body(request, limit))   # RequestError(422) for any bad body
 """
 
 from __future__ import annotations
@@ -36,7 +32,6 @@ from .errors import RequestError
 MAX_DEPTH = 32
 MAX_NUMBER_CHARS = 40  # an int64 has 19 digits; a float written in full precision has fewer than 25 characters
 MAX_STRING_CHARS = 1_000_000
-
 
 
 def parse_json_body(

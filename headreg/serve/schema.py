@@ -4,7 +4,7 @@ Every front door that speaks this API (the Starlette server here, the Ray Serve 
 with these functions, so the same body gets the same answer or the same error everywhere. A request that
 cannot be served raises :class:`RequestError` with the HTTP status and a message that says what to fix.
 
->>> parse_predict_request({"inputs": ["great film", ["A man plays.", "Someone plays music."]]}, max_inputs=8)
+>>> parse_request({"inputs": ["great film", ["A man plays.", "Someone plays music."]]}, max_inputs=8)
 (['great film', ('A man plays.', 'Someone plays music.')], {})
 """
 
@@ -15,10 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .errors import RequestError
-from .limits import parse_json_body
-
-PREDICT_FIELDS = ("inputs", "parameters")
-EMBED_FIELDS = ("inputs", "parameters")
 
 
 @dataclass
@@ -29,26 +25,14 @@ class Call:
     kind: str  # "predict" | "embed"
     inputs: list[Any]
     parameters: dict[str, Any] = field(default_factory=dict)
+    shape: Any = None  # what a protocol adapter needs to shape the result into its answer
 
 
-def parse_json(body: bytes) -> Any:
-    """The request body as JSON within the default limits (:func:`~headreg.serve.limits.parse_json_body`), or a 422
-    that says what was wrong."""
-    return parse_json_body(body)
-
-
-def parse_predict_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
-    """``{"inputs": [...], "parameters": {...}}`` -> (inputs, parameters); pairs come back as tuples."""
-    return _inputs_and_parameters(json_object(payload, PREDICT_FIELDS), max_inputs)
-
-
-def parse_embed_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
-    """``{"inputs": [...], "parameters": {...}}`` -> (inputs, parameters), as for predict; what an embedding
-    uses of them is the long-text options (``long_text``, ``window_stride``, ``window_reduce``, ``max_windows``)."""
-    return _inputs_and_parameters(json_object(payload, EMBED_FIELDS), max_inputs)
-
-
-def _inputs_and_parameters(body: dict[str, Any], max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
+def parse_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:
+    """``{"inputs": [...], "parameters": {...}}`` (the native predict and embed routes) -> (inputs, parameters);
+    pairs come back as tuples. What an embedding uses of the parameters is the long-text options (``long_text``,
+    ``window_stride``, ``window_reduce``, ``max_windows``)."""
+    body = json_object(payload, ("inputs", "parameters"))
     parameters = body.get("parameters")
     parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
@@ -64,11 +48,7 @@ def parse_inputs(inputs: Any, *, max_inputs: int) -> list[Any]:
         raise RequestError(422, f"'inputs' must be a list of texts or [text, text_pair] pairs, got {_kind(inputs)}")
     if not inputs:
         raise RequestError(422, "'inputs' is empty: send at least one text")
-    if len(inputs) > max_inputs:
-        raise RequestError(
-            422, f"'inputs' has {len(inputs)} texts; this server takes at most {max_inputs} per request "
-            "(--max-input-texts): split the request"
-        )
+    check_count("'inputs'", len(inputs), max_inputs)
     parsed: list[Any] = []
     for index, item in enumerate(inputs):
         if isinstance(item, str):
@@ -83,6 +63,13 @@ def parse_inputs(inputs: Any, *, max_inputs: int) -> list[Any]:
     return parsed
 
 
+def check_count(what: str, count: int, max_inputs: int) -> None:
+    """422 for a request of more than ``max_inputs`` texts (``--max-input-texts``); ``what`` names where they are."""
+    if count > max_inputs:
+        raise RequestError(422, f"{what} has {count} texts; this server takes at most {max_inputs} per request "
+                                "(--max-input-texts): split the request")
+
+
 def check_api_key(authorization: str | None, expected: str | None) -> None:
     """401 unless ``Authorization: Bearer <expected>`` (compared in constant time); no key configured: open."""
     if not expected:
@@ -93,10 +80,6 @@ def check_api_key(authorization: str | None, expected: str | None) -> None:
                            {"WWW-Authenticate": "Bearer"})
     if not hmac.compare_digest(given.strip().encode(), expected.encode()):
         raise RequestError(401, "the API key is wrong", {"WWW-Authenticate": "Bearer"})
-
-
-def unknown_model(name: str, served: Sequence[str]) -> RequestError:
-    return RequestError(404, f"no model named {name!r}; this server serves: {', '.join(served)}")
 
 
 def head_task(manifest: dict[str, Any]) -> str | None:
@@ -128,6 +111,8 @@ def model_info(name: str, predictor: Any) -> dict[str, Any]:
     task = head_task(manifest)
     parameters = predictor.valid_options()
     variants = sorted(k for k, v in (manifest.get("variants") or {"fp32": {}}).items() if isinstance(v, dict))
+    unless = (", unless the request's parameters ask for long_text='window' (overlapping windows over the whole text)"
+              if "long_text" in parameters else "")
     return {
         "name": name,
         "head": predictor.head,
@@ -140,11 +125,7 @@ def model_info(name: str, predictor: Any) -> dict[str, Any]:
         "max_length": predictor.max_length,
         "truncation": (
             f"inputs longer than {predictor.max_length} tokens (special tokens included) are truncated to "
-            f"{predictor.max_length}; the rest of the text is not seen by the model, unless the request's "
-            "parameters ask for long_text='window' (overlapping windows over the whole text)"
-            if "long_text" in parameters else
-            f"inputs longer than {predictor.max_length} tokens (special tokens included) are truncated to "
-            f"{predictor.max_length}; the rest of the text is not seen by the model"
+            f"{predictor.max_length}; the rest of the text is not seen by the model{unless}"
         ),
         "pairs": bool(predictor.supports_pairs),
         "parameters": list(parameters),

@@ -23,8 +23,8 @@ raises them; none of them bounds how long the model may take (that is ``--reques
 from __future__ import annotations
 
 import asyncio
+import json
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import RequestError
@@ -38,19 +38,12 @@ BODY_TIMEOUT = 60.0
 BODY_TOTAL_TIMEOUT = 300.0
 KEEP_ALIVE = 75.0
 
-_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b"content-length: %d\r\n\r\n%s"
-)
 
-
-@dataclass(frozen=True)
-class ClientTimeouts:
-    """Seconds a client may take to send its headers, between two body reads, and for its whole body."""
-
-    header: float = HEADER_TIMEOUT
-    body: float = BODY_TIMEOUT
-    body_total: float = BODY_TOTAL_TIMEOUT
+def _closing_answer(status: int, reason: str, error: str) -> bytes:
+    """A whole HTTP answer that closes the connection, with the server's JSON error body."""
+    body = json.dumps({"error": error, "status": status}, separators=(",", ":")).encode()
+    head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    return f"{head}content-length: {len(body)}\r\n\r\n".encode() + body
 
 
 def _base_protocol() -> type:
@@ -68,25 +61,23 @@ def _base_protocol() -> type:
 HEADERS_ROUTE = "(headers)"
 
 
-def guarded_protocol(header_timeout: float, base: type | None = None, metrics: Any = None) -> type:
+def guarded_protocol(header_timeout: float, metrics: Any = None) -> type:
     """A uvicorn HTTP protocol class (for ``uvicorn.Config(http=...)``) that closes a connection whose request
     headers take longer than ``header_timeout`` seconds (answering 408) or pass MAX_HEADER_BYTES (431).
 
     ``metrics`` (a :class:`~headreg.serve.metrics.ServeMetrics`): each such answer is counted in
     ``headreg_requests_total`` with the route ``(headers)``; no ASGI middleware ever sees these requests.
     """
-    base = base or _base_protocol()
+    base = _base_protocol()
 
     def count(status: int) -> None:
         if metrics is not None:
             metrics.requests.labels(HEADERS_ROUTE, "", str(status), "http").inc()
 
-    message = (b'{"error":"the request headers did not arrive within %d seconds (--header-timeout)","status":408}'
-               % int(header_timeout))
-    answer = _TIMEOUT_RESPONSE % (len(message), message)
-    too_large = (b'{"error":"the request line and headers are larger than %d bytes","status":431}' % MAX_HEADER_BYTES)
-    too_large = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(too_large), too_large))
+    answer = _closing_answer(408, "Request Timeout",
+                             f"the request headers did not arrive within {int(header_timeout)} seconds (--header-timeout)")
+    too_large = _closing_answer(431, "Request Header Fields Too Large",
+                                f"the request line and headers are larger than {MAX_HEADER_BYTES} bytes")
 
     class HeaderDeadlineProtocol(base):  # type: ignore[misc, valid-type]
         _header_deadline: asyncio.TimerHandle | None = None
@@ -142,22 +133,25 @@ def guarded_protocol(header_timeout: float, base: type | None = None, metrics: A
 class ClientWatch:
     """ASGI middleware: body read timeouts (408), and a handler cancelled when its client hangs up.
 
+    ``body``, ``body_total``: seconds a client may take between two body reads, and for its whole body.
     ``metrics`` (a :class:`~headreg.serve.metrics.ServeMetrics`): counts the requests whose client went away
     before its answer started, and shows the bodies still arriving. A cancelled request's access-log status is
     499 (nginx's "client closed request").
     """
 
-    def __init__(self, app: Any, timeouts: ClientTimeouts, metrics: Any = None):
+    def __init__(self, app: Any, metrics: Any = None, *, body: float = BODY_TIMEOUT,
+                 body_total: float = BODY_TOTAL_TIMEOUT):
         self.app = app
-        self.timeouts = timeouts
         self.metrics = metrics
+        self.body = body
+        self.body_total = body_total
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeouts.body_total
+        deadline = loop.time() + self.body_total
         gone = asyncio.Event()
         state = {"body_done": False, "answered": False}
         handler: asyncio.Task | None = None
@@ -180,15 +174,15 @@ class ClientWatch:
                 # the connection's receive now, so wait for its verdict.
                 await gone.wait()
                 return {"type": "http.disconnect"}
-            wait = min(self.timeouts.body, deadline - loop.time())
+            wait = min(self.body, deadline - loop.time())
             try:
                 message = await asyncio.wait_for(receive(), max(wait, 0.0))
             except asyncio.TimeoutError:
                 total = deadline - loop.time() <= 0
                 raise RequestError(
-                    408, f"the request body did not arrive within {self.timeouts.body_total:g} seconds "
+                    408, f"the request body did not arrive within {self.body_total:g} seconds "
                     "(--body-total-timeout)" if total else
-                    f"no part of the request body arrived for {self.timeouts.body:g} seconds (--body-timeout)",
+                    f"no part of the request body arrived for {self.body:g} seconds (--body-timeout)",
                     {"Connection": "close"},
                 ) from None
             if message["type"] == "http.disconnect":

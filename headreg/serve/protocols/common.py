@@ -9,7 +9,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..schema import RequestError, check_api_key
+from ..schema import RequestError, check_api_key, check_count
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -35,16 +35,25 @@ def json_error(exc: RequestError, body: dict[str, Any], status: int | None = Non
     return JSONResponse(body, status_code=status or exc.status, headers=exc.headers)
 
 
+def error_400(exc: RequestError) -> Response:
+    """``{"error": message}``, a client mistake as 400 (the Hugging Face Inference API's and Triton's shape)."""
+    return json_error(exc, {"error": exc.message}, 400 if exc.status == 422 else exc.status)
+
+
+def parameters_of(body: dict[str, Any]) -> dict[str, Any]:
+    """The body's ``parameters`` object (none: empty)."""
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise RequestError(422, "'parameters' must be a JSON object")
+    return parameters
+
+
 def text_list(value: Any, field: str, max_inputs: int) -> list[str]:
     """A string or a non-empty list of at most ``max_inputs`` strings (422 naming ``field`` otherwise)."""
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, list) or not texts:
         raise RequestError(422, f"'{field}' must be a string or a non-empty list of strings")
-    if len(texts) > max_inputs:
-        raise RequestError(
-            422, f"'{field}' has {len(texts)} texts; this server takes at most {max_inputs} per request "
-            "(--max-input-texts): split the request"
-        )
+    check_count(f"'{field}'", len(texts), max_inputs)
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise RequestError(422, f"'{field}'[{index}] is not a string; this server takes text only")

@@ -38,16 +38,12 @@ from ...runtime.postprocess import sigmoid, softmax
 from ..responses import FastJSONResponse
 from ..schema import Call, RequestError
 from .common import (
-    check_flag, check_truncation, cosine_similarity, embedding_width, endpoint, json_error, text_list,
+    check_flag, check_truncation, cosine_similarity, embedding_width, endpoint, error_400, parameters_of, text_list,
 )
 
 FEATURE_PARAMETERS = ("normalize", "truncate", "truncation_direction", "prompt_name", "dimensions", "encoding_format")
 CLASSIFICATION_PARAMETERS = ("top_k", "function_to_apply")
 TOKEN_PARAMETERS = ("aggregation_strategy", "ignore_labels", "stride")
-
-
-def render_error(exc: RequestError) -> Response:
-    return json_error(exc, {"error": exc.message}, 400 if exc.status == 422 else exc.status)
 
 
 def _body(payload: Any) -> tuple[Any, dict[str, Any]]:
@@ -56,9 +52,7 @@ def _body(payload: Any) -> tuple[Any, dict[str, Any]]:
     unknown = sorted(set(payload) - {"inputs", "parameters", "options", *FEATURE_PARAMETERS})
     if unknown:
         raise RequestError(422, f"unknown field(s) {', '.join(map(repr, unknown))}; the body takes inputs, parameters")
-    parameters = payload.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise RequestError(422, "'parameters' must be a JSON object")
+    parameters = parameters_of(payload)
     # feature-extraction's parameters come at the top level (HF's task spec, TEI's body)
     return payload["inputs"], {**parameters, **{k: payload[k] for k in FEATURE_PARAMETERS if k in payload}}
 
@@ -72,16 +66,16 @@ def _only(parameters: dict[str, Any], allowed: tuple[str, ...], task: str) -> No
 
 @dataclass
 class Task:
-    """One request's task: the call to make and how to shape its result."""
+    """One request's task: how to shape its call's result."""
 
     name: str
-    call: Call
     single: bool  # one text in: one answer out (not a list of them)
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def plan(state: Any, model: str, payload: Any, task: str | None) -> Task:
-    """The task a ``/models/{model}`` body asks for (``task`` fixed by a ``/pipeline/...`` route)."""
+def plan(state: Any, model: str, payload: Any, task: str | None) -> Call:
+    """The call a ``/models/{model}`` body asks for, its :class:`Task` its shape (``task`` fixed by a
+    ``/pipeline/...`` route)."""
     inputs, parameters = _body(payload)
     predictor = state.batcher(model).predictor
     if task is None:
@@ -96,16 +90,16 @@ def plan(state: Any, model: str, payload: Any, task: str | None) -> Task:
     return planner(model, inputs, parameters, predictor, state.config.max_input_texts)
 
 
-def _similarity(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Task:
+def _similarity(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Call:
     _only(parameters, ("truncate", "truncation_direction", "prompt_name"), "sentence-similarity")
     check_truncation(parameters)
     if not isinstance(inputs, dict) or not isinstance(inputs.get("source_sentence"), str):
         raise RequestError(422, 'sentence-similarity takes {"inputs": {"source_sentence": "...", "sentences": [...]}}')
     others = text_list(inputs.get("sentences"), "sentences", limit - 1)
-    return Task("sentence-similarity", Call(model, "embed", [inputs["source_sentence"], *others]), False)
+    return Call(model, "embed", [inputs["source_sentence"], *others], shape=Task("sentence-similarity", False))
 
 
-def _features(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Task:
+def _features(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Call:
     _only(parameters, FEATURE_PARAMETERS, "feature-extraction")
     check_truncation(parameters)
     if parameters.get("encoding_format") not in (None, "float"):
@@ -115,8 +109,8 @@ def _features(model: str, inputs: Any, parameters: dict[str, Any], predictor: An
         raise RequestError(422, f"this model gives {embedding_width(predictor)}-dimensional vectors and cannot "
                                 "shorten them; leave 'dimensions' out")
     options = {"normalize": True} if check_flag(parameters, "normalize", False) else {}  # Predictor.embed's own
-    return Task("feature-extraction", Call(model, "embed", text_list(inputs, "inputs", limit), options),
-                isinstance(inputs, str))
+    return Call(model, "embed", text_list(inputs, "inputs", limit), options,
+                shape=Task("feature-extraction", isinstance(inputs, str)))
 
 
 def _texts(inputs: Any, limit: int) -> tuple[list[Any], bool]:
@@ -128,7 +122,7 @@ def _texts(inputs: Any, limit: int) -> tuple[list[Any], bool]:
     return texts, single
 
 
-def _tokens(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Task:
+def _tokens(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Call:
     _only(parameters, TOKEN_PARAMETERS, "token-classification")
     texts, single = _texts(inputs, limit)
     options: dict[str, Any] = {}
@@ -141,11 +135,11 @@ def _tokens(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any,
         options["ignore_labels"] = parameters["ignore_labels"]
     if parameters.get("stride") is not None:  # transformers' stride: the tokens neighbouring windows share
         options.update(long_text="window", window_stride=parameters["stride"])
-    return Task("token-classification", Call(model, "predict", texts, options), single,
-                {"tokens": aggregation == "none", "ignore": parameters.get("ignore_labels") or ["O"]})
+    return Call(model, "predict", texts, options, shape=Task("token-classification", single, {
+        "tokens": aggregation == "none", "ignore": parameters.get("ignore_labels") or ["O"]}))
 
 
-def _classification(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Task:
+def _classification(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Call:
     _only(parameters, CLASSIFICATION_PARAMETERS, "text-classification")
     texts, single = _texts(inputs, limit)
     top_k = parameters.get("top_k")
@@ -156,8 +150,8 @@ def _classification(model: str, inputs: Any, parameters: dict[str, Any], predict
         raise RequestError(422, f"function_to_apply must be one of {', '.join(FUNCTIONS)}, got {function!r:.40}")
     # another function than the head's own is computed from its logits, which a result carries on request
     options = {"return_logits": True} if function is not None and "return_logits" in predictor.valid_options() else {}
-    return Task("text-classification", Call(model, "predict", texts, options), single,
-                {"top_k": top_k, "function": function})
+    return Call(model, "predict", texts, options,
+                shape=Task("text-classification", single, {"top_k": top_k, "function": function}))
 
 
 def _text(item: Any) -> Any:
@@ -170,7 +164,7 @@ def _text(item: Any) -> Any:
 
 
 def answer(task: Task, result: list[Any]) -> Any:
-    """The result of ``task.call`` in the task's HF format."""
+    """The result of the task's call in the task's HF format."""
     if task.name == "sentence-similarity":
         return cosine_similarity(result[0], result[1:])
     if task.name == "feature-extraction":
@@ -225,14 +219,8 @@ def routes(state: Any) -> list[Route]:
         async def run(request: Request) -> Response:
             model = request.path_params["name"]
             state.batcher(model)  # an unknown model is a 404 before the body is read
-            planned: list[Task] = []
-
-            def call(payload: Any) -> Call:
-                planned.append(plan(state, model, payload, task))
-                return planned[0].call
-
-            _, result, _ = await state.infer(request, call)
-            return FastJSONResponse(answer(planned[0], result))
+            call, result, _ = await state.infer(request, lambda payload: plan(state, model, payload, task))
+            return FastJSONResponse(answer(call.shape, result))
 
         return run
 
@@ -240,5 +228,5 @@ def routes(state: Any) -> list[Route]:
         (f"/models/{{name}}/pipeline/{task}", task)
         for task in ("feature-extraction", "sentence-similarity", "text-classification", "token-classification")
     ]
-    return [Route(path, endpoint(state, "hf", path, handler(task), render_error), methods=["POST"])
+    return [Route(path, endpoint(state, "hf", path, handler(task), error_400), methods=["POST"])
             for path, task in mounted]

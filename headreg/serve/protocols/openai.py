@@ -46,8 +46,8 @@ def render_error(exc: RequestError) -> Response:
     }}, status)
 
 
-def parse(payload: Any, state: Any) -> tuple[Call, str]:
-    """An embeddings request -> (the call, its encoding_format)."""
+def parse(payload: Any, state: Any) -> Call:
+    """An embeddings request -> the call; its shape is the encoding_format."""
     if not isinstance(payload, dict):
         raise ParamError('the body must be a JSON object like {"model": "NAME", "input": ["text"]}', "input")
     unknown = sorted(set(payload) - set(FIELDS))
@@ -73,7 +73,7 @@ def parse(payload: Any, state: Any) -> tuple[Call, str]:
         if dimensions != width:
             raise ParamError(f"model {model!r} gives {width}-dimensional vectors and cannot shorten them; leave "
                           "'dimensions' out", "dimensions")
-    return Call(model, "embed", texts), encoding
+    return Call(model, "embed", texts, shape=encoding)
 
 
 def encode(vector: np.ndarray, encoding: str) -> Any:
@@ -91,18 +91,11 @@ def model_list(state: Any) -> dict[str, Any]:
 
 def routes(state: Any) -> list[Route]:
     async def embeddings(request: Request) -> Response:
-        encodings: list[str] = []
-
-        def call(payload: Any) -> Call:
-            parsed, encoding = parse(payload, state)
-            encodings.append(encoding)
-            return parsed
-
-        parsed, vectors, stats = await state.infer(request, call)
+        call, vectors, stats = await state.infer(request, lambda payload: parse(payload, state))
         return FastJSONResponse({
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": encode(v, encodings[0])} for i, v in enumerate(vectors)],
-            "model": parsed.model,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v, call.shape)} for i, v in enumerate(vectors)],
+            "model": call.model,
             "usage": {"prompt_tokens": stats.get("tokens", 0), "total_tokens": stats.get("tokens", 0)},
         })
 

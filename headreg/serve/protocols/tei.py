@@ -38,9 +38,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ... import __version__
+from ..limits import parse_json_body
 from ..responses import FastJSONResponse
-from ..schema import Call, RequestError, json_object, parse_json
-from .common import check_flag, check_truncation, cosine_similarity, endpoint, json_error, refuse_overlong, text_list
+from ..schema import Call, RequestError, json_object
+from .common import (
+    check_flag, check_truncation, cosine_similarity, endpoint, json_error, parameters_of, refuse_overlong, text_list,
+)
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
 ROUTES = ("embed", "predict", "rerank", "similarity", "tokenize", "decode", "embed_all", "embed_sparse")
@@ -114,8 +117,7 @@ def _rank_score(item: Any, raw: bool) -> float:
     if len(scores) == 2:
         return scores[1][1]
     raise RequestError(424, "rerank needs a sentence-pair model with one score (a one-value regression head or a "
-                            "two-label classifier); this one has "
-                            f"{len(scores)} labels")
+                            f"two-label classifier); this one has {len(scores)} labels")
 
 
 def info(state: Any, name: str) -> dict[str, Any]:
@@ -146,20 +148,26 @@ def truncates(route: str, payload: Any) -> bool:
     return not (isinstance(options, dict) and options.get("truncate") is False)
 
 
-def plan(state: Any, model: str, route: str, payload: Any) -> tuple[Call, Any]:
-    """One TEI request -> (the call, what shaping its result needs)."""
+def _embed_body(state: Any, payload: Any) -> tuple[dict[str, Any], list[str]]:
+    """An ``/embed`` body (``/embed_all`` and ``/embed_sparse`` take it too) and its texts."""
+    body = json_object(payload, EMBED_FIELDS, '{"inputs": "some text"}')
+    check_truncation(body)
+    return body, _texts(body.get("inputs"), state.config.max_input_texts)
+
+
+def plan(state: Any, model: str, route: str, payload: Any) -> Call:
+    """One TEI request -> the call; its shape is (``route``, what shaping its result needs)."""
     limit = state.config.max_input_texts
     if route == "embed":
-        body = json_object(payload, EMBED_FIELDS, '{"inputs": "some text"}')
-        check_truncation(body)
+        body, texts = _embed_body(state, payload)
         normalize = check_flag(body, "normalize", True)  # TEI's default; Predictor.embed(normalize=True) does it
-        return Call(model, "embed", _texts(body.get("inputs"), limit), {"normalize": True} if normalize else {}), None
+        return Call(model, "embed", texts, {"normalize": True} if normalize else {}, shape=(route, None))
     if route == "predict":
         body = json_object(payload, ("inputs", "raw_scores", "truncate", "truncation_direction"), '{"inputs": "some text"}')
         check_truncation(body)
         inputs, batch = _predict_inputs(body.get("inputs"), limit)
         raw = check_flag(body, "raw_scores", False)
-        return Call(model, "predict", inputs, _logits_option(state, model, raw)), (batch, raw)
+        return Call(model, "predict", inputs, _logits_option(state, model, raw), shape=(route, (batch, raw)))
     if route == "rerank":
         body = json_object(payload, ("query", "texts", "raw_scores", "return_text", "truncate", "truncation_direction"),
                        '{"query": "...", "texts": ["...", ...]}')
@@ -172,18 +180,16 @@ def plan(state: Any, model: str, route: str, payload: Any) -> tuple[Call, Any]:
         if not state.predictors[model].supports_pairs:
             raise RequestError(424, f"model {model!r} does not take sentence pairs; rerank needs a cross-encoder")
         raw = check_flag(body, "raw_scores", False)
-        return (Call(model, "predict", [(body["query"], text) for text in texts], _logits_option(state, model, raw)),
-                (texts, raw, check_flag(body, "return_text", False)))
+        return Call(model, "predict", [(body["query"], text) for text in texts], _logits_option(state, model, raw),
+                    shape=(route, (texts, raw, check_flag(body, "return_text", False))))
     body = json_object(payload, ("inputs", "parameters"), '{"inputs": {"source_sentence": "...", "sentences": [...]}}')
-    parameters = body.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise RequestError(422, "'parameters' must be a JSON object")
+    parameters = parameters_of(body)
     check_truncation(parameters)
     inputs = body.get("inputs")
     if not isinstance(inputs, dict) or not isinstance(inputs.get("source_sentence"), str):
         raise RequestError(422, "'inputs' must be {\"source_sentence\": \"...\", \"sentences\": [...]}")
     others = text_list(inputs.get("sentences"), "sentences", limit - 1)
-    return Call(model, "embed", [inputs["source_sentence"], *others]), None
+    return Call(model, "embed", [inputs["source_sentence"], *others], shape=(route, None))
 
 
 def compat_route(state: Any, model: str, payload: Any) -> str:
@@ -207,7 +213,8 @@ def _logits_option(state: Any, model: str, raw: bool) -> dict[str, Any]:
     return {"return_logits": True} if raw and "return_logits" in state.predictors[model].valid_options() else {}
 
 
-def answer(route: str, result: list[Any], shape: Any) -> Any:
+def answer(shape: tuple[str, Any], result: list[Any]) -> Any:
+    route, shape = shape
     if route == "embed":
         return list(result)
     if route == "predict":
@@ -242,9 +249,7 @@ def decode(state: Any, model: str, payload: Any) -> list[str]:
 def embed_all(state: Any, model: str, payload: Any) -> None:
     """TEI's ``/embed_all`` (every token's vector): a bundle gives its head's outputs and one pooled vector per
     input, never the encoder's per-token states, so a valid request is TEI's 424 saying so."""
-    body = json_object(payload, EMBED_FIELDS, '{"inputs": "some text"}')
-    check_truncation(body)
-    _texts(body.get("inputs"), state.config.max_input_texts)
+    _embed_body(state, payload)
     outputs = ", ".join(state.predictors[model].manifest.get("output_axes") or {}) or "none"
     raise RequestError(424, f"model {model!r} does not expose per-token embeddings (its bundle's outputs: {outputs}); "
                             "use /embed for one pooled vector per input")
@@ -253,9 +258,7 @@ def embed_all(state: Any, model: str, payload: Any) -> None:
 def embed_sparse(state: Any, model: str, payload: Any) -> None:
     """TEI's ``/embed_sparse`` (SPLADE: a weight per vocabulary entry): no headreg head produces those, so a valid
     request is TEI's 424 saying so, not a 404 a TEI client would read as a wrong URL."""
-    body = json_object(payload, EMBED_FIELDS, '{"inputs": "some text"}')
-    check_truncation(body)
-    _texts(body.get("inputs"), state.config.max_input_texts)
+    _embed_body(state, payload)
     raise RequestError(424, f"model {model!r} has no sparse (SPLADE) head, so it gives no sparse embeddings; "
                             "use /embed for one dense vector per input")
 
@@ -287,33 +290,30 @@ def _model(state: Any, request: Request) -> str:
 
 
 def routes(state: Any) -> list[Route]:
+    direct = {"tokenize": tokenize, "decode": decode, "embed_all": embed_all, "embed_sparse": embed_sparse}
+
     def handler(route: str):
         async def run(request: Request) -> Response:
             model = _model(state, request)
-            direct = {"tokenize": tokenize, "decode": decode, "embed_all": embed_all, "embed_sparse": embed_sparse}
-            if route in direct:
-                run_route = direct[route]
-                return FastJSONResponse(run_route(state, model, await state.body(request)))
-            shapes: list[Any] = []
+            if route in direct:  # no model call
+                return FastJSONResponse(direct[route](state, model, await state.body(request)))
+
+            def call(payload: Any) -> Call:
+                return plan(state, model, route_of(payload), payload)
+
+            def route_of(payload: Any) -> str:
+                return compat_route(state, model, payload) if route == "compat" else route
 
             def checked(body: bytes) -> Any:
                 """The JSON body; with ``truncate: false``, over-long inputs refused here (in a worker thread when
                 the body is big: tokenizing it all costs what the request's own tokenization does)."""
-                payload = parse_json(body)
-                actual = compat_route(state, model, payload) if route == "compat" else route
-                if not truncates(actual, payload):
-                    refuse_overlong(state.predictors[model], plan(state, model, actual, payload)[0].inputs)
+                payload = parse_json_body(body)
+                if not truncates(route_of(payload), payload):
+                    refuse_overlong(state.predictors[model], call(payload).inputs)
                 return payload
 
-            def call(payload: Any) -> Call:
-                actual = compat_route(state, model, payload) if route == "compat" else route
-                planned, shape = plan(state, model, actual, payload)
-                shapes.append((actual, shape))
-                return planned
-
-            _, result, stats = await state.infer(request, call, checked)
-            actual, shape = shapes[0]
-            return FastJSONResponse(answer(actual, result, shape),
+            planned, result, stats = await state.infer(request, call, checked)
+            return FastJSONResponse(answer(planned.shape, result),
                                     headers={"x-total-tokens": str(stats.get("tokens", 0)), "x-model-id": model})
 
         return run

@@ -27,17 +27,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ... import __version__
+from ..limits import parse_json_body
 from ..responses import FastJSONResponse
-from ..schema import Call, RequestError, parse_json
-from .common import embedding_width, endpoint, json_error
+from ..schema import Call, RequestError, check_count
+from .common import embedding_width, endpoint, error_400, parameters_of
 
 TRITON_PARAMETERS = ("binary_data_output", "binary_data", "binary_data_size", "sequence_id", "sequence_start",
                      "sequence_end", "priority", "timeout")
 VERSION = "1"
-
-
-def render_error(exc: RequestError) -> Response:
-    return json_error(exc, {"error": exc.message}, 400 if exc.status == 422 else exc.status)
 
 
 def _kind(predictor: Any) -> str:
@@ -79,11 +76,11 @@ def metadata(name: str, predictor: Any) -> dict[str, Any]:
 def decode_body(body: bytes, header_length: str | None) -> Any:
     """The request JSON, with binary-extension tensor data moved into each input's ``data``."""
     if header_length is None:
-        return parse_json(body)
+        return parse_json_body(body)
     if not header_length.isdigit() or int(header_length) > len(body):
         raise RequestError(422, f"Inference-Header-Content-Length {header_length!r:.20} does not fit the body")
     split = int(header_length)
-    payload = parse_json(body[:split])
+    payload = parse_json_body(body[:split])
     rest = memoryview(body)[split:]
     for tensor in payload.get("inputs", []) if isinstance(payload, dict) else []:
         size = (tensor.get("parameters") or {}).get("binary_data_size") if isinstance(tensor, dict) else None
@@ -121,14 +118,12 @@ def _flat_texts(tensor: Any, limit: int) -> list[str]:
         data = [item for row in data for item in row]  # [N, 1] and other shapes: row-major
     if not isinstance(data, list) or not data or not all(isinstance(item, str) for item in data):
         raise RequestError(422, f"input {tensor.get('name')!r} must hold one or more texts")
-    if len(data) > limit:
-        raise RequestError(422, f"input {tensor.get('name')!r} has {len(data)} texts; this server takes at most "
-                                f"{limit} per request (--max-input-texts): split the request")
+    check_count(f"input {tensor.get('name')!r}", len(data), limit)
     return data
 
 
-def plan(state: Any, model: str, payload: Any) -> tuple[Call, list[str], Any]:
-    """An infer request -> (the call, the output names asked for, the request id)."""
+def plan(state: Any, model: str, payload: Any) -> Call:
+    """An infer request -> the call; its shape is (the output names asked for, the request id)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise RequestError(422, 'the body must be {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [N], '
                                 '"data": [...]}]}')
@@ -151,13 +146,10 @@ def plan(state: Any, model: str, payload: Any) -> tuple[Call, list[str], Any]:
         raise RequestError(422, f"no output {', '.join(map(repr, missing))}; this model has: {', '.join(known)}")
     if "embedding" in asked and len(asked) > 1:
         raise RequestError(422, "ask for 'embedding' in a request of its own")
-    parameters = payload.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise RequestError(422, "'parameters' must be a JSON object")
-    options = {k: v for k, v in parameters.items() if k not in TRITON_PARAMETERS}
+    options = {k: v for k, v in parameters_of(payload).items() if k not in TRITON_PARAMETERS}
     kind = "embed" if asked == ["embedding"] else "predict"
     names = asked or [name for name in known if name != "embedding"]
-    return Call(model, kind, inputs, options), names, payload.get("id")
+    return Call(model, kind, inputs, options, shape=(names, payload.get("id")))
 
 
 def _tensor(name: str, result: list[Any], labels: list[str]) -> dict[str, Any]:
@@ -199,15 +191,10 @@ def routes(state: Any) -> list[Route]:
     async def infer(request: Request) -> Response:
         model = request.path_params["name"]
         state.batcher(model)
-        planned: list[Any] = []
-
-        def call(payload: Any) -> Call:
-            planned.extend(plan(state, model, payload))
-            return planned[0]
-
         header = request.headers.get("inference-header-content-length")
-        _, result, _ = await state.infer(request, call, decode=lambda body: decode_body(body, header))
-        _, names, request_id = planned
+        call, result, _ = await state.infer(request, lambda payload: plan(state, model, payload),
+                                            decode=lambda body: decode_body(body, header))
+        names, request_id = call.shape
         labels = list(state.predictors[model].labels)
         body = {"model_name": model, "model_version": VERSION,
                 "outputs": [_tensor(name, result, labels) for name in names]}
@@ -223,5 +210,5 @@ def routes(state: Any) -> list[Route]:
         ("/v2/models/{name}/infer", infer, "POST"), ("/v2/models/{name}/versions/{version}/infer", infer, "POST"),
     ]
     public = (live, ready, server)
-    return [Route(path, endpoint(state, "v2", path, handler, render_error, public=handler in public), methods=[method])
+    return [Route(path, endpoint(state, "v2", path, handler, error_400, public=handler in public), methods=[method])
             for path, handler, method in table]
