@@ -62,8 +62,6 @@ from .postprocess import entity_type
 
 LONG_TEXT = ("truncate", "window")
 WINDOW_REDUCE = ("mean", "max", "first")
-# The per-call options this module reads.
-OPTIONS = ("long_text", "window_stride", "window_reduce", "max_windows")
 # Windowed reading has no length cut, so its work per input is bounded here instead: at most MAX_WINDOWS
 # windows (MiniLM at 512 tokens: ~130k tokens, a few seconds) unless whoever runs the model sets another
 # ceiling (Predictor(max_windows=...), headreg serve --max-windows); a call may ask for fewer, never more.
