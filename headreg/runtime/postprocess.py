@@ -96,7 +96,7 @@ class Context:
         return self._labels
 
     def label(self, index: int) -> str:
-        return self.id2label.get(int(index), f"LABEL_{int(index)}")
+        return _label_name(self.id2label, index)
 
 
 def stack(rows: Rows, name: str, dtype: Any = np.float32) -> np.ndarray:
