@@ -220,15 +220,11 @@ register_option(RuntimeOption(
 
 def _same_kind(value: Any, default: Any, name: str) -> Any:
     """A plugin head's own config key: the value must be JSON of the kind its exported default is."""
-    kinds = [(bool,), (int, float), (str,), (list, tuple), (dict,)]
-    for kind in kinds:
+    for kind in [(bool,), (int, float), (str,), (list, tuple), (dict,)]:
         if isinstance(default, kind):
-            ok = isinstance(value, kind) and (bool not in kind or isinstance(value, bool)) and not (
-                kind == (int, float) and isinstance(value, bool)
-            )
-            if ok and isinstance(value, float) and not math.isfinite(value):
-                ok = False
-            if not ok:
+            # a number is a finite int or float, never a bool
+            number = kind == (int, float)
+            if not isinstance(value, kind) or (number and (isinstance(value, bool) or not math.isfinite(value))):
                 raise InputError(f"option {name} must be like its exported value {default!r:.40}, got {value!r:.40}")
             return value
     return value

@@ -93,9 +93,9 @@ class Predictor:
         self.backend = _bundle.open_model(record, self.model_path, threads=threads, providers=providers, weights=weights)
         # onnxruntime variants: the session itself (benchmarks time it directly)
         self.session = getattr(self.backend, "session", None)
-        _bundle.check_io(self.backend, manifest, self.model_path)  # a swapped model file fails before heads are read
+        names = _bundle.check_io(self.backend, manifest, self.model_path)  # a swapped model file fails before heads are read
         self.heads = _bundle.load_heads(self.bundle_dir, manifest, trust_remote_code)
-        layout = _bundle.check_model(self.backend, manifest, self.heads, self.model_path,
+        layout = _bundle.check_model(self.backend, manifest, self.heads, self.model_path, names,
                                      pad_to_multiple_of=int(record.get("pad_to_multiple_of") or 1))
         _bundle.check_vocab(self.tokenizer, manifest, layout.pad_id, self.bundle_dir)
         self._describe_heads()
