@@ -156,6 +156,5 @@ def openvino_version() -> str | None:
 
 
 def bf16_cpu(flags: Sequence[str] | frozenset[str]) -> str | None:
-    """The first of ``BF16_CPU_FLAGS`` present in ``flags`` (AMX listed last but preferred), else None."""
-    present = [flag for flag in BF16_CPU_FLAGS if flag in flags]
-    return "amx_bf16" if "amx_bf16" in present else (present[0] if present else None)
+    """The best of ``BF16_CPU_FLAGS`` present in ``flags`` (AMX, listed last), else None."""
+    return next((flag for flag in reversed(BF16_CPU_FLAGS) if flag in flags), None)

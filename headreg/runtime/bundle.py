@@ -110,13 +110,8 @@ def output_axes(manifest: dict[str, Any], model_dims: dict[str, list], names: Se
                               "head's logits are per token, pooled outputs per row); export the bundle again")
         return {name: recorded[name] for name in names}
     dims_by_name = manifest.get("outputs") if isinstance(manifest.get("outputs"), dict) else model_dims
-    axes = {}
-    for name in names:
-        if name in known or name == "pooled_output":
-            axes[name] = known.get(name, "row")
-            continue
-        axes[name] = axes_from_dims(dims_by_name.get(name))
-    return axes
+    known.setdefault("pooled_output", "row")
+    return {name: known[name] if name in known else axes_from_dims(dims_by_name.get(name)) for name in names}
 
 
 def check_file_hashes(bundle_dir: Path, manifest: dict[str, Any], also: str | None) -> None:

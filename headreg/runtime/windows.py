@@ -521,8 +521,8 @@ def window_sources(
                 begin = i
         extent.append(runs)
 
-    def cuts(m: int, left: int, right: int, first: int, end: int) -> int:
-        """Entities cut by taking token m - 1 from ``left`` and token m from ``right`` (overlap [first, end))."""
+    def cuts(m: int, left: int, right: int) -> int:
+        """Entities cut by taking token m - 1 from ``left`` and token m from ``right``."""
         if decisions is None:
             return 0
         count = _continues(label(left, m - 1), label(right, m), outside)
@@ -556,7 +556,7 @@ def window_sources(
             if u == v:
                 return 0
             word = 0 < m < len(words) and words[m] is not None and words[m] == words[m - 1]
-            return _WORD * bool(word) + _CUT * int(cuts(m, u, v, first, end)) + _SWITCH
+            return _WORD * bool(word) + _CUT * int(cuts(m, u, v)) + _SWITCH
 
         def token(p: int, w: int) -> int:
             other = a if w == b else b
