@@ -286,12 +286,9 @@ def read_texts(path: str | os.PathLike) -> list[str | tuple[str, str]]:
     characters ``str.splitlines`` breaks on stay inside their text. A file is JSONL when its name ends in
     ``.jsonl`` or its first non-blank line starts with ``{``.
     """
-    source = "<stdin>" if str(path) == "-" else str(path)
-    if str(path) == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        data = Path(path).read_bytes()
-    text = _decode(data, source)
+    stdin = str(path) == "-"
+    source = "<stdin>" if stdin else str(path)
+    text = _decode(sys.stdin.buffer.read() if stdin else Path(path).read_bytes(), source)
     lines = _LINE_BREAK.split(text)
     if lines and lines[-1] == "":
         lines.pop()  # the file's final newline ends the last line; it does not start an empty one
