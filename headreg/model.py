@@ -229,9 +229,7 @@ class MultiHeadModel(BackboneModel):
         A trained pooler with a projection keeps its own weights unless they equal an existing pooler's.
         """
         for key, existing in self.poolers.items():
-            if existing is pooler:
-                return key
-            if existing.config == pooler.config and _same_weights(existing, pooler):
+            if existing is pooler or (existing.config == pooler.config and _same_weights(existing, pooler)):
                 return key
         base = pooling_key(pooler.config)
         key, n = base, 2

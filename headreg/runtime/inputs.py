@@ -267,8 +267,7 @@ _LINE_BREAK = re.compile(r"\r?\n")
 
 
 def _decode(data: bytes, source: str) -> str:
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

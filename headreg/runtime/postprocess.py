@@ -161,16 +161,14 @@ def multi_label(rows: Rows, context: Context) -> list[MultiLabel]:
     if not len(probs):
         return []
     thresholds = thresholds_for(context, probs.shape[-1])
-    results: list[MultiLabel] = []
-    for row in probs:
-        results.append(
-            {
-                # ">" like the exporter's decision check: a probability exactly at the threshold is not "on".
-                "labels": [context.label(i) for i in np.flatnonzero(row > thresholds)],
-                "scores": {context.label(i): float(p) for i, p in enumerate(row)},
-            }
-        )
-    return results
+    return [
+        {
+            # ">" like the exporter's decision check: a probability exactly at the threshold is not "on".
+            "labels": [context.label(i) for i in np.flatnonzero(row > thresholds)],
+            "scores": {context.label(i): float(p) for i, p in enumerate(row)},
+        }
+        for row in probs
+    ]
 
 
 def regression(rows: Rows, context: Context) -> list[Regression]:

@@ -347,8 +347,7 @@ def _encode_pairs(
         if room < 1 or chosen >= room:
             cramped.append((index, len(first), chosen))
         else:
-            if room - chosen < min_window_step(room):
-                _check_overlap(chosen, room, f"input {index}'s windows hold of its text_pair")
+            _check_overlap(chosen, room, f"input {index}'s windows hold of its text_pair")
             groups.setdefault(chosen, []).append(index)
     for chosen, members in groups.items():
         for index in members:
