@@ -67,8 +67,7 @@ class BackboneModel(nn.Module):
     def __init__(self, backbone: PreTrainedModel):
         super().__init__()
         self.backbone = backbone
-        params = inspect.signature(backbone.forward).parameters
-        self._backbone_args = set(params)
+        self._backbone_args = set(inspect.signature(backbone.forward).parameters)
         self._decoder = is_decoder(backbone.config)
 
     @property
