@@ -215,14 +215,12 @@ class Predictor:
         check_inputs(items, self.supports_pairs)
         options = _windows.window_options(runtime, ceiling=self.max_windows)
         _windows.check_window_budget(items, self.max_length, options.max_windows, ceiling=self.max_windows)
-        rows: list[Row] = []
         with self._window_tokenizers.borrowed() as tokenizer:  # encode_windows reconfigures its truncation
             encoded = _windows.encode_windows(tokenizer, items, self.max_length, options.overlap,
                                               max_windows=options.max_windows, ceiling=self.max_windows)
         _windows.check_window_budget(items, self.max_length, options.max_windows, encoded, ceiling=self.max_windows)
-        for index, windows in enumerate(encoded):
-            rows.extend(Row(index, encoding, w, windows.overlap) for w, encoding in enumerate(windows.encodings))
-        return rows
+        return [Row(index, encoding, w, windows.overlap)
+                for index, windows in enumerate(encoded) for w, encoding in enumerate(windows.encodings)]
 
     def valid_options(self) -> list[str]:
         """The per-call option names this bundle takes (its head's postprocess options and the runtime's; a
