@@ -36,12 +36,6 @@ _PROBLEM_TO_HEAD = {
 }
 
 
-def _module(model: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        model = getattr(model, part)
-    return model
-
-
 def _copy_linear(source: nn.Linear, target: nn.Linear) -> None:
     with torch.no_grad():
         target.weight.copy_(source.weight)
@@ -98,7 +92,7 @@ def _from_transformers(model: Any, *, head: str | None, **options: Any) -> Heade
         )
     dense_path, norm_path, classifier_path = layout
     try:
-        classifier = _module(model, classifier_path)
+        classifier = model.get_submodule(classifier_path)
     except AttributeError as exc:
         raise BackboneError(f"{kind} has no {classifier_path!r} layer where headreg expects its classifier") from exc
     if not isinstance(classifier, nn.Linear):
@@ -119,9 +113,9 @@ def _from_transformers(model: Any, *, head: str | None, **options: Any) -> Heade
                 f"{kind}: headreg's auto pooling for {model_type!r} does not match the model's classifier layout"
             )
         if dense_path is not None:
-            _copy_linear(_module(model, dense_path), pooler.dense)
+            _copy_linear(model.get_submodule(dense_path), pooler.dense)
         if norm_path is not None:
-            pooler.norm.load_state_dict(_module(model, norm_path).state_dict())
+            pooler.norm.load_state_dict(model.get_submodule(norm_path).state_dict())
     out = getattr(getattr(headed.head, "classifier", None), "out", None)
     if not isinstance(out, nn.Linear) or out.weight.shape != classifier.weight.shape:
         raise BackboneError(f"head {head_name!r} has no classifier layer of shape {tuple(classifier.weight.shape)}")

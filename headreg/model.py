@@ -67,8 +67,7 @@ class BackboneModel(nn.Module):
     def __init__(self, backbone: PreTrainedModel):
         super().__init__()
         self.backbone = backbone
-        params = inspect.signature(backbone.forward).parameters
-        self._backbone_args = set(params)
+        self._backbone_args = set(inspect.signature(backbone.forward).parameters)
         self._decoder = is_decoder(backbone.config)
 
     @property
@@ -229,9 +228,7 @@ class MultiHeadModel(BackboneModel):
         A trained pooler with a projection keeps its own weights unless they equal an existing pooler's.
         """
         for key, existing in self.poolers.items():
-            if existing is pooler:
-                return key
-            if existing.config == pooler.config and _same_weights(existing, pooler):
+            if existing is pooler or (existing.config == pooler.config and _same_weights(existing, pooler)):
                 return key
         base = pooling_key(pooler.config)
         key, n = base, 2
@@ -586,24 +583,25 @@ def _check_backbone_weights(info: dict[str, Any], where: Path) -> None:
 def load_single_head(directory: Path, saved: dict[str, Any], *, trust_remote_code: bool, strict: bool = True) -> "HeadedModel":
     """Rebuild a HeadedModel from ``headreg_model.json`` (already checked against saved.SAVED_MODEL_SCHEMA) and
     its weights."""
-    head_name, head_options, pooling = saved["head"], dict(saved["head_config"]), saved["pooling"]
-    spec = installed_head(directory, head_name, saved.get("plugin"), saved.get("plugin_version"))
+    spec = installed_head(directory, saved)
     backbone = load_backbone(directory, trust_remote_code=trust_remote_code, strict=strict)
     try:
-        model = _attach(backbone, spec, pooling, head_options)
+        model = _attach(backbone, spec, saved["pooling"], dict(saved["head_config"]))
     except (HeadConfigError, BackboneError) as exc:
         raise SaveLoadError(f"{directory / MODEL_CONFIG} has options that do not work: {exc}") from exc
     load_head_weights(model, directory, f"head {spec.name!r}")
     return model
 
 
-def installed_head(directory: Path, head_name: Any, plugin: Any, plugin_version: Any) -> HeadSpec:
+def installed_head(directory: Path, entry: Mapping[str, Any]) -> HeadSpec:
+    """The installed head a saved model's ``entry`` (``head``, ``plugin``, ``plugin_version``) names."""
+    head_name, plugin = entry["head"], entry.get("plugin")
     try:
         # A model saved with a built-in head loads with the built-in, whatever plugins are installed.
         return builtin_registry().get(head_name) if plugin == "headreg" else get_head(head_name)
     except LookupError as exc:
         raise SaveLoadError(
-            f"{directory} uses head {head_name!r} from {plugin} {plugin_version}, "
+            f"{directory} uses head {head_name!r} from {plugin} {entry.get('plugin_version')}, "
             f"which is not installed here. Install that plugin (pip install {plugin})."
         ) from exc
 

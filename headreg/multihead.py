@@ -107,7 +107,7 @@ def load_multi_head(directory: Path, saved: dict[str, Any], *, trust_remote_code
                  for e in entries if e["pooling"] not in poolings]
     if problems:
         raise SaveLoadError(f"{directory / MODEL_CONFIG} is corrupt: {'; '.join(problems)}. Save the model again.")
-    specs = [installed_head(directory, e["head"], e.get("plugin"), e.get("plugin_version")) for e in entries]
+    specs = [installed_head(directory, entry) for entry in entries]
     backbone = load_backbone(directory, trust_remote_code=trust_remote_code, strict=strict)
     model = MultiHeadModel(backbone)
     hidden = hidden_size_of(backbone.config)

@@ -105,9 +105,6 @@ class OpenVINOBackend:
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.output_names = [port.get_any_name() for port in self.compiled.outputs]
         self._outputs = {name: self.compiled.output(name) for name in self.output_names}
-        # outputs with a dynamic second axis are per token ([batch, sequence, ...])
-        self.token_outputs = {port.get_any_name() for port in self.compiled.outputs
-                              if port.get_partial_shape().rank.get_length() >= 2 and port.get_partial_shape()[1].is_dynamic}
         self.output_dims = {port.get_any_name(): [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
                             for port in self.compiled.outputs}
         kind = self.compiled.inputs[0].get_element_type().get_type_name()
@@ -159,6 +156,5 @@ def openvino_version() -> str | None:
 
 
 def bf16_cpu(flags: Sequence[str] | frozenset[str]) -> str | None:
-    """The first of ``BF16_CPU_FLAGS`` present in ``flags`` (AMX listed last but preferred), else None."""
-    present = [flag for flag in BF16_CPU_FLAGS if flag in flags]
-    return "amx_bf16" if "amx_bf16" in present else (present[0] if present else None)
+    """The best of ``BF16_CPU_FLAGS`` present in ``flags`` (AMX, listed last), else None."""
+    return next((flag for flag in reversed(BF16_CPU_FLAGS) if flag in flags), None)

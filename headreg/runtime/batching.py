@@ -70,7 +70,7 @@ def pad_batch(
     types = np.zeros((len(encodings), width), dtype=dtype) if "token_type_ids" in input_names else None
     for row, encoding in enumerate(encodings):
         n = len(encoding)
-        span = slice(width - max(n, 1), width) if padding_side == "left" else slice(0, max(n, 1))
+        span = real_span(width, max(n, 1), padding_side)
         mask[row, span] = 1
         if n:
             ids[row, span] = encoding.ids

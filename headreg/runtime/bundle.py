@@ -64,11 +64,11 @@ def load_heads(bundle_dir: Path, manifest: dict[str, Any], trust_remote_code: bo
     return heads
 
 
-def check_model(backend: Any, manifest: dict[str, Any], heads: Sequence[_heads.RuntimeHead], path: Path, *,
-                pad_to_multiple_of: int) -> Layout:
-    """The model's outputs and widths against the manifest and the heads (after :func:`check_io`); how it takes
-    and gives rows."""
-    input_names, output_names = check_io(backend, manifest, path)
+def check_model(backend: Any, manifest: dict[str, Any], heads: Sequence[_heads.RuntimeHead], path: Path,
+                names: tuple[list[str], list[str]], *, pad_to_multiple_of: int) -> Layout:
+    """The model's outputs and widths against the manifest and the heads; how it takes and gives rows.
+    ``names``: the input and output names :func:`check_io` found."""
+    input_names, output_names = names
     _check_recorded_widths(backend, manifest, path)
     for problem in head_output_problems(manifest, backend.output_dims):
         raise BundleError(f"{path}: {problem}")
@@ -110,13 +110,8 @@ def output_axes(manifest: dict[str, Any], model_dims: dict[str, list], names: Se
                               "head's logits are per token, pooled outputs per row); export the bundle again")
         return {name: recorded[name] for name in names}
     dims_by_name = manifest.get("outputs") if isinstance(manifest.get("outputs"), dict) else model_dims
-    axes = {}
-    for name in names:
-        if name in known or name == "pooled_output":
-            axes[name] = known.get(name, "row")
-            continue
-        axes[name] = axes_from_dims(dims_by_name.get(name))
-    return axes
+    known.setdefault("pooled_output", "row")
+    return {name: known[name] if name in known else axes_from_dims(dims_by_name.get(name)) for name in names}
 
 
 def check_file_hashes(bundle_dir: Path, manifest: dict[str, Any], also: str | None) -> None:
@@ -198,7 +193,6 @@ def check_io(backend: Any, manifest: dict[str, Any], path: Path) -> tuple[list[s
 
 
 def _runtime_head(manifest: dict[str, Any], entry: dict[str, Any], trust_remote_code: bool) -> _heads.RuntimeHead:
-    identity = {"name": entry.get("head"), **{k: entry.get(k) for k in ("postprocess", "plugin", "plugin_version")}}
     outputs = entry.get("outputs") or {}
     if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()) or "logits" not in outputs:
         raise BundleError(f"head {entry.get('name')!r} of the manifest has no output map; export the bundle again")
@@ -206,7 +200,7 @@ def _runtime_head(manifest: dict[str, Any], entry: dict[str, Any], trust_remote_
     if missing:
         raise BundleError(f"head {entry.get('name')!r} names outputs {missing} the bundle does not have; export it again")
     id2label = entry.get("id2label") or {}
-    postprocess, fields = _load_postprocess(identity, trust_remote_code)
+    postprocess, fields = _load_postprocess(entry, trust_remote_code)
     recorded = entry.get("result_fields")
     if isinstance(recorded, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in recorded.items()):
         fields = dict(recorded)
@@ -233,8 +227,8 @@ def _check_head_width(backend: Any, head: _heads.RuntimeHead, path: Path) -> Non
 
 
 def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> tuple[Callable[..., list[dict]], dict | None]:
-    """The postprocess of the installed head the bundle names, and the result fields it declares; the manifest's
-    path is only a cross-check.
+    """The postprocess of the installed head a manifest's head entry names, and the result fields it declares; the
+    manifest's path is only a cross-check.
 
     A bundle is data: importing whatever module its manifest names would let a crafted file run code, so the
     function comes from the registry (built-ins and installed plugins) unless ``trust_remote_code=True``.
@@ -245,7 +239,7 @@ def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> tuple[Ca
     from ..plugins import builtin_registry
     from ..installed import get_head
 
-    path, name, plugin = head.get("postprocess"), head.get("name"), head.get("plugin", "?")
+    path, name, plugin = head.get("postprocess"), head.get("head"), head.get("plugin", "?")
     try:
         spec = builtin_registry().get(str(name)) if plugin == "headreg" else get_head(str(name))
     except LookupError as exc:
@@ -272,7 +266,7 @@ def _load_postprocess(head: dict[str, Any], trust_remote_code: bool) -> tuple[Ca
 def _import_postprocess(path: str, head: dict[str, Any]) -> Callable[..., list[dict]]:
     from ..registry import HeadSpec, import_attr
 
-    spec = HeadSpec(name=str(head.get("name")), cls="-:-", task="custom", postprocess=path,
+    spec = HeadSpec(name=str(head.get("head")), cls="-:-", task="custom", postprocess=path,
                     plugin=str(head.get("plugin", "?")), version=str(head.get("plugin_version", "")))
     try:
         return import_attr(path, spec, "postprocess")

@@ -115,12 +115,9 @@ class Engine:
         ``bucket=False``: chunks of ``batch_size`` rows in arrival order, each padded to its own longest row, no
         token budget — the baseline benchmarks compare bucketing with (same engine, same run and finish).
         """
-        size = int(batch_size or self.batch_size)
-        equal = not self.layout.batch_padding
-        lengths = self.widths(lengths)
-        if bucket:
-            return plan_batches(lengths, size, self.max_batch_tokens, equal_lengths=equal)
-        return plan_batches(lengths, size, sort=False, equal_lengths=equal)
+        return plan_batches(self.widths(lengths), int(batch_size or self.batch_size),
+                            self.max_batch_tokens if bucket else None, sort=bucket,
+                            equal_lengths=not self.layout.batch_padding)
 
     def widths(self, lengths: Sequence[int]) -> list[int]:
         """Each row's padded width: its length rounded up to the variant's multiple (rows of one block cost alike,

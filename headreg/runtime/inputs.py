@@ -220,15 +220,11 @@ register_option(RuntimeOption(
 
 def _same_kind(value: Any, default: Any, name: str) -> Any:
     """A plugin head's own config key: the value must be JSON of the kind its exported default is."""
-    kinds = [(bool,), (int, float), (str,), (list, tuple), (dict,)]
-    for kind in kinds:
+    for kind in [(bool,), (int, float), (str,), (list, tuple), (dict,)]:
         if isinstance(default, kind):
-            ok = isinstance(value, kind) and (bool not in kind or isinstance(value, bool)) and not (
-                kind == (int, float) and isinstance(value, bool)
-            )
-            if ok and isinstance(value, float) and not math.isfinite(value):
-                ok = False
-            if not ok:
+            # a number is a finite int or float, never a bool
+            number = kind == (int, float)
+            if not isinstance(value, kind) or (number and (isinstance(value, bool) or not math.isfinite(value))):
                 raise InputError(f"option {name} must be like its exported value {default!r:.40}, got {value!r:.40}")
             return value
     return value
@@ -271,8 +267,7 @@ _LINE_BREAK = re.compile(r"\r?\n")
 
 
 def _decode(data: bytes, source: str) -> str:
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -290,12 +285,9 @@ def read_texts(path: str | os.PathLike) -> list[str | tuple[str, str]]:
     characters ``str.splitlines`` breaks on stay inside their text. A file is JSONL when its name ends in
     ``.jsonl`` or its first non-blank line starts with ``{``.
     """
-    source = "<stdin>" if str(path) == "-" else str(path)
-    if str(path) == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        data = Path(path).read_bytes()
-    text = _decode(data, source)
+    stdin = str(path) == "-"
+    source = "<stdin>" if stdin else str(path)
+    text = _decode(sys.stdin.buffer.read() if stdin else Path(path).read_bytes(), source)
     lines = _LINE_BREAK.split(text)
     if lines and lines[-1] == "":
         lines.pop()  # the file's final newline ends the last line; it does not start an empty one

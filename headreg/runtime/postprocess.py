@@ -96,7 +96,7 @@ class Context:
         return self._labels
 
     def label(self, index: int) -> str:
-        return self.id2label.get(int(index), f"LABEL_{int(index)}")
+        return _label_name(self.id2label, index)
 
 
 def stack(rows: Rows, name: str, dtype: Any = np.float32) -> np.ndarray:
@@ -161,16 +161,14 @@ def multi_label(rows: Rows, context: Context) -> list[MultiLabel]:
     if not len(probs):
         return []
     thresholds = thresholds_for(context, probs.shape[-1])
-    results: list[MultiLabel] = []
-    for row in probs:
-        results.append(
-            {
-                # ">" like the exporter's decision check: a probability exactly at the threshold is not "on".
-                "labels": [context.label(i) for i in np.flatnonzero(row > thresholds)],
-                "scores": {context.label(i): float(p) for i, p in enumerate(row)},
-            }
-        )
-    return results
+    return [
+        {
+            # ">" like the exporter's decision check: a probability exactly at the threshold is not "on".
+            "labels": [context.label(i) for i in np.flatnonzero(row > thresholds)],
+            "scores": {context.label(i): float(p) for i, p in enumerate(row)},
+        }
+        for row in probs
+    ]
 
 
 def regression(rows: Rows, context: Context) -> list[Regression]:
@@ -319,25 +317,19 @@ def _group_entities(units: Sequence[Unit], texts: tuple[str, ...], pair: bool) -
 
 
 def _word_label(positions: list[int], label_ids: np.ndarray, scores: np.ndarray, aggregation: str) -> tuple[int, float]:
-    if scores.ndim == 1:
+    if aggregation == "average" and scores.ndim == 1:
         labels = [int(label_ids[p]) for p in positions]
-        if aggregation == "first":
-            return labels[0], float(scores[positions[0]])
-        if aggregation == "max":
-            best = max(positions, key=lambda p: scores[p])
-            return int(label_ids[best]), float(scores[best])
-        label = max(labels, key=labels.count)  # most frequent; ties go to the earliest
-        return label, float(np.mean(scores[positions]))
-    if aggregation == "first":
-        label = int(label_ids[positions[0]])
-        return label, float(scores[positions[0], label])
-    if aggregation == "max":
-        best = max(positions, key=lambda p: scores[p, label_ids[p]])
-        label = int(label_ids[best])
-        return label, float(scores[best, label])
-    mean = np.nanmean(scores[positions], axis=0)
-    label = int(mean.argmax())
-    return label, float(mean[label])
+        return max(labels, key=labels.count), float(np.mean(scores[positions]))  # most frequent; ties: the earliest
+    if aggregation == "average":
+        mean = np.nanmean(scores[positions], axis=0)
+        label = int(mean.argmax())
+        return label, float(mean[label])
+
+    def confidence(p: int) -> float:  # in the token's own label
+        return scores[p] if scores.ndim == 1 else scores[p, label_ids[p]]
+
+    best = positions[0] if aggregation == "first" else max(positions, key=confidence)
+    return int(label_ids[best]), float(confidence(best))
 
 
 def _entity(group: list[Unit], texts: tuple[str, ...], pair: bool) -> Entity:

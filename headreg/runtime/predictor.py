@@ -93,9 +93,9 @@ class Predictor:
         self.backend = _bundle.open_model(record, self.model_path, threads=threads, providers=providers, weights=weights)
         # onnxruntime variants: the session itself (benchmarks time it directly)
         self.session = getattr(self.backend, "session", None)
-        _bundle.check_io(self.backend, manifest, self.model_path)  # a swapped model file fails before heads are read
+        names = _bundle.check_io(self.backend, manifest, self.model_path)  # a swapped model file fails before heads are read
         self.heads = _bundle.load_heads(self.bundle_dir, manifest, trust_remote_code)
-        layout = _bundle.check_model(self.backend, manifest, self.heads, self.model_path,
+        layout = _bundle.check_model(self.backend, manifest, self.heads, self.model_path, names,
                                      pad_to_multiple_of=int(record.get("pad_to_multiple_of") or 1))
         _bundle.check_vocab(self.tokenizer, manifest, layout.pad_id, self.bundle_dir)
         self._describe_heads()
@@ -215,14 +215,12 @@ class Predictor:
         check_inputs(items, self.supports_pairs)
         options = _windows.window_options(runtime, ceiling=self.max_windows)
         _windows.check_window_budget(items, self.max_length, options.max_windows, ceiling=self.max_windows)
-        rows: list[Row] = []
         with self._window_tokenizers.borrowed() as tokenizer:  # encode_windows reconfigures its truncation
             encoded = _windows.encode_windows(tokenizer, items, self.max_length, options.overlap,
                                               max_windows=options.max_windows, ceiling=self.max_windows)
         _windows.check_window_budget(items, self.max_length, options.max_windows, encoded, ceiling=self.max_windows)
-        for index, windows in enumerate(encoded):
-            rows.extend(Row(index, encoding, w, windows.overlap) for w, encoding in enumerate(windows.encodings))
-        return rows
+        return [Row(index, encoding, w, windows.overlap)
+                for index, windows in enumerate(encoded) for w, encoding in enumerate(windows.encodings)]
 
     def valid_options(self) -> list[str]:
         """The per-call option names this bundle takes (its head's postprocess options and the runtime's; a

@@ -120,27 +120,21 @@ def _flags_ok(record: Mapping[str, Any], flags: Iterable[str]) -> bool:
     return not needed or bool(set(needed) & set(flags))
 
 
-def _accepted(record: Mapping[str, Any]) -> bool:
-    if record.get("precision") == "fp32" and "acceptance" not in record:
+def _passed(record: Mapping[str, Any], check: str) -> bool:
+    """Whether the variant passed ``check`` (``acceptance``, ``batch_invariance``) at export."""
+    if record.get("precision") == "fp32" and check not in record:
         return True  # fp32 passed export verification or there would be no bundle
-    acceptance = record.get("acceptance")
-    return isinstance(acceptance, Mapping) and bool(acceptance.get("passed"))
-
-
-def _invariant(record: Mapping[str, Any]) -> bool:
-    if record.get("precision") == "fp32" and "batch_invariance" not in record:
-        return True
-    invariance = record.get("batch_invariance")
-    return isinstance(invariance, Mapping) and bool(invariance.get("passed"))
+    result = record.get(check)
+    return isinstance(result, Mapping) and bool(result.get("passed"))
 
 
 def why_not(record: Mapping[str, Any], flags: Iterable[str] | None = None, *, runs: bool = False) -> str | None:
     """Why the rule would skip this variant here, or None when it is eligible (``runs``: only what stops it from
     running here at all, as for a variant asked for by name)."""
     flags = cpu_flags() if flags is None else frozenset(flags)
-    if not _accepted(record):
+    if not _passed(record, "acceptance"):
         return "not accepted at export"
-    if not _invariant(record):
+    if not _passed(record, "batch_invariance"):
         return "not batch-invariant"
     if not backend_available(str(record.get("backend"))):
         extra = f" (pip install 'headreg[{record.get('backend')}]')" if record.get("backend") != "onnxruntime" else ""
@@ -184,7 +178,8 @@ def select_variant(
                 f"variant {requested!r} needs a CPU with one of {', '.join(record['requires_cpu'])}; this one has none "
                 f"(it would not run as {record.get('precision')}). Choose another variant: {', '.join(sorted(records))}"
             )
-        caveat = "" if _invariant(record) else "; its scores depend on the rest of the batch (not batch-invariant)"
+        invariant = _passed(record, "batch_invariance")
+        caveat = "" if invariant else "; its scores depend on the rest of the batch (not batch-invariant)"
         return requested, f"requested: {_describe(requested, record)}{caveat}"
     skipped = []
     for name in PREFERENCE:
@@ -206,13 +201,14 @@ def describe_all(manifest: Mapping[str, Any], flags: Iterable[str] | None = None
     rows = []
     for name, record in variant_records(manifest).items():
         quant = record.get("quantization")
+        problem = why_not(record, flags)
         rows.append({
             "variant": name,
             "file": record.get("file"),
             "precision": record.get("precision"),
             "backend": record.get("backend"),
             "quantization": quant.get("kind") if isinstance(quant, Mapping) else None,
-            "eligible": why_not(record, flags) is None,
-            "why_not": why_not(record, flags),
+            "eligible": problem is None,
+            "why_not": problem,
         })
     return rows

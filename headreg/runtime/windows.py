@@ -62,8 +62,6 @@ from .postprocess import entity_type
 
 LONG_TEXT = ("truncate", "window")
 WINDOW_REDUCE = ("mean", "max", "first")
-# The per-call options this module reads.
-OPTIONS = ("long_text", "window_stride", "window_reduce", "max_windows")
 # Windowed reading has no length cut, so its work per input is bounded here instead: at most MAX_WINDOWS
 # windows (MiniLM at 512 tokens: ~130k tokens, a few seconds) unless whoever runs the model sets another
 # ceiling (Predictor(max_windows=...), headreg serve --max-windows); a call may ask for fewer, never more.
@@ -349,8 +347,7 @@ def _encode_pairs(
         if room < 1 or chosen >= room:
             cramped.append((index, len(first), chosen))
         else:
-            if room - chosen < min_window_step(room):
-                _check_overlap(chosen, room, f"input {index}'s windows hold of its text_pair")
+            _check_overlap(chosen, room, f"input {index}'s windows hold of its text_pair")
             groups.setdefault(chosen, []).append(index)
     for chosen, members in groups.items():
         for index in members:
@@ -523,8 +520,8 @@ def window_sources(
                 begin = i
         extent.append(runs)
 
-    def cuts(m: int, left: int, right: int, first: int, end: int) -> int:
-        """Entities cut by taking token m - 1 from ``left`` and token m from ``right`` (overlap [first, end))."""
+    def cuts(m: int, left: int, right: int) -> int:
+        """Entities cut by taking token m - 1 from ``left`` and token m from ``right``."""
         if decisions is None:
             return 0
         count = _continues(label(left, m - 1), label(right, m), outside)
@@ -558,7 +555,7 @@ def window_sources(
             if u == v:
                 return 0
             word = 0 < m < len(words) and words[m] is not None and words[m] == words[m - 1]
-            return _WORD * bool(word) + _CUT * int(cuts(m, u, v, first, end)) + _SWITCH
+            return _WORD * bool(word) + _CUT * int(cuts(m, u, v)) + _SWITCH
 
         def token(p: int, w: int) -> int:
             other = a if w == b else b
