@@ -35,7 +35,8 @@ _COMMON = dict(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_a
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "bert": dict(_COMMON, max_position_embeddings=128),
-    **dict.fromkeys(("roberta", "xlm-roberta"), dict(_COMMON, max_position_embeddings=130, pad_token_id=1, type_vocab_size=1)),
+    "roberta": dict(_COMMON, max_position_embeddings=130, pad_token_id=1, type_vocab_size=1),
+    "xlm-roberta": dict(_COMMON, max_position_embeddings=130, pad_token_id=1, type_vocab_size=1),
     "electra": dict(_COMMON, embedding_size=16, max_position_embeddings=128),
     "distilbert": dict(vocab_size=VOCAB_SIZE, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=128),
     "deberta-v2": dict(
@@ -57,7 +58,8 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         cls_token_id=101,
         sep_token_id=102,
     ),
-    **dict.fromkeys(("llama", "qwen2"), dict(_COMMON, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=PAD_ID)),
+    "llama": dict(_COMMON, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=PAD_ID),
+    "qwen2": dict(_COMMON, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=PAD_ID),
     "gpt2": dict(vocab_size=VOCAB_SIZE, n_embd=32, n_layer=2, n_head=4, n_positions=128, pad_token_id=PAD_ID),
     "gpt_neo": dict(vocab_size=VOCAB_SIZE, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=128,
                     attention_types=[[["global", "local"], 1]], window_size=16, pad_token_id=PAD_ID),
