@@ -125,18 +125,16 @@ def test_a_failing_job_never_fails_its_batchmates(bert_bundle, how):
     assert ("NaN" in str(answers[1])) == (how == "nan")
 
 
-def test_ray_requests_fail_alone_when_the_model_fails_on_one(bert_bundle):
-    from headreg.integrations.ray import run_requests
-
+def test_jobs_of_both_kinds_fail_alone_when_the_model_fails_on_one(bert_bundle):
     predictor = Predictor(bert_bundle.path)
     poison = predictor.tokenizer.encode("zebra", add_special_tokens=False).ids[0]
     predictor.engine.backend = FaultyBackend(predictor.backend, poison, "raise")
-    answers = run_requests(predictor, [("predict", ["good"], {}), ("predict", ["zebra"], {}), ("embed", ["good"], {}),
-                                       ("predict", ["x"], {"no_such_option": 1})])
-    assert answers[0] == Predictor(bert_bundle.path).predict(["good"])
+    answers = predictor.engine.run([predictor.prepare(["good"]), predictor.prepare(["zebra"]),
+                                    predictor.prepare(["good"], kind="embed")])
+    clean = Predictor(bert_bundle.path)
+    assert answers[0] == clean.predict(["good"])
     assert isinstance(answers[1], PredictionError)
-    assert np.allclose(answers[2], Predictor(bert_bundle.path).embed(["good"]).tolist(), atol=1e-6)
-    assert "no_such_option" in str(answers[3])
+    assert np.allclose(np.stack(answers[2]), clean.embed(["good"]), atol=1e-6)
 
 
 def test_per_call_batch_size_is_checked_like_the_constructors(bert_bundle):

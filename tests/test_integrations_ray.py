@@ -21,7 +21,7 @@ from test_runtime_predictor import tiny_bundle  # the session's tiny-BERT bundle
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'headreg[ray]'")
 
-from headreg.integrations.ray import BundlePredictor, deployment, run_requests  # noqa: E402
+from headreg.integrations.ray import BundlePredictor, deployment  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts a local Ray cluster
 
@@ -128,22 +128,6 @@ def test_bundle_predictor_columns_and_errors():
         BundlePredictor(bundle, output="embed", long_text="paragraphs")
     with pytest.raises(InputError, match="bogus"):
         BundlePredictor(bundle, bogus=1)
-
-
-def test_run_requests_isolates_a_bad_request():
-    """Requests batched together get exactly their own results; one bad request fails alone."""
-    bundle = tiny_bundle("seq_cls")
-    predictor = Predictor(bundle, threads=1)
-    answers = run_requests(predictor, [
-        ("predict", TEXTS[:5], {}),
-        ("predict", ["ok", 7], {}),
-        ("embed", TEXTS[5:9], {}),
-        ("predict", [(TEXTS[9], TEXTS[10])], {}),
-    ])
-    assert answers[0] == predictor.predict(TEXTS[:5])
-    assert isinstance(answers[1], InputError) and "input 1" in str(answers[1])
-    assert answers[2] == predictor.embed(TEXTS[5:9]).tolist()
-    assert answers[3] == predictor.predict([(TEXTS[9], TEXTS[10])])
 
 
 def _free_port() -> int:

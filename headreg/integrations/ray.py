@@ -23,12 +23,12 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from ..errors import require
-from ..runtime import InputError, Predictor
+from ..runtime import InputError
 from . import head_layout, load_predictor, pick_fields
 
 OUTPUTS = ("predict", "embed")
@@ -171,28 +171,6 @@ class BundleServer:
         from ..serve.app import ServeConfig, create_app
 
         return create_app({self.name: self.predictor}, ServeConfig(**self.config))
-
-
-def run_requests(predictor: Predictor, requests: Sequence[tuple[str, list[Any], dict]]) -> list[Any]:
-    """Run several ``(kind, inputs, parameters)`` requests through the Predictor's engine in one go.
-
-    Results equal ``predictor.predict(inputs, **parameters)`` (embed: ``predictor.embed(inputs).tolist()``)
-    per request: the engine's results depend only on a request's own rows, and a request that fails (bad
-    inputs or parameters, the model or its postprocess failing on its rows) gets its exception in its place
-    while the others are answered.
-    """
-    answers: list[Any] = [None] * len(requests)
-    jobs: list[tuple[int, Any]] = []
-    for index, (kind, inputs, parameters) in enumerate(requests):
-        try:
-            jobs.append((index, predictor.prepare(inputs, kind=kind, **parameters)))
-        except Exception as exc:  # noqa: BLE001 - answered to that request alone
-            answers[index] = exc
-    for (index, job), answer in zip(jobs, predictor.engine.run([job for _, job in jobs])):
-        if job.kind == "embed" and not isinstance(answer, BaseException):
-            answer = np.stack(answer).tolist() if answer else []
-        answers[index] = answer
-    return answers
 
 
 def deployment(
