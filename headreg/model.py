@@ -325,17 +325,43 @@ class MultiHeadModel(BackboneModel):
 
     # --- save / load ------------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory, *, overwrite: bool = False, tokenizer: Any = None) -> Path:
-        """Backbone (transformers' format), heads and poolers (json + one safetensors file); never pickle."""
-        config = {
+    def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False, tokenizer: Any = None) -> Path:
+        """Write the backbone (transformers' format), the heads' and poolers' config (json) and weights (safetensors,
+        every non-backbone weight); never pickle.
+
+        The directory is written next to its final place and renamed, so a failed save leaves nothing
+        behind. An existing non-empty directory is refused unless ``overwrite=True``, and even then only a
+        saved headreg model is replaced (never another directory). Pass the ``tokenizer`` to keep it with the
+        model (``headreg export`` then finds it).
+        """
+        from safetensors.torch import save_file
+
+        target = Path(save_directory)
+        with atomic_directory(target, overwrite=overwrite, replaceable=is_saved_model, what=MODEL_KIND) as tmp:
+            with quiet_transformers():
+                self.backbone.save_pretrained(tmp / BACKBONE_DIR)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(tmp)
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+            save_file(state, str(tmp / HEAD_WEIGHTS), metadata={"format": "pt"})
+            config = {
+                "format": FORMAT,
+                "headreg_version": __version__,
+                **self._saved_config(),
+                "backbone": BACKBONE_DIR,
+                "tokenizer_source": None if tokenizer is not None else _local_source(self.backbone),
+            }
+            (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        return target
+
+    def _saved_config(self) -> dict[str, Any]:
+        """What ``headreg_model.json`` records of the heads and poolers."""
+        return {
             "format_version": 2,
             "heads": [
                 {
                     "name": name,
-                    "head": self.specs[name].name,
-                    "plugin": self.specs[name].plugin,
-                    "plugin_version": self.specs[name].version,
-                    "head_config": head.config.to_dict(),
+                    **_saved_head(self.specs[name], head),
                     "pooling": self.head_pooling[name],
                     "loss_weight": self.loss_weights[name],
                 }
@@ -343,7 +369,6 @@ class MultiHeadModel(BackboneModel):
             ],
             "poolings": {key: pooler.config.as_dict() for key, pooler in self.poolers.items()},
         }
-        return save_model(self, save_directory, config, overwrite=overwrite, tokenizer=tokenizer)
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -427,46 +452,18 @@ class HeadedModel(MultiHeadModel):
         loss = self.head.loss(logits, labels, mask) if labels is not None else None
         return HeadOutput(loss=loss, logits=logits, pooled_output=pooled_output)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False, tokenizer: Any = None):
-        """Write the backbone (transformers' format), the head config (json) and head weights (safetensors).
-
-        The directory is written next to its final place and renamed, so a failed save leaves nothing
-        behind. An existing non-empty directory is refused unless ``overwrite=True``, and even then only a
-        saved headreg model is replaced (never another directory). Pass the ``tokenizer`` to keep it with the
-        model (``headreg export`` then finds it).
-        """
-        config = {
+    def _saved_config(self) -> dict[str, Any]:
+        return {
             "format_version": 1,  # the single-head layout is unchanged since version 1: older headreg reads it
-            "head": self.spec.name,
-            "plugin": self.spec.plugin,
-            "plugin_version": self.spec.version,
-            "head_config": self.head.config.to_dict(),
+            **_saved_head(self.spec, self.head),
             "pooling": self.pooler.config.as_dict(),
         }
-        return save_model(self, save_directory, config, overwrite=overwrite, tokenizer=tokenizer)
 
 
-def save_model(model: BackboneModel, save_directory, config: dict[str, Any], *, overwrite: bool, tokenizer: Any):
-    """The backbone in transformers' format, every non-backbone weight in safetensors, ``config`` as json."""
-    from safetensors.torch import save_file
-
-    target = Path(save_directory)
-    with atomic_directory(target, overwrite=overwrite, replaceable=is_saved_model, what=MODEL_KIND) as tmp:
-        with quiet_transformers():
-            model.backbone.save_pretrained(tmp / BACKBONE_DIR)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
-        save_file(state, str(tmp / HEAD_WEIGHTS), metadata={"format": "pt"})
-        config = {
-            "format": FORMAT,
-            "headreg_version": __version__,
-            **config,
-            "backbone": BACKBONE_DIR,
-            "tokenizer_source": None if tokenizer is not None else _local_source(model.backbone),
-        }
-        (tmp / MODEL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    return target
+def _saved_head(spec: HeadSpec, head: Head) -> dict[str, Any]:
+    """A head as ``headreg_model.json`` records it (a format-1 file's top level, each of format 2's ``heads``);
+    :func:`installed_head` reads it back."""
+    return {"head": spec.name, "plugin": spec.plugin, "plugin_version": spec.version, "head_config": head.config.to_dict()}
 
 
 def _local_source(backbone: PreTrainedModel) -> str | None:
