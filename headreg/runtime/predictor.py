@@ -218,7 +218,6 @@ class Predictor:
         with self._window_tokenizers.borrowed() as tokenizer:  # encode_windows reconfigures its truncation
             encoded = _windows.encode_windows(tokenizer, items, self.max_length, options.overlap,
                                               max_windows=options.max_windows, ceiling=self.max_windows)
-        _windows.check_window_budget(items, self.max_length, options.max_windows, encoded, ceiling=self.max_windows)
         return [Row(index, encoding, w, windows.overlap)
                 for index, windows in enumerate(encoded) for w, encoding in enumerate(windows.encodings)]
 

@@ -147,29 +147,19 @@ for _name, _description in (
     register_option(RuntimeOption(_name, _checked(_name), runtime=True, description=_description))
 
 
-def check_window_budget(
-    inputs: Sequence[Any], max_length: int, max_windows: int, windows: Sequence[Windows] | None = None,
-    ceiling: int | None = None,
-) -> None:
-    """InputError naming the first input that needs more than ``max_windows`` windows.
-
-    Without ``windows`` (before tokenizing) only the character count is checked against windows that do not
+def check_window_budget(inputs: Sequence[Any], max_length: int, max_windows: int, ceiling: int | None = None) -> None:
+    """InputError naming the first input whose characters need more than ``max_windows`` windows that do not
     overlap, so a huge input is refused before the tokenizer spends time and memory on it (``encode_windows``
     checks each input against its actual overlap). ``ceiling``: the most a call may ask for (named in the hint).
     """
     limit = max_windows * max_length * CHARS_PER_TOKEN_WINDOWED
     for index, item in enumerate(inputs):
-        if windows is not None:
-            count = len(windows[index].encodings)
-            if count > max_windows:
-                raise _too_many_windows(index, f"needs {count} windows", max_windows, ceiling)
-        else:
-            chars = len(item) if isinstance(item, str) else sum(len(side) for side in item)
-            if chars > limit:
-                raise _too_many_windows(
-                    index, f"has {chars} characters (more than {max_windows} windows of {max_length} tokens can hold)",
-                    max_windows, ceiling,
-                )
+        chars = len(item) if isinstance(item, str) else sum(len(side) for side in item)
+        if chars > limit:
+            raise _too_many_windows(
+                index, f"has {chars} characters (more than {max_windows} windows of {max_length} tokens can hold)",
+                max_windows, ceiling,
+            )
 
 
 def _too_many_windows(index: int, what: str, max_windows: int, ceiling: int | None) -> InputError:
@@ -310,8 +300,8 @@ def encode_windows(
     not one other threads encode with. Sentence pairs keep the first text whole in every window; a pair whose
     first text leaves no room for the second, or less than ``overlap + 1`` tokens of it, is an InputError
     naming the input (unless the whole pair fits one window). Inputs are assumed checked (check_inputs).
-    ``max_windows``: an input that would need more windows is an InputError before its windows are cut
-    (``ceiling``: the most a call may ask for, named in the hint).
+    ``max_windows``: an input that needs more windows is an InputError, before its windows are cut when its
+    length already tells (``ceiling``: the most a call may ask for, named in the hint).
     """
     tokenizer.no_padding()
     results: list[Windows | None] = [None] * len(inputs)
@@ -328,6 +318,9 @@ def encode_windows(
         _encode_group(tokenizer, inputs, singles, max_length, chosen, "longest_first", 0, results)
     if pairs:
         _encode_pairs(tokenizer, inputs, pairs, max_length, overlap, results, max_windows, ceiling)
+    for index, windows in enumerate(results):
+        if max_windows is not None and len(windows.encodings) > max_windows:
+            raise _too_many_windows(index, f"needs {len(windows.encodings)} windows", max_windows, ceiling)
     return results  # type: ignore[return-value]
 
 
@@ -678,8 +671,7 @@ def merge_windows(
 def _check_overlaps(windows: Sequence[Any], spans: Sequence[tuple[int, int]], overlap: int) -> None:
     """Neighbouring windows must share exactly ``overlap`` tokens (what the tokenizer's overflow promises)."""
     for (a, b), (c, d), left, right in zip(spans, spans[1:], windows, windows[1:]):
-        shared_left = left.ids[b - overlap : b] if overlap else []
-        if b - a < overlap or list(shared_left) != list(right.ids[c : c + overlap]):
+        if b - a < overlap or list(left.ids[b - overlap : b]) != list(right.ids[c : c + overlap]):
             raise HeadregError(
                 "a window does not continue where the previous one ends (the tokenizer's overflow is not the "
                 f"sliding window it should be); windows {(a, b)} and {(c, d)}, overlap {overlap}"
