@@ -6,7 +6,6 @@ input/output names, max_length, tokenizer settings, file hashes and the verifica
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import importlib.metadata
 from pathlib import Path
@@ -111,8 +110,10 @@ def _runs(model: Any, length: int) -> bool:
     """Whether the backbone runs an unpadded input of ``length`` tokens without overrunning an embedding table."""
     import torch
 
+    from .trace import eval_mode
+
     ids = _repeated_token(model, length)
-    with _eval(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         try:
             model.encode(ids, torch.ones_like(ids))
         except (IndexError, RuntimeError):  # an overrun table, or a buffer of that size (token types) too short
@@ -120,20 +121,12 @@ def _runs(model: Any, length: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _eval(model: Any):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _first_positions(model: Any, tables: dict[str, int]) -> dict[str, int]:
     """Table name -> the row the first position of an unpadded input reads (the table's offset)."""
     import torch
     from torch.overrides import TorchFunctionMode
+
+    from .trace import eval_mode
 
     modules = dict(model.backbone.named_modules())
     owners = {}
@@ -154,7 +147,7 @@ def _first_positions(model: Any, tables: dict[str, int]) -> dict[str, int]:
             return func(*args, **kwargs)
 
     ids = _repeated_token(model, 3)
-    with _eval(model), torch.no_grad(), Lookups():
+    with eval_mode(model), torch.no_grad(), Lookups():
         model.encode(ids, torch.ones_like(ids))
     return seen
 

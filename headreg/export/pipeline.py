@@ -7,6 +7,7 @@ every check passed (see headreg/atomic.py), so a failed or interrupted export le
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import sys
@@ -25,7 +26,7 @@ from ..runtime.session import create_session
 from . import bundle as bundle_mod
 from .cases import Case, equal_length_cases, make_cases
 from .tokenizer import TokenizerError, bundle_tokenizer
-from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, ExportWrapper, graph_signature, input_names_for, trace
+from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, ExportWrapper, eval_mode, graph_signature, input_names_for, trace
 from . import acceptance as acc
 from . import production as prod
 from .quantize import DEFAULT_METHOD, INT8_REQUIRES_CPU, METHODS
@@ -89,8 +90,8 @@ def peak_rss_mb() -> float:
 
 
 class _Steps:
-    def __init__(self, progress: Progress | None):
-        self.progress = progress or (lambda name, state, info: None)
+    def __init__(self, progress: Progress):
+        self.progress = progress
         self.done: list[Step] = []
 
     @contextlib.contextmanager
@@ -106,16 +107,6 @@ class _Steps:
         step = Step(name, round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1))
         self.done.append(step)
         self.progress(name, "done", {**info, "seconds": step.seconds})
-
-
-def _torch_outputs(wrapper: ExportWrapper, cases: list[Case]) -> list[dict[str, np.ndarray]]:
-    expected = []
-    with torch.inference_mode():
-        for case in cases:
-            inputs = {k: torch.from_numpy(v) for k, v in case.inputs.items()}
-            values = wrapper(**inputs)
-            expected.append({n: v.detach().float().cpu().numpy() for n, v in zip(wrapper.output_names, values)})
-    return expected
 
 
 def _source_info(source: dict[str, Any] | None) -> dict[str, Any]:
@@ -155,7 +146,7 @@ def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
     for case in cases:
         if case.kind == "random":
             continue
-        texts = [t for t in case.texts]
+        texts = case.texts
         args = ([t[0] for t in texts], [t[1] for t in texts]) if case.kind == "pair" else (texts,)
         want = source(*args, truncation=True, max_length=max_length)["input_ids"]
         mask = case.inputs["attention_mask"].astype(bool)
@@ -168,21 +159,21 @@ def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
             )
 
 
-def _reference_beside(wrapper: ExportWrapper, cases: list[Case], onnxruntime_side: Callable[[], Any]):
-    """(PyTorch's outputs for every case, what ``onnxruntime_side()`` returned), computed side by side.
+def _beside(pytorch_side: Callable[[], Any], onnxruntime_side: Callable[[], Any]) -> tuple[Any, Any]:
+    """(what ``pytorch_side()`` returned, what ``onnxruntime_side()`` returned), computed side by side.
 
     PyTorch runs in a worker thread with one intra-op thread while onnxruntime runs here (it releases the GIL):
     the two engines share the cores instead of taking turns, and PyTorch's OpenMP threads cannot stall each
     other on a busy machine (measured: 2.3 s side by side vs 3.5 s in turns with two busy processes beside,
-    1.45 s vs 1.23 s on an idle machine). Both see every case; nothing is skipped.
+    1.45 s vs 1.23 s on an idle machine; production cases on MiniLM: 13 s in turns at load 16).
     """
     import concurrent.futures
 
-    def reference() -> list[dict[str, np.ndarray]]:
+    def reference() -> Any:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return _torch_outputs(wrapper, cases)
+            return pytorch_side()
         finally:
             torch.set_num_threads(threads)
 
@@ -203,14 +194,6 @@ class PaddingDependent(Exception):
         self.record, self.exporter = record, exporter
 
 
-def _torch_invariance(wrapper: ExportWrapper, cases: list[Case], expected: list[dict[str, np.ndarray]], *,
-                      padding_side: str, checks: dict, atol: float) -> dict[str, Any]:
-    """PyTorch's rows alone vs PyTorch's padded batches (``expected``): does the model itself depend on padding?"""
-    alone = acc.alone_outputs(_torch_run(wrapper), cases, padding_side=padding_side)
-    return acc.case_invariance(cases, expected, alone, padding_side=padding_side,
-                               token_outputs=checks["token_outputs"], decide=checks["decide"], tolerance=atol)
-
-
 def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, opset: int | None,
                       cases: list[Case], wrapper: ExportWrapper, checks: dict, atol: float, padding_side: str,
                       optimize: bool = False, padding_check: bool = True):
@@ -226,19 +209,14 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
     candidates = (AUTO_ORDER_OPTIMIZE if optimize else AUTO_ORDER) if exporter == "auto" else (exporter,)
     earlier: list[str] = []
     expected: list[dict[str, np.ndarray]] | None = None
+    torch_run = _torch_run(wrapper)
     for attempt, name in enumerate(candidates, 1):
         last = attempt == len(candidates)
-        try:
+        try:  # an ExportError (a failed trace, a graph onnxruntime cannot load): the next exporter may do better
             with step("trace") as info:
                 info["exporter"] = name
                 traced = trace(model, path, opset=opset, exporter=name)
                 info["opset"] = traced.opset
-        except ExportError as exc:
-            if last:
-                raise ExportError("; ".join([*earlier, str(exc)])) from exc
-            earlier.append(f"{name} exporter: {exc}")
-            continue
-        try:
             with step("verify") as info:
 
                 def onnxruntime_side():  # the session is made here too, beside the reference
@@ -249,10 +227,12 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
                         raise ExportError(
                             f"onnxruntime cannot load the {name} graph: {type(exc).__name__}: {first}") from exc
                     actual = run_cases(session, cases)
-                    return actual, acc.alone_outputs(_session_run(session), cases, padding_side=padding_side)
+                    return actual, acc.alone_outputs(functools.partial(run_onnx, session), cases,
+                                                     padding_side=padding_side)
 
-                if expected is None:
-                    expected, (actual, alone) = _reference_beside(wrapper, cases, onnxruntime_side)
+                if expected is None:  # PyTorch's outputs for every case; both sides see every case
+                    expected, (actual, alone) = _beside(lambda: [torch_run(case.inputs) for case in cases],
+                                                        onnxruntime_side)
                 else:
                     actual, alone = onnxruntime_side()
                 report = compare_cases(cases, expected, actual, **checks)
@@ -262,15 +242,17 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
                                                      tolerance=atol)
                     info["batch_invariance"] = f"{invariance['max_abs_diff']:.1e} over {invariance['checks']} rows"
                     if not invariance["passed"] and padding_check and not invariance.get("errors"):
-                        own = _torch_invariance(wrapper, cases, expected, padding_side=padding_side, checks=checks,
-                                                atol=atol)
+                        # PyTorch's rows alone vs its padded batches: does the model itself depend on padding?
+                        own = acc.session_invariance(torch_run, cases, expected, padding_side=padding_side,
+                                                     token_outputs=checks["token_outputs"], decide=checks["decide"],
+                                                     tolerance=atol)
                         if not own["passed"]:
                             raise PaddingDependent(own, name)
                     if not invariance["passed"]:
                         report.problems.append(_not_invariant(invariance))
                         report.problems_are = "onnxruntime agrees with PyTorch, but the model is not batch-invariant"
                 info.update(cases=len(cases), passed=report.passed)
-        except ExportError as exc:  # a graph onnxruntime cannot load: the next exporter may give one it can
+        except ExportError as exc:
             if last:
                 raise ExportError("; ".join([*earlier, str(exc)])) from exc
             earlier.append(f"{name} exporter: {exc}")
@@ -301,10 +283,6 @@ def _torch_run(wrapper: ExportWrapper) -> Callable[[dict[str, np.ndarray]], dict
         return {n: v.detach().float().cpu().numpy() for n, v in zip(wrapper.output_names, values)}
 
     return run
-
-
-def _session_run(session: Any) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    return lambda feed: run_onnx(session, feed)
 
 
 def _acceptance_set(twin: "_Twin", texts: Sequence[Any] | None, *, pairs: bool,
@@ -400,16 +378,6 @@ def resolve_max_length(model: Any, max_length: int | None) -> int:
     if max_length < 1 or (limit is not None and max_length > limit):
         raise ExportOptionError(f"max_length={max_length} is outside 1..{limit}, what the position table of this backbone allows")
     return max_length
-
-
-@contextlib.contextmanager
-def _keep_training_mode(model: Any) -> Iterator[None]:
-    """The reference pass puts the model in eval mode; a model being trained must come back in training mode."""
-    training = model.training
-    try:
-        yield
-    finally:
-        model.train(training)
 
 
 @dataclass(frozen=True)
@@ -524,7 +492,8 @@ def export_onnx(
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ExportOptionError("export traces and verifies on the CPU: move the model there first (model.cpu())")
 
-    with _keep_training_mode(model), atomic_directory(out_dir, **target) as staging:
+    # eval for the reference pass; a model being trained comes back in training mode
+    with eval_mode(model), atomic_directory(out_dir, **target) as staging:
         with step("tokenizer"):
             # some configs (CodeGen) have no pad_token_id attribute at all
             pad_token_id = getattr(model.config, "pad_token_id", None)
@@ -736,29 +705,14 @@ def _verify_production(stage: Callable[..., Any], twin: Callable[[], "_Twin"], v
     reference = twin()
     # the final fp32 graph: the twin's own unless --optimize kept a fused one (opening a bundle again costs a session)
     predictor = stage() if fused else reference.predictor
-    # PyTorch on one thread in a worker beside onnxruntime (which releases the GIL), as the graph verification
-    # runs it: OpenMP's busy-waiting threads stall on a busy machine (MiniLM here: 13 s in turns at load 16)
-    import concurrent.futures
-
-    def pytorch_rows() -> list[list[dict[str, np.ndarray]]]:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return prod.reference_rows(reference.predictor, reference.reference, cases)
-        finally:
-            torch.set_num_threads(threads)
-
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="headreg-reference") as pool:
-        pending = pool.submit(pytorch_rows)
-        actual = [prod.rows_of(predictor.engine, prod.job_for(predictor, case), case.batch_size) for case in cases]
-        expected = pending.result()
+    expected, actual = _beside(lambda: prod.reference_rows(reference.predictor, reference.reference, cases),
+                               lambda: prod.case_rows(predictor, cases))
     record = prod.verify_production(predictor, cases, expected, atol=atol, rtol=rtol, actual=actual)
     kept: dict[str, list[list[dict[str, np.ndarray]]]] = {}
     for name in variants:
         if name == "fp32":
             continue
-        other = stage(name)
-        rows = [prod.rows_of(other.engine, prod.job_for(other, case), case.batch_size) for case in cases]
+        rows = prod.case_rows(stage(name), cases)
         for case, computed in zip(cases, rows):
             if isinstance(computed, BaseException):
                 record["passed"] = False

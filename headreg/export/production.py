@@ -83,6 +83,11 @@ def rows_of(engine: Any, job: Any, batch_size: int) -> list[dict[str, np.ndarray
     return failed[job] if job in failed else outputs[job]
 
 
+def case_rows(predictor: Any, cases: Sequence[ProductionCase]) -> list[list[dict[str, np.ndarray]] | BaseException]:
+    """:func:`rows_of` every case through ``predictor``'s own engine."""
+    return [rows_of(predictor.engine, job_for(predictor, case), case.batch_size) for case in cases]
+
+
 def compare_rows(expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]], *,
                  atol: float, rtol: float) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Worst |diff| per output over the rows, and what fails: non-finite values, shapes, |diff| > atol + rtol|ref|."""

@@ -67,7 +67,6 @@ def export_mode(model: nn.Module):
     some backbones (DeBERTa-v2) have no sdpa path at all; eager exports on every architecture we test.
     """
     backbone = model.backbone
-    was_training = model.training
     previous = getattr(backbone.config, "_attn_implementation", None)
     switch = previous not in (None, "eager") and hasattr(backbone, "set_attn_implementation")
     if switch:
@@ -79,15 +78,24 @@ def export_mode(model: nn.Module):
     switch_experts = experts not in (None, "eager", "batched_mm") and hasattr(backbone, "set_experts_implementation")
     if switch_experts:
         backbone.set_experts_implementation("batched_mm")
-    model.eval()
     try:
-        with _traceable_longformer(backbone):
+        with eval_mode(model), _traceable_longformer(backbone):
             yield
     finally:
         if switch:
             backbone.set_attn_implementation(previous)
         if switch_experts:
             backbone.set_experts_implementation(experts)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode for the duration, then the mode the model was in: a model being trained comes back training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
         model.train(was_training)
 
 
