@@ -114,18 +114,14 @@ def print_summary(bundle: Any) -> None:
         quant = int8["quantization"]
         out.print(
             f"int8 ({quant['kind']} {quant['format']}, {quant['method']} calibration on {quant['calibration_rows']} "
-            f"texts, size {quant['size_ratio']:.0%} of fp32): {int8['acceptance']['summary']}; batch-invariant: "
-            f"max abs diff {int8['batch_invariance']['max_abs_diff']:.1e} over {int8['batch_invariance']['checks']} "
-            f"checks (tolerance {int8['batch_invariance']['tolerance']:g}); on the golden texts "
-            f"{int8['golden_agreement']:.1%} identical decisions (headreg verify holds it to one point less)"
+            f"texts, size {quant['size_ratio']:.0%} of fp32): {int8['acceptance']['summary']}; "
+            f"{_invariant(int8)}; on the golden texts {int8['golden_agreement']:.1%} identical decisions (headreg "
+            "verify holds it to one point less)"
         )
     if bundle.bf16 is not None:
         bf16 = bundle.bf16
-        out.print(
-            f"bf16 (OpenVINO, padded to {bf16['pad_to_multiple_of']}-token multiples): {bf16['acceptance']['summary']}; "
-            f"batch-invariant: max abs diff {bf16['batch_invariance']['max_abs_diff']:.1e} over "
-            f"{bf16['batch_invariance']['checks']} checks (tolerance {bf16['batch_invariance']['tolerance']:g})"
-        )
+        out.print(f"bf16 (OpenVINO, padded to {bf16['pad_to_multiple_of']}-token multiples): "
+                  f"{bf16['acceptance']['summary']}; {_invariant(bf16)}")
     if bundle.int8_ov is not None:
         out.print(int8_ov_line(bundle.int8_ov))
     variant, reason = bundle.serves_here()
@@ -173,10 +169,15 @@ def int8_ov_line(result: dict) -> str:
                  f"{control['seconds']:g} s ({outcome})")
     if record is None:
         return f"int8-ov NOT written ({made}): {result['refused']}"
-    inv = record["batch_invariance"]
     return (f"int8-ov (OpenVINO, {made}, padded to {record['pad_to_multiple_of']}-token multiples): "
-            f"{record['acceptance']['summary']}; batch-invariant: max abs diff {inv['max_abs_diff']:.1e} over "
-            f"{inv['checks']} checks (tolerance {inv['tolerance']:g})")
+            f"{record['acceptance']['summary']}; {_invariant(record)}")
+
+
+def _invariant(record: dict) -> str:
+    """A variant's batch-invariance figures, as every variant's line gives them."""
+    inv = record["batch_invariance"]
+    return (f"batch-invariant: max abs diff {inv['max_abs_diff']:.1e} over {inv['checks']} checks "
+            f"(tolerance {inv['tolerance']:g})")
 
 
 EXPORT_EPILOG = """\b

@@ -546,11 +546,10 @@ def export_onnx(
         int8 = None
         variants = {"fp32": bundle_mod.fp32_record()}
         variants["fp32"]["batch_invariance"] = fp32_invariance
-        built: list[acc.AcceptanceSet] = []
-        fused = [False]
+        fused = False  # --optimize kept a fused model.onnx (read by manifest_for when it is called)
 
         def manifest_for(variants: dict[str, Any], verification: dict[str, Any]) -> dict[str, Any]:
-            graph_outputs = graph_signature(staging / MODEL_FILE)[1] if fused[0] else traced.output_dims
+            graph_outputs = graph_signature(staging / MODEL_FILE)[1] if fused else traced.output_dims
             return bundle_mod.build_manifest(
                 model, graph_outputs=graph_outputs, input_names=input_names, opset=traced.opset,
                 max_length=max_length, padding_side=padding_side, tokenizer=tok, staging=staging, variants=variants,
@@ -569,26 +568,23 @@ def export_onnx(
                                                              report.summary()))
             return Predictor(staging, variant=variant)
 
-        twins: list[_Twin] = []
-
+        @functools.cache
         def twin() -> _Twin:
             """The staged fp32 Predictor and its engine over PyTorch (made once; only prepare is read from it)."""
-            if not twins:
-                from .torch_backend import TorchBackend
+            from .torch_backend import TorchBackend
 
-                predictor = stage()
-                twins.append(_Twin(predictor, predictor.engine.with_backend(TorchBackend(model))))
-            return twins[0]
+            predictor = stage()
+            return _Twin(predictor, predictor.engine.with_backend(TorchBackend(model)))
 
+        @functools.cache
         def acceptance_set() -> acc.AcceptanceSet:
             """Held-out texts and PyTorch's outputs on them, built once for every reduced-precision variant."""
-            if not built:
-                with step("acceptance texts") as info:
-                    built.append(_acceptance_set(twin(), options.calibration_texts,
-                                                 pairs="token_type_ids" in input_names, options=acceptance))
-                    info.update(calibration=built[0].split.record["calibration_rows"],
-                                held_out=built[0].split.record["acceptance_rows"])
-            return built[0]
+            with step("acceptance texts") as info:
+                built = _acceptance_set(twin(), options.calibration_texts, pairs="token_type_ids" in input_names,
+                                        options=acceptance)
+                info.update(calibration=built.split.record["calibration_rows"],
+                            held_out=built.split.record["acceptance_rows"])
+            return built
 
         if "int8" in options.modes:
             int8 = _variant_int8(staging, acceptance_set(), tok, cases, expected, decide, model,
@@ -608,7 +604,7 @@ def export_onnx(
                 info.update(accepted=optimization["accepted"], fused=optimization["fused"])
             variants["fp32"]["optimized"] = optimization["accepted"]
             fused_report = optimization.pop("report", None)
-            fused[0] = bool(optimization["accepted"])
+            fused = bool(optimization["accepted"])
             if optimization["accepted"]:
                 variants["fp32"]["batch_invariance"] = optimization["batch_invariance"]  # the graph that ships
                 optimization["unfused_verification"] = report.summary()
@@ -617,13 +613,13 @@ def export_onnx(
 
         bf16_record = None
         if options.bf16:
-            bf16_record = _variant_bf16(staging, acceptance_set, step, fused=fused[0], stage=stage)
+            bf16_record = _variant_bf16(staging, acceptance_set, step, fused=fused, stage=stage)
             variants["bf16"] = bf16_record
 
         with step("verify predict") as info:
             production = _verify_production(stage, twin, variants, max_length=max_length,
                                             pairs="token_type_ids" in input_names, atol=options.atol,
-                                            rtol=options.rtol, fused=fused[0])
+                                            rtol=options.rtol, fused=fused)
             info.update(cases=len(production["record"]["cases"]), passed=production["record"]["passed"])
             if not production["record"]["passed"]:
                 report.problems.extend(prod.failures(production["record"]))

@@ -176,8 +176,9 @@ def dummy_inputs(model: Any, input_names: tuple[str, ...], *, padded_row: bool =
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
-    """The exporters warn about torchvision, pytree internals and axis renames; none of it is actionable."""
+def quiet_exporters():
+    """The exporters (and onnxscript's rewriter) warn about torchvision, pytree internals and axis renames; none
+    of it is actionable."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -246,7 +247,7 @@ def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: s
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = weight_bytes > EXTERNAL_DATA_BYTES
     symbolic = symbolic_axes(model)
-    with export_mode(model), torch.no_grad(), _quiet_exporter():
+    with export_mode(model), torch.no_grad(), quiet_exporters():
         wrapper.eval()
         inputs = dummy_inputs(model, input_names, padded_row=exporter == "torchscript")
         try:
