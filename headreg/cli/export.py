@@ -326,26 +326,24 @@ def _export_or_exit(plan: Any, out_dir: str, options: Any, *, overwrite: bool, a
 
     progress = StepProgress(enabled=False if as_json else None)
     try:
-        progress("load", "start", {})
-        start = time.perf_counter()
         try:
+            progress("load", "start", {})
+            start = time.perf_counter()
             loaded = load_source(plan.path, plan=plan)
-        except (SourceError, SaveLoadError, HeadConfigError) as exc:
+            load_step = Step("load", round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1))
+            progress("load", "done", {"kind": plan.kind, "seconds": load_step.seconds})
+            if loaded.untrained:
+                click.echo(f"warning: head {loaded.model.head_name!r} is freshly initialised (untrained): the "
+                           "bundle's predictions are random until you train it", err=True)
+            if options.max_length is None and loaded.max_length is not None:  # a sentence-transformers max_seq_length
+                options = dataclasses.replace(options, max_length=loaded.max_length)
+            bundle = export_onnx(loaded.model, out_dir, loaded.tokenizer, options, overwrite=overwrite,
+                                 source=loaded.info, progress=progress)
+        finally:  # the spinner stops before anything below prints
             progress.stop()
-            fail(str(exc), EXIT_USAGE)
-        load_step = Step("load", round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1))
-        progress("load", "done", {"kind": plan.kind, "seconds": load_step.seconds})
-        if loaded.untrained:
-            click.echo(f"warning: head {loaded.model.head_name!r} is freshly initialised (untrained): the bundle's "
-                       "predictions are random until you train it", err=True)
-        if options.max_length is None and loaded.max_length is not None:  # a sentence-transformers max_seq_length
-            options = dataclasses.replace(options, max_length=loaded.max_length)
-        bundle = export_onnx(loaded.model, out_dir, loaded.tokenizer, options, overwrite=overwrite,
-                             source=loaded.info, progress=progress)
         bundle.steps.insert(0, load_step)
         return bundle
     except VerificationFailed as exc:
-        progress.stop()
         if as_json:
             emit_json({"passed": False, "error": str(exc), "report": exc.report.to_dict()})
         else:
@@ -353,13 +351,10 @@ def _export_or_exit(plan: Any, out_dir: str, options: Any, *, overwrite: bool, a
         fail(f"verification failed, no bundle was written to {out_dir}; see the cases above, and "
              "docs/export.md for what is checked", EXIT_FAILURE)
     except (VerificationError, ExportError, TokenizerError) as exc:
-        progress.stop()
         fail(f"{exc}; no bundle was written to {out_dir}", EXIT_FAILURE)
-    except (SaveLoadError, ExportOptionError) as exc:
-        progress.stop()
+    except (SourceError, SaveLoadError, HeadConfigError, ExportOptionError) as exc:
         fail(str(exc), EXIT_USAGE)
     except (KeyboardInterrupt, Terminated) as exc:
-        progress.stop()
         if getattr(exc, "written", None) is not None:
             fail(f"interrupted after the export had finished: the bundle in {out_dir} is complete and verified", 130)
         fail(f"interrupted; no bundle was written to {out_dir}", 130)

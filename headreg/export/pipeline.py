@@ -109,11 +109,6 @@ class _Steps:
         self.progress(name, "done", {**info, "seconds": step.seconds})
 
 
-def _source_info(source: dict[str, Any] | None) -> dict[str, Any]:
-    # An in-memory model has no directory that holds backbone *and* head; the CLI passes the one it loaded.
-    return source if source is not None else {"path": None, "kind": "python"}
-
-
 def _protected(model: Any, tokenizer: Any, source: dict[str, Any] | None) -> list[Any]:
     """What the export reads from: ``out_dir`` must be none of these, nor a directory holding one."""
     from ..model import _local_source
@@ -314,8 +309,7 @@ def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, case
         quantization["calibration_source"] = acceptance.split.record["source"]
         info.update(method=method, calibration_rows=quantization["calibration_rows"])
     with step("accept int8") as info:
-        predictor = stage("int8", {"file": INT8_FILE, "precision": "int8", "backend": "onnxruntime",
-                                   "quantization": quantization})
+        predictor = stage("int8", bundle_mod.int8_record({"quantization": quantization}))
         judged = acceptance.judge_variant("int8", predictor.engine)
         golden = golden_agreements(create_session(staging / INT8_FILE), cases, expected, decide)
         figures = judged["acceptance"]
@@ -324,8 +318,8 @@ def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, case
     record = {
         "quantization": quantization,
         "requires_cpu": list(INT8_REQUIRES_CPU),
-        "golden_agreement": round(min(golden.values(), default=1.0), 6),
         **judged,
+        "golden_agreement": round(min(golden.values(), default=1.0), 6),
     }
     if model.multi_head:
         record["golden_agreement_by_head"] = {name: round(value, 6) for name, value in golden.items()}
@@ -547,13 +541,15 @@ def export_onnx(
         variants = {"fp32": bundle_mod.fp32_record()}
         variants["fp32"]["batch_invariance"] = fp32_invariance
         fused = False  # --optimize kept a fused model.onnx (read by manifest_for when it is called)
+        # An in-memory model has no directory that holds backbone *and* head; the CLI passes the one it loaded.
+        source_info = source if source is not None else {"path": None, "kind": "python"}
 
         def manifest_for(variants: dict[str, Any], verification: dict[str, Any]) -> dict[str, Any]:
             graph_outputs = graph_signature(staging / MODEL_FILE)[1] if fused else traced.output_dims
             return bundle_mod.build_manifest(
                 model, graph_outputs=graph_outputs, input_names=input_names, opset=traced.opset,
                 max_length=max_length, padding_side=padding_side, tokenizer=tok, staging=staging, variants=variants,
-                verification=verification, source=_source_info(source), exporter=exporter,
+                verification=verification, source=source_info, exporter=exporter,
                 batch_padding=batch_padding["allowed"],
                 head_verification=lambda member: report.head_summary(
                     member.name if model.multi_head else "", member.outputs
