@@ -143,13 +143,6 @@ def _kept_texts(heads: Sequence[Any], job: Any, expected: Sequence[dict[str, np.
     return kept, drift
 
 
-def _kept(heads: Sequence[Any], job: Any, expected: Sequence[dict[str, np.ndarray]],
-          actual: Sequence[dict[str, np.ndarray]], *, near_tie: float, max_error: float) -> float:
-    """The fraction of a job's texts :func:`_kept_texts` keeps."""
-    kept, _ = _kept_texts(heads, job, expected, actual, near_tie=near_tie, max_error=max_error)
-    return sum(kept) / max(len(kept), 1)
-
-
 def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceSet, tokenizer: Any,
                      stage: Callable[..., Any]) -> dict[str, Any]:
     """Quantize, search and judge; ``{"record": variant record}`` or ``{"refused": why, "quantization": ...}``.
@@ -182,8 +175,9 @@ def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceS
         actual, errors = engine.compute([calibration])
         if errors:
             return 0.0
-        return _kept(engine.heads, calibration, expected, actual[calibration], near_tie=options.near_tie,
-                     max_error=options.max_error)
+        kept, _ = _kept_texts(engine.heads, calibration, expected, actual[calibration], near_tie=options.near_tie,
+                              max_error=options.max_error)
+        return sum(kept) / max(len(kept), 1)
 
     core = ov.Core()
     model = core.read_model(str(fp32_path))

@@ -190,15 +190,15 @@ class PaddingDependent(Exception):
 
 
 def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, opset: int | None,
-                      cases: list[Case], wrapper: ExportWrapper, checks: dict, atol: float, padding_side: str,
+                      cases: list[Case], wrapper: ExportWrapper, checks: dict, padding_side: str,
                       optimize: bool = False, padding_check: bool = True):
     """Trace with each exporter of ``exporter`` ("auto": AUTO_ORDER, or AUTO_ORDER_OPTIMIZE) until one verifies.
 
     Returns (trace result, report, PyTorch's outputs, fp32's batch-invariance record). The PyTorch reference is
     computed once, beside the first attempt's onnxruntime runs, and serves every attempt. onnxruntime runs every
     case batched (compared with PyTorch) and every row of it alone (compared with the batched run: fp32's batch
-    invariance, at ``atol``). Raises the last attempt's ExportError / VerificationFailed, with what the earlier
-    attempts hit in its message or notes. With ``padding_check``, a graph that matches PyTorch but is not
+    invariance, at ``checks["atol"]``). Raises the last attempt's ExportError / VerificationFailed, with what the
+    earlier attempts hit in its message or notes. With ``padding_check``, a graph that matches PyTorch but is not
     batch-invariant is compared with PyTorch's own rows alone: PaddingDependent when PyTorch moves as well.
     """
     candidates = (AUTO_ORDER_OPTIMIZE if optimize else AUTO_ORDER) if exporter == "auto" else (exporter,)
@@ -234,13 +234,13 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
                 if report.passed:
                     invariance = acc.case_invariance(cases, actual, alone, padding_side=padding_side,
                                                      token_outputs=checks["token_outputs"], decide=checks["decide"],
-                                                     tolerance=atol)
+                                                     tolerance=checks["atol"])
                     info["batch_invariance"] = f"{invariance['max_abs_diff']:.1e} over {invariance['checks']} rows"
                     if not invariance["passed"] and padding_check and not invariance.get("errors"):
                         # PyTorch's rows alone vs its padded batches: does the model itself depend on padding?
                         own = acc.session_invariance(torch_run, cases, expected, padding_side=padding_side,
                                                      token_outputs=checks["token_outputs"], decide=checks["decide"],
-                                                     tolerance=atol)
+                                                     tolerance=checks["atol"])
                         if not own["passed"]:
                             raise PaddingDependent(own, name)
                     if not invariance["passed"]:
@@ -480,8 +480,7 @@ def export_onnx(
     input_names = input_names_for(model)
     padding_side = "left" if model._decoder else "right"
     decide = acc.head_checks(model)
-    token_outputs = acc.token_outputs_of(model)
-    checks = dict(decide=decide, token_outputs=token_outputs, atol=options.atol, rtol=options.rtol)
+    checks = dict(decide=decide, token_outputs=acc.token_outputs_of(model), atol=options.atol, rtol=options.rtol)
 
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ExportOptionError("export traces and verifies on the CPU: move the model there first (model.cpu())")
@@ -511,8 +510,8 @@ def export_onnx(
             _check_tokenizer(tok, cases, max_length)
             info["cases"] = len(cases)
         wrapper = ExportWrapper(model, input_names).eval()
-        trace_args = dict(opset=options.opset, wrapper=wrapper, checks=checks, atol=options.atol,
-                          padding_side=padding_side, optimize=options.optimize)
+        trace_args = dict(opset=options.opset, wrapper=wrapper, checks=checks, padding_side=padding_side,
+                          optimize=options.optimize)
         batch_padding: dict[str, Any] = {"allowed": True}
         try:
             with _naming_architecture(model):
@@ -534,7 +533,6 @@ def export_onnx(
                     **trace_args)
             report.notes.append(f"batch_padding false: {batch_padding['reason']}; rows are batched only with rows "
                                 "of the same length, and every case was verified that way")
-        exporter = traced.exporter
 
         optimization = None
         int8 = None
@@ -549,7 +547,7 @@ def export_onnx(
             return bundle_mod.build_manifest(
                 model, graph_outputs=graph_outputs, input_names=input_names, opset=traced.opset,
                 max_length=max_length, padding_side=padding_side, tokenizer=tok, staging=staging, variants=variants,
-                verification=verification, source=source_info, exporter=exporter,
+                verification=verification, source=source_info, exporter=traced.exporter,
                 batch_padding=batch_padding["allowed"],
                 head_verification=lambda member: report.head_summary(
                     member.name if model.multi_head else "", member.outputs

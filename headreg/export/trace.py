@@ -227,12 +227,8 @@ def _torchscript_symbolics(opset: int):
 
 @dataclass
 class TraceResult:
-    path: Path
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
     opset: int
     exporter: str
-    external_data: bool
     output_dims: dict[str, list]  # graph output -> dims, as the manifest records them
 
 
@@ -291,7 +287,7 @@ def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: s
     opset_used, output_dims = check_graph(path, input_names, output_names, symbolic=symbolic)
     if not external and any(isinstance(d, str) for name, dims in output_dims.items() for d in dims[symbolic.get(name, 0):]):
         output_dims = _fix_trailing_dims(path, wrapper, inputs, symbolic)
-    return TraceResult(path, input_names, output_names, opset_used, exporter, external, output_dims)
+    return TraceResult(opset_used, exporter, output_dims)
 
 
 def _fix_trailing_dims(path: Path, wrapper: ExportWrapper, inputs: dict[str, torch.Tensor],
