@@ -78,11 +78,10 @@ def normalize_texts(texts: Sequence[Any], *, pairs: bool) -> list[Any]:
     return out
 
 
-def split_texts(texts: Sequence[Any], *, source: str, seed: int = SPLIT_SEED,
-                max_calibration: int = MAX_CALIBRATION, max_acceptance: int = MAX_ACCEPTANCE) -> TextSplit:
-    """De-duplicate, shuffle with ``seed``, and split into disjoint calibration and acceptance parts.
+def split_texts(texts: Sequence[Any], *, source: str) -> TextSplit:
+    """De-duplicate, shuffle with ``SPLIT_SEED``, and split into disjoint calibration and acceptance parts.
 
-    Calibration takes ``min(max_calibration, half)`` texts, acceptance the rest (capped at max_acceptance).
+    Calibration takes ``min(MAX_CALIBRATION, half)`` texts, acceptance the rest (capped at MAX_ACCEPTANCE).
     """
     unique = list(dict.fromkeys(texts))
     if len(unique) < 2 * MIN_TEXTS:
@@ -90,15 +89,15 @@ def split_texts(texts: Sequence[Any], *, source: str, seed: int = SPLIT_SEED,
             f"{len(unique)} distinct calibration texts ({source}); give at least {2 * MIN_TEXTS}: half calibrate, the "
             "other half are held out to accept the variant"
         )
-    order = np.random.default_rng(seed).permutation(len(unique))
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(unique))
     shuffled = [unique[i] for i in order]
-    n_cal = min(max_calibration, len(shuffled) // 2)
-    calibration, acceptance = shuffled[:n_cal], shuffled[n_cal : n_cal + max_acceptance]
+    n_cal = min(MAX_CALIBRATION, len(shuffled) // 2)
+    calibration, acceptance = shuffled[:n_cal], shuffled[n_cal : n_cal + MAX_ACCEPTANCE]
     record = {
         "source": source,
         "texts": len(texts),
         "duplicates_dropped": len(texts) - len(unique),
-        "seed": seed,
+        "seed": SPLIT_SEED,
         "calibration_rows": len(calibration),
         "acceptance_rows": len(acceptance),
         "unused_rows": len(shuffled) - len(calibration) - len(acceptance),
@@ -440,14 +439,12 @@ class AcceptanceSet:
     expected: list[dict[str, np.ndarray]]  # PyTorch's row outputs, aligned with job.rows
     options: AcceptanceOptions
     max_length: int
-    calibration_args: dict[str, Any]
+    layout: Any  # the staged bundle's input layout: calibration batches are padded like its batches
 
     def calibration_feeds(self, tokenizer: Any) -> list[dict[str, np.ndarray]]:
-        args = self.calibration_args
-        cal = make_batches(tokenizer, self.split.calibration, input_names=args["input_names"],
-                           max_length=args["max_length"], pad_id=args["pad_id"], padding_side=args["padding_side"],
-                           batch_size=8)
-        return cal.feeds
+        return make_batches(tokenizer, self.split.calibration, input_names=list(self.layout.input_names),
+                            max_length=self.max_length, pad_id=self.layout.pad_id,
+                            padding_side=self.layout.padding_side, batch_size=8).feeds
 
     def judge_variant(self, name: str, engine: Any) -> dict[str, Any]:
         """``{"acceptance": ..., "batch_invariance": ...}`` for a variant run by ``engine`` (its production engine:
@@ -528,7 +525,4 @@ def build_acceptance_set(predictor: Any, reference: Any, texts: Sequence[Any], *
     outputs, failed = reference.compute([job], batch_size=REFERENCE_BATCH)
     if job in failed:
         raise HeadregError(f"PyTorch failed on the held-out texts: {failed[job]}")
-    layout = predictor.layout
-    calibration_args = dict(input_names=list(layout.input_names), pad_id=layout.pad_id,
-                            padding_side=layout.padding_side, max_length=predictor.max_length)
-    return AcceptanceSet(split, job, outputs[job], options, predictor.max_length, calibration_args)
+    return AcceptanceSet(split, job, outputs[job], options, predictor.max_length, predictor.layout)
