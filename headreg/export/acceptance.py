@@ -31,10 +31,9 @@ import numpy as np
 from ..errors import HeadregError
 from ..runtime.batching import pad_batch, plan_batches, real_span
 from .production import user_view
-from .verify import HeadCheck, as_checks
+from .verify import HeadCheck
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-Decide = Callable[[dict[str, np.ndarray], np.ndarray], Any]
 
 # Defaults of the acceptance options (export_onnx keywords, `headreg export` flags; docs/export.md).
 MIN_AGREEMENT = 0.99  # fraction of held-out texts whose user-visible result must equal PyTorch's
@@ -285,7 +284,7 @@ class _Invariance:
             self.note(output, mine, theirs)
         row_outputs = {k: v[position : position + 1] if v.shape[:1] == (batch,) and single[k].shape[:1] == (1,)
                        else v for k, v in outputs.items()}
-        for check in as_checks(self.decide, self.token_outputs):  # head by head in a multi-head graph
+        for check in self.decide or []:  # head by head in a multi-head graph
             a = check.decisions(row_outputs, mask[position : position + 1])
             b = check.decisions(single, np.ones((1, length or 1), dtype=np.int64))
             if a is not None:

@@ -167,17 +167,15 @@ def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceS
         ov.save_model(candidate, str(xml), compress_to_fp16=False)  # fp16 weights would be a third precision
         return stage(VARIANT, _skeleton()).engine
 
-    engines: list[Any] = []
-
-    def kept_by(candidate: Any) -> float:
+    def kept_by(candidate: Any) -> tuple[float, Any]:
+        """The fraction of the calibration texts ``candidate`` keeps, through the variant's engine; that engine."""
         engine = engine_of(candidate)
-        engines[:] = [engine]
         actual, errors = engine.compute([calibration])
         if errors:
-            return 0.0
+            return 0.0, engine
         kept, _ = _kept_texts(engine.heads, calibration, expected, actual[calibration], near_tie=options.near_tie,
                               max_error=options.max_error)
-        return sum(kept) / max(len(kept), 1)
+        return sum(kept) / max(len(kept), 1), engine
 
     core = ov.Core()
     model = core.read_model(str(fp32_path))
@@ -190,7 +188,7 @@ def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceS
         with _quiet_nncf():
             candidate = nncf.quantize(model.clone(), dataset, model_type=nncf.ModelType.TRANSFORMER,
                                       advanced_parameters=_smooth_quant(alpha))
-        kept = kept_by(candidate)
+        kept, _ = kept_by(candidate)
         tried.append({"smooth_quant_alpha": alpha, "kept": round(kept, 6)})
         if best is None or kept > best[1]:
             best = (alpha, kept, candidate)
@@ -204,9 +202,9 @@ def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceS
         restored, controlled = _accuracy_control(model, dataset, alpha, calibration, expected, engine, options)
         controlled["plain_held_out"] = {head: figures["summary"] for head, figures in held_out.items()}
         if restored is not None:
-            controlled["kept"] = round(kept_by(restored), 6)  # through the variant's own engine, in its precision
+            restored_kept, restored_engine = kept_by(restored)  # through the variant's own engine, in its precision
+            controlled["kept"] = round(restored_kept, 6)
             controlled["fake_quantize_ops"] = _fake_quantize_ops(restored)
-            restored_engine = engines[0]
             restored_held_out = _held_out_figures(acceptance, restored_engine)
             controlled["held_out"] = {head: figures["summary"] for head, figures in restored_held_out.items()}
             controlled["used"] = all(figures["passed"] for figures in restored_held_out.values())

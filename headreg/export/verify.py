@@ -47,15 +47,6 @@ class HeadCheck:
         return self.decide(self.own(outputs), mask)
 
 
-def as_checks(decide: "Decide | list[HeadCheck] | None", token_outputs: set[str]) -> list[HeadCheck]:
-    """A plain ``decide`` callable (one head, graph names = its names) or per-head checks, as a list."""
-    if decide is None:
-        return []
-    if callable(decide):
-        return [HeadCheck("", decide, bool(token_outputs))]
-    return list(decide)
-
-
 @dataclass
 class OutputDiff:
     max_abs: float
@@ -237,7 +228,7 @@ def check_case(
     expected: dict[str, np.ndarray],
     actual: dict[str, np.ndarray],
     *,
-    decide: Decide | list[HeadCheck] | None,
+    decide: list[HeadCheck] | None,
     token_outputs: set[str],
     atol: float,
     rtol: float,
@@ -245,7 +236,7 @@ def check_case(
     diffs, problems = compare_outputs(expected, actual, case.mask, token_outputs=token_outputs, atol=atol, rtol=rtol)
     per_head: dict[str, float | None] = {}
     if not problems:
-        for check in as_checks(decide, token_outputs):
+        for check in decide or []:
             want = check.decisions(expected, case.mask)
             if want is None:
                 per_head[check.name] = None
@@ -284,7 +275,7 @@ def compare_cases(
     expected: list[dict[str, np.ndarray]],
     actual: list[dict[str, np.ndarray] | Exception],
     *,
-    decide: Decide | list[HeadCheck] | None,
+    decide: list[HeadCheck] | None,
     token_outputs: set[str],
     atol: float,
     rtol: float,
