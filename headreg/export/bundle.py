@@ -28,21 +28,14 @@ def normalized_config(config: Any) -> Any:
         return NormalizedTextConfig(config)
 
 
-def _attr(normalized: Any, name: str) -> Any:
-    try:
-        return getattr(normalized, name)
-    except AttributeError:
-        return None
-
-
 def backbone_info(config: Any) -> dict[str, Any]:
     normalized = normalized_config(config)
     return {
         "model_type": config.model_type,
-        "hidden_size": _attr(normalized, "hidden_size"),
-        "num_hidden_layers": _attr(normalized, "num_layers"),
-        "num_attention_heads": _attr(normalized, "num_attention_heads"),
-        "vocab_size": _attr(normalized, "vocab_size"),
+        "hidden_size": getattr(normalized, "hidden_size", None),
+        "num_hidden_layers": getattr(normalized, "num_layers", None),
+        "num_attention_heads": getattr(normalized, "num_attention_heads", None),
+        "vocab_size": getattr(normalized, "vocab_size", None),
         "max_position_embeddings": _declared_positions(config),
         "is_decoder": is_decoder(config),
     }
@@ -162,8 +155,8 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def _jsonable_config(config: Any) -> dict[str, Any]:
-    data = config.to_dict()
+def _str_label_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its ``id2label`` keyed by strings, as JSON keys are."""
     if isinstance(data.get("id2label"), dict):
         data["id2label"] = {str(k): v for k, v in data["id2label"].items()}
     return data
@@ -245,9 +238,6 @@ def build_manifest(
 def head_entry(member: Any, verification: dict[str, Any] | None) -> dict[str, Any]:
     """One head of the manifest's ``heads`` list: what the runtime needs to postprocess it on its own."""
     spec, head = member.spec, member.head
-    postprocess_config = dict(head.manifest())
-    if isinstance(postprocess_config.get("id2label"), dict):
-        postprocess_config["id2label"] = {str(k): v for k, v in postprocess_config["id2label"].items()}
     return {
         "name": member.name,
         "head": spec.name,
@@ -257,8 +247,8 @@ def head_entry(member: Any, verification: dict[str, Any] | None) -> dict[str, An
         "level": head.level,
         "problem_type": head.problem_type,
         "postprocess": spec.postprocess,
-        "config": _jsonable_config(head.config),
-        "postprocess_config": postprocess_config,
+        "config": _str_label_keys(head.config.to_dict()),
+        "postprocess_config": _str_label_keys(dict(head.manifest())),
         "num_labels": head.config.num_labels,
         "id2label": {str(k): v for k, v in head.config.labels().items()},
         "pooling": member.pooling.as_dict(),
@@ -279,13 +269,7 @@ def output_axes(model: Any, graph_outputs: dict[str, list]) -> dict[str, str]:
     from .trace import symbolic_axes
 
     declared = {name: ("token" if count == 2 else "row") for name, count in symbolic_axes(model).items()}
-    axes = {}
-    for name, dims in graph_outputs.items():
-        if name in declared:
-            axes[name] = declared[name]
-            continue
-        axes[name] = axes_from_dims(dims)
-    return axes
+    return {name: declared[name] if name in declared else axes_from_dims(dims) for name, dims in graph_outputs.items()}
 
 
 def file_sizes(directory: Path) -> dict[str, int]:
