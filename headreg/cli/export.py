@@ -33,10 +33,6 @@ def _require_export_extra(command: str, modules: tuple[str, ...]) -> None:
                  EXIT_USAGE)
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
-
-
 RULE = "pass rule, per element: |onnxruntime - PyTorch| <= atol + rtol * |PyTorch|"
 
 
@@ -91,7 +87,7 @@ def print_summary(bundle: Any) -> None:
     files.add_column("file")
     files.add_column("size", justify="right")
     for name, size in bundle.sizes.items():
-        files.add_row(name, _mb(size))
+        files.add_row(name, f"{size / 1e6:.1f} MB")
     steps = Table(title="steps", title_justify="left")
     for column in ("step", "seconds", "peak RSS"):
         steps.add_column(column, justify="left" if column == "step" else "right")
