@@ -137,8 +137,7 @@ def _report(bundle: str, default: Any, results: list[Any], *, batch_size: int, b
 
     from ..runtime.variants import cpu_flags
 
-    torch_results = [r for r in results if r.engine.startswith("torch ")]
-    torch_result = max(torch_results, key=lambda r: r.throughput) if torch_results else None
+    torch_result = max((r for r in results if r.engine.startswith("torch ")), key=lambda r: r.throughput, default=None)
     arrival = next((r for r in results if r.engine.endswith("arrival order")), None)
     report = {
         "bundle": bundle, "head": default.head, "batch_size": batch_size, "max_length": default.max_length,

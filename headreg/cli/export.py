@@ -33,10 +33,6 @@ def _require_export_extra(command: str, modules: tuple[str, ...]) -> None:
                  EXIT_USAGE)
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
-
-
 RULE = "pass rule, per element: |onnxruntime - PyTorch| <= atol + rtol * |PyTorch|"
 
 
@@ -91,7 +87,7 @@ def print_summary(bundle: Any) -> None:
     files.add_column("file")
     files.add_column("size", justify="right")
     for name, size in bundle.sizes.items():
-        files.add_row(name, _mb(size))
+        files.add_row(name, f"{size / 1e6:.1f} MB")
     steps = Table(title="steps", title_justify="left")
     for column in ("step", "seconds", "peak RSS"):
         steps.add_column(column, justify="left" if column == "step" else "right")
@@ -114,18 +110,14 @@ def print_summary(bundle: Any) -> None:
         quant = int8["quantization"]
         out.print(
             f"int8 ({quant['kind']} {quant['format']}, {quant['method']} calibration on {quant['calibration_rows']} "
-            f"texts, size {quant['size_ratio']:.0%} of fp32): {int8['acceptance']['summary']}; batch-invariant: "
-            f"max abs diff {int8['batch_invariance']['max_abs_diff']:.1e} over {int8['batch_invariance']['checks']} "
-            f"checks (tolerance {int8['batch_invariance']['tolerance']:g}); on the golden texts "
-            f"{int8['golden_agreement']:.1%} identical decisions (headreg verify holds it to one point less)"
+            f"texts, size {quant['size_ratio']:.0%} of fp32): {int8['acceptance']['summary']}; "
+            f"{_invariant(int8)}; on the golden texts {int8['golden_agreement']:.1%} identical decisions (headreg "
+            "verify holds it to one point less)"
         )
     if bundle.bf16 is not None:
         bf16 = bundle.bf16
-        out.print(
-            f"bf16 (OpenVINO, padded to {bf16['pad_to_multiple_of']}-token multiples): {bf16['acceptance']['summary']}; "
-            f"batch-invariant: max abs diff {bf16['batch_invariance']['max_abs_diff']:.1e} over "
-            f"{bf16['batch_invariance']['checks']} checks (tolerance {bf16['batch_invariance']['tolerance']:g})"
-        )
+        out.print(f"bf16 (OpenVINO, padded to {bf16['pad_to_multiple_of']}-token multiples): "
+                  f"{bf16['acceptance']['summary']}; {_invariant(bf16)}")
     if bundle.int8_ov is not None:
         out.print(int8_ov_line(bundle.int8_ov))
     variant, reason = bundle.serves_here()
@@ -173,10 +165,15 @@ def int8_ov_line(result: dict) -> str:
                  f"{control['seconds']:g} s ({outcome})")
     if record is None:
         return f"int8-ov NOT written ({made}): {result['refused']}"
-    inv = record["batch_invariance"]
     return (f"int8-ov (OpenVINO, {made}, padded to {record['pad_to_multiple_of']}-token multiples): "
-            f"{record['acceptance']['summary']}; batch-invariant: max abs diff {inv['max_abs_diff']:.1e} over "
-            f"{inv['checks']} checks (tolerance {inv['tolerance']:g})")
+            f"{record['acceptance']['summary']}; {_invariant(record)}")
+
+
+def _invariant(record: dict) -> str:
+    """A variant's batch-invariance figures, as every variant's line gives them."""
+    inv = record["batch_invariance"]
+    return (f"batch-invariant: max abs diff {inv['max_abs_diff']:.1e} over {inv['checks']} checks "
+            f"(tolerance {inv['tolerance']:g})")
 
 
 EXPORT_EPILOG = """\b
@@ -325,26 +322,24 @@ def _export_or_exit(plan: Any, out_dir: str, options: Any, *, overwrite: bool, a
 
     progress = StepProgress(enabled=False if as_json else None)
     try:
-        progress("load", "start", {})
-        start = time.perf_counter()
         try:
+            progress("load", "start", {})
+            start = time.perf_counter()
             loaded = load_source(plan.path, plan=plan)
-        except (SourceError, SaveLoadError, HeadConfigError) as exc:
+            load_step = Step("load", round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1))
+            progress("load", "done", {"kind": plan.kind, "seconds": load_step.seconds})
+            if loaded.untrained:
+                click.echo(f"warning: head {loaded.model.head_name!r} is freshly initialised (untrained): the "
+                           "bundle's predictions are random until you train it", err=True)
+            if options.max_length is None and loaded.max_length is not None:  # a sentence-transformers max_seq_length
+                options = dataclasses.replace(options, max_length=loaded.max_length)
+            bundle = export_onnx(loaded.model, out_dir, loaded.tokenizer, options, overwrite=overwrite,
+                                 source=loaded.info, progress=progress)
+        finally:  # the spinner stops before anything below prints
             progress.stop()
-            fail(str(exc), EXIT_USAGE)
-        load_step = Step("load", round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1))
-        progress("load", "done", {"kind": plan.kind, "seconds": load_step.seconds})
-        if loaded.untrained:
-            click.echo(f"warning: head {loaded.model.head_name!r} is freshly initialised (untrained): the bundle's "
-                       "predictions are random until you train it", err=True)
-        if options.max_length is None and loaded.max_length is not None:  # a sentence-transformers max_seq_length
-            options = dataclasses.replace(options, max_length=loaded.max_length)
-        bundle = export_onnx(loaded.model, out_dir, loaded.tokenizer, options, overwrite=overwrite,
-                             source=loaded.info, progress=progress)
         bundle.steps.insert(0, load_step)
         return bundle
     except VerificationFailed as exc:
-        progress.stop()
         if as_json:
             emit_json({"passed": False, "error": str(exc), "report": exc.report.to_dict()})
         else:
@@ -352,13 +347,10 @@ def _export_or_exit(plan: Any, out_dir: str, options: Any, *, overwrite: bool, a
         fail(f"verification failed, no bundle was written to {out_dir}; see the cases above, and "
              "docs/export.md for what is checked", EXIT_FAILURE)
     except (VerificationError, ExportError, TokenizerError) as exc:
-        progress.stop()
         fail(f"{exc}; no bundle was written to {out_dir}", EXIT_FAILURE)
-    except (SaveLoadError, ExportOptionError) as exc:
-        progress.stop()
+    except (SourceError, SaveLoadError, HeadConfigError, ExportOptionError) as exc:
         fail(str(exc), EXIT_USAGE)
     except (KeyboardInterrupt, Terminated) as exc:
-        progress.stop()
         if getattr(exc, "written", None) is not None:
             fail(f"interrupted after the export had finished: the bundle in {out_dir} is complete and verified", 130)
         fail(f"interrupted; no bundle was written to {out_dir}", 130)

@@ -31,10 +31,9 @@ import numpy as np
 from ..errors import HeadregError
 from ..runtime.batching import pad_batch, plan_batches, real_span
 from .production import user_view
-from .verify import HeadCheck, as_checks
+from .verify import HeadCheck
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-Decide = Callable[[dict[str, np.ndarray], np.ndarray], Any]
 
 # Defaults of the acceptance options (export_onnx keywords, `headreg export` flags; docs/export.md).
 MIN_AGREEMENT = 0.99  # fraction of held-out texts whose user-visible result must equal PyTorch's
@@ -78,11 +77,10 @@ def normalize_texts(texts: Sequence[Any], *, pairs: bool) -> list[Any]:
     return out
 
 
-def split_texts(texts: Sequence[Any], *, source: str, seed: int = SPLIT_SEED,
-                max_calibration: int = MAX_CALIBRATION, max_acceptance: int = MAX_ACCEPTANCE) -> TextSplit:
-    """De-duplicate, shuffle with ``seed``, and split into disjoint calibration and acceptance parts.
+def split_texts(texts: Sequence[Any], *, source: str) -> TextSplit:
+    """De-duplicate, shuffle with ``SPLIT_SEED``, and split into disjoint calibration and acceptance parts.
 
-    Calibration takes ``min(max_calibration, half)`` texts, acceptance the rest (capped at max_acceptance).
+    Calibration takes ``min(MAX_CALIBRATION, half)`` texts, acceptance the rest (capped at MAX_ACCEPTANCE).
     """
     unique = list(dict.fromkeys(texts))
     if len(unique) < 2 * MIN_TEXTS:
@@ -90,15 +88,15 @@ def split_texts(texts: Sequence[Any], *, source: str, seed: int = SPLIT_SEED,
             f"{len(unique)} distinct calibration texts ({source}); give at least {2 * MIN_TEXTS}: half calibrate, the "
             "other half are held out to accept the variant"
         )
-    order = np.random.default_rng(seed).permutation(len(unique))
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(unique))
     shuffled = [unique[i] for i in order]
-    n_cal = min(max_calibration, len(shuffled) // 2)
-    calibration, acceptance = shuffled[:n_cal], shuffled[n_cal : n_cal + max_acceptance]
+    n_cal = min(MAX_CALIBRATION, len(shuffled) // 2)
+    calibration, acceptance = shuffled[:n_cal], shuffled[n_cal : n_cal + MAX_ACCEPTANCE]
     record = {
         "source": source,
         "texts": len(texts),
         "duplicates_dropped": len(texts) - len(unique),
-        "seed": seed,
+        "seed": SPLIT_SEED,
         "calibration_rows": len(calibration),
         "acceptance_rows": len(acceptance),
         "unused_rows": len(shuffled) - len(calibration) - len(acceptance),
@@ -139,10 +137,18 @@ def make_batches(tokenizer: Any, texts: Sequence[Any], *, input_names: Sequence[
 # --- what a user sees -------------------------------------------------------------------------------------------------
 
 
+def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Each label's sigmoid (``multi_label``) or the softmax along the last axis, in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if multi_label:
+        return 1 / (1 + np.exp(-logits))
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
 def _softmax_margin(logits: np.ndarray) -> np.ndarray:
     """Top-1 minus top-2 probability along the last axis."""
-    z = np.exp(logits - logits.max(-1, keepdims=True))
-    p = z / z.sum(-1, keepdims=True)
+    p = probabilities(logits, False)
     if p.shape[-1] < 2:
         return np.abs(p[..., 0] - 0.5) * 2
     top = np.sort(p, -1)
@@ -156,7 +162,9 @@ def _rows(value: np.ndarray, mask: np.ndarray, padding_side: str) -> list[np.nda
     return [value[r, real_span(width, n, padding_side)] for r, n in enumerate(lengths)]
 
 
-def _is_multi_label(head: Any) -> bool:
+def is_multi_label(head: Any) -> bool:
+    """Whether the head scores each label on its own (a sigmoid): the problem type its class declares
+    (``HeadBase.problem_type``), recorded in the bundle manifest's head entry."""
     return (head.manifest.get("head") or {}).get("problem_type") == "multi_label_classification"
 
 
@@ -197,7 +205,7 @@ def agreement(head: Any, job: Any, expected: Sequence[Mapping[str, np.ndarray]],
             margins.append(_margin(head, np.asarray(want[logits], np.float64), np.asarray(got[logits], np.float64)))
     texts = len(want_views)
     margins.sort()
-    multi_label = _is_multi_label(head)
+    multi_label = is_multi_label(head)
     figures = {
         "metric": "identical entity sets per text" if token_level else
                   "identical label sets per text" if multi_label else "identical decisions per text",
@@ -219,8 +227,8 @@ def _margin(head: Any, want: np.ndarray, got: np.ndarray) -> float:
     """How far the reference was from changing its answer on this text (smallest over the changed decisions)."""
     from ..runtime import postprocess as post
 
-    if _is_multi_label(head):
-        probs, other = 1 / (1 + np.exp(-want)), 1 / (1 + np.exp(-got))
+    if is_multi_label(head):
+        probs, other = probabilities(want, True), probabilities(got, True)
         thresholds = post.thresholds_for(post.Context(manifest=head.manifest, config=head.config), probs.shape[-1])
         flipped = (probs > thresholds) != (other > thresholds)
         return float(np.abs(probs - thresholds)[flipped].min()) if flipped.any() else 0.0
@@ -273,12 +281,10 @@ class _Invariance:
                           else value[position])
             if mine.shape != theirs.shape:
                 raise ValueError(f"output {output} has shape {theirs.shape} in a batch, {mine.shape} alone")
-            diff = float(np.abs(theirs.astype(np.float64) - mine.astype(np.float64)).max()) if mine.size else 0.0
-            if diff > self.worst:
-                self.worst, self.worst_output = diff, output
+            self.note(output, mine, theirs)
         row_outputs = {k: v[position : position + 1] if v.shape[:1] == (batch,) and single[k].shape[:1] == (1,)
                        else v for k, v in outputs.items()}
-        for check in as_checks(self.decide, self.token_outputs):  # head by head in a multi-head graph
+        for check in self.decide or []:  # head by head in a multi-head graph
             a = check.decisions(row_outputs, mask[position : position + 1])
             b = check.decisions(single, np.ones((1, length or 1), dtype=np.int64))
             if a is not None:
@@ -287,6 +293,13 @@ class _Invariance:
                     a = _rows(a, mask[position : position + 1], self.padding_side)[0]
                     b = b[0]
                 self.decisions_differ += int(not np.array_equal(np.asarray(a).ravel(), np.asarray(b).ravel()))
+
+    def note(self, output: str, alone: Any, batched: Any) -> None:
+        """Keep the largest |batched - alone| seen so far and the output it was on."""
+        batched = np.asarray(batched, np.float64)
+        diff = float(np.abs(batched - np.asarray(alone, np.float64)).max()) if batched.size else 0.0
+        if diff > self.worst:
+            self.worst, self.worst_output = diff, output
 
     def record(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -316,33 +329,19 @@ def engine_invariance(engine: Any, job: Any, *, max_length: int, tolerance: floa
         "mixed lengths, reversed": ([reverse[i : i + batch_size] for i in range(0, len(rows), batch_size)], None),
         "padded to max_length": (groups, max_length),
     }
-    worst, worst_output, checks = 0.0, None, 0
+    tally = _Invariance(token_outputs=set(), decide=None, padding_side=engine.layout.padding_side, tolerance=tolerance)
     batched: list[dict[str, np.ndarray] | None] = [None] * len(rows)
     for plan, width in layouts.values():
         for group in plan:
             for index, out in zip(group, engine.run_rows([rows[i] for i in group], width=width)):
-                checks += 1
+                tally.checks += 1
                 batched[index] = out
                 for name, value in out.items():
-                    diff = float(np.abs(np.asarray(value, np.float64) - np.asarray(alone[index][name], np.float64)).max()
-                                 ) if np.size(value) else 0.0
-                    if diff > worst:
-                        worst, worst_output = diff, name
-    decisions_differ = 0
+                    tally.note(name, alone[index][name], value)
     for head in engine.heads:
         for a, b in zip(head_results(head, job, alone), head_results(head, job, batched)):
-            decisions_differ += int(user_view(a) != user_view(b))
-    return {
-        "passed": worst <= tolerance and decisions_differ == 0,
-        "tolerance": tolerance,
-        "max_abs_diff": worst,
-        "worst_output": worst_output,
-        "texts": len(rows),
-        "layouts": list(layouts),
-        "padding_side": engine.layout.padding_side,
-        "checks": checks,
-        "decisions_differ": decisions_differ,
-    }
+            tally.decisions_differ += int(user_view(a) != user_view(b))
+    return tally.record(texts=len(rows), layouts=list(layouts), padding_side=engine.layout.padding_side)
 
 
 def alone_outputs(run: Run, cases: Sequence[Any], *, padding_side: str) -> list[list[Any] | None]:
@@ -406,18 +405,8 @@ def case_invariance(cases: Sequence[Any], outputs: Sequence[dict[str, np.ndarray
 
 def head_checks(model: Any) -> list[HeadCheck]:
     """Each head's decisions, read from the graph outputs it owns (verification and int8 acceptance go per head)."""
-    checks = []
-    for member in model.members():
-        identity = all(local == graph for local, graph in member.outputs.items())
-        checks.append(
-            HeadCheck(
-                "" if not model.multi_head else member.name,
-                member.head.decisions,
-                member.head.level == "token",
-                None if identity else dict(member.outputs),
-            )
-        )
-    return checks
+    return [HeadCheck(member.name if model.multi_head else "", member.head.decisions, member.head.level == "token",
+                      dict(member.outputs)) for member in model.members()]
 
 
 def token_outputs_of(model: Any) -> set[str]:
@@ -449,29 +438,21 @@ class AcceptanceSet:
     expected: list[dict[str, np.ndarray]]  # PyTorch's row outputs, aligned with job.rows
     options: AcceptanceOptions
     max_length: int
-    calibration_args: dict[str, Any]
+    layout: Any  # the staged bundle's input layout: calibration batches are padded like its batches
 
     def calibration_feeds(self, tokenizer: Any) -> list[dict[str, np.ndarray]]:
-        args = self.calibration_args
-        cal = make_batches(tokenizer, self.split.calibration, input_names=args["input_names"],
-                           max_length=args["max_length"], pad_id=args["pad_id"], padding_side=args["padding_side"],
-                           batch_size=8)
-        return cal.feeds
+        return make_batches(tokenizer, self.split.calibration, input_names=list(self.layout.input_names),
+                            max_length=self.max_length, pad_id=self.layout.pad_id,
+                            padding_side=self.layout.padding_side, batch_size=8).feeds
 
     def judge_variant(self, name: str, engine: Any) -> dict[str, Any]:
         """``{"acceptance": ..., "batch_invariance": ...}`` for a variant run by ``engine`` (its production engine:
         ``Predictor(bundle, variant=name).engine``); VerificationError when it fails either."""
         from ..errors import VerificationError
 
-        outputs, failed = engine.compute([self.job], batch_size=REFERENCE_BATCH)
-        if self.job in failed:
-            raise VerificationError(f"{name} failed on the held-out texts: {failed[self.job]}; it is not shipped")
-        actual = outputs[self.job]
-        per_head = {}
-        for head in engine.heads:
-            figures = agreement(head, self.job, self.expected, actual, near_tie=self.options.near_tie)
-            ok, detail = accepted(figures, min_agreement=self.options.min_agreement, max_error=self.options.max_error)
-            per_head[head.name] = {**figures, "passed": ok, "summary": detail}
+        per_head = self.held_out(engine)
+        if isinstance(per_head, BaseException):
+            raise VerificationError(f"{name} failed on the held-out texts: {per_head}; it is not shipped")
         if len(per_head) == 1:  # a single head: its figures are the record
             figures = next(iter(per_head.values()))
             ok, detail = figures["passed"], figures["summary"]
@@ -501,18 +482,37 @@ class AcceptanceSet:
             )
         return {"acceptance": acceptance, "batch_invariance": invariance}
 
+    def held_out(self, engine: Any) -> dict[str, dict[str, Any]] | BaseException:
+        """Per head (key "" for a single head): the figures of ``engine``'s rows on the held-out texts, with
+        ``passed`` and ``summary``; or how the engine failed on them."""
+        outputs, failed = engine.compute([self.job], batch_size=REFERENCE_BATCH)
+        if self.job in failed:
+            return failed[self.job]
+        single = len(engine.heads) == 1
+        per_head = {}
+        for head in engine.heads:
+            figures = agreement(head, self.job, self.expected, outputs[self.job], near_tie=self.options.near_tie)
+            ok, detail = accepted(figures, min_agreement=self.options.min_agreement, max_error=self.options.max_error)
+            per_head["" if single else head.name] = {**figures, "passed": ok, "summary": detail}
+        return per_head
+
     def invariance_job(self) -> Any:
         """The held-out texts most likely to move: mixed lengths, shortest and longest included."""
-        from ..runtime.engine import Job
-
         rows = self.job.rows
         by_length = sorted(range(len(rows)), key=lambda i: len(rows[i].encoding))
         count = min(self.options.invariance_texts, len(by_length))
         picks = sorted({by_length[round(k * (len(by_length) - 1) / max(count - 1, 1))] for k in range(count)})
-        chosen = [rows[i] for i in picks]
-        return Job([self.job.inputs[row.item] for row in chosen],
-                   [type(row)(position, row.encoding) for position, row in enumerate(chosen)],
-                   self.job.config, self.job.kind, self.job.options)
+        return subset_job(self.job, picks)
+
+
+def subset_job(job: Any, indices: Sequence[int]) -> Any:
+    """The rows ``indices`` of a truncated job (one row per text) as a job of their own."""
+    from ..runtime.engine import Job
+
+    chosen = [job.rows[index] for index in indices]
+    return Job([job.inputs[row.item] for row in chosen],
+               [type(row)(position, row.encoding) for position, row in enumerate(chosen)], job.config, job.kind,
+               job.options)
 
 
 def build_acceptance_set(predictor: Any, reference: Any, texts: Sequence[Any], *, source: str,
@@ -524,7 +524,4 @@ def build_acceptance_set(predictor: Any, reference: Any, texts: Sequence[Any], *
     outputs, failed = reference.compute([job], batch_size=REFERENCE_BATCH)
     if job in failed:
         raise HeadregError(f"PyTorch failed on the held-out texts: {failed[job]}")
-    layout = predictor.layout
-    calibration_args = dict(input_names=list(layout.input_names), pad_id=layout.pad_id,
-                            padding_side=layout.padding_side, max_length=predictor.max_length)
-    return AcceptanceSet(split, job, outputs[job], options, predictor.max_length, calibration_args)
+    return AcceptanceSet(split, job, outputs[job], options, predictor.max_length, predictor.layout)

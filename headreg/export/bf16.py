@@ -39,18 +39,9 @@ def bf16_unavailable(flags: Sequence[str] | frozenset[str] | None = None) -> str
 def bf16_record(judged: dict[str, Any], backend: OpenVINOBackend | None) -> dict[str, Any]:
     """The manifest record of a bf16 variant (format: docs/bundle-format.md, runtime/variants.py): accepted with
     ``judged`` figures, or (``backend=None``) the record a staged bundle is opened with while it is judged."""
-    flags = cpu_flags()
+    record = {"file": MODEL_FILE, "precision": "bf16", "backend": "openvino", "quantization": None,
+              "requires_cpu": list(BF16_CPU_FLAGS), "pad_to_multiple_of": PAD_MULTIPLE}
     if backend is None:
-        return {"file": MODEL_FILE, "precision": "bf16", "backend": "openvino", "quantization": None,
-                "requires_cpu": list(BF16_CPU_FLAGS), "pad_to_multiple_of": PAD_MULTIPLE}
-    return {
-        "file": MODEL_FILE,
-        "precision": "bf16",
-        "backend": "openvino",
-        "quantization": None,
-        "requires_cpu": list(BF16_CPU_FLAGS),
-        "pad_to_multiple_of": PAD_MULTIPLE,
-        **judged,
-        "verified_on": {"bf16_isa": bf16_cpu(flags), "openvino": openvino_version(),
-                        "inference_precision": backend.inference_precision},
-    }
+        return record
+    return {**record, **judged, "verified_on": {"bf16_isa": bf16_cpu(cpu_flags()), "openvino": openvino_version(),
+                                                "inference_precision": backend.inference_precision}}

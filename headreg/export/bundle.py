@@ -6,7 +6,6 @@ input/output names, max_length, tokenizer settings, file hashes and the verifica
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import importlib.metadata
 from pathlib import Path
@@ -29,21 +28,14 @@ def normalized_config(config: Any) -> Any:
         return NormalizedTextConfig(config)
 
 
-def _attr(normalized: Any, name: str) -> Any:
-    try:
-        return getattr(normalized, name)
-    except AttributeError:
-        return None
-
-
 def backbone_info(config: Any) -> dict[str, Any]:
     normalized = normalized_config(config)
     return {
         "model_type": config.model_type,
-        "hidden_size": _attr(normalized, "hidden_size"),
-        "num_hidden_layers": _attr(normalized, "num_layers"),
-        "num_attention_heads": _attr(normalized, "num_attention_heads"),
-        "vocab_size": _attr(normalized, "vocab_size"),
+        "hidden_size": getattr(normalized, "hidden_size", None),
+        "num_hidden_layers": getattr(normalized, "num_layers", None),
+        "num_attention_heads": getattr(normalized, "num_attention_heads", None),
+        "vocab_size": getattr(normalized, "vocab_size", None),
         "max_position_embeddings": _declared_positions(config),
         "is_decoder": is_decoder(config),
     }
@@ -111,8 +103,10 @@ def _runs(model: Any, length: int) -> bool:
     """Whether the backbone runs an unpadded input of ``length`` tokens without overrunning an embedding table."""
     import torch
 
+    from .trace import eval_mode
+
     ids = _repeated_token(model, length)
-    with _eval(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         try:
             model.encode(ids, torch.ones_like(ids))
         except (IndexError, RuntimeError):  # an overrun table, or a buffer of that size (token types) too short
@@ -120,20 +114,12 @@ def _runs(model: Any, length: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _eval(model: Any):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _first_positions(model: Any, tables: dict[str, int]) -> dict[str, int]:
     """Table name -> the row the first position of an unpadded input reads (the table's offset)."""
     import torch
     from torch.overrides import TorchFunctionMode
+
+    from .trace import eval_mode
 
     modules = dict(model.backbone.named_modules())
     owners = {}
@@ -154,7 +140,7 @@ def _first_positions(model: Any, tables: dict[str, int]) -> dict[str, int]:
             return func(*args, **kwargs)
 
     ids = _repeated_token(model, 3)
-    with _eval(model), torch.no_grad(), Lookups():
+    with eval_mode(model), torch.no_grad(), Lookups():
         model.encode(ids, torch.ones_like(ids))
     return seen
 
@@ -169,8 +155,8 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def _jsonable_config(config: Any) -> dict[str, Any]:
-    data = config.to_dict()
+def _str_label_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its ``id2label`` keyed by strings, as JSON keys are."""
     if isinstance(data.get("id2label"), dict):
         data["id2label"] = {str(k): v for k, v in data["id2label"].items()}
     return data
@@ -252,9 +238,6 @@ def build_manifest(
 def head_entry(member: Any, verification: dict[str, Any] | None) -> dict[str, Any]:
     """One head of the manifest's ``heads`` list: what the runtime needs to postprocess it on its own."""
     spec, head = member.spec, member.head
-    postprocess_config = dict(head.manifest())
-    if isinstance(postprocess_config.get("id2label"), dict):
-        postprocess_config["id2label"] = {str(k): v for k, v in postprocess_config["id2label"].items()}
     return {
         "name": member.name,
         "head": spec.name,
@@ -264,8 +247,8 @@ def head_entry(member: Any, verification: dict[str, Any] | None) -> dict[str, An
         "level": head.level,
         "problem_type": head.problem_type,
         "postprocess": spec.postprocess,
-        "config": _jsonable_config(head.config),
-        "postprocess_config": postprocess_config,
+        "config": _str_label_keys(head.config.to_dict()),
+        "postprocess_config": _str_label_keys(dict(head.manifest())),
         "num_labels": head.config.num_labels,
         "id2label": {str(k): v for k, v in head.config.labels().items()},
         "pooling": member.pooling.as_dict(),
@@ -286,13 +269,7 @@ def output_axes(model: Any, graph_outputs: dict[str, list]) -> dict[str, str]:
     from .trace import symbolic_axes
 
     declared = {name: ("token" if count == 2 else "row") for name, count in symbolic_axes(model).items()}
-    axes = {}
-    for name, dims in graph_outputs.items():
-        if name in declared:
-            axes[name] = declared[name]
-            continue
-        axes[name] = axes_from_dims(dims)
-    return axes
+    return {name: declared[name] if name in declared else axes_from_dims(dims) for name, dims in graph_outputs.items()}
 
 
 def file_sizes(directory: Path) -> dict[str, int]:
@@ -305,14 +282,6 @@ def fp32_record() -> dict[str, Any]:
 
 
 def int8_record(int8: dict[str, Any]) -> dict[str, Any]:
-    """The int8 variant's record from quantize_int8's result."""
-    return {
-        "file": INT8_FILE,
-        "precision": "int8",
-        "backend": "onnxruntime",
-        "quantization": int8["quantization"],
-        "requires_cpu": list(int8.get("requires_cpu") or []),
-        "acceptance": int8["acceptance"],
-        "batch_invariance": int8["batch_invariance"],
-        "golden_agreement": int8["golden_agreement"],
-    } | ({"golden_agreement_by_head": int8["golden_agreement_by_head"]} if "golden_agreement_by_head" in int8 else {})
+    """The int8 variant's record: its file and backend, then what quantization and acceptance found (``int8``;
+    only ``quantization`` while the staged bundle is judged)."""
+    return {"file": INT8_FILE, "precision": "int8", "backend": "onnxruntime", **int8}

@@ -113,20 +113,6 @@ def _quiet_nncf(collect: _Collected | None = None) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
-    logits = np.asarray(logits, dtype=np.float64)
-    if multi_label:
-        return 1 / (1 + np.exp(-logits))
-    z = np.exp(logits - logits.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
-
-
-def _scores_by_sigmoid(head: Any) -> bool:
-    """Whether the head scores each label on its own (a sigmoid): the problem type its class declares
-    (``HeadBase.problem_type``), recorded in the bundle manifest's head entry."""
-    return (head.manifest.get("head") or {}).get("problem_type") == "multi_label_classification"
-
-
 def _kept_texts(heads: Sequence[Any], job: Any, expected: Sequence[dict[str, np.ndarray]],
                 actual: Sequence[dict[str, np.ndarray]], *, near_tie: float,
                 max_error: float) -> tuple[list[bool], list[float]]:
@@ -144,24 +130,17 @@ def _kept_texts(heads: Sequence[Any], job: Any, expected: Sequence[dict[str, np.
         logits = head.outputs["logits"]
         want = [acc.user_view(r) for r in acc.head_results(head, job, expected)]
         got = [acc.user_view(r) for r in acc.head_results(head, job, actual)]
-        sigmoid = _scores_by_sigmoid(head)
+        sigmoid = acc.is_multi_label(head)
         for index, (a, b, e, o) in enumerate(zip(want, got, expected, actual)):
             if a is None:  # regression: numbers are what users see
                 moved = float(np.abs(np.asarray(o[logits], np.float64) - np.asarray(e[logits], np.float64)).max(initial=0.0))
                 ok = moved <= max_error
             else:
-                moved = float(np.abs(_probabilities(o[logits], sigmoid) - _probabilities(e[logits], sigmoid)).max(initial=0.0))
+                moved = float(np.abs(acc.probabilities(o[logits], sigmoid) - acc.probabilities(e[logits], sigmoid)).max(initial=0.0))
                 ok = a == b and moved < near_tie
             kept[index] = kept[index] and ok
             drift[index] = max(drift[index], moved)
     return kept, drift
-
-
-def _kept(heads: Sequence[Any], job: Any, expected: Sequence[dict[str, np.ndarray]],
-          actual: Sequence[dict[str, np.ndarray]], *, near_tie: float, max_error: float) -> float:
-    """The fraction of a job's texts :func:`_kept_texts` keeps."""
-    kept, _ = _kept_texts(heads, job, expected, actual, near_tie=near_tie, max_error=max_error)
-    return sum(kept) / max(len(kept), 1)
 
 
 def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceSet, tokenizer: Any,
@@ -188,16 +167,15 @@ def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceS
         ov.save_model(candidate, str(xml), compress_to_fp16=False)  # fp16 weights would be a third precision
         return stage(VARIANT, _skeleton()).engine
 
-    engines: list[Any] = []
-
-    def kept_by(candidate: Any) -> float:
+    def kept_by(candidate: Any) -> tuple[float, Any]:
+        """The fraction of the calibration texts ``candidate`` keeps, through the variant's engine; that engine."""
         engine = engine_of(candidate)
-        engines[:] = [engine]
         actual, errors = engine.compute([calibration])
         if errors:
-            return 0.0
-        return _kept(engine.heads, calibration, expected, actual[calibration], near_tie=options.near_tie,
-                     max_error=options.max_error)
+            return 0.0, engine
+        kept, _ = _kept_texts(engine.heads, calibration, expected, actual[calibration], near_tie=options.near_tie,
+                              max_error=options.max_error)
+        return sum(kept) / max(len(kept), 1), engine
 
     core = ov.Core()
     model = core.read_model(str(fp32_path))
@@ -210,7 +188,7 @@ def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceS
         with _quiet_nncf():
             candidate = nncf.quantize(model.clone(), dataset, model_type=nncf.ModelType.TRANSFORMER,
                                       advanced_parameters=_smooth_quant(alpha))
-        kept = kept_by(candidate)
+        kept, _ = kept_by(candidate)
         tried.append({"smooth_quant_alpha": alpha, "kept": round(kept, 6)})
         if best is None or kept > best[1]:
             best = (alpha, kept, candidate)
@@ -224,9 +202,9 @@ def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceS
         restored, controlled = _accuracy_control(model, dataset, alpha, calibration, expected, engine, options)
         controlled["plain_held_out"] = {head: figures["summary"] for head, figures in held_out.items()}
         if restored is not None:
-            controlled["kept"] = round(kept_by(restored), 6)  # through the variant's own engine, in its precision
+            restored_kept, restored_engine = kept_by(restored)  # through the variant's own engine, in its precision
+            controlled["kept"] = round(restored_kept, 6)
             controlled["fake_quantize_ops"] = _fake_quantize_ops(restored)
-            restored_engine = engines[0]
             restored_held_out = _held_out_figures(acceptance, restored_engine)
             controlled["held_out"] = {head: figures["summary"] for head, figures in restored_held_out.items()}
             controlled["used"] = all(figures["passed"] for figures in restored_held_out.values())
@@ -296,15 +274,6 @@ class _CompiledBackend:
         return {name: np.asarray(results[self._outputs[name]], dtype=np.float32) for name in (names or self.output_names)}
 
 
-def _subset(job: Any, indices: Sequence[int]) -> Any:
-    """The rows ``indices`` of a truncated job (one row per text) as a job of their own."""
-    from ..runtime.engine import Job
-
-    chosen = [job.rows[index] for index in indices]
-    return Job([job.inputs[row.item] for row in chosen], [type(row)(position, row.encoding) for position, row in
-                                                          enumerate(chosen)], job.config, job.kind, job.options)
-
-
 def _accuracy_control(model: Any, dataset: Any, alpha: float, calibration: Any, expected: Sequence[dict[str, np.ndarray]],
                       engine: Any, options: Any) -> tuple[Any, dict[str, Any]]:
     """``nncf.quantize_with_accuracy_control`` with the search's measure as its validation function, on the
@@ -323,7 +292,7 @@ def _accuracy_control(model: Any, dataset: Any, alpha: float, calibration: Any, 
             raise _OutOfTime
         validations[0] += 1
         indices = list(items)
-        job = _subset(calibration, indices)
+        job = acc.subset_job(calibration, indices)
         candidate = engine.with_backend(_CompiledBackend(compiled, engine.backend))
         outputs, failed = candidate.compute([job])
         if failed:
@@ -379,18 +348,10 @@ def _fake_quantize_ops(model: Any) -> int:
 
 def _held_out_figures(acceptance: acc.AcceptanceSet, engine: Any) -> dict[str, dict[str, Any]]:
     """Per head: the acceptance figures on the held-out texts, ``passed`` and ``summary`` (acceptance's wording)."""
-    outputs, failed = engine.compute([acceptance.job], batch_size=acc.REFERENCE_BATCH)
-    if failed:
-        return {"": {"passed": False, "summary": f"failed on the held-out texts: {failed[acceptance.job]}"}}
-    out = {}
-    single = len(engine.heads) == 1
-    for head in engine.heads:
-        figures = acc.agreement(head, acceptance.job, acceptance.expected, outputs[acceptance.job],
-                                near_tie=acceptance.options.near_tie)
-        ok, detail = acc.accepted(figures, min_agreement=acceptance.options.min_agreement,
-                                  max_error=acceptance.options.max_error)
-        out["" if single else head.name] = {**figures, "passed": ok, "summary": detail}
-    return out
+    figures = acceptance.held_out(engine)
+    if isinstance(figures, BaseException):
+        return {"": {"passed": False, "summary": f"failed on the held-out texts: {figures}"}}
+    return figures
 
 
 def _skeleton() -> dict[str, Any]:
@@ -403,13 +364,8 @@ def int8_ov_record(judged: dict[str, Any], quantization: dict[str, Any], backend
     """The manifest record of an accepted OpenVINO int8 variant (docs/bundle-format.md, runtime/variants.py)."""
     flags = cpu_flags()
     return {
-        "file": XML_FILE,
-        "weights": BIN_FILE,
-        "precision": "int8",
-        "backend": "openvino",
+        **_skeleton(),
         "quantization": quantization,
-        "requires_cpu": list(REQUIRES_CPU),
-        "pad_to_multiple_of": PAD_MULTIPLE,
         **judged,
         "verified_on": {"int8_isa": next((f for f in ("amx_int8", *INT8_CPU_FLAGS) if f in flags), None),
                         "openvino": openvino_version(), "inference_precision": backend.inference_precision},

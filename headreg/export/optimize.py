@@ -11,9 +11,7 @@ and the record says why.
 from __future__ import annotations
 
 import functools
-import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +28,11 @@ def fuse(source: Path, target: Path) -> dict[str, int]:
     import onnx_ir as ir
     from onnxscript.rewriter import ort_fusions
 
-    logger = logging.getLogger("onnxscript")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = ir.load(str(source))
-            model, counts = ort_fusions.optimize_for_ort(model)
-            ir.save(model, str(target))
-    finally:
-        logger.setLevel(level)
+    from .trace import quiet_exporters
+
+    with quiet_exporters():
+        model, counts = ort_fusions.optimize_for_ort(ir.load(str(source)))
+        ir.save(model, str(target))
     return {name: int(count) for name, count in sorted(counts.items()) if count}
 
 

@@ -7,6 +7,7 @@ every check passed (see headreg/atomic.py), so a failed or interrupted export le
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import sys
@@ -25,7 +26,7 @@ from ..runtime.session import create_session
 from . import bundle as bundle_mod
 from .cases import Case, equal_length_cases, make_cases
 from .tokenizer import TokenizerError, bundle_tokenizer
-from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, ExportWrapper, graph_signature, input_names_for, trace
+from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, ExportWrapper, eval_mode, graph_signature, input_names_for, trace
 from . import acceptance as acc
 from . import production as prod
 from .quantize import DEFAULT_METHOD, INT8_REQUIRES_CPU, METHODS
@@ -89,8 +90,8 @@ def peak_rss_mb() -> float:
 
 
 class _Steps:
-    def __init__(self, progress: Progress | None):
-        self.progress = progress or (lambda name, state, info: None)
+    def __init__(self, progress: Progress):
+        self.progress = progress
         self.done: list[Step] = []
 
     @contextlib.contextmanager
@@ -106,21 +107,6 @@ class _Steps:
         step = Step(name, round(time.perf_counter() - start, 3), round(peak_rss_mb(), 1))
         self.done.append(step)
         self.progress(name, "done", {**info, "seconds": step.seconds})
-
-
-def _torch_outputs(wrapper: ExportWrapper, cases: list[Case]) -> list[dict[str, np.ndarray]]:
-    expected = []
-    with torch.inference_mode():
-        for case in cases:
-            inputs = {k: torch.from_numpy(v) for k, v in case.inputs.items()}
-            values = wrapper(**inputs)
-            expected.append({n: v.detach().float().cpu().numpy() for n, v in zip(wrapper.output_names, values)})
-    return expected
-
-
-def _source_info(source: dict[str, Any] | None) -> dict[str, Any]:
-    # An in-memory model has no directory that holds backbone *and* head; the CLI passes the one it loaded.
-    return source if source is not None else {"path": None, "kind": "python"}
 
 
 def _protected(model: Any, tokenizer: Any, source: dict[str, Any] | None) -> list[Any]:
@@ -155,7 +141,7 @@ def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
     for case in cases:
         if case.kind == "random":
             continue
-        texts = [t for t in case.texts]
+        texts = case.texts
         args = ([t[0] for t in texts], [t[1] for t in texts]) if case.kind == "pair" else (texts,)
         want = source(*args, truncation=True, max_length=max_length)["input_ids"]
         mask = case.inputs["attention_mask"].astype(bool)
@@ -168,21 +154,21 @@ def _check_tokenizer(tok: Any, cases: list[Case], max_length: int) -> None:
             )
 
 
-def _reference_beside(wrapper: ExportWrapper, cases: list[Case], onnxruntime_side: Callable[[], Any]):
-    """(PyTorch's outputs for every case, what ``onnxruntime_side()`` returned), computed side by side.
+def _beside(pytorch_side: Callable[[], Any], onnxruntime_side: Callable[[], Any]) -> tuple[Any, Any]:
+    """(what ``pytorch_side()`` returned, what ``onnxruntime_side()`` returned), computed side by side.
 
     PyTorch runs in a worker thread with one intra-op thread while onnxruntime runs here (it releases the GIL):
     the two engines share the cores instead of taking turns, and PyTorch's OpenMP threads cannot stall each
     other on a busy machine (measured: 2.3 s side by side vs 3.5 s in turns with two busy processes beside,
-    1.45 s vs 1.23 s on an idle machine). Both see every case; nothing is skipped.
+    1.45 s vs 1.23 s on an idle machine; production cases on MiniLM: 13 s in turns at load 16).
     """
     import concurrent.futures
 
-    def reference() -> list[dict[str, np.ndarray]]:
+    def reference() -> Any:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return _torch_outputs(wrapper, cases)
+            return pytorch_side()
         finally:
             torch.set_num_threads(threads)
 
@@ -203,42 +189,29 @@ class PaddingDependent(Exception):
         self.record, self.exporter = record, exporter
 
 
-def _torch_invariance(wrapper: ExportWrapper, cases: list[Case], expected: list[dict[str, np.ndarray]], *,
-                      padding_side: str, checks: dict, atol: float) -> dict[str, Any]:
-    """PyTorch's rows alone vs PyTorch's padded batches (``expected``): does the model itself depend on padding?"""
-    alone = acc.alone_outputs(_torch_run(wrapper), cases, padding_side=padding_side)
-    return acc.case_invariance(cases, expected, alone, padding_side=padding_side,
-                               token_outputs=checks["token_outputs"], decide=checks["decide"], tolerance=atol)
-
-
 def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, opset: int | None,
-                      cases: list[Case], wrapper: ExportWrapper, checks: dict, atol: float, padding_side: str,
+                      cases: list[Case], wrapper: ExportWrapper, checks: dict, padding_side: str,
                       optimize: bool = False, padding_check: bool = True):
     """Trace with each exporter of ``exporter`` ("auto": AUTO_ORDER, or AUTO_ORDER_OPTIMIZE) until one verifies.
 
     Returns (trace result, report, PyTorch's outputs, fp32's batch-invariance record). The PyTorch reference is
     computed once, beside the first attempt's onnxruntime runs, and serves every attempt. onnxruntime runs every
     case batched (compared with PyTorch) and every row of it alone (compared with the batched run: fp32's batch
-    invariance, at ``atol``). Raises the last attempt's ExportError / VerificationFailed, with what the earlier
-    attempts hit in its message or notes. With ``padding_check``, a graph that matches PyTorch but is not
+    invariance, at ``checks["atol"]``). Raises the last attempt's ExportError / VerificationFailed, with what the
+    earlier attempts hit in its message or notes. With ``padding_check``, a graph that matches PyTorch but is not
     batch-invariant is compared with PyTorch's own rows alone: PaddingDependent when PyTorch moves as well.
     """
     candidates = (AUTO_ORDER_OPTIMIZE if optimize else AUTO_ORDER) if exporter == "auto" else (exporter,)
     earlier: list[str] = []
     expected: list[dict[str, np.ndarray]] | None = None
+    torch_run = _torch_run(wrapper)
     for attempt, name in enumerate(candidates, 1):
         last = attempt == len(candidates)
-        try:
+        try:  # an ExportError (a failed trace, a graph onnxruntime cannot load): the next exporter may do better
             with step("trace") as info:
                 info["exporter"] = name
                 traced = trace(model, path, opset=opset, exporter=name)
                 info["opset"] = traced.opset
-        except ExportError as exc:
-            if last:
-                raise ExportError("; ".join([*earlier, str(exc)])) from exc
-            earlier.append(f"{name} exporter: {exc}")
-            continue
-        try:
             with step("verify") as info:
 
                 def onnxruntime_side():  # the session is made here too, beside the reference
@@ -249,28 +222,32 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
                         raise ExportError(
                             f"onnxruntime cannot load the {name} graph: {type(exc).__name__}: {first}") from exc
                     actual = run_cases(session, cases)
-                    return actual, acc.alone_outputs(_session_run(session), cases, padding_side=padding_side)
+                    return actual, acc.alone_outputs(functools.partial(run_onnx, session), cases,
+                                                     padding_side=padding_side)
 
-                if expected is None:
-                    expected, (actual, alone) = _reference_beside(wrapper, cases, onnxruntime_side)
+                if expected is None:  # PyTorch's outputs for every case; both sides see every case
+                    expected, (actual, alone) = _beside(lambda: [torch_run(case.inputs) for case in cases],
+                                                        onnxruntime_side)
                 else:
                     actual, alone = onnxruntime_side()
                 report = compare_cases(cases, expected, actual, **checks)
                 if report.passed:
                     invariance = acc.case_invariance(cases, actual, alone, padding_side=padding_side,
                                                      token_outputs=checks["token_outputs"], decide=checks["decide"],
-                                                     tolerance=atol)
+                                                     tolerance=checks["atol"])
                     info["batch_invariance"] = f"{invariance['max_abs_diff']:.1e} over {invariance['checks']} rows"
                     if not invariance["passed"] and padding_check and not invariance.get("errors"):
-                        own = _torch_invariance(wrapper, cases, expected, padding_side=padding_side, checks=checks,
-                                                atol=atol)
+                        # PyTorch's rows alone vs its padded batches: does the model itself depend on padding?
+                        own = acc.session_invariance(torch_run, cases, expected, padding_side=padding_side,
+                                                     token_outputs=checks["token_outputs"], decide=checks["decide"],
+                                                     tolerance=checks["atol"])
                         if not own["passed"]:
                             raise PaddingDependent(own, name)
                     if not invariance["passed"]:
                         report.problems.append(_not_invariant(invariance))
                         report.problems_are = "onnxruntime agrees with PyTorch, but the model is not batch-invariant"
                 info.update(cases=len(cases), passed=report.passed)
-        except ExportError as exc:  # a graph onnxruntime cannot load: the next exporter may give one it can
+        except ExportError as exc:
             if last:
                 raise ExportError("; ".join([*earlier, str(exc)])) from exc
             earlier.append(f"{name} exporter: {exc}")
@@ -303,10 +280,6 @@ def _torch_run(wrapper: ExportWrapper) -> Callable[[dict[str, np.ndarray]], dict
     return run
 
 
-def _session_run(session: Any) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    return lambda feed: run_onnx(session, feed)
-
-
 def _acceptance_set(twin: "_Twin", texts: Sequence[Any] | None, *, pairs: bool,
                     options: "acc.AcceptanceOptions") -> "acc.AcceptanceSet":
     """Held-out texts and PyTorch's rows on them: computed once, every reduced-precision variant is judged on them."""
@@ -336,8 +309,7 @@ def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, case
         quantization["calibration_source"] = acceptance.split.record["source"]
         info.update(method=method, calibration_rows=quantization["calibration_rows"])
     with step("accept int8") as info:
-        predictor = stage("int8", {"file": INT8_FILE, "precision": "int8", "backend": "onnxruntime",
-                                   "quantization": quantization})
+        predictor = stage("int8", bundle_mod.int8_record({"quantization": quantization}))
         judged = acceptance.judge_variant("int8", predictor.engine)
         golden = golden_agreements(create_session(staging / INT8_FILE), cases, expected, decide)
         figures = judged["acceptance"]
@@ -346,8 +318,8 @@ def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, case
     record = {
         "quantization": quantization,
         "requires_cpu": list(INT8_REQUIRES_CPU),
-        "golden_agreement": round(min(golden.values(), default=1.0), 6),
         **judged,
+        "golden_agreement": round(min(golden.values(), default=1.0), 6),
     }
     if model.multi_head:
         record["golden_agreement_by_head"] = {name: round(value, 6) for name, value in golden.items()}
@@ -400,16 +372,6 @@ def resolve_max_length(model: Any, max_length: int | None) -> int:
     if max_length < 1 or (limit is not None and max_length > limit):
         raise ExportOptionError(f"max_length={max_length} is outside 1..{limit}, what the position table of this backbone allows")
     return max_length
-
-
-@contextlib.contextmanager
-def _keep_training_mode(model: Any) -> Iterator[None]:
-    """The reference pass puts the model in eval mode; a model being trained must come back in training mode."""
-    training = model.training
-    try:
-        yield
-    finally:
-        model.train(training)
 
 
 @dataclass(frozen=True)
@@ -518,13 +480,13 @@ def export_onnx(
     input_names = input_names_for(model)
     padding_side = "left" if model._decoder else "right"
     decide = acc.head_checks(model)
-    token_outputs = acc.token_outputs_of(model)
-    checks = dict(decide=decide, token_outputs=token_outputs, atol=options.atol, rtol=options.rtol)
+    checks = dict(decide=decide, token_outputs=acc.token_outputs_of(model), atol=options.atol, rtol=options.rtol)
 
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ExportOptionError("export traces and verifies on the CPU: move the model there first (model.cpu())")
 
-    with _keep_training_mode(model), atomic_directory(out_dir, **target) as staging:
+    # eval for the reference pass; a model being trained comes back in training mode
+    with eval_mode(model), atomic_directory(out_dir, **target) as staging:
         with step("tokenizer"):
             # some configs (CodeGen) have no pad_token_id attribute at all
             pad_token_id = getattr(model.config, "pad_token_id", None)
@@ -548,8 +510,8 @@ def export_onnx(
             _check_tokenizer(tok, cases, max_length)
             info["cases"] = len(cases)
         wrapper = ExportWrapper(model, input_names).eval()
-        trace_args = dict(opset=options.opset, wrapper=wrapper, checks=checks, atol=options.atol,
-                          padding_side=padding_side, optimize=options.optimize)
+        trace_args = dict(opset=options.opset, wrapper=wrapper, checks=checks, padding_side=padding_side,
+                          optimize=options.optimize)
         batch_padding: dict[str, Any] = {"allowed": True}
         try:
             with _naming_architecture(model):
@@ -571,21 +533,21 @@ def export_onnx(
                     **trace_args)
             report.notes.append(f"batch_padding false: {batch_padding['reason']}; rows are batched only with rows "
                                 "of the same length, and every case was verified that way")
-        exporter = traced.exporter
 
         optimization = None
         int8 = None
         variants = {"fp32": bundle_mod.fp32_record()}
         variants["fp32"]["batch_invariance"] = fp32_invariance
-        built: list[acc.AcceptanceSet] = []
-        fused = [False]
+        fused = False  # --optimize kept a fused model.onnx (read by manifest_for when it is called)
+        # An in-memory model has no directory that holds backbone *and* head; the CLI passes the one it loaded.
+        source_info = source if source is not None else {"path": None, "kind": "python"}
 
         def manifest_for(variants: dict[str, Any], verification: dict[str, Any]) -> dict[str, Any]:
-            graph_outputs = graph_signature(staging / MODEL_FILE)[1] if fused[0] else traced.output_dims
+            graph_outputs = graph_signature(staging / MODEL_FILE)[1] if fused else traced.output_dims
             return bundle_mod.build_manifest(
                 model, graph_outputs=graph_outputs, input_names=input_names, opset=traced.opset,
                 max_length=max_length, padding_side=padding_side, tokenizer=tok, staging=staging, variants=variants,
-                verification=verification, source=_source_info(source), exporter=exporter,
+                verification=verification, source=source_info, exporter=traced.exporter,
                 batch_padding=batch_padding["allowed"],
                 head_verification=lambda member: report.head_summary(
                     member.name if model.multi_head else "", member.outputs
@@ -600,26 +562,23 @@ def export_onnx(
                                                              report.summary()))
             return Predictor(staging, variant=variant)
 
-        twins: list[_Twin] = []
-
+        @functools.cache
         def twin() -> _Twin:
             """The staged fp32 Predictor and its engine over PyTorch (made once; only prepare is read from it)."""
-            if not twins:
-                from .torch_backend import TorchBackend
+            from .torch_backend import TorchBackend
 
-                predictor = stage()
-                twins.append(_Twin(predictor, predictor.engine.with_backend(TorchBackend(model))))
-            return twins[0]
+            predictor = stage()
+            return _Twin(predictor, predictor.engine.with_backend(TorchBackend(model)))
 
+        @functools.cache
         def acceptance_set() -> acc.AcceptanceSet:
             """Held-out texts and PyTorch's outputs on them, built once for every reduced-precision variant."""
-            if not built:
-                with step("acceptance texts") as info:
-                    built.append(_acceptance_set(twin(), options.calibration_texts,
-                                                 pairs="token_type_ids" in input_names, options=acceptance))
-                    info.update(calibration=built[0].split.record["calibration_rows"],
-                                held_out=built[0].split.record["acceptance_rows"])
-            return built[0]
+            with step("acceptance texts") as info:
+                built = _acceptance_set(twin(), options.calibration_texts, pairs="token_type_ids" in input_names,
+                                        options=acceptance)
+                info.update(calibration=built.split.record["calibration_rows"],
+                            held_out=built.split.record["acceptance_rows"])
+            return built
 
         if "int8" in options.modes:
             int8 = _variant_int8(staging, acceptance_set(), tok, cases, expected, decide, model,
@@ -639,7 +598,7 @@ def export_onnx(
                 info.update(accepted=optimization["accepted"], fused=optimization["fused"])
             variants["fp32"]["optimized"] = optimization["accepted"]
             fused_report = optimization.pop("report", None)
-            fused[0] = bool(optimization["accepted"])
+            fused = bool(optimization["accepted"])
             if optimization["accepted"]:
                 variants["fp32"]["batch_invariance"] = optimization["batch_invariance"]  # the graph that ships
                 optimization["unfused_verification"] = report.summary()
@@ -648,13 +607,13 @@ def export_onnx(
 
         bf16_record = None
         if options.bf16:
-            bf16_record = _variant_bf16(staging, acceptance_set, step, fused=fused[0], stage=stage)
+            bf16_record = _variant_bf16(staging, acceptance_set, step, fused=fused, stage=stage)
             variants["bf16"] = bf16_record
 
         with step("verify predict") as info:
             production = _verify_production(stage, twin, variants, max_length=max_length,
                                             pairs="token_type_ids" in input_names, atol=options.atol,
-                                            rtol=options.rtol, fused=fused[0])
+                                            rtol=options.rtol, fused=fused)
             info.update(cases=len(production["record"]["cases"]), passed=production["record"]["passed"])
             if not production["record"]["passed"]:
                 report.problems.extend(prod.failures(production["record"]))
@@ -736,29 +695,14 @@ def _verify_production(stage: Callable[..., Any], twin: Callable[[], "_Twin"], v
     reference = twin()
     # the final fp32 graph: the twin's own unless --optimize kept a fused one (opening a bundle again costs a session)
     predictor = stage() if fused else reference.predictor
-    # PyTorch on one thread in a worker beside onnxruntime (which releases the GIL), as the graph verification
-    # runs it: OpenMP's busy-waiting threads stall on a busy machine (MiniLM here: 13 s in turns at load 16)
-    import concurrent.futures
-
-    def pytorch_rows() -> list[list[dict[str, np.ndarray]]]:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return prod.reference_rows(reference.predictor, reference.reference, cases)
-        finally:
-            torch.set_num_threads(threads)
-
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="headreg-reference") as pool:
-        pending = pool.submit(pytorch_rows)
-        actual = [prod.rows_of(predictor.engine, prod.job_for(predictor, case), case.batch_size) for case in cases]
-        expected = pending.result()
+    expected, actual = _beside(lambda: prod.reference_rows(reference.predictor, reference.reference, cases),
+                               lambda: prod.case_rows(predictor, cases))
     record = prod.verify_production(predictor, cases, expected, atol=atol, rtol=rtol, actual=actual)
     kept: dict[str, list[list[dict[str, np.ndarray]]]] = {}
     for name in variants:
         if name == "fp32":
             continue
-        other = stage(name)
-        rows = [prod.rows_of(other.engine, prod.job_for(other, case), case.batch_size) for case in cases]
+        rows = prod.case_rows(stage(name), cases)
         for case, computed in zip(cases, rows):
             if isinstance(computed, BaseException):
                 record["passed"] = False

@@ -83,6 +83,11 @@ def rows_of(engine: Any, job: Any, batch_size: int) -> list[dict[str, np.ndarray
     return failed[job] if job in failed else outputs[job]
 
 
+def case_rows(predictor: Any, cases: Sequence[ProductionCase]) -> list[list[dict[str, np.ndarray]] | BaseException]:
+    """:func:`rows_of` every case through ``predictor``'s own engine."""
+    return [rows_of(predictor.engine, job_for(predictor, case), case.batch_size) for case in cases]
+
+
 def compare_rows(expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[Mapping[str, np.ndarray]], *,
                  atol: float, rtol: float) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Worst |diff| per output over the rows, and what fails: non-finite values, shapes, |diff| > atol + rtol|ref|."""
@@ -115,11 +120,12 @@ def compare_rows(expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[
     return worst, problems
 
 
-def check_case(predictor: Any, engine: Any, case: ProductionCase, expected: Sequence[Mapping[str, np.ndarray]],
+def check_case(predictor: Any, case: ProductionCase, expected: Sequence[Mapping[str, np.ndarray]],
                *, atol: float, rtol: float, actual: Any = None) -> dict[str, Any]:
-    """Run ``case`` through ``engine`` (the production engine of ``predictor``'s variant) and hold it to the
+    """Run ``case`` through ``predictor.engine`` (the production engine of its variant) and hold it to the
     reference rows ``expected``: outputs row by row, then results as a user reads them. ``actual``: the rows (or
     failure) :func:`rows_of` gave already."""
+    engine = predictor.engine
     record: dict[str, Any] = {"name": case.name, "kind": case.kind, "inputs": len(case.inputs)}
     try:
         job = job_for(predictor, case)
@@ -160,12 +166,11 @@ def reference_rows(predictor: Any, reference: Any, cases: Sequence[ProductionCas
 
 
 def verify_production(predictor: Any, cases: Sequence[ProductionCase], expected: Sequence[Sequence[Mapping[str, np.ndarray]]],
-                      *, atol: float, rtol: float, engine: Any = None, actual: Sequence[Any] | None = None) -> dict[str, Any]:
-    """Every case through ``engine`` (default: the predictor's own) against the reference rows: the record the
-    bundle keeps (``passed``, per case its figures and problems). ``actual``: each case's rows computed already."""
-    engine = engine if engine is not None else predictor.engine
+                      *, atol: float, rtol: float, actual: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Every case through the predictor's own engine against the reference rows: the record the bundle keeps
+    (``passed``, per case its figures and problems). ``actual``: each case's rows computed already."""
     actual = list(actual) if actual is not None else [None] * len(cases)
-    results = [check_case(predictor, engine, case, rows, atol=atol, rtol=rtol, actual=mine)
+    results = [check_case(predictor, case, rows, atol=atol, rtol=rtol, actual=mine)
                for case, rows, mine in zip(cases, expected, actual)]
     return {"passed": all(result["passed"] for result in results), "variant": predictor.variant,
             "atol": atol, "rtol": rtol, "cases": results}

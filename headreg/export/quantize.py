@@ -156,28 +156,22 @@ def quantize_dynamic_int8(fp32_path: Path, int8_path: Path) -> dict[str, Any]:
     return {"kind": "dynamic", "per_channel": True, "weight_type": "QInt8"}
 
 
-def golden_agreement(session: Any, cases: list, expected: list[dict[str, np.ndarray]], decide: Any,
-                     *, token_level: bool = False) -> float:
+def golden_agreements(session: Any, cases: list, expected: list[dict[str, np.ndarray]],
+                      decide: list[Any]) -> dict[str, float]:
     """Decision agreement with PyTorch over the golden text cases: a re-check ``headreg verify`` repeats after an
-    onnxruntime upgrade (acceptance itself is on held-out texts, see acceptance.py). The lowest head's."""
-    return min(golden_agreements(session, cases, expected, decide, token_level=token_level).values(), default=1.0)
+    onnxruntime upgrade (acceptance itself is on held-out texts, see acceptance.py).
 
+    Per head (``decide``: a verify.HeadCheck per head; a single head's key is ""; ``session``: an onnxruntime
+    session): fraction of its decisions equal to PyTorch's (rows; token heads: non-padding tokens; heads without
+    decisions: rows whose pooled_output points the same way)."""
+    from .verify import decision_agreement, run_onnx
 
-def golden_agreements(session: Any, cases: list, expected: list[dict[str, np.ndarray]], decide: Any,
-                      *, token_level: bool = False) -> dict[str, float]:
-    """Per head (``decide``: one callable or verify.HeadCheck per head; a single head's key is ""; ``session``: an
-    onnxruntime session or any ``run(feeds) -> outputs``): fraction of
-    its decisions equal to PyTorch's (rows; token heads: non-padding tokens; heads without decisions: rows whose
-    pooled_output points the same way)."""
-    from .verify import as_checks, decision_agreement, run_onnx
-
-    checks = as_checks(decide, {"logits"} if token_level else set())
-    counts = {check.name: [0.0, 0.0] for check in checks}
+    counts = {check.name: [0.0, 0.0] for check in decide}
     for case, want in zip(cases, expected):
         if case.kind not in ("text", "pair"):
             continue
-        got = session(case.inputs) if callable(session) else run_onnx(session, case.inputs)
-        for check in checks:
+        got = run_onnx(session, case.inputs)
+        for check in decide:
             tally = counts[check.name]
             want_d, got_d = check.decisions(want, case.mask), check.decisions(got, case.mask)
             if want_d is None:  # no decisions: rows whose pooled_output points the same way

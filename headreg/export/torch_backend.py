@@ -19,27 +19,18 @@ class TorchBackend:
     """``run(feed, names) -> outputs`` over a (multi-)headed model, output names as in the exported graph.
 
     ``bf16``: under ``torch.autocast("cpu", dtype=torch.bfloat16)``, PyTorch's own fast path on CPUs with bf16.
-    ``threads``: torch's intra-op threads while running (restored after each call).
     """
 
     name = "torch"
 
-    def __init__(self, model: Any, *, bf16: bool = False, threads: int | None = None):
+    def __init__(self, model: Any, *, bf16: bool = False):
         self.wrapper = ExportWrapper(model, input_names_for(model)).eval()
         self.output_names = self.wrapper.output_names
         self.bf16 = bf16
-        self.threads = threads
 
     def run(self, feed: dict[str, np.ndarray], names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(names) if names is not None else list(self.output_names)
-        previous = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                values = self.wrapper(**{key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in feed.items()})
-        finally:
-            if self.threads:
-                torch.set_num_threads(previous)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            values = self.wrapper(**{key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in feed.items()})
         outputs = dict(zip(self.output_names, values))
         return {name: outputs[name].detach().float().cpu().numpy() for name in names}

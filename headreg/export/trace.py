@@ -67,7 +67,6 @@ def export_mode(model: nn.Module):
     some backbones (DeBERTa-v2) have no sdpa path at all; eager exports on every architecture we test.
     """
     backbone = model.backbone
-    was_training = model.training
     previous = getattr(backbone.config, "_attn_implementation", None)
     switch = previous not in (None, "eager") and hasattr(backbone, "set_attn_implementation")
     if switch:
@@ -79,15 +78,24 @@ def export_mode(model: nn.Module):
     switch_experts = experts not in (None, "eager", "batched_mm") and hasattr(backbone, "set_experts_implementation")
     if switch_experts:
         backbone.set_experts_implementation("batched_mm")
-    model.eval()
     try:
-        with _traceable_longformer(backbone):
+        with eval_mode(model), _traceable_longformer(backbone):
             yield
     finally:
         if switch:
             backbone.set_attn_implementation(previous)
         if switch_experts:
             backbone.set_experts_implementation(experts)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode for the duration, then the mode the model was in: a model being trained comes back training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
         model.train(was_training)
 
 
@@ -168,8 +176,9 @@ def dummy_inputs(model: Any, input_names: tuple[str, ...], *, padded_row: bool =
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
-    """The exporters warn about torchvision, pytree internals and axis renames; none of it is actionable."""
+def quiet_exporters():
+    """The exporters (and onnxscript's rewriter) warn about torchvision, pytree internals and axis renames; none
+    of it is actionable."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -218,12 +227,8 @@ def _torchscript_symbolics(opset: int):
 
 @dataclass
 class TraceResult:
-    path: Path
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
     opset: int
     exporter: str
-    external_data: bool
     output_dims: dict[str, list]  # graph output -> dims, as the manifest records them
 
 
@@ -238,7 +243,7 @@ def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: s
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     external = weight_bytes > EXTERNAL_DATA_BYTES
     symbolic = symbolic_axes(model)
-    with export_mode(model), torch.no_grad(), _quiet_exporter():
+    with export_mode(model), torch.no_grad(), quiet_exporters():
         wrapper.eval()
         inputs = dummy_inputs(model, input_names, padded_row=exporter == "torchscript")
         try:
@@ -282,7 +287,7 @@ def trace(model: Any, path: str | Path, *, opset: int | None = None, exporter: s
     opset_used, output_dims = check_graph(path, input_names, output_names, symbolic=symbolic)
     if not external and any(isinstance(d, str) for name, dims in output_dims.items() for d in dims[symbolic.get(name, 0):]):
         output_dims = _fix_trailing_dims(path, wrapper, inputs, symbolic)
-    return TraceResult(path, input_names, output_names, opset_used, exporter, external, output_dims)
+    return TraceResult(opset_used, exporter, output_dims)
 
 
 def _fix_trailing_dims(path: Path, wrapper: ExportWrapper, inputs: dict[str, torch.Tensor],

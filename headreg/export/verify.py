@@ -24,13 +24,18 @@ class HeadCheck:
     """One head's decisions, read from a graph's outputs: a multi-head graph is checked head by head.
 
     ``outputs`` maps the head's own output names (``logits``, ``pooled_output``, extras) to the graph's
-    (``sentiment.logits``, ...); None means the graph uses the head's names (a single-head bundle).
+    (``sentiment.logits``, ...); None (or a map of each name to itself) means the graph uses the head's names
+    (a single-head bundle).
     """
 
     name: str
     decide: Decide
     token_level: bool
     outputs: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.outputs is not None and all(local == graph for local, graph in self.outputs.items()):
+            self.outputs = None
 
     def own(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The head's outputs under its own names."""
@@ -40,15 +45,6 @@ class HeadCheck:
 
     def decisions(self, outputs: dict[str, np.ndarray], mask: np.ndarray) -> Any:
         return self.decide(self.own(outputs), mask)
-
-
-def as_checks(decide: "Decide | list[HeadCheck] | None", token_outputs: set[str]) -> list[HeadCheck]:
-    """A plain ``decide`` callable (one head, graph names = its names) or per-head checks, as a list."""
-    if decide is None:
-        return []
-    if callable(decide):
-        return [HeadCheck("", decide, bool(token_outputs))]
-    return list(decide)
 
 
 @dataclass
@@ -232,7 +228,7 @@ def check_case(
     expected: dict[str, np.ndarray],
     actual: dict[str, np.ndarray],
     *,
-    decide: Decide | list[HeadCheck] | None,
+    decide: list[HeadCheck] | None,
     token_outputs: set[str],
     atol: float,
     rtol: float,
@@ -240,7 +236,7 @@ def check_case(
     diffs, problems = compare_outputs(expected, actual, case.mask, token_outputs=token_outputs, atol=atol, rtol=rtol)
     per_head: dict[str, float | None] = {}
     if not problems:
-        for check in as_checks(decide, token_outputs):
+        for check in decide or []:
             want = check.decisions(expected, case.mask)
             if want is None:
                 per_head[check.name] = None
@@ -252,13 +248,9 @@ def check_case(
                 where = f"head {check.name!r}: " if check.name else ""
                 problems.append(f"{where}decisions differ on {100 * (1 - agreement):.1f}% of rows")
     decided = [value for value in per_head.values() if value is not None]
-    agreement = min(decided) if decided else None
-    info = case.describe()
     heads = {name: value for name, value in per_head.items() if name}
-    return CaseResult(
-        info["name"], info["kind"], info["shape"], info["lengths"], info["padding_side"], diffs, agreement, problems,
-        heads,
-    )
+    return CaseResult(**case.describe(), outputs=diffs, decision_agreement=min(decided) if decided else None,
+                      problems=problems, head_agreement=heads)
 
 
 def run_onnx(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -283,7 +275,7 @@ def compare_cases(
     expected: list[dict[str, np.ndarray]],
     actual: list[dict[str, np.ndarray] | Exception],
     *,
-    decide: Decide | list[HeadCheck] | None,
+    decide: list[HeadCheck] | None,
     token_outputs: set[str],
     atol: float,
     rtol: float,
@@ -293,11 +285,8 @@ def compare_cases(
     results = []
     for case, want, got in zip(cases, expected, actual):
         if isinstance(got, Exception):
-            info = case.describe()
-            results.append(
-                CaseResult(info["name"], info["kind"], info["shape"], info["lengths"], info["padding_side"], {}, None,
-                           [f"onnxruntime failed: {type(got).__name__}: {got}"])
-            )
+            results.append(CaseResult(**case.describe(), outputs={}, decision_agreement=None,
+                                      problems=[f"onnxruntime failed: {type(got).__name__}: {got}"]))
             continue
         results.append(check_case(case, want, got, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol))
     return Report(results, atol, rtol, target)
