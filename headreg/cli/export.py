@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .bundles import check_bundle
-from .output import EXIT_FAILURE, EXIT_USAGE, console, emit_json, fail
+from .output import EXIT_FAILURE, console, emit_json, fail, usage_error
 
 
 def _require_export_extra(command: str, modules: tuple[str, ...]) -> None:
@@ -29,8 +29,8 @@ def _require_export_extra(command: str, modules: tuple[str, ...]) -> None:
         except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
             found = False
         if not found:
-            fail(f"{command} needs {module!r}, which is not installed. Install it with: pip install 'headreg[export]'",
-                 EXIT_USAGE)
+            usage_error(f"{command} needs {module!r}, which is not installed. Install it with: "
+                        "pip install 'headreg[export]'")
 
 
 RULE = "pass rule, per element: |onnxruntime - PyTorch| <= atol + rtol * |PyTorch|"
@@ -129,7 +129,7 @@ def _label_names(labels: str | None, id2label_file: str | None) -> Any:
     import json
 
     if labels is not None and id2label_file is not None:
-        fail("--labels and --id2label both name the labels; pass one of them", EXIT_USAGE)
+        usage_error("--labels and --id2label both name the labels; pass one of them")
     if labels is not None:
         return [name.strip() for name in labels.split(",")]
     if id2label_file is None:
@@ -141,11 +141,11 @@ def _label_names(labels: str | None, id2label_file: str | None) -> Any:
             raise ValueError("it is larger than 1 MB")
         data = json.loads(Path(id2label_file).read_text("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        fail(f"cannot read --id2label {id2label_file}: {exc}; give a JSON list of names or {{\"0\": \"neg\", ...}}",
-             EXIT_USAGE)
+        usage_error(f"cannot read --id2label {id2label_file}: {exc}; give a JSON list of names or "
+                    '{"0": "neg", ...}')
     if not isinstance(data, (list, dict)):
-        fail(f"--id2label {id2label_file} holds a {type(data).__name__}; give a JSON list of names or "
-             '{"0": "neg", ...}', EXIT_USAGE)
+        usage_error(f"--id2label {id2label_file} holds a {type(data).__name__}; give a JSON list of names or "
+                    '{"0": "neg", ...}')
     return data
 
 
@@ -277,14 +277,14 @@ def _checked_source(source: str, out_dir: str, *, head: str | None, num_labels: 
     try:
         check_target(Path(out_dir), overwrite=overwrite, replaceable=is_bundle, what=BUNDLE_KIND, protect=[source])
     except SaveLoadError as exc:
-        fail(str(exc), EXIT_USAGE)
+        usage_error(str(exc))
     try:
         plan = inspect_source(source, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin,
                               pooling=pooling, id2label=id2label)
     except (SourceError, UnknownHeadError) as exc:
-        fail(str(exc), EXIT_USAGE)
+        usage_error(str(exc))
     if plan.tokenizer is None:
-        fail(f"no tokenizer found in {source}; pass --tokenizer DIR_OR_TOKENIZER_JSON", EXIT_USAGE)
+        usage_error(f"no tokenizer found in {source}; pass --tokenizer DIR_OR_TOKENIZER_JSON")
     if plan.pickled:
         click.echo(f"note: loading {plan.path}/pytorch_model.bin with torch.load(weights_only=True) (--allow-bin): "
                    "tensors only, no arbitrary objects", err=True)
@@ -299,13 +299,13 @@ def _calibration_texts(path: str | None, *, reduced_precision: bool) -> list[Any
     from ..runtime.inputs import InputError, read_texts
 
     if not reduced_precision:
-        fail("--calibration-texts calibrates and accepts a reduced-precision variant: add --quantize int8 "
-             "and/or --bf16", EXIT_USAGE)
+        usage_error("--calibration-texts calibrates and accepts a reduced-precision variant: add --quantize int8 "
+                    "and/or --bf16")
     try:
         texts = read_texts(path)
         split_texts(texts, source="user")  # too few texts: said before torch loads
     except (OSError, UnicodeDecodeError, InputError, AcceptanceError) as exc:
-        fail(f"cannot use --calibration-texts {path}: {exc}", EXIT_USAGE)
+        usage_error(f"cannot use --calibration-texts {path}: {exc}")
     return texts
 
 
@@ -349,7 +349,7 @@ def _export_or_exit(plan: Any, out_dir: str, options: Any, *, overwrite: bool, a
     except (VerificationError, ExportError, TokenizerError) as exc:
         fail(f"{exc}; no bundle was written to {out_dir}", EXIT_FAILURE)
     except (SourceError, SaveLoadError, HeadConfigError, ExportOptionError) as exc:
-        fail(str(exc), EXIT_USAGE)
+        usage_error(str(exc))
     except (KeyboardInterrupt, Terminated) as exc:
         if getattr(exc, "written", None) is not None:
             fail(f"interrupted after the export had finished: the bundle in {out_dir} is complete and verified", 130)
@@ -406,6 +406,6 @@ def convert(source: str, target: str, overwrite: bool) -> None:
     try:
         written = convert_to_safetensors(source, target, overwrite=overwrite)
     except SourceError as exc:
-        fail(str(exc), EXIT_USAGE)
+        usage_error(str(exc))
     click.echo(f"wrote {written}/model.safetensors (read {source}/pytorch_model.bin with torch.load(weights_only=True))",
                err=True)
