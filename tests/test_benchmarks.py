@@ -73,3 +73,12 @@ def test_summary_table_and_chart(tmp_path):
     report.chart(fake, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").stat().st_size > 1000
     json.dumps(fake)
+
+
+def test_lines_of_code_leave_out_blanks_comments_and_docstrings_but_not_strings():
+    from benchmarks.loc import by_area, count
+
+    source = '"""Module doc,\non two lines."""\n\n# a comment\nx = 1  # trailing\n\n\ndef f():\n    """Doc."""\n    return """a\nstring"""\n'
+    assert count(source) == (11, 4)  # x = 1, def f():, and the two lines of the returned string
+    areas = by_area({"headreg/a.py": source, "headreg/serve/b.py": "y = 2\n", "headreg/serve/c.py": "z = 3\n"})
+    assert areas == {"(top-level modules)": (11, 4), "serve": (2, 2)}
