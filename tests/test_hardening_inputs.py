@@ -201,3 +201,16 @@ def test_emit_json_turns_nan_into_null(capsys):
 
     emit_json({"score": math.nan, "values": [1.0, math.inf, -math.inf], "nested": ({"x": math.nan},)})
     assert json.loads(capsys.readouterr().out) == {"score": None, "values": [1.0, None, None], "nested": [{"x": None}]}
+
+
+def test_a_plugin_heads_own_option_must_be_json_of_its_exported_values_kind():
+    from headreg.runtime.inputs import InputError, _same_kind
+
+    accepted = [(True, False), (0.5, 3), (0.5, 2.5), (1, 10**400), ("a", "b"), ([1], (2, 3)), ({}, {"k": 1})]
+    for default, value in accepted:
+        assert _same_kind(value, default, "opt") == value
+    refused = [(True, 1), (0.5, True), (0.5, float("nan")), (0.5, float("inf")), (0.5, "1"), ("a", 1), ([1], {}),
+               ({}, [])]
+    for default, value in refused:
+        with pytest.raises(InputError, match="option opt must be like its exported value"):
+            _same_kind(value, default, "opt")

@@ -222,9 +222,10 @@ def _same_kind(value: Any, default: Any, name: str) -> Any:
     """A plugin head's own config key: the value must be JSON of the kind its exported default is."""
     for kind in [(bool,), (int, float), (str,), (list, tuple), (dict,)]:
         if isinstance(default, kind):
-            # a number is a finite int or float, never a bool
+            # a number is an int or a finite float, never a bool (an int of any size stays exact: no float check)
             number = kind == (int, float)
-            if not isinstance(value, kind) or (number and (isinstance(value, bool) or not math.isfinite(value))):
+            bad_number = isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value))
+            if not isinstance(value, kind) or (number and bad_number):
                 raise InputError(f"option {name} must be like its exported value {default!r:.40}, got {value!r:.40}")
             return value
     return value
