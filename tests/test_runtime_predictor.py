@@ -317,6 +317,9 @@ def test_threshold_option_is_accepted_under_the_heads_config_name():
     nothing = predictor.predict(text, threshold=1 - 1e-6)[0]
     assert predictor.predict(text, thresholds=1e-6)[0] == everything
     assert len(everything["labels"]) == 3 and nothing["labels"] == []
+    # both names at once: neither silently wins
+    with pytest.raises(InputError, match="'thresholds' and 'threshold' are one option; pass only one of them"):
+        predictor.predict(text, thresholds=1e-6, threshold=1 - 1e-6)
 
 
 # --- plugin heads ----------------------------------------------------------------------------------------------------

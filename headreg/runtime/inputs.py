@@ -247,6 +247,13 @@ def check_options(options: Mapping[str, Any], context: OptionContext) -> tuple[d
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for head "
             f"{(context.manifest.get('head') or {}).get('name', '?')!r}; valid options: {', '.join(valid) or '(none)'}"
         )
+    given: dict[str, list[str]] = {}
+    for name in options:
+        if name in RUNTIME_OPTIONS:
+            given.setdefault(RUNTIME_OPTIONS[name].name, []).append(name)
+    for names in given.values():
+        if len(names) > 1:  # aliases of one option: neither may silently win
+            raise InputError(f"options {' and '.join(map(repr, names))} are one option; pass only one of them")
     config: dict[str, Any] = {}
     runtime: dict[str, Any] = {}
     for name, value in options.items():
