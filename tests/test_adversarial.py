@@ -223,6 +223,17 @@ def test_crafted_manifests_are_a_bundle_error(b, tmp_path, name):
     raises_with_message(BundleError, lambda: Predictor(edited(b["seq_cls"], tmp_path, change)))
 
 
+@pytest.mark.parametrize("thresholds", [[], [0.5], [0.5, 0.5, 2.0], "x", {"nope": 0.5}])
+def test_a_stored_option_default_that_no_call_could_pass_is_a_bundle_error(b, tmp_path, thresholds):
+    """A manifest's postprocess_config holds the defaults of per-call options: they get a call's own checks at
+    load, so a bad one is refused there instead of failing every later prediction."""
+    def change(manifest):
+        for config in (manifest["postprocess_config"], manifest["heads"][0]["postprocess_config"]):
+            config["thresholds"] = thresholds
+
+    raises_with_message(BundleError, lambda: Predictor(edited(b["multi_label"], tmp_path, change)), "postprocess_config")
+
+
 RAW_MANIFESTS = {
     "duplicate keys": lambda text: text.replace('"pooling": {', '"pooling": {"strategy": "max"}, "pooling": {', 1),
     "NaN": lambda text: text.replace('"num_labels": 3', '"num_labels": NaN', 1),

@@ -21,6 +21,7 @@ from . import heads as _heads
 from . import postprocess as _post
 from .backends import open_backend
 from .engine import Layout
+from .inputs import RUNTIME_OPTIONS, InputError, check_options
 
 
 def model_file(bundle_dir: Path, variant: str, record: dict[str, Any]) -> Path:
@@ -204,7 +205,7 @@ def _runtime_head(manifest: dict[str, Any], entry: dict[str, Any], trust_remote_
     recorded = entry.get("result_fields")
     if isinstance(recorded, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in recorded.items()):
         fields = dict(recorded)
-    return _heads.RuntimeHead(
+    head = _heads.RuntimeHead(
         name=str(entry.get("name")),
         level=str(entry.get("level", "sequence")),
         postprocess=postprocess,
@@ -214,6 +215,15 @@ def _runtime_head(manifest: dict[str, Any], entry: dict[str, Any], trust_remote_
         manifest=_heads.head_manifest(manifest, entry) if is_multi_head(manifest) else manifest,
         labels=[str(id2label[k]) for k in sorted(id2label, key=int)],
     )
+    # the stored defaults of per-call options are held to the checks a call's own values get: a bad one is the
+    # bundle's fault, found at load, not a failure of every later call
+    stored = {key: value for key, value in head.config.items() if key in RUNTIME_OPTIONS}
+    try:
+        check_options(stored, head.options)
+    except InputError as exc:
+        raise BundleError(f"head {head.name!r}: the manifest's postprocess_config does not hold ({exc}); export the "
+                          "bundle again") from exc
+    return head
 
 
 def _check_head_width(backend: Any, head: _heads.RuntimeHead, path: Path) -> None:
