@@ -113,7 +113,8 @@ def test_export_verifies_and_bundle_reverifies(exported, arch, head):
     assert ("token_type_ids" in inputs) == (arch in ("bert", "electra"))
     assert manifest["opset"] == opset and not (bundle.path / MODEL_DATA_FILE).exists()
 
-    cases = json.loads((bundle.path / "verification.json").read_text())["case_results"]
+    recorded = json.loads((bundle.path / "verification.json").read_text())
+    cases = recorded["case_results"]
     sides = {case["padding_side"] for case in cases}
     assert sides == {"left" if decoder else "right"}
     shapes = [tuple(case["shape"]) for case in cases]
@@ -121,8 +122,13 @@ def test_export_verifies_and_bundle_reverifies(exported, arch, head):
     assert any(s % 2 for _, s in shapes), "an odd length"
     assert any(len(set(case["lengths"])) > 1 for case in cases), "different padding per row in one batch"
     assert any(case["kind"] == "pair" for case in cases) == ("token_type_ids" in inputs)
-    if head != "regression":
-        assert all(case["decision_agreement"] == 1.0 for case in cases)
+    production = recorded["production"]["cases"]
+    assert all(case["passed"] for case in production)
+    for case in production:  # every input's result as PyTorch's, counted by each head's runtime postprocess
+        counts = case["agreement"][""]
+        assert counts["same"] == counts["of"] > 0
+        assert counts["by"] == ("pooled_output" if head == "regression" else "results")
+        assert case["decisions_equal"] == f"{case['inputs']}/{case['inputs']}"
 
     rerun = verify_bundle(bundle.path)
     assert rerun.passed, rerun.message()
@@ -132,7 +138,8 @@ def test_export_verifies_and_bundle_reverifies(exported, arch, head):
 def test_decoder_pools_the_last_real_token_with_left_padding(exported):
     bundle = exported("llama", "seq_cls")
     golden = np.load(bundle.path / "golden.npz")
-    cases = json.loads((bundle.path / "verification.json").read_text())["case_results"]
+    recorded = json.loads((bundle.path / "verification.json").read_text())
+    cases = recorded["case_results"]
     index = next(i for i, case in enumerate(cases) if case["kind"] == "text" and len(set(case["lengths"])) > 1)
     mask = golden[f"{index}.input.attention_mask"]
     assert (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any(), "left padded: every row ends with a real token"

@@ -6,6 +6,8 @@ Tiny random backbones for every head (the decoder left-padded), one real MiniLM 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from test_export_matrix import tiny_model
 from headreg.export import acceptance as acc
 from headreg.export import ExportOptions, export_onnx
 from headreg.export.pipeline import ExportOptionError
+from headreg.export.recheck import verify_bundle
 from headreg.manifest import read_manifest
 from headreg.runtime import Predictor
 from headreg.runtime.session import create_session
@@ -105,9 +108,39 @@ def test_the_manifest_records_how_int8_was_made_and_accepted(int8_bundle, arch, 
     assert invariance["passed"] and invariance["max_abs_diff"] <= 1e-5 and invariance["checks"] == 3 * invariance["texts"]
     verification = json.loads((bundle.path / "verification.json").read_text())
     assert verification["variants"]["int8"] == record
-    sentences = [case for case in verification["case_results"] if case["name"].endswith("sentences")]
-    assert len(sentences) == 1 and sentences[0]["shape"][0] >= 80  # golden_agreement's decision corpus
-    assert sentences[0]["name"] in verification["variants"]["fp32"]["batch_invariance"]["layouts"]
+    # golden_agreement's decision corpus: a production case, counted through the int8 variant's own engine
+    sentences = [case for case in verification["production"]["cases"] if case["name"].endswith("ordinary sentences")]
+    assert len(sentences) == 1 and sentences[0]["inputs"] >= 80 and sentences[0]["passed"]
+    counted = sum(count["of"] for case in verification["production"]["cases"] for count in case.get("agreement", {}).values())
+    assert counted > sentences[0]["inputs"]
+    assert 0.9 <= record["golden_agreement"] <= 1
+
+
+def test_verify_rechecks_int8_decisions_without_torch(int8_bundle, tmp_path):
+    """headreg verify counts the int8 variant's answers on the production cases through its own Predictor and
+    the heads' runtime postprocess: a runtime-only install checks what a full one does, and the check can fail."""
+    import shutil
+
+    bundle = int8_bundle("bert", "token_cls")
+    probe = ("import sys\n"
+             "for name in ('torch', 'transformers', 'onnx'):\n"
+             "    sys.modules[name] = None\n"
+             "from headreg.cli import main\n"
+             "main(['verify', sys.argv[1], '--json'])\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(bundle.path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout)
+    golden = bundle.manifest["variants"]["int8"]["golden_agreement"]
+    assert record["passed"] and f"(at export: {golden:.1%}): passes" in " ".join(record["notes"])
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    manifest = json.loads((copy / "headreg.json").read_text())
+    manifest["variants"]["int8"]["golden_agreement"] = 1.5  # a floor no variant reaches
+    (copy / "headreg.json").write_text(json.dumps(manifest))
+    report = verify_bundle(copy)
+    assert any("model.int8.onnx: decision agreement" in problem and "below the 149.0%" in problem
+               for problem in report.problems), report.problems
 
 
 def test_dynamic_int8_fails_the_invariance_check_that_static_passes(int8_bundle, tmp_path):

@@ -42,19 +42,18 @@ def _ratio(value: float) -> str:
 
 
 def print_report(report: Any, *, stderr: bool = False) -> None:
-    """Every case: shape, padding, worst diff against the allowed bound, decision agreement, problems."""
+    """Every case: shape, padding, worst diff against the allowed bound, problems."""
     from rich.table import Table
 
     table = Table(title=report.message().splitlines()[0], title_justify="left")
     outputs = sorted({name for case in report.cases for name in case.outputs})
-    for column in ("case", "shape", "lengths", *[f"{name} / allowed" for name in outputs], "decisions", "status"):
+    for column in ("case", "shape", "lengths", *[f"{name} / allowed" for name in outputs], "status"):
         table.add_column(column)
     for case in report.cases:
         diffs = [_ratio(case.outputs[name].bound_ratio) if name in case.outputs else "-" for name in outputs]
-        agreement = "-" if case.decision_agreement is None else f"{case.decision_agreement:.0%}"
         lengths = ",".join(map(str, case.lengths[:6])) + ("…" if len(case.lengths) > 6 else "")
         status = "[green]pass[/]" if case.passed else "[red]FAIL: " + "; ".join(case.problems) + "[/]"
-        table.add_row(case.name, "x".join(map(str, case.shape)), f"{lengths} ({case.padding_side})", *diffs, agreement, status)
+        table.add_row(case.name, "x".join(map(str, case.shape)), f"{lengths} ({case.padding_side})", *diffs, status)
     out = console(stderr=stderr)
     out.print(table)
     _print_rule(out, report, "'/ allowed'")
@@ -111,7 +110,7 @@ def print_summary(bundle: Any) -> None:
         out.print(
             f"int8 ({quant['kind']} {quant['format']}, {quant['method']} calibration on {quant['calibration_rows']} "
             f"texts, size {quant['size_ratio']:.0%} of fp32): {int8['acceptance']['summary']}; "
-            f"{_invariant(int8)}; on the golden texts {int8['golden_agreement']:.1%} identical decisions (headreg "
+            f"{_invariant(int8)}; on the production cases {int8['golden_agreement']:.1%} identical results (headreg "
             "verify holds it to one point less)"
         )
     if bundle.bf16 is not None:
@@ -367,8 +366,8 @@ Examples:
 def verify(bundle_dir: str, threads: int | None, as_json: bool) -> None:
     """Re-run the bundle's golden cases with the installed onnxruntime and check its files and manifest.
 
-    Works on a runtime-only install (no torch): then outputs are compared, decisions need headreg[torch].
-    """
+    Needs no torch: outputs against the golden ones, and the bundle's own Predictor on the production cases
+    (each result as a user reads it)."""
     from ..errors import BundleError
     from ..export.recheck import verify_bundle
 

@@ -31,7 +31,6 @@ import numpy as np
 from ..errors import HeadregError
 from ..runtime.batching import pad_batch, plan_batches, real_span
 from .production import user_view
-from .verify import HeadCheck
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -258,18 +257,18 @@ def accepted(figures: Mapping[str, Any], *, min_agreement: float, max_error: flo
 
 
 class _Invariance:
-    """A text's outputs and decisions alone vs in a batch, row by row: the core of every batch-invariance record."""
+    """A text's outputs alone vs in a batch, row by row: the core of every batch-invariance record. ``decisions``:
+    whether the heads' results are compared too (``decisions_differ``), which needs the engine's jobs."""
 
-    def __init__(self, *, token_outputs: set[str], decide: Any, padding_side: str, tolerance: float):
-        self.token_outputs, self.decide, self.padding_side, self.tolerance = token_outputs, decide, padding_side, tolerance
+    def __init__(self, *, token_outputs: set[str], padding_side: str, tolerance: float, decisions: bool = False):
+        self.token_outputs, self.padding_side, self.tolerance = token_outputs, padding_side, tolerance
         self.worst = 0.0
         self.worst_output: str | None = None
-        self.decisions_differ = 0
+        self.decisions_differ = 0 if decisions else None
         self.checks = 0
 
-    def compare(self, single: dict[str, np.ndarray], outputs: dict[str, np.ndarray], mask: np.ndarray, position: int,
-                length: int) -> None:
-        """``single``: the row run alone (batch 1, no padding, ``length`` tokens); ``outputs``: its batch's outputs."""
+    def compare(self, single: dict[str, np.ndarray], outputs: dict[str, np.ndarray], mask: np.ndarray, position: int) -> None:
+        """``single``: the row run alone (batch 1, no padding); ``outputs``: its batch's outputs."""
         batch = mask.shape[0]
         self.checks += 1
         for output, value in outputs.items():
@@ -282,17 +281,6 @@ class _Invariance:
             if mine.shape != theirs.shape:
                 raise ValueError(f"output {output} has shape {theirs.shape} in a batch, {mine.shape} alone")
             self.note(output, mine, theirs)
-        row_outputs = {k: v[position : position + 1] if v.shape[:1] == (batch,) and single[k].shape[:1] == (1,)
-                       else v for k, v in outputs.items()}
-        for check in self.decide or []:  # head by head in a multi-head graph
-            a = check.decisions(row_outputs, mask[position : position + 1])
-            b = check.decisions(single, np.ones((1, length or 1), dtype=np.int64))
-            if a is not None:
-                a, b = np.asarray(a), np.asarray(b)
-                if check.token_level:
-                    a = _rows(a, mask[position : position + 1], self.padding_side)[0]
-                    b = b[0]
-                self.decisions_differ += int(not np.array_equal(np.asarray(a).ravel(), np.asarray(b).ravel()))
 
     def note(self, output: str, alone: Any, batched: Any) -> None:
         """Keep the largest |batched - alone| seen so far and the output it was on."""
@@ -302,14 +290,15 @@ class _Invariance:
             self.worst, self.worst_output = diff, output
 
     def record(self, **extra: Any) -> dict[str, Any]:
+        decided = {} if self.decisions_differ is None else {"decisions_differ": self.decisions_differ}
         return {
-            "passed": self.worst <= self.tolerance and self.decisions_differ == 0,
+            "passed": self.worst <= self.tolerance and not self.decisions_differ,
             "tolerance": self.tolerance,
             "max_abs_diff": self.worst,
             "worst_output": self.worst_output,
             **extra,
             "checks": self.checks,
-            "decisions_differ": self.decisions_differ,
+            **decided,
         }
 
 
@@ -329,7 +318,7 @@ def engine_invariance(engine: Any, job: Any, *, max_length: int, tolerance: floa
         "mixed lengths, reversed": ([reverse[i : i + batch_size] for i in range(0, len(rows), batch_size)], None),
         "padded to max_length": (groups, max_length),
     }
-    tally = _Invariance(token_outputs=set(), decide=None, padding_side=engine.layout.padding_side, tolerance=tolerance)
+    tally = _Invariance(token_outputs=set(), padding_side=engine.layout.padding_side, tolerance=tolerance, decisions=True)
     batched: list[dict[str, np.ndarray] | None] = [None] * len(rows)
     for plan, width in layouts.values():
         for group in plan:
@@ -366,47 +355,40 @@ def alone_outputs(run: Run, cases: Sequence[Any], *, padding_side: str) -> list[
 
 
 def session_invariance(run: Run, cases: Sequence[Any], outputs: Sequence[dict[str, np.ndarray]], *,
-                       padding_side: str, token_outputs: set[str], decide: Any = None,
-                       tolerance: float = INVARIANCE_TOLERANCE) -> dict[str, Any]:
+                       padding_side: str, token_outputs: set[str], tolerance: float = INVARIANCE_TOLERANCE) -> dict[str, Any]:
     """:func:`alone_outputs` then :func:`case_invariance`, for a caller with nothing to run beside the batch-1 runs."""
     return case_invariance(cases, outputs, alone_outputs(run, cases, padding_side=padding_side),
-                           padding_side=padding_side, token_outputs=token_outputs, decide=decide, tolerance=tolerance)
+                           padding_side=padding_side, token_outputs=token_outputs, tolerance=tolerance)
 
 
 def case_invariance(cases: Sequence[Any], outputs: Sequence[dict[str, np.ndarray]], alone: Sequence[list[Any] | None],
-                    *, padding_side: str, token_outputs: set[str], decide: Any = None,
+                    *, padding_side: str, token_outputs: set[str],
                     tolerance: float = INVARIANCE_TOLERANCE) -> dict[str, Any]:
     """Every row of the verification batches alone (:func:`alone_outputs`) vs in its batch (``outputs``).
 
     The verification batches mix lengths, padding per row and positions in the batch, and one is padded to
-    max_length: this is :func:`batch_invariance`'s check on outputs verification computed already, at the cost
-    of the batch-1 runs only.
+    max_length: this is :func:`engine_invariance`'s check on outputs verification computed already, at the cost
+    of the batch-1 runs only (outputs only: the heads' results are compared on the engine's rows).
     """
-    tally = _Invariance(token_outputs=token_outputs, decide=decide, padding_side=padding_side, tolerance=tolerance)
+    tally = _Invariance(token_outputs=token_outputs, padding_side=padding_side, tolerance=tolerance)
     layouts, errors = [], []
     for case, batch_outputs, rows in zip(cases, outputs, alone):
         if rows is None:
             continue
         layouts.append(case.name)
         mask = case.inputs["attention_mask"]
-        for position, (length, single) in enumerate(zip(mask.sum(1).astype(int).tolist(), rows)):
+        for position, single in enumerate(rows):
             if isinstance(single, Exception):
                 errors.append(f"{case.name} row {position} alone: {type(single).__name__}: {single}")
                 continue
-            tally.compare(single, batch_outputs, mask, position, length)
+            tally.compare(single, batch_outputs, mask, position)
     record = tally.record(texts=tally.checks, layouts=layouts, padding_side=padding_side)
     if errors:
         record.update(passed=False, errors=errors[:5])
     return record
 
 
-# --- what a model's heads decide, by the graph outputs each owns --------------------------------------------------
-
-
-def head_checks(model: Any) -> list[HeadCheck]:
-    """Each head's decisions, read from the graph outputs it owns (verification and int8 acceptance go per head)."""
-    return [HeadCheck(member.name if model.multi_head else "", member.head.decisions, member.head.level == "token",
-                      dict(member.outputs)) for member in model.members()]
+# --- the outputs a model's heads read per token -----------------------------------------------------------------
 
 
 def token_outputs_of(model: Any) -> set[str]:

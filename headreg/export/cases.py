@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from ..data import sentences
 from ..runtime.batching import real_span
 
 # Short, long, empty, punctuation-only, non-English and number-heavy texts: they tokenize very differently.
@@ -131,12 +130,8 @@ def make_cases(
     padding_side: str,
     tokenizer: Any,
     pairs: bool,
-    decision_corpus: bool = True,
 ) -> list[Case]:
-    """Batch 1 and 3-4; lengths 1, odd and max_length; different padding per row; text; pairs.
-
-    ``decision_corpus`` adds a batch of ordinary sentences (headreg.data.sentences) on which an int8 variant's
-    decision agreement is measured (``golden_agreement``); fp32's checks need no more than the other cases."""
+    """Batch 1 and 3-4; lengths 1, odd and max_length; different padding per row; text; pairs."""
     rng = np.random.default_rng(0)
     odd = max_length - 1 if max_length % 2 == 0 else max_length
     shapes = [
@@ -154,11 +149,6 @@ def make_cases(
         ("text b1 truncated", "text", [LONG_TEXT]),
         ("text b3 short", "text", [TEXTS[2], TEXTS[0], TEXTS[3]]),
     ]
-    if decision_corpus:
-        # Many ordinary sentences: int8's golden agreement counts decisions here, and 24 rows alone let one
-        # near-tie flip move the agreement by 4%. They are a third of the verification's cost, so only then.
-        corpus = list(sentences())
-        text_batches.insert(1, (f"text b{len(corpus)} sentences", "text", corpus))
     if pairs:
         text_batches.append(("pairs b4", "pair", list(PAIRS)))
     for name, kind, texts in text_batches:

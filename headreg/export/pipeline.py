@@ -30,13 +30,13 @@ from .trace import AUTO_ORDER, AUTO_ORDER_OPTIMIZE, EXPORTERS, ExportError, Expo
 from . import acceptance as acc
 from . import production as prod
 from .quantize import DEFAULT_METHOD, INT8_REQUIRES_CPU, METHODS
-from .verify import HeadCheck, Report, VerificationFailed, compare_cases, run_cases, run_onnx, save_golden
+from .verify import Report, VerificationFailed, compare_cases, run_cases, run_onnx, save_golden
 
 Progress = Callable[[str, str, dict], None]
 QUANTIZE_MODES = ("int8", "int8-ov")
 # Variants whose own rows on the production cases are kept in golden.npz for headreg verify to re-run: OpenVINO's
 # (their answers are reproduced exactly on the same OpenVINO and CPU; measured: 0.0 difference at 1, 2 and all
-# threads). onnxruntime int8 is re-checked by its decision agreement on the golden texts instead.
+# threads). onnxruntime int8 is re-checked by its decision agreement on the production cases instead.
 RECHECKED_VARIANTS = ("int8-ov", "bf16")
 
 
@@ -233,14 +233,12 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
                 report = compare_cases(cases, expected, actual, **checks)
                 if report.passed:
                     invariance = acc.case_invariance(cases, actual, alone, padding_side=padding_side,
-                                                     token_outputs=checks["token_outputs"], decide=checks["decide"],
-                                                     tolerance=checks["atol"])
+                                                     token_outputs=checks["token_outputs"], tolerance=checks["atol"])
                     info["batch_invariance"] = f"{invariance['max_abs_diff']:.1e} over {invariance['checks']} rows"
                     if not invariance["passed"] and padding_check and not invariance.get("errors"):
                         # PyTorch's rows alone vs its padded batches: does the model itself depend on padding?
                         own = acc.session_invariance(torch_run, cases, expected, padding_side=padding_side,
-                                                     token_outputs=checks["token_outputs"], decide=checks["decide"],
-                                                     tolerance=checks["atol"])
+                                                     token_outputs=checks["token_outputs"], tolerance=checks["atol"])
                         if not own["passed"]:
                             raise PaddingDependent(own, name)
                     if not invariance["passed"]:
@@ -263,8 +261,7 @@ def _trace_and_verify(model: Any, path: Path, step: _Steps, *, exporter: str, op
 def _not_invariant(record: dict[str, Any]) -> str:
     found = "; ".join(record.get("errors", [])) or (
         f"output {record['worst_output']} moves by up to {record['max_abs_diff']:.2e} between a row alone and the "
-        f"same row in its batch (allowed: {record['tolerance']:g}), and {record['decisions_differ']} of "
-        f"{record['checks']} rows decide differently"
+        f"same row in its batch, over {record['checks']} rows (allowed: {record['tolerance']:g})"
     )
     return (f"batch invariance: a text's result depends on what else shares its batch ({found}). A head or pooling "
             "that mixes rows (batch statistics, for example) gives answers no server can keep stable: compute each "
@@ -296,12 +293,11 @@ def _acceptance_set(twin: "_Twin", texts: Sequence[Any] | None, *, pairs: bool,
         raise ExportOptionError(str(exc)) from exc
 
 
-def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, cases: list[Case],
-                  expected: list[dict[str, np.ndarray]], decide: list[HeadCheck], model: Any, method: str,
-                  step: "_Steps", stage: Callable[..., Any]) -> dict[str, Any]:
+def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, method: str, step: "_Steps",
+                  stage: Callable[..., Any]) -> dict[str, Any]:
     """Quantize the unfused fp32 graph (static QDQ int8), then accept it on held-out texts and batch invariance,
-    run by the int8 variant's own production engine."""
-    from .quantize import golden_agreements, quantize_static_int8
+    run by the int8 variant's own production engine (its ``golden_agreement`` is counted with the production cases)."""
+    from .quantize import quantize_static_int8
 
     with step("quantize") as info:
         quantization = quantize_static_int8(staging / MODEL_FILE, staging / INT8_FILE,
@@ -311,19 +307,10 @@ def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, case
     with step("accept int8") as info:
         predictor = stage("int8", bundle_mod.int8_record({"quantization": quantization}))
         judged = acceptance.judge_variant("int8", predictor.engine)
-        golden = golden_agreements(create_session(staging / INT8_FILE), cases, expected, decide)
         figures = judged["acceptance"]
         info.update(agreement=figures.get("agreement", figures.get("max_abs_error")),
                     invariant=judged["batch_invariance"]["passed"])
-    record = {
-        "quantization": quantization,
-        "requires_cpu": list(INT8_REQUIRES_CPU),
-        **judged,
-        "golden_agreement": round(min(golden.values(), default=1.0), 6),
-    }
-    if model.multi_head:
-        record["golden_agreement_by_head"] = {name: round(value, 6) for name, value in golden.items()}
-    return record
+    return {"quantization": quantization, "requires_cpu": list(INT8_REQUIRES_CPU), **judged}
 
 
 @contextlib.contextmanager
@@ -345,7 +332,7 @@ def _padding_record(model: Any, own: dict[str, Any]) -> dict[str, Any]:
     """What verification.json says about a model whose own outputs change with padding."""
     reason = (f"{model.config.model_type} outputs change with the padding beside a row, in PyTorch itself "
               f"({own['worst_output']} moves by up to {own['max_abs_diff']:.2g} between a row alone and padded in "
-              f"a batch; {own['decisions_differ']} of {own['checks']} rows decide differently)")
+              f"a batch, over {own['checks']} rows)")
     return {"allowed": False, "reason": reason, "pytorch": own}
 
 
@@ -479,8 +466,7 @@ def export_onnx(
     step = _Steps(progress)
     input_names = input_names_for(model)
     padding_side = "left" if model._decoder else "right"
-    decide = acc.head_checks(model)
-    checks = dict(decide=decide, token_outputs=acc.token_outputs_of(model), atol=options.atol, rtol=options.rtol)
+    checks = dict(token_outputs=acc.token_outputs_of(model), atol=options.atol, rtol=options.rtol)
 
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ExportOptionError("export traces and verifies on the CPU: move the model there first (model.cpu())")
@@ -505,7 +491,6 @@ def export_onnx(
                 padding_side=padding_side,
                 tokenizer=tok.tokenizer,
                 pairs="token_type_ids" in input_names,
-                decision_corpus=bool(options.modes),
             )
             _check_tokenizer(tok, cases, max_length)
             info["cases"] = len(cases)
@@ -539,6 +524,7 @@ def export_onnx(
         variants = {"fp32": bundle_mod.fp32_record()}
         variants["fp32"]["batch_invariance"] = fp32_invariance
         fused = False  # --optimize kept a fused model.onnx (read by manifest_for when it is called)
+        head_agreement: dict[str, float | None] = {}  # each head's, on the production cases (once they ran)
         # An in-memory model has no directory that holds backbone *and* head; the CLI passes the one it loaded.
         source_info = source if source is not None else {"path": None, "kind": "python"}
 
@@ -550,7 +536,7 @@ def export_onnx(
                 verification=verification, source=source_info, exporter=traced.exporter,
                 batch_padding=batch_padding["allowed"],
                 head_verification=lambda member: report.head_summary(
-                    member.name if model.multi_head else "", member.outputs
+                    member.outputs, head_agreement.get(member.name if model.multi_head else "")
                 ),
             )
 
@@ -581,8 +567,7 @@ def export_onnx(
             return built
 
         if "int8" in options.modes:
-            int8 = _variant_int8(staging, acceptance_set(), tok, cases, expected, decide, model,
-                                 options.calibration_method, step, stage)
+            int8 = _variant_int8(staging, acceptance_set(), tok, options.calibration_method, step, stage)
             variants["int8"] = bundle_mod.int8_record(int8)
         int8_ov = None
         if "int8-ov" in options.modes:
@@ -614,6 +599,10 @@ def export_onnx(
             production = _verify_production(stage, twin, variants, max_length=max_length,
                                             pairs="token_type_ids" in input_names, atol=options.atol,
                                             rtol=options.rtol, fused=fused)
+            head_agreement.update(prod.agreements(production["record"]["cases"], results_only=True))
+            if int8 is not None:
+                int8.update(production["golden"])
+                variants["int8"].update(production["golden"])
             info.update(cases=len(production["record"]["cases"]), passed=production["record"]["passed"])
             if not production["record"]["passed"]:
                 report.problems.extend(prod.failures(production["record"]))
@@ -690,8 +679,9 @@ def _verify_production(stage: Callable[..., Any], twin: Callable[[], "_Twin"], v
                        max_length: int, pairs: bool, atol: float, rtol: float, fused: bool) -> dict[str, Any]:
     """The staged bundle's own Predictor on the production cases (production.py) against its engine over PyTorch;
     every other verified variant must run them too (its answers were judged by acceptance), and the rows of those
-    in RECHECKED_VARIANTS are kept for headreg verify."""
-    cases = prod.production_cases(max_length, pairs=pairs)
+    in RECHECKED_VARIANTS are kept for headreg verify. An int8 variant's record gets its ``golden_agreement``
+    there: how many of the cases' inputs its engine answers as PyTorch's rows do (headreg verify re-counts it)."""
+    cases = prod.production_cases(max_length, pairs=pairs, sentences="int8" in variants)
     reference = twin()
     # the final fp32 graph: the twin's own unless --optimize kept a fused one (opening a bundle again costs a session)
     predictor = stage() if fused else reference.predictor
@@ -699,20 +689,31 @@ def _verify_production(stage: Callable[..., Any], twin: Callable[[], "_Twin"], v
                                lambda: prod.case_rows(predictor, cases))
     record = prod.verify_production(predictor, cases, expected, atol=atol, rtol=rtol, actual=actual)
     kept: dict[str, list[list[dict[str, np.ndarray]]]] = {}
+    golden: dict[str, Any] = {}
     for name in variants:
         if name == "fp32":
             continue
-        rows = prod.case_rows(stage(name), cases)
+        variant = stage(name)
+        rows = prod.case_rows(variant, cases)
+        failed = False
         for case, computed in zip(cases, rows):
             if isinstance(computed, BaseException):
-                record["passed"] = False
+                failed = record["passed"] = False
                 record["cases"].append({"name": f"{name}: {case.name}", "passed": False,
                                         "problems": [f"the {name} variant's engine failed: {computed}"]})
-        if name in RECHECKED_VARIANTS and not any(isinstance(computed, BaseException) for computed in rows):
+        if failed:
+            continue
+        if name in RECHECKED_VARIANTS:
             kept[name] = rows
+        if name == "int8":
+            by_head = prod.variant_agreement(variant, cases, expected, rows)
+            golden["golden_agreement"] = round(min(by_head.values(), default=1.0), 6)
+            golden["golden_agreement_on"] = "production cases"  # older bundles counted it on the graph's text cases
+            if variant.engine.by_head:
+                golden["golden_agreement_by_head"] = {head: round(value, 6) for head, value in by_head.items()}
     if kept:
         record["variant_rows"] = sorted(kept)
-    return {"record": record, "cases": cases, "expected": expected, "variant_rows": kept}
+    return {"record": record, "cases": cases, "expected": expected, "variant_rows": kept, "golden": golden}
 
 
 def _production_summary(record: dict[str, Any]) -> dict[str, Any]:

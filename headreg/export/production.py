@@ -35,10 +35,12 @@ class ProductionCase:
     batch_size: int = 3
 
 
-def production_cases(max_length: int, *, pairs: bool) -> list[ProductionCase]:
+def production_cases(max_length: int, *, pairs: bool, sentences: bool = False) -> list[ProductionCase]:
     """Mixed lengths over several multi-row batches, a long text read in windows beside short ones, and sentence
     pairs: each through the whole predict path (every output of every row is compared, pooled_output included,
-    so embed's rows are covered)."""
+    so embed's rows are covered). ``sentences`` adds a batch of ordinary sentences (headreg.data.sentences): an
+    int8 variant's ``golden_agreement`` is counted over every case's inputs, and 30 inputs alone would let one
+    near-tie flip move it by 3%."""
     # about 2.5 x max_length tokens of English: three or four windows at the default overlap
     long_text = LONG_TEXT[: max(400, 10 * max_length)]
     cases = [
@@ -47,6 +49,11 @@ def production_cases(max_length: int, *, pairs: bool) -> list[ProductionCase]:
         ProductionCase("predict: long text in windows", "predict", [TEXTS[0], long_text, TEXTS[2]],
                        {"long_text": "window"}, batch_size=4),
     ]
+    if sentences:
+        from ..data import sentences as corpus
+
+        texts = list(corpus())
+        cases.append(ProductionCase(f"predict: {len(texts)} ordinary sentences", "predict", texts, batch_size=16))
     if pairs:
         cases.append(ProductionCase("predict: sentence pairs", "predict", [list(pair) for pair in PAIRS], batch_size=2))
     return cases
@@ -65,11 +72,33 @@ def user_view(result: Any) -> Any:
     return None
 
 
-def views(result: Any, multi_head: bool) -> Any:
-    """:func:`user_view` of one input's result; a multi-head result's, head by head."""
-    if multi_head and isinstance(result, Mapping):
-        return tuple(sorted((name, user_view(value)) for name, value in result.items()))
-    return user_view(result)
+def views(result: Any, by_head: bool) -> dict[str, Any]:
+    """:func:`user_view` of one input's result by head name ("": a single-head bundle's one head)."""
+    if by_head and isinstance(result, Mapping):
+        return {name: user_view(value) for name, value in result.items()}
+    return {"": user_view(result)}
+
+
+def agreement_counts(engine: Any, want: Sequence[Any], got: Sequence[Any], expected: Sequence[Mapping[str, np.ndarray]],
+                     actual: Sequence[Mapping[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """Per head (by :func:`views`' names), how many inputs' results ``want`` and ``got`` read the same to a user:
+    ``{"same", "of", "by": "results"}``. A head that decides nothing (regression) counts the rows whose
+    pooled_output points the same way (cosine >= 0.99) in ``expected`` and ``actual`` (``"by": "pooled_output"``)."""
+    counts: dict[str, dict[str, Any]] = {}
+    pairs = [(views(a, engine.by_head), views(b, engine.by_head)) for a, b in zip(want, got)]
+    for head in engine.heads:
+        key = head.name if engine.by_head else ""
+        decided, by = [(a[key], b.get(key)) for a, b in pairs if key in a], "results"
+        if decided and all(a is None for a, _ in decided) and "pooled_output" in head.outputs:
+            name = head.outputs["pooled_output"]
+            decided, by = [(True, _cosine(a[name], b[name]) >= 0.99) for a, b in zip(expected, actual)], "pooled_output"
+        counts[key] = {"same": sum(a == b for a, b in decided), "of": len(decided), "by": by}
+    return counts
+
+
+def _cosine(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
 def job_for(predictor: Any, case: ProductionCase) -> Any:
@@ -144,9 +173,10 @@ def check_case(predictor: Any, case: ProductionCase, expected: Sequence[Mapping[
             if isinstance(result, BaseException):
                 problems.append(f"postprocess of the {side} rows failed: {result}")
         if not problems and case.kind == "predict":
-            multi = engine.by_head
-            differ = [index for index, (a, b) in enumerate(zip(want, got)) if views(a, multi) != views(b, multi)]
+            differ = [index for index, (a, b) in enumerate(zip(want, got))
+                      if views(a, engine.by_head) != views(b, engine.by_head)]
             record["decisions_equal"] = f"{len(want) - len(differ)}/{len(want)}"
+            record["agreement"] = agreement_counts(engine, want, got, expected, actual)
             if differ:
                 problems.append(f"inputs {differ[:8]} get a different result than PyTorch's")
     return {**record, "passed": not problems, "problems": problems}
@@ -174,6 +204,35 @@ def verify_production(predictor: Any, cases: Sequence[ProductionCase], expected:
                for case, rows, mine in zip(cases, expected, actual)]
     return {"passed": all(result["passed"] for result in results), "variant": predictor.variant,
             "atol": atol, "rtol": rtol, "cases": results}
+
+
+def agreements(records: Sequence[Mapping[str, Any]], *, results_only: bool = False) -> dict[str, float | None]:
+    """Per head, the fraction of the cases' inputs that read as PyTorch's (their ``agreement`` counts summed);
+    ``results_only``: None for a head whose results decide nothing (counted by pooled_output)."""
+    totals: dict[str, list[Any]] = {}
+    for record in records:
+        for name, count in (record.get("agreement") or {}).items():
+            tally = totals.setdefault(name, [0, 0, count["by"]])
+            tally[0], tally[1] = tally[0] + count["same"], tally[1] + count["of"]
+    return {name: None if results_only and by != "results" else same / total if total else 1.0
+            for name, (same, total, by) in totals.items()}
+
+
+def variant_agreement(predictor: Any, cases: Sequence[ProductionCase], expected: Sequence[Sequence[Mapping[str, np.ndarray]]],
+                      actual: Sequence[Sequence[Mapping[str, np.ndarray]]]) -> dict[str, float | None]:
+    """Per head, how many of the predict cases' inputs a variant's rows (``actual``, through ``predictor``'s own
+    engine and postprocess) answer as PyTorch's rows (``expected``) do: an int8 variant's ``golden_agreement``,
+    which ``headreg verify`` holds it to."""
+    engine = predictor.engine
+    records = []
+    for case, want_rows, got_rows in zip(cases, expected, actual):
+        if isinstance(got_rows, BaseException):
+            raise got_rows
+        if case.kind == "predict":
+            job = job_for(predictor, case)
+            want, got = engine.finish(job, want_rows), engine.finish(job, got_rows)
+            records.append({"agreement": agreement_counts(engine, want, got, want_rows, got_rows)})
+    return agreements(records)
 
 
 def failures(record: Mapping[str, Any]) -> list[str]:

@@ -154,33 +154,3 @@ def quantize_dynamic_int8(fp32_path: Path, int8_path: Path) -> dict[str, Any]:
     finally:
         clean.unlink(missing_ok=True)
     return {"kind": "dynamic", "per_channel": True, "weight_type": "QInt8"}
-
-
-def golden_agreements(session: Any, cases: list, expected: list[dict[str, np.ndarray]],
-                      decide: list[Any]) -> dict[str, float]:
-    """Decision agreement with PyTorch over the golden text cases: a re-check ``headreg verify`` repeats after an
-    onnxruntime upgrade (acceptance itself is on held-out texts, see acceptance.py).
-
-    Per head (``decide``: a verify.HeadCheck per head; a single head's key is ""; ``session``: an onnxruntime
-    session): fraction of its decisions equal to PyTorch's (rows; token heads: non-padding tokens; heads without
-    decisions: rows whose pooled_output points the same way)."""
-    from .verify import decision_agreement, run_onnx
-
-    counts = {check.name: [0.0, 0.0] for check in decide}
-    for case, want in zip(cases, expected):
-        if case.kind not in ("text", "pair"):
-            continue
-        got = run_onnx(session, case.inputs)
-        for check in decide:
-            tally = counts[check.name]
-            want_d, got_d = check.decisions(want, case.mask), check.decisions(got, case.mask)
-            if want_d is None:  # no decisions: rows whose pooled_output points the same way
-                a, b = check.own(want)["pooled_output"], check.own(got)["pooled_output"]
-                cosine = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
-                tally[0] += float((cosine >= 0.99).sum())
-                tally[1] += len(cosine)
-                continue
-            fraction, count = decision_agreement(want_d, got_d, case.mask, token_level=check.token_level)
-            tally[0] += fraction * count
-            tally[1] += count
-    return {name: (agree / total if total else 1.0) for name, (agree, total) in counts.items()}

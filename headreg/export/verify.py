@@ -1,51 +1,21 @@
-"""Verification: onnxruntime must reproduce PyTorch on every case, or the export fails.
+"""Verification of the graph: onnxruntime must reproduce PyTorch on every case, or the export fails.
 
-A case passes when every output is finite, within ``atol`` AND ``rtol`` of PyTorch
-(``|ort - torch| <= atol + rtol * |torch|``, elementwise) and the head's decisions are identical.
-Token-level outputs are compared on non-padding positions only.
+A case passes when every output is finite and within ``atol`` AND ``rtol`` of PyTorch
+(``|ort - torch| <= atol + rtol * |torch|``, elementwise). Token-level outputs are compared on non-padding
+positions only. The heads' results (labels, label sets, entities) are compared where production computes them:
+the bundle's own Predictor on the production cases (:mod:`.production`), with the heads' runtime postprocess.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..errors import BundleError, VerificationError
 from .cases import Case
-
-Decide = Callable[[dict[str, np.ndarray], np.ndarray], Any]
-
-
-@dataclass
-class HeadCheck:
-    """One head's decisions, read from a graph's outputs: a multi-head graph is checked head by head.
-
-    ``outputs`` maps the head's own output names (``logits``, ``pooled_output``, extras) to the graph's
-    (``sentiment.logits``, ...); None (or a map of each name to itself) means the graph uses the head's names
-    (a single-head bundle).
-    """
-
-    name: str
-    decide: Decide
-    token_level: bool
-    outputs: dict[str, str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.outputs is not None and all(local == graph for local, graph in self.outputs.items()):
-            self.outputs = None
-
-    def own(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The head's outputs under its own names."""
-        if self.outputs is None:
-            return outputs
-        return {local: outputs[graph] for local, graph in self.outputs.items() if graph in outputs}
-
-    def decisions(self, outputs: dict[str, np.ndarray], mask: np.ndarray) -> Any:
-        return self.decide(self.own(outputs), mask)
-
 
 @dataclass
 class OutputDiff:
@@ -67,9 +37,7 @@ class CaseResult:
     lengths: list[int]
     padding_side: str
     outputs: dict[str, OutputDiff]
-    decision_agreement: float | None  # fraction of decisions equal (the lowest head's); None when no head decides
     problems: list[str] = field(default_factory=list)
-    head_agreement: dict[str, float | None] = field(default_factory=dict)  # per head, for multi-head graphs
 
     @property
     def passed(self) -> bool:
@@ -114,18 +82,12 @@ class Report:
                 entry["bound_ratio"] = max(entry["bound_ratio"], diff.bound_ratio)
         return worst
 
-    def head_summary(self, name: str, outputs: dict[str, str]) -> dict[str, Any]:
-        """One head's part of the verification: worst diffs of its outputs (by the head's own names) and its
-        lowest decision agreement over the cases (None when it makes no decisions)."""
+    def head_summary(self, outputs: dict[str, str], decision_agreement: float | None) -> dict[str, Any]:
+        """One head's part of the verification: worst diffs of its outputs (by the head's own names), and the
+        share of the production cases' inputs it answered as PyTorch did (None when it makes no decisions)."""
         worst = self.worst()
-        agreements = [
-            case.head_agreement.get(name) if name else case.decision_agreement for case in self.cases
-        ]
-        decided = [value for value in agreements if value is not None]
-        return {
-            "worst": {local: worst[graph] for local, graph in outputs.items() if graph in worst},
-            "decision_agreement": min(decided) if decided else None,
-        }
+        return {"worst": {local: worst[graph] for local, graph in outputs.items() if graph in worst},
+                "decision_agreement": decision_agreement}
 
     def summary(self) -> dict[str, Any]:
         """The manifest's ``verification`` entry."""
@@ -210,49 +172,6 @@ def compare_outputs(
     return diffs, problems
 
 
-def decision_agreement(expected: Any, actual: Any, mask: np.ndarray, *, token_level: bool) -> tuple[float, int]:
-    """Fraction (and count) of decisions that agree; token decisions only on non-padding positions."""
-    expected, actual = np.asarray(expected), np.asarray(actual)
-    if expected.shape != actual.shape:
-        return 0.0, max(expected.size, 1)
-    # Told, not guessed from the shape: multi-label decisions [batch, num_labels] can match the mask's shape.
-    if token_level:
-        expected, actual = _token_mask(expected, mask), _token_mask(actual, mask)
-    # a row of several decisions (multi-label) agrees only when all of them do
-    rows_equal = (expected == actual).reshape(expected.shape[0], -1).all(-1) if expected.size else np.array([])
-    return (float(rows_equal.mean()) if rows_equal.size else 1.0), int(rows_equal.size)
-
-
-def check_case(
-    case: Case,
-    expected: dict[str, np.ndarray],
-    actual: dict[str, np.ndarray],
-    *,
-    decide: list[HeadCheck] | None,
-    token_outputs: set[str],
-    atol: float,
-    rtol: float,
-) -> CaseResult:
-    diffs, problems = compare_outputs(expected, actual, case.mask, token_outputs=token_outputs, atol=atol, rtol=rtol)
-    per_head: dict[str, float | None] = {}
-    if not problems:
-        for check in decide or []:
-            want = check.decisions(expected, case.mask)
-            if want is None:
-                per_head[check.name] = None
-                continue
-            got = check.decisions(actual, case.mask)
-            agreement, _ = decision_agreement(want, got, case.mask, token_level=check.token_level)
-            per_head[check.name] = agreement
-            if agreement < 1.0:
-                where = f"head {check.name!r}: " if check.name else ""
-                problems.append(f"{where}decisions differ on {100 * (1 - agreement):.1f}% of rows")
-    decided = [value for value in per_head.values() if value is not None]
-    heads = {name: value for name, value in per_head.items() if name}
-    return CaseResult(**case.describe(), outputs=diffs, decision_agreement=min(decided) if decided else None,
-                      problems=problems, head_agreement=heads)
-
-
 def run_onnx(session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = [o.name for o in session.get_outputs()]
     feed = {i.name: inputs[i.name] for i in session.get_inputs()}
@@ -275,7 +194,6 @@ def compare_cases(
     expected: list[dict[str, np.ndarray]],
     actual: list[dict[str, np.ndarray] | Exception],
     *,
-    decide: list[HeadCheck] | None,
     token_outputs: set[str],
     atol: float,
     rtol: float,
@@ -285,10 +203,10 @@ def compare_cases(
     results = []
     for case, want, got in zip(cases, expected, actual):
         if isinstance(got, Exception):
-            results.append(CaseResult(**case.describe(), outputs={}, decision_agreement=None,
-                                      problems=[f"onnxruntime failed: {type(got).__name__}: {got}"]))
-            continue
-        results.append(check_case(case, want, got, decide=decide, token_outputs=token_outputs, atol=atol, rtol=rtol))
+            diffs, problems = {}, [f"onnxruntime failed: {type(got).__name__}: {got}"]
+        else:
+            diffs, problems = compare_outputs(want, got, case.mask, token_outputs=token_outputs, atol=atol, rtol=rtol)
+        results.append(CaseResult(**case.describe(), outputs=diffs, problems=problems))
     return Report(results, atol, rtol, target)
 
 

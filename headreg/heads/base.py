@@ -140,23 +140,6 @@ class Head(nn.Module):
     def export_extras(self) -> dict[str, torch.Tensor]:
         return {}
 
-    def decisions(self, outputs: dict[str, Any], attention_mask: Any) -> Any:
-        """The discrete decisions export verification compares between PyTorch and onnxruntime, as numpy.
-
-        ``outputs`` are numpy arrays by output name. Default: argmax of ``logits`` (token heads: per token;
-        verification ignores padding positions), thresholded sigmoids for multi-label, None (no decision)
-        for regression. Plugin heads override this (a CRF returns Viterbi tags).
-        """
-        import numpy as np
-
-        logits = np.asarray(outputs["logits"])
-        if self.problem_type == "regression":
-            return None
-        if self.problem_type == "multi_label_classification":
-            thresholds = np.asarray(self.manifest().get("thresholds", 0.5))
-            return (1.0 / (1.0 + np.exp(-logits))) > thresholds
-        return logits.argmax(-1)
-
     def manifest(self) -> dict[str, Any]:
         """What the runtime's postprocess needs, stored in the bundle manifest."""
         return {"problem_type": self.problem_type, "id2label": self.config.labels()}

@@ -89,20 +89,6 @@ class CRFHead(Head):
             "end_transitions": self.end_transitions,
         }
 
-    def decisions(self, outputs: dict[str, Any], attention_mask: Any) -> Any:
-        """Viterbi tags, decoded with the transition scores found in ``outputs`` (the exported ones).
-
-        Decoded with the runtime's numpy Viterbi (equal to :func:`viterbi_decode` tag for tag): on small
-        tensors it is much faster than torch's per-step reductions, and verification decodes many cases.
-        """
-        from .decoding import viterbi
-
-        own = {name: value.detach().cpu().numpy() for name, value in self.export_extras().items()}
-        scores = {name: outputs.get(name, own[name]) for name in own}
-        return viterbi(
-            outputs["logits"], attention_mask, scores["start_transitions"], scores["transitions"], scores["end_transitions"]
-        )
-
     def manifest(self) -> dict[str, Any]:
         return {**super().manifest(), "aggregation": self.config.aggregation, "decoder": "viterbi"}
 

@@ -83,11 +83,6 @@ class OrdinalHead(Head):
         """The rank per row: how many thresholds it passes (P(rank > k) > 0.5)."""
         return (logits > 0).sum(dim=-1)
 
-    def decisions(self, outputs: dict[str, Any], attention_mask: Any) -> Any:
-        import numpy as np
-
-        return (np.asarray(outputs["logits"]) > 0).sum(axis=-1)
-
     def manifest(self) -> dict[str, Any]:
         return {**super().manifest(), "num_ranks": self.config.num_labels}
 

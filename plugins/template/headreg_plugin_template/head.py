@@ -31,7 +31,7 @@ class TemplateConfig(HeadConfig):
 class TemplateHead(Head):
     config_class = TemplateConfig
     level = "sequence"  # "token" heads get one row of logits per token
-    problem_type = "single_label_classification"  # the default decisions(): argmax of the logits
+    problem_type = "single_label_classification"  # read by the built-in postprocess and Trainer's loss choice
 
     def __init__(self, config: TemplateConfig, hidden_size: int):
         super().__init__(config, hidden_size)
