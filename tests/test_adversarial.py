@@ -8,6 +8,7 @@ Every case is its own test, so a case that is not held fails by name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -234,6 +235,22 @@ def test_a_stored_option_default_that_no_call_could_pass_is_a_bundle_error(b, tm
     raises_with_message(BundleError, lambda: Predictor(edited(b["multi_label"], tmp_path, change)), "postprocess_config")
 
 
+def test_a_stored_thresholds_dict_is_a_default_calls_can_change(b, tmp_path):
+    """{label: threshold} as the stored form: the other labels keep 0.5, and a call's own thresholds apply on top."""
+    labels = Predictor(b["multi_label"]).labels
+
+    def change(manifest):
+        for config in (manifest["postprocess_config"], manifest["heads"][0]["postprocess_config"]):
+            config["thresholds"] = {labels[0]: 0.0}
+
+    predictor = Predictor(edited(b["multi_label"], tmp_path, change))
+    (stored,) = predictor.predict(["a short text"])
+    assert labels[0] in stored["labels"]  # every probability is above 0
+    assert set(stored["labels"]) - {labels[0]} == {name for name in labels[1:] if stored["scores"][name] > 0.5}
+    (changed,) = predictor.predict(["a short text"], thresholds={labels[0]: 1.0})
+    assert labels[0] not in changed["labels"]
+
+
 RAW_MANIFESTS = {
     "duplicate keys": lambda text: text.replace('"pooling": {', '"pooling": {"strategy": "max"}, "pooling": {', 1),
     "NaN": lambda text: text.replace('"num_labels": 3', '"num_labels": NaN', 1),
@@ -313,9 +330,14 @@ def test_verify_bounds_what_a_manifest_or_report_may_ask_for(b, tmp_path):
     seq = b["seq_cls"]
     raises_with_message(BundleError, lambda: verify_bundle(
         edited(seq, tmp_path, lambda m: m["head"]["config"].update(num_labels=12_000_000))), "head.config.num_labels")
-    # verify builds no torch head (results are read by the runtime postprocess): nothing of that size is allocated
-    report = verify_bundle(edited(seq, tmp_path, lambda m: m["head"]["config"].update(num_labels=900_000)))
-    assert any("modified after export" in problem for problem in report.problems), report.problems
+    # verify builds no torch head (results are read by the runtime postprocess): a head config it would have built
+    # from is not read at all; with the manifest's recorded hash renewed the bundle verifies
+    crafted = edited(seq, tmp_path, lambda m: m["head"]["config"].update(num_labels=900_000))
+    record = json.loads((crafted / "verification.json").read_text())
+    record["manifest_sha256"] = hashlib.sha256((crafted / "headreg.json").read_bytes()).hexdigest()
+    (crafted / "verification.json").write_text(json.dumps(record))
+    report = verify_bundle(crafted)
+    assert report.passed, report.message()
     raises_with_message(BundleError, lambda: verify_bundle(
         edited(seq, tmp_path, lambda r: r.update(case_results=[1, 2, 3]), file="verification.json")))
 

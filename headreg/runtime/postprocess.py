@@ -136,11 +136,16 @@ def seq_cls(rows: Rows, context: Context) -> list[Classification]:
 
 
 def thresholds_for(context: Context, num_labels: int) -> np.ndarray:
-    """Per-label thresholds from the config: a number, a list (one per label) or a {label: threshold} dict."""
-    value = context.config.get("thresholds", context.config.get("threshold", 0.5))
+    """Per-label thresholds from the config: a number, a list (one per label) or a {label: threshold} dict; a
+    dict changes the labels it names of the bundle's own thresholds (which may be any of the three, too)."""
+    stored = _per_label(context.manifest.get("postprocess_config", {}).get("thresholds", 0.5), np.full(num_labels, 0.5),
+                        context)
+    return _per_label(context.config.get("thresholds", context.config.get("threshold", 0.5)), stored, context)
+
+
+def _per_label(value: Any, base: np.ndarray, context: Context) -> np.ndarray:
     if isinstance(value, Mapping):
-        base = context.manifest.get("postprocess_config", {}).get("thresholds", 0.5)
-        thresholds = np.broadcast_to(np.asarray(base, dtype=np.float64), (num_labels,)).copy()
+        thresholds = base.copy()
         names = {name: idx for idx, name in context.id2label.items()}
         for name, threshold in value.items():
             if name not in names:
@@ -149,9 +154,9 @@ def thresholds_for(context: Context, num_labels: int) -> np.ndarray:
         return thresholds
     thresholds = np.asarray(value, dtype=np.float64)
     if thresholds.ndim == 0:
-        return np.full(num_labels, float(thresholds))
-    if thresholds.shape != (num_labels,):
-        raise ValueError(f"thresholds has {thresholds.size} values but the model has {num_labels} labels")
+        return np.full(base.shape[0], float(thresholds))
+    if thresholds.shape != base.shape:
+        raise ValueError(f"thresholds has {thresholds.size} values but the model has {base.shape[0]} labels")
     return thresholds
 
 
