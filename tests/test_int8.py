@@ -142,6 +142,19 @@ def test_verify_rechecks_int8_decisions_without_torch(int8_bundle, tmp_path):
     assert any("model.int8.onnx: decision agreement" in problem and "below the 149.0%" in problem
                for problem in report.problems), report.problems
 
+    def floor_of(change):
+        edited = json.loads(json.dumps(manifest))
+        change(edited["variants"]["int8"])
+        (copy / "headreg.json").write_text(json.dumps(edited))
+        report = verify_bundle(copy)
+        return [line for line in report.notes + report.problems if line.startswith("model.int8.onnx")]
+
+    # counted on other texts (exported before golden_agreement_on): held to what acceptance required
+    lines = floor_of(lambda record: (record.pop("golden_agreement_on"), record["acceptance"].update(min_agreement=0.25)))
+    assert lines and "required >= 25.0% (accepted at, on held-out texts: 25.0%): passes" in lines[0], lines
+    lines = floor_of(lambda record: record.update(golden_agreement=None))  # a crafted record: a problem, no traceback
+    assert lines and "no usable agreement figure" in lines[0], lines
+
 
 def test_dynamic_int8_fails_the_invariance_check_that_static_passes(int8_bundle, tmp_path):
     """The check can fail: dynamic int8 of the same graph moves a text's scores with its batchmates."""

@@ -706,7 +706,13 @@ def _verify_production(stage: Callable[..., Any], twin: Callable[[], "_Twin"], v
         if name in RECHECKED_VARIANTS:
             kept[name] = rows
         if name == "int8":
-            by_head = prod.variant_agreement(variant, cases, expected, rows)
+            try:
+                by_head = prod.variant_agreement(variant, cases, expected, rows)
+            except HeadregError as exc:
+                record["passed"] = False
+                record["cases"].append({"name": f"{name}: results", "passed": False,
+                                        "problems": [f"the {name} variant's results failed: {exc}"]})
+                continue
             golden["golden_agreement"] = round(min(by_head.values(), default=1.0), 6)
             golden["golden_agreement_on"] = "production cases"  # older bundles counted it on the graph's text cases
             if variant.engine.by_head:

@@ -222,7 +222,7 @@ def variant_agreement(predictor: Any, cases: Sequence[ProductionCase], expected:
                       actual: Sequence[Sequence[Mapping[str, np.ndarray]]]) -> dict[str, float | None]:
     """Per head, how many of the predict cases' inputs a variant's rows (``actual``, through ``predictor``'s own
     engine and postprocess) answer as PyTorch's rows (``expected``) do: an int8 variant's ``golden_agreement``,
-    which ``headreg verify`` holds it to."""
+    which ``headreg verify`` holds it to. A failing engine or postprocess raises (a HeadregError)."""
     engine = predictor.engine
     records = []
     for case, want_rows, got_rows in zip(cases, expected, actual):
@@ -230,7 +230,10 @@ def variant_agreement(predictor: Any, cases: Sequence[ProductionCase], expected:
             raise got_rows
         if case.kind == "predict":
             job = job_for(predictor, case)
-            want, got = engine.finish(job, want_rows), engine.finish(job, got_rows)
+            want, got = engine.finish_safely(job, want_rows), engine.finish_safely(job, got_rows)
+            for result in (want, got):
+                if isinstance(result, BaseException):
+                    raise result
             records.append({"agreement": agreement_counts(engine, want, got, want_rows, got_rows)})
     return agreements(records)
 
