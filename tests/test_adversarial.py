@@ -195,6 +195,7 @@ def _manifest_changes(seq: Path) -> dict[str, Callable[[dict], None]]:
         "inputs duplicate": lambda m: m.update(inputs=["input_ids", "input_ids", "attention_mask"]),
         "outputs not dict": lambda m: m.update(outputs=["logits"]),
         "outputs width lie": lambda m: m["outputs"].update(logits=["batch", 7]),
+        "outputs dims none": lambda m: m["outputs"].update(pooled_output=[]),
         "labels fewer than logits": lambda m: m.update(num_labels=2, id2label={"0": "a", "1": "b"}),
         "pad id negative": lambda m: m["tokenizer"].update(pad_token_id=-1),
         "pad id beyond vocab": lambda m: m["tokenizer"].update(pad_token_id=10**6),

@@ -158,6 +158,9 @@ def _check_recorded_widths(backend: Any, manifest: dict[str, Any], path: Path) -
         declared = recorded.get(name) if isinstance(recorded, dict) else None
         if not dims:
             continue
+        if isinstance(declared, list) and not declared:  # a scalar output may record [], but this one has dims
+            raise BundleError(f"{path}: output {name!r} has {len(dims)} dims but the manifest recorded none; the "
+                              "bundle's files come from different exports. Export it again.")
         if isinstance(declared, list) and isinstance(dims[-1], int) and isinstance(declared[-1], int) and dims[-1] != declared[-1]:
             raise BundleError(
                 f"{path}: output {name!r} is {dims[-1]} wide but the manifest recorded {declared[-1]}; the "
