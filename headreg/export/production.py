@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .cases import LONG_TEXT, PAIRS, TEXTS
+from .verify import tolerance_figures
 
 PREFIX = "production"
 
@@ -137,15 +138,12 @@ def compare_rows(expected: Sequence[Mapping[str, np.ndarray]], actual: Sequence[
             if not np.isfinite(value).all():
                 problems.append(f"row {index}: {name} has NaN/Inf")
                 continue
-            err = np.abs(value - reference)
-            allowed = atol + rtol * np.abs(reference)
+            max_abs, _, ratio = tolerance_figures(reference, value, atol=atol, rtol=rtol)
             entry = worst.setdefault(name, {"abs": 0.0, "bound_ratio": 0.0})
-            if err.size:
-                entry["abs"] = max(entry["abs"], float(err.max()))
-                entry["bound_ratio"] = max(entry["bound_ratio"], float((err / allowed).max()))
-                if not (err <= allowed).all():
-                    problems.append(f"row {index}: {name} differs by up to {float(err.max()):.3g} "
-                                    f"({float((err / allowed).max()):.3g}x the allowed atol + rtol*|ref|)")
+            entry["abs"], entry["bound_ratio"] = max(entry["abs"], max_abs), max(entry["bound_ratio"], ratio)
+            if ratio > 1.0:
+                problems.append(f"row {index}: {name} differs by up to {max_abs:.3g} ({ratio:.3g}x the allowed "
+                                "atol + rtol*|ref|)")
     return worst, problems
 
 

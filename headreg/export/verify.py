@@ -131,6 +131,19 @@ def _token_mask(value: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return value[mask.astype(bool)]
 
 
+def tolerance_figures(reference: Any, value: Any, *, atol: float, rtol: float) -> tuple[float, float, float]:
+    """The one tolerance rule, over the elements: (max |value - reference|, max |diff| / |reference|, max |diff| /
+    (atol + rtol * |reference|)). NaN counts as an infinite difference; within the tolerance when the last is <= 1."""
+    reference, value = np.asarray(reference, np.float64), np.asarray(value, np.float64)
+    if not reference.size:
+        return 0.0, 0.0, 0.0
+    err = np.abs(value - reference)
+    err = np.where(np.isnan(err), np.inf, err)
+    allowed = atol + rtol * np.abs(reference)
+    return (float(err.max()), float((err / np.maximum(np.abs(reference), 1e-12)).max()),
+            float((err / np.maximum(allowed, 1e-300)).max()))
+
+
 def compare_outputs(
     expected: dict[str, np.ndarray],
     actual: dict[str, np.ndarray],
@@ -157,14 +170,8 @@ def compare_outputs(
             problems.append(f"{name}: PyTorch produced NaN/Inf")
         if name in token_outputs:
             got, want = _token_mask(got, mask), _token_mask(want, mask)
-        got64, want64 = got.astype(np.float64), want.astype(np.float64)
-        err = np.abs(got64 - want64)
-        err = np.where(np.isnan(err), np.inf, err)
-        max_abs = float(err.max()) if err.size else 0.0
-        max_rel = float((err / np.maximum(np.abs(want64), 1e-12)).max()) if err.size else 0.0
-        allowed = atol + rtol * np.abs(want64)
-        within = bool((err <= allowed).all())
-        ratio = float((err / np.maximum(allowed, 1e-300)).max()) if err.size else 0.0
+        max_abs, max_rel, ratio = tolerance_figures(want, got, atol=atol, rtol=rtol)
+        within = ratio <= 1.0
         if finite and not within:
             problems.append(f"{name}: |diff| reaches {ratio:.3g}x the allowed atol + rtol*|torch| "
                             f"(max abs diff {max_abs:.3g})")
