@@ -154,6 +154,10 @@ def test_verify_rechecks_int8_decisions_without_torch(int8_bundle, tmp_path):
     assert lines and "required >= 25.0% (accepted at, on held-out texts: 25.0%): passes" in lines[0], lines
     lines = floor_of(lambda record: record.update(golden_agreement=None))  # a crafted record: a problem, no traceback
     assert lines and "no usable agreement figure" in lines[0], lines
+    # a format-1 record (dynamic int8, no acceptance): held to its own min_agreement
+    lines = floor_of(lambda record: (record.clear(), record.update(file="model.int8.onnx", decision_agreement=1.0,
+                                                                   min_agreement=0.25)))
+    assert lines and "required >= 25.0% (at export, on other texts: 100.0%)" in lines[0], lines
 
 
 def test_dynamic_int8_fails_the_invariance_check_that_static_passes(int8_bundle, tmp_path):
