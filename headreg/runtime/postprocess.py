@@ -138,9 +138,11 @@ def seq_cls(rows: Rows, context: Context) -> list[Classification]:
 def thresholds_for(context: Context, num_labels: int) -> np.ndarray:
     """Per-label thresholds from the config: a number, a list (one per label) or a {label: threshold} dict; a
     dict changes the labels it names of the bundle's own thresholds (which may be any of the three, too)."""
-    stored = _per_label(context.manifest.get("postprocess_config", {}).get("thresholds", 0.5), np.full(num_labels, 0.5),
-                        context)
-    return _per_label(context.config.get("thresholds", context.config.get("threshold", 0.5)), stored, context)
+    value = context.config.get("thresholds", context.config.get("threshold", 0.5))
+    base = np.full(num_labels, 0.5)
+    if isinstance(value, Mapping):  # only a dict builds on the bundle's own thresholds; a number or list replaces them
+        base = _per_label(context.manifest.get("postprocess_config", {}).get("thresholds", 0.5), base, context)
+    return _per_label(value, base, context)
 
 
 def _per_label(value: Any, base: np.ndarray, context: Context) -> np.ndarray:
