@@ -75,9 +75,7 @@ def acceptance_set(model: Any, bundle: Path, manifest: dict[str, Any]) -> Any:
     predictor = Predictor(bundle, variant="fp32")
     reference = predictor.engine.with_backend(TorchBackend(model))
     texts = acc.normalize_texts(builtin_texts("token_type_ids" in manifest["inputs"]), pairs=True)
-    accept = acc.build_acceptance_set(predictor, reference, texts, source="builtin", options=acc.AcceptanceOptions())
-    accept.predictor = predictor
-    return accept
+    return acc.build_acceptance_set(predictor, reference, texts, source="builtin", options=acc.AcceptanceOptions())
 
 
 def fidelity(accept: Any, path: Path, threads: int) -> dict[str, Any]:
@@ -85,7 +83,7 @@ def fidelity(accept: Any, path: Path, threads: int) -> dict[str, Any]:
     from headreg.export import acceptance as acc
     from headreg.runtime.backends import open_backend
 
-    engine = accept.predictor.engine.with_backend(open_backend({"backend": "onnxruntime"}, path, threads=threads))
+    engine = accept.engine.with_backend(open_backend({"backend": "onnxruntime"}, path, threads=threads))
     outputs, _ = engine.compute([accept.job])
     actual = outputs[accept.job]
     figures = acc.agreement(engine.heads[0], accept.job, accept.expected, actual)
@@ -121,12 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"load average: {load_before[0]:.2f}", flush=True)
     model_dir = args.model or trained_model(args.out)
     model, bundle, files, manifest = build_variants(model_dir, args.out, args.rebuild)
-    from tokenizers import Tokenizer
-
     from headreg.export.quantize import quantize_static_int8
 
     accept = acceptance_set(model, bundle, manifest)
-    calibration = accept.calibration_feeds(Tokenizer.from_file(str(bundle / "tokenizer.json")))
+    calibration = accept.calibration_feeds()
     for method in [m for m in args.methods.split(",") if m]:
         path = args.out / f"static-{method}.onnx"
         quantize_static_int8(bundle / "model.onnx", path, calibration, method=method)

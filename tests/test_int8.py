@@ -293,16 +293,16 @@ def test_int8_export_json_is_json_only(tmp_path):
 def test_calibration_takes_any_number_of_rows_with_every_method(int8_bundle, method, tmp_path):
     """Histogram calibrators stack every batch's activations: a short last batch (34, 66, 126 texts in batches of
     8) once crashed with a raw 'inhomogeneous shape'. Any row count calibrates now, with every method."""
-    from tokenizers import Tokenizer
-
     from headreg.export.quantize import calibration_batches, quantize_static_int8
 
     bundle = int8_bundle("bert", "token_cls")
     names = [i.name for i in create_session(bundle.path / "model.onnx").get_inputs()]
+    fp32 = Predictor(bundle.path, variant="fp32")
     texts = [f"calibration text {i}: " + SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] * (1 + i % 3) for i in range(66)]
     for count in (1, 7, 9, 66):
-        feeds = acc.make_batches(Tokenizer.from_file(str(bundle.path / "tokenizer.json")), texts[:count], input_names=names, max_length=128, pad_id=0,
-                                 padding_side="right", batch_size=8).feeds
+        rows = fp32.prepare(texts[:count]).rows
+        feeds = [fp32.engine.pad([rows[i].encoding for i in batch])
+                 for batch in fp32.engine.plan([len(row.encoding) for row in rows], batch_size=8)]
         batches = calibration_batches(feeds)
         assert len({tuple(b["input_ids"].shape) for b in batches}) == 1, "one shape for every batch"
         assert sum(len(b["input_ids"]) for b in batches) == count

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import HeadregError
-from ..runtime.batching import pad_batch, plan_batches, real_span
+from ..runtime.batching import real_span
 from .production import user_view
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -104,33 +104,6 @@ def split_texts(texts: Sequence[Any], *, source: str) -> TextSplit:
         "disjoint": not set(calibration) & set(acceptance),
     }
     return TextSplit(calibration, acceptance, record)
-
-
-# --- batches of texts as the runtime forms them ----------------------------------------------------------------------
-
-
-@dataclass
-class Batches:
-    """Texts tokenized with the bundle's tokenizer, in length-sorted batches padded like the runtime."""
-
-    texts: list[Any]
-    encodings: list[Any]
-    plan: list[list[int]]
-    feeds: list[dict[str, np.ndarray]]
-    padding_side: str
-
-
-def make_batches(tokenizer: Any, texts: Sequence[Any], *, input_names: Sequence[str], max_length: int, pad_id: int,
-                 padding_side: str, batch_size: int = REFERENCE_BATCH) -> Batches:
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length)
-    try:
-        encodings = tokenizer.encode_batch([t if isinstance(t, str) else tuple(t) for t in texts])
-    finally:
-        tokenizer.no_truncation()
-    plan = plan_batches([len(e) for e in encodings], batch_size)
-    feeds = [pad_batch([encodings[i] for i in rows], input_names, pad_id, padding_side) for rows in plan]
-    return Batches(list(texts), list(encodings), plan, feeds, padding_side)
 
 
 # --- what a user sees -------------------------------------------------------------------------------------------------
@@ -420,12 +393,14 @@ class AcceptanceSet:
     expected: list[dict[str, np.ndarray]]  # PyTorch's row outputs, aligned with job.rows
     options: AcceptanceOptions
     max_length: int
-    layout: Any  # the staged bundle's input layout: calibration batches are padded like its batches
+    calibration: Any  # the calibration texts, prepared by the same Predictor (truncated: one row per text)
+    engine: Any  # the staged bundle's fp32 engine: calibration batches are planned and padded as it runs them
 
-    def calibration_feeds(self, tokenizer: Any) -> list[dict[str, np.ndarray]]:
-        return make_batches(tokenizer, self.split.calibration, input_names=list(self.layout.input_names),
-                            max_length=self.max_length, pad_id=self.layout.pad_id,
-                            padding_side=self.layout.padding_side, batch_size=8).feeds
+    def calibration_feeds(self, batch_size: int = 8) -> list[dict[str, np.ndarray]]:
+        """The calibration texts as model inputs, in the batches the staged bundle's engine plans and pads."""
+        rows = self.calibration.rows
+        plan = self.engine.plan([len(row.encoding) for row in rows], batch_size=batch_size)
+        return [self.engine.pad([rows[index].encoding for index in batch]) for batch in plan]
 
     def judge_variant(self, name: str, engine: Any) -> dict[str, Any]:
         """``{"acceptance": ..., "batch_invariance": ...}`` for a variant run by ``engine`` (its production engine:
@@ -502,8 +477,8 @@ def build_acceptance_set(predictor: Any, reference: Any, texts: Sequence[Any], *
     """Split the texts, prepare the held-out part as the staged bundle's Predictor does and compute PyTorch's rows
     once through ``reference`` (the predictor's engine over PyTorch)."""
     split = split_texts(texts, source=source)
-    job = predictor.prepare(split.acceptance)
+    job, calibration = predictor.prepare(split.acceptance), predictor.prepare(split.calibration)
     outputs, failed = reference.compute([job], batch_size=REFERENCE_BATCH)
     if job in failed:
         raise HeadregError(f"PyTorch failed on the held-out texts: {failed[job]}")
-    return AcceptanceSet(split, job, outputs[job], options, predictor.max_length, predictor.layout)
+    return AcceptanceSet(split, job, outputs[job], options, predictor.max_length, calibration, predictor.engine)

@@ -143,7 +143,7 @@ def _kept_texts(heads: Sequence[Any], job: Any, expected: Sequence[dict[str, np.
     return kept, drift
 
 
-def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceSet, tokenizer: Any,
+def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceSet,
                      stage: Callable[..., Any]) -> dict[str, Any]:
     """Quantize, search and judge; ``{"record": variant record}`` or ``{"refused": why, "quantization": ...}``.
 
@@ -155,9 +155,8 @@ def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceS
     import openvino as ov
 
     options = acceptance.options
-    fp32 = stage()
-    calibration = fp32.prepare(acceptance.split.calibration)
-    outputs, failed = fp32.engine.compute([calibration])
+    calibration = acceptance.calibration
+    outputs, failed = stage().engine.compute([calibration])
     if failed:
         raise failed[calibration]
     expected = outputs[calibration]
@@ -180,7 +179,7 @@ def quantize_int8_ov(fp32_path: Path, staging: Path, acceptance: acc.AcceptanceS
     core = ov.Core()
     model = core.read_model(str(fp32_path))
     model.reshape({port.get_any_name(): ov.PartialShape([-1, -1]) for port in model.inputs})
-    dataset = nncf.Dataset(acceptance.calibration_feeds(tokenizer))
+    dataset = nncf.Dataset(acceptance.calibration_feeds())
     start = time.perf_counter()
     tried: list[dict[str, Any]] = []
     best = None

@@ -293,7 +293,7 @@ def _acceptance_set(twin: "_Twin", texts: Sequence[Any] | None, *, pairs: bool,
         raise ExportOptionError(str(exc)) from exc
 
 
-def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, method: str, step: "_Steps",
+def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", method: str, step: "_Steps",
                   stage: Callable[..., Any]) -> dict[str, Any]:
     """Quantize the unfused fp32 graph (static QDQ int8), then accept it on held-out texts and batch invariance,
     run by the int8 variant's own production engine (its ``golden_agreement`` is counted with the production cases)."""
@@ -301,7 +301,7 @@ def _variant_int8(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, meth
 
     with step("quantize") as info:
         quantization = quantize_static_int8(staging / MODEL_FILE, staging / INT8_FILE,
-                                            acceptance.calibration_feeds(tok.tokenizer), method=method)
+                                            acceptance.calibration_feeds(), method=method)
         quantization["calibration_source"] = acceptance.split.record["source"]
         info.update(method=method, calibration_rows=quantization["calibration_rows"])
     with step("accept int8") as info:
@@ -567,7 +567,7 @@ def export_onnx(
             return built
 
         if "int8" in options.modes:
-            int8 = _variant_int8(staging, acceptance_set(), tok, options.calibration_method, step, stage)
+            int8 = _variant_int8(staging, acceptance_set(), options.calibration_method, step, stage)
             variants["int8"] = bundle_mod.int8_record(int8)
         int8_ov = None
         if "int8-ov" in options.modes:
@@ -642,7 +642,7 @@ def _variant_int8_ov(staging: Path, acceptance: "acc.AcceptanceSet", tok: Any, s
     from .openvino_int8 import quantize_int8_ov
 
     with step("quantize int8-ov") as info:
-        result = quantize_int8_ov(staging / MODEL_FILE, staging, acceptance, tok.tokenizer, stage)
+        result = quantize_int8_ov(staging / MODEL_FILE, staging, acceptance, stage)
         search = result.get("record", result)["quantization"]["search"]
         info.update(smooth_quant_alpha=search["chosen"], kept=search["kept"], accepted="record" in result)
         if "record" in result:
