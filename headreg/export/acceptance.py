@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import HeadregError
 from ..runtime.batching import real_span
+from ..runtime.engine import cut_rows
 from .production import user_view
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -125,13 +126,6 @@ def _softmax_margin(logits: np.ndarray) -> np.ndarray:
         return np.abs(p[..., 0] - 0.5) * 2
     top = np.sort(p, -1)
     return top[..., -1] - top[..., -2]
-
-
-def _rows(value: np.ndarray, mask: np.ndarray, padding_side: str) -> list[np.ndarray]:
-    """Per-row real positions of a [batch, sequence, ...] array."""
-    lengths = mask.sum(1).astype(int)
-    width = value.shape[1]
-    return [value[r, real_span(width, n, padding_side)] for r, n in enumerate(lengths)]
 
 
 def is_multi_label(head: Any) -> bool:
@@ -233,27 +227,21 @@ class _Invariance:
     """A text's outputs alone vs in a batch, row by row: the core of every batch-invariance record. ``decisions``:
     whether the heads' results are compared too (``decisions_differ``), which needs the engine's jobs."""
 
-    def __init__(self, *, token_outputs: set[str], padding_side: str, tolerance: float, decisions: bool = False):
-        self.token_outputs, self.padding_side, self.tolerance = token_outputs, padding_side, tolerance
+    def __init__(self, *, tolerance: float, decisions: bool = False):
+        self.tolerance = tolerance
         self.worst = 0.0
         self.worst_output: str | None = None
         self.decisions_differ = 0 if decisions else None
         self.checks = 0
 
-    def compare(self, single: dict[str, np.ndarray], outputs: dict[str, np.ndarray], mask: np.ndarray, position: int) -> None:
-        """``single``: the row run alone (batch 1, no padding); ``outputs``: its batch's outputs."""
-        batch = mask.shape[0]
+    def compare(self, alone: Mapping[str, np.ndarray], batched: Mapping[str, np.ndarray]) -> None:
+        """One row's own outputs (padding cut away) run alone vs in a batch."""
         self.checks += 1
-        for output, value in outputs.items():
-            if single[output].shape[:1] != (1,) or value.shape[:1] != (batch,):
-                mine, theirs = single[output], value  # not per row (a head's constant): must not move either
-            else:
-                mine = single[output][0]  # alone: no padding, every position is real
-                theirs = (_rows(value, mask, self.padding_side)[position] if output in self.token_outputs
-                          else value[position])
-            if mine.shape != theirs.shape:
-                raise ValueError(f"output {output} has shape {theirs.shape} in a batch, {mine.shape} alone")
-            self.note(output, mine, theirs)
+        for output, value in batched.items():
+            if np.shape(alone[output]) != np.shape(value):
+                raise ValueError(f"output {output} has shape {np.shape(value)} in a batch, "
+                                 f"{np.shape(alone[output])} alone")
+            self.note(output, alone[output], value)
 
     def note(self, output: str, alone: Any, batched: Any) -> None:
         """Keep the largest |batched - alone| seen so far and the output it was on."""
@@ -291,15 +279,13 @@ def engine_invariance(engine: Any, job: Any, *, max_length: int, tolerance: floa
         "mixed lengths, reversed": ([reverse[i : i + batch_size] for i in range(0, len(rows), batch_size)], None),
         "padded to max_length": (groups, max_length),
     }
-    tally = _Invariance(token_outputs=set(), padding_side=engine.layout.padding_side, tolerance=tolerance, decisions=True)
+    tally = _Invariance(tolerance=tolerance, decisions=True)
     batched: list[dict[str, np.ndarray] | None] = [None] * len(rows)
     for plan, width in layouts.values():
         for group in plan:
             for index, out in zip(group, engine.run_rows([rows[i] for i in group], width=width)):
-                tally.checks += 1
+                tally.compare(alone[index], out)
                 batched[index] = out
-                for name, value in out.items():
-                    tally.note(name, alone[index][name], value)
     for head in engine.heads:
         for a, b in zip(head_results(head, job, alone), head_results(head, job, batched)):
             tally.decisions_differ += int(user_view(a) != user_view(b))
@@ -343,7 +329,7 @@ def case_invariance(cases: Sequence[Any], outputs: Sequence[dict[str, np.ndarray
     max_length: this is :func:`engine_invariance`'s check on outputs verification computed already, at the cost
     of the batch-1 runs only (outputs only: the heads' results are compared on the engine's rows).
     """
-    tally = _Invariance(token_outputs=token_outputs, padding_side=padding_side, tolerance=tolerance)
+    tally = _Invariance(tolerance=tolerance)
     layouts, errors = [], []
     for case, batch_outputs, rows in zip(cases, outputs, alone):
         if rows is None:
@@ -354,7 +340,11 @@ def case_invariance(cases: Sequence[Any], outputs: Sequence[dict[str, np.ndarray
             if isinstance(single, Exception):
                 errors.append(f"{case.name} row {position} alone: {type(single).__name__}: {single}")
                 continue
-            tally.compare(single, batch_outputs, mask, position)
+            # an output without a batch axis (a head's constant) is compared whole: it must not move either
+            axes = {name: "shared" if value.shape[:1] != mask.shape[:1] or single[name].shape[:1] != (1,) else
+                    "token" if name in token_outputs else "row" for name, value in batch_outputs.items()}
+            mine = cut_rows(np.ones((1, int(mask[position].sum())), np.int64), single, axes, padding_side)[0]
+            tally.compare(mine, cut_rows(mask, batch_outputs, axes, padding_side)[position])
     record = tally.record(texts=tally.checks, layouts=layouts, padding_side=padding_side)
     if errors:
         record.update(passed=False, errors=errors[:5])

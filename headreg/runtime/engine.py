@@ -156,21 +156,8 @@ class Engine:
         return per_row
 
     def cut(self, mask: np.ndarray, values: Sequence[np.ndarray], names: Sequence[str]) -> list[dict[str, np.ndarray]]:
-        """Each row's own outputs from batch outputs padded as ``mask`` says (the one place slicing is done)."""
-        attended = mask.sum(axis=1)
-        width = mask.shape[1]
-        side = self.layout.padding_side
-        per_row: list[dict[str, np.ndarray]] = [{} for _ in range(mask.shape[0])]
-        for name, value in zip(names, values):
-            axes = self.layout.output_axes.get(name, "row")
-            for index, out in enumerate(per_row):
-                if axes == "shared":
-                    out[name] = value
-                elif axes == "token":
-                    out[name] = value[index, real_span(width, int(attended[index]), side)]
-                else:
-                    out[name] = value[index]
-        return per_row
+        """Each row's own outputs from batch outputs padded as ``mask`` says (:func:`cut_rows` with this layout)."""
+        return cut_rows(mask, dict(zip(names, values)), self.layout.output_axes, self.layout.padding_side)
 
     def execute(self, batch: Sequence[tuple[Job, int]]) -> tuple[list[dict[str, np.ndarray] | None], dict[Job, BaseException]]:
         """Run one batch of ``(job, row index)`` entries: each entry's outputs, and the jobs that failed.
@@ -310,6 +297,24 @@ class Engine:
             return exc
         except Exception as exc:  # noqa: BLE001 - a postprocess failing fails its job only
             return PredictionError(f"postprocess failed: {type(exc).__name__}: {exc}")
+
+
+def cut_rows(mask: np.ndarray, values: Mapping[str, np.ndarray], axes: Mapping[str, str],
+             padding_side: str) -> list[dict[str, np.ndarray]]:
+    """Each row's own outputs from batch outputs padded as ``mask`` says: the one place slicing is done.
+
+    ``axes`` per output: ``token`` keeps the row's real positions, ``shared`` (no batch axis, e.g. a CRF's
+    transition matrix) goes to every row whole, anything else is the row's own entry.
+    """
+    attended = mask.sum(axis=1)
+    width = mask.shape[1]
+    per_row: list[dict[str, np.ndarray]] = [{} for _ in range(mask.shape[0])]
+    for name, value in values.items():
+        kind = axes.get(name, "row")
+        for index, out in enumerate(per_row):
+            out[name] = (value if kind == "shared" else value[index] if kind != "token"
+                         else value[index, real_span(width, int(attended[index]), padding_side)])
+    return per_row
 
 
 class NonFiniteRows(HeadregError):
