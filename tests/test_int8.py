@@ -160,6 +160,23 @@ def test_verify_rechecks_int8_decisions_without_torch(int8_bundle, tmp_path):
     assert lines and "required >= 25.0% (at export, on other texts: 100.0%)" in lines[0], lines
 
 
+def test_variant_agreement_counts_results_and_refuses_rows_it_cannot_compare(int8_bundle):
+    """golden_agreement's count: a variant's own rows agree with themselves, rows with other logits do not, and
+    rows that cannot be compared (one missing) raise a PredictionError naming the case instead of counting less."""
+    from headreg.errors import PredictionError
+    from headreg.export import production as prod
+
+    bundle = int8_bundle("bert", "token_cls")
+    predictor = Predictor(bundle.path, variant="int8")
+    cases = prod.production_cases(bundle.manifest["max_length"], pairs=False)
+    rows = prod.case_rows(predictor, cases)
+    assert set(prod.variant_agreement(predictor, cases, rows, rows).values()) == {1.0}
+    flipped = [[{**row, "logits": -row["logits"]} for row in case] for case in rows]
+    assert min(prod.variant_agreement(predictor, cases, rows, flipped).values()) < 1.0
+    with pytest.raises(PredictionError, match="predict: mixed lengths.*rows, the reference has"):
+        prod.variant_agreement(predictor, cases, rows, [case[:-1] for case in rows])
+
+
 def test_dynamic_int8_fails_the_invariance_check_that_static_passes(int8_bundle, tmp_path):
     """The check can fail: dynamic int8 of the same graph moves a text's scores with its batchmates."""
     from headreg.export.quantize import quantize_dynamic_int8

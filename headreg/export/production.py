@@ -217,22 +217,18 @@ def agreements(records: Sequence[Mapping[str, Any]], *, results_only: bool = Fal
 
 
 def variant_agreement(predictor: Any, cases: Sequence[ProductionCase], expected: Sequence[Sequence[Mapping[str, np.ndarray]]],
-                      actual: Sequence[Sequence[Mapping[str, np.ndarray]]]) -> dict[str, float | None]:
+                      actual: Sequence[Any]) -> dict[str, float | None]:
     """Per head, how many of the predict cases' inputs a variant's rows (``actual``, through ``predictor``'s own
-    engine and postprocess) answer as PyTorch's rows (``expected``) do: an int8 variant's ``golden_agreement``,
-    which ``headreg verify`` holds it to. A failing engine or postprocess raises (a HeadregError)."""
-    engine = predictor.engine
-    records = []
-    for case, want_rows, got_rows in zip(cases, expected, actual):
-        if isinstance(got_rows, BaseException):
-            raise got_rows
-        if case.kind == "predict":
-            job = job_for(predictor, case)
-            want, got = engine.finish_safely(job, want_rows), engine.finish_safely(job, got_rows)
-            for result in (want, got):
-                if isinstance(result, BaseException):
-                    raise result
-            records.append({"agreement": agreement_counts(engine, want, got, want_rows, got_rows)})
+    engine and postprocess) answer as PyTorch's rows (``expected``) do: :func:`check_case`'s counts with no
+    tolerance on the numbers, an int8 variant's ``golden_agreement``, which ``headreg verify`` holds it to. A case
+    whose rows or results cannot be compared (a failing engine or postprocess) raises a PredictionError."""
+    from ..errors import PredictionError
+
+    records = [check_case(predictor, case, want, atol=np.inf, rtol=0.0, actual=got)
+               for case, want, got in zip(cases, expected, actual) if case.kind == "predict"]
+    for record in records:
+        if "agreement" not in record:
+            raise PredictionError(f"{record['name']}: {'; '.join(record['problems'])}")
     return agreements(records)
 
 
