@@ -130,7 +130,7 @@ def test_jobs_of_both_kinds_fail_alone_when_the_model_fails_on_one(bert_bundle):
     poison = predictor.tokenizer.encode("zebra", add_special_tokens=False).ids[0]
     predictor.engine.backend = FaultyBackend(predictor.backend, poison, "raise")
     answers = predictor.engine.run([predictor.prepare(["good"]), predictor.prepare(["zebra"]),
-                                    predictor.prepare(["good"], kind="embed")])
+                                    predictor.prepare(["good"], "embed")])
     clean = Predictor(bert_bundle.path)
     assert answers[0] == clean.predict(["good"])
     assert isinstance(answers[1], PredictionError)

@@ -74,6 +74,15 @@ def test_bodies_json_cannot_serve_are_422_naming_the_problem_never_500(server, n
     assert next(text for key, text in expected.items() if name.startswith(key)) in error
 
 
+@pytest.mark.parametrize("name", ["inputs", "kind"])
+def test_a_parameter_named_like_an_argument_is_an_unknown_option_not_a_500(server, name):
+    """Parameters reach Predictor.prepare as keyword options; one named like its own arguments once clashed
+    with them (a TypeError, answered 500)."""
+    answer = httpx.post(f"http://127.0.0.1:{server.port}{PATH}", json={"inputs": ["a"], "parameters": {name: "embed"}})
+    assert answer.status_code == 422 and f"unknown option {name!r}" in answer.json()["error"], answer.text[:300]
+    assert run(legit(server.port)) == [200]
+
+
 def test_a_string_past_the_limit_is_refused_by_the_shared_parser_naming_where():
     from headreg.serve.errors import RequestError
     from headreg.serve.limits import parse_json_body

@@ -104,7 +104,7 @@ def _cosine(a: Any, b: Any) -> float:
 
 def job_for(predictor: Any, case: ProductionCase) -> Any:
     inputs = [tuple(item) if isinstance(item, list) else item for item in case.inputs]
-    return predictor.prepare(inputs, kind=case.kind, **case.options)
+    return predictor.prepare(inputs, case.kind, **case.options)
 
 
 def rows_of(engine: Any, job: Any, batch_size: int) -> list[dict[str, np.ndarray]] | BaseException:

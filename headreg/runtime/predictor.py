@@ -136,7 +136,7 @@ class Predictor:
 
     # --- public API -------------------------------------------------------------------------------------------
 
-    def predict(self, inputs: Text | Iterable[Text], *, batch_size: int | None = None, **options: Any) -> Any:
+    def predict(self, inputs: Text | Iterable[Text], /, *, batch_size: int | None = None, **options: Any) -> Any:
         """One result dict per input, in input order (a single string gives a single result).
 
         ``options`` override the bundle's postprocess config for this call, e.g. ``thresholds=0.3`` or
@@ -156,7 +156,7 @@ class Predictor:
         results = self._run(texts, "predict", batch_size, options)
         return results[0] if single else results
 
-    def embed(self, inputs: Text | Iterable[Text], *, batch_size: int | None = None, **options: Any) -> np.ndarray:
+    def embed(self, inputs: Text | Iterable[Text], /, *, batch_size: int | None = None, **options: Any) -> np.ndarray:
         """``pooled_output`` per input, in input order: float32 ``[len(inputs), hidden]`` (``[hidden]`` for one string).
 
         With ``long_text="window"`` a long input's vector is the ``window_reduce`` (default ``mean``) of its
@@ -170,9 +170,10 @@ class Predictor:
             return np.zeros((0, self._pooled_width() or 0), dtype=np.float32)
         return np.stack(vectors).astype(np.float32, copy=False)
 
-    def prepare(self, inputs: Iterable[Text], *, kind: str = "predict", **options: Any) -> Job:
+    def prepare(self, inputs: Iterable[Text], kind: str = "predict", /, **options: Any) -> Job:
         """Check and tokenize a call's inputs into a :class:`~headreg.runtime.engine.Job` of rows (raises
-        InputError on bad input). ``self.engine`` runs it (``headreg serve`` and the integrations do)."""
+        InputError on bad input). ``self.engine`` runs it (``headreg serve`` and the integrations do). ``inputs``
+        and ``kind`` are positional only, so a client's option of either name is an unknown option, not a clash."""
         if kind not in ("predict", "embed"):
             raise ValueError(f"kind must be 'predict' or 'embed', got {kind!r}")
         items = list(inputs)
@@ -195,7 +196,7 @@ class Predictor:
             if not chunk:
                 return results
             check_inputs(chunk, self.supports_pairs, start=len(results))  # errors name the index in the whole call
-            job = self.prepare(chunk, kind=kind, **options)
+            job = self.prepare(chunk, kind, **options)
             (answer,) = self.engine.run([job], batch_size=batch_size)
             if isinstance(answer, BaseException):
                 raise answer

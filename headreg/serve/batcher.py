@@ -216,9 +216,9 @@ class Batcher:
         parameters = dict(parameters or {})
         inputs = list(inputs)
         if sum(map(_chars, inputs)) <= INLINE_CHARS:
-            job = self.predictor.prepare(inputs, kind=kind, **parameters)
+            job = self.predictor.prepare(inputs, kind, **parameters)
         else:
-            job = await loop.run_in_executor(None, lambda: self.predictor.prepare(inputs, kind=kind, **parameters))
+            job = await loop.run_in_executor(None, lambda: self.predictor.prepare(inputs, kind, **parameters))
         tokens = sum(len(row.encoding) for row in job.rows)
         if stats is not None:
             stats["rows"] = len(job.rows)
