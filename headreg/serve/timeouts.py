@@ -82,6 +82,7 @@ def guarded_protocol(header_timeout: float, metrics: Any = None) -> type:
     class HeaderDeadlineProtocol(base):  # type: ignore[misc, valid-type]
         _header_deadline: asyncio.TimerHandle | None = None
         _header_bytes = 0
+        _header_tail = b""
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -92,16 +93,23 @@ def guarded_protocol(header_timeout: float, metrics: Any = None) -> type:
             if self._header_deadline is None and (cycle is None or cycle.response_complete):
                 self._arm()  # the first byte of the next request on a kept-alive connection
             if self._header_deadline is not None:
-                self._header_bytes += len(data)
+                # Counted up to the blank line that ends the headers, and before the parser sees the bytes: a
+                # read that completes an oversized header block is refused too (body bytes beside it are not
+                # headers). The last 3 bytes of the previous read find a blank line split between two reads.
+                seen = self._header_tail + data
+                ends = [at + len(mark) for mark in (b"\r\n\r\n", b"\n\n") if (at := seen.find(mark)) >= 0]
+                self._header_bytes += max(min(ends) - len(self._header_tail), 0) if ends else len(data)
+                self._header_tail = seen[-3:]
+                if self._header_bytes > MAX_HEADER_BYTES:
+                    self._disarm()
+                    if not self.transport.is_closing():
+                        self.transport.write(too_large)
+                        self.transport.close()
+                        count(431)
+                    return
             super().data_received(data)
             if self.cycle is not cycle:  # the parser completed a request's headers: the handler runs now
                 self._disarm()
-            elif self._header_deadline is not None and self._header_bytes > MAX_HEADER_BYTES:
-                self._disarm()
-                if not self.transport.is_closing():
-                    self.transport.write(too_large)
-                    self.transport.close()
-                    count(431)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -109,7 +117,7 @@ def guarded_protocol(header_timeout: float, metrics: Any = None) -> type:
 
         def _arm(self) -> None:
             self._disarm()
-            self._header_bytes = 0
+            self._header_bytes, self._header_tail = 0, b""
             self._header_deadline = self.loop.call_later(header_timeout, self._headers_too_slow)
 
         def _disarm(self) -> None:
