@@ -159,3 +159,60 @@ def test_each_workers_full_batch_makes_a_trim_owed():
     for workers in (1, 2, 4):
         batcher = Batcher("m", predictor, max_batch_tokens=2048, max_batch_size=64, trim_memory=True, workers=workers)
         assert batcher.trimmer.threshold <= batcher.max_batch_cells, workers
+
+
+def test_an_owed_trim_for_freed_tokenizing_waits_a_moment_then_runs_when_idle():
+    trimmer = Trimmer(min_interval=0.0)
+    if not trimmer.active:
+        pytest.skip("malloc_trim is glibc's")
+    from headreg.serve.memory import OWED_DELAY
+
+    assert trimmer.owe() and 0 < trimmer.due_in() <= OWED_DELAY  # the request's frames go first
+    trimmer.idle()
+    assert trimmer.trims == 0
+    time.sleep(OWED_DELAY + 0.05)
+    assert trimmer.due_in() == 0
+    trimmer.idle()
+    assert trimmer.trims == 1 and trimmer.due_in() is None
+    assert not Trimmer(enabled=False).owe()
+
+
+@pytest.mark.slow
+def test_tokenizing_abandoned_by_its_clients_is_handed_back_once_idle(tmp_path):
+    """Requests whose clients leave while their windows are being cut never reach a batch, so no batch makes a
+    trim owed: each (~0.9 GB of windows here) is freed where it was tokenized and trimmed. The code before this
+    kept +2.6 GB in the idle server."""
+    import asyncio
+
+    from test_runtime_predictor import tiny_bundle
+    from test_serve import Server
+
+    from benchmarks import attacks
+
+    if not Trimmer().active:
+        pytest.skip("malloc_trim is glibc's")
+
+    def rss_mb(pid: int) -> float:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
+
+    server = Server(tmp_path, f"seq_cls={tiny_bundle('seq_cls')}")
+    try:
+        before = rss_mb(server.process.pid)
+        # 128 texts of ~7,600 tokens, each in 254 windows of 128 tokens (the most --max-windows allows)
+        body = attacks.predict_body(["a " * 7600] * 128, long_text="window", window_stride=96)
+
+        async def leave() -> None:
+            await asyncio.gather(*(attacks.hang_up(server.port, "/v1/models/seq_cls/predict", body, after=1.0)
+                                   for _ in range(3)))
+
+        asyncio.run(asyncio.wait_for(leave(), 60))
+        deadline, peak, now = time.monotonic() + 60, 0.0, rss_mb(server.process.pid)
+        while time.monotonic() < deadline and (now > before + 200 or peak < before + 300):
+            time.sleep(0.25)
+            now = rss_mb(server.process.pid)
+            peak = max(peak, now)
+        assert peak >= before + 300, "the requests were tokenized (what this test is about)"
+        assert now <= before + 200, (before, peak, now)
+    finally:
+        assert server.stop() == 0

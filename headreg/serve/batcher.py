@@ -23,6 +23,7 @@ queued at once, and while it runs, the rows of new requests gather into the next
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections import OrderedDict, deque
@@ -187,6 +188,7 @@ class Batcher:
         self.rows = 0
         # a full batch, at this batcher's cap, makes a trim owed (with N workers each batch holds 1/N of it)
         self.trimmer = Trimmer(trim_memory, threshold=min(TRIM_AT, self.max_batch_cells))
+        self._tokenizing = concurrent.futures.ThreadPoolExecutor(available_cpus(), f"headreg-tokenize-{name}")
 
     def start(self) -> None:
         for thread in self._threads:
@@ -199,6 +201,7 @@ class Batcher:
             self._cond.notify_all()
         for thread in self._threads:
             await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)
 
     @property
     def mean_batch_size(self) -> float:
@@ -212,13 +215,45 @@ class Batcher:
         model or the postprocess fails for this request. ``stats["rows"]`` gets the number of model rows,
         ``stats["tokens"]`` their tokens (special tokens included, no padding).
         """
-        loop = asyncio.get_running_loop()
         parameters = dict(parameters or {})
         inputs = list(inputs)
         if sum(map(_chars, inputs)) <= INLINE_CHARS:
+            return await self._answer(self.predictor.prepare(inputs, kind, **parameters), stats)
+        try:
+            return await self._answer(await self._prepare_apart(inputs, kind, parameters), stats)
+        finally:
+            self._owe_trim()  # what tokenizing it took is freed once it ends: hand it back when the model idles
+
+    async def _prepare_apart(self, inputs: list[Any], kind: str, parameters: dict[str, Any]) -> Any:
+        """A big request's job, tokenized in this bundle's tokenizing threads (one per CPU) while the event loop
+        goes on answering. Tokenizing is CPU-bound and a job holds its windows' encodings (2 MB of windowed text
+        at the smallest window step: ~30,000 windows, ~1.8 GB), so more at once would only add memory. A
+        request abandoned meanwhile (hang-up, timeout) frees its job where it was made and owes a trim: no batch
+        of it runs, so nothing else would hand that memory back."""
+        abandoned = threading.Event()
+
+        def prepare() -> Any:
             job = self.predictor.prepare(inputs, kind, **parameters)
-        else:
-            job = await loop.run_in_executor(None, lambda: self.predictor.prepare(inputs, kind, **parameters))
+            if abandoned.is_set():
+                del job
+                self._owe_trim()
+                return None
+            return job
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._tokenizing, prepare)
+        except asyncio.CancelledError:
+            abandoned.set()  # a task not started yet never runs: the pool drops it
+            raise
+
+    def _owe_trim(self) -> None:
+        with self._cond:
+            if self.trimmer.owe():
+                self._cond.notify()  # an idle model thread waits for the trim's time
+
+    async def _answer(self, job: Any, stats: dict[str, Any] | None) -> Any:
+        """Queue a prepared job's rows, wait for their outputs, finish it."""
+        loop = asyncio.get_running_loop()
         tokens = sum(len(row.encoding) for row in job.rows)
         if stats is not None:
             stats["rows"] = len(job.rows)

@@ -41,6 +41,7 @@ ATTENTION_CELLS = 2 * 256 * 256
 # per TRIM_INTERVAL, a fifth of that.
 TRIM_AT = ATTENTION_CELLS
 TRIM_INTERVAL = 5.0
+OWED_DELAY = 1.0
 HEAPS = 2
 _M_ARENA_MAX = -8  # glibc's malloc.h
 
@@ -81,7 +82,7 @@ class Trimmer:
         self.threshold = threshold
         self.min_interval = min_interval
         self._pending = False
-        self._last = 0.0
+        self._last = self._not_before = 0.0
         self._lock = threading.Lock()  # several model workers call in: one trim at a time
         self.trims = 0
         self.seconds = 0.0
@@ -96,12 +97,22 @@ class Trimmer:
         self._pending = self._pending or rows * longest * longest >= self.threshold
         self._run_if_due()
 
+    def owe(self) -> bool:
+        """Owe a trim for memory freed outside the batches (a big request's tokenizing): it runs at
+        ``OWED_DELAY`` seconds at the soonest, once the request's frames are gone. False where trims are off."""
+        if self._trim is None:
+            return False
+        self._pending = True
+        self._not_before = time.monotonic() + OWED_DELAY
+        return True
+
     def due_in(self) -> float | None:
         """Seconds until an owed trim may run (0: now), or None when none is owed: how long an idle model thread
         waits before :meth:`idle`, so a burst of big batches is handed back even when no batch follows it."""
         if self._trim is None or not self._pending:
             return None
-        return max(self.min_interval - (time.monotonic() - self._last), 0.0)
+        now = time.monotonic()
+        return max(self.min_interval - (now - self._last), self._not_before - now, 0.0)
 
     def idle(self) -> None:
         self._run_if_due()
@@ -111,7 +122,7 @@ class Trimmer:
             return
         try:
             now = time.monotonic()
-            if self._pending and now - self._last >= self.min_interval:
+            if self._pending and now - self._last >= self.min_interval and now >= self._not_before:
                 self._trim(0)
                 self._pending = False
                 self._last = time.monotonic()
