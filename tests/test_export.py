@@ -445,3 +445,24 @@ def test_an_interrupted_export_leaves_no_bundle(tmp_path, backbone_dir, sig):
         with atomic_directory(out_parent / "bundle", overwrite=False) as tmp:
             (tmp / "x").write_text("new")  # the next write to the same target removes dead processes' leftovers
         assert entries(out_parent) == {"bundle"}
+
+
+@pytest.mark.parametrize("options, refused", [
+    ({"min_agreement": 2}, "min_agreement must be a number in 0..1, got 2"),
+    ({"atol": -1}, "atol must be a number >= 0"),
+    ({"rtol": float("nan")}, "rtol must be a number >= 0, got nan"),
+    ({"max_length": 0}, "max_length must be an integer >= 1"),
+    ({"max_length": True}, "max_length must be an integer"),
+    ({"opset": 5}, "opset must be an integer >= 14"),
+    ({"near_tie": -1}, "near_tie must be a number in 0..1"),
+    ({"bf16": "yes"}, "bf16 must be True or False"),
+    ({"optimize": True, "bf16": True}, "optimize and bf16 do not go together"),
+])
+def test_export_options_that_cannot_work_are_refused_when_built(options, refused):
+    """What `headreg export`'s flags refuse, ExportOptions refuses before any work (optimize + bf16 used to fail
+    only after the optimize step had run)."""
+    from headreg.export.pipeline import ExportOptionError
+
+    with pytest.raises(ExportOptionError, match=refused.replace("(", r"\(").replace(".", r"\.")):
+        ExportOptions(**options)
+    assert ExportOptions(opset=np.int64(17), max_length=np.int64(128), atol=0, min_agreement=1).max_length == 128

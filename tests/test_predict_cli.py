@@ -117,6 +117,14 @@ def test_predict_usage_errors_exit_2_and_broken_bundles_exit_1(tmp_path):
     (broken / "model.onnx").write_bytes(b"not an onnx graph")
     corrupt = run_headreg("predict", str(broken), "hello")
     assert corrupt.returncode == 1 and corrupt.stderr.startswith("error: ")
+    # a bundle whose manifest was edited into one that fails its checks is a broken bundle (1), not a usage error
+    edited = tmp_path / "edited-bundle"
+    shutil.copytree(bundle, edited)
+    manifest = json.loads((edited / "headreg.json").read_text())
+    (edited / "headreg.json").write_text(json.dumps({**manifest, "max_length": -5}))
+    for command in (("predict", str(edited), "hello"), ("verify", str(edited))):
+        failed = run_headreg(*command)
+        assert failed.returncode == 1 and "field 'max_length' must be an integer >= 1" in failed.stderr, command
 
 
 def test_predict_on_a_saved_model_says_to_export_it(tmp_path):

@@ -12,13 +12,16 @@ VARIANT_CHOICES = ["auto", "fp32", "int8", "bf16", "int8-ov"]
 
 
 def check_bundle(path: str) -> None:
-    """Exit 2 when ``path`` is not a bundle at all (a saved model, a missing file); torch-free."""
+    """Exit 2 when ``path`` is not a bundle at all (a saved model, a missing file), 1 when its manifest says it is
+    one but fails the manifest's checks (a changed or corrupt bundle, like any other load check); torch-free."""
     from ..errors import BundleError
-    from ..manifest import read_manifest
+    from ..manifest import is_bundle, read_manifest
 
     try:
         read_manifest(path)
     except BundleError as exc:
+        if is_bundle(path):
+            fail(str(exc), EXIT_FAILURE)
         usage_error(str(exc))
 
 

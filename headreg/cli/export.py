@@ -200,8 +200,10 @@ Examples:
                    "Normalize), else what transformers' own task model does].")
 @click.option("--tokenizer", default=None, type=click.Path(exists=True), help="Tokenizer dir or tokenizer.json [default: SOURCE's].")
 @click.option("--opset", default=None, type=click.IntRange(min=14), help="ONNX opset [default: the exporter's].")
-@click.option("--atol", default=1e-4, show_default=True, type=float, help="Absolute tolerance of verification.")
-@click.option("--rtol", default=1e-3, show_default=True, type=float, help="Relative tolerance of verification.")
+@click.option("--atol", default=1e-4, show_default=True, type=click.FloatRange(min=0),
+              help="Absolute tolerance of verification.")
+@click.option("--rtol", default=1e-3, show_default=True, type=click.FloatRange(min=0),
+              help="Relative tolerance of verification.")
 @click.option("--max-length", default=None, type=click.IntRange(min=1),
               help="Longest input in tokens the bundle accepts and is verified at; the runtime truncates to it "
                    "[default: a sentence-transformers checkpoint's max_seq_length, else what the backbone's "
@@ -249,13 +251,16 @@ def export(source: str, out_dir: str, head: str | None, num_labels: int | None, 
     plan = _checked_source(source, out_dir, head=head, num_labels=num_labels, tokenizer=tokenizer, allow_bin=allow_bin,
                            overwrite=overwrite, pooling=pooling, id2label=_label_names(labels, id2label_file))
     calibration_texts = _calibration_texts(calibration_file, reduced_precision=bool(quantize) or bf16)
-    from ..export.pipeline import ExportOptions
+    from ..export.pipeline import ExportOptionError, ExportOptions
 
-    options = ExportOptions(
-        exporter=exporter, opset=opset, max_length=max_length, atol=atol, rtol=rtol, optimize=optimize,
-        quantize=quantize, bf16=bf16, calibration_texts=calibration_texts, calibration_method=calibration_method,
-        min_agreement=min_agreement, near_tie=near_tie, max_error=max_error,
-    )
+    try:
+        options = ExportOptions(
+            exporter=exporter, opset=opset, max_length=max_length, atol=atol, rtol=rtol, optimize=optimize,
+            quantize=quantize, bf16=bf16, calibration_texts=calibration_texts, calibration_method=calibration_method,
+            min_agreement=min_agreement, near_tie=near_tie, max_error=max_error,
+        )
+    except ExportOptionError as exc:
+        usage_error(str(exc))
     bundle = _export_or_exit(plan, out_dir, options, overwrite=overwrite, as_json=as_json)
     if as_json:
         emit_json(bundle.summary())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import numbers
 import os
 import resource
 import sys
@@ -411,6 +413,25 @@ class ExportOptions:
             raise ExportOptionError(
                 f"unknown calibration method {self.calibration_method!r}; choose one of {', '.join(METHODS)}"
             )
+        # the ranges of the matching `headreg export` flags, so a script gets the CLI's answer before any work
+        ranges = {"opset": (14, None), "max_length": (1, None), "atol": (0, None), "rtol": (0, None),
+                  "min_agreement": (0, 1), "near_tie": (0, 1), "max_error": (0, None), "invariance_tolerance": (0, None)}
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if value is None and name in ("opset", "max_length"):
+                continue
+            integer = name in ("opset", "max_length")
+            number = isinstance(value, numbers.Integral) if integer else isinstance(value, numbers.Real) and math.isfinite(value)
+            if isinstance(value, bool) or not number or value < low or (high is not None and value > high):
+                kind = "an integer" if integer else "a number"
+                raise ExportOptionError(f"{name} must be {kind} " + (f"in {low}..{high}" if high is not None else
+                                        f">= {low}") + f", got {value!r}")
+        for name in ("optimize", "bf16"):
+            if not isinstance(getattr(self, name), bool):
+                raise ExportOptionError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.optimize and self.bf16:
+            raise ExportOptionError("optimize and bf16 do not go together: optimize fuses onnxruntime-only operators "
+                                    "into model.onnx, which OpenVINO (bf16) cannot read; export one of them")
 
     @property
     def modes(self) -> list[str]:
