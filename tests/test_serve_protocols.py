@@ -385,3 +385,134 @@ def test_v2_binary_tensors_that_do_not_fit_are_400(server, predictors):
                                   (header + overlong, len(header), "cut short")):
         bad = httpx.post(url, content=body, headers={**AUTH, "Inference-Header-Content-Length": str(length)})
         assert bad.status_code == 400 and message in bad.json()["error"], bad.text
+
+
+# --- bodies the protocol routes used to answer 500, or answer misleadingly ---------------------------------------
+
+
+def test_tei_routes_refuse_a_lone_surrogate_like_the_native_routes(server):
+    """``truncate: false`` and /tokenize hand the texts to the tokenizer before the model queue would check them."""
+    native = post(f"{server.url}/v1/models/seq_cls/embed", b'{"inputs": ["\\ud800x"]}')
+    assert native.status_code == 422 and "not valid Unicode text" in native.json()["error"]
+    url = f"{server.url}/tei/seq_cls"
+    for path, body in (("/embed", b'{"inputs": "\\ud800x", "truncate": false}'),
+                       ("/predict", b'{"inputs": "\\ud800x", "truncate": false}'),
+                       ("", b'{"inputs": "\\ud800x", "truncate": false}'),
+                       ("/rerank", b'{"query": "\\ud800x", "texts": ["a"], "truncate": false}'),
+                       ("/similarity", b'{"inputs": {"source_sentence": "\\ud800x", "sentences": ["a"]}, '
+                                       b'"parameters": {"truncate": false}}'),
+                       ("/tokenize", b'{"inputs": "\\ud800"}')):
+        refused = post(url + path, body)
+        assert refused.status_code == 422, (path, refused.text)
+        assert refused.json()["error_type"] == "validation" and "not valid Unicode text" in refused.json()["error"]
+        if path != "/rerank":  # a pair names its side
+            assert refused.json()["error"] == native.json()["error"]
+
+
+def test_tei_tokenize_of_a_big_body_leaves_the_event_loop_answering(server):
+    import asyncio
+    import time
+
+    texts = [" ".join(f"w{i}x{j}" for j in range(15_000))[:120_000] for i in range(16)]  # ~1.9 MB: the payload limit
+
+    async def measure():
+        async with httpx.AsyncClient(headers=AUTH, timeout=60) as client:
+            start = time.perf_counter()
+            tokenize = asyncio.create_task(client.post(f"{server.url}/tei/seq_cls/tokenize", json={"inputs": texts}))
+            waits = []
+            while not tokenize.done():
+                sent = time.perf_counter()
+                assert (await client.get(f"{server.url}/health")).status_code == 200
+                waits.append(time.perf_counter() - sent)
+                await asyncio.sleep(0.01)
+            return await tokenize, time.perf_counter() - start, waits
+
+    answer, seconds, waits = asyncio.run(measure())
+    assert answer.status_code == 200 and len(answer.json()) == 16
+    # tokenized on the event loop, one /health waited for (nearly) the whole request
+    assert max(waits) < seconds / 2, (max(waits), seconds)
+    ids = [[7592, 2088] * 250] * 16
+    decoded = post(f"{server.url}/tei/seq_cls/decode", {"ids": ids})  # a decode past INLINE_TOKENS: in a thread too
+    assert decoded.status_code == 200 and len(decoded.json()) == 16
+
+
+def test_unhashable_and_mistyped_fields_are_400_in_the_protocols_shape(server):
+    for function in (["softmax"], {}):
+        hf = post(f"{server.url}/models/seq_cls", {"inputs": "x", "parameters": {"function_to_apply": function}})
+        assert hf.status_code == 400 and list(hf.json()) == ["error"] and "function_to_apply" in hf.json()["error"]
+    url = f"{server.url}/v2/models/seq_cls/infer"
+    unhashable = post(url, {"inputs": [{"name": ["x"]}]})
+    assert unhashable.status_code == 400 and list(unhashable.json()) == ["error"], unhashable.text
+    superscript = post(url, b"{}", headers={"Inference-Header-Content-Length": b"\xb2"})  # "2" to isdigit, not to int
+    assert superscript.status_code == 400 and "Inference-Header-Content-Length" in superscript.json()["error"]
+    for header in ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "parameters": "oops"}]},
+                   {"inputs": 5}):
+        binary = json.dumps(header).encode()
+        answer = post(url, binary + b"\x01\x00\x00\x00x", headers={"Inference-Header-Content-Length": str(len(binary))})
+        assert answer.status_code == 400 and list(answer.json()) == ["error"], (header, answer.text)
+
+
+def test_openai_and_tei_say_what_is_wrong_with_model_input_and_encoding_format(server):
+    url = f"{server.url}/v1/embeddings"
+    unknown = post(url, {"model": "nope", "input": "x", "dimensions": 384})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    number = post(url, {"model": 5, "input": "x"}).json()["error"]
+    assert "must be a string" in number["message"] and "missing" not in number["message"] and number["param"] == "model"
+    lists = post(url, {"model": "seq_cls", "input": [["a", "b"]]}).json()["error"]
+    assert "token ids" not in lists["message"] and "a string or a list of strings" in lists["message"]
+    tei = post(f"{server.url}/tei/seq_cls/embed", {"inputs": [["a"]]})
+    assert tei.status_code == 422 and "token ids" not in tei.json()["error"]
+    assert "a string or a list of strings" in tei.json()["error"]
+    assert "token ids" in post(f"{server.url}/tei/seq_cls/embed", {"inputs": [[101, 102]]}).json()["error"]
+    for encoding in ({}, ""):
+        wrong = post(url, {"model": "seq_cls", "input": "x", "encoding_format": encoding})
+        assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "encoding_format"
+        assert "'float' or 'base64'" in wrong.json()["error"]["message"]
+
+
+def test_huggingface_truncate_false_refuses_overlong_inputs(server, predictors):
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import HfHubHTTPError
+
+    limit = predictors["seq_cls"].max_length
+    long = "word " * (2 * limit)
+    url = f"{server.url}/models/seq_cls"
+    for path, body in (("", {"inputs": long, "truncate": False}),
+                       ("/pipeline/feature-extraction", {"inputs": [SHORT[0], long], "parameters": {"truncate": False}}),
+                       ("/pipeline/sentence-similarity",
+                        {"inputs": {"source_sentence": SHORT[0], "sentences": [long]}, "parameters": {"truncate": False}})):
+        refused = post(url + path, body)
+        assert refused.status_code == 413, (path, refused.text)
+        assert list(refused.json()) == ["error"] and f"must have less than {limit} tokens" in refused.json()["error"]
+    client = InferenceClient(model=f"{url}/pipeline/feature-extraction", api_key=API_KEY)
+    with pytest.raises(HfHubHTTPError) as refused:
+        client.feature_extraction(long, truncate=False)
+    assert refused.value.response.status_code == 413
+    close(client.feature_extraction(SHORT[0], truncate=False), predictors["seq_cls"].embed([SHORT[0]]))
+    close(client.feature_extraction(long), predictors["seq_cls"].embed([long]))  # cut at max_length, as before
+
+
+def test_v2_refuses_an_unknown_version_a_non_string_id_and_outputs_not_a_list(server):
+    text = {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["x"]}
+    url = f"{server.url}/v2/models/seq_cls"
+    assert post(f"{url}/versions/1/infer", {"inputs": [text]}).status_code == 200  # the version metadata lists
+    assert httpx.get(url, headers=dict(AUTH)).json()["versions"] == ["1"]
+    unknown = post(f"{url}/versions/999/infer", {"inputs": [text]})
+    assert unknown.status_code == 404 and "version" in unknown.json()["error"]
+    for path in ("/versions/999", "/versions/999/ready"):
+        assert httpx.get(url + path, headers=dict(AUTH)).status_code == 404, path
+    for body, message in (({"id": 5, "inputs": [text]}, "'id'"), ({"inputs": [text], "outputs": "label"}, "'outputs'"),
+                          ({"inputs": [text], "outputs": 5}, "'outputs'")):
+        refused = post(f"{url}/infer", body)
+        assert refused.status_code == 400 and message in refused.json()["error"], (body, refused.text)
+    surrogate = post(f"{url}/infer", b'{"id": "\\ud800", "inputs": [%s]}' % json.dumps(text).encode())
+    assert surrogate.status_code == 400 and "'id'" in surrogate.json()["error"]  # echoed, it could not be written
+
+
+def test_serve_help_says_which_routes_the_api_key_covers():
+    from click.testing import CliRunner
+
+    from headreg.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["serve", "--help"], catch_exceptions=False).output.split())
+    assert "/info and /v1 " not in text and "TEI" in text and "except /health, /metrics" in text

@@ -32,7 +32,8 @@ Examples:
 @click.option("--variant", type=click.Choice(VARIANT_CHOICES), default=None,
               help="Model variant for every bundle [default: auto, each bundle's choice for this machine].")
 @click.option("--api-key", envvar="HEADREG_API_KEY", default=None,
-              help="Require 'Authorization: Bearer KEY' on /info and /v1 [env: HEADREG_API_KEY].")
+              help="Require 'Authorization: Bearer KEY' on every route (native, OpenAI, HF, TEI, v2) except "
+                   "/health, /metrics, /v2 and /v2/health/* [env: HEADREG_API_KEY].")
 @click.option("--keep-alive", default=75.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds an idle connection stays open (keep it above your load balancer's idle timeout).")
 @click.option("--header-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0.1),

@@ -26,6 +26,7 @@ class Call:
     inputs: list[Any]
     parameters: dict[str, Any] = field(default_factory=dict)
     shape: Any = None  # what a protocol adapter needs to shape the result into its answer
+    truncate: bool = True  # False: an input longer than the model takes is refused, not cut (TEI's truncate)
 
 
 def parse_request(payload: Any, *, max_inputs: int) -> tuple[list[Any], dict[str, Any]]:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..schema import RequestError, check_api_key, check_count
+from ...runtime.inputs import InputError, check_inputs
+from ..limits import parse_json_body
+from ..schema import Call, RequestError, check_api_key, check_count
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 def endpoint(state: Any, protocol: str, route: str, handler: Handler,
@@ -53,11 +57,51 @@ def text_list(value: Any, field: str, max_inputs: int) -> list[str]:
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, list) or not texts:
         raise RequestError(422, f"'{field}' must be a string or a non-empty list of strings")
+    # OpenAI and TEI take token ids (ints, or lists of them) where texts go: say why they are refused here
+    if all(_token_id(item) or (isinstance(item, list) and item and all(map(_token_id, item))) for item in texts):
+        raise RequestError(422, f"'{field}' holds token ids; this server tokenizes with the model's own tokenizer: "
+                                "send the text as a string or a list of strings")
     check_count(f"'{field}'", len(texts), max_inputs)
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise RequestError(422, f"'{field}'[{index}] is not a string; this server takes text only")
+            raise RequestError(422, f"'{field}'[{index}] is not a string; '{field}' must be a string or a list of "
+                                    "strings")
     return texts
+
+
+def _token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_texts(predictor: Any, inputs: list[Any]) -> None:
+    """The runtime's own input check (lone surrogates, pairs for a model of single texts) as the native routes'
+    422, for the routes that hand inputs to the tokenizer before the model queue would check them."""
+    try:
+        check_inputs(inputs, predictor.supports_pairs)
+    except InputError as exc:
+        raise RequestError(422, str(exc)) from exc
+
+
+async def off_loop(work: Callable[[], T], size: int, inline: int) -> T:
+    """``work()``: on the event loop when ``size`` is at most ``inline`` (cheaper than a hop to a thread), else in
+    the thread pool, so the loop keeps answering other requests meanwhile (the rule of ``Batcher.submit``)."""
+    if size <= inline:
+        return work()
+    return await asyncio.get_running_loop().run_in_executor(None, work)
+
+
+async def infer(state: Any, request: Request, plan: Callable[[Any], Call]) -> tuple[Call, Any, dict[str, Any]]:
+    """``state.infer`` for a route whose calls may say ``truncate: false``: the body is planned where it is
+    decoded (in a worker thread when it is big), and an over-long input of such a call is refused there, since
+    tokenizing every input whole costs what the request's own tokenization does."""
+
+    def decode(body: bytes) -> Call:
+        call = plan(parse_json_body(body))
+        if not call.truncate:
+            refuse_overlong(state.batcher(call.model).predictor, call.inputs)
+        return call
+
+    return await state.infer(request, lambda call: call, decode)
 
 
 def embedding_width(predictor: Any) -> int | None:
@@ -108,6 +152,7 @@ _untruncated: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary(
 def refuse_overlong(predictor: Any, inputs: list[Any]) -> None:
     """TEI's answer to ``truncate: false``: 413 (its "validation" error) for the first input (text or pair) of more
     tokens than the model takes, special tokens counted, with TEI's own message."""
+    check_texts(predictor, inputs)
     tokenizer = _untruncated.get(predictor)
     if tokenizer is None:
         # a copy: the Predictor's tokenizer truncates, and is shared with requests tokenizing meanwhile

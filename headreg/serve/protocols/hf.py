@@ -20,7 +20,8 @@ anything else is the head's own task:
 ``/models/{name}/pipeline/feature-extraction`` and ``/pipeline/sentence-similarity`` (HF's own routes for a model
 with several tasks) answer those tasks whatever the head: point the client at them for a classifier's vectors.
 Vectors are ``Predictor.embed``'s (``normalize: true`` scales them to unit length); similarities are cosines.
-Errors: ``{"error": "..."}``.
+Inputs longer than the model's max_length are cut unless ``truncate`` is false: then an over-long input is the 413
+the TEI routes give, with TEI's message. Errors: ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from ...runtime.postprocess import sigmoid, softmax
 from ..responses import FastJSONResponse
 from ..schema import Call, RequestError
 from .common import (
-    check_flag, check_truncation, cosine_similarity, embedding_width, endpoint, error_400, parameters_of, text_list,
+    check_flag, check_truncation, cosine_similarity, embedding_width, endpoint, error_400, infer, parameters_of,
+    text_list,
 )
 
 FEATURE_PARAMETERS = ("normalize", "truncate", "truncation_direction", "prompt_name", "dimensions", "encoding_format")
@@ -92,16 +94,17 @@ def plan(state: Any, model: str, payload: Any, task: str | None) -> Call:
 
 def _similarity(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Call:
     _only(parameters, ("truncate", "truncation_direction", "prompt_name"), "sentence-similarity")
-    check_truncation(parameters)
+    truncate = check_truncation(parameters)
     if not isinstance(inputs, dict) or not isinstance(inputs.get("source_sentence"), str):
         raise RequestError(422, 'sentence-similarity takes {"inputs": {"source_sentence": "...", "sentences": [...]}}')
     others = text_list(inputs.get("sentences"), "sentences", limit - 1)
-    return Call(model, "embed", [inputs["source_sentence"], *others], shape=Task("sentence-similarity", False))
+    return Call(model, "embed", [inputs["source_sentence"], *others], shape=Task("sentence-similarity", False),
+                truncate=truncate)
 
 
 def _features(model: str, inputs: Any, parameters: dict[str, Any], predictor: Any, limit: int) -> Call:
     _only(parameters, FEATURE_PARAMETERS, "feature-extraction")
-    check_truncation(parameters)
+    truncate = check_truncation(parameters)
     if parameters.get("encoding_format") not in (None, "float"):
         raise RequestError(422, "feature-extraction answers floats; encoding_format base64 is for /v1/embeddings")
     dimensions = parameters.get("dimensions")
@@ -110,7 +113,7 @@ def _features(model: str, inputs: Any, parameters: dict[str, Any], predictor: An
                                 "shorten them; leave 'dimensions' out")
     options = {"normalize": True} if check_flag(parameters, "normalize", False) else {}  # Predictor.embed's own
     return Call(model, "embed", text_list(inputs, "inputs", limit), options,
-                shape=Task("feature-extraction", isinstance(inputs, str)))
+                shape=Task("feature-extraction", isinstance(inputs, str)), truncate=truncate)
 
 
 def _texts(inputs: Any, limit: int) -> tuple[list[Any], bool]:
@@ -146,7 +149,7 @@ def _classification(model: str, inputs: Any, parameters: dict[str, Any], predict
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise RequestError(422, f"top_k must be a positive integer, got {top_k!r:.40}")
     function = parameters.get("function_to_apply")
-    if function is not None and function not in FUNCTIONS:
+    if function is not None and (not isinstance(function, str) or function not in FUNCTIONS):
         raise RequestError(422, f"function_to_apply must be one of {', '.join(FUNCTIONS)}, got {function!r:.40}")
     # another function than the head's own is computed from its logits, which a result carries on request
     options = {"return_logits": True} if function is not None and "return_logits" in predictor.valid_options() else {}
@@ -219,7 +222,7 @@ def routes(state: Any) -> list[Route]:
         async def run(request: Request) -> Response:
             model = request.path_params["name"]
             state.batcher(model)  # an unknown model is a 404 before the body is read
-            call, result, _ = await state.infer(request, lambda payload: plan(state, model, payload, task))
+            call, result, _ = await infer(state, request, lambda payload: plan(state, model, payload, task))
             return FastJSONResponse(answer(call.shape, result))
 
         return run

@@ -54,22 +54,22 @@ def parse(payload: Any, state: Any) -> Call:
     if unknown:
         raise ParamError(f"unknown field(s) {', '.join(map(repr, unknown))}; the body takes: {', '.join(FIELDS)}", unknown[0])
     model = payload.get("model")
-    if not isinstance(model, str) or not model:
+    if model is None or model == "":
         raise ParamError(f"'model' is missing: name a served model ({', '.join(state.predictors)})", "model")
-    value = payload.get("input")
-    if isinstance(value, list) and value and all(isinstance(v, int) or isinstance(v, list) for v in value):
-        raise ParamError("'input' holds token ids; this server tokenizes with the model's own tokenizer: send the "
-                      "text as a string or a list of strings", "input")
+    if not isinstance(model, str):
+        raise ParamError(f"'model' must be a string, the name of a served model ({', '.join(state.predictors)})",
+                         "model")
     try:
-        texts = text_list(value, "input", state.config.max_input_texts)
+        texts = text_list(payload.get("input"), "input", state.config.max_input_texts)
     except RequestError as exc:
         raise ParamError(exc.message, "input") from exc
-    encoding = payload.get("encoding_format") or "float"
+    encoding = payload.get("encoding_format")
+    encoding = "float" if encoding is None else encoding  # only an absent one defaults: "" or {} is a mistake
     if encoding not in ("float", "base64"):
         raise ParamError(f"encoding_format must be 'float' or 'base64', got {encoding!r:.40}", "encoding_format")
     dimensions = payload.get("dimensions")
     if dimensions is not None:
-        width = embedding_width(state.predictors[model]) if model in state.predictors else None
+        width = embedding_width(state.batcher(model).predictor)  # an unknown model: its 404, not a width of None
         if dimensions != width:
             raise ParamError(f"model {model!r} gives {width}-dimensional vectors and cannot shorten them; leave "
                           "'dimensions' out", "dimensions")

@@ -38,11 +38,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ... import __version__
-from ..limits import parse_json_body
+from ..batcher import INLINE_CHARS, INLINE_TOKENS
 from ..responses import FastJSONResponse
 from ..schema import Call, RequestError, json_object
 from .common import (
-    check_flag, check_truncation, cosine_similarity, endpoint, json_error, parameters_of, refuse_overlong, text_list,
+    check_flag, check_texts, check_truncation, cosine_similarity, endpoint, infer, json_error, off_loop, parameters_of,
+    text_list,
 )
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8"}
@@ -63,8 +64,6 @@ def _batch(count: int, limit: int) -> None:
 
 
 def _texts(value: Any, limit: int) -> list[str]:
-    if isinstance(value, list) and value and all(isinstance(v, int) or isinstance(v, list) for v in value):
-        raise RequestError(422, "'inputs' holds token ids; send text: this server tokenizes with the model's tokenizer")
     if isinstance(value, list):
         _batch(len(value), limit)
     return text_list(value, "inputs", limit)
@@ -140,38 +139,32 @@ def info(state: Any, name: str) -> dict[str, Any]:
     }
 
 
-def truncates(route: str, payload: Any) -> bool:
-    """Whether the body leaves over-long inputs to be cut (TEI's ``truncate``, default true here)."""
-    if not isinstance(payload, dict):
-        return True
-    options = payload.get("parameters") if route == "similarity" else payload
-    return not (isinstance(options, dict) and options.get("truncate") is False)
-
-
-def _embed_body(state: Any, payload: Any) -> tuple[dict[str, Any], list[str]]:
-    """An ``/embed`` body (``/embed_all`` and ``/embed_sparse`` take it too) and its texts."""
+def _embed_body(state: Any, payload: Any) -> tuple[dict[str, Any], list[str], bool]:
+    """An ``/embed`` body (``/embed_all`` and ``/embed_sparse`` take it too), its texts and its ``truncate``."""
     body = json_object(payload, EMBED_FIELDS, '{"inputs": "some text"}')
-    check_truncation(body)
-    return body, _texts(body.get("inputs"), state.config.max_input_texts)
+    truncate = check_truncation(body)
+    return body, _texts(body.get("inputs"), state.config.max_input_texts), truncate
 
 
 def plan(state: Any, model: str, route: str, payload: Any) -> Call:
     """One TEI request -> the call; its shape is (``route``, what shaping its result needs)."""
     limit = state.config.max_input_texts
     if route == "embed":
-        body, texts = _embed_body(state, payload)
+        body, texts, truncate = _embed_body(state, payload)
         normalize = check_flag(body, "normalize", True)  # TEI's default; Predictor.embed(normalize=True) does it
-        return Call(model, "embed", texts, {"normalize": True} if normalize else {}, shape=(route, None))
+        return Call(model, "embed", texts, {"normalize": True} if normalize else {}, shape=(route, None),
+                    truncate=truncate)
     if route == "predict":
         body = json_object(payload, ("inputs", "raw_scores", "truncate", "truncation_direction"), '{"inputs": "some text"}')
-        check_truncation(body)
+        truncate = check_truncation(body)
         inputs, batch = _predict_inputs(body.get("inputs"), limit)
         raw = check_flag(body, "raw_scores", False)
-        return Call(model, "predict", inputs, _logits_option(state, model, raw), shape=(route, (batch, raw)))
+        return Call(model, "predict", inputs, _logits_option(state, model, raw), shape=(route, (batch, raw)),
+                    truncate=truncate)
     if route == "rerank":
         body = json_object(payload, ("query", "texts", "raw_scores", "return_text", "truncate", "truncation_direction"),
                        '{"query": "...", "texts": ["...", ...]}')
-        check_truncation(body)
+        truncate = check_truncation(body)
         if not isinstance(body.get("query"), str):
             raise RequestError(422, "'query' must be a string")
         if isinstance(body.get("texts"), list):
@@ -181,20 +174,21 @@ def plan(state: Any, model: str, route: str, payload: Any) -> Call:
             raise RequestError(424, f"model {model!r} does not take sentence pairs; rerank needs a cross-encoder")
         raw = check_flag(body, "raw_scores", False)
         return Call(model, "predict", [(body["query"], text) for text in texts], _logits_option(state, model, raw),
-                    shape=(route, (texts, raw, check_flag(body, "return_text", False))))
+                    shape=(route, (texts, raw, check_flag(body, "return_text", False))), truncate=truncate)
     body = json_object(payload, ("inputs", "parameters"), '{"inputs": {"source_sentence": "...", "sentences": [...]}}')
     parameters = parameters_of(body)
-    check_truncation(parameters)
+    truncate = check_truncation(parameters)
     inputs = body.get("inputs")
     if not isinstance(inputs, dict) or not isinstance(inputs.get("source_sentence"), str):
         raise RequestError(422, "'inputs' must be {\"source_sentence\": \"...\", \"sentences\": [...]}")
     others = text_list(inputs.get("sentences"), "sentences", limit - 1)
-    return Call(model, "embed", [inputs["source_sentence"], *others], shape=(route, None))
+    return Call(model, "embed", [inputs["source_sentence"], *others], shape=(route, None), truncate=truncate)
 
 
 def compat_route(state: Any, model: str, payload: Any) -> str:
     """What TEI's ``POST /`` does for this body: ``query`` reranks, ``{"source_sentence"}`` inputs compare,
-    ``normalize`` / ``prompt_name`` embed (Haystack's and ``InferenceClient``'s feature-extraction send them),
+    ``normalize`` / ``prompt_name`` embed (Haystack's TEI embedder sends them, ``InferenceClient``'s
+    feature-extraction when given ``normalize=``),
     ``raw_scores`` predicts; otherwise a classifier predicts and any other model embeds, as TEI decides by model type."""
     body = payload if isinstance(payload, dict) else {}
     if "query" in body:
@@ -231,7 +225,7 @@ def answer(shape: tuple[str, Any], result: list[Any]) -> Any:
     return cosine_similarity(result[0], result[1:])
 
 
-def decode(state: Any, model: str, payload: Any) -> list[str]:
+async def decode(state: Any, model: str, payload: Any) -> list[str]:
     """TEI's ``/decode``: ``{"ids": [id, ...] or [[id, ...], ...], "skip_special_tokens": true}`` -> texts."""
     body = json_object(payload, ("ids", "skip_special_tokens"), '{"ids": [101, 7592, 102]}')
     ids = body.get("ids")
@@ -243,10 +237,12 @@ def decode(state: Any, model: str, payload: Any) -> list[str]:
         if not isinstance(row, list) or not row or not all(type(i) is int and 0 <= i < vocab for i in row):
             raise RequestError(422, f"'ids'{f'[{index}]' if len(batch) > 1 else ''} must be a non-empty list of token ids "
                                     f"from 0 to {vocab - 1} (this model's vocabulary)")
-    return tokenizer.decode_batch(batch, skip_special_tokens=check_flag(body, "skip_special_tokens", True))
+    skip = check_flag(body, "skip_special_tokens", True)
+    return await off_loop(lambda: tokenizer.decode_batch(batch, skip_special_tokens=skip), sum(map(len, batch)),
+                          INLINE_TOKENS)
 
 
-def embed_all(state: Any, model: str, payload: Any) -> None:
+async def embed_all(state: Any, model: str, payload: Any) -> None:
     """TEI's ``/embed_all`` (every token's vector): a bundle gives its head's outputs and one pooled vector per
     input, never the encoder's per-token states, so a valid request is TEI's 424 saying so."""
     _embed_body(state, payload)
@@ -255,7 +251,7 @@ def embed_all(state: Any, model: str, payload: Any) -> None:
                             "use /embed for one pooled vector per input")
 
 
-def embed_sparse(state: Any, model: str, payload: Any) -> None:
+async def embed_sparse(state: Any, model: str, payload: Any) -> None:
     """TEI's ``/embed_sparse`` (SPLADE: a weight per vocabulary entry): no headreg head produces those, so a valid
     request is TEI's 424 saying so, not a 404 a TEI client would read as a wrong URL."""
     _embed_body(state, payload)
@@ -263,12 +259,18 @@ def embed_sparse(state: Any, model: str, payload: Any) -> None:
                             "use /embed for one dense vector per input")
 
 
-def tokenize(state: Any, model: str, payload: Any) -> list[list[dict[str, Any]]]:
+async def tokenize(state: Any, model: str, payload: Any) -> list[list[dict[str, Any]]]:
     body = json_object(payload, ("inputs", "add_special_tokens", "prompt_name"), '{"inputs": "some text"}')
     check_truncation({"prompt_name": body.get("prompt_name")})
     texts = _texts(body.get("inputs"), state.config.max_input_texts)
     special_tokens = check_flag(body, "add_special_tokens", True)
-    tokenizer = state.batcher(model).predictor.tokenizer
+    predictor = state.batcher(model).predictor
+    check_texts(predictor, texts)
+    return await off_loop(lambda: _tokens(predictor.tokenizer, texts, special_tokens), sum(map(len, texts)),
+                          INLINE_CHARS)
+
+
+def _tokens(tokenizer: Any, texts: list[str], special_tokens: bool) -> list[list[dict[str, Any]]]:
     answers = []
     for text, encoding in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=special_tokens)):
         tokens = []
@@ -296,23 +298,12 @@ def routes(state: Any) -> list[Route]:
         async def run(request: Request) -> Response:
             model = _model(state, request)
             if route in direct:  # no model call
-                return FastJSONResponse(direct[route](state, model, await state.body(request)))
+                return FastJSONResponse(await direct[route](state, model, await state.body(request)))
 
             def call(payload: Any) -> Call:
-                return plan(state, model, route_of(payload), payload)
+                return plan(state, model, compat_route(state, model, payload) if route == "compat" else route, payload)
 
-            def route_of(payload: Any) -> str:
-                return compat_route(state, model, payload) if route == "compat" else route
-
-            def checked(body: bytes) -> Any:
-                """The JSON body; with ``truncate: false``, over-long inputs refused here (in a worker thread when
-                the body is big: tokenizing it all costs what the request's own tokenization does)."""
-                payload = parse_json_body(body)
-                if not truncates(route_of(payload), payload):
-                    refuse_overlong(state.predictors[model], call(payload).inputs)
-                return payload
-
-            planned, result, stats = await state.infer(request, call, checked)
+            planned, result, stats = await infer(state, request, call)
             return FastJSONResponse(answer(planned.shape, result),
                                     headers={"x-total-tokens": str(stats.get("tokens", 0)), "x-model-id": model})
 

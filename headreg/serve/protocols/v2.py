@@ -5,8 +5,9 @@
 >>> triton.InferenceServerClient("127.0.0.1:8080").infer("sentiment", [text]).as_numpy("label")
 
 ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/{name}`` (metadata), ``/v2/models/{name}/ready``
-and ``POST /v2/models/{name}/infer``. Inputs: ``text``, a BYTES tensor of N texts, and optionally ``text_pair``
-(N second texts: sentence pairs), in JSON or in the binary tensor extension Triton's clients send by default.
+and ``POST /v2/models/{name}/infer``; each model route also under ``/versions/1`` (a model's one version).
+Inputs: ``text``, a BYTES tensor of N texts, and optionally ``text_pair`` (N second texts: sentence pairs), in JSON
+or in the binary tensor extension Triton's clients send by default.
 Outputs (JSON), by head: a softmax head's ``label`` (BYTES [N]), ``score`` (FP32 [N]) and ``scores`` (FP32 [N, labels]);
 a multi-label head's ``labels`` (BYTES [N], each a JSON list) and ``scores``; a regression head's ``values``
 (FP32 [N, targets]); a token head's ``entities`` (BYTES [N], each a JSON list of ``{"label", "score", "word",
@@ -77,13 +78,18 @@ def decode_body(body: bytes, header_length: str | None) -> Any:
     """The request JSON, with binary-extension tensor data moved into each input's ``data``."""
     if header_length is None:
         return parse_json_body(body)
-    if not header_length.isdigit() or int(header_length) > len(body):
+    # isdigit alone takes "²", which int() refuses
+    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
         raise RequestError(422, f"Inference-Header-Content-Length {header_length!r:.20} does not fit the body")
     split = int(header_length)
     payload = parse_json_body(body[:split])
     rest = memoryview(body)[split:]
-    for tensor in payload.get("inputs", []) if isinstance(payload, dict) else []:
-        size = (tensor.get("parameters") or {}).get("binary_data_size") if isinstance(tensor, dict) else None
+    tensors = payload.get("inputs") if isinstance(payload, dict) else None
+    for tensor in tensors if isinstance(tensors, list) else []:  # anything else is plan's 422
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        if parameters is not None and not isinstance(parameters, dict):
+            raise RequestError(422, f"input {tensor.get('name')!r:.40}: 'parameters' must be a JSON object")
+        size = (parameters or {}).get("binary_data_size")
         if size is None:
             continue
         if not isinstance(size, int) or size < 0 or size > len(rest):
@@ -127,7 +133,9 @@ def plan(state: Any, model: str, payload: Any) -> Call:
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise RequestError(422, 'the body must be {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [N], '
                                 '"data": [...]}]}')
-    tensors = {t.get("name"): t for t in payload["inputs"] if isinstance(t, dict)}
+    if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in payload["inputs"]):
+        raise RequestError(422, "each input must be a tensor object with a string 'name': 'text' or 'text_pair'")
+    tensors = {t["name"]: t for t in payload["inputs"]}
     unknown = sorted(str(name) for name in tensors if name not in ("text", "text_pair"))
     if unknown or "text" not in tensors:
         raise RequestError(422, f"this model takes inputs 'text' and optionally 'text_pair'; got {', '.join(map(repr, tensors))}")
@@ -140,16 +148,27 @@ def plan(state: Any, model: str, payload: Any) -> Call:
         inputs = list(zip(inputs, pairs))
     predictor = state.batcher(model).predictor
     known = [output["name"] for output in outputs_of(predictor)]
-    asked = [o.get("name") for o in payload.get("outputs") or [] if isinstance(o, dict)]
+    outputs = payload.get("outputs")
+    if outputs is not None and not (isinstance(outputs, list) and all(isinstance(o, dict) for o in outputs)):
+        raise RequestError(422, f"'outputs' must be a list of {{\"name\": ...}} objects (of: {', '.join(known)})")
+    asked = [o.get("name") for o in outputs or []]
     missing = [name for name in asked if name not in known]
     if missing:
         raise RequestError(422, f"no output {', '.join(map(repr, missing))}; this model has: {', '.join(known)}")
     if "embedding" in asked and len(asked) > 1:
         raise RequestError(422, "ask for 'embedding' in a request of its own")
     options = {k: v for k, v in parameters_of(payload).items() if k not in TRITON_PARAMETERS}
+    request_id = payload.get("id")
+    if request_id is not None:
+        if not isinstance(request_id, str):
+            raise RequestError(422, f"'id' must be a string, got {request_id!r:.40}")
+        try:
+            request_id.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: the answer, which echoes the id, could not carry it
+            raise RequestError(422, "'id' is not valid Unicode text: it holds a lone surrogate") from None
     kind = "embed" if asked == ["embedding"] else "predict"
     names = asked or [name for name in known if name != "embedding"]
-    return Call(model, kind, inputs, options, shape=(names, payload.get("id")))
+    return Call(model, kind, inputs, options, shape=(names, request_id))
 
 
 def _tensor(name: str, result: list[Any], labels: list[str]) -> dict[str, Any]:
@@ -169,6 +188,16 @@ def _tensor(name: str, result: list[Any], labels: list[str]) -> dict[str, Any]:
     return {"name": name, "datatype": "BYTES", "shape": [n], "data": data}
 
 
+def _model(state: Any, request: Request) -> str:
+    """The model a route names (404 for an unknown one), at a version its metadata lists."""
+    name = request.path_params["name"]
+    state.batcher(name)
+    version = request.path_params.get("version")
+    if version is not None and version != VERSION:
+        raise RequestError(404, f"model {name!r} has no version {version!r:.20}; its versions: {VERSION}")
+    return name
+
+
 def routes(state: Any) -> list[Route]:
     async def live(request: Request) -> Response:
         return FastJSONResponse({"live": True})
@@ -180,17 +209,15 @@ def routes(state: Any) -> list[Route]:
         return FastJSONResponse({"name": "headreg", "version": __version__, "extensions": ["binary_tensor_data"]})
 
     async def model_metadata(request: Request) -> Response:
-        name = request.path_params["name"]
-        return FastJSONResponse(metadata(name, state.batcher(name).predictor))
+        name = _model(state, request)
+        return FastJSONResponse(metadata(name, state.predictors[name]))
 
     async def model_ready(request: Request) -> Response:
-        name = request.path_params["name"]
-        state.batcher(name)
+        name = _model(state, request)
         return FastJSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
 
     async def infer(request: Request) -> Response:
-        model = request.path_params["name"]
-        state.batcher(model)
+        model = _model(state, request)
         header = request.headers.get("inference-header-content-length")
         call, result, _ = await state.infer(request, lambda payload: plan(state, model, payload),
                                             decode=lambda body: decode_body(body, header))
