@@ -436,6 +436,33 @@ def test_tei_tokenize_of_a_big_body_leaves_the_event_loop_answering(server):
     assert decoded.status_code == 200 and len(decoded.json()) == 16
 
 
+def test_tei_tokenize_takes_a_slot_and_the_request_timeout_like_a_model_call(bundles, tmp_path):
+    """/tokenize runs no model but costs what tokenizing a request does: it is held to --max-concurrent-requests
+    (another request meanwhile gets 429) and to --request-timeout (504), like every model call."""
+    import asyncio
+
+    texts = [" ".join(f"w{i}x{j}" for j in range(15_000))[:120_000] for i in range(16)]
+    srv = Server(tmp_path, f"seq_cls={bundles['seq_cls']}", "--max-input-texts", "16", "--max-concurrent-requests", "1")
+    try:
+        async def meanwhile():
+            async with httpx.AsyncClient(timeout=60) as client:
+                tokenize = asyncio.create_task(client.post(f"{srv.url}/tei/seq_cls/tokenize", json={"inputs": texts}))
+                await asyncio.sleep(0.3)  # its body is in and it is tokenizing
+                other = await client.post(f"{srv.url}/v1/models/seq_cls/predict", json={"inputs": ["hi"]})
+                return await tokenize, other
+
+        tokenize, other = asyncio.run(meanwhile())
+        assert tokenize.status_code == 200 and other.status_code == 429, (tokenize.status_code, other.text)
+    finally:
+        assert srv.stop() == 0
+    srv = Server(tmp_path, f"seq_cls={bundles['seq_cls']}", "--max-input-texts", "16", "--request-timeout", "0.1")
+    try:
+        late = httpx.post(f"{srv.url}/tei/seq_cls/tokenize", json={"inputs": texts}, timeout=60)
+        assert late.status_code == 504 and "--request-timeout" in late.json()["error"], late.text
+    finally:
+        assert srv.stop() == 0
+
+
 def test_unhashable_and_mistyped_fields_are_400_in_the_protocols_shape(server):
     for function in (["softmax"], {}):
         hf = post(f"{server.url}/models/seq_cls", {"inputs": "x", "parameters": {"function_to_apply": function}})

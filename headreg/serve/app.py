@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -43,6 +43,7 @@ from .timeouts import BODY_TIMEOUT, BODY_TOTAL_TIMEOUT, HEADER_TIMEOUT, KEEP_ALI
 
 access_log = logging.getLogger("headreg.serve.access")
 log = logging.getLogger("headreg.serve")
+T = TypeVar("T")
 
 WARMUP_TEXT = "warm up"
 # Bodies up to this size are parsed on the event loop (well under a millisecond); bigger ones in a thread.
@@ -131,6 +132,16 @@ class _State:
         call = parse(await self.body(request, decode))
         batcher = self.batcher(call.model)
         self.note(request, model=call.model, inputs=len(call.inputs))
+        stats: dict[str, Any] = request.scope.setdefault("headreg.log", {})
+        result = await self.guarded(
+            call.model, lambda: batcher.submit(call.inputs, kind=call.kind, parameters=call.parameters, stats=stats))
+        return call, result, stats
+
+    async def guarded(self, model: str, work: Callable[[], Awaitable[T]]) -> T:
+        """``await work()`` in a concurrency slot (429 past ``--max-concurrent-requests``) within
+        ``--request-timeout`` (504; the awaiting task is cancelled, so the Batcher drops the request's queued
+        rows). What :meth:`infer` runs the model's queue in, and what a route's other work per request (TEI's
+        ``/tokenize``) runs in, so it is held to the same limits."""
         if self.in_flight >= self.config.max_concurrent_requests:
             raise RequestError(
                 429, f"the server is at its limit of {self.config.max_concurrent_requests} concurrent requests "
@@ -139,14 +150,10 @@ class _State:
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
         try:
-            stats = request.scope.setdefault("headreg.log", {})
             timeout = self.config.request_timeout
             try:
                 try:
-                    # Past the deadline the awaiting task is cancelled: the Batcher drops the request's queued rows.
-                    result = await asyncio.wait_for(
-                        batcher.submit(call.inputs, kind=call.kind, parameters=call.parameters, stats=stats), timeout
-                    )
+                    return await asyncio.wait_for(work(), timeout)
                 except BaseException as exc:
                     # wait_for's finished frame holds its inner task, which holds this error, whose traceback holds
                     # that frame: a cycle keeping the request's texts and tokenized job until a full collection
@@ -158,18 +165,19 @@ class _State:
                     504, f"the request was not answered within {timeout:g} seconds (--request-timeout) and was "
                     "dropped; send fewer or shorter texts per request, or retry when the server is less busy"
                 ) from None
+            except RequestError:
+                raise
             except InputError as exc:
                 raise RequestError(422, str(exc)) from exc
             except InferenceError as exc:
-                log.error("model %s: %s", call.model, exc)
+                log.error("model %s: %s", model, exc)
                 raise RequestError(500, f"inference failed for this request: {exc}") from exc
             except Exception as exc:  # noqa: BLE001 - one request's failure is that request's 500, nothing more
-                log.exception("model %s: unexpected failure", call.model)
+                log.exception("model %s: unexpected failure", model)
                 raise RequestError(500, f"inference failed for this request: {type(exc).__name__}: {exc}") from exc
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.set(self.in_flight)
-        return call, result, stats
 
 
 def create_app(predictors: Mapping[str, Any], config: ServeConfig | None = None) -> Any:

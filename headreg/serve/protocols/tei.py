@@ -297,8 +297,10 @@ def routes(state: Any) -> list[Route]:
     def handler(route: str):
         async def run(request: Request) -> Response:
             model = _model(state, request)
-            if route in direct:  # no model call
-                return FastJSONResponse(await direct[route](state, model, await state.body(request)))
+            if route in direct:  # no model call, but the same slot and deadline as one
+                payload = await state.body(request)
+                state.note(request, model=model)
+                return FastJSONResponse(await state.guarded(model, lambda: direct[route](state, model, payload)))
 
             def call(payload: Any) -> Call:
                 return plan(state, model, compat_route(state, model, payload) if route == "compat" else route, payload)
