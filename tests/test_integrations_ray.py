@@ -120,8 +120,10 @@ def test_bundle_predictor_columns_and_errors():
     assert list(out["pred_labels"]) == [r["labels"] for r in Predictor(bundle).predict(TEXTS[:20], thresholds=0.3)]
     with pytest.raises(KeyError, match="no column 'body'.*text_column"):
         BundlePredictor(bundle, threads=1, text_column="body")(batch)
-    with pytest.raises(InputError, match="column 'text'.*input 1"):
+    with pytest.raises(InputError, match="column 'text': row 1 of this batch is null, not a string"):
         predict(pd.DataFrame({"text": ["fine", None]}))
+    with pytest.raises(InputError, match="column 'other': row 0 of this batch is null"):  # the pair's own column
+        BundlePredictor(bundle, threads=1, pair_column="other")(pd.DataFrame({"text": ["a"], "other": [None]}))
     with pytest.raises(ValueError, match="output="):
         BundlePredictor(bundle, output="labels")
     with pytest.raises(InputError, match="long_text"):  # options are the Predictor's, checked at load
@@ -192,6 +194,17 @@ def test_serve_deployment_over_http(ray_cluster):
         assert listed[0]["task"] == "sequence-classification"
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=60).text
         assert "headreg_requests_total" in metrics and 'model="sentiment"' in metrics
+        limits = httpx.get(f"http://127.0.0.1:{port}/info", timeout=60).json()["limits"]
+        assert limits["trim_memory"] is True  # headreg serve's memory defaults in each replica
+
+        # past max_concurrent_requests the app answers 429 (Ray's router used to queue the excess itself)
+        serve.run(deployment(bundle, name="sentiment", serve_config={**config, "max_concurrent_requests": 1}),
+                  name="headreg", route_prefix="/")
+        slow = {"inputs": ["word " * 2000] * 4, "parameters": {"long_text": "window"}}
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(lambda _: httpx.post(f"{base}/sentiment/embed", json=slow, timeout=120).status_code,
+                                     range(6)))
+        assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}, statuses
     finally:
         serve.shutdown()
 
@@ -221,3 +234,34 @@ def test_bundle_predictor_multi_head_column_per_head(multi_head_bundle):
     assert list(out["entities"]) == [{"entities": r["entities"]["entities"]} for r in expected]
     only = BundlePredictor(bundle, threads=1, heads=["sentiment"])(batch)
     assert "entities" not in only.columns and list(only["sentiment"]) == list(out["sentiment"])
+
+
+def test_ray_data_arrow_batches_keep_the_declared_types_so_parquet_reads_back(ray_cluster, tmp_path):
+    """With batch_format="pyarrow" every block's result columns have the head's declared types: a block whose
+    texts hold no entity no longer writes list<null> beside list<struct>, which pyarrow cannot read back."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bundle = tiny_bundle("token_cls")
+    texts = ["", "", *TEXTS[:6]]  # the first block (batch_size=2) has no entity
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)]).map_batches(
+        BundlePredictor, fn_constructor_kwargs={"bundle": str(bundle)}, compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=1, batch_size=2, batch_format="pyarrow",
+    )
+    ds.write_parquet(str(tmp_path / "out"))
+    table = pq.read_table(str(tmp_path / "out")).sort_by("id")
+    expected = Predictor(bundle).predict(texts)
+    assert table.column("text").to_pylist() == texts
+    assert table.schema.field("entities").type == pa.list_(pa.struct([
+        ("label", pa.string()), ("score", pa.float64()), ("start", pa.int32()), ("end", pa.int32()),
+        ("word", pa.string()), ("sequence", pa.int32())]))
+    assert [[{k: v for k, v in e.items() if v is not None} for e in row] for row in table.column("entities").to_pylist()] \
+        == [r["entities"] for r in expected]
+    assert any(r["entities"] for r in expected) and not expected[0]["entities"]
+
+    seq = BundlePredictor(tiny_bundle("seq_cls"), threads=1)(pa.table({"text": TEXTS[:3]}))
+    assert seq.schema.field("scores").type == pa.map_(pa.string(), pa.float64())
+    assert [dict(s) for s in seq.column("scores").to_pylist()] == [r["scores"] for r in Predictor(tiny_bundle("seq_cls")).predict(TEXTS[:3])]
+    vectors = BundlePredictor(tiny_bundle("seq_cls"), output="embed", threads=1)(pa.table({"text": TEXTS[:3]}))
+    assert np.array_equal(np.asarray(vectors.column("embedding").to_pylist(), np.float32),
+                          Predictor(tiny_bundle("seq_cls")).embed(TEXTS[:3]))

@@ -75,7 +75,8 @@ def test_struct_matches_predictor_and_loads_once_per_worker(spark):
 
     expected = Predictor(bundle).predict(TEXTS)
     assert [row["pred"].asDict(recursive=True) for row in rows[:-1]] == expected
-    assert rows[-1]["pred"].asDict() == {"label": None, "score": None, "scores": None}  # null text -> null result
+    # a null text: every field null (a pandas UDF cannot return a null struct; docs/scale-out.md says so)
+    assert rows[-1]["pred"].asDict() == {"label": None, "score": None, "scores": None}
     assert udf.return_type == "struct<label:string,score:double,scores:map<string,double>>"
 
     loads = udf.loads

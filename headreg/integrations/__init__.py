@@ -14,6 +14,7 @@ What is shared between them lives here: which result fields of a head become col
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping
 
 Fields = dict[str, str]  # a head's declared result fields: name -> Spark DDL type, the decision first
@@ -35,6 +36,55 @@ def head_layout(predictor: Any, options: Mapping[str, Any] | None = None) -> dic
 def pick_fields(result: Mapping[str, Any], fields: Fields | None) -> dict[str, Any]:
     """A head's result cut to its declared fields (all of them for a head that declares none)."""
     return dict(result) if fields is None else {name: result.get(name) for name in fields}
+
+
+def arrow_type(ddl: str) -> Any:
+    """A declared field's Spark DDL type as a pyarrow type, so an Arrow column has the declared type in every
+    batch (inferred, a batch whose rows hold no entity would make ``list<null>``). The types heads declare:
+    string, double, float, int, bigint, boolean, ``array<T>``, ``map<K,V>``, ``struct<name:T,...>``."""
+    import pyarrow as pa
+
+    scalars = {"string": pa.string(), "double": pa.float64(), "float": pa.float32(), "int": pa.int32(),
+               "integer": pa.int32(), "bigint": pa.int64(), "long": pa.int64(), "boolean": pa.bool_()}
+    tokens = re.findall(r"[A-Za-z_][A-Za-z0-9_]*|[<>,:]", ddl)
+    position = 0
+
+    def take(expected: str | None = None) -> str:
+        nonlocal position
+        token = tokens[position] if position < len(tokens) else ""
+        if expected is not None and token != expected:
+            raise ValueError(f"cannot read the Spark type {ddl!r}: expected {expected!r}, got {token!r}")
+        position += 1
+        return token
+
+    def parse() -> Any:
+        name = take().lower()
+        if name == "array":
+            take("<"), (item := parse()), take(">")
+            return pa.list_(item)
+        if name == "map":
+            take("<"), (key := parse()), take(","), (value := parse()), take(">")
+            return pa.map_(key, value)
+        if name == "struct":
+            take("<")
+            fields = []
+            while True:
+                field = take()
+                take(":")
+                fields.append(pa.field(field, parse()))
+                end = take()
+                if end == ">":
+                    return pa.struct(fields)
+                if end != ",":
+                    raise ValueError(f"cannot read the Spark type {ddl!r}: a struct's fields end with '>'")
+        if name not in scalars:
+            raise ValueError(f"cannot read the Spark type {ddl!r}: {name!r} is none of {', '.join(scalars)}")
+        return scalars[name]
+
+    parsed = parse()
+    if position != len(tokens):
+        raise ValueError(f"cannot read the Spark type {ddl!r}: it goes on after {parsed}")
+    return parsed
 
 
 WARM_UP_TEXT = "headreg warm-up"

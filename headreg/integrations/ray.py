@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import require
 from ..runtime import InputError
-from . import head_layout, load_predictor, pick_fields
+from . import arrow_type, head_layout, load_predictor, pick_fields
 
 OUTPUTS = ("predict", "embed")
 
@@ -65,11 +65,14 @@ class BundlePredictor:
     ``output="embed"`` adds ``embedding`` (float32 pooled_output). ``threads``: onnxruntime threads (default:
     the actor's ``num_cpus``). ``variant``: the bundle variant. ``prefix`` is put before every new column
     name (a result column may not replace an input column). ``predictor_options``: other ``Predictor``
-    arguments (``max_batch_tokens``, ``batch_size``, ``max_length``, ``max_windows``). Any other keyword is a per-call predict
-    option (``thresholds=0.3``, ``aggregation="max"``...), validated by the Predictor when the actor starts.
+    arguments (``max_batch_tokens``, ``batch_size``, ``max_length``, ``max_windows``). Any other keyword is a
+    per-call predict option (``thresholds=0.3``, ``aggregation="max"``...), validated by the Predictor when the
+    actor starts.
 
-    Batches may be pandas DataFrames or dicts of numpy arrays; rows keep their order and every input
-    column is kept.
+    Batches may be pandas DataFrames, dicts of numpy arrays or Arrow tables (``batch_format="pyarrow"``); rows
+    keep their order and every input column is kept. An Arrow batch's new columns have the head's declared types
+    (``map<string,double>`` for ``scores``): every block of the dataset then has one schema, which Parquet needs
+    (pandas and numpy batches leave the types to inference, so a block without any entity gets ``list<null>``).
     """
 
     def __init__(
@@ -93,13 +96,15 @@ class BundlePredictor:
         self.layout = head_layout(self.predictor, options)
 
     def __call__(self, batch: Any) -> Any:
-        columns = list(batch.keys()) if isinstance(batch, Mapping) else list(batch.columns)
+        arrow = _is_arrow(batch)
+        columns = list(batch.column_names if arrow else batch.keys() if isinstance(batch, Mapping) else batch.columns)
         texts = self._texts(batch, columns)
         numpy = isinstance(batch, Mapping)
         try:
             if self.output == "embed":
                 embeddings = self.predictor.embed(texts, **self.options)
-                return self._put(batch, columns, {"embedding": embeddings if numpy else list(embeddings)})
+                value = _arrow_vectors(embeddings) if arrow else embeddings if numpy else list(embeddings)
+                return self._put(batch, columns, {"embedding": value})
             results = self.predictor.predict(texts, **self.options)
         except InputError as exc:
             raise InputError(f"column {self.text_column!r}: {exc}") from exc
@@ -108,21 +113,41 @@ class BundlePredictor:
             rows = [pick_fields(r, declared) for r in results]
             fields = declared or dict.fromkeys(field for row in rows for field in row)
             new = {field: [row.get(field) for row in rows] for field in fields}
+            types = {field: (declared or {}).get(field) for field in fields}
         else:  # several heads: a column per head, holding that head's fields
             new = {head: [pick_fields(r[head], declared) for r in results] for head, declared in self.layout.items()}
-        return self._put(batch, columns, {name: _array(values) for name, values in new.items()} if numpy else new)
+            types = {head: declared and f"struct<{','.join(f'{k}:{v}' for k, v in declared.items())}>"
+                     for head, declared in self.layout.items()}
+        if arrow:  # the declared types in every batch, so the blocks of a dataset share one schema
+            import pyarrow as pa
+
+            new = {name: pa.array(values, type=types[name] and arrow_type(types[name])) for name, values in new.items()}
+        elif numpy:
+            new = {name: _array(values) for name, values in new.items()}
+        return self._put(batch, columns, new)
 
     def _texts(self, batch: Any, columns: list[str]) -> list[Any]:
-        for column in filter(None, (self.text_column, self.pair_column)):
+        """The batch's texts (pairs with ``pair_column``); KeyError for a missing column, InputError naming the
+        column and the row of this batch for a value that is not a string."""
+        values = {}
+        for option, column in (("text_column", self.text_column), ("pair_column", self.pair_column)):
+            if column is None:
+                continue
             if column not in columns:
-                option = "text_column" if column == self.text_column else "pair_column"
                 raise KeyError(f"the batch has no column {column!r} (columns: {', '.join(map(str, columns))}); "
                                f"pass {option}=... to BundlePredictor")
-        # plain Python values of a pandas Series or numpy array (numpy scalars become str / float)
-        texts = batch[self.text_column].tolist()
-        if self.pair_column:
-            return list(zip(texts, batch[self.pair_column].tolist()))
-        return texts
+            # plain Python values of an Arrow column, a pandas Series or a numpy array (numpy scalars become str)
+            data = batch[column]
+            values[column] = data.to_pylist() if hasattr(data, "to_pylist") else data.tolist()
+            for row, value in enumerate(values[column]):
+                if not isinstance(value, str):
+                    missing = value is None or isinstance(value, float) and math.isnan(value)
+                    raise InputError(
+                        f"column {column!r}: row {row} of this batch is {'null' if missing else repr(value)[:40]}, not "
+                        f"a string; filter such rows first (ds.filter(lambda row: isinstance(row[{column!r}], str)))"
+                    )
+        texts = values[self.text_column]
+        return list(zip(texts, values[self.pair_column])) if self.pair_column else texts
 
     def _put(self, batch: Any, columns: list[str], new: dict[str, Any]) -> Any:
         named = {self.prefix + name: value for name, value in new.items()}
@@ -132,12 +157,28 @@ class BundlePredictor:
                 f"the batch already has column(s) {', '.join(taken)}; BundlePredictor does not overwrite input "
                 "columns: pass prefix='pred_' (or rename them)"
             )
+        if _is_arrow(batch):
+            for name, value in named.items():
+                batch = batch.append_column(name, value)
+            return batch
         if isinstance(batch, Mapping):
             return {**batch, **named}
         batch = batch.copy(deep=False)
         for name, value in named.items():
             batch[name] = value
         return batch
+
+
+def _is_arrow(batch: Any) -> bool:
+    return type(batch).__module__.startswith("pyarrow") and hasattr(batch, "column_names")
+
+
+def _arrow_vectors(vectors: np.ndarray) -> Any:
+    """float32 vectors as an Arrow column of fixed-size lists."""
+    import pyarrow as pa
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
 
 
 def _array(values: list[Any]) -> np.ndarray:
@@ -164,7 +205,14 @@ class BundleServer:
 
     def __init__(self, bundle: str, name: str, threads: int | None, variant: str | None,
                  config: Mapping[str, Any], predictor_options: Mapping[str, Any] | None):
-        self.name, self.config = name, dict(config)
+        from ..runtime.session import ARENA_ENV
+        from ..serve.memory import limit_heaps
+
+        # headreg serve's memory defaults (docs/serving.md, "Memory"), set before the session and its threads exist:
+        # onnxruntime's arena off unless the environment says otherwise, glibc's heaps capped, freed memory trimmed
+        os.environ.setdefault(ARENA_ENV, "0")
+        limit_heaps()
+        self.name, self.config = name, {"trim_memory": os.environ[ARENA_ENV] == "0", **config}
         self.predictor = load_predictor(bundle, threads or worker_cpus(), variant, predictor_options)
 
     def __serve_build_asgi_app__(self) -> Any:  # noqa: N802 - Ray Serve's hook
@@ -208,9 +256,10 @@ def deployment(
         raise ValueError(f"serve_config has unknown field(s) {', '.join(unknown)}; fields: "
                          f"{', '.join(ServeConfig.__dataclass_fields__)}")
     options = dict(deployment_options)
-    # Ray Serve's default (5 requests in flight per replica) would starve the app's own queue, which batches
-    # across requests and answers 429 past max_concurrent_requests.
-    options.setdefault("max_ongoing_requests", ServeConfig(**config).max_concurrent_requests)
+    # Ray Serve's default (5 requests in flight per replica) would starve the app's own queue, which batches across
+    # requests; and at exactly max_concurrent_requests Ray's router would queue the excess itself, without limit or
+    # deadline, where the app answers 429. Twice the limit lets the excess reach the app, which refuses it at once.
+    options.setdefault("max_ongoing_requests", 2 * ServeConfig(**config).max_concurrent_requests)
     actor_options = {"num_cpus": num_cpus, **options.pop("ray_actor_options", {})}
     app = serve.deployment(serve.ingress()(BundleServer), name=f"headreg-{name}", num_replicas=num_replicas,
                            ray_actor_options=actor_options, **options)
