@@ -457,6 +457,7 @@ def test_an_interrupted_export_leaves_no_bundle(tmp_path, backbone_dir, sig):
     ({"near_tie": -1}, "near_tie must be a number in 0..1"),
     ({"bf16": "yes"}, "bf16 must be True or False"),
     ({"optimize": True, "bf16": True}, "optimize and bf16 do not go together"),
+    ({"quantize": "int8", "calibration_texts": "texts.txt"}, "calibration_texts takes the texts themselves"),
 ])
 def test_export_options_that_cannot_work_are_refused_when_built(options, refused):
     """What `headreg export`'s flags refuse, ExportOptions refuses before any work (optimize + bf16 used to fail
@@ -466,3 +467,26 @@ def test_export_options_that_cannot_work_are_refused_when_built(options, refused
     with pytest.raises(ExportOptionError, match=refused.replace("(", r"\(").replace(".", r"\.")):
         ExportOptions(**options)
     assert ExportOptions(opset=np.int64(17), max_length=np.int64(128), atol=0, min_agreement=1).max_length == 128
+
+
+def test_export_onnx_names_what_options_must_be(tmp_path):
+    from headreg.export.pipeline import ExportOptionError
+
+    with pytest.raises(ExportOptionError, match=r"options must be an ExportOptions, got dict.*ExportOptions\(\*\*options\)"):
+        export_onnx(object(), tmp_path / "b", None, {"quantize": "int8"})
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_max_length_the_special_tokens_fill_is_refused_naming_the_smallest(tmp_path):
+    """The tokenizer cannot cut a text below its special tokens: --max-length 2 traced 34-token rows into a graph
+    built for 2 and failed with a raw traceback; a Predictor asked for it silently ran longer rows."""
+    from headreg.export.pipeline import ExportOptionError
+    from headreg.runtime import InputError, Predictor
+
+    with pytest.raises(ExportOptionError, match=r"max_length=2 leaves no room.*2 special tokens; pass --max-length 3"):
+        export_onnx(tiny_model("bert", "seq_cls"), tmp_path / "b", load_tokenizer(), ExportOptions(max_length=2))
+    assert not (tmp_path / "b").exists()
+    bundle = export_onnx(tiny_model("bert", "seq_cls"), tmp_path / "ok", load_tokenizer(), ExportOptions(max_length=3))
+    assert Predictor(bundle.path).max_length == 3
+    with pytest.raises(InputError, match="max_length=2 leaves no room"):
+        Predictor(bundle.path, max_length=2)

@@ -125,6 +125,18 @@ def test_predict_usage_errors_exit_2_and_broken_bundles_exit_1(tmp_path):
     for command in (("predict", str(edited), "hello"), ("verify", str(edited))):
         failed = run_headreg(*command)
         assert failed.returncode == 1 and "field 'max_length' must be an integer >= 1" in failed.stderr, command
+    as_json = run_headreg("verify", str(edited), "--json")  # --json answers JSON for a broken bundle too
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["passed"] is False
+    assert "max_length" in json.loads(as_json.stdout)["error"]
+    threads = run_headreg("predict", bundle, "hello", "--threads", "100000")  # onnxruntime would start them all
+    assert threads.returncode == 2 and "threads=100000 is more than 8 per CPU" in threads.stderr
+
+
+def test_predict_table_shows_the_heads_a_call_selected(multi_head_bundle):
+    only = run_headreg("predict", str(multi_head_bundle), "Berlin is nice", "--option", 'heads=["sentiment"]')
+    assert only.returncode == 0, only.stderr
+    table = only.stdout.split("\n", 1)[1]  # below the title, which names the bundle's heads
+    assert "sentiment" in table and "entities" not in table
 
 
 def test_predict_on_a_saved_model_says_to_export_it(tmp_path):

@@ -171,6 +171,8 @@ def test_fresh_head_label_and_pooling_flags_are_checked_before_torch(minilm_path
     (tmp_path / "labels.json").write_text('{"0": "neg", "1": "pos"}')
     (tmp_path / "broken.json").write_text('{"0": "neg",')
     (tmp_path / "gap.json").write_text('{"0": "neg", "2": "pos"}')
+    (tmp_path / "twice.json").write_text('{"0": "neg", "0": "pos"}')  # json.loads kept the last: one label
+    (tmp_path / "script.py").write_text("print('not a tokenizer')\n")
     base = ["export", str(minilm_path), "-o", str(tmp_path / "bundle"), "--head", "seq_cls"]
     for extra, message in (
         (["--labels", "a,b,a"], "'a' given more than once"),
@@ -180,6 +182,8 @@ def test_fresh_head_label_and_pooling_flags_are_checked_before_torch(minilm_path
         (["--id2label", str(tmp_path / "gap.json")], "label indices 0..1"),
         (["--labels", "a,", "--pooling", "mean"], "non-empty strings"),
         (["--num-labels", "2", "--pooling", "avg"], "unknown pooling 'avg'"),
+        (["--id2label", str(tmp_path / "twice.json")], "duplicate key '0'"),
+        (["--num-labels", "2", "--tokenizer", str(tmp_path / "script.py")], "is not a tokenizer.json tokenizers can read"),
     ):
         result = CliRunner().invoke(cli, base + extra)
         assert result.exit_code == 2 and message in result.output, (extra, result.output)

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from .bundles import load_predictor
-from .output import console, emit_json, usage_error
+from .output import EXIT_FAILURE, console, emit_json, fail, usage_error
 
 
 @click.command(short_help="Latency and throughput of every variant (and vs PyTorch).", epilog="""\b
@@ -58,9 +58,15 @@ def bench(bundle: str, batch_size: int, seq_len: int | None, texts_file: str | N
     from ..runtime.bench import measure
 
     warmup = 1
+    from ..errors import PredictionError
+
     with CountProgress(f"benchmarking {len(engines)} engine(s) on {len(corpus)} rows", (warmup + passes) * len(engines),
                        enabled=False if as_json else None) as bar:
-        results = measure(engines, corpus, batch_size=batch_size, passes=passes, warmup=warmup, on_pass=bar.advance)
+        try:
+            results = measure(engines, corpus, batch_size=batch_size, passes=passes, warmup=warmup,
+                              on_pass=bar.advance)
+        except PredictionError as exc:  # a variant could not answer the rows: the bundle's failure, not the user's
+            fail(str(exc), EXIT_FAILURE)
     report = _report(bundle, default, results, batch_size=batch_size, budget=budget, threads=threads)
     if as_json:
         emit_json(report)

@@ -30,8 +30,12 @@ def load_predictor(bundle: str, **options: Any):
     from ..errors import BundleError
     from ..runtime import Predictor
 
+    from ..runtime import InputError
+
     check_bundle(bundle)
     try:
         return Predictor(bundle, **options)
     except BundleError as exc:
         fail(f"{exc}", EXIT_FAILURE)
+    except InputError as exc:  # an option out of range (--threads, --max-windows): the user's to fix
+        usage_error(str(exc))

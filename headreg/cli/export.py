@@ -125,7 +125,7 @@ def print_summary(bundle: Any) -> None:
 
 def _label_names(labels: str | None, id2label_file: str | None) -> Any:
     """--labels a,b,c or --id2label FILE (a JSON list of names, or an object of index -> name), or None."""
-    import json
+    from ..manifest import loads_strict
 
     if labels is not None and id2label_file is not None:
         usage_error("--labels and --id2label both name the labels; pass one of them")
@@ -138,7 +138,7 @@ def _label_names(labels: str | None, id2label_file: str | None) -> Any:
     try:
         if Path(id2label_file).stat().st_size > 1 << 20:
             raise ValueError("it is larger than 1 MB")
-        data = json.loads(Path(id2label_file).read_text("utf-8"))
+        data = loads_strict(Path(id2label_file).read_text("utf-8"))  # a key given twice would drop a label
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         usage_error(f"cannot read --id2label {id2label_file}: {exc}; give a JSON list of names or "
                     '{"0": "neg", ...}')
@@ -289,6 +289,15 @@ def _checked_source(source: str, out_dir: str, *, head: str | None, num_labels: 
         usage_error(str(exc))
     if plan.tokenizer is None:
         usage_error(f"no tokenizer found in {source}; pass --tokenizer DIR_OR_TOKENIZER_JSON")
+    if tokenizer is not None and Path(tokenizer).is_file():  # read now, not after the model has loaded
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_file(tokenizer)
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot parse
+            usage_error(f"--tokenizer {tokenizer} is not a tokenizer.json tokenizers can read "
+                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); pass the tokenizer's "
+                        "directory or its tokenizer.json")
     if plan.pickled:
         click.echo(f"note: loading {plan.path}/pytorch_model.bin with torch.load(weights_only=True) (--allow-bin): "
                    "tensors only, no arbitrary objects", err=True)
@@ -375,8 +384,10 @@ def verify(bundle_dir: str, threads: int | None, as_json: bool) -> None:
     (each result as a user reads it)."""
     from ..errors import BundleError
     from ..export.recheck import verify_bundle
+    from ..manifest import is_bundle
 
-    check_bundle(bundle_dir)
+    if not is_bundle(bundle_dir):  # not a bundle at all: exit 2; a broken one is verify's to report (--json too)
+        check_bundle(bundle_dir)
     try:
         report = verify_bundle(bundle_dir, threads=threads)
     except BundleError as exc:
@@ -388,7 +399,9 @@ def verify(bundle_dir: str, threads: int | None, as_json: bool) -> None:
     else:
         print_report(report)
     if not report.passed:
-        fail(report.message().replace("\n", " ", 1) + "; export the bundle again", EXIT_FAILURE)
+        message = report.message().replace("\n", " ", 1)
+        fail(message if message.rstrip().endswith("export the bundle again") else f"{message}; export the bundle again",
+             EXIT_FAILURE)
 
 
 @click.command("convert", short_help="Rewrite a pytorch_model.bin checkpoint as safetensors.",

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .bundles import VARIANT_CHOICES, load_predictor
-from .output import cell, console, emit_json, plain, usage_error
+from .output import EXIT_FAILURE, cell, console, emit_json, fail, plain, usage_error
 
 
 def _short(text: Any, width: int = 70) -> str:
@@ -91,6 +91,7 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
 
     Texts come as arguments, from --file, or both.
     """
+    from ..errors import PredictionError
     from ..runtime.inputs import InputError, read_texts
 
     items: list[Any] = list(texts)
@@ -124,6 +125,8 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
             results = predictor.predict(items, **options, **extra)
         except InputError as exc:
             usage_error(str(exc))
+        except PredictionError as exc:  # the bundle could not answer (its model failed): not the user's input
+            fail(str(exc), EXIT_FAILURE)
     if as_json:
         emit_json([
             {"text": item, "result": result} if isinstance(item, str)
@@ -134,11 +137,12 @@ def predict(bundle: str, texts: tuple[str, ...], text_file: str | None, as_json:
     from rich.table import Table
 
     table = Table(title=f"{predictor.head} · {len(items)} text(s) · {predictor.variant}", title_justify="left")
-    if predictor.multi_head:  # a column per head: "prediction (score)"
-        for column in ("#", "text", *(head.name for head in predictor.heads)):
+    if predictor.multi_head:  # a column per head that answered (heads= may select some): "prediction (score)"
+        answered = [head.name for head in predictor.heads if head.name in results[0]]
+        for column in ("#", "text", *answered):
             table.add_column(column, overflow="fold")
         for index, (item, result) in enumerate(zip(items, results)):
-            cells = [_prediction_cells(result[head.name]) for head in predictor.heads]
+            cells = [_prediction_cells(result[name]) for name in answered]
             table.add_row(str(index), cell(_short(item)), *(cell(f"{p} ({s})" if s else p) for p, s in cells))
     else:
         for column in ("#", "text", "prediction", "score"):

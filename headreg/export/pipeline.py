@@ -413,6 +413,10 @@ class ExportOptions:
             raise ExportOptionError(
                 f"unknown calibration method {self.calibration_method!r}; choose one of {', '.join(METHODS)}"
             )
+        if isinstance(self.calibration_texts, (str, bytes, os.PathLike)):
+            raise ExportOptionError("calibration_texts takes the texts themselves (a list of strings or (text, "
+                                    "text_pair) pairs), not a file; read a file with "
+                                    "headreg.runtime.inputs.read_texts(path)")
         # the ranges of the matching `headreg export` flags, so a script gets the CLI's answer before any work
         ranges = {"opset": (14, None), "max_length": (1, None), "atol": (0, None), "rtol": (0, None),
                   "min_agreement": (0, 1), "near_tie": (0, 1), "max_error": (0, None), "invariance_tolerance": (0, None)}
@@ -469,6 +473,9 @@ def export_onnx(
     {'abs': 2.4e-07, 'rel': 3.1e-06}
     """
     options = options if options is not None else ExportOptions()
+    if not isinstance(options, ExportOptions):
+        raise ExportOptionError(f"options must be an ExportOptions, got {type(options).__name__}; write "
+                                "ExportOptions(quantize='int8', ...) (for a dict: ExportOptions(**options))")
     out_dir = Path(out_dir)
     target = dict(overwrite=overwrite, replaceable=is_bundle, what=BUNDLE_KIND, protect=_protected(model, tokenizer, source))
     check_target(out_dir, **target)
@@ -498,6 +505,10 @@ def export_onnx(
             # some configs (CodeGen) have no pad_token_id attribute at all
             pad_token_id = getattr(model.config, "pad_token_id", None)
             tok = bundle_tokenizer(_tokenizer_for(model, tokenizer), pad_token_id=pad_token_id)
+            special = tok.tokenizer.num_special_tokens_to_add(False)
+            if max_length <= special:  # the tokenizer cannot cut a text below its own special tokens
+                raise ExportOptionError(f"max_length={max_length} leaves no room for text beside the tokenizer's "
+                                        f"{special} special tokens; pass --max-length {special + 1} or more")
             tok.save(staging / TOKENIZER_FILE)
         with step("cases") as info:
             vocab_size = getattr(model.config, "vocab_size", None)

@@ -57,7 +57,13 @@ def bundle_tokenizer(tokenizer: Any, *, pad_token_id: int | None) -> BundleToken
     source = None
     if isinstance(tokenizer, (str, Path)):
         path = Path(tokenizer)
-        tokenizer = Tokenizer.from_file(str(path)) if path.is_file() else load_tokenizer_dir(path)
+        try:
+            tokenizer = Tokenizer.from_file(str(path)) if path.is_file() else load_tokenizer_dir(path)
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot parse
+            if isinstance(exc, TokenizerError):
+                raise
+            raise TokenizerError(f"{path} is not a tokenizer tokenizers can read ({type(exc).__name__}: "
+                                 f"{str(exc)[:200]}); pass a tokenizer directory or its tokenizer.json") from exc
     if isinstance(tokenizer, Tokenizer):
         fast = Tokenizer.from_str(tokenizer.to_str())
         pad_token = None

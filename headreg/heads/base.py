@@ -16,6 +16,9 @@ from transformers.activations import ACT2FN
 
 from ..errors import HeadConfigError, LabelError
 
+# A bundle's manifest names every label (several times, for its heads and outputs) and is capped at 64 MB.
+MAX_NUM_LABELS = 100_000
+
 
 @dataclass
 class HeadConfig:
@@ -57,6 +60,9 @@ class HeadConfig:
     def validate(self) -> None:
         if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 1:
             raise HeadConfigError(f"num_labels must be an integer >= 1, got {self.num_labels!r}")
+        if self.num_labels > MAX_NUM_LABELS:
+            raise HeadConfigError(f"num_labels={self.num_labels} is more than the {MAX_NUM_LABELS} labels a head may "
+                                  "have (a bundle's manifest lists every label)")
         if self.id2label is not None:
             if sorted(self.id2label) != list(range(self.num_labels)):
                 raise HeadConfigError(

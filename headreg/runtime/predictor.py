@@ -17,10 +17,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..errors import BundleError
 from ..manifest import is_multi_head, read_manifest
 from . import bundle as _bundle
 from . import heads as _heads
 from . import windows as _windows
+from .cpus import available_cpus
 from .embedding import check_embed_options
 from .engine import Engine, Job, Layout, Row
 from .inputs import (
@@ -35,6 +37,8 @@ DEFAULT_MAX_BATCH_TOKENS = 2048
 # predict()/embed() work through their inputs this many at a time (tokenize, batch, run, postprocess), so
 # memory is bounded by the chunk, not the call; sorting within 2048 inputs already leaves almost no padding.
 PREDICT_CHUNK = 2048
+# More threads than cores only make them wait for each other; past this many per CPU a count is a mistake.
+THREADS_PER_CPU = 8
 
 Text = str | tuple[str, str]
 
@@ -78,6 +82,13 @@ class Predictor:
         for name, value in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens),
                             ("max_length", max_length), ("threads", threads), ("max_windows", max_windows)):
             _positive(name, value)
+        if isinstance(providers, str):  # a list of one, not its letters
+            raise InputError(f"providers takes a list of onnxruntime execution providers, e.g. [{providers!r}]")
+        cpus = available_cpus()
+        if threads is not None and threads > THREADS_PER_CPU * cpus:
+            # onnxruntime starts every thread asked for: 100,000 of them never finish loading
+            raise InputError(f"threads={threads} is more than {THREADS_PER_CPU} per CPU this process may use "
+                             f"({cpus}); pass at most {THREADS_PER_CPU * cpus}, or leave it out for {cpus}")
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest = read_manifest(self.bundle_dir)
         self.batch_size = int(batch_size)
@@ -109,6 +120,12 @@ class Predictor:
         self.tokenizer = _bundle.load_tokenizer(self.bundle_dir, manifest)
         bundle_max = int(manifest.get("max_length") or 512)
         self.max_length = min(bundle_max, int(max_length)) if max_length else bundle_max
+        special = self.tokenizer.num_special_tokens_to_add(False)
+        if self.max_length <= special:  # the tokenizer cannot cut a text below its own special tokens
+            room = f"leaves no room for text beside the tokenizer's {special} special tokens"
+            if max_length and max_length < bundle_max:
+                raise InputError(f"max_length={max_length} {room}; pass max_length={special + 1} or more")
+            raise BundleError(f"the manifest's max_length={bundle_max} {room}; it is not what headreg export wrote")
         self.max_chars = char_limit(self.max_length)
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
