@@ -291,7 +291,7 @@ def read_texts(path: str | os.PathLike) -> list[str | tuple[str, str]]:
 
     UTF-8 (a leading BOM is dropped). Lines end at ``\\n`` or ``\\r\\n`` only: form feeds, U+2028 and other
     characters ``str.splitlines`` breaks on stay inside their text. A file is JSONL when its name ends in
-    ``.jsonl`` or its first non-blank line starts with ``{``.
+    ``.jsonl``, or its first non-blank line starts with ``{`` and its name does not end in ``.txt`` (plain text).
     """
     stdin = str(path) == "-"
     source = "<stdin>" if stdin else str(path)
@@ -299,7 +299,11 @@ def read_texts(path: str | os.PathLike) -> list[str | tuple[str, str]]:
     lines = _LINE_BREAK.split(text)
     if lines and lines[-1] == "":
         lines.pop()  # the file's final newline ends the last line; it does not start an empty one
-    if str(path).endswith(".jsonl") or next((line for line in lines if line.strip()), "").lstrip().startswith("{"):
+    by_name = str(path).endswith(".jsonl")
+    looks = not str(path).endswith(".txt") and next((line for line in lines if line.strip()), "").lstrip()[:1] == "{"
+    if by_name or looks:
+        why = "" if by_name else ("; it was read as JSONL because its first line starts with '{': name it *.txt to "
+                                  "read it as plain text")
         items: list[str | tuple[str, str]] = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -308,7 +312,7 @@ def read_texts(path: str | os.PathLike) -> list[str | tuple[str, str]]:
                 record = json.loads(line)
                 text_value = record["text"]
             except (ValueError, KeyError, TypeError) as exc:
-                raise InputError(f"{source}:{number}: expected a JSON object with a 'text' field ({exc})") from exc
+                raise InputError(f"{source}:{number}: expected a JSON object with a 'text' field ({exc}){why}") from exc
             pair = record.get("text_pair")
             for side, value in (("text", text_value), ("text_pair", pair)):
                 if not isinstance(value, str) and (side == "text" or value is not None):
