@@ -42,6 +42,10 @@ from .metrics import ServeMetrics
 # a core. Bigger ones go to the thread pool so the loop keeps answering other requests meanwhile.
 INLINE_CHARS = 2048  # characters of input per request
 INLINE_TOKENS = 512  # tokens of a job's rows, for its postprocess
+# A request of this many characters or more owes a trim when it ends: its tokenized job held ~16 MB or more (more
+# in windows), freed in the tokenizing threads' heaps, which no batch's trim would otherwise hand back when no
+# batch of it ran. Smaller ones leave too little to be worth a trim (12-55 ms, memory.py).
+TRIM_AFTER_CHARS = 262_144
 # The fixed cost of one model call, in tokens of work: MiniLM fp32 on 2 threads takes 6.1 ms for 1 x 16 tokens
 # and 14.7 ms for 1 x 128 (docs/performance.md), about 5 ms + 0.08 ms per token, so a call costs as much as
 # ~60 tokens. A few queued rows of very different lengths run cheaper as two calls than as one padded to the
@@ -217,14 +221,17 @@ class Batcher:
         """
         parameters = dict(parameters or {})
         inputs = list(inputs)
-        if sum(map(_chars, inputs)) <= INLINE_CHARS:
+        chars = sum(map(_chars, inputs))
+        if chars <= INLINE_CHARS:
             return await self._answer(self.predictor.prepare(inputs, kind, **parameters), stats)
+        big = chars >= TRIM_AFTER_CHARS
         try:
-            return await self._answer(await self._prepare_apart(inputs, kind, parameters), stats)
+            return await self._answer(await self._prepare_apart(inputs, kind, parameters, big), stats)
         finally:
-            self._owe_trim()  # what tokenizing it took is freed once it ends: hand it back when the model idles
+            if big:  # what tokenizing it took is freed once it ends: hand it back when the model idles
+                self._owe_trim()
 
-    async def _prepare_apart(self, inputs: list[Any], kind: str, parameters: dict[str, Any]) -> Any:
+    async def _prepare_apart(self, inputs: list[Any], kind: str, parameters: dict[str, Any], big: bool) -> Any:
         """A big request's job, tokenized in this bundle's tokenizing threads (one per CPU) while the event loop
         goes on answering. Tokenizing is CPU-bound and a job holds its windows' encodings (2 MB of windowed text
         at the smallest window step: ~30,000 windows, ~1.8 GB), so more at once would only add memory. A
@@ -236,7 +243,8 @@ class Batcher:
             job = self.predictor.prepare(inputs, kind, **parameters)
             if abandoned.is_set():
                 del job
-                self._owe_trim()
+                if big:
+                    self._owe_trim()
                 return None
             return job
 
