@@ -281,3 +281,42 @@ def test_a_request_past_its_deadline_is_504_and_its_work_is_dropped(tmp_path):
         assert rows < 4 * 211
     finally:
         assert srv.stop() == 0
+
+
+def test_the_tokens_held_at_once_are_bounded_413_alone_429_together(tmp_path):
+    """Requests within every per-request limit could each hold ~1.8 GB of windows until their 504, one after
+    another; --max-tokens-in-flight bounds what all admitted requests hold together, and frees it as each ends."""
+    srv = Server(tmp_path, f"seq_cls={tiny_bundle('seq_cls')}", "--max-tokens-in-flight", "30000")
+    try:
+        alone = httpx.post(f"{srv.url}{PATH}", json={"inputs": ["word " * 12_000] * 3, "parameters": {"long_text": "window"}},
+                           timeout=60)
+        assert alone.status_code == 413 and "--max-tokens-in-flight" in alone.json()["error"], alone.text
+        # ~28,000 tokens in ~220 windows: one request fits at a time, and runs long enough for the others to arrive
+        body = attacks.predict_body(["word " * 1000] * 20, long_text="window")
+
+        async def together():
+            return await asyncio.gather(*(attacks.post_raw(srv.port, PATH, body) for _ in range(4)))
+
+        statuses = sorted(answer.status for answer in run(together()))
+        assert statuses[0] == 200 and statuses[-1] == 429, statuses
+        assert run(legit(srv.port, 3)) == [200] * 3  # every token given back when its request ended
+        assert httpx.get(f"{srv.url}/info").json()["limits"]["max_tokens_in_flight"] == 30000
+    finally:
+        assert srv.stop() == 0
+
+
+def test_token_budget_refuses_alone_and_together_and_gives_back():
+    from headreg.serve.batcher import TokenBudget
+    from headreg.serve.errors import RequestError
+
+    budget = TokenBudget(100)
+    budget.take(60)
+    with pytest.raises(RequestError) as busy:
+        budget.take(50)
+    assert busy.value.status == 429 and busy.value.headers == {"Retry-After": "1"}
+    with pytest.raises(RequestError) as never:
+        budget.take(101)
+    assert never.value.status == 413
+    budget.give_back(60)
+    budget.take(100)
+    assert budget.held == 100

@@ -46,6 +46,9 @@ Examples:
               help="Seconds from a request's last body byte to its answer; past it, 504 and its work is dropped.")
 @click.option("--max-windows", default=256, show_default=True, type=click.IntRange(min=1),
               help="Most windows one input may be read in with long_text='window'; a request may ask for fewer.")
+@click.option("--max-tokens-in-flight", default=4_194_304, show_default=True, type=click.IntRange(min=1),
+              help="Tokens (windows included) of the requests held at once, all models together: a request past "
+                   "it is answered 429 (413 when it alone is past it); bounds the memory their tokenized rows hold.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
 @click.option("--model-workers", default=None, type=click.IntRange(min=1),
               help="Batches of one model that run at once, each on --threads / N threads [default: an onnxruntime "
@@ -60,8 +63,8 @@ Examples:
 def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int, max_batch_size: int,
           max_concurrent_requests: int, max_input_texts: int, payload_limit: int, threads: int | None,
           variant: str | None, api_key: str | None, keep_alive: float, header_timeout: float, body_timeout: float,
-          body_total_timeout: float, request_timeout: float, max_windows: int, access_log: bool,
-          model_workers: int | None, cpu_arena: bool, default_model: str | None) -> None:
+          body_total_timeout: float, request_timeout: float, max_windows: int, max_tokens_in_flight: int,
+          access_log: bool, model_workers: int | None, cpu_arena: bool, default_model: str | None) -> None:
     """Serve bundles over HTTP with batching across requests (see docs/serving.md).
 
     A bundle is served under its directory name, or under NAME when given as NAME=PATH.
@@ -112,7 +115,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
                          payload_limit=payload_limit, api_key=api_key or None, default_model=default_model,
                          request_timeout=request_timeout, body_timeout=body_timeout,
                          body_total_timeout=body_total_timeout, trim_memory=not cpu_arena,
-                         workers=model_workers)
+                         workers=model_workers, max_tokens_in_flight=max_tokens_in_flight)
     served = ", ".join(f"{name} ({plain(p.head)}, {p.variant}"
                        f"{_at_once(model_workers or auto_workers(p), model_workers and worker_threads)})"
                        for name, p in predictors.items())

@@ -33,7 +33,7 @@ from starlette.routing import Route
 from .._version import __version__
 from ..runtime.inputs import InputError
 from . import protocols
-from .batcher import Batcher, InferenceError
+from .batcher import Batcher, InferenceError, TokenBudget
 from .metrics import ServeMetrics
 from .responses import FastJSONResponse
 from .limits import parse_json_body
@@ -51,6 +51,11 @@ INLINE_BODY_BYTES = 65_536
 # A proxy in front gives up on an answer after 60 s by default (nginx proxy_read_timeout): work past that
 # point is answered to nobody.
 REQUEST_TIMEOUT = 60.0
+# 4 M tokens of admitted requests: ~0.4-1.1 GB of tokenized rows, and minutes of work for a small CPU server
+# (MiniLM on 2 cores runs ~8,000 tokens/s), so it refuses nothing that could be answered within REQUEST_TIMEOUT.
+# Without a bound, requests within every per-request limit (2 MB of windowed text at the smallest window step:
+# ~7.6 M tokens, 1.8 GB) admitted one after another would each hold their memory until their 504.
+MAX_TOKENS_IN_FLIGHT = 4_194_304
 
 
 @dataclass
@@ -72,6 +77,8 @@ class ServeConfig:
     trim_memory: bool = False
     # batches of one model running at once (headreg serve --model-workers); None: Batcher's auto_workers
     workers: int | None = None
+    # tokens of the requests held at once, all models together (their tokenized jobs: ~100-270 bytes per token)
+    max_tokens_in_flight: int = MAX_TOKENS_IN_FLIGHT
 
 
 class _State:
@@ -79,10 +86,11 @@ class _State:
         self.config = config
         self.metrics = metrics
         self.predictors = dict(predictors)
+        budget = TokenBudget(config.max_tokens_in_flight)
         self.batchers = {
             name: Batcher(name, predictor, max_batch_tokens=config.max_batch_tokens,
                           max_batch_size=config.max_batch_size, metrics=metrics, trim_memory=config.trim_memory,
-                          workers=config.workers)
+                          workers=config.workers, budget=budget)
             for name, predictor in self.predictors.items()
         }
         self.models = [model_info(name, p) for name, p in self.predictors.items()]

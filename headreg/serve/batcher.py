@@ -33,6 +33,7 @@ from typing import Any, Sequence
 from ..errors import PredictionError
 from ..runtime.cpus import available_cpus
 from ..runtime.inputs import InputError
+from .errors import RequestError
 from .memory import ATTENTION_CELLS, TRIM_AT, Trimmer
 from .metrics import ServeMetrics
 
@@ -158,6 +159,32 @@ def cap_attention(batch: list[int], lengths: Sequence[int], cells: int = ATTENTI
     return parts
 
 
+class TokenBudget:
+    """The tokens of the requests a server holds at once, across its models: a request's tokenized job (its rows'
+    encodings, windows included: ~100-270 bytes per token) lives until its answer is sent, so this bounds the
+    memory admitted requests hold however many slots are free. ``take`` refuses a request that would pass it:
+    413 when it alone would (it can never run here), else 429 until others finish. Used on the event loop only."""
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.held = 0
+
+    def take(self, tokens: int) -> None:
+        if tokens > self.limit:
+            raise RequestError(
+                413, f"this request tokenizes to {tokens} tokens (windows included), more than the {self.limit} the "
+                "server holds at once (--max-tokens-in-flight); send fewer or shorter texts, or fewer windows "
+                "(max_windows, a smaller window_stride)")
+        if self.held + tokens > self.limit:
+            raise RequestError(
+                429, f"the server holds {self.held} tokens of requests already and this one needs {tokens} more, past "
+                f"its limit of {self.limit} (--max-tokens-in-flight); retry shortly", {"Retry-After": "1"})
+        self.held += tokens
+
+    def give_back(self, tokens: int) -> None:
+        self.held -= tokens
+
+
 class Batcher:
     """The queue and model thread of one bundle. ``await submit(inputs, ...)`` answers one request.
 
@@ -168,7 +195,7 @@ class Batcher:
 
     def __init__(self, name: str, predictor: Any, *, max_batch_tokens: int, max_batch_size: int,
                  metrics: ServeMetrics | None = None, trim_memory: bool = False,
-                 max_batch_cells: int = ATTENTION_CELLS, workers: int | None = None):
+                 max_batch_cells: int = ATTENTION_CELLS, workers: int | None = None, budget: TokenBudget | None = None):
         self.name = name
         self.predictor = predictor
         self.engine = predictor.engine
@@ -192,6 +219,7 @@ class Batcher:
         self.rows = 0
         # a full batch, at this batcher's cap, makes a trim owed (with N workers each batch holds 1/N of it)
         self.trimmer = Trimmer(trim_memory, threshold=min(TRIM_AT, self.max_batch_cells))
+        self.budget = budget
         self._tokenizing = concurrent.futures.ThreadPoolExecutor(available_cpus(), f"headreg-tokenize-{name}")
 
     def start(self) -> None:
@@ -260,12 +288,22 @@ class Batcher:
                 self._cond.notify()  # an idle model thread waits for the trim's time
 
     async def _answer(self, job: Any, stats: dict[str, Any] | None) -> Any:
-        """Queue a prepared job's rows, wait for their outputs, finish it."""
-        loop = asyncio.get_running_loop()
+        """A prepared job's tokens held in the server's budget (413/429 past it) while it is answered."""
         tokens = sum(len(row.encoding) for row in job.rows)
         if stats is not None:
             stats["rows"] = len(job.rows)
             stats["tokens"] = tokens  # OpenAI's usage, TEI's headers
+        if self.budget is None:
+            return await self._queue_and_finish(job, tokens)
+        self.budget.take(tokens)
+        try:
+            return await self._queue_and_finish(job, tokens)
+        finally:
+            self.budget.give_back(tokens)
+
+    async def _queue_and_finish(self, job: Any, tokens: int) -> Any:
+        """Queue a job's rows, wait for their outputs, finish it."""
+        loop = asyncio.get_running_loop()
         request = _Request(job, loop.create_future(), [None] * len(job.rows), len(job.rows))
         if job.rows:
             with self._cond:
