@@ -146,12 +146,12 @@ def test_hostile_but_valid_inputs_are_answered(predictors, tmp_path):
     assert read_texts(tmp_path / "splits.txt") == ["a\x0cb\u2028c\x85d\x1ce", "f"]  # only \n and \r\n end a line
     (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "a\xe2\x80\xa8b"}\n')
     assert read_texts(tmp_path / "bom.jsonl") == ["a\u2028b"]
-    # plain text whose first line starts with "{": a .txt name reads it as such; otherwise the error says why
+    # plain text whose first line merely starts with "{" is text; JSONL whose later line is broken says why
     (tmp_path / "braces.txt").write_text("{braces} are used\nsecond\n")
     assert read_texts(tmp_path / "braces.txt") == ["{braces} are used", "second"]
-    (tmp_path / "braces.dat").write_text("{braces} are used\nsecond\n")
-    with pytest.raises(InputError, match=r"read as JSONL because its first line starts with '\{': name it \*\.txt"):
-        read_texts(tmp_path / "braces.dat")
+    (tmp_path / "mixed.txt").write_text('{"text": "a"}\nplain\n')
+    with pytest.raises(InputError, match=r"mixed.txt:2: .*read as JSONL because its first line is a JSON object"):
+        read_texts(tmp_path / "mixed.txt")
 
 
 @pytest.mark.slow

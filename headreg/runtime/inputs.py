@@ -286,12 +286,21 @@ def _decode(data: bytes, source: str) -> str:
         ) from None
 
 
+def _json_object(line: str) -> bool:
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def read_texts(path: str | os.PathLike) -> list[str | tuple[str, str]]:
     """One text per line, or JSONL objects with ``text`` (and optional ``text_pair``); ``-`` reads stdin.
 
     UTF-8 (a leading BOM is dropped). Lines end at ``\\n`` or ``\\r\\n`` only: form feeds, U+2028 and other
     characters ``str.splitlines`` breaks on stay inside their text. A file is JSONL when its name ends in
-    ``.jsonl``, or its first non-blank line starts with ``{`` and its name does not end in ``.txt`` (plain text).
+    ``.jsonl`` or its first non-blank line is a JSON object (a plain text that merely starts with ``{`` is text).
     """
     stdin = str(path) == "-"
     source = "<stdin>" if stdin else str(path)
@@ -300,10 +309,8 @@ def read_texts(path: str | os.PathLike) -> list[str | tuple[str, str]]:
     if lines and lines[-1] == "":
         lines.pop()  # the file's final newline ends the last line; it does not start an empty one
     by_name = str(path).endswith(".jsonl")
-    looks = not str(path).endswith(".txt") and next((line for line in lines if line.strip()), "").lstrip()[:1] == "{"
-    if by_name or looks:
-        why = "" if by_name else ("; it was read as JSONL because its first line starts with '{': name it *.txt to "
-                                  "read it as plain text")
+    if by_name or _json_object(next((line for line in lines if line.strip()), "")):
+        why = "" if by_name else "; it was read as JSONL because its first line is a JSON object"
         items: list[str | tuple[str, str]] = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
