@@ -336,6 +336,9 @@ class MultiHeadModel(BackboneModel):
         """
         from safetensors.torch import save_file
 
+        if tokenizer is not None and not callable(getattr(tokenizer, "save_pretrained", None)):
+            raise SaveLoadError(f"tokenizer must be a transformers tokenizer (it is saved with its save_pretrained), "
+                                f"got {type(tokenizer).__name__}; load one with AutoTokenizer.from_pretrained(...)")
         target = Path(save_directory)
         with atomic_directory(target, overwrite=overwrite, replaceable=is_saved_model, what=MODEL_KIND) as tmp:
             with quiet_transformers():

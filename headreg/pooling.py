@@ -109,6 +109,11 @@ def resolve_pooling(pooling: str | PoolingConfig | dict, backbone: Any, level: s
     if isinstance(pooling, PoolingConfig):
         return pooling
     if isinstance(pooling, dict):
+        known = [f.name for f in fields(PoolingConfig) if f.name != "weights"]
+        unknown = sorted(set(pooling) - set(known), key=str)
+        if unknown:
+            raise HeadConfigError(f"pooling has no field(s) {', '.join(map(repr, unknown))}; its fields: "
+                                  f"{', '.join(known)} (or name a strategy: {', '.join(STRATEGIES)})")
         return PoolingConfig.from_dict(pooling)
     pooling = ALIASES.get(pooling, pooling)
     if pooling not in STRATEGIES:

@@ -81,6 +81,12 @@ def test_multi_label_with_one_label_is_refused():
         attach_head(tiny_backbone(), "multi_label", num_labels=1)
 
 
+def test_seq_cls_with_one_label_is_refused():
+    """A softmax over one label answers it with score 1.0 whatever the text: silently useless."""
+    with pytest.raises(HeadConfigError, match="seq_cls needs num_labels >= 2.*'regression' head"):
+        attach_head(tiny_backbone(), "seq_cls", num_labels=1)
+
+
 def test_id2label_must_match_num_labels():
     with pytest.raises(HeadConfigError, match="id2label has 2 entries"):
         attach_head(tiny_backbone(), "seq_cls", num_labels=3, id2label={0: "a", 1: "b"})
@@ -302,3 +308,10 @@ def test_saved_directory_gets_ordinary_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
+
+
+def test_save_pretrained_names_what_tokenizer_it_takes(tmp_path):
+    model = attach_head(tiny_backbone(), "seq_cls", num_labels=2)
+    with pytest.raises(SaveLoadError, match="tokenizer must be a transformers tokenizer.*got str"):
+        model.save_pretrained(tmp_path / "m", tokenizer="bert-base-uncased")
+    assert not (tmp_path / "m").exists()

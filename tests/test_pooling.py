@@ -57,3 +57,15 @@ def test_pooler_strategy_on_a_backbone_without_pooler_is_refused():
 
     with pytest.raises(HeadConfigError, match="has none"):
         attach_head(tiny_backbone("distilbert"), "seq_cls", pooling="pooler")
+
+
+def test_a_pooling_dict_with_an_unknown_field_names_the_fields():
+    from headreg import attach_head
+    from headreg.errors import HeadConfigError
+    from headreg.testing import tiny_backbone
+
+    with pytest.raises(HeadConfigError, match="pooling has no field.*'foo'.*strategy, projection"):
+        attach_head(tiny_backbone("bert"), "seq_cls", num_labels=2, pooling={"strategy": "mean", "foo": 1})
+    with pytest.raises(HeadConfigError, match="dropout must be in \\[0, 1\\), got 'x'"):
+        attach_head(tiny_backbone("bert"), "seq_cls", num_labels=2, dropout="x")
+    assert attach_head(tiny_backbone("bert"), "seq_cls", num_labels=2, pooling={"strategy": "mean"}).pooler.config.strategy == "mean"

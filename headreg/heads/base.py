@@ -71,7 +71,7 @@ class HeadConfig:
                 )
             if len(set(self.id2label.values())) != len(self.id2label):
                 raise HeadConfigError(f"id2label has duplicate label names: {self.id2label}")
-        if not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise HeadConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.activation not in ACT2FN:
             raise HeadConfigError(f"unknown activation {self.activation!r}; choose one of {', '.join(sorted(ACT2FN))}")
