@@ -782,3 +782,21 @@ def test_a_trained_pii_tagger_keeps_at_least_what_the_pipeline_keeps():
         assert figures["windows"] >= windows and figures["reference (headreg, alone)"] > 400
         assert figures["headreg"] >= figures["pipeline"], size
         assert figures["headreg"] >= figures["headreg most-central (before)"], size
+
+
+@pytest.mark.parametrize("overlap", [None, 0, 11, 40])
+def test_the_word_bound_on_window_tokens_never_exceeds_the_windows_cut(overlap):
+    """What a server refuses before tokenizing (--max-tokens-in-flight) must be a true lower bound of the tokens
+    the windows hold, for ordinary text, punctuation, whitespace runs, one huge word ([UNK]) and CJK."""
+    from tokenizers import Tokenizer
+
+    from headreg.runtime.windows import encode_windows, window_tokens_at_least
+
+    windows_tokenizer = Tokenizer.from_str(tokenizer()._tokenizer.to_str())
+    special = windows_tokenizer.num_special_tokens_to_add(False)
+    texts = [*long_texts((5, 2), seed=3), "a, b; c. " * 300, "  spaced \t out\n" * 200, "x" * 5000,
+             "東京は晴れです。" * 200, "short", ""]
+    for text in texts:
+        cut = sum(len(e) for w in encode_windows(windows_tokenizer, [text], MAX, overlap) for e in w.encodings)
+        assert window_tokens_at_least([text], MAX, special, overlap) <= cut, text[:40]
+    assert window_tokens_at_least(["word " * 1000], MAX, special, overlap) >= 1000

@@ -281,6 +281,23 @@ def default_overlap(room: int) -> int:
     return max(room, 0) // 4
 
 
+def window_tokens_at_least(inputs: Sequence[Any], max_length: int, special: int, overlap: int | None) -> int:
+    """A lower bound on the tokens reading ``inputs`` in windows gives (overlaps counted again), from their
+    whitespace-separated words (each at least one token, whatever the tokenizer; characters are no bound: WordPiece
+    reads a 50,000-character word as one [UNK]): what a server can refuse before tokenizing. Sentence pairs count
+    0; ``special``: the special tokens of one window."""
+    room = max_length - special
+    if room < 1:
+        return 0
+    chosen = min(default_overlap(room) if overlap is None else overlap, room - min_window_step(room))
+    total = 0
+    for item in inputs:
+        if isinstance(item, str):
+            tokens = _words_at_least(item)
+            total += tokens + (windows_needed(tokens, room, max(chosen, 0)) - 1) * max(chosen, 0)
+    return total
+
+
 @dataclass
 class Windows:
     """One input's windows in text order; neighbours share ``overlap`` tokens of sequence ``sequence``."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import PredictionError
+from ..runtime import windows as _windows
 from ..runtime.cpus import available_cpus
 from ..runtime.inputs import InputError
 from .errors import RequestError
@@ -170,16 +171,21 @@ class TokenBudget:
         self.held = 0
 
     def take(self, tokens: int) -> None:
+        self.check(tokens)
+        self.held += tokens
+
+    def check(self, tokens: int, at_least: bool = False) -> None:
+        """RequestError when ``tokens`` (``at_least``: a lower bound, known before tokenizing) cannot be held now."""
+        needs = f"{'at least ' if at_least else ''}{tokens}"
         if tokens > self.limit:
             raise RequestError(
-                413, f"this request tokenizes to {tokens} tokens (windows included), more than the {self.limit} the "
+                413, f"this request tokenizes to {needs} tokens (windows included), more than the {self.limit} the "
                 "server holds at once (--max-tokens-in-flight); send fewer or shorter texts, or fewer windows "
                 "(max_windows, a smaller window_stride)")
         if self.held + tokens > self.limit:
             raise RequestError(
-                429, f"the server holds {self.held} tokens of requests already and this one needs {tokens} more, past "
+                429, f"the server holds {self.held} tokens of requests already and this one needs {needs} more, past "
                 f"its limit of {self.limit} (--max-tokens-in-flight); retry shortly", {"Retry-After": "1"})
-        self.held += tokens
 
     def give_back(self, tokens: int) -> None:
         self.held -= tokens
@@ -253,6 +259,12 @@ class Batcher:
         if chars <= INLINE_CHARS:
             return await self._answer(self.predictor.prepare(inputs, kind, **parameters), stats)
         big = chars >= TRIM_AFTER_CHARS
+        if self.budget is not None:  # a windowed request that cannot fit is refused before its windows are cut
+            options = _windows.window_options(parameters)
+            if options.windowed:
+                special = self.predictor.tokenizer.num_special_tokens_to_add(False)
+                at_least = _windows.window_tokens_at_least(inputs, self.predictor.max_length, special, options.overlap)
+                self.budget.check(at_least, at_least=True)
         try:
             return await self._answer(await self._prepare_apart(inputs, kind, parameters, big), stats)
         finally:
