@@ -79,10 +79,9 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
     from ..runtime.cpus import available_cpus
     from ..serve.app import ServeConfig, configure_logging, create_app, listen, serve as run_server
     from ..serve.batcher import auto_workers
-    from ..serve.memory import limit_heaps
+    from ..serve.memory import server_memory
     from ..serve.names import parse_bundle_args
     from ..runtime.backends import STREAMS_ENV
-    from ..runtime.session import ARENA_ENV
 
     try:
         named = parse_bundle_args(bundles)
@@ -99,10 +98,8 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
     port = sock.getsockname()[1]
     threads = threads or available_cpus()
     configure_logging(access=access_log)
-    # before the sessions and their threads exist: every session reads it, glibc's heaps are made per thread
-    os.environ[ARENA_ENV] = "1" if cpu_arena else "0"
+    trim_memory = server_memory(cpu_arena)  # before the sessions and their threads exist
     os.environ[STREAMS_ENV] = str(model_workers or 1)  # an OpenVINO variant runs each worker's batch in its own stream
-    limit_heaps()
     # asked for, each batch running at once gets its share of the threads; by default they share them all
     worker_threads = max(threads // model_workers, 1) if model_workers else threads
     predictors = {
@@ -114,7 +111,7 @@ def serve(bundles: tuple[str, ...], host: str, port: int, max_batch_tokens: int,
                          max_concurrent_requests=max_concurrent_requests, max_input_texts=max_input_texts,
                          payload_limit=payload_limit, api_key=api_key or None, default_model=default_model,
                          request_timeout=request_timeout, body_timeout=body_timeout,
-                         body_total_timeout=body_total_timeout, trim_memory=not cpu_arena,
+                         body_total_timeout=body_total_timeout, trim_memory=trim_memory,
                          workers=model_workers, max_tokens_in_flight=max_tokens_in_flight)
     served = ", ".join(f"{name} ({plain(p.head)}, {p.variant}"
                        f"{_at_once(model_workers or auto_workers(p), model_workers and worker_threads)})"

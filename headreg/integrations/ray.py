@@ -206,13 +206,11 @@ class BundleServer:
     def __init__(self, bundle: str, name: str, threads: int | None, variant: str | None,
                  config: Mapping[str, Any], predictor_options: Mapping[str, Any] | None):
         from ..runtime.session import ARENA_ENV
-        from ..serve.memory import limit_heaps
+        from ..serve.memory import server_memory
 
-        # headreg serve's memory defaults (docs/serving.md, "Memory"), set before the session and its threads exist:
-        # onnxruntime's arena off unless the environment says otherwise, glibc's heaps capped, freed memory trimmed
-        os.environ.setdefault(ARENA_ENV, "0")
-        limit_heaps()
-        self.name, self.config = name, {"trim_memory": os.environ[ARENA_ENV] == "0", **config}
+        # headreg serve's memory defaults (docs/serving.md, "Memory"): the arena off unless the environment says on
+        trim_memory = server_memory(os.environ.get(ARENA_ENV) == "1")
+        self.name, self.config = name, {"trim_memory": trim_memory, **config}
         self.predictor = load_predictor(bundle, threads or worker_cpus(), variant, predictor_options)
 
     def __serve_build_asgi_app__(self) -> Any:  # noqa: N802 - Ray Serve's hook

@@ -65,6 +65,18 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+def server_memory(cpu_arena: bool) -> bool:
+    """A server process's memory defaults, set before its sessions and their threads exist (every session reads
+    the arena setting, glibc's heaps are made per thread): onnxruntime's CPU arena as asked (off: what
+    ``headreg serve`` defaults to), glibc's heaps capped. Returns whether freed memory should be trimmed
+    (``ServeConfig.trim_memory``): with the arena on, onnxruntime keeps it anyway."""
+    from ..runtime.session import ARENA_ENV
+
+    os.environ[ARENA_ENV] = "1" if cpu_arena else "0"
+    limit_heaps()
+    return not cpu_arena
+
+
 def limit_heaps(heaps: int = HEAPS) -> bool:
     """Cap glibc's heaps at ``heaps`` for the rest of the process (call it before threads start); False where it
     cannot (not glibc) or where ``MALLOC_ARENA_MAX`` is set (the user's choice stands)."""
